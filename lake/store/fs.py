@@ -1,0 +1,177 @@
+"""The lake's file system: a root (local path or fsspec URL), atomic writes and series locks.
+
+Writes are atomic in one helper: on a local disk the bytes go to a hidden temp file in the target
+directory, are fsynced, then ``os.replace``d over the target (readers see the old file or the new
+one, never half of one). On object stores (``s3://``) a single PUT is already all-or-nothing, so the
+object is written in one request.
+
+Locks serialise writers of one series across threads and processes of one machine with ``flock``
+on a local lock file. Object stores give no cross-machine lock: two machines writing the same
+series of one S3 lake are not supported (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from lake.errors import LockTimeoutError
+
+__all__ = ["LakeFS"]
+
+
+class LakeFS:
+    """A lake root. Paths passed to its methods are relative to the root and use ``/``."""
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        storage_options: dict[str, Any] | None = None,
+        lock_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        root_s = os.fspath(root)
+        self.storage_options: dict[str, Any] = dict(storage_options or {})
+        if "://" in root_s and not root_s.startswith("file://"):
+            self.fs, path = fsspec.core.url_to_fs(root_s, **self.storage_options)
+            self.protocol = root_s.split("://", 1)[0]
+            self.root = path.rstrip("/")
+            self.is_local = False
+            default_locks = (
+                Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                / "lake"
+                / "locks"
+                / hashlib.sha256(root_s.encode()).hexdigest()[:16]
+            )
+        else:
+            self.fs = fsspec.filesystem("file")
+            self.protocol = "file"
+            self.root = str(Path(root_s.removeprefix("file://")).resolve())
+            self.is_local = True
+            default_locks = Path(self.root) / ".locks"
+        self.lock_dir = Path(lock_dir) if lock_dir is not None else default_locks
+        self.url_root = self.root if self.is_local else f"{self.protocol}://{self.root}"
+
+    def __repr__(self) -> str:
+        return f"LakeFS({self.url_root!r})"
+
+    # -- paths ---------------------------------------------------------------------------------
+    def full(self, rel: str) -> str:
+        """Path of ``rel`` in the underlying file system (no protocol)."""
+        rel = rel.strip("/")
+        return f"{self.root}/{rel}" if rel else self.root
+
+    def url(self, rel: str) -> str:
+        """Path or URL of ``rel`` as Polars and DuckDB want it (protocol kept for object stores)."""
+        rel = rel.strip("/")
+        return f"{self.url_root}/{rel}" if rel else self.url_root
+
+    # -- reading -------------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        if self.is_local:
+            return os.path.exists(self.full(rel))
+        return bool(self.fs.exists(self.full(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        if self.is_local:
+            with open(self.full(rel), "rb") as f:
+                return f.read()
+        return bytes(self.fs.cat_file(self.full(rel)))
+
+    def read_bytes_or_none(self, rel: str) -> bytes | None:
+        try:
+            return self.read_bytes(rel)
+        except FileNotFoundError:
+            return None
+
+    def listdir(self, rel: str) -> list[str]:
+        """Names of the entries directly under ``rel`` (empty if it does not exist)."""
+        if self.is_local:
+            try:
+                return sorted(e.name for e in os.scandir(self.full(rel)))
+            except FileNotFoundError:
+                return []
+        try:
+            entries = self.fs.ls(self.full(rel), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
+
+    def mtime_key(self, rel: str) -> str | None:
+        """A cheap change token for a file (mtime+size locally, ETag/mtime on object stores)."""
+        try:
+            if self.is_local:
+                st = os.stat(self.full(rel))
+                return f"{st.st_mtime_ns}:{st.st_size}"
+            info = self.fs.info(self.full(rel))
+        except FileNotFoundError:
+            return None
+        return str(info.get("ETag") or info.get("LastModified") or info.get("mtime")) + f":{info.get('size')}"
+
+    # -- writing -------------------------------------------------------------------------------
+    def write_atomic(self, rel: str, data: bytes) -> None:
+        """Replace ``rel`` with ``data`` so that no reader ever sees a partial file."""
+        target = self.full(rel)
+        if not self.is_local:
+            self.fs.pipe_file(target, data)
+            return
+        directory, name = os.path.split(target)
+        os.makedirs(directory, exist_ok=True)
+        tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def remove(self, rel: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            if self.is_local:
+                os.unlink(self.full(rel))
+            else:
+                self.fs.rm_file(self.full(rel))
+
+    # -- locking -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, name: str, timeout: float = 120.0) -> Iterator[None]:
+        """Hold an exclusive cross-process lock called ``name`` (a relative path-like string)."""
+        path = self.lock_dir / f"{name.strip('/')}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            deadline = time.monotonic() + timeout
+            delay = 0.001
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockTimeoutError(f"timed out after {timeout}s waiting for lock {name}") from None
+                    time.sleep(delay)
+                    delay = min(delay * 2, 0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
