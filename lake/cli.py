@@ -1,0 +1,78 @@
+"""The ``lake`` command line: thin Typer commands over the library.
+
+Each command lives in a module of ``lake.commands`` (listed in ``COMMAND_MODULES``) that parses its
+flags, calls the library and renders the result. Errors the library raises on purpose
+(``LakeError``) become one line on stderr and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from lake.errors import LakeError
+from lake.progress import setup_logging
+
+__all__ = ["app", "main"]
+
+COMMAND_MODULES: tuple[str, ...] = (
+    "lake.commands.status",
+)
+
+app = typer.Typer(
+    name="lake",
+    help="A local analytical data lake of Binance klines: backfill, archive ingest, live append, "
+    "all-offset resampling and DuckDB views.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_registered = False
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """A local analytical data lake of Binance klines."""
+    if version:
+        from lake import __version__
+
+        typer.echo(f"lake {__version__}")
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
+
+
+def _register() -> None:
+    global _registered
+    if _registered:
+        return
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(app)
+    _registered = True
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``lake`` console script."""
+    setup_logging()
+    _register()
+    try:
+        app(args=argv, prog_name="lake")
+    except LakeError as exc:
+        typer.echo(f"lake: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("lake: interrupted", err=True)
+        sys.exit(130)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Coverage of the klines table: per series first/last candle, counts and the exact holes.
+
+A hole is a run of missing candles strictly between the first and the last stored candle. Holes the
+exchange confirmed empty (``lake.store.meta``) are marked ``exchange``; the others ``missing``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+
+import polars as pl
+
+from lake.binance.intervals import parse_interval
+from lake.store.fs import LakeFS
+from lake.store.klines import list_series, scan_klines, to_lakefs
+from lake.store.meta import read_empty_ranges
+
+__all__ = ["Hole", "SeriesCoverage", "coverage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Hole:
+    """Missing candles opening in ``[start, end)``; ``kind`` is ``missing`` or ``exchange``."""
+
+    start: dt.datetime
+    end: dt.datetime
+    missing: int
+    kind: str = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesCoverage:
+    trade_type: str
+    interval: str
+    symbol: str
+    first: dt.datetime | None
+    last: dt.datetime | None
+    rows: int
+    expected: int
+    holes: list[Hole] = field(default_factory=list)
+
+    @property
+    def missing(self) -> int:
+        return sum(h.missing for h in self.holes if h.kind == "missing")
+
+    @property
+    def exchange_missing(self) -> int:
+        return sum(h.missing for h in self.holes if h.kind == "exchange")
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["missing"] = self.missing
+        d["exchange_missing"] = self.exchange_missing
+        return d
+
+
+def _ms(t: dt.datetime) -> int:
+    return int(t.timestamp() * 1000)
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def coverage(
+    root: str | os.PathLike[str] | LakeFS,
+    trade_type: str | None = None,
+    interval: str | None = None,
+    symbols: list[str] | None = None,
+) -> list[SeriesCoverage]:
+    """Coverage of every stored series matching the filters, sorted by (trade type, interval, symbol)."""
+    lfs = to_lakefs(root)
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for tt, iv, sym in list_series(lfs):
+        if (trade_type and tt != trade_type) or (interval and iv != interval):
+            continue
+        if symbols is not None and sym not in symbols:
+            continue
+        groups[(tt, iv)].append(sym)
+    out: list[SeriesCoverage] = []
+    for (tt, iv_name), syms in sorted(groups.items()):
+        iv = parse_interval(iv_name)
+        times = (
+            scan_klines(lfs, tt, iv_name, syms)
+            .select("symbol", "candle_begin_time")
+            .collect()
+            .sort("symbol", "candle_begin_time")
+        )
+        for (sym,), part in times.group_by("symbol", maintain_order=True):
+            out.append(_series(lfs, tt, iv_name, str(sym), part["candle_begin_time"], iv))
+    return sorted(out, key=lambda c: (c.trade_type, c.interval, c.symbol))
+
+
+def _series(lfs: LakeFS, tt: str, iv_name: str, sym: str, times: pl.Series, iv: object) -> SeriesCoverage:
+    from lake.binance.intervals import Interval
+
+    assert isinstance(iv, Interval)
+    if times.len() == 0:
+        return SeriesCoverage(tt, iv_name, sym, None, None, 0, 0, [])
+    ms = times.dt.epoch("ms")
+    first, last = int(ms[0]), int(ms[-1])  # type: ignore[arg-type]
+    expected = iv.count(first, last + 1)
+    holes: list[Hole] = []
+    if iv.ms is not None:
+        gaps = pl.DataFrame({"t": ms}).with_columns(prev=pl.col("t").shift(1)).filter(
+            pl.col("t") - pl.col("prev") > iv.ms
+        )
+        spans = [(int(p) + iv.ms, int(t)) for t, p in gaps.select("t", "prev").iter_rows()]
+    else:
+        spans = []
+        values = ms.to_list()
+        for prev, cur in zip(values, values[1:], strict=False):
+            nxt = iv.next_open(prev)
+            if cur > nxt:
+                spans.append((nxt, cur))
+    empty = read_empty_ranges(lfs, tt, iv_name, sym) if spans else []
+    for a, b in spans:
+        covered = any(r.start_ms <= a and b <= r.end_ms for r in empty)
+        holes.append(Hole(_from_ms(a), _from_ms(b), iv.count(a, b), "exchange" if covered else "missing"))
+    return SeriesCoverage(tt, iv_name, sym, _from_ms(first), _from_ms(last), times.len(), expected, holes)
