@@ -17,9 +17,7 @@ from lake.progress import setup_logging
 
 __all__ = ["app", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "lake.commands.status",
-)
+COMMAND_MODULES: tuple[str, ...] = ("lake.commands.status",)
 
 app = typer.Typer(
     name="lake",

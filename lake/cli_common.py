@@ -31,7 +31,9 @@ ConfigOpt = Annotated[
 ]
 SimUrlOpt = Annotated[
     str | None,
-    typer.Option("--sim-url", help="Use a `lake sim` server at this base URL for every endpoint (env LAKE_SIM_URL)."),
+    typer.Option(
+        "--sim-url", help="Use a `lake sim` server at this base URL for every endpoint (env LAKE_SIM_URL)."
+    ),
 ]
 RestUrlOpt = Annotated[
     str | None, typer.Option("--rest-url", help="REST base URL for every market (env LAKE_REST_URL).")
@@ -40,7 +42,8 @@ WsUrlOpt = Annotated[
     str | None, typer.Option("--ws-url", help="Websocket base URL for every market (env LAKE_WS_URL).")
 ]
 ArchiveUrlOpt = Annotated[
-    str | None, typer.Option("--archive-url", help="Archive (data.binance.vision) base URL (env LAKE_ARCHIVE_URL).")
+    str | None,
+    typer.Option("--archive-url", help="Archive (data.binance.vision) base URL (env LAKE_ARCHIVE_URL)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 

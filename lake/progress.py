@@ -40,7 +40,9 @@ def setup_logging(level: int = logging.INFO) -> None:
         root.setLevel(level)
         return
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
     handler._lake = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level)
@@ -61,7 +63,9 @@ class _Plain:
 class Progress:
     """Progress display that degrades to log lines when not on a terminal."""
 
-    def __init__(self, enabled: bool | None = None, *, log_every: float = 5.0, console: Console | None = None):
+    def __init__(
+        self, enabled: bool | None = None, *, log_every: float = 5.0, console: Console | None = None
+    ):
         self.console = console or Console(stderr=True)
         self.rich = self.console.is_terminal if enabled is None else enabled
         self.log_every = log_every
@@ -83,7 +87,9 @@ class Progress:
             self._rich.__enter__()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._rich is not None:
             self._rich.__exit__(et, ev, tb)
             self._rich = None

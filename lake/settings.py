@@ -147,8 +147,6 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
         settings = _coerce(settings, _flatten(doc, str(p)), str(p))
-    from_env = {
-        name: env[f"LAKE_{name.upper()}"] for name in _FIELD_TYPES if env.get(f"LAKE_{name.upper()}")
-    }
+    from_env = {name: env[f"LAKE_{name.upper()}"] for name in _FIELD_TYPES if env.get(f"LAKE_{name.upper()}")}
     settings = _coerce(settings, from_env, "environment")
     return settings.with_overrides(**overrides)

@@ -27,8 +27,16 @@ from lake.schema import KLINE_SCHEMA
 __all__ = ["WsKline", "klines_from_rest", "parse_ws_kline"]
 
 _REST_FIELDS = 12
-_FLOATS = ("open", "high", "low", "close", "volume", "quote_volume",
-           "taker_buy_base_asset_volume", "taker_buy_quote_asset_volume")
+_FLOATS = (
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+    "quote_volume",
+    "taker_buy_base_asset_volume",
+    "taker_buy_quote_asset_volume",
+)
 
 
 def klines_from_rest(rows: Sequence[Sequence[Any]], source: str = "rest") -> pl.DataFrame:
@@ -67,7 +75,7 @@ def klines_from_rest(rows: Sequence[Sequence[Any]], source: str = "rest") -> pl.
         raise DataError(f"malformed kline rows: {exc}") from exc
 
 
-class WsKline(tuple):  # type: ignore[type-arg]
+class WsKline(tuple):
     """A parsed websocket kline: (symbol, interval, closed, row) where ``row`` is a REST-shaped row."""
 
     __slots__ = ()
@@ -107,10 +115,20 @@ def parse_ws_kline(event: Mapping[str, Any]) -> WsKline:
             raise DataError(f"not a kline event: {str(event)[:200]}")
         k = event["k"]
         row = (
-            int(k["t"]), str(k["o"]), str(k["h"]), str(k["l"]), str(k["c"]), str(k["v"]),
-            int(k["T"]), str(k["q"]), int(k["n"]), str(k["V"]), str(k["Q"]), "0",
+            int(k["t"]),
+            str(k["o"]),
+            str(k["h"]),
+            str(k["l"]),
+            str(k["c"]),
+            str(k["v"]),
+            int(k["T"]),
+            str(k["q"]),
+            int(k["n"]),
+            str(k["V"]),
+            str(k["Q"]),
+            "0",
         )
-        for v in row[1:6] + (row[7], row[9], row[10]):
+        for v in (*row[1:6], row[7], row[9], row[10]):
             float(v)
         closed = k["x"]
         if not isinstance(closed, bool):

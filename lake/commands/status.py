@@ -19,7 +19,9 @@ from lake.store.fs import LakeFS
 def status(
     trade_type: Annotated[str | None, typer.Option("--type", help="Only this trade type.")] = None,
     interval: Annotated[str | None, typer.Option("--interval", help="Only this interval.")] = None,
-    symbols: Annotated[str | None, typer.Option("--symbols", help="Only these symbols (comma-separated).")] = None,
+    symbols: Annotated[
+        str | None, typer.Option("--symbols", help="Only these symbols (comma-separated).")
+    ] = None,
     holes: Annotated[bool, typer.Option("--holes", help="List every hole.")] = False,
     json_out: JsonOpt = False,
     root: RootOpt = None,
@@ -42,7 +44,17 @@ def status(
     if not cov:
         console.print(f"no klines under {lfs.url_root}")
     table = Table(title=f"lake {lfs.url_root}")
-    for col in ("type", "interval", "symbol", "first", "last", "rows", "expected", "missing", "exchange holes"):
+    for col in (
+        "type",
+        "interval",
+        "symbol",
+        "first",
+        "last",
+        "rows",
+        "expected",
+        "missing",
+        "exchange holes",
+    ):
         table.add_column(col, justify="right" if col in ("rows", "expected", "missing") else "left")
     for c in cov:
         table.add_row(

@@ -7,13 +7,14 @@ exchange confirmed empty (``lake.store.meta``) are marked ``exchange``; the othe
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
 
-from lake.binance.intervals import parse_interval
+from lake.binance.intervals import Interval, parse_interval
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series, scan_klines, to_lakefs
 from lake.store.meta import read_empty_ranges
@@ -82,7 +83,7 @@ def coverage(
         groups[(tt, iv)].append(sym)
     out: list[SeriesCoverage] = []
     for (tt, iv_name), syms in sorted(groups.items()):
-        iv = parse_interval(iv_name)
+        ivl = parse_interval(iv_name)
         times = (
             scan_klines(lfs, tt, iv_name, syms)
             .select("symbol", "candle_begin_time")
@@ -90,29 +91,28 @@ def coverage(
             .sort("symbol", "candle_begin_time")
         )
         for (sym,), part in times.group_by("symbol", maintain_order=True):
-            out.append(_series(lfs, tt, iv_name, str(sym), part["candle_begin_time"], iv))
+            out.append(_series(lfs, tt, iv_name, str(sym), part["candle_begin_time"], ivl))
     return sorted(out, key=lambda c: (c.trade_type, c.interval, c.symbol))
 
 
-def _series(lfs: LakeFS, tt: str, iv_name: str, sym: str, times: pl.Series, iv: object) -> SeriesCoverage:
-    from lake.binance.intervals import Interval
-
-    assert isinstance(iv, Interval)
+def _series(lfs: LakeFS, tt: str, iv_name: str, sym: str, times: pl.Series, iv: Interval) -> SeriesCoverage:
     if times.len() == 0:
         return SeriesCoverage(tt, iv_name, sym, None, None, 0, 0, [])
     ms = times.dt.epoch("ms")
-    first, last = int(ms[0]), int(ms[-1])  # type: ignore[arg-type]
+    first, last = int(ms[0]), int(ms[-1])
     expected = iv.count(first, last + 1)
     holes: list[Hole] = []
     if iv.ms is not None:
-        gaps = pl.DataFrame({"t": ms}).with_columns(prev=pl.col("t").shift(1)).filter(
-            pl.col("t") - pl.col("prev") > iv.ms
+        gaps = (
+            pl.DataFrame({"t": ms})
+            .with_columns(prev=pl.col("t").shift(1))
+            .filter(pl.col("t") - pl.col("prev") > iv.ms)
         )
         spans = [(int(p) + iv.ms, int(t)) for t, p in gaps.select("t", "prev").iter_rows()]
     else:
         spans = []
         values = ms.to_list()
-        for prev, cur in zip(values, values[1:], strict=False):
+        for prev, cur in itertools.pairwise(values):
             nxt = iv.next_open(prev)
             if cur > nxt:
                 spans.append((nxt, cur))

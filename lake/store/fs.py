@@ -166,7 +166,9 @@ class LakeFS:
                     break
                 except BlockingIOError:
                     if time.monotonic() >= deadline:
-                        raise LockTimeoutError(f"timed out after {timeout}s waiting for lock {name}") from None
+                        raise LockTimeoutError(
+                            f"timed out after {timeout}s waiting for lock {name}"
+                        ) from None
                     time.sleep(delay)
                     delay = min(delay * 2, 0.05)
             try:

@@ -210,11 +210,7 @@ def scan_klines(
         syms: Iterable[str] = [s for t, i, s in list_series(lfs) if t == tt.name and i == iv.name]
     else:
         syms = validate_symbols([symbols] if isinstance(symbols, str) else list(symbols))
-    files = [
-        lfs.url(k.path)
-        for s in syms
-        for k in list_partitions(lfs, tt.name, iv.name, s, start, end)
-    ]
+    files = [lfs.url(k.path) for s in syms for k in list_partitions(lfs, tt.name, iv.name, s, start, end)]
     columns = ["symbol", *KLINE_COLUMNS]
     if not files:
         return pl.LazyFrame(schema={"symbol": pl.String, **KLINE_SCHEMA})

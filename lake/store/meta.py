@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from lake.store.fs import LakeFS
 from lake.store.paths import series_dir
 
-__all__ = ["EmptyRange", "add_empty_ranges", "clear_empty_ranges", "read_empty_ranges", "read_json", "write_json"]
+__all__ = [
+    "EmptyRange",
+    "add_empty_ranges",
+    "clear_empty_ranges",
+    "read_empty_ranges",
+    "read_json",
+    "write_json",
+]
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -50,7 +57,9 @@ def _normalise(ranges: list[EmptyRange]) -> list[EmptyRange]:
     return out
 
 
-def read_empty_ranges(root: LakeFS | str | os.PathLike[str], trade_type: str, interval: str, symbol: str) -> list[EmptyRange]:
+def read_empty_ranges(
+    root: LakeFS | str | os.PathLike[str], trade_type: str, interval: str, symbol: str
+) -> list[EmptyRange]:
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
     doc = read_json(lfs, _empty_path(trade_type, interval, symbol))
     if not isinstance(doc, list):
@@ -59,7 +68,11 @@ def read_empty_ranges(root: LakeFS | str | os.PathLike[str], trade_type: str, in
 
 
 def add_empty_ranges(
-    root: LakeFS | str | os.PathLike[str], trade_type: str, interval: str, symbol: str, ranges: list[EmptyRange]
+    root: LakeFS | str | os.PathLike[str],
+    trade_type: str,
+    interval: str,
+    symbol: str,
+    ranges: list[EmptyRange],
 ) -> None:
     """Record ranges as confirmed empty (merged with those already recorded)."""
     if not ranges:
@@ -70,7 +83,9 @@ def add_empty_ranges(
         write_json(lfs, _empty_path(trade_type, interval, symbol), [[r.start_ms, r.end_ms] for r in merged])
 
 
-def clear_empty_ranges(root: LakeFS | str | os.PathLike[str], trade_type: str, interval: str, symbol: str) -> None:
+def clear_empty_ranges(
+    root: LakeFS | str | os.PathLike[str], trade_type: str, interval: str, symbol: str
+) -> None:
     """Forget recorded empty ranges (``--recheck``)."""
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
     with lfs.lock(series_dir("klines", trade_type, interval, symbol)):

@@ -91,9 +91,7 @@ class PartitionKey:
 
     @property
     def series_dir(self) -> str:
-        return (
-            f"{self.table}/trade_type={self.trade_type}/interval={self.interval}/symbol={self.symbol}"
-        )
+        return f"{self.table}/trade_type={self.trade_type}/interval={self.interval}/symbol={self.symbol}"
 
     @property
     def dir(self) -> str:
@@ -137,10 +135,12 @@ class PartitionKey:
         if not _DATE_RE.fullmatch(values["date"]):
             raise ValidationError(f"bad partition date in {path!r}")
         date = dt.date.fromisoformat(values["date"])
-        key = cls(table, values["trade_type"], values["interval"], values["symbol"], date)
-        if partition_start(key.interval_obj, key.start_ms) != date:
-            raise ValidationError(f"partition date {date} is not a {partition_period(key.interval_obj)} start")
-        return key
+        pkey = cls(table, values["trade_type"], values["interval"], values["symbol"], date)
+        if partition_start(pkey.interval_obj, pkey.start_ms) != date:
+            raise ValidationError(
+                f"partition date {date} is not a {partition_period(pkey.interval_obj)} start"
+            )
+        return pkey
 
 
 def _date_ms(d: dt.date) -> int:

@@ -1,0 +1,81 @@
+import os
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lake.errors import DataError
+from lake.store.klines import scan_klines, write_klines
+from tests.store.helpers import frame, t0_ms
+
+STEP = 300_000
+idx_sets = st.sets(st.integers(0, 700), max_size=120)
+
+
+def stored(root) -> pl.DataFrame:
+    return scan_klines(root, "usdt_perp", "5m").collect().sort("candle_begin_time")
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=idx_sets, b=idx_sets)
+def test_upsert_newer_wins_and_rewrite_is_noop(tmp_path_factory, a: set[int], b: set[int]) -> None:
+    root = tmp_path_factory.mktemp("lake")
+    fa = frame([t0_ms() + i * STEP for i in sorted(a)], base=100.0, source="archive")
+    fb = frame([t0_ms() + i * STEP for i in sorted(b)], base=500.0, source="rest")
+    write_klines(root, "usdt_perp", "5m", "BTCUSDT", fa)
+    write_klines(root, "usdt_perp", "5m", "BTCUSDT", fb)
+    got = stored(root)
+    assert got.height == len(a | b)
+    assert got["candle_begin_time"].is_unique().all()
+    by_src = dict(
+        zip(got["candle_begin_time"].dt.epoch("ms").to_list(), got["source"].to_list(), strict=True)
+    )
+    for i in a | b:
+        assert by_src[t0_ms() + i * STEP] == ("rest" if i in b else "archive")
+    expected = pl.concat(
+        [fa.filter(~pl.col("candle_begin_time").is_in(fb["candle_begin_time"].implode())), fb]
+    )
+    assert got.drop("symbol").equals(expected.sort("candle_begin_time"))
+    files = sorted(root.rglob("*.parquet"))
+    mtimes = [os.stat(f).st_mtime_ns for f in files]
+    result = write_klines(root, "usdt_perp", "5m", "BTCUSDT", fb)
+    assert result.partitions_written == 0
+    assert [os.stat(f).st_mtime_ns for f in files] == mtimes
+    assert stored(root).equals(got)
+
+
+def test_bad_rows_rejected_and_lake_untouched(tmp_path) -> None:
+    good = frame([t0_ms() + i * STEP for i in range(10)])
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", good)
+    before = stored(tmp_path)
+    bad = good.with_columns(
+        pl.when(pl.col("trade_num") == 3).then(float("nan")).otherwise(pl.col("close")).alias("close")
+    )
+    with pytest.raises(DataError, match="non-finite"):
+        write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", bad)
+    with pytest.raises(DataError, match="lack columns"):
+        write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", good.drop("volume"))
+    with pytest.raises(DataError, match="unknown source"):
+        write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", good.with_columns(source=pl.lit("x")))
+    assert stored(tmp_path).equals(before)
+
+
+def test_scan_prunes_by_symbol_and_time(tmp_path) -> None:
+    import datetime as dt
+
+    for sym in ("AAAUSDT", "BBBUSDT"):
+        write_klines(tmp_path, "usdt_perp", "5m", sym, frame([t0_ms() + i * STEP for i in range(288 * 3)]))
+    lf = scan_klines(
+        tmp_path,
+        "usdt_perp",
+        "5m",
+        ["BBBUSDT"],
+        start=dt.datetime(2024, 1, 2, 12, tzinfo=dt.UTC),
+        end=dt.datetime(2024, 1, 3, tzinfo=dt.UTC),
+    )
+    df = lf.collect()
+    assert df["symbol"].unique().to_list() == ["BBBUSDT"]
+    assert df.height == 144
+    assert df.columns[0] == "symbol"
+    assert scan_klines(tmp_path, "usdt_perp", "1h").collect().height == 0

@@ -1,0 +1,48 @@
+import pytest
+
+from lake.errors import ConfigError
+from lake.settings import load_settings
+
+
+def test_precedence_defaults_file_env_flags(tmp_path) -> None:
+    cfg = tmp_path / "lake.toml"
+    cfg.write_text('root = "/from/file"\nmax_concurrency = 8\n[endpoints]\num_rest_url = "http://file:1"\n')
+    assert load_settings(env={}).root == "./lake-data"
+    s = load_settings(cfg, env={})
+    assert (s.root, s.max_concurrency, s.endpoints.rest["um"]) == ("/from/file", 8, "http://file:1")
+    s = load_settings(cfg, env={"LAKE_ROOT": "/from/env", "LAKE_MAX_CONCURRENCY": "4"})
+    assert (s.root, s.max_concurrency) == ("/from/env", 4)
+    s = load_settings(cfg, env={"LAKE_ROOT": "/from/env"}, root="/from/flag", max_concurrency=None)
+    assert (s.root, s.max_concurrency) == ("/from/flag", 8)
+
+
+def test_endpoint_resolution_general_to_specific() -> None:
+    s = load_settings(env={"LAKE_SIM_URL": "http://127.0.0.1:9000", "LAKE_SPOT_REST_URL": "http://spot:1"})
+    ep = s.endpoints
+    assert ep.rest["um"] == "http://127.0.0.1:9000" and ep.rest["spot"] == "http://spot:1"
+    assert ep.ws["um"] == "ws://127.0.0.1:9000/ws-um/market"
+    assert ep.archive == "http://127.0.0.1:9000/archive"
+    assert load_settings(env={}).endpoints.rest["cm"] == "https://dapi.binance.com"
+
+
+def test_secrets_are_not_in_repr() -> None:
+    s = load_settings(env={"LAKE_QUANTCLASS_API_KEY": "sekret-key", "LAKE_WEBHOOK_SECRET": "SECabc"})
+    assert s.quantclass_api_key == "sekret-key"
+    assert "sekret" not in repr(s) and "SECabc" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("root = [", "not valid TOML"),
+        ("max_concurrency = 'many'", "expected int"),
+        ("webhook_kind = 'x'", "json"),
+    ],
+)
+def test_bad_config(tmp_path, text: str, match: str) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_settings(cfg, env={})
+    with pytest.raises(ConfigError, match="not found"):
+        load_settings(tmp_path / "missing.toml", env={})
