@@ -1,0 +1,511 @@
+"""The weight governor: request-weight permits per REST market, in the exchange's own (server) time.
+
+Binance counts ``REQUEST_WEIGHT`` per IP in fixed windows (the server-time UTC minute for the
+``1M`` limit). A ``WeightGovernor`` knows each request's weight before it is sent and hands out
+permits so that the requests of every ``lake`` process on this machine fill the budget without
+exceeding it::
+
+    gov = WeightGovernor("um", limit=2400, clock=clock, state_file=budget_path(state_dir, "um", url))
+    permit = await gov.acquire(2)          # waits until 2 more weight fit in the current window
+    ...send the request...
+    gov.complete(permit, used_weight=int(resp.headers["X-MBX-USED-WEIGHT-1M"]))
+
+How it stays under the limit
+----------------------------
+* **Server time.** ``ServerClock`` maps the local monotonic clock to server time:
+  ``server = anchor_server + rate × (mono − anchor_mono)``. Samples come from the time endpoint
+  (``ServerClock.observe``); the rate is measured between the best early and the best recent
+  sample, so a simulator whose clock runs 60× faster is handled like the real exchange (rate 1; a
+  measured rate consistent with 1 within its error is snapped to exactly 1). Waits are computed in
+  server milliseconds and converted to real seconds with the rate. The clock reports its own
+  uncertainty (half the round trip of the anchor sample plus rate error × age); the client
+  re-syncs it when that grows beyond ``sync_threshold_ms``.
+* **Windows a request may land in.** A request sent at estimated server time ``t`` is counted by
+  the server somewhere in ``[t − u, t + u + L]`` (``u``: clock uncertainty, ``L``: a high estimate
+  of the one-way latency in server ms). Its weight is reserved in *every* window that interval
+  touches, so near a boundary it is charged to both windows. A response that arrives later than
+  expected charges any window it may have landed in but was not charged to (late charge).
+* **Budget.** A permit is granted when, for each of its windows ``W``,
+  ``max(reserved[W], observed[W]) + weight ≤ limit − reserve``. ``reserved`` is the weight all
+  lake processes reserved for ``W`` (shared through the state file); ``observed`` is the highest
+  ``X-MBX-USED-WEIGHT-*`` header seen for a response that certainly landed in ``W`` (this counts
+  traffic from outside lake too).
+* **Across processes.** With ``state_file`` set, reservations, and pauses after a 429/418, live in
+  a small JSON file (``budget-<market>-<hash of host and base URL>.json`` under
+  ``Settings.state_path``); each reservation is a read-modify-write under an ``fcntl`` lock. The
+  file is rewritten in place (the lock is on the file itself); a torn file reads as empty state.
+* **429 / 418.** ``pause(seconds)`` stops every permit (in all processes sharing the file) until
+  the given server time; the client calls it with ``Retry-After``.
+
+Waiters are served first-come first-served; concurrency is the caller's business (the governor
+only decides *when*).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "GovernorStats",
+    "Permit",
+    "ServerClock",
+    "WeightGovernor",
+    "budget_path",
+]
+
+log = logging.getLogger("lake.ingest.governor")
+
+MINUTE_MS = 60_000
+
+
+# ----------------------------------------------------------------------------------------------
+# Server clock
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Sample:
+    mono: float  # local monotonic seconds at the request's midpoint
+    server_ms: float
+    err_s: float  # half the round trip: the server stamp lies within mono ± err_s
+
+
+class ServerClock:
+    """Local monotonic clock → exchange server time (ms), with a measured rate and an error bound.
+
+    ``observe(sent, received, server_ms)`` adds a sample from a time request (``sent``/``received``
+    are ``time.monotonic()`` values around it). Until a sample exists the clock reads local wall
+    time. ``rate`` is server milliseconds per real millisecond (1 for Binance; e.g. 60 for a
+    simulator running 60× faster).
+    """
+
+    def __init__(self, *, max_samples: int = 64, slack_s: float = 0.002) -> None:
+        self._samples: deque[_Sample] = deque(maxlen=max_samples)
+        self.rate: float = 1.0
+        self.rate_rel_err: float = math.inf
+        self._anchor: _Sample | None = None
+        self.slack_s = slack_s
+        self.last_sync_mono: float = -math.inf
+        self.jumps = 0
+
+    # -- samples ---------------------------------------------------------------------------------
+    @property
+    def synced(self) -> bool:
+        return self._anchor is not None
+
+    @property
+    def samples(self) -> int:
+        return len(self._samples)
+
+    def observe(self, sent_mono: float, recv_mono: float, server_ms: float) -> None:
+        """Add one time-endpoint sample taken between ``sent_mono`` and ``recv_mono``."""
+        recv_mono = max(recv_mono, sent_mono)
+        s = _Sample((sent_mono + recv_mono) / 2, float(server_ms), (recv_mono - sent_mono) / 2)
+        if self._anchor is not None and self.samples >= 2:
+            predicted = self.now_ms(s.mono)
+            tolerance = 3 * self.uncertainty_ms(s.mono) + self.rate * 1000.0 * (s.err_s + 0.05) + 5.0
+            if abs(s.server_ms - predicted) > tolerance:
+                # the server clock jumped (a simulator's clock was set): start a new fit from here,
+                # keeping the rate measured so far as the prior
+                log.debug("server clock jumped by %.0f ms; re-anchoring", s.server_ms - predicted)
+                self._samples.clear()
+                self.jumps += 1
+        self._samples.append(s)
+        self.last_sync_mono = recv_mono
+        self._refit()
+
+    def _refit(self) -> None:
+        samples = list(self._samples)
+        if len(samples) >= 2:
+            span = samples[-1].mono - samples[0].mono
+            early = [x for x in samples if x.mono - samples[0].mono <= span / 2]
+            late = [x for x in samples[-8:] if x.mono - samples[0].mono > span / 2] or samples[-1:]
+            a = min(early, key=lambda x: x.err_s)
+            b = min(late, key=lambda x: x.err_s)
+            if b.mono - a.mono > 0:
+                base = b.mono - a.mono
+                measured = (b.server_ms - a.server_ms) / (base * 1000.0)
+                rel_err = (a.err_s + b.err_s + 0.0005) / base
+                if b.server_ms - a.server_ms <= 1.0 and base >= 0.05:
+                    # a frozen (simulator) clock: it only moves when someone moves it
+                    self.rate, self.rate_rel_err = max(measured, 1e-6), rel_err
+                elif rel_err > 0.1:
+                    pass  # baseline too short for the round trips: keep the prior rate
+                else:
+                    if abs(measured - 1.0) <= 3 * rel_err * max(measured, 1.0) + 0.02:
+                        self.rate, self.rate_rel_err = 1.0, min(rel_err, 1.0)
+                    else:
+                        self.rate, self.rate_rel_err = measured, rel_err
+        # anchor: the recent sample whose projection to now is most trustworthy
+        recent = list(self._samples)[-4:]
+        now = time.monotonic()
+        rel = 0.0 if math.isinf(self.rate_rel_err) else self.rate_rel_err
+        self._anchor = min(recent, key=lambda x: x.err_s + rel * max(0.0, now - x.mono))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def now_ms(self, mono: float | None = None) -> float:
+        """Estimated server time (ms) at local monotonic time ``mono`` (default: now)."""
+        m = time.monotonic() if mono is None else mono
+        if self._anchor is None:
+            return time.time() * 1000.0 - (time.monotonic() - m) * 1000.0
+        return self._anchor.server_ms + self.rate * (m - self._anchor.mono) * 1000.0
+
+    def uncertainty_ms(self, mono: float | None = None) -> float:
+        """A bound on |estimated − true| server time, in server ms."""
+        if self._anchor is None:
+            return 5_000.0
+        m = time.monotonic() if mono is None else mono
+        rel = 0.0 if self.samples < 2 or math.isinf(self.rate_rel_err) else self.rate_rel_err
+        if self.samples < 2:
+            rel = 0.0  # single sample: rate assumed 1; drift is caught by the next sync
+        age = max(0.0, m - self._anchor.mono)
+        return self.rate * 1000.0 * (self._anchor.err_s + self.slack_s + rel * age)
+
+    def best_uncertainty_ms(self) -> float:
+        """The smallest uncertainty a fresh sample could give (the sync threshold's floor)."""
+        if not self._samples:
+            return 0.0
+        return self.rate * 1000.0 * (min(s.err_s for s in self._samples) + self.slack_s)
+
+    def real_seconds(self, server_ms: float) -> float:
+        """Real seconds that ``server_ms`` of server time take."""
+        return max(0.0, server_ms) / (self.rate * 1000.0)
+
+    def needs_sync(self, threshold_ms: float, *, max_age_s: float = 30.0, min_gap_s: float = 0.05) -> bool:
+        """Whether a fresh time sample would be worth its weight now."""
+        if self.samples < 2:
+            return True
+        now = time.monotonic()
+        if now - self.last_sync_mono < min_gap_s:
+            return False
+        if now - self.last_sync_mono > max_age_s:
+            return True
+        return self.uncertainty_ms(now) > max(threshold_ms, 2 * self.best_uncertainty_ms())
+
+
+# ----------------------------------------------------------------------------------------------
+# Budget state (shared across processes through a locked file)
+# ----------------------------------------------------------------------------------------------
+
+
+def budget_path(state_dir: str | os.PathLike[str], name: str, base_url: str) -> Path:
+    """``<state_dir>/budget-<name>-<hash>.json``; the hash covers this host and the REST base URL.
+
+    Processes on one machine talking to the same base URL share a budget (the exchange counts per
+    IP); a different host or URL (e.g. a simulator) gets its own file.
+    """
+    digest = hashlib.sha256(f"{socket.gethostname()}|{base_url.rstrip('/')}".encode()).hexdigest()[:12]
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+    return Path(state_dir) / f"budget-{safe}-{digest}.json"
+
+
+class _State:
+    """Window reservations and pause, in memory or in a locked JSON file."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._mem: dict[str, Any] = {"windows": {}, "paused_until": 0.0}
+        self._fd: int | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[dict[str, Any]]:
+        """Yield the state for a read-modify-write; written back when the block exits."""
+        if self._fd is None:
+            yield self._mem
+            return
+        fd = self._fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            raw = os.pread(fd, 1 << 16, 0)
+            try:
+                state = json.loads(raw) if raw else {}
+                if not isinstance(state, dict):
+                    state = {}
+            except ValueError:
+                state = {}
+            state.setdefault("windows", {})
+            state.setdefault("paused_until", 0.0)
+            before = json.dumps(state, sort_keys=True)
+            yield state
+            after = json.dumps(state, sort_keys=True)
+            if after != before:
+                data = after.encode()
+                os.pwrite(fd, data, 0)
+                os.ftruncate(fd, len(data))
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------------------------
+# Governor
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Permit:
+    """One granted reservation: ``weight`` charged to the server windows ``windows``."""
+
+    weight: int
+    windows: tuple[int, ...]
+    sent_mono: float
+    granted_server_ms: float
+
+
+@dataclass
+class GovernorStats:
+    """Counters for progress displays and benchmarks."""
+
+    permits: int = 0
+    weight: int = 0
+    waited_s: float = 0.0
+    late_charges: int = 0
+    pauses: int = 0
+    max_observed: int = 0  # highest used-weight header seen
+    observed: dict[int, int] = field(default_factory=dict)  # window → highest header seen
+    started_server_ms: float | None = None
+    last_server_ms: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "permits": self.permits,
+            "weight": self.weight,
+            "waited_s": round(self.waited_s, 3),
+            "late_charges": self.late_charges,
+            "pauses": self.pauses,
+            "max_observed": self.max_observed,
+        }
+
+
+class WeightGovernor:
+    """Permits for one weight budget (one REST market, or a special per-endpoint limit).
+
+    ``limit`` per ``window_ms`` of server time, minus ``reserve`` (an absolute weight, or a fraction
+    of the limit when < 1) kept free for traffic the governor cannot see coming. ``clock`` is shared
+    with the client that feeds it samples. ``latency_s`` is the initial guess of one-way latency;
+    it adapts to observed round trips.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        limit: int,
+        window_ms: int = MINUTE_MS,
+        reserve: float = 0.01,
+        clock: ServerClock | None = None,
+        state_file: str | os.PathLike[str] | None = None,
+        latency_s: float = 0.05,
+    ) -> None:
+        self.name = name
+        self.clock = clock or ServerClock()
+        self.window_ms = int(window_ms)
+        self.limit = int(limit)
+        self.reserve = reserve
+        self._state = _State(Path(state_file) if state_file is not None else None)
+        self._fifo = asyncio.Lock()
+        self._observed: dict[int, int] = {}
+        self._rtt_avg = 2 * latency_s
+        self._rtt_dev = latency_s
+        self._paused_cache = 0.0
+        self.stats = GovernorStats()
+        # Set by the client: an unguarded time request (its weight is ``charge``d) used when a
+        # wait has lasted ``resync_after_s`` real seconds without a fresh clock sample.
+        self.resync: Callable[[], Awaitable[object]] | None = None
+        self.resync_after_s = 1.0
+        self.max_sleep_s = 1.0
+
+    # -- configuration ---------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path | None:
+        return self._state.path
+
+    @property
+    def budget(self) -> int:
+        """The most weight the governor lets all processes use in one window."""
+        res = self.reserve * self.limit if self.reserve < 1 else self.reserve
+        return max(1, self.limit - math.ceil(res))
+
+    def set_limit(self, limit: int, window_ms: int | None = None) -> None:
+        """Adopt the limit read from exchangeInfo ``rateLimits``."""
+        if limit <= 0:
+            raise ValueError(f"weight limit must be positive, got {limit}")
+        if limit != self.limit or (window_ms and window_ms != self.window_ms):
+            log.debug("%s: weight limit %s per %s ms", self.name, limit, window_ms or self.window_ms)
+        self.limit = int(limit)
+        if window_ms:
+            self.window_ms = int(window_ms)
+
+    def close(self) -> None:
+        self._state.close()
+
+    # -- time helpers ----------------------------------------------------------------------------
+    def window_of(self, server_ms: float) -> int:
+        return int(server_ms // self.window_ms)
+
+    def latency_ms(self) -> float:
+        """A high estimate of one-way latency, in server ms."""
+        one_way_s = min(2.0, (self._rtt_avg + 4 * self._rtt_dev) / 2 + 0.001)
+        return self.clock.rate * 1000.0 * one_way_s
+
+    def _span(self, now: float, u: float) -> tuple[int, ...]:
+        lo = self.window_of(now - u)
+        hi = self.window_of(now + u + self.latency_ms())
+        return tuple(range(lo, hi + 1))
+
+    # -- permits ---------------------------------------------------------------------------------
+    async def acquire(self, weight: int) -> Permit:
+        """Wait until ``weight`` fits in every window the request may land in; reserve it there."""
+        if weight <= 0:
+            raise ValueError(f"weight must be positive, got {weight}")
+        weight = min(weight, self.budget)  # a request heavier than the budget still goes, alone
+        t0 = time.monotonic()
+        async with self._fifo:
+            while True:
+                mono = time.monotonic()
+                now = self.clock.now_ms(mono)
+                u = self.clock.uncertainty_ms(mono)
+                windows = self._span(now, u)
+                granted, resume_at = self._try_reserve(windows, weight, now, u)
+                if granted:
+                    if self.stats.started_server_ms is None:
+                        self.stats.started_server_ms = now
+                    self.stats.permits += 1
+                    self.stats.weight += weight
+                    self.stats.waited_s += time.monotonic() - t0
+                    return Permit(weight, windows, time.monotonic(), now)
+                delay = self.clock.real_seconds(resume_at - now)
+                if (
+                    self.resync is not None
+                    and time.monotonic() - self.clock.last_sync_mono > self.resync_after_s
+                    and time.monotonic() - t0 > self.resync_after_s
+                ):
+                    # waiting long on an extrapolated clock (a frozen or jumped simulator clock,
+                    # a sleeping laptop): look at the server's clock again before trusting it
+                    try:
+                        await self.resync()
+                    except Exception as exc:  # the wait goes on; the request path reports errors
+                        log.debug("%s: clock re-sync while waiting failed: %r", self.name, exc)
+                    continue
+                await asyncio.sleep(min(max(delay, 0.0005), self.max_sleep_s))
+
+    def _try_reserve(self, windows: tuple[int, ...], weight: int, now: float, u: float) -> tuple[bool, float]:
+        """Reserve ``weight`` in ``windows`` if it fits; else return when to try again (server ms)."""
+        budget = self.budget
+        with self._state.edit() as st:
+            paused = float(st.get("paused_until", 0.0))
+            self._paused_cache = paused
+            if paused > now:
+                return False, paused
+            res: dict[str, int] = st["windows"]
+            for w in windows:
+                used = max(int(res.get(str(w), 0)), self._observed.get(w, 0))
+                if used + weight > budget:
+                    # the request may land in a full window: wait until it certainly cannot
+                    return False, (w + 1) * self.window_ms + u + 1.0
+            for w in windows:
+                res[str(w)] = int(res.get(str(w), 0)) + weight
+            oldest = windows[0] - 2
+            for key in [k for k in res if int(k) < oldest]:
+                del res[key]
+        return True, now
+
+    def charge(self, weight: int) -> None:
+        """Add ``weight`` to the current window without asking (for unguarded requests)."""
+        now = self.clock.now_ms()
+        u = self.clock.uncertainty_ms()
+        with self._state.edit() as st:
+            res = st["windows"]
+            for w in self._span(now, u):
+                res[str(w)] = int(res.get(str(w), 0)) + weight
+        self.stats.weight += weight
+
+    def complete(self, permit: Permit, used_weight: int | None = None) -> None:
+        """Record a finished request: its round trip, and the used-weight header if it had one."""
+        recv = time.monotonic()
+        rtt = recv - permit.sent_mono
+        self._rtt_avg += 0.1 * (rtt - self._rtt_avg)
+        self._rtt_dev += 0.1 * (abs(rtt - self._rtt_avg) - self._rtt_dev)
+        sent_server = permit.granted_server_ms
+        recv_server = self.clock.now_ms(recv)
+        u = self.clock.uncertainty_ms(recv)
+        lo, hi = self.window_of(sent_server - u), self.window_of(recv_server + u)
+        missing = [w for w in range(lo, hi + 1) if w not in permit.windows and w > permit.windows[-1]]
+        if missing:
+            # slower than expected: it may have landed in a window it was not charged to
+            self.stats.late_charges += 1
+            with self._state.edit() as st:
+                res = st["windows"]
+                for w in missing:
+                    res[str(w)] = int(res.get(str(w), 0)) + permit.weight
+        self.stats.last_server_ms = recv_server
+        if used_weight is None:
+            return
+        self.stats.max_observed = max(self.stats.max_observed, used_weight)
+        if lo == hi:
+            prev = self._observed.get(lo, 0)
+            if used_weight > prev:
+                self._observed[lo] = used_weight
+                self.stats.observed[lo] = used_weight
+            for w in [w for w in self._observed if w < lo - 2]:
+                del self._observed[w]
+
+    def observe(self, used_weight: int, server_ms: float | None = None) -> None:
+        """Record a used-weight header not tied to a permit (e.g. a response to a bare request)."""
+        now = self.clock.now_ms() if server_ms is None else server_ms
+        u = self.clock.uncertainty_ms()
+        lo, hi = self.window_of(now - u), self.window_of(now + u)
+        if lo == hi and used_weight > self._observed.get(lo, 0):
+            self._observed[lo] = used_weight
+        self.stats.max_observed = max(self.stats.max_observed, used_weight)
+
+    def pause(self, seconds: float, reason: str = "") -> float:
+        """Stop granting permits (in every process sharing the state) for ``seconds`` of server time.
+
+        Returns the server time (ms) permits resume at. Pauses never shorten an existing pause.
+        """
+        now = self.clock.now_ms()
+        until = now + max(0.0, seconds) * 1000.0
+        with self._state.edit() as st:
+            until = max(until, float(st.get("paused_until", 0.0)))
+            st["paused_until"] = until
+        self._paused_cache = until
+        self.stats.pauses += 1
+        log.debug("%s: paused %.1fs of server time (%s)", self.name, seconds, reason)
+        return until
+
+    def paused_for(self) -> float:
+        """Real seconds until permits resume (0 when not paused), from the last state read."""
+        return self.clock.real_seconds(self._paused_cache - self.clock.now_ms())
+
+    def reserved(self, window: int | None = None) -> int:
+        """Weight reserved (by all processes sharing the state) in ``window`` (default: current)."""
+        w = self.window_of(self.clock.now_ms()) if window is None else window
+        with self._state.edit() as st:
+            return int(st["windows"].get(str(w), 0))
+
+    def used_now(self) -> int:
+        """Best knowledge of the weight used in the current window."""
+        w = self.window_of(self.clock.now_ms())
+        return max(self.reserved(w), self._observed.get(w, 0))
