@@ -6,8 +6,12 @@ one, never half of one). On object stores (``s3://``) a single PUT is already al
 object is written in one request.
 
 Locks serialise writers of one series across threads and processes of one machine with ``flock``
-on a local lock file. Object stores give no cross-machine lock: two machines writing the same
-series of one S3 lake are not supported (see docs/architecture.md).
+on a local lock file. Object stores give no cross-machine lock, so a lake on an object store has
+one writing machine at a time: the first write of a process takes a *writer lease*
+(``_meta/writer-lease.json``: host id and expiry, renewed while writing) and a process on another
+host refuses to write while a live lease is held by someone else. Readers are unaffected.
+Configure S3 access with the standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` …),
+which s3fs, Polars and DuckDB all read.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
+import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,9 +31,25 @@ from typing import Any
 
 import fsspec
 
-from lake.errors import LockTimeoutError
+from lake.errors import ConfigError, LockTimeoutError
 
-__all__ = ["LakeFS"]
+__all__ = ["LEASE_PATH", "LakeFS", "host_id"]
+
+LEASE_PATH = "_meta/writer-lease.json"
+LEASE_SECONDS = 600.0
+
+
+def host_id() -> str:
+    """Identifies this machine for the object-store writer lease (``LAKE_HOST_ID`` overrides)."""
+    override = os.environ.get("LAKE_HOST_ID")
+    if override:
+        return override
+    try:
+        with open("/etc/machine-id", encoding="ascii") as f:
+            machine = f.read().strip()
+    except OSError:
+        machine = ""
+    return f"{socket.gethostname()}:{machine[:12]}"
 
 
 class LakeFS:
@@ -60,6 +83,8 @@ class LakeFS:
             default_locks = Path(self.root) / ".locks"
         self.lock_dir = Path(lock_dir) if lock_dir is not None else default_locks
         self.url_root = self.root if self.is_local else f"{self.protocol}://{self.root}"
+        self._lease_until = 0.0
+        self._lease_mutex = threading.Lock()
 
     def __repr__(self) -> str:
         return f"LakeFS({self.url_root!r})"
@@ -122,6 +147,7 @@ class LakeFS:
         """Replace ``rel`` with ``data`` so that no reader ever sees a partial file."""
         target = self.full(rel)
         if not self.is_local:
+            self._ensure_lease()
             self.fs.pipe_file(target, data)
             return
         directory, name = os.path.split(target)
@@ -148,7 +174,33 @@ class LakeFS:
             if self.is_local:
                 os.unlink(self.full(rel))
             else:
+                self._ensure_lease()
                 self.fs.rm_file(self.full(rel))
+
+    def _ensure_lease(self) -> None:
+        """Refuse to write an object-store lake that another machine is writing (see module doc)."""
+        now = time.time()
+        if now < self._lease_until - LEASE_SECONDS / 2:
+            return
+        with self._lease_mutex:
+            me = host_id()
+            raw = self.read_bytes_or_none(LEASE_PATH)
+            if raw is not None:
+                try:
+                    lease = json.loads(raw)
+                    holder, expires = str(lease["host"]), float(lease["expires"])
+                except (ValueError, KeyError, TypeError):
+                    holder, expires = "", 0.0
+                if holder and holder != me and expires > now:
+                    raise ConfigError(
+                        f"lake {self.url_root} is being written by host {holder!r} until "
+                        f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(expires))}; object stores give no "
+                        "cross-machine lock, so only one machine may write a lake at a time"
+                    )
+            until = now + LEASE_SECONDS
+            body = json.dumps({"host": me, "expires": until}).encode()
+            self.fs.pipe_file(self.full(LEASE_PATH), body)
+            self._lease_until = until
 
     # -- locking -------------------------------------------------------------------------------
     @contextlib.contextmanager

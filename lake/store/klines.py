@@ -218,7 +218,8 @@ def scan_klines(
         files,
         hive_partitioning=True,
         hive_schema=_HIVE_SCHEMA,
-        storage_options=lfs.storage_options or None,
+        # Object-store credentials come from the standard AWS_* environment (read by Polars too).
+        storage_options=None,
     )
     if start is not None:
         lf = lf.filter(pl.col("candle_begin_time") >= start)

@@ -1,4 +1,5 @@
 import datetime as dt
+import uuid
 
 import polars as pl
 from hypothesis import HealthCheck, given, settings
@@ -12,10 +13,10 @@ from tests.store.helpers import frame, t0_ms
 STEP = 300_000
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.tuples(st.integers(1, 600), st.integers(1, 40)), max_size=6))
-def test_coverage_finds_exactly_the_cut_holes(tmp_path_factory, cuts: list[tuple[int, int]]) -> None:
-    root = tmp_path_factory.mktemp("lake")
+def test_coverage_finds_exactly_the_cut_holes(lake_root: str, cuts: list[tuple[int, int]]) -> None:
+    root = f"{lake_root}/{uuid.uuid4().hex[:8]}"
     n = 700
     missing: set[int] = set()
     for start, length in cuts:
@@ -45,7 +46,8 @@ def test_coverage_finds_exactly_the_cut_holes(tmp_path_factory, cuts: list[tuple
     assert got == want
 
 
-def test_confirmed_empty_holes_are_exchange_holes(tmp_path) -> None:
+def test_confirmed_empty_holes_are_exchange_holes(lake_root: str) -> None:
+    tmp_path = lake_root
     kept = [i for i in range(100) if not (10 <= i < 20 or 50 <= i < 55)]
     write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", frame([t0_ms() + i * STEP for i in kept]))
     add_empty_ranges(

@@ -13,6 +13,7 @@ import time
 import polars as pl
 
 from lake.store.klines import scan_klines
+from tests.store.conftest import parquet_files
 
 WRITER = textwrap.dedent(
     """
@@ -49,7 +50,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def test_sigkill_mid_write_leaves_previous_partition_intact(tmp_path) -> None:
+def test_sigkill_mid_write_leaves_previous_partition_intact(lake_root: str) -> None:
+    tmp_path = lake_root
     from tests.store.helpers import frame, opens, t0_ms
 
     rows = opens(t0_ms(), 86_400, 1000)
@@ -71,11 +73,11 @@ def test_sigkill_mid_write_leaves_previous_partition_intact(tmp_path) -> None:
         assert df.height == 86_400
         assert any(df.equals(v) for v in versions), "partition is neither the old nor the new version"
     assert kills_after_first_write == 5
-    visible = [p for p in tmp_path.rglob("*.parquet")]
-    assert len(visible) == 1
+    assert len(parquet_files(lake_root)) == 1
 
 
-def test_two_concurrent_writer_processes_lose_no_rows(tmp_path) -> None:
+def test_two_concurrent_writer_processes_lose_no_rows(lake_root: str) -> None:
+    tmp_path = lake_root
     n = 40
     procs = [
         subprocess.Popen([sys.executable, "-c", BATCHES, str(tmp_path), str(p), str(n)], env=_env())

@@ -1,5 +1,6 @@
-import os
+import uuid
 
+import fsspec
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -7,6 +8,7 @@ from hypothesis import strategies as st
 
 from lake.errors import DataError
 from lake.store.klines import scan_klines, write_klines
+from tests.store.conftest import parquet_files
 from tests.store.helpers import frame, t0_ms
 
 STEP = 300_000
@@ -17,10 +19,10 @@ def stored(root) -> pl.DataFrame:
     return scan_klines(root, "usdt_perp", "5m").collect().sort("candle_begin_time")
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(a=idx_sets, b=idx_sets)
-def test_upsert_newer_wins_and_rewrite_is_noop(tmp_path_factory, a: set[int], b: set[int]) -> None:
-    root = tmp_path_factory.mktemp("lake")
+def test_upsert_newer_wins_and_rewrite_is_noop(lake_root: str, a: set[int], b: set[int]) -> None:
+    root = f"{lake_root}/{uuid.uuid4().hex[:8]}"
     fa = frame([t0_ms() + i * STEP for i in sorted(a)], base=100.0, source="archive")
     fb = frame([t0_ms() + i * STEP for i in sorted(b)], base=500.0, source="rest")
     write_klines(root, "usdt_perp", "5m", "BTCUSDT", fa)
@@ -37,15 +39,17 @@ def test_upsert_newer_wins_and_rewrite_is_noop(tmp_path_factory, a: set[int], b:
         [fa.filter(~pl.col("candle_begin_time").is_in(fb["candle_begin_time"].implode())), fb]
     )
     assert got.drop("symbol").equals(expected.sort("candle_begin_time"))
-    files = sorted(root.rglob("*.parquet"))
-    mtimes = [os.stat(f).st_mtime_ns for f in files]
+    fs, _ = fsspec.core.url_to_fs(root)
+    files = parquet_files(root)
+    stamps = [fs.info(f).get("LastModified", fs.info(f).get("mtime")) for f in files]
     result = write_klines(root, "usdt_perp", "5m", "BTCUSDT", fb)
     assert result.partitions_written == 0
-    assert [os.stat(f).st_mtime_ns for f in files] == mtimes
+    assert [fs.info(f).get("LastModified", fs.info(f).get("mtime")) for f in files] == stamps
     assert stored(root).equals(got)
 
 
-def test_bad_rows_rejected_and_lake_untouched(tmp_path) -> None:
+def test_bad_rows_rejected_and_lake_untouched(lake_root: str) -> None:
+    tmp_path = lake_root
     good = frame([t0_ms() + i * STEP for i in range(10)])
     write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", good)
     before = stored(tmp_path)
@@ -61,7 +65,8 @@ def test_bad_rows_rejected_and_lake_untouched(tmp_path) -> None:
     assert stored(tmp_path).equals(before)
 
 
-def test_scan_prunes_by_symbol_and_time(tmp_path) -> None:
+def test_scan_prunes_by_symbol_and_time(lake_root: str) -> None:
+    tmp_path = lake_root
     import datetime as dt
 
     for sym in ("AAAUSDT", "BBBUSDT"):
