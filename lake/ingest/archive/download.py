@@ -1,0 +1,264 @@
+"""Download archive zips: streamed to a temp file, SHA-256 checked against ``.CHECKSUM``, then moved.
+
+Download directory layout (never inside the parquet tree)::
+
+    <download dir>/<archive key>                 a verified zip, e.g.
+        data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip
+    <download dir>/<archive key>.part-<pid>-<id> a download in progress (or killed mid-way)
+
+A zip reaches its final name only after its bytes hashed to the value its ``.CHECKSUM`` announces, by
+``os.replace`` (atomic), so an interrupted download never looks complete. ``.part`` files of
+processes that no longer run are removed by ``clean_partials``. A final zip found from an earlier run
+(``--keep-zips``, or a run killed between download and ingest) is re-hashed against the current
+checksum before it is trusted.
+
+A mismatch is retried (a fresh ``.CHECKSUM`` and a fresh zip) ``checksum_attempts`` times in all;
+then ``DataError`` names the file. Network failures and 5xx are retried with capped backoff, then
+``UpstreamError``; a 404 is ``NotFoundError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import aiohttp
+
+from lake.errors import DataError, LakeError, NotFoundError, UpstreamError
+from lake.ingest.archive.plan import ArchiveFile
+
+__all__ = [
+    "Downloaded",
+    "Downloader",
+    "clean_partials",
+    "parse_checksum",
+    "sha256_file",
+]
+
+log = logging.getLogger("lake.archive")
+
+_CHUNK = 1 << 16
+_FLUSH = 1 << 20
+_PART_RE = re.compile(r"\.part-(\d+)-[0-9a-f]+$")
+_HEX64 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def parse_checksum(text: bytes, name: str) -> str:
+    """The SHA-256 in a ``.CHECKSUM`` body (``"<hex>  <zip name>"``, trailing newline optional)."""
+    try:
+        line = text.decode("ascii").strip()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{name}.CHECKSUM is not ASCII") from exc
+    parts = line.split()
+    if not parts or not _HEX64.fullmatch(parts[0]):
+        raise DataError(f"{name}.CHECKSUM is malformed: {line[:120]!r}")
+    if len(parts) > 1 and parts[-1].lstrip("*") != name:
+        raise DataError(f"{name}.CHECKSUM names another file: {parts[-1][:80]!r}")
+    return parts[0].lower()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_partials(directory: Path) -> int:
+    """Remove ``.part`` files left by processes that no longer run; returns how many."""
+    removed = 0
+    if not directory.exists():
+        return 0
+    for dirpath, _dirs, files in os.walk(directory):
+        for f in files:
+            m = _PART_RE.search(f)
+            if m and not _pid_alive(int(m.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(dirpath, f))
+                    removed += 1
+    return removed
+
+
+@dataclass(frozen=True, slots=True)
+class Downloaded:
+    """A verified zip on disk."""
+
+    file: ArchiveFile
+    path: Path
+    sha256: str
+    etag: str
+    last_modified: str
+    size: int
+    reused: bool = False  # found verified on disk, not downloaded this time
+    attempts: int = 1
+
+
+class Downloader:
+    """Fetches and verifies archive files under ``directory`` from the archive at ``base_url``."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base_url: str,
+        directory: Path,
+        *,
+        checksum_attempts: int = 3,
+        retries: int = 4,
+        backoff: float = 0.25,
+        backoff_cap: float = 5.0,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self.directory = Path(directory)
+        self.checksum_attempts = checksum_attempts
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.bytes = 0
+        self.requests = 0
+
+    def path_of(self, f: ArchiveFile) -> Path:
+        return self.directory / f.key
+
+    def url_of(self, key: str) -> str:
+        return f"{self.base_url}/{key}"
+
+    async def _sleep(self, attempt: int) -> None:
+        delay = min(self.backoff_cap, self.backoff * 2**attempt)
+        await asyncio.sleep(delay * (0.5 + random.random() / 2))
+
+    async def fetch_checksum(self, f: ArchiveFile) -> str:
+        url = self.url_of(f.checksum_key)
+        last: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                self.requests += 1
+                async with self.session.get(url) as resp:
+                    body = await resp.read()
+                    if resp.status == 200:
+                        return parse_checksum(body, f.name)
+                    _raise_for_status(resp.status, url)
+                    last = UpstreamError(f"{url}: HTTP {resp.status}")
+            except LakeError as exc:
+                if not isinstance(exc, UpstreamError):
+                    raise
+                last = exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = exc
+            if attempt < self.retries:
+                await self._sleep(attempt)
+        raise UpstreamError(f"{url}: failed after {self.retries + 1} attempts: {last}") from last
+
+    async def _download_once(self, f: ArchiveFile, part: Path) -> tuple[str, str, str, int]:
+        """GET the zip into ``part``; returns (sha256, etag, last_modified, size)."""
+        url = self.url_of(f.key)
+        last: BaseException | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                self.requests += 1
+                async with self.session.get(url) as resp:
+                    if resp.status != 200:
+                        await resp.read()
+                        _raise_for_status(resp.status, url)
+                        raise UpstreamError(f"{url}: HTTP {resp.status}")
+                    h = hashlib.sha256()
+                    size = 0
+                    buf = bytearray()
+                    fh = await asyncio.to_thread(open, part, "wb")
+                    try:
+                        async for chunk in resp.content.iter_chunked(_CHUNK):
+                            h.update(chunk)
+                            buf += chunk
+                            size += len(chunk)
+                            if len(buf) >= _FLUSH:
+                                await asyncio.to_thread(fh.write, bytes(buf))
+                                buf.clear()
+                        if buf:
+                            await asyncio.to_thread(fh.write, bytes(buf))
+                        await asyncio.to_thread(_flush_sync, fh)
+                    finally:
+                        await asyncio.to_thread(fh.close)
+                    length = resp.headers.get("Content-Length")
+                    if length is not None and length.isdigit() and int(length) != size:
+                        raise UpstreamError(f"{url}: got {size} of {length} bytes")
+                    self.bytes += size
+                    etag = resp.headers.get("ETag", "").strip('"')
+                    return h.hexdigest(), etag, resp.headers.get("Last-Modified", ""), size
+            except LakeError as exc:
+                if not isinstance(exc, UpstreamError):
+                    raise
+                last = exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                last = exc
+            if attempt < self.retries:
+                await self._sleep(attempt)
+        raise UpstreamError(f"{url}: failed after {self.retries + 1} attempts: {last}") from last
+
+    async def fetch(self, f: ArchiveFile) -> Downloaded:
+        """A verified copy of ``f`` on disk (downloaded unless a verified copy is already there)."""
+        final = self.path_of(f)
+        await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
+        mismatches: list[str] = []
+        for attempt in range(1, self.checksum_attempts + 1):
+            expected = await self.fetch_checksum(f)
+            if attempt == 1 and final.exists():
+                have = await asyncio.to_thread(sha256_file, final)
+                if have == expected:
+                    size = final.stat().st_size
+                    return Downloaded(f, final, have, "", "", size, reused=True)
+                await asyncio.to_thread(_unlink, final)
+            part = final.with_name(f"{final.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+            try:
+                got, etag, last_modified, size = await self._download_once(f, part)
+                if got == expected:
+                    await asyncio.to_thread(os.replace, part, final)
+                    return Downloaded(f, final, got, etag, last_modified, size, attempts=attempt)
+            finally:
+                await asyncio.to_thread(_unlink, part)
+            mismatches.append(f"got {got[:12]}…, .CHECKSUM says {expected[:12]}…")
+            log.warning("%s: SHA-256 mismatch (attempt %d/%d)", f.key, attempt, self.checksum_attempts)
+        raise DataError(
+            f"{f.key}: SHA-256 does not match its .CHECKSUM after {self.checksum_attempts} downloads "
+            f"({'; '.join(mismatches)})"
+        )
+
+
+def _flush_sync(fh: BinaryIO) -> None:
+    fh.flush()
+    os.fsync(fh.fileno())
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _raise_for_status(status: int, url: str) -> None:
+    """Raise the terminal error for a non-retryable status; return for retryable ones."""
+    if status == 404:
+        raise NotFoundError(f"{url}: HTTP 404 (listed but not served)")
+    if status >= 500 or status in (408, 429):
+        return
+    raise DataError(f"{url}: HTTP {status}")

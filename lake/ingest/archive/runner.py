@@ -1,0 +1,491 @@
+"""Archive ingest of one (trade type, interval): list, plan, download, verify, parse, write, record.
+
+    report = await ingest_archive(settings, "usdt_perp", "1m", ["BTCUSDT"], start_ms, end_ms)
+    report.lacking            # {symbol: [(start_ms, end_ms), …]} units the archive has no file for
+
+Steps per symbol: list its daily and monthly directories (paginated S3 listing), read what the lake
+holds and the manifest, plan (``plan.plan_series``). Then a bounded pool of workers downloads every
+planned file (``download.Downloader``: temp file, SHA-256 against ``.CHECKSUM``, atomic move), parses
+it (``parse.parse_kline_zip``; rows outside the file's period or conflicting duplicates are a
+``DataError``), upserts it with ``write_klines`` and only then records it in the manifest. Nothing is
+written for a file that failed verification. A failed file does not stop the others; at the end the
+run raises one error naming every failed file. Zips are deleted after ingest unless ``keep_zips``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import polars as pl
+
+from lake.binance.intervals import Interval, parse_interval
+from lake.binance.markets import Endpoints, get_trade_type
+from lake.binance.symbols import validate_symbols
+from lake.errors import DataError, LakeError, ValidationError
+from lake.ingest.archive.download import Downloaded, Downloader, clean_partials
+from lake.ingest.archive.listing import ListEntry, fetch_listing, symbols_from_prefixes
+from lake.ingest.archive.manifest import read_manifest, record_files
+from lake.ingest.archive.parse import parse_kline_zip
+from lake.ingest.archive.plan import (
+    DAILY,
+    FREQS,
+    MONTHLY,
+    MONTHLY_MIN_DAYS,
+    FileRecord,
+    PlannedFile,
+    SeriesPlan,
+    UnitState,
+    daily_available,
+    file_from_name,
+    month_start,
+    next_month,
+    plan_series,
+    series_prefix,
+    symbols_prefix,
+    units,
+)
+from lake.progress import Progress
+from lake.settings import Settings
+from lake.store.fs import LakeFS
+from lake.store.klines import scan_klines, write_klines
+from lake.store.meta import read_empty_ranges
+
+__all__ = [
+    "ArchiveReport",
+    "download_dir",
+    "ingest_archive",
+    "lake_holes",
+    "lake_units",
+    "list_archive_symbols",
+]
+
+log = logging.getLogger("lake.archive")
+
+
+def download_dir(settings: Settings) -> Path:
+    """Where zips are downloaded: ``<state dir>/downloads`` (never inside the parquet tree)."""
+    return settings.state_path / "downloads"
+
+
+@dataclass
+class ArchiveReport:
+    """What one archive ingest did."""
+
+    trade_type: str
+    interval: str
+    symbols: list[str] = field(default_factory=list)
+    files_planned: int = 0
+    files_downloaded: int = 0
+    files_reused: int = 0  # verified zips found on disk (``--keep-zips`` or an interrupted run)
+    files_reuploaded: int = 0  # files Binance replaced since they were ingested
+    units_skipped: int = 0  # days (months above 1d) the lake or a verified file already covers
+    rows: int = 0
+    partitions_written: int = 0
+    bytes: int = 0
+    requests: int = 0
+    checksum_retries: int = 0
+    lacking: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # per symbol [start, end) planned
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "trade_type": self.trade_type,
+            "interval": self.interval,
+            "symbols": len(self.symbols),
+            "files_planned": self.files_planned,
+            "files_downloaded": self.files_downloaded,
+            "files_reused": self.files_reused,
+            "files_reuploaded": self.files_reuploaded,
+            "units_skipped": self.units_skipped,
+            "rows": self.rows,
+            "partitions_written": self.partitions_written,
+            "bytes": self.bytes,
+            "requests": self.requests,
+            "checksum_retries": self.checksum_retries,
+            "lacking_units": sum(len(v) for v in self.lacking.values()),
+            "failed": list(self.failed),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --------------------------------------------------------------------------------------------------
+# What the lake holds
+# --------------------------------------------------------------------------------------------------
+
+
+def _times(lfs: LakeFS, tt: str, iv: Interval, symbol: str, start_ms: int, end_ms: int) -> pl.Series:
+    start = dt.datetime.fromtimestamp(start_ms / 1000, tz=dt.UTC)
+    end = dt.datetime.fromtimestamp(end_ms / 1000, tz=dt.UTC)
+    df = scan_klines(lfs, tt, iv.name, [symbol], start, end).select("candle_begin_time").collect()
+    return df["candle_begin_time"].dt.epoch("ms").sort()
+
+
+def lake_units(
+    lfs: LakeFS, trade_type: str, interval: Interval | str, symbol: str, start_ms: int, end_ms: int
+) -> dict[int, UnitState]:
+    """Per planning unit in ``[start_ms, end_ms)``: stored candles and candles recorded as confirmed empty."""
+    iv = parse_interval(interval)
+    us = units(iv, start_ms, end_ms)
+    if not us:
+        return {}
+    lo, hi = us[0][0], us[-1][1]
+    times = _times(lfs, trade_type, iv, symbol, lo, hi)
+    counts: dict[int, int] = {}
+    if times.len():
+        bounds = pl.Series([u[0] for u in us], dtype=pl.Int64)
+        idx = bounds.search_sorted(times, side="right") - 1
+        vc = idx.value_counts()
+        counts = {int(us[int(i)][0]): int(n) for i, n in vc.iter_rows()}
+    empties = read_empty_ranges(lfs, trade_type, iv.name, symbol)
+    out: dict[int, UnitState] = {}
+    for u0, u1 in us:
+        empty = sum(iv.count(max(r.start_ms, u0), min(r.end_ms, u1)) for r in empties if r.start_ms < u1)
+        out[u0] = UnitState(counts.get(u0, 0), empty)
+    return out
+
+
+def lake_holes(
+    lfs: LakeFS, trade_type: str, interval: Interval | str, symbol: str, start_ms: int, end_ms: int
+) -> list[tuple[int, int]]:
+    """Runs of aligned candles in ``[start_ms, end_ms)`` that the lake lacks and that are not recorded
+    as confirmed empty, as half-open ``(start_ms, end_ms)`` ranges of their open times."""
+    iv = parse_interval(interval)
+    if start_ms >= end_ms:
+        return []
+    times = _times(lfs, trade_type, iv, symbol, start_ms, end_ms)
+    first = iv.floor(start_ms)
+    if first < start_ms:
+        first = iv.next_open(first)
+    spans: list[tuple[int, int]] = []
+    if iv.ms is not None:
+        step = iv.ms
+        # Stored candles need not be aligned (irregular 2018 klines); holes are between aligned opens.
+        t = pl.concat([pl.Series([first - step]), times, pl.Series([_ceil(end_ms, iv)])])
+        gaps = (
+            pl.DataFrame({"t": t})
+            .with_columns(prev=pl.col("t").shift(1))
+            .filter(pl.col("t") - pl.col("prev") > step)
+        )
+        for cur, prev in gaps.select("t", "prev").iter_rows():
+            a = max(int(prev) + step, first)
+            b = min(int(cur), end_ms)
+            if a < b:
+                spans.append((a, b))
+    else:
+        have = set(times.to_list())
+        run: list[int] = []
+        for o in iv.opens(start_ms, end_ms):
+            if o in have:
+                if run:
+                    spans.append((run[0], iv.next_open(run[-1])))
+                    run = []
+            else:
+                run.append(o)
+        if run:
+            spans.append((run[0], iv.next_open(run[-1])))
+    empties = read_empty_ranges(lfs, trade_type, iv.name, symbol)
+    return _subtract(spans, [(r.start_ms, r.end_ms) for r in empties], iv)
+
+
+def _ceil(ms: int, iv: Interval) -> int:
+    f = iv.floor(ms)
+    return f if f == ms else iv.next_open(f)
+
+
+def _subtract(
+    spans: list[tuple[int, int]], cut: list[tuple[int, int]], iv: Interval
+) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in spans:
+        pieces = [(a, b)]
+        for c0, c1 in cut:
+            nxt: list[tuple[int, int]] = []
+            for p0, p1 in pieces:
+                if c1 <= p0 or c0 >= p1:
+                    nxt.append((p0, p1))
+                    continue
+                if p0 < c0:
+                    nxt.append((p0, c0))
+                if c1 < p1:
+                    nxt.append((c1, p1))
+            pieces = nxt
+        out.extend(p for p in pieces if iv.count(p[0], p[1]) > 0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Listing
+# --------------------------------------------------------------------------------------------------
+
+
+async def list_archive_symbols(
+    session: aiohttp.ClientSession, endpoints: Endpoints, market: str
+) -> list[str]:
+    """Every symbol with a kline directory in the market's archive (daily or monthly), validated."""
+    out: set[str] = set()
+    for freq in FREQS:
+        prefix = symbols_prefix(market, freq)
+        listing = await fetch_listing(session, endpoints.archive_list, prefix)
+        out.update(symbols_from_prefixes(listing.prefixes, prefix))
+    return sorted(out)
+
+
+async def _list_series(
+    session: aiohttp.ClientSession, endpoints: Endpoints, market: str, symbol: str, iv: Interval
+) -> dict[str, ListEntry]:
+    """Zip and ``.CHECKSUM`` entries of one series (daily and monthly) by file name."""
+    out: dict[str, ListEntry] = {}
+    freqs = FREQS if daily_available(iv) else (MONTHLY,)
+    for freq in freqs:
+        listing = await fetch_listing(
+            session, endpoints.archive_list, series_prefix(market, freq, symbol, iv)
+        )
+        for e in listing.entries.values():
+            base = e.name.removesuffix(".CHECKSUM")
+            f = file_from_name(market, freq, iv, base)
+            if f is None or f.symbol != symbol:
+                continue  # not a file of this series (or a hostile name): never used
+            out[e.name] = e
+    return out
+
+
+def _listed_span(market: str, iv: Interval, listed: Mapping[str, ListEntry]) -> tuple[int, int] | None:
+    spans = []
+    for name in listed:
+        if name.endswith(".CHECKSUM"):
+            continue
+        for freq in (DAILY, MONTHLY):
+            f = file_from_name(market, freq, iv, name)
+            if f is not None:
+                spans.append((f.start_ms, f.end_ms))
+    if not spans:
+        return None
+    return min(a for a, _ in spans), max(b for _, b in spans)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    planned: PlannedFile
+    trade_type: str
+
+
+def _manifest_trusted(
+    manifest: Mapping[str, FileRecord], lake: Mapping[int, UnitState]
+) -> dict[str, FileRecord]:
+    """Records whose rows the lake still holds (a record for data deleted since is not trusted)."""
+    out: dict[str, FileRecord] = {}
+    for name, rec in manifest.items():
+        held = sum(s.rows for u0, s in lake.items() if rec.start_ms <= u0 < rec.end_ms)
+        covered = any(rec.start_ms <= u0 < rec.end_ms for u0 in lake)
+        if not covered or held >= rec.rows:
+            out[name] = rec
+    return out
+
+
+async def ingest_archive(
+    settings: Settings,
+    trade_type: str,
+    interval: str,
+    symbols: Sequence[str],
+    start_ms: int | None = None,
+    end_ms: int | None = None,
+    *,
+    keep_zips: bool = False,
+    progress: Progress | None = None,
+    session: aiohttp.ClientSession | None = None,
+    concurrency: int = 8,
+    checksum_attempts: int = 3,
+    monthly_min_days: int = MONTHLY_MIN_DAYS,
+    windows: Mapping[str, tuple[int | None, int | None]] | None = None,
+) -> ArchiveReport:
+    """Ingest the archive files the lake lacks for ``symbols`` in ``[start_ms, end_ms)``.
+
+    ``start_ms``/``end_ms`` default to each symbol's first/last archive file; ``windows`` overrides
+    them per symbol. Raises ``DataError`` (corrupt zip, checksum mismatch after retries, bad rows) or
+    ``UpstreamError``/``NotFoundError`` after every other file was processed, naming the failed files.
+    """
+    t0 = time.monotonic()
+    tt = get_trade_type(trade_type)
+    iv = parse_interval(interval, spot=tt.is_spot)
+    syms = validate_symbols(list(symbols)) if symbols else []
+    if start_ms is not None and end_ms is not None and start_ms >= end_ms:
+        raise ValidationError("start must be before end")
+    market = tt.market_name
+    lfs = LakeFS(settings.root)
+    ddir = download_dir(settings)
+    report = ArchiveReport(tt.name, iv.name, list(syms))
+    if not syms:
+        return report
+    own_session = session is None
+    if session is None:
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(
+                total=None, sock_connect=settings.http_timeout, sock_read=settings.http_timeout * 3
+            )
+        )
+    try:
+        removed = await asyncio.to_thread(clean_partials, ddir)
+        if removed:
+            log.info("removed %d partial download(s) left by interrupted runs", removed)
+        endpoints = settings.endpoints
+        sem = asyncio.Semaphore(concurrency)
+
+        async def plan_one(sym: str) -> SeriesPlan | None:
+            async with sem:
+                listed = await _list_series(session, endpoints, market, sym, iv)
+            span = _listed_span(market, iv, listed)
+            w = (windows or {}).get(sym, (None, None))
+            lo = w[0] if w[0] is not None else start_ms
+            hi = w[1] if w[1] is not None else end_ms
+            if lo is None or hi is None:
+                if span is None:
+                    return None
+                lo = span[0] if lo is None else lo
+                hi = span[1] if hi is None else hi
+            if lo >= hi:
+                return None
+            report.windows[sym] = (lo, hi)
+            # Whole months around the window, so monthly manifest records can be checked against the lake.
+            m_lo = _month_ms(month_start(_date(lo)))
+            m_hi = _month_ms(next_month(_date(hi - 1)))
+            lake = await asyncio.to_thread(lake_units, lfs, tt.name, iv, sym, m_lo, m_hi)
+            manifest = await asyncio.to_thread(read_manifest, lfs, market, iv.name, sym)
+            trusted = _manifest_trusted(manifest, lake)
+            return plan_series(
+                market, sym, iv, lo, hi, listed, lake, trusted, monthly_min_days=monthly_min_days
+            )
+
+        plans = [p for p in await asyncio.gather(*(plan_one(s) for s in syms)) if p is not None]
+        jobs: list[_Job] = []
+        for p in plans:
+            report.units_skipped += p.skipped
+            if p.lacking:
+                report.lacking[p.symbol] = list(p.lacking)
+            jobs.extend(_Job(f, tt.name) for f in p.fetch)
+        report.files_planned = len(jobs)
+        report.files_reuploaded = sum(1 for j in jobs if j.planned.reason == "reuploaded")
+        downloader = Downloader(session, endpoints.archive, ddir, checksum_attempts=checksum_attempts)
+        await _run_jobs(jobs, downloader, lfs, market, iv, report, progress, concurrency, keep_zips)
+        report.bytes = downloader.bytes
+        report.requests = downloader.requests
+    finally:
+        if own_session:
+            await session.close()
+    report.seconds = time.monotonic() - t0
+    if report.failed:
+        raise DataError(
+            f"archive ingest failed for {len(report.failed)} file(s); nothing was written for them: "
+            + "; ".join(report.failed[:20])
+            + (" …" if len(report.failed) > 20 else "")
+        )
+    return report
+
+
+async def _run_jobs(
+    jobs: list[_Job],
+    downloader: Downloader,
+    lfs: LakeFS,
+    market: str,
+    iv: Interval,
+    report: ArchiveReport,
+    progress: Progress | None,
+    concurrency: int,
+    keep_zips: bool,
+) -> None:
+    if not jobs:
+        return
+    task = progress.add(f"archive {report.trade_type} {iv.name}", total=len(jobs)) if progress else None
+    queue: asyncio.Queue[_Job] = asyncio.Queue()
+    for j in sorted(jobs, key=lambda j: (j.planned.file.symbol, j.planned.file.period)):
+        queue.put_nowait(j)
+    cpu = asyncio.Semaphore(2)  # parse+write are CPU-bound and run in threads
+
+    async def worker() -> None:
+        while True:
+            try:
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            pf = job.planned
+            try:
+                got = await downloader.fetch(pf.file)
+                async with cpu:
+                    rows, parts = await asyncio.to_thread(_ingest_file, lfs, job.trade_type, pf, got)
+                await asyncio.to_thread(
+                    record_files,
+                    lfs,
+                    market,
+                    iv.name,
+                    pf.file.symbol,
+                    [
+                        (
+                            pf.file.name,
+                            _record(pf, got, rows),
+                            {"etag": got.etag or pf.entry.etag, "last_modified": pf.entry.last_modified},
+                        )
+                    ],
+                )
+                report.rows += rows
+                report.partitions_written += parts
+                if got.reused:
+                    report.files_reused += 1
+                else:
+                    report.files_downloaded += 1
+                report.checksum_retries += got.attempts - 1
+                if not keep_zips:
+                    await asyncio.to_thread(_unlink_quiet, got.path)
+            except LakeError as exc:
+                log.error("archive file %s failed: %s", pf.file.key, exc)
+                report.failed.append(f"{pf.file.key}: {exc}")
+            finally:
+                if progress is not None and task is not None:
+                    progress.advance(task, 1, info=f"{downloader.bytes / 1e6:.1f} MB")
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(jobs))))))
+
+
+def _ingest_file(lfs: LakeFS, trade_type: str, pf: PlannedFile, got: Downloaded) -> tuple[int, int]:
+    f = pf.file
+    df = parse_kline_zip(got.path, start_ms=f.start_ms, end_ms=f.end_ms, name=f.key)
+    res = write_klines(lfs, trade_type, f.interval, f.symbol, df)
+    return df.height, res.partitions_written
+
+
+def _record(pf: PlannedFile, got: Downloaded, rows: int) -> FileRecord:
+    return FileRecord(
+        sha256=got.sha256,
+        zip_version=pf.entry.version,
+        checksum_version=pf.checksum_entry.version if pf.checksum_entry is not None else "",
+        rows=rows,
+        start_ms=pf.file.start_ms,
+        end_ms=pf.file.end_ms,
+    )
+
+
+def _unlink_quiet(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _date(ms: int) -> dt.date:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).date()
+
+
+def _month_ms(d: dt.date) -> int:
+    return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC).timestamp() * 1000)
