@@ -17,7 +17,10 @@ from lake.progress import setup_logging
 
 __all__ = ["app", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ("lake.commands.status",)
+COMMAND_MODULES: tuple[str, ...] = (
+    "lake.commands.status",
+    "lake.commands.audit",
+)
 
 app = typer.Typer(
     name="lake",

@@ -1,0 +1,109 @@
+"""``lake audit``: continuity report (maintenance vs real holes, provenance, segments)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lake.audit import SeriesAudit, audit
+from lake.binance.intervals import parse_interval
+from lake.binance.markets import get_trade_type
+from lake.binance.symbols import validate_symbols
+from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, SimUrlOpt, get_settings, print_json
+from lake.store.fs import LakeFS
+
+
+def audit_cmd(
+    trade_type: Annotated[str | None, typer.Option("--type", help="Only this trade type.")] = None,
+    interval: Annotated[str | None, typer.Option("--interval", help="Only this interval.")] = None,
+    symbols: Annotated[
+        str | None, typer.Option("--symbols", help="Only these symbols (comma-separated).")
+    ] = None,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Refetch unexpected holes over REST, then audit again.")
+    ] = False,
+    json_out: JsonOpt = False,
+    root: RootOpt = None,
+    config: ConfigOpt = None,
+    sim_url: SimUrlOpt = None,
+) -> None:
+    """Continuity report per series: holes classified as maintenance (exchange-wide), confirmed empty,
+    segment break (delist/relist) or missing; rows per source (archive/rest/ws); listing segments.
+
+    Exits with code 1 while unexpected (missing) holes remain.
+    """
+    settings = get_settings(config, root=root, sim_url=sim_url)
+    if trade_type:
+        get_trade_type(trade_type)
+    if interval:
+        parse_interval(interval)
+    syms = validate_symbols(symbols) if symbols else None
+    lfs = LakeFS(settings.root)
+    report = audit(lfs, trade_type, interval, syms)
+    if repair and any(a.unexpected for a in report):
+        from lake.ingest.repair import repair_holes
+
+        repair_holes(
+            settings, [(a.trade_type, a.interval, a.symbol, a.unexpected) for a in report if a.unexpected]
+        )
+        report = audit(lfs, trade_type, interval, syms)
+    unexpected = sum(len(a.unexpected) for a in report)
+    if json_out:
+        print_json(
+            {"root": lfs.url_root, "series": [a.to_dict() for a in report], "unexpected_holes": unexpected}
+        )
+    else:
+        _render(report, lfs.url_root)
+    if unexpected:
+        raise typer.Exit(1)
+
+
+def _render(report: list[SeriesAudit], root: str) -> None:
+    console = Console()
+    table = Table(title=f"audit {root}")
+    for col in (
+        "type",
+        "interval",
+        "symbol",
+        "rows",
+        "archive",
+        "rest",
+        "ws",
+        "maint.",
+        "empty",
+        "breaks",
+        "missing",
+        "segments",
+    ):
+        table.add_column(col, justify="left" if col in ("type", "interval", "symbol") else "right")
+    for a in report:
+        kinds = {
+            k: sum(h.missing for h in a.holes if h.kind == k)
+            for k in ("maintenance", "confirmed_empty", "segment_break", "missing")
+        }
+        table.add_row(
+            a.trade_type,
+            a.interval,
+            a.symbol,
+            str(a.rows),
+            *(str(a.sources.get(s, 0)) for s in ("archive", "rest", "ws")),
+            str(kinds["maintenance"]),
+            str(kinds["confirmed_empty"]),
+            str(kinds["segment_break"]),
+            str(kinds["missing"]),
+            str(len(a.segments)),
+        )
+    console.print(table)
+    for a in report:
+        for h in a.unexpected:
+            console.print(
+                f"[red]missing[/red] {a.trade_type} {a.interval} {a.symbol}: {h.missing} candles "
+                f"[{h.start:%Y-%m-%d %H:%M}, {h.end:%Y-%m-%d %H:%M})"
+            )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("audit")(audit_cmd)
