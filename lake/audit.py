@@ -20,11 +20,12 @@ import datetime as dt
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
 from lake.binance.intervals import MS_PER_DAY, parse_interval
-from lake.store.coverage import coverage
+from lake.store.coverage import SeriesCoverage, coverage
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines, to_lakefs
 
@@ -95,7 +96,7 @@ def audit(
     """Audit every stored series matching the filters (see the module doc for the hole kinds)."""
     lfs = to_lakefs(root)
     covs = coverage(lfs, trade_type, interval)  # all symbols: maintenance needs the whole market
-    by_group: dict[tuple[str, str], list] = defaultdict(list)  # type: ignore[type-arg]
+    by_group: dict[tuple[str, str], list[SeriesCoverage]] = defaultdict(list)
     for c in covs:
         by_group[(c.trade_type, c.interval)].append(c)
     out: list[SeriesAudit] = []
@@ -150,7 +151,7 @@ def iv_end(iv_name: str, last: dt.datetime) -> dt.datetime:
     return dt.datetime.fromtimestamp(iv.next_open(_ms(last)) / 1000, tz=dt.UTC)
 
 
-def _series_stats(lfs: LakeFS, tt: str, iv_name: str, syms: list[str]) -> dict[str, dict]:  # type: ignore[type-arg]
+def _series_stats(lfs: LakeFS, tt: str, iv_name: str, syms: list[str]) -> dict[str, Any]:
     """Per symbol: rows by source, and (close, next open) around every gap, in one scan."""
     iv = parse_interval(iv_name)
     lf = scan_klines(lfs, tt, iv_name, syms).select("symbol", "candle_begin_time", "open", "close", "source")
