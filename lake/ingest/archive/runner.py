@@ -188,12 +188,12 @@ def lake_holes(
         for o in iv.opens(start_ms, end_ms):
             if o in have:
                 if run:
-                    spans.append((run[0], iv.next_open(run[-1])))
+                    spans.append((run[0], min(iv.next_open(run[-1]), end_ms)))
                     run = []
             else:
                 run.append(o)
         if run:
-            spans.append((run[0], iv.next_open(run[-1])))
+            spans.append((run[0], min(iv.next_open(run[-1]), end_ms)))
     empties = read_empty_ranges(lfs, trade_type, iv.name, symbol)
     return _subtract(spans, [(r.start_ms, r.end_ms) for r in empties], iv)
 

@@ -1,0 +1,50 @@
+"""What the lake holds per planning unit, and the holes left for REST after the archive."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from lake.ingest.archive.plan import UnitState
+from lake.ingest.archive.runner import lake_holes, lake_units
+from lake.store.fs import LakeFS
+from lake.store.klines import write_klines
+from lake.store.meta import EmptyRange, add_empty_ranges
+from tests.store.helpers import frame
+
+DAY = 86_400_000
+MIN = 60_000
+D0 = int(dt.datetime(2024, 1, 1, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def test_units_and_holes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lfs = LakeFS(tmp_path)
+    day0 = list(range(D0, D0 + DAY, MIN))
+    day1 = [
+        t for t in range(D0 + DAY, D0 + 2 * DAY, MIN) if not (D0 + DAY + 3600_000 <= t < D0 + DAY + 7200_000)
+    ]
+    write_klines(lfs, "usdt_spot", "1m", "BTCUSDT", frame(day0 + day1))
+    add_empty_ranges(
+        lfs, "usdt_spot", "1m", "BTCUSDT", [EmptyRange(D0 + DAY + 3600_000, D0 + DAY + 5400_000)]
+    )
+    u = lake_units(lfs, "usdt_spot", "1m", "BTCUSDT", D0, D0 + 3 * DAY)
+    assert u == {D0: UnitState(1440, 0), D0 + DAY: UnitState(1380, 30), D0 + 2 * DAY: UnitState(0, 0)}
+    holes = lake_holes(lfs, "usdt_spot", "1m", "BTCUSDT", D0 - DAY, D0 + 3 * DAY)
+    assert holes == [
+        (D0 - DAY, D0),  # before the first stored candle
+        (D0 + DAY + 5400_000, D0 + DAY + 7200_000),  # the half hour not recorded as empty
+        (D0 + 2 * DAY, D0 + 3 * DAY),  # the tail
+    ]
+    assert lake_holes(lfs, "usdt_spot", "1m", "BTCUSDT", D0, D0 + DAY) == []
+    # Unaligned bounds: only whole candles inside the range count.
+    assert lake_holes(lfs, "usdt_spot", "1m", "BTCUSDT", D0 + 2 * DAY + 30_000, D0 + 2 * DAY + 150_000) == [
+        (D0 + 2 * DAY + MIN, D0 + 2 * DAY + 150_000)
+    ]
+
+
+def test_monthly_interval_holes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    lfs = LakeFS(tmp_path)
+    jan, feb, mar, apr = (
+        int(dt.datetime(2024, m, 1, tzinfo=dt.UTC).timestamp() * 1000) for m in (1, 2, 3, 4)
+    )
+    write_klines(lfs, "usdt_spot", "1M", "BTCUSDT", frame([jan, mar]))
+    assert lake_holes(lfs, "usdt_spot", "1M", "BTCUSDT", jan, apr + 1) == [(feb, mar), (apr, apr + 1)]
