@@ -67,3 +67,92 @@ def listing_xml(
         parts.append(f"<CommonPrefixes><Prefix>{escape(p)}</Prefix></CommonPrefixes>")
     parts.append("</ListBucketResult>")
     return "".join(parts).encode()
+
+
+class FakeArchive:
+    """A tiny archive server (files + S3 listing) for runner tests that need exact control over bytes.
+
+    ``files`` maps archive keys to zip bytes; checksums are derived unless ``bad_checksum`` names the
+    key (with the number of zip GETs after which it heals, or None for never).
+    """
+
+    def __init__(self, max_keys: int = 1000) -> None:
+        from aiohttp import web
+
+        self.files: dict[str, bytes] = {}
+        self.modified: dict[str, str] = {}
+        self.bad_checksum: dict[str, int | None] = {}
+        self.gets: dict[str, int] = {}
+        self.max_keys = max_keys
+        self.app = web.Application()
+        self.app.router.add_get("/archive-bucket", self._list)
+        self.app.router.add_get("/archive/{key:.*}", self._file)
+        self.runner: web.AppRunner | None = None
+        self.base = ""
+
+    def put(self, key: str, data: bytes, modified: str = "2024-06-01T00:00:00.000Z") -> None:
+        self.files[key] = data
+        self.modified[key] = modified
+
+    def _objects(self) -> dict[str, tuple[bytes, str]]:
+        out: dict[str, tuple[bytes, str]] = {}
+        for key, data in self.files.items():
+            out[key] = (data, self.modified[key])
+            out[key + ".CHECKSUM"] = (self._checksum(key), self.modified[key])
+        return out
+
+    def _checksum(self, key: str) -> bytes:
+        name = key.rsplit("/", 1)[-1]
+        if key in self.bad_checksum:
+            heal = self.bad_checksum[key]
+            if heal is None or self.gets.get(key, 0) < heal:
+                return checksum(b"something else", name)
+        return checksum(self.files[key], name)
+
+    async def _list(self, request):  # type: ignore[no-untyped-def]
+        from aiohttp import web
+
+        prefix = request.query.get("prefix", "")
+        marker = request.query.get("marker", "")
+        entries: list[str] = []
+        for key in sorted(self._objects()):
+            if not key.startswith(prefix):
+                continue
+            rest = key[len(prefix) :]
+            entries.append(prefix + rest.split("/", 1)[0] + "/" if "/" in rest else key)
+        entries = sorted({e for e in entries if e > marker})
+        page, more = entries[: self.max_keys], len(entries) > self.max_keys
+        objs = self._objects()
+        keys = [
+            (e, objs[e][1], hashlib.md5(objs[e][0]).hexdigest(), len(objs[e][0]))
+            for e in page
+            if not e.endswith("/")
+        ]
+        prefixes = [e for e in page if e.endswith("/")]
+        return web.Response(body=listing_xml(keys, prefixes, truncated=more), content_type="application/xml")
+
+    async def _file(self, request):  # type: ignore[no-untyped-def]
+        from aiohttp import web
+
+        key = request.match_info["key"]
+        if key.endswith(".CHECKSUM") and key.removesuffix(".CHECKSUM") in self.files:
+            return web.Response(body=self._checksum(key.removesuffix(".CHECKSUM")))
+        if key not in self.files:
+            raise web.HTTPNotFound()
+        self.gets[key] = self.gets.get(key, 0) + 1
+        return web.Response(body=self.files[key], headers={"Last-Modified": self.modified[key]})
+
+    async def __aenter__(self) -> FakeArchive:
+        from aiohttp import web
+
+        self.runner = web.AppRunner(self.app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.base = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()

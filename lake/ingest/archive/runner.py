@@ -423,6 +423,7 @@ async def _run_jobs(
             except asyncio.QueueEmpty:
                 return
             pf = job.planned
+            got: Downloaded | None = None
             try:
                 got = await downloader.fetch(pf.file)
                 async with cpu:
@@ -453,6 +454,8 @@ async def _run_jobs(
             except LakeError as exc:
                 log.error("archive file %s failed: %s", pf.file.key, exc)
                 report.failed.append(f"{pf.file.key}: {exc}")
+                if got is not None and not keep_zips:
+                    await asyncio.to_thread(_unlink_quiet, got.path)  # verified but unusable
             finally:
                 if progress is not None and task is not None:
                     progress.advance(task, 1, info=f"{downloader.bytes / 1e6:.1f} MB")
