@@ -23,8 +23,8 @@ What every request goes through (``RestClient.get``):
      answered gets only ``connect_retries`` retries, so a wrong URL fails within a few seconds;
    * 400/404 → ``NotFoundError`` for an unknown symbol (code -1121), else ``ValidationError``.
 
-``Retry-After`` is read as seconds of *server* time (the same thing on Binance; a sped-up
-simulator announces waits on its own clock); pass ``retry_after_unit="real"`` otherwise.
+``Retry-After`` is read as real seconds (Binance's meaning; the simulator converts its virtual wait to
+real seconds too); pass ``retry_after_unit="server"`` for a server announcing waits on its own clock.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import random
 import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -142,7 +142,7 @@ class RestClient:
         endpoints: Endpoints | None = None,
         base_url: str | None = None,
         session: aiohttp.ClientSession | None = None,
-        state_dir: str | Path | None = None,
+        state_dir: str | os.PathLike[str] | None = None,
         governor: WeightGovernor | None = None,
         timeout: float = 10.0,
         max_concurrency: int = 64,
@@ -153,7 +153,7 @@ class RestClient:
         reserve: float = 0.01,
         max_rate_limited: int = 20,
         max_ban_wait_s: float = 3600.0,
-        retry_after_unit: str = "server",
+        retry_after_unit: str = "real",
         calibrate_s: float = 0.2,
     ) -> None:
         self.market = market if isinstance(market, Market) else get_market(market)

@@ -1,0 +1,106 @@
+"""Funding rates of perpetuals into the ``funding`` table (layout in ``lake.store.tables``).
+
+``/fapi/v1/fundingRate`` and ``/dapi/v1/fundingRate`` answer ascending rows
+``{symbol, fundingTime, fundingRate, markPrice}`` for ``startTime..endTime`` (inclusive), at most
+``limit`` (1000) per request. USDⓈ-M requests also pass the separate 500-per-5-minutes limiter
+(``RestClient.funding_governor``). Funding times are irregular (8h, 4h or 1h apart), so
+completeness is judged by the edges: a run fetches what lies before the first and after the last
+stored funding time within ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import polars as pl
+
+from lake.binance.markets import get_trade_type
+from lake.errors import DataError
+from lake.ingest.rest_client import RestClient
+from lake.store.fs import LakeFS
+from lake.store.tables import FUNDING_SCHEMA, read_funding, write_funding
+
+__all__ = ["FUNDING_PAGE", "fetch_funding", "funding_frame", "funding_gaps", "sync_funding"]
+
+FUNDING_PAGE = 1000
+
+
+def funding_frame(rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
+    """Raw fundingRate rows → the funding table's columns. Raises ``DataError`` on malformed rows."""
+    try:
+        times = [int(r["fundingTime"]) for r in rows]
+        rates = [float(r["fundingRate"]) for r in rows]
+        marks = [float(m) if (m := r.get("markPrice")) not in (None, "") else None for r in rows]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"malformed funding rows: {exc!r}") from exc
+    return pl.DataFrame(
+        {
+            "funding_time": pl.Series(times, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
+            "funding_rate": pl.Series(rates, dtype=pl.Float64),
+            "mark_price": pl.Series(marks, dtype=pl.Float64),
+        },
+        schema=FUNDING_SCHEMA,
+    )
+
+
+def funding_gaps(stored: pl.DataFrame, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """Ranges of ``[start_ms, end_ms)`` to fetch given the stored rows (before first, after last)."""
+    inside = stored.filter(
+        (pl.col("funding_time").dt.epoch("ms") >= start_ms) & (pl.col("funding_time").dt.epoch("ms") < end_ms)
+    )
+    if inside.height == 0:
+        return [(start_ms, end_ms)] if start_ms < end_ms else []
+    ms = inside["funding_time"].dt.epoch("ms")
+    first, last = int(ms.min()), int(ms.max())  # type: ignore[arg-type]
+    out: list[tuple[int, int]] = []
+    if first > start_ms:
+        out.append((start_ms, first))
+    if last + 1 < end_ms:
+        out.append((last + 1, end_ms))
+    return out
+
+
+async def fetch_funding(client: RestClient, symbol: str, start_ms: int, end_ms: int) -> pl.DataFrame:
+    """Every funding row of ``symbol`` with ``start_ms ≤ fundingTime < end_ms``."""
+    frames: list[pl.DataFrame] = []
+    cursor = start_ms
+    while cursor < end_ms:
+        rows = await client.funding_rate(symbol, start_ms=cursor, end_ms=end_ms - 1, limit=FUNDING_PAGE)
+        if not rows:
+            break
+        df = funding_frame(rows)
+        frames.append(df)
+        last = int(df["funding_time"].dt.epoch("ms").max())  # type: ignore[arg-type]
+        if len(rows) < FUNDING_PAGE or last + 1 <= cursor:
+            break
+        cursor = last + 1
+    if not frames:
+        return pl.DataFrame(schema=FUNDING_SCHEMA)
+    out = pl.concat(frames)
+    ms = out["funding_time"].dt.epoch("ms")
+    return out.filter((ms >= start_ms) & (ms < end_ms)).unique("funding_time", keep="last").sort("funding_time")
+
+
+async def sync_funding(
+    client: RestClient,
+    root: str | os.PathLike[str] | LakeFS,
+    trade_type: str,
+    symbol: str,
+    start: dt.datetime | int,
+    end: dt.datetime | int,
+) -> int:
+    """Fetch what the funding table lacks for ``[start, end)`` and upsert it; returns rows added."""
+    tt = get_trade_type(trade_type)
+    s = start if isinstance(start, int) else int(start.timestamp() * 1000)
+    e = end if isinstance(end, int) else int(end.timestamp() * 1000)
+    stored = await asyncio.to_thread(read_funding, root, tt.name, symbol)
+    added = 0
+    for a, b in funding_gaps(stored, s, e):
+        df = await fetch_funding(client, symbol, a, b)
+        if df.height:
+            added += await asyncio.to_thread(write_funding, root, tt.name, symbol, df)
+    return added
