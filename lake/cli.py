@@ -20,6 +20,7 @@ __all__ = ["app", "main"]
 COMMAND_MODULES: tuple[str, ...] = (
     "lake.commands.status",
     "lake.commands.audit",
+    "lake.commands.backfill",
 )
 
 app = typer.Typer(

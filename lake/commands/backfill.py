@@ -1,0 +1,112 @@
+"""``lake backfill``: fill the lake over REST, at the weight limit, fetching only what is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Annotated
+
+import typer
+
+from lake.cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    RestUrlOpt,
+    RootOpt,
+    SimUrlOpt,
+    get_settings,
+    parse_when,
+    print_json,
+)
+from lake.errors import IncompleteError, ValidationError
+from lake.ingest.backfill import BackfillReport, backfill
+from lake.progress import Progress
+from lake.store.fs import LakeFS
+
+log = logging.getLogger("lake.backfill")
+
+
+def backfill_cmd(
+    trade_types: Annotated[
+        list[str],
+        typer.Option("--type", help="Trade type (repeat for several; they run concurrently), e.g. usdt_perp."),
+    ],
+    interval: Annotated[str, typer.Option("--interval", help="Kline interval.")] = "5m",
+    days: Annotated[float | None, typer.Option("--days", help="The last N days up to the server's now.")] = None,
+    start: Annotated[str | None, typer.Option("--start", help="Start (UTC), e.g. 2024-01-01 or 2024-01-01T12:00.")] = None,
+    end: Annotated[str | None, typer.Option("--end", help="End, exclusive (UTC); default: the server's now.")] = None,
+    symbols: Annotated[
+        str | None, typer.Option("--symbols", help="Only these symbols (comma-separated); default: all TRADING.")
+    ] = None,
+    funding: Annotated[bool, typer.Option("--funding", help="Also fill the funding table (perpetuals).")] = False,
+    recheck: Annotated[
+        bool, typer.Option("--recheck", help="Refetch ranges recorded as confirmed empty.")
+    ] = False,
+    json_out: JsonOpt = False,
+    root: RootOpt = None,
+    config: ConfigOpt = None,
+    rest_url: RestUrlOpt = None,
+    sim_url: SimUrlOpt = None,
+) -> None:
+    """Backfill klines over REST for one or more trade types (only what the lake lacks).
+
+    Examples: ``lake backfill --type usdt_perp --type usdt_spot --days 15``;
+    ``lake backfill --type coin_perp --interval 1h --start 2024-01-01 --end 2024-03-01 --funding``.
+    """
+    settings = get_settings(config, root=root, rest_url=rest_url, sim_url=sim_url)
+    if days is None and start is None:
+        raise ValidationError("give --days N or --start DATE")
+    if days is not None and (start is not None or end is not None):
+        raise ValidationError("--days cannot be combined with --start/--end")
+    t_start = parse_when(start, name="--start") if start else None
+    t_end = parse_when(end, name="--end") if end else None
+    wanted = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
+    if symbols is not None and not wanted:
+        raise ValidationError("--symbols is empty")
+    kinds = [t.strip() for item in trade_types for t in item.split(",") if t.strip()]
+    lfs = LakeFS(settings.root)
+
+    async def run() -> BackfillReport:
+        with Progress() as progress:
+            return await backfill(
+                lfs, kinds, interval,
+                start=t_start, end=t_end, days=days, symbols=wanted,
+                funding=funding, recheck=recheck, settings=settings, progress=progress,
+            )
+
+    try:
+        report = asyncio.run(run())
+    except IncompleteError as exc:
+        rep = getattr(exc, "report", None)
+        if isinstance(rep, BackfillReport):
+            _render(rep, json_out)
+        for line in exc.missing:
+            typer.echo(f"missing: {line}", err=True)
+        raise
+    _render(report, json_out)
+
+
+def _render(report: BackfillReport, json_out: bool) -> None:
+    if json_out:
+        print_json(report.to_dict())
+        return
+    by_status: dict[str, int] = {}
+    for s in report.series:
+        by_status[s.status] = by_status.get(s.status, 0) + 1
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(by_status.items()))
+    typer.echo(
+        f"backfill {report.interval}: {report.symbols} symbols ({statuses}), {report.candles:,} candles written, "
+        f"{report.holes:,} empty slots confirmed, {report.elapsed_s:.1f}s, "
+        f"weight utilisation {report.utilisation:.0%}"
+    )
+    for m in report.markets.values():
+        typer.echo(
+            f"  {m.market}: {m.requests} requests, weight {m.weight} over {m.server_ms / 1000:.0f}s server time "
+            f"(limit {m.weight_limit}/{m.window_ms // 1000}s) → {m.utilisation:.0%}"
+        )
+    if report.funding_rows:
+        typer.echo(f"  funding: {report.funding_rows} rows added")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("backfill")(backfill_cmd)
