@@ -1,0 +1,224 @@
+"""data.binance.vision: kline zips, CHECKSUM sidecars and the S3 ``ListBucketResult`` listing.
+
+Files: ``/archive/data/{spot|futures/um|futures/cm}/{daily|monthly}/klines/{SYMBOL}/{interval}/
+{SYMBOL}-{interval}-{YYYY-MM-DD|YYYY-MM}.zip`` (+ ``.CHECKSUM``: ``"<sha256>  <zipname>"``, two spaces, no
+trailing newline). Daily files exist for 1m…1d, monthly ones also for 3d, 1w and ``1mo``. A zip holds one
+CSV named like it, with the 12 REST fields. Spot files dated from ``spot_us_from`` use µs timestamps;
+futures files carry a header row from ``futures_header_from`` for a deterministic
+``futures_header_fraction`` of files; spot files never do.
+
+A daily file appears ``daily_lag_s`` (virtual) after its day ends, a monthly one ``monthly_lag_s`` after
+the close of its last candle. No candles, no file. ``ETag`` is a hash of the key and its re-upload count
+(not the MD5 of the body); ``Last-Modified`` is the publication or re-upload time (virtual). Listing
+``Size`` of a zip is an estimate unless ``list_exact_size`` (building every zip of a page is slow).
+"""
+
+from __future__ import annotations
+
+import calendar
+import datetime as dt
+import hashlib
+import io
+import re
+import zipfile
+from dataclasses import dataclass
+from email.utils import format_datetime
+from xml.sax.saxutils import escape
+
+from aiohttp import web
+
+from lake.binance.intervals import Interval, parse_interval
+from lake.binance.markets import MARKETS
+from lake.sim.cache import ByteLRU
+from lake.sim.clock import MS_PER_DAY, to_ms
+from lake.sim.faults import Faults
+from lake.sim.fmt import csv_bytes
+from lake.sim.limits import Stats
+from lake.sim.listing import DAILY, list_xml
+from lake.sim.market import SimMarket
+from lake.sim.universe import SymbolInfo, stable_hash
+
+__all__ = ["Archive", "FileMeta"]
+
+_PREFIX = {MARKETS[m].archive_prefix: m for m in MARKETS}  # "data/futures/um" -> "um"
+_KEY = re.compile(
+    r"(data/(?:spot|futures/um|futures/cm))/(daily|monthly)/klines/([A-Z0-9_]+)/([0-9a-z]+)/"
+    r"([A-Z0-9_]+)-([0-9a-z]+)-(\d{4}-\d{2}(?:-\d{2})?)\.zip(\.CHECKSUM)?"
+)
+
+
+@dataclass(frozen=True)
+class FileMeta:
+    market: str
+    info: SymbolInfo
+    iv: Interval
+    freq: str  # "daily" | "monthly"
+    period: str  # YYYY-MM-DD | YYYY-MM
+    start: int
+    end: int
+    published: int
+    revision: int
+
+    @property
+    def zip_name(self) -> str:
+        return f"{self.info.symbol}-{self.iv.archive_name}-{self.period}.zip"
+
+    @property
+    def key(self) -> str:
+        pre = MARKETS[self.market].archive_prefix
+        return f"{pre}/{self.freq}/klines/{self.info.symbol}/{self.iv.archive_name}/{self.zip_name}"
+
+    @property
+    def etag(self) -> str:
+        return '"' + hashlib.md5(f"{self.key}:{self.revision}".encode()).hexdigest() + '"'
+
+
+def _month_bounds(period: str) -> tuple[int, int]:
+    y, m = int(period[:4]), int(period[5:7])
+    start = to_ms(dt.date(y, m, 1))
+    return start, start + calendar.monthrange(y, m)[1] * MS_PER_DAY
+
+
+def _http_date(ms: int) -> str:
+    return format_datetime(dt.datetime.fromtimestamp(ms // 1000, tz=dt.UTC), usegmt=True)
+
+
+class Archive:
+    """The archive files and listing of one simulated market."""
+
+    def __init__(self, market: SimMarket, faults: Faults, stats: Stats):
+        self.market = market
+        self.config = market.config
+        self.faults = faults
+        self.stats = stats
+        self.reuploads: dict[tuple[str, str, int], tuple[int, int]] = {}  # (market, symbol, day) -> (n, at)
+        self._zips: ByteLRU[bytes] = ByteLRU(market.config.cache_mb * 2**20 // 8, len)
+
+    # ---- files ------------------------------------------------------------------------------------
+    def meta(self, market: str, symbol: str, iv: Interval, freq: str, period: str) -> FileMeta | None:
+        """The file if it is published now (virtual clock), else None."""
+        info = self.market.universe.get(market, symbol)
+        if info is None or (freq == "daily" and iv not in DAILY):
+            return None
+        if freq == "daily":
+            start = to_ms(period)
+            end = start + MS_PER_DAY
+            published = end + int(self.config.daily_lag_s * 1000)
+            if self.faults.is_missing(market, symbol, period):
+                return None
+        else:
+            start, end = _month_bounds(period)
+            last_close = iv.next_open(iv.floor(end - 1))
+            published = max(end, last_close) + int(self.config.monthly_lag_s * 1000)
+        first = iv.floor(start) if iv.floor(start) >= start else iv.next_open(iv.floor(start))
+        if not self.market.universe.has_data(info, first, iv.next_open(iv.floor(end - 1))):
+            return None
+        n, at = 0, 0
+        for (m, s, day), (cnt, when) in self.reuploads.items():
+            if m == market and s == symbol and start <= day * MS_PER_DAY < end:
+                n, at = n + cnt, max(at, when)
+        published = max(published, at)
+        if published > self.market.clock.now_ms():
+            return None
+        return FileMeta(market, info, iv, freq, period, start, end, published, n)
+
+    def _micro(self, f: FileMeta) -> bool:
+        return f.market == "spot" and f.start >= to_ms(self.config.spot_us_from)
+
+    def _header(self, f: FileMeta) -> bool:
+        if f.market == "spot":
+            return False
+        since = self.config.futures_header_from.get(f.market)
+        if since is None or f.start < to_ms(since):
+            return False
+        frac = float(self.config.futures_header_fraction.get(f.market, 1.0))
+        return stable_hash(f.key) % 10_000 < frac * 10_000
+
+    def zip_bytes(self, f: FileMeta) -> bytes:
+        """The (good) zip of a file, cached by key and content version."""
+        key = (f.key, f.revision, f.info.version)
+
+        def build() -> bytes:
+            c = self.market.candles(f.info, f.iv, f.start, f.end)
+            body = csv_bytes(f.info, f.iv, c, micro=self._micro(f), header=self._header(f))
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+                ts = dt.datetime.fromtimestamp(f.published // 1000, tz=dt.UTC)
+                zi = zipfile.ZipInfo(f.zip_name[:-4] + ".csv", date_time=ts.timetuple()[:6])
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                z.writestr(zi, body)
+            return buf.getvalue()
+
+        return self._zips.get_or(key, build)
+
+    def checksum_text(self, f: FileMeta) -> str:
+        data = self.zip_bytes(f)
+        if self.faults.checksum_is_wrong(f.key):
+            data = b"wrong" + data
+        return f"{hashlib.sha256(data).hexdigest()}  {f.zip_name}"
+
+    def parse_key(self, key: str) -> tuple[FileMeta | None, bool]:
+        """(file, is_checksum) for an archive key; file None if it does not exist (now)."""
+        m = _KEY.fullmatch(key)
+        if not m:
+            return None, False
+        pre, freq, sym, ivn, sym2, ivn2, period, ck = m.groups()
+        if sym != sym2 or ivn != ivn2 or (freq == "daily") != (len(period) == 10):
+            return None, False
+        try:
+            iv = parse_interval(ivn)
+        except Exception:
+            return None, False
+        if iv.archive_name != ivn or iv.name == "1s":
+            return None, False
+        return self.meta(_PREFIX[pre], sym, iv, freq, period), ck is not None
+
+    def reupload(self, market: str, symbol: str, day: int | str) -> int:
+        """Re-publish a day with corrected content (one candle's volume changes); returns the candle's open."""
+        t = self.market.correct_day(market, symbol, day)
+        d = t // MS_PER_DAY
+        n, _ = self.reuploads.get((market, symbol, d), (0, 0))
+        self.reuploads[(market, symbol, d)] = (n + 1, self.market.clock.now_ms())
+        return t
+
+    # ---- HTTP -------------------------------------------------------------------------------------
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/archive/{key:.+}", self.get_file)
+        app.router.add_get("/archive-bucket", self.list_bucket)
+        app.router.add_get("/archive-bucket/", self.list_bucket)
+
+    async def get_file(self, request: web.Request) -> web.Response:
+        key = request.match_info["key"]
+        f, is_ck = self.parse_key(key)
+        self.stats.count("archive", "requests")
+        if f is None:
+            self.stats.count("archive", "status_404")
+            body = (
+                '<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NoSuchKey</Code>'
+                f"<Message>The specified key does not exist.</Message><Key>{escape(key)}</Key></Error>"
+            )
+            return web.Response(status=404, text=body, content_type="application/xml")
+        if is_ck:
+            data = self.checksum_text(f).encode()
+        else:
+            data = self.zip_bytes(f)
+            if self.faults.is_corrupt(f.key):
+                mid = len(data) // 2
+                data = data[:mid] + bytes(b ^ 0x5A for b in data[mid : mid + 64]) + data[mid + 64 :]
+            if request.method == "GET":
+                self.faults.note_zip_download(f.key)
+        self.stats.count("archive", "status_200")
+        self.stats.count("archive", "bytes", len(data))
+        headers = {"ETag": f.etag, "Last-Modified": _http_date(f.published)}
+        ctype = "application/octet-stream" if is_ck else "application/zip"
+        return web.Response(body=data, content_type=ctype, headers=headers)
+
+    async def list_bucket(self, request: web.Request) -> web.Response:
+        self.stats.count("archive", "listings")
+        q = request.query
+        try:
+            max_keys = min(int(q.get("max-keys", self.config.list_max_keys)), self.config.list_max_keys)
+        except ValueError:
+            max_keys = self.config.list_max_keys
+        xml = list_xml(self, q.get("prefix", ""), q.get("delimiter") or None, q.get("marker", ""), max(max_keys, 1))
+        return web.Response(text=xml, content_type="application/xml")

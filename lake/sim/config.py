@@ -1,0 +1,155 @@
+"""Every simulator knob in one frozen dataclass (``SimConfig``) plus the initial faults (``FaultConfig``).
+
+Defaults follow ../shared/reference/binance.md. Behaviour the reference marks UNVERIFIED is a knob
+here, with the most widely assumed behaviour as the default:
+
+* ``cm_recent_rows``: COIN-M answers the most recent ``limit`` rows before endTime (documented);
+  spot/USDⓈ-M answer ascending from startTime (documented for spot, assumed for USDⓈ-M).
+* ``count_rejected_weight``: whether a request refused with 429 still adds its weight (default no).
+* ``ban_after``: how many requests sent after a 429 in the same window earn a 418 (unpublished).
+* ``list_next_marker``: whether the S3 listing sends ``NextMarker`` when truncated.
+* ``futures_header_from`` / ``futures_header_fraction``: which futures archive CSVs carry a header.
+* ``inactive_status`` / ``delivered_status``: exchangeInfo status of delisted / delivered symbols.
+* ``ws_close_lag_ms``: how far after the candle's close time (virtual) the ``x: true`` event goes out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TypeVar
+
+from lake.binance.markets import MARKETS
+from lake.errors import ConfigError
+from lake.sim.clock import to_ms
+
+__all__ = ["FaultConfig", "SimConfig"]
+
+T = TypeVar("T")
+
+
+def _frozen(d: Mapping[str, T]) -> Mapping[str, T]:
+    return MappingProxyType(dict(d))
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Faults active from start-up. All can be changed mid-run (``SimServer.faults`` / ``POST /_sim/faults``).
+
+    Archive file references are either a full key (``data/spot/daily/klines/BTCUSDT/1m/BTCUSDT-1m-2024-01-01.zip``)
+    or a bare zip name (any market). Missing days are ``"SYMBOL/YYYY-MM-DD"`` or ``"market/SYMBOL/YYYY-MM-DD"``.
+    """
+
+    ws_drop_every_s: float | None = None  # real seconds a websocket connection lives before being dropped
+    ws_close_delay_s: float = 0.0  # virtual seconds the x:true event is held back
+    ws_skip_close_symbols: tuple[str, ...] = ()  # symbols whose x:true events are never sent
+    rest_error_rate: float = 0.0  # fraction of REST calls answered with rest_error_status
+    rest_error_status: int = 503
+    rest_hang_rate: float = 0.0  # fraction of REST calls that hang rest_hang_s real seconds, then 504
+    rest_hang_s: float = 30.0
+    force_429: int = 0  # the next N REST calls (any market) get 429
+    corrupt_zips: tuple[str, ...] = ()
+    wrong_checksums: Mapping[str, int | None] = field(default_factory=dict)  # file -> heal after N zip GETs
+    missing_days: tuple[str, ...] = ()
+    seed: int = 0  # seeds the fault RNG (which calls fail), independent of the market seed
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """All simulator settings. ``start=None`` means the real time when the market is built."""
+
+    seed: int = 1
+    n_symbols: int = 10  # per market, including delisted / delivered ones
+    n_symbols_by_market: Mapping[str, int] = field(default_factory=dict)
+    speed: float = 1.0  # virtual seconds per real second; 0 freezes the clock
+    start: int | str | dt.datetime | None = None
+    history_days: int = 730  # data begins this many days before the start day
+    host: str = "127.0.0.1"
+    port: int = 0  # 0: a free port
+
+    # The awkward truths (recent listings, delistings, a relisting, maintenance, illiquid symbols).
+    awkward: bool = True
+    recent_listing_days: int = 20
+    zero_volume_rate: float = 0.0005  # chance that a minute of an ordinary symbol has no trades
+    illiquid_zero_volume_rate: float = 0.08
+    # Explicit maintenance windows (market, start, end); None: two per market at fixed offsets from start.
+    maintenance: tuple[tuple[str, int | str, int | str], ...] | None = None
+
+    # REST
+    weight_limits: Mapping[str, int] = field(
+        default_factory=lambda: _frozen({m.name: m.default_weight_limit for m in MARKETS.values()})
+    )
+    count_rejected_weight: bool = False
+    ban_after: int = 5
+    ban_base_s: float = 120.0  # virtual seconds; doubles per repeat offence
+    ban_max_s: float = 3 * 86_400.0
+    funding_limit_5m: int = 500  # USDⓈ-M fundingRate: 500 requests / 5 min, outside REQUEST_WEIGHT
+    cm_max_span_days: int = 200
+    cm_recent_rows: bool = True
+
+    # Websocket
+    ws_intermediate: bool = True  # x:false updates
+    ws_intermediate_per_s: float = 4.0  # at most this many update rounds per real second per connection
+    ws_close_lag_ms: int = 10
+    ws_heartbeat_s: Mapping[str, float] = field(
+        default_factory=lambda: _frozen({"spot": 20.0, "um": 180.0, "cm": 180.0})
+    )
+    ws_stream_caps: Mapping[str, int] = field(
+        default_factory=lambda: _frozen({m.name: m.ws_stream_cap for m in MARKETS.values()})
+    )
+    ws_msgs_per_s: Mapping[str, int] = field(
+        default_factory=lambda: _frozen({m.name: m.ws_msgs_per_sec for m in MARKETS.values()})
+    )
+    ws_update_ms: Mapping[str, int] = field(
+        default_factory=lambda: _frozen({m.name: m.ws_update_ms for m in MARKETS.values()})
+    )
+    ws_catchup_max: int = 1440  # closing boundaries replayed after a clock jump
+
+    # Archive
+    daily_lag_s: float = 6 * 3600.0  # virtual seconds after the day ends
+    monthly_lag_s: float = 2 * 86_400.0  # after the month's last candle closes
+    list_max_keys: int = 1000
+    list_next_marker: bool = True
+    list_exact_size: bool = False  # True builds every listed zip to report its exact Size (slow)
+    spot_us_from: str = "2025-01-01"
+    futures_header_from: Mapping[str, str | None] = field(
+        default_factory=lambda: _frozen({"um": "2022-05-01", "cm": "2022-05-01"})
+    )
+    futures_header_fraction: Mapping[str, float] = field(
+        default_factory=lambda: _frozen({"um": 1.0, "cm": 0.3})
+    )
+
+    inactive_status: Mapping[str, str] = field(
+        default_factory=lambda: _frozen({"spot": "BREAK", "um": "CLOSE", "cm": "CLOSE"})
+    )
+    delivered_status: str = "DELIVERING"
+
+    cache_mb: int = 256  # budget of the generated-data caches
+    faults: FaultConfig = field(default_factory=FaultConfig)
+
+    def __post_init__(self) -> None:
+        if self.n_symbols < 3 or any(v < 3 for v in self.n_symbols_by_market.values()):
+            raise ConfigError("the simulator needs at least 3 symbols per market")
+        if self.speed < 0:
+            raise ConfigError("speed must be >= 0")
+        if self.history_days < 1:
+            raise ConfigError("history_days must be >= 1")
+        for m in self.n_symbols_by_market:
+            if m not in MARKETS:
+                raise ConfigError(f"unknown market {m!r} in n_symbols_by_market")
+
+    def symbols_in(self, market: str) -> int:
+        return int(self.n_symbols_by_market.get(market, self.n_symbols))
+
+    def start_ms(self) -> int:
+        """The configured start in ms; the real time (to the second) when ``start`` is None."""
+        if self.start is None:
+            return int(time.time()) * 1000
+        return to_ms(self.start)
+
+    def resolved(self) -> SimConfig:
+        """A copy whose ``start`` is fixed (so every component sees the same instant)."""
+        return self if isinstance(self.start, int) else replace(self, start=self.start_ms())

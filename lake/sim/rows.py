@@ -1,0 +1,151 @@
+"""Kline row selection over cached, pre-formatted row blocks.
+
+``RowServer.select`` answers "which rows, in which order" for the REST klines endpoint:
+
+* ``newest_first=False``: the first ``limit`` rows with open time in ``[lo, hi]``, ascending
+  (spot/USDⓈ-M with startTime).
+* ``newest_first=True``: the most recent ``limit`` rows with open time in ``[lo, hi]``, still returned
+  ascending (no times, endTime only, and COIN-M in general).
+
+Closed candles come from cached blocks (one per symbol, interval and day for intervals up to 1d; one per
+symbol, interval and "closed until" boundary for 1d and longer). The forming candle (open ≤ now <
+close) is computed fresh with partial values, as Binance sends it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import numpy as np
+
+from lake.binance.intervals import Interval
+from lake.sim.cache import ByteLRU
+from lake.sim.clock import MS_PER_DAY
+from lake.sim.fmt import Block, json_block
+from lake.sim.market import SimMarket
+from lake.sim.universe import SymbolInfo
+
+__all__ = ["RowServer"]
+
+
+class RowServer:
+    """Formats and caches REST kline rows; selects them per request."""
+
+    def __init__(self, market: SimMarket, cache_bytes: int | None = None):
+        self.market = market
+        budget = cache_bytes if cache_bytes is not None else market.config.cache_mb * 2**20 // 4
+        self._blocks: ByteLRU[Block] = ByteLRU(budget, lambda b: b.nbytes + 200)
+
+    def _key(self, info: SymbolInfo, iv: Interval, *rest: Hashable) -> tuple[Hashable, ...]:
+        return (info.market, info.symbol, info.version, iv.name, *rest)
+
+    def day_block(self, info: SymbolInfo, iv: Interval, day: int, micro: bool = False) -> Block:
+        key = self._key(info, iv, day, micro)
+        return self._blocks.get_or(key, lambda: json_block(info, iv, self.market.day_candles(info, iv, day), micro=micro))
+
+    def long_block(self, info: SymbolInfo, iv: Interval, until: int, micro: bool = False) -> Block:
+        key = self._key(info, iv, "until", until, micro)
+        return self._blocks.get_or(
+            key, lambda: json_block(info, iv, self.market.long_candles(info, iv, until), micro=micro)
+        )
+
+    def select(
+        self,
+        info: SymbolInfo,
+        iv: Interval,
+        lo: int,
+        hi: int,
+        limit: int,
+        now: int,
+        *,
+        newest_first: bool,
+        micro: bool = False,
+    ) -> tuple[bytes, int]:
+        """The JSON array body and its row count."""
+        fo = iv.floor(now)
+        forming = None
+        if lo <= fo <= hi:
+            f = self.market.forming(info, iv, now)
+            if f is not None:
+                forming = json_block(info, iv, f, micro=micro)
+        closed_hi = min(hi, fo - 1)
+        if newest_first:
+            parts, n = self._backward(info, iv, lo, closed_hi, limit - (forming is not None), fo, micro)
+            if forming is not None and limit > 0:
+                parts.append(forming.blob)
+                n += 1
+        else:
+            parts, n = self._forward(info, iv, lo, closed_hi, limit, fo, micro)
+            if forming is not None and n < limit:
+                parts.append(forming.blob)
+                n += 1
+        body = b"".join(parts)
+        return b"[" + body[:-1] + b"]", n
+
+    def _sub_day(self, iv: Interval) -> bool:
+        return iv.ms is not None and iv.ms <= MS_PER_DAY
+
+    def _forward(
+        self, info: SymbolInfo, iv: Interval, lo: int, hi: int, limit: int, fo: int, micro: bool
+    ) -> tuple[list[bytes], int]:
+        parts: list[bytes] = []
+        left = limit
+        if left <= 0 or hi < lo:
+            return parts, 0
+        if not self._sub_day(iv):
+            blk = self.long_block(info, iv, fo, micro)
+            i, j = _range(blk, lo, hi)
+            j = min(j, i + left)
+            return ([blk.slice(i, j)] if j > i else []), j - i
+        uni = self.market.universe
+        day = lo // MS_PER_DAY
+        while left > 0:
+            nxt = uni.next_valid(info, max(lo, day * MS_PER_DAY))
+            if nxt is None or iv.floor(nxt) > hi:
+                break
+            day = nxt // MS_PER_DAY
+            blk = self.day_block(info, iv, day, micro)
+            i, j = _range(blk, lo, hi)
+            j = min(j, i + left)
+            if j > i:
+                parts.append(blk.slice(i, j))
+                left -= j - i
+            day += 1
+        return parts, limit - left
+
+    def _backward(
+        self, info: SymbolInfo, iv: Interval, lo: int, hi: int, limit: int, fo: int, micro: bool
+    ) -> tuple[list[bytes], int]:
+        parts: list[bytes] = []
+        left = limit
+        if left <= 0 or hi < lo:
+            return parts, 0
+        if not self._sub_day(iv):
+            blk = self.long_block(info, iv, fo, micro)
+            i, j = _range(blk, lo, hi)
+            i = max(i, j - left)
+            return ([blk.slice(i, j)] if j > i else []), j - i
+        assert iv.ms is not None
+        uni = self.market.universe
+        day = hi // MS_PER_DAY
+        while left > 0:
+            prv = uni.prev_valid(info, min(day * MS_PER_DAY + MS_PER_DAY - 1, hi + iv.ms - 1))
+            if prv is None or iv.floor(prv) < lo:
+                break
+            day = prv // MS_PER_DAY
+            blk = self.day_block(info, iv, day, micro)
+            i, j = _range(blk, lo, hi)
+            i = max(i, j - left)
+            if j > i:
+                parts.append(blk.slice(i, j))
+                left -= j - i
+            day -= 1
+        parts.reverse()
+        return parts, limit - left
+
+
+def _range(blk: Block, lo: int, hi: int) -> tuple[int, int]:
+    """Indexes ``[i, j)`` of rows with open time in ``[lo, hi]``."""
+    i = int(np.searchsorted(blk.t, lo, side="left"))
+    j = int(np.searchsorted(blk.t, hi, side="right"))
+    return i, max(i, j)

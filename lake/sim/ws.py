@@ -1,0 +1,262 @@
+"""Websocket market streams (kline streams only), per market base path.
+
+URLs (``Endpoints.simulator``): ``/ws-spot``, ``/ws-um/market``, ``/ws-cm``; under each ``/ws/<stream>``
+(raw; several raw streams may be joined with ``/``; bare ``/ws`` then SUBSCRIBE) and
+``/stream?streams=a/b`` (combined: events wrapped as ``{"stream": name, "data": event}``).
+
+Control messages ``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` / ``SET_PROPERTY`` /
+``GET_PROPERTY`` are answered like Binance (``{"result": null, "id": 1}``). Error replies use the flat
+``{"code", "msg", "id"}`` shape of the spot docs (UNVERIFIED for futures).
+
+Each connection has a pusher task. At every minute boundary of the virtual clock (plus
+``ws_close_lag_ms`` and the ``ws_close_delay_s`` fault) it sends the ``x: true`` event of every
+subscribed stream whose candle closes there, with exactly the truth values (no event when the candle has
+no 1m data). ``x: false`` updates of the forming candles go out every ``ws_update_ms`` of virtual time,
+but at most ``ws_intermediate_per_s`` rounds per real second. Limits enforced by closing the
+connection (code 1008): more than the stream cap (1024; COIN-M 200), more incoming messages per second
+than allowed (5 spot, 10 futures; text messages only, aiohttp answers pings itself). The server pings
+every ``ws_heartbeat_s`` (aiohttp heartbeat).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from lake.binance.intervals import INTERVALS, Interval
+from lake.sim.clock import MS_PER_MINUTE
+from lake.sim.faults import Faults
+from lake.sim.fmt import ws_kline_event
+from lake.sim.limits import Stats
+from lake.sim.market import SimMarket
+
+__all__ = ["WS_BASES", "WsHub"]
+
+WS_BASES = {"spot": "/ws-spot", "um": "/ws-um/market", "cm": "/ws-cm"}
+_KLINE = re.compile(r"([a-z0-9_]+)@kline_(\w+)")
+_ID = re.compile(r"[A-Za-z0-9]{1,36}")
+_METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
+
+
+@dataclass(eq=False)
+class _Conn:
+    ws: web.WebSocketResponse
+    request: web.Request
+    market: str
+    combined: bool
+    subs: dict[str, tuple[str, Interval] | None] = field(default_factory=dict)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    incoming: deque[float] = field(default_factory=deque)
+    opened: float = field(default_factory=time.monotonic)
+
+
+class WsHub:
+    """All websocket connections of a server."""
+
+    def __init__(self, market: SimMarket, faults: Faults, stats: Stats):
+        self.market = market
+        self.config = market.config
+        self.clock = market.clock
+        self.faults = faults
+        self.stats = stats
+        self.conns: set[_Conn] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add_routes(self, app: web.Application) -> None:
+        for m, base in WS_BASES.items():
+            app.router.add_get(f"{base}/ws", self._handler(m, combined=False))
+            app.router.add_get(f"{base}/ws/{{streams:.+}}", self._handler(m, combined=False))
+            app.router.add_get(f"{base}/stream", self._handler(m, combined=True))
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+
+    async def _on_startup(self, app: web.Application) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.clock.add_listener(self._clock_changed)
+
+    async def _on_shutdown(self, app: web.Application) -> None:
+        self.clock.remove_listener(self._clock_changed)
+        for c in list(self.conns):
+            if c.market == "spot" and not c.ws.closed:
+                with contextlib.suppress(Exception):
+                    await c.ws.send_str(json.dumps({"e": "serverShutdown", "E": self.clock.now_ms()}))
+            await c.ws.close(code=1001, message=b"server shutdown")
+
+    def _clock_changed(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake_all)
+
+    def _wake_all(self) -> None:
+        for c in self.conns:
+            c.wake.set()
+
+    # ---- connection -------------------------------------------------------------------------------
+    def _handler(self, market: str, *, combined: bool) -> Any:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            raw = request.query.get("streams", "") if combined else request.match_info.get("streams", "")
+            streams = [s for s in raw.split("/") if s]
+            ws = web.WebSocketResponse(heartbeat=float(self.config.ws_heartbeat_s.get(market, 180.0)))
+            await ws.prepare(request)
+            conn = _Conn(ws, request, market, combined)
+            self.stats.count("ws", "connections")
+            if not self._subscribe(conn, streams):
+                await ws.close(code=1008, message=b"too many streams")
+                return ws
+            self.conns.add(conn)
+            pusher = asyncio.create_task(self._push_loop(conn))
+            try:
+                async for msg in ws:
+                    if msg.type != WSMsgType.TEXT:
+                        continue
+                    if not self._rate_ok(conn):
+                        self.stats.count("ws", "closed_rate_limit")
+                        await ws.close(code=1008, message=b"too many requests")
+                        break
+                    reply = self._control(conn, msg.data)
+                    if reply is None:
+                        self.stats.count("ws", "closed_stream_cap")
+                        await ws.close(code=1008, message=b"too many streams")
+                        break
+                    await ws.send_str(json.dumps(reply, separators=(",", ":")))
+            finally:
+                self.conns.discard(conn)
+                pusher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                    await pusher
+            return ws
+
+        return handle
+
+    def _rate_ok(self, conn: _Conn) -> bool:
+        now = time.monotonic()
+        q = conn.incoming
+        q.append(now)
+        while q and q[0] <= now - 1.0:
+            q.popleft()
+        return len(q) <= int(self.config.ws_msgs_per_s.get(conn.market, 5))
+
+    def _subscribe(self, conn: _Conn, streams: Iterable[str]) -> bool:
+        for s in streams:
+            if s not in conn.subs:
+                m = _KLINE.fullmatch(s)
+                iv = INTERVALS.get(m.group(2)) if m else None
+                conn.subs[s] = (m.group(1).upper(), iv) if m and iv is not None and iv.name != "1s" else None
+        conn.wake.set()
+        return len(conn.subs) <= int(self.config.ws_stream_caps.get(conn.market, 1024))
+
+    def _control(self, conn: _Conn, text: str) -> dict[str, Any] | None:
+        """The reply to one control message; None means: close the connection (stream cap)."""
+        try:
+            req = json.loads(text)
+        except ValueError:
+            return {"code": 3, "msg": "Invalid JSON: expected value at line 1 column 1"}
+        if not isinstance(req, dict):
+            return {"code": 2, "msg": "Invalid request: expected an object"}
+        rid = req.get("id")
+        if not (rid is None or (isinstance(rid, int) and not isinstance(rid, bool)) or (isinstance(rid, str) and _ID.fullmatch(rid))):
+            return {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}
+        method, params = req.get("method"), req.get("params", [])
+        if method not in _METHODS:
+            return {"code": 2, "msg": f"Invalid request: unknown variant {method}", "id": rid}
+        if not isinstance(params, list) or not all(isinstance(p, (str, bool)) for p in params):
+            return {"code": 1, "msg": "Invalid value type: expected a list of strings", "id": rid}
+        if method == "SUBSCRIBE":
+            if not self._subscribe(conn, [str(p) for p in params]):
+                return None
+        elif method == "UNSUBSCRIBE":
+            for p in params:
+                conn.subs.pop(str(p), None)
+        elif method == "LIST_SUBSCRIPTIONS":
+            return {"result": list(conn.subs), "id": rid}
+        elif method == "SET_PROPERTY":
+            if len(params) != 2 or params[0] != "combined" or not isinstance(params[1], bool):
+                return {"code": 0, "msg": "Unknown property", "id": rid}
+            conn.combined = params[1]
+        else:
+            if params != ["combined"]:
+                return {"code": 0, "msg": "Unknown property", "id": rid}
+            return {"result": conn.combined, "id": rid}
+        return {"result": None, "id": rid}
+
+    # ---- pushing ----------------------------------------------------------------------------------
+    async def _send(self, conn: _Conn, stream: str, event: dict[str, Any]) -> None:
+        body = {"stream": stream, "data": event} if conn.combined else event
+        await conn.ws.send_str(json.dumps(body, separators=(",", ":")))
+
+    async def _push_loop(self, conn: _Conn) -> None:
+        cfg, clock = self.config, self.clock
+        cursor = clock.now_ms() // MS_PER_MINUTE * MS_PER_MINUTE
+        last_real, last_virtual = 0.0, clock.now_ms()
+        update_ms = int(cfg.ws_update_ms.get(conn.market, 250))
+        while not conn.ws.closed:
+            conn.wake.clear()
+            drop = self.faults.ws_drop_every_s
+            if drop is not None and time.monotonic() - conn.opened >= drop:
+                self.stats.count("ws", "dropped")
+                transport = conn.request.transport
+                if transport is not None:
+                    transport.abort()
+                return
+            now = clock.now_ms()
+            delay = int(self.faults.ws_close_delay_s * 1000) + cfg.ws_close_lag_ms
+            if now < cursor:  # the clock went backwards
+                cursor = now // MS_PER_MINUTE * MS_PER_MINUTE
+            ready = (now - delay - cursor) // MS_PER_MINUTE
+            if ready > cfg.ws_catchup_max:
+                cursor += (ready - cfg.ws_catchup_max) * MS_PER_MINUTE
+            while cursor + MS_PER_MINUTE + delay <= now:
+                cursor += MS_PER_MINUTE
+                await self._closings(conn, cursor, cursor + delay)
+            due = now - last_virtual >= update_ms and time.monotonic() - last_real >= 1.0 / cfg.ws_intermediate_per_s
+            if cfg.ws_intermediate and conn.subs and due:
+                last_real, last_virtual = time.monotonic(), now
+                await self._partials(conn, now)
+            timeout = min(1.0, clock.real_seconds(cursor + MS_PER_MINUTE + delay - now))
+            if cfg.ws_intermediate and conn.subs:
+                timeout = min(timeout, max(0.01, 1.0 / cfg.ws_intermediate_per_s - (time.monotonic() - last_real)))
+            if drop is not None:
+                timeout = min(timeout, max(0.0, drop - (time.monotonic() - conn.opened)))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(conn.wake.wait(), timeout=max(timeout, 0.001))
+
+    async def _closings(self, conn: _Conn, boundary: int, event_ms: int) -> None:
+        skip = self.faults.ws_skip_close_symbols
+        uni = self.market.universe
+        for stream, parsed in list(conn.subs.items()):
+            if parsed is None:
+                continue
+            symbol, iv = parsed
+            if iv.floor(boundary) != boundary or symbol in skip:
+                continue
+            info = uni.get(conn.market, symbol)
+            if info is None:
+                continue
+            opened = iv.floor(boundary - 1)
+            c = self.market.candles(info, iv, opened, opened + 1)
+            if len(c):
+                await self._send(conn, stream, ws_kline_event(info, iv, c, 0, closed=True, event_ms=event_ms))
+                self.stats.count("ws", "closing_events")
+
+    async def _partials(self, conn: _Conn, now: int) -> None:
+        uni = self.market.universe
+        for stream, parsed in list(conn.subs.items()):
+            if parsed is None:
+                continue
+            symbol, iv = parsed
+            info = uni.get(conn.market, symbol)
+            if info is None or not info.listed_at(now):
+                continue
+            c = self.market.forming(info, iv, now)
+            if c is not None:
+                await self._send(conn, stream, ws_kline_event(info, iv, c, 0, closed=False, event_ms=now))
+                self.stats.count("ws", "partial_events")
