@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from lake.cli_common import (
+    ArchiveUrlOpt,
     ConfigOpt,
     JsonOpt,
     RestUrlOpt,
@@ -47,13 +48,22 @@ def backfill_cmd(
     config: ConfigOpt = None,
     rest_url: RestUrlOpt = None,
     sim_url: SimUrlOpt = None,
+    # -- archive source (issue #5; logic in lake.ingest.archive) --
+    source: Annotated[
+        str, typer.Option("--source", help="archive | rest | auto: archive for published days, REST for the rest.")
+    ] = "auto",
+    include_delisted: Annotated[
+        bool, typer.Option("--include-delisted", help="Also backfill archive symbols no longer TRADING.")
+    ] = False,
+    keep_zips: Annotated[bool, typer.Option("--keep-zips", help="Keep verified archive zips after ingest.")] = False,
+    archive_url: ArchiveUrlOpt = None,
 ) -> None:
     """Backfill klines over REST for one or more trade types (only what the lake lacks).
 
     Examples: ``lake backfill --type usdt_perp --type usdt_spot --days 15``;
     ``lake backfill --type coin_perp --interval 1h --start 2024-01-01 --end 2024-03-01 --funding``.
     """
-    settings = get_settings(config, root=root, rest_url=rest_url, sim_url=sim_url)
+    settings = get_settings(config, root=root, rest_url=rest_url, sim_url=sim_url, archive_url=archive_url)
     if days is None and start is None:
         raise ValidationError("give --days N or --start DATE")
     if days is not None and (start is not None or end is not None):
@@ -65,6 +75,14 @@ def backfill_cmd(
         raise ValidationError("--symbols is empty")
     kinds = [t.strip() for item in trade_types for t in item.split(",") if t.strip()]
     lfs = LakeFS(settings.root)
+    if source != "rest":  # issue #5: archive (+ REST for the rest) — see lake.ingest.archive.hybrid
+        _archive_source(
+            lfs, kinds, interval, t_start, t_end, days, wanted, funding, recheck, json_out, settings,
+            source=source, include_delisted=include_delisted, keep_zips=keep_zips,
+        )  # fmt: skip
+        return
+    if include_delisted or keep_zips:
+        raise ValidationError("--include-delisted and --keep-zips need --source archive or auto")
 
     async def run() -> BackfillReport:
         with Progress() as progress:
@@ -106,6 +124,61 @@ def _render(report: BackfillReport, json_out: bool) -> None:
         )
     if report.funding_rows:
         typer.echo(f"  funding: {report.funding_rows} rows added")
+
+
+# -- archive source (issue #5) -------------------------------------------------------------------
+def _archive_source(
+    lfs: LakeFS,
+    kinds: list[str],
+    interval: str,
+    t_start: Any,
+    t_end: Any,
+    days: float | None,
+    wanted: list[str] | None,
+    funding: bool,
+    recheck: bool,
+    json_out: bool,
+    settings: Any,
+    *,
+    source: str,
+    include_delisted: bool,
+    keep_zips: bool,
+) -> None:
+    from lake.ingest.archive.hybrid import SOURCES, HybridResult, archive_backfill
+
+    if source not in SOURCES:
+        raise ValidationError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
+
+    async def run() -> HybridResult:
+        with Progress() as progress:
+            return await archive_backfill(
+                lfs, kinds, interval, settings=settings, start=t_start, end=t_end, days=days,
+                symbols=wanted, source=source, include_delisted=include_delisted, keep_zips=keep_zips,
+                funding=funding, recheck=recheck, progress=progress,
+            )  # fmt: skip
+
+    try:
+        result = asyncio.run(run())
+    except IncompleteError as exc:
+        rep = getattr(exc, "report", None)
+        if isinstance(rep, BackfillReport):
+            _render(rep, json_out)
+        for line in exc.missing:
+            typer.echo(f"missing: {line}", err=True)
+        raise
+    if json_out:
+        print_json(result.to_dict())
+        return
+    for a in result.archive:
+        lacking = sum(len(v) for v in a.lacking.values())
+        typer.echo(
+            f"archive {a.trade_type} {a.interval}: {len(a.symbols)} symbols, {a.files_downloaded} files "
+            f"downloaded ({a.files_reuploaded} re-uploaded), {a.rows:,} rows, {a.seconds:.1f}s"
+            + (f"; {lacking} day(s) not in the archive" + (" (left for REST)" if source == "auto" else ""))
+            * bool(lacking)
+        )
+    if result.rest is not None:
+        _render(result.rest, json_out)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,185 @@
+"""``--source archive|rest|auto``: the archive for every published day, REST for the rest, one run.
+
+    result = await archive_backfill(lfs, ["usdt_perp"], "1m", start=t0, source="auto",
+                                    settings=settings, progress=progress)
+
+How ``auto`` dispatches, per trade type (trade types of one market share one REST client):
+
+1. One REST client per market (``lake.ingest.rest_client``) gives the server's "now" and exchangeInfo,
+   hence the universe: the TRADING symbols, or the whitelist. With ``include_delisted`` the symbols
+   the archive lists for the trade type that are not TRADING are added (``symbols.delisted_candidates``).
+2. The archive part (``runner.ingest_archive``) ingests, for ``[start, end)``, every day (month above
+   ``1d``) the lake lacks and the archive publishes: verified, parsed, upserted, recorded.
+3. The REST part is #4's backfill (``lake.ingest.backfill.backfill``) over the same window and
+   symbols, on the same client and governor. It plans from the lake, so it fetches exactly what is
+   still missing: the last day or two the archive has not published yet, days the archive lacks, and
+   the gaps inside archive days. A range REST answers empty is recorded as confirmed empty (an
+   exchange hole for ``lake status``). Symbols exchangeInfo no longer lists are archive-only.
+
+``source="archive"`` stops after step 2 and reports the units the archive lacks; ``source="rest"`` is
+the plain REST backfill (the command does not come here).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from lake.binance.intervals import MS_PER_DAY, parse_interval
+from lake.binance.markets import get_trade_type
+from lake.binance.symbols import validate_symbols
+from lake.errors import UpstreamError, ValidationError
+from lake.ingest.archive.runner import ArchiveReport, ingest_archive, list_archive_symbols
+from lake.ingest.archive.symbols import delisted_candidates
+from lake.ingest.backfill import BackfillReport, backfill
+from lake.ingest.rest_client import RestClient
+from lake.ingest.universe import fetch_exchange_info, universe
+from lake.progress import Progress
+from lake.settings import Settings
+from lake.store.fs import LakeFS
+
+__all__ = ["SOURCES", "HybridResult", "archive_backfill"]
+
+log = logging.getLogger("lake.archive")
+
+SOURCES = ("archive", "rest", "auto")
+
+
+@dataclass
+class HybridResult:
+    archive: list[ArchiveReport] = field(default_factory=list)
+    rest: BackfillReport | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "archive": [r.to_dict() for r in self.archive],
+            "rest": self.rest.to_dict() if self.rest is not None else None,
+        }
+
+
+def _ms(t: dt.datetime | None) -> int | None:
+    if t is None:
+        return None
+    if t.tzinfo is None:
+        raise ValidationError("pass timezone-aware (UTC) datetimes")
+    return math.floor(t.timestamp() * 1000)
+
+
+async def archive_backfill(
+    root: LakeFS,
+    trade_types: Sequence[str],
+    interval: str,
+    *,
+    settings: Settings,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    days: float | None = None,
+    symbols: Sequence[str] | None = None,
+    source: str = "auto",
+    include_delisted: bool = False,
+    keep_zips: bool = False,
+    funding: bool = False,
+    recheck: bool = False,
+    progress: Progress | None = None,
+    concurrency: int = 8,
+) -> HybridResult:
+    """Archive first, then (``auto``) REST for whatever the lake still lacks; see the module doc.
+
+    Raises what the parts raise: ``DataError`` naming archive files that failed verification (the
+    REST part is then not run), ``IncompleteError`` from the REST part.
+    """
+    if source not in ("archive", "auto"):
+        raise ValidationError(f"source must be 'archive' or 'auto' here, got {source!r}")
+    if funding and source == "archive":
+        raise ValidationError("--funding needs REST: use --source auto or rest")
+    tts = list({t.name: t for t in (get_trade_type(x) for x in trade_types)}.values())
+    if not tts:
+        raise ValidationError("no trade type given")
+    iv = parse_interval(interval, spot=all(t.is_spot for t in tts))
+    wanted = validate_symbols(list(symbols)) if symbols else None
+    start_ms, end_ms = _ms(start), _ms(end)
+    if (days is None) == (start is None):
+        raise ValidationError("give either --days or --start (not both)")
+    result = HybridResult()
+    clients: dict[str, RestClient] = {}
+    session = aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.http_timeout, sock_read=settings.http_timeout * 3
+        )
+    )
+    try:
+        rest_symbols: dict[str, list[str]] = {}
+        for tt in tts:
+            client = clients.get(tt.market_name)
+            if client is None:
+                client = RestClient.from_settings(settings, tt.market_name)
+                await client.start()
+                clients[tt.market_name] = client
+            now = await client.server_time()
+            snap = await fetch_exchange_info(client)
+            closed_end = iv.floor(now)
+            hi = closed_end if end_ms is None else min(end_ms, closed_end)
+            lo = start_ms if start_ms is not None else hi - int((days or 0) * MS_PER_DAY)
+            if wanted is not None:
+                syms = list(wanted)
+                known = {s.symbol for s in snap.members(tt, trading_only=False)}
+            else:
+                syms = universe(snap, tt).symbols
+                known = set(syms)
+                if include_delisted:
+                    listed = await list_archive_symbols(session, settings.endpoints, tt.market_name)
+                    raw = {str(s.get("symbol")): s for s in snap.symbols}
+                    extra = [s for s in delisted_candidates(listed, tt, raw) if s not in syms]
+                    if extra:
+                        log.info(
+                            "%s: adding %d delisted archive symbol(s): %s",
+                            tt.name,
+                            len(extra),
+                            ", ".join(extra[:10]) + (" …" if len(extra) > 10 else ""),
+                        )
+                    syms += extra
+                    known |= {s for s in extra if s in raw}
+            try:
+                rep = await ingest_archive(
+                    settings, tt.name, iv.name, syms, lo, hi,
+                    keep_zips=keep_zips, progress=progress, session=session, concurrency=concurrency,
+                )  # fmt: skip
+            except UpstreamError as exc:
+                if source == "archive":
+                    raise
+                # The archive is a shortcut: REST below fills whatever it did not deliver.
+                log.warning("archive unavailable for %s (%s); REST fills the whole window", tt.name, exc)
+                rep = ArchiveReport(tt.name, iv.name, list(syms), failed=[str(exc)])
+            result.archive.append(rep)
+            if progress is not None:
+                progress.message(_summary(rep))
+            rest_symbols[tt.name] = [s for s in syms if s in known]
+        if source == "archive":
+            return result
+        result.rest = await backfill(
+            root, [t.name for t in tts], iv.name,
+            start=start if start is not None else None, end=end, days=days,
+            symbols={k: v for k, v in rest_symbols.items()} if (wanted is not None or include_delisted) else None,
+            funding=funding, recheck=recheck, settings=settings, clients=clients, progress=progress,
+            unknown_symbols="skip",
+        )  # fmt: skip
+        return result
+    finally:
+        for c in clients.values():
+            await c.close()
+        await session.close()
+
+
+def _summary(r: ArchiveReport) -> str:
+    lacking = sum(len(v) for v in r.lacking.values())
+    return (
+        f"archive {r.trade_type} {r.interval}: {len(r.symbols)} symbols, {r.files_downloaded} files "
+        f"({r.bytes / 1e6:.1f} MB, {r.files_reuploaded} re-uploaded), {r.rows:,} rows, "
+        f"{r.units_skipped} units already held, {lacking} not in the archive, {r.seconds:.1f}s"
+    )
