@@ -1,0 +1,146 @@
+"""``lake sim``: run the simulator standalone, or print its ground truth.
+
+    lake sim --port 8765 --symbols 50 --speed 60 --seed 1            # same as `lake sim serve …`
+    lake sim truth --type usdt_perp --interval 5m --symbols BTCUSDT --start 2024-01-01 --end 2024-01-02
+
+The main CLI mounts this with ``app.add_typer(sim_app, name="sim")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lake.binance.markets import MARKETS
+from lake.errors import LakeError
+from lake.sim.clock import ms_to_iso, to_ms
+from lake.sim.config import SimConfig
+from lake.sim.market import SimMarket
+from lake.sim.server import SimServer
+
+__all__ = ["sim_app"]
+
+sim_app = typer.Typer(help="Offline Binance simulator: REST, websocket streams and the data archive.")
+
+Port = Annotated[int, typer.Option(help="TCP port (0: any free port).")]
+Host = Annotated[str, typer.Option(help="Interface to listen on.")]
+Symbols = Annotated[int, typer.Option("--symbols", help="Symbols per market.")]
+Speed = Annotated[float, typer.Option(help="Virtual seconds per real second (60: a minute per second; 0 frozen).")]
+Seed = Annotated[int, typer.Option(help="Market seed: same seed, same candles.")]
+Start = Annotated[str | None, typer.Option(help="Virtual start time (ISO 8601 or ms); default: now.")]
+History = Annotated[int, typer.Option(help="Days of history before the start day.")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the URLs as one JSON line.")]
+
+
+def _config(seed: int, symbols: int, speed: float, start: str | None, history_days: int, host: str = "127.0.0.1",
+            port: int = 0) -> SimConfig:  # fmt: skip
+    return SimConfig(seed=seed, n_symbols=symbols, speed=speed, start=start, history_days=history_days,
+                     host=host, port=port)  # fmt: skip
+
+
+async def _serve(config: SimConfig, as_json: bool) -> None:
+    async with SimServer(config) as sim:
+        ep = sim.endpoints
+        urls = {
+            "rest": sim.base_url,
+            "ws": dict(ep.ws),
+            "archive": ep.archive,
+            "archive_list": ep.archive_list,
+            "control": f"{sim.base_url}/_sim",
+            "start": ms_to_iso(sim.clock.now_ms()),
+            "speed": sim.clock.speed,
+        }
+        if as_json:
+            print(json.dumps(urls), flush=True)
+        else:
+            prefixes = ", ".join(f"{m} {MARKETS[m].api_prefix}" for m in MARKETS)
+            print(f"lake sim: seed {config.seed}, {config.n_symbols} symbols/market, speed {sim.clock.speed}x, "
+                  f"virtual start {urls['start']}")  # fmt: skip
+            print(f"  REST       {sim.base_url}  ({prefixes})")
+            for m, u in ep.ws.items():
+                print(f"  WS {m:<7} {u}")
+            print(f"  Archive    {ep.archive}")
+            print(f"  Listing    {ep.archive_list}")
+            print(f"  Control    {sim.base_url}/_sim/{{info,stats,clock,faults}}")
+            print("Ctrl-C to stop.", flush=True)
+        stop = asyncio.Event()
+        with contextlib.suppress(NotImplementedError):  # no signal handlers on some platforms
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+
+
+def _run_server(config: SimConfig, as_json: bool) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_serve(config, as_json))
+
+
+@sim_app.callback(invoke_without_command=True)
+def main(
+    ctx: typer.Context,
+    port: Port = 8765,
+    host: Host = "127.0.0.1",
+    symbols: Symbols = 10,
+    speed: Speed = 1.0,
+    seed: Seed = 1,
+    start: Start = None,
+    history_days: History = 730,
+    as_json: AsJson = False,
+) -> None:
+    """Without a sub-command: serve (same options as ``serve``)."""
+    if ctx.invoked_subcommand is None:
+        _run_server(_config(seed, symbols, speed, start, history_days, host, port), as_json)
+
+
+@sim_app.command()
+def serve(
+    port: Port = 8765,
+    host: Host = "127.0.0.1",
+    symbols: Symbols = 10,
+    speed: Speed = 1.0,
+    seed: Seed = 1,
+    start: Start = None,
+    history_days: History = 730,
+    as_json: AsJson = False,
+) -> None:
+    """Run the simulator until Ctrl-C and print its base URLs."""
+    _run_server(_config(seed, symbols, speed, start, history_days, host, port), as_json)
+
+
+@sim_app.command()
+def truth(
+    trade_type: Annotated[str, typer.Option("--type", help="Trade type (usdt_perp, …) or market (spot/um/cm).")],
+    interval: Annotated[str, typer.Option(help="Kline interval, e.g. 5m.")],
+    symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols (default: all).")] = None,
+    start: Annotated[str | None, typer.Option(help="First candle open (inclusive).")] = None,
+    end: Annotated[str | None, typer.Option(help="Last candle open (exclusive).")] = None,
+    seed: Seed = 1,
+    n_symbols: Annotated[int, typer.Option("--n-symbols", help="Symbols per market of that simulator.")] = 10,
+    history_days: History = 730,
+    sim_start: Annotated[str | None, typer.Option("--sim-start", help="The simulator's start (default now).")] = None,
+    now: Annotated[str | None, typer.Option(help="Virtual now for 'closed' (default: the sim start).")] = None,
+    output: Annotated[Path | None, typer.Option(help="Write .parquet or .csv instead of printing CSV.")] = None,
+) -> None:
+    """Print or write the candles a simulator with these settings serves (closed candles only)."""
+    try:
+        market = SimMarket(SimConfig(seed=seed, n_symbols=n_symbols, history_days=history_days, start=sim_start))
+        syms = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
+        df = market.truth(trade_type, interval, syms, start, end, now=to_ms(now) if now else None)
+    except LakeError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(e.exit_code) from e
+    if output is None:
+        df.write_csv(sys.stdout)
+    elif output.suffix == ".parquet":
+        df.write_parquet(output)
+    elif output.suffix == ".csv":
+        df.write_csv(output)
+    else:
+        typer.echo("error: --output must end in .parquet or .csv", err=True)
+        raise typer.Exit(2)
