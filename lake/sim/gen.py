@@ -9,7 +9,7 @@ Two levels, so any (symbol, day) is generated on its own in O(day):
    to day ``d+1``'s open, so the last close of a day equals the next day's first open.
 
 Zero-volume minutes copy the previous close into open/high/low/close (never the day's last minute, so
-the day-to-day bridge holds). Volumes follow an intraday activity profile and the size of the move;
+the day-to-day bridge holds); the minute after one opens with a small gap, like a first trade would. Volumes follow an intraday activity profile and the size of the move;
 quote volume is volume × a price inside [low, high]; taker volumes are a fraction of the totals.
 Trade ids are ``day * 10**7 + running count`` (a day never has 10**7 trades), so ``f``/``L`` are
 random-access too.
@@ -77,6 +77,10 @@ def generate_day(info: SymbolInfo, walk: np.ndarray, day: int) -> Candles:
     keep = np.concatenate(([True], ~zero))
     chain = chain[np.maximum.accumulate(np.where(keep, np.arange(_T + 1), 0))]
     o, c = chain[:-1], chain[1:]
+    # After a quiet minute the first trade rarely prints exactly at the last close: open with a gap.
+    after_quiet = np.concatenate(([False], zero[:-1])) & ~zero
+    gap = np.rint(z[3] * np.maximum(1.0, 2 * sig * c)).astype(np.int64)
+    o = np.maximum(np.where(after_quiet, o + gap, o), 1)
     wick = sig * 0.6
     h = np.maximum(o, c) + np.rint(np.abs(z[1]) * wick * c).astype(np.int64)
     lo = np.maximum(np.minimum(o, c) - np.rint(np.abs(z[2]) * wick * c).astype(np.int64), 1)

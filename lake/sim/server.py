@@ -69,9 +69,9 @@ class SimServer:
 
     # ---- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> SimServer:
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self.config.host, self.config.port)
         await site.start()
         self._runner = runner
         addr = runner.addresses[0]
