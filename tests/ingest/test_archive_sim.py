@@ -1,0 +1,160 @@
+"""Archive ingest and ``--source auto`` against the simulator, checked against its ground truth."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from lake.errors import DataError
+from lake.ingest.archive.hybrid import archive_backfill
+from lake.ingest.archive.runner import download_dir
+from lake.schema import KLINE_COLUMNS
+from lake.settings import Settings
+from lake.sim.config import FaultConfig, SimConfig
+from lake.sim.server import SimServer
+from lake.store.coverage import coverage
+from lake.store.fs import LakeFS
+from lake.store.klines import scan_klines
+
+NOW = "2024-03-10T12:00:00"
+START = dt.datetime(2024, 1, 20, tzinfo=dt.UTC)
+IV = "5m"
+TT = "usdt_spot"
+
+# lake.sim.server passes shutdown_timeout to TCPSite, which aiohttp 3.14 deprecates (the simulator's to fix).
+pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning")
+
+
+def sim_config(**faults: object) -> SimConfig:
+    return SimConfig(
+        start=NOW,
+        speed=0,
+        history_days=80,
+        n_symbols=3,
+        n_symbols_by_market={"spot": 10, "um": 6},
+        spot_us_from="2024-03-01",  # µs timestamps in the window's March files, ms before
+        futures_header_fraction={"um": 0.5, "cm": 0.3},  # futures files with and without a header
+        faults=FaultConfig(**faults),  # type: ignore[arg-type]
+    )
+
+
+def settings_for(sim: SimServer, tmp_path: Path) -> Settings:
+    return Settings(root=str(tmp_path / "lake"), sim_url=sim.base_url)
+
+
+def lake_frame(s: Settings, symbols: list[str] | None = None) -> pl.DataFrame:
+    return scan_klines(s.root, TT, IV, symbols).collect().sort("symbol", "candle_begin_time")
+
+
+def truth(sim: SimServer, symbols: list[str], start: dt.datetime) -> pl.DataFrame:
+    return sim.market.truth(TT, IV, symbols, start).sort("symbol", "candle_begin_time")
+
+
+def assert_equal_to_truth(sim: SimServer, s: Settings, symbols: list[str]) -> pl.DataFrame:
+    got = lake_frame(s, symbols)
+    # Whole archive files are ingested: a monthly file brings the days of its month before START too.
+    want = truth(sim, symbols, got["candle_begin_time"].min())  # type: ignore[arg-type]
+    assert got["candle_begin_time"].min() <= START
+    cols = ["symbol", *[c for c in KLINE_COLUMNS if c != "source"]]
+    assert got.height == want.height
+    assert got.select(cols).equals(want.select(cols))
+    return got
+
+
+async def test_auto_archive_then_rest_equals_truth(tmp_path: Path) -> None:
+    async with SimServer(sim_config(missing_days=("ETHUSDT/2024-03-05",))) as sim:
+        s = settings_for(sim, tmp_path)
+        aw = sim.market.awkward
+        delisted = aw.delisted["spot"]
+        trading = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        assert delisted and not set(delisted) & set(trading)
+        res = await archive_backfill(
+            LakeFS(s.root), [TT], IV, settings=s, start=START, source="auto", include_delisted=True
+        )
+        (arch,) = res.archive
+        assert set(delisted) <= set(arch.symbols), "--include-delisted picks the archive-only symbols"
+        assert arch.files_downloaded > 0 and res.rest is not None
+        symbols = sorted(set(trading) | set(delisted))
+        got = assert_equal_to_truth(sim, s, symbols)
+
+        # The day the archive lacks and the half day it has not published yet came from REST.
+        by_src = got.group_by("source").len()
+        assert set(by_src["source"]) == {"archive", "rest"}
+        eth = got.filter(
+            pl.col("symbol") == "ETHUSDT", pl.col("candle_begin_time").dt.date() == dt.date(2024, 3, 5)
+        )
+        assert eth.height == 288 and eth["source"].unique().to_list() == ["rest"]
+        today = got.filter(pl.col("candle_begin_time") >= dt.datetime(2024, 3, 10, tzinfo=dt.UTC))
+        assert today["source"].unique().to_list() == ["rest"]
+
+        # Maintenance holes: neither archive nor REST has candles there; recorded as exchange holes.
+        cov = {c.symbol: c for c in coverage(s.root, TT, IV)}
+        assert cov["BTCUSDT"].missing == 0
+        if any(w[0] >= START.timestamp() * 1000 for w in aw.maintenance["spot"]):
+            assert cov["BTCUSDT"].exchange_missing > 0
+
+        # A re-run asks the archive for no file and changes nothing.
+        again = await archive_backfill(
+            LakeFS(s.root), [TT], IV, settings=s, start=START, include_delisted=True
+        )
+        assert again.archive[0].files_planned == 0
+
+        # Binance re-uploads a day: detected from the listing and re-ingested; the lake follows.
+        sim.control_faults({"reupload": [{"market": "spot", "symbol": "BTCUSDT", "date": "2024-03-02"}]})
+        third = await archive_backfill(
+            LakeFS(s.root), [TT], IV, settings=s, start=START, include_delisted=True
+        )
+        assert third.archive[0].files_reuploaded >= 1
+        assert_equal_to_truth(sim, s, symbols)
+
+
+async def test_persistent_checksum_mismatch_fails_and_leaves_the_lake_untouched(tmp_path: Path) -> None:
+    bad = "BTCUSDT-5m-2024-03-02.zip"
+    async with SimServer(sim_config(wrong_checksums={bad: None})) as sim:
+        s = settings_for(sim, tmp_path)
+        with pytest.raises(DataError, match=bad):
+            await archive_backfill(
+                LakeFS(s.root), [TT], IV, settings=s, start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
+                end=dt.datetime(2024, 3, 3, tzinfo=dt.UTC), symbols=["BTCUSDT"], source="auto",
+            )  # fmt: skip
+        got = lake_frame(s)
+        assert got.filter(pl.col("candle_begin_time").dt.day() == 2).height == 0, "nothing of the bad day"
+        assert not list(download_dir(s).rglob("*.zip*")), "no zip or partial download left"
+        # Once Binance fixes the checksum, the next run heals the day.
+        sim.control_faults({"wrong_checksums": {}})
+        await archive_backfill(
+            LakeFS(s.root), [TT], IV, settings=s, start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
+            end=dt.datetime(2024, 3, 3, tzinfo=dt.UTC), symbols=["BTCUSDT"], source="archive",
+        )  # fmt: skip
+        assert lake_frame(s).height == 2 * 288
+
+
+async def test_corrupt_zip_fails_loudly(tmp_path: Path) -> None:
+    bad = "ETHUSDT-5m-2024-03-01.zip"
+    async with SimServer(sim_config(corrupt_zips=(bad,))) as sim:
+        s = settings_for(sim, tmp_path)
+        with pytest.raises(DataError, match=bad):
+            await archive_backfill(
+                LakeFS(s.root), [TT], IV, settings=s, start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
+                end=dt.datetime(2024, 3, 2, tzinfo=dt.UTC), symbols=["ETHUSDT"], source="archive",
+            )  # fmt: skip
+        assert lake_frame(s).height == 0
+
+
+async def test_futures_files_with_and_without_header(tmp_path: Path) -> None:
+    async with SimServer(sim_config()) as sim:
+        s = settings_for(sim, tmp_path)
+        start = dt.datetime(2024, 2, 20, tzinfo=dt.UTC)
+        res = await archive_backfill(
+            LakeFS(s.root), ["usdt_perp"], "1h", settings=s, start=start,
+            end=dt.datetime(2024, 3, 9, tzinfo=dt.UTC), symbols=["BTCUSDT", "ETHUSDT"], source="archive",
+        )  # fmt: skip
+        assert res.archive[0].files_downloaded >= 2
+        got = scan_klines(s.root, "usdt_perp", "1h").collect().sort("symbol", "candle_begin_time")
+        want = sim.market.truth("usdt_perp", "1h", ["BTCUSDT", "ETHUSDT"], got["candle_begin_time"].min())
+        want = want.filter(pl.col("candle_begin_time") < dt.datetime(2024, 3, 9, tzinfo=dt.UTC))
+        cols = ["symbol", *[c for c in KLINE_COLUMNS if c != "source"]]
+        assert got.select(cols).equals(want.sort("symbol", "candle_begin_time").select(cols))
