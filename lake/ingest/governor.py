@@ -26,10 +26,11 @@ How it stays under the limit
   touches, so near a boundary it is charged to both windows. A response that arrives later than
   expected charges any window it may have landed in but was not charged to (late charge).
 * **Budget.** A permit is granted when, for each of its windows ``W``,
-  ``max(reserved[W], observed[W]) + weight ≤ limit − reserve``. ``reserved`` is the weight all
-  lake processes reserved for ``W`` (shared through the state file); ``observed`` is the highest
-  ``X-MBX-USED-WEIGHT-*`` header seen for a response that certainly landed in ``W`` (this counts
-  traffic from outside lake too).
+  ``reserved[W] + external[W] + weight ≤ limit − reserve``. ``reserved`` is the weight all lake
+  processes reserved for ``W`` (shared through the state file). ``external`` is traffic the
+  reservations do not explain: for a response that certainly landed in ``W``, its
+  ``X-MBX-USED-WEIGHT-*`` header minus the reservations made up to and including its own permit
+  (the highest such difference seen, never below 0).
 * **Across processes.** With ``state_file`` set, reservations, and pauses after a 429/418, live in
   a small JSON file (``budget-<market>-<hash of host and base URL>.json`` under
   ``Settings.state_path``); each reservation is a read-modify-write under an ``fcntl`` lock. The
@@ -265,12 +266,16 @@ class _State:
 
 @dataclass(slots=True)
 class Permit:
-    """One granted reservation: ``weight`` charged to the server windows ``windows``."""
+    """One granted reservation: ``weight`` charged to the server windows ``windows``.
+
+    ``reserved_after`` is the total reserved in each of those windows right after this permit.
+    """
 
     weight: int
     windows: tuple[int, ...]
     sent_mono: float
     granted_server_ms: float
+    reserved_after: tuple[int, ...] = ()
 
 
 @dataclass
@@ -325,7 +330,7 @@ class WeightGovernor:
         self.reserve = reserve
         self._state = _State(Path(state_file) if state_file is not None else None)
         self._fifo = asyncio.Lock()
-        self._observed: dict[int, int] = {}
+        self._external: dict[int, int] = {}  # window → weight used outside our reservations
         self._rtt_avg = 2 * latency_s
         self._rtt_dev = latency_s
         self._paused_cache = 0.0
@@ -387,14 +392,14 @@ class WeightGovernor:
                 now = self.clock.now_ms(mono)
                 u = self.clock.uncertainty_ms(mono)
                 windows = self._span(now, u)
-                granted, resume_at = self._try_reserve(windows, weight, now, u)
+                granted, resume_at, after = self._try_reserve(windows, weight, now, u)
                 if granted:
                     if self.stats.started_server_ms is None:
                         self.stats.started_server_ms = now
                     self.stats.permits += 1
                     self.stats.weight += weight
                     self.stats.waited_s += time.monotonic() - t0
-                    return Permit(weight, windows, time.monotonic(), now)
+                    return Permit(weight, windows, time.monotonic(), now, after)
                 delay = self.clock.real_seconds(resume_at - now)
                 if (
                     self.resync is not None
@@ -410,26 +415,30 @@ class WeightGovernor:
                     continue
                 await asyncio.sleep(min(max(delay, 0.0005), self.max_sleep_s))
 
-    def _try_reserve(self, windows: tuple[int, ...], weight: int, now: float, u: float) -> tuple[bool, float]:
-        """Reserve ``weight`` in ``windows`` if it fits; else return when to try again (server ms)."""
+    def _try_reserve(
+        self, windows: tuple[int, ...], weight: int, now: float, u: float
+    ) -> tuple[bool, float, tuple[int, ...]]:
+        """Reserve ``weight`` in ``windows`` if it fits; else say when to try again (server ms)."""
         budget = self.budget
         with self._state.edit() as st:
             paused = float(st.get("paused_until", 0.0))
             self._paused_cache = paused
             if paused > now:
-                return False, paused
+                return False, paused, ()
             res: dict[str, int] = st["windows"]
             for w in windows:
-                used = max(int(res.get(str(w), 0)), self._observed.get(w, 0))
+                used = int(res.get(str(w), 0)) + max(0, self._external.get(w, 0))
                 if used + weight > budget:
                     # the request may land in a full window: wait until it certainly cannot
-                    return False, (w + 1) * self.window_ms + u + 1.0
+                    return False, (w + 1) * self.window_ms + u + 1.0, ()
+            after = []
             for w in windows:
                 res[str(w)] = int(res.get(str(w), 0)) + weight
+                after.append(res[str(w)])
             oldest = windows[0] - 2
             for key in [k for k in res if int(k) < oldest]:
                 del res[key]
-        return True, now
+        return True, now, tuple(after)
 
     def charge(self, weight: int) -> None:
         """Add ``weight`` to the current window without asking (for unguarded requests)."""
@@ -464,21 +473,32 @@ class WeightGovernor:
             return
         self.stats.max_observed = max(self.stats.max_observed, used_weight)
         if lo == hi:
-            prev = self._observed.get(lo, 0)
-            if used_weight > prev:
-                self._observed[lo] = used_weight
-                self.stats.observed[lo] = used_weight
-            for w in [w for w in self._observed if w < lo - 2]:
-                del self._observed[w]
+            prev = self.stats.observed.get(lo, 0)
+            self.stats.observed[lo] = max(prev, used_weight)
+            if lo in permit.windows and permit.reserved_after:
+                base = permit.reserved_after[permit.windows.index(lo)]
+            else:
+                base = self._reserved_now(lo)
+            self._note_external(lo, used_weight - base)
 
     def observe(self, used_weight: int, server_ms: float | None = None) -> None:
         """Record a used-weight header not tied to a permit (e.g. a response to a bare request)."""
         now = self.clock.now_ms() if server_ms is None else server_ms
         u = self.clock.uncertainty_ms()
         lo, hi = self.window_of(now - u), self.window_of(now + u)
-        if lo == hi and used_weight > self._observed.get(lo, 0):
-            self._observed[lo] = used_weight
+        if lo == hi:
+            self._note_external(lo, used_weight - self._reserved_now(lo))
         self.stats.max_observed = max(self.stats.max_observed, used_weight)
+
+    def _note_external(self, window: int, value: int) -> None:
+        if value > self._external.get(window, 0):
+            self._external[window] = value
+        for w in [w for w in self._external if w < window - 2]:
+            del self._external[w]
+
+    def _reserved_now(self, window: int) -> int:
+        with self._state.edit() as st:
+            return int(st["windows"].get(str(window), 0))
 
     def pause(self, seconds: float, reason: str = "") -> float:
         """Stop granting permits (in every process sharing the state) for ``seconds`` of server time.
@@ -508,4 +528,4 @@ class WeightGovernor:
     def used_now(self) -> int:
         """Best knowledge of the weight used in the current window."""
         w = self.window_of(self.clock.now_ms())
-        return max(self.reserved(w), self._observed.get(w, 0))
+        return self.reserved(w) + max(0, self._external.get(w, 0))

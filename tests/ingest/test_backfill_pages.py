@@ -1,0 +1,90 @@
+"""Page planning, missing ranges and what an answer proves (pure functions)."""
+
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lake.binance.intervals import MS_PER_DAY, parse_interval
+from lake.binance.markets import MARKETS
+from lake.ingest.backfill import resolve_range
+from lake.ingest.pages import Page, answer_gaps, missing_ranges, page_limit, plan_pages, subtract_ranges
+
+M5 = parse_interval("5m")
+T0 = 1_700_006_400_000  # a 5m-aligned instant
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    market=st.sampled_from(["spot", "um", "cm"]),
+    iv_name=st.sampled_from(["1m", "5m", "1h", "1d", "1w"]),
+    start=st.integers(0, 10**9),
+    length=st.integers(0, 5 * 10**9),
+)
+def test_pages_tile_the_range_exactly(market: str, iv_name: str, start: int, length: int) -> None:
+    m, iv = MARKETS[market], parse_interval(iv_name)
+    a = T0 + start
+    b = a + length
+    pages = plan_pages(m, iv, a, b)
+    slots = iv.count(a, b)
+    assert sum(p.limit for p in pages) == slots
+    for p, q in itertools.pairwise(pages):
+        assert p.end_ms == q.start_ms
+    for p in pages:
+        assert p.limit == iv.count(p.start_ms, p.end_ms)
+        assert 1 <= p.limit <= page_limit(m, iv)
+        assert p.weight == m.kline_weight(p.limit)
+        if m.kline_max_span_days:
+            assert p.end_time - p.start_ms <= m.kline_max_span_days * MS_PER_DAY
+
+
+def test_page_sizes_and_weights() -> None:
+    pages = plan_pages(MARKETS["um"], M5, T0, T0 + 4320 * 300_000)  # 15 days of 5m
+    assert [p.limit for p in pages] == [499] * 8 + [328]
+    assert sum(p.weight for p in pages) == 18
+    tail = plan_pages(MARKETS["um"], M5, T0, T0 + (499 + 40) * 300_000)
+    assert [p.weight for p in tail] == [2, 1]  # a short last page costs 1
+    assert [p.limit for p in plan_pages(MARKETS["spot"], M5, T0, T0 + 4320 * 300_000)] == [1000] * 4 + [320]
+    assert page_limit(MARKETS["cm"], parse_interval("1d")) == 199
+
+
+def test_subtract_and_missing_ranges() -> None:
+    assert subtract_ranges(0, 100, [(10, 20), (15, 30), (90, 200)]) == [(0, 10), (30, 90)]
+    assert subtract_ranges(0, 100, []) == [(0, 100)]
+    step = 300_000
+    opens = [T0 + i * step for i in (0, 1, 2, 5, 6)]
+    assert missing_ranges(M5, T0, T0 + 10 * step, opens) == [(T0 + 3 * step, T0 + 5 * step),
+                                                             (T0 + 7 * step, T0 + 10 * step)]
+    # confirmed-empty ranges are not missing; irregular open times fill their slot
+    assert missing_ranges(M5, T0, T0 + 10 * step, [*opens, T0 + 3 * step + 17],
+                          [(T0 + 7 * step, T0 + 10 * step)]) == [(T0 + 4 * step, T0 + 5 * step)]
+    assert missing_ranges(M5, T0, T0 + 3 * step, []) == [(T0, T0 + 3 * step)]
+
+
+def test_answer_gaps() -> None:
+    step = 300_000
+    page = Page(T0, T0 + 10 * step, 10, 1)
+    gaps, unresolved = answer_gaps(M5, page, [T0 + i * step for i in (2, 3, 7)], recent_first=False)
+    assert gaps == [(T0, T0 + 2 * step), (T0 + 4 * step, T0 + 7 * step), (T0 + 8 * step, T0 + 10 * step)]
+    assert unresolved is None
+    assert answer_gaps(M5, page, [], recent_first=True) == ([(T0, T0 + 10 * step)], None)
+    # a full answer with irregular times: only the part the rows span is proven
+    odd = [T0 + i * step + 1 for i in range(9)] + [T0 + 8 * step + 2]
+    gaps, unresolved = answer_gaps(M5, page, sorted(odd), recent_first=False)
+    assert unresolved == (T0 + 9 * step, T0 + 10 * step)
+    assert gaps == []
+    recent = [T0 + 1 * step + 5, *[T0 + i * step for i in range(1, 10)]]
+    gaps, unresolved = answer_gaps(M5, page, sorted(recent), recent_first=True)
+    assert unresolved == (T0, T0 + step)
+
+
+def test_resolve_range_caps_at_the_forming_candle() -> None:
+    now = T0 + 7 * 300_000 + 1234
+    s, e = resolve_range(M5, now, days=1)
+    assert e == T0 + 7 * 300_000 and s == e - MS_PER_DAY
+    s, e = resolve_range(M5, now, start=T0 + 1, end=T0 + 100 * 300_000)
+    assert s == T0 + 300_000 and e == T0 + 7 * 300_000
+    s, e = resolve_range(M5, now, start=now + MS_PER_DAY)
+    assert s == e  # nothing to do for a start in the future
