@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lake.commands.status",
     "lake.commands.audit",
     "lake.commands.backfill",
+    "lake.commands.live",
 )
 
 app = typer.Typer(

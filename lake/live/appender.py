@@ -1,0 +1,304 @@
+"""The dispatcher's hot path: websocket messages → closed candles buffered per period → batched writes.
+
+``Appender.feed(raw, recv)`` runs on the event loop for every message of one feed (trade type,
+interval). It parses the JSON (combined ``{"stream", "data"}`` envelope or a raw event), ignores
+in-progress updates (``x: false``) and buffers each *closed* candle (``x: true``) once, keyed by
+(symbol, open time). Anything else is counted by reason and never written:
+
+    json          not JSON / not an object        unknown_symbol  symbol not in the live set
+    not_kline     another event type              interval        another interval
+    malformed     a kline that does not parse     misaligned      open/close times off the grid
+    non_finite    NaN/inf prices or volumes       error           an error reply to SUBSCRIBE…
+
+``take()`` hands the buffer to the writer; ``KlineWriter.write`` turns a batch into one lake
+DataFrame and writes each symbol with one atomic partition upsert (``lake.store.klines.write_klines``)
+in a thread pool, off the event loop. A symbol's candle for a period is thus written once, not once
+per message: the only rewrites of a partition are one per period and symbol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from lake.binance.intervals import parse_interval
+from lake.binance.klines import klines_from_rest, parse_ws_kline
+from lake.binance.markets import get_trade_type
+from lake.errors import DataError, LakeError
+from lake.store.fs import LakeFS
+from lake.store.klines import write_klines
+
+__all__ = ["Appender", "AppenderStats", "KlineWriter", "WriteOutcome"]
+
+log = logging.getLogger("lake.live.appender")
+
+_NUMERIC_FIELDS = (1, 2, 3, 4, 5, 7, 9, 10)
+_LOG_FIRST = 5  # bad messages logged in full per reason; the rest only counted
+
+
+@dataclass
+class AppenderStats:
+    messages: int = 0
+    updates: int = 0  # x: false
+    closed: int = 0  # x: true accepted into the buffer
+    duplicates: int = 0  # x: true for a candle already buffered or stored
+    control: int = 0  # replies to SUBSCRIBE / UNSUBSCRIBE
+    bad: Counter[str] = field(default_factory=Counter)
+    max_event_ms: int = 0  # highest event time (E) seen: server time at send
+    last_message_mono: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "updates": self.updates,
+            "closed": self.closed,
+            "duplicates": self.duplicates,
+            "control": self.control,
+            "bad": dict(self.bad),
+        }
+
+
+class Appender:
+    """Parses one feed's messages and buffers its closed candles until the writer takes them.
+
+    ``symbols`` is the live set (upper case); ``is_stored(symbol, open_ms)`` tells whether a candle
+    is already in the lake (a late ``x: true`` after a REST repair is then a duplicate).
+    """
+
+    def __init__(
+        self,
+        trade_type: str,
+        interval: str,
+        symbols: Iterable[str] = (),
+        *,
+        is_stored: Callable[[str, int], bool] | None = None,
+    ) -> None:
+        self.trade_type = get_trade_type(trade_type).name
+        self.interval = parse_interval(interval, spot=get_trade_type(trade_type).is_spot)
+        if self.interval.ms is None:
+            raise DataError("live feeds need a fixed-length interval (not 1M)")
+        self._iv_ms: int = self.interval.ms
+        self.symbols: set[str] = set(symbols)
+        self._is_stored = is_stored or (lambda s, t: False)
+        self._buffer: dict[tuple[str, int], tuple[tuple[Any, ...], float]] = {}
+        self.stats = AppenderStats()
+        self._pending = asyncio.Event()
+        self._closed = False
+        self.control_errors: deque[str] = deque(maxlen=20)
+
+    # -- feeding -----------------------------------------------------------------------------------
+    def _bad(self, reason: str, raw: str | bytes, detail: str = "") -> None:
+        n = self.stats.bad[reason] = self.stats.bad[reason] + 1
+        if n <= _LOG_FIRST:
+            text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+            more = " (further ones only counted)" if n == _LOG_FIRST else ""
+            log.warning(
+                "%s %s: bad message (%s%s)%s: %.200s",
+                self.trade_type,
+                self.interval.name,
+                reason,
+                f": {detail}" if detail else "",
+                more,
+                text,
+            )
+
+    def feed(self, raw: str | bytes, recv: float | None = None) -> bool:
+        """Handle one message; returns whether a closed candle was buffered."""
+        st = self.stats
+        st.messages += 1
+        recv = time.perf_counter() if recv is None else recv
+        st.last_message_mono = recv
+        try:
+            msg = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            self._bad("json", raw)
+            return False
+        if not isinstance(msg, dict):
+            self._bad("json", raw, "not an object")
+            return False
+        data = msg.get("data", msg) if "stream" in msg else msg
+        if not isinstance(data, dict):
+            self._bad("not_kline", raw)
+            return False
+        if data.get("e") != "kline":
+            if "result" in data and "id" in data:
+                st.control += 1
+                return False
+            if "error" in data:
+                self.control_errors.append(str(data.get("error"))[:200])
+                self._bad("error", raw)
+                return False
+            self._bad("not_kline", raw)
+            return False
+        e = data.get("E")
+        if isinstance(e, int) and e > st.max_event_ms:
+            st.max_event_ms = e
+        k = data.get("k")
+        if not isinstance(k, dict):
+            self._bad("malformed", raw, "no 'k' object")
+            return False
+        x = k.get("x")
+        if x is False:
+            st.updates += 1
+            return False
+        try:
+            wk = parse_ws_kline(data)
+        except DataError as exc:
+            self._bad("malformed", raw, str(exc))
+            return False
+        if wk.interval != self.interval.name:
+            self._bad("interval", raw, wk.interval)
+            return False
+        symbol = wk.symbol
+        if symbol not in self.symbols:
+            self._bad("unknown_symbol", raw, symbol)
+            return False
+        row = wk.row
+        t = row[0]
+        if t % self._iv_ms or row[6] != t + self._iv_ms - 1:
+            self._bad("misaligned", raw)
+            return False
+        for i in _NUMERIC_FIELDS:
+            if not math.isfinite(float(row[i])):
+                self._bad("non_finite", raw)
+                return False
+        key = (symbol, t)
+        if key in self._buffer or self._is_stored(symbol, t):
+            st.duplicates += 1
+            return False
+        self._buffer[key] = (row, recv)
+        st.closed += 1
+        self._pending.set()
+        return True
+
+    # -- draining ----------------------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        return len(self._buffer)
+
+    async def wait_pending(self) -> None:
+        """Return once at least one closed candle is buffered (or ``close()`` was called)."""
+        while not self._buffer and not self._closed:
+            self._pending.clear()
+            await self._pending.wait()
+
+    def close(self) -> None:
+        """Wake the writer for a last flush: ``wait_pending`` returns from now on."""
+        self._closed = True
+        self._pending.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def take(self) -> dict[tuple[str, int], tuple[tuple[Any, ...], float]]:
+        """Hand over everything buffered: ``{(symbol, open_ms): (rest_row, recv_time)}``."""
+        out, self._buffer = self._buffer, {}
+        self._pending.clear()
+        return out
+
+    def put_back(self, items: Mapping[tuple[str, int], tuple[tuple[Any, ...], float]]) -> None:
+        """Return unwritten candles to the buffer (a failed write); newer buffered ones win."""
+        for key, value in items.items():
+            self._buffer.setdefault(key, value)
+        if self._buffer:
+            self._pending.set()
+
+
+@dataclass
+class WriteOutcome:
+    """What one batch write did, per symbol."""
+
+    stored: dict[str, list[int]] = field(default_factory=dict)  # symbol → open times now in the lake
+    failed: dict[str, str] = field(default_factory=dict)  # symbol → error
+    rows: int = 0
+    seconds: float = 0.0
+    finished: dict[str, float] = field(default_factory=dict)  # symbol → perf_counter() when written
+
+
+class KlineWriter:
+    """Writes batches of candles, one ``write_klines`` per symbol, in a thread pool.
+
+    Only the writer touches the disk for its feeds (the dispatcher rule): websocket rows, REST
+    repairs and catch-up all come through ``write``.
+    """
+
+    def __init__(self, lfs: LakeFS, trade_type: str, interval: str, *, threads: int = 4) -> None:
+        self.lfs = lfs
+        self.trade_type = trade_type
+        self.interval = interval
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="lake-live-write")
+        self.writes = 0
+        self.rows = 0
+        self.errors = 0
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def _write_one(self, symbol: str, df: pl.DataFrame) -> tuple[list[int], float]:
+        write_klines(self.lfs, self.trade_type, self.interval, symbol, df)
+        opens = [int(v) for v in df["candle_begin_time"].dt.epoch("ms").to_list()]
+        return opens, time.perf_counter()
+
+    async def write(
+        self, rows_by_symbol: Mapping[str, list[tuple[Any, ...]] | list[list[Any]]], source: str
+    ) -> WriteOutcome:
+        """Write each symbol's rows (REST-shaped) with ``source``; never raises for one symbol's failure."""
+        out = WriteOutcome()
+        if not rows_by_symbol:
+            return out
+        t0 = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        try:
+            frames = await loop.run_in_executor(self._pool, _frames, dict(rows_by_symbol), source)
+        except DataError:  # a bad row somewhere: convert per symbol so only its symbol fails
+            frames = {}
+            for sym, rs in rows_by_symbol.items():
+                try:
+                    frames.update(_frames({sym: rs}, source))
+                except DataError as exc:
+                    self.errors += 1
+                    out.failed[sym] = f"DataError: {exc}"
+        futures = {
+            sym: loop.run_in_executor(self._pool, self._write_one, sym, df) for sym, df in frames.items()
+        }
+        for sym, fut in futures.items():
+            try:
+                opens, finished = await fut
+            except (LakeError, OSError) as exc:
+                self.errors += 1
+                out.failed[sym] = f"{type(exc).__name__}: {exc}"
+                log.error("%s %s %s: write failed: %s", self.trade_type, self.interval, sym, exc)
+                continue
+            out.stored[sym] = opens
+            out.finished[sym] = finished
+            out.rows += len(opens)
+        self.writes += len(out.stored)
+        self.rows += out.rows
+        out.seconds = time.perf_counter() - t0
+        return out
+
+
+def _frames(rows_by_symbol: dict[str, Any], source: str) -> dict[str, pl.DataFrame]:
+    """One DataFrame per symbol, built from a single conversion of all rows (cheap for big bursts)."""
+    symbols: list[str] = []
+    rows: list[Any] = []
+    for sym, rs in rows_by_symbol.items():
+        symbols.extend([sym] * len(rs))
+        rows.extend(rs)
+    if not rows:
+        return {}
+    df = klines_from_rest(rows, source=source).with_columns(pl.Series("_symbol", symbols, dtype=pl.String))
+    return {
+        str(key[0]): part.drop("_symbol") for key, part in df.partition_by("_symbol", as_dict=True).items()
+    }

@@ -1,0 +1,117 @@
+"""REST side of the live appender, on #4's ingest modules (one client, one shared weight budget).
+
+* **Catch-up** (start-up, new listings) is #4's ``lake.ingest.backfill.backfill`` run with the
+  feed's open ``RestClient``: it plans from what the lake holds (stored candles and confirmed-empty
+  ranges), so it fills the tail after the last stored candle *and* any hole left by a killed run,
+  writes per partition and records confirmed-empty slots. ``catchup_start`` picks where each symbol
+  starts; symbols sharing a start go in one call.
+* **Period repair** is latency-sensitive and targeted (a few (symbol, period) pairs per boundary),
+  so it asks for exactly those slots: ``fetch_closed`` pages them with #4's ``plan_pages`` (windows
+  of exactly ``limit`` slots, right on every market incl. COIN-M) through ``client.klines``, which
+  takes weight permits from the shared governor, retries and handles 429/418.
+
+Only closed candles are ever asked for: callers bound ranges by the server clock.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+
+import polars as pl
+
+from lake.binance.intervals import Interval, parse_interval
+from lake.ingest.pages import answer_gaps, plan_pages
+from lake.ingest.rest_client import RestClient
+from lake.store.fs import LakeFS
+from lake.store.klines import list_partitions, to_lakefs
+
+__all__ = ["FetchResult", "catchup_start", "fetch_closed", "last_stored"]
+
+
+class FetchResult:
+    """Rows of one symbol's range and the slots the answers prove empty."""
+
+    __slots__ = ("empty", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[list[Any]] = []
+        self.empty: list[tuple[int, int]] = []
+
+    def empty_opens(self, iv: Interval) -> set[int]:
+        out: set[int] = set()
+        for a, b in self.empty:
+            out.update(iv.opens(a, b))
+        return out
+
+
+async def fetch_closed(client: RestClient, symbol: str, interval: str, start: int, end: int) -> FetchResult:
+    """Closed candles of ``symbol`` opening in ``[start, end)`` (ascending, one per slot) and the
+    slots proven empty. ``end`` must be at most the open of the still-forming candle.
+
+    Raises the client's errors (``UpstreamError``, ``NotFoundError`` …).
+    """
+    iv = parse_interval(interval)
+    out = FetchResult()
+    rows: dict[int, list[Any]] = {}
+    pages = plan_pages(client.market, iv, start, end)
+    while pages:
+        page = pages.pop(0)
+        got = await client.klines(
+            symbol, iv.name, start_ms=page.start_ms, end_ms=page.end_time, limit=page.limit
+        )
+        opens: list[int] = []
+        for r in got:
+            t = int(r[0])
+            if page.start_ms <= t < page.end_ms:
+                rows[t] = list(r)
+                opens.append(t)
+        opens.sort()
+        gaps, unresolved = answer_gaps(iv, page, opens, recent_first=client.market.name == "cm")
+        out.empty.extend(gaps)
+        if unresolved is not None:
+            pages[:0] = plan_pages(client.market, iv, *unresolved)
+    out.rows = [rows[t] for t in sorted(rows)]
+    return out
+
+
+def catchup_start(
+    iv: Interval, end: int, *, last: int | None, watermark: int | None, history: int
+) -> int | None:
+    """Where one symbol's catch-up starts so that it is complete up to ``end`` (exclusive).
+
+    * nothing stored: the last ``history`` candles before ``end`` (None when ``history`` is 0);
+    * stored: after the last stored candle, or after the previous run's watermark if that is
+      earlier (the backfill plan then finds any hole the killed run had not repaired yet).
+
+    Returns None when there is nothing to fetch.
+    """
+    assert iv.ms is not None
+    if last is None:
+        return end - history * iv.ms if history > 0 else None
+    start = last + iv.ms
+    if watermark is not None:
+        start = min(start, watermark + iv.ms)
+    return start if start < end else None
+
+
+def _opens_in(lfs: LakeFS, path: str) -> list[int]:
+    data = lfs.read_bytes_or_none(path)
+    if data is None:
+        return []
+    col = pl.read_parquet(io.BytesIO(data), columns=["candle_begin_time"])["candle_begin_time"]
+    return [int(v) for v in col.dt.epoch("ms").to_list()]
+
+
+def last_stored(
+    root: str | os.PathLike[str] | LakeFS, trade_type: str, interval: str, symbol: str
+) -> int | None:
+    """Open time (ms) of the last stored candle of one series, or None (reads one partition)."""
+    lfs = to_lakefs(root)
+    keys = sorted(list_partitions(lfs, trade_type, interval, symbol), key=lambda k: k.date)
+    for key in reversed(keys):
+        opens = _opens_in(lfs, key.path)
+        if opens:
+            return max(opens)
+    return None

@@ -1,0 +1,779 @@
+"""``lake live``: keep the lake current from websocket kline streams, repaired over REST.
+
+One *feed* per (trade type, interval). Inside one asyncio loop (BMAC's producer/consumer shape):
+
+* producers: the websocket shards (``lake.live.ws``) hand every message to the feed's
+  ``Appender``; the *alarm* wakes at each period boundary (server time) and again after the grace
+  time; the *REST fetcher* (``lake.live.repair`` over #4's ``RestClient``) answers catch-up and
+  repair requests;
+* the dispatcher: the feed's writer loop drains the appender's buffer into one partition upsert
+  per symbol (``KlineWriter``, in threads), marks the periods stored (``PeriodBook``) and publishes
+  the watermark (``lake.live.watermark``) once a period is complete.
+
+Time is the exchange's: the market's ``ServerClock`` (measured offset *and* rate from the time
+endpoint, so a simulator running 60× fast is followed) decides boundaries and grace; event times
+(``E``) ahead of the estimate trigger a re-sync (a clock jump).
+
+Start-up never wipes anything: each symbol is caught up over REST from its last stored candle (and
+any hole after the previous run's watermark). Every period boundary: the period is registered with
+the live symbols, exchangeInfo is refreshed (new listings subscribed and caught up, delistings
+unsubscribed, the ``exchange_info`` table updated), and after ``grace`` seconds every symbol still
+missing is fetched over REST; periods still incomplete are retried and alerted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import fcntl
+import logging
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lake.binance.intervals import Interval, parse_interval
+from lake.binance.markets import TradeType, get_trade_type
+from lake.errors import ConfigError, LakeError, NotFoundError, ValidationError
+from lake.ingest.backfill import backfill
+from lake.ingest.rest_client import RestClient
+from lake.ingest.universe import ExchangeSnapshot, fetch_exchange_info, universe, write_snapshot
+from lake.live.alerts import Alerter
+from lake.live.appender import Appender, KlineWriter
+from lake.live.period import PeriodBook
+from lake.live.repair import FetchResult, catchup_start, fetch_closed, last_stored
+from lake.live.watermark import read_watermark, write_watermark
+from lake.live.ws import ConnectLimiter, WsPool
+from lake.settings import Settings
+from lake.store.fs import LakeFS
+
+__all__ = ["LiveConfig", "LiveRunner", "run_live"]
+
+log = logging.getLogger("lake.live")
+
+# Periods that closed at least this long ago (server time) are caught up by the start-up backfill,
+# whose answers then count as final (#4's ``settle_ms``); younger ones are tracked live.
+_SETTLE_MS = 60_000
+
+
+def _iso(ms: int | float | None) -> str:
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """What ``lake live`` runs (the CLI's flags)."""
+
+    trade_types: tuple[str, ...]
+    intervals: tuple[str, ...] = ("5m",)
+    symbols: tuple[str, ...] | None = None  # whitelist; None: every TRADING symbol of the trade type
+    offsets: tuple[str, ...] = ()
+    grace_s: float = 10.0  # server seconds after a boundary before missing candles are fetched
+    periods: int | None = None  # stop after this many period boundaries
+    duration_s: float | None = None  # stop after this many real seconds
+    history: int = 1500  # candles fetched for a symbol the lake holds nothing of
+    exchange_info_every: int = 1  # refresh exchangeInfo every N periods (0: never)
+    writer_threads: int = 4
+    rest_concurrency: int = 16
+    health_every_s: float = 30.0
+    ws_lifetime_s: float = 23.5 * 3600
+    ws_url_streams: int = 200
+    ws_subscribe_batch: int = 200
+    ws_down_alert_s: float = 60.0
+    ws_backoff_cap_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.trade_types:
+            raise ValidationError("give at least one --type")
+        if not self.intervals:
+            raise ValidationError("give an --interval")
+        for t in self.trade_types:
+            tt = get_trade_type(t)
+            for i in self.intervals:
+                iv = parse_interval(i, spot=tt.is_spot)
+                if iv.ms is None:
+                    raise ValidationError("lake live needs a fixed-length interval (not 1M)")
+        if self.grace_s < 0:
+            raise ValidationError("--grace must be >= 0")
+        if self.periods is not None and self.periods < 1:
+            raise ValidationError("--periods must be >= 1")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValidationError("--duration must be > 0")
+        if self.history < 0:
+            raise ValidationError("--history must be >= 0")
+
+
+class _FeedLock:
+    """One ``lake live`` per feed and lake: an exclusive ``flock`` held for the whole run."""
+
+    def __init__(self, lfs: LakeFS, trade_type: str, interval: str) -> None:
+        self.path = Path(lfs.lock_dir) / "live" / trade_type / f"{interval}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise ConfigError(f"another `lake live` is already running this feed (lock {self.path})") from exc
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass
+class FeedStats:
+    periods_checked: int = 0
+    periods_complete: int = 0
+    rest_repaired: int = 0  # candles stored from REST by the period check
+    rest_absent: int = 0  # (symbol, period) the exchange has no candle for
+    catchup_rows: int = 0
+    repair_failures: int = 0
+    incomplete_alerts: int = 0
+    listed: int = 0
+    delisted: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # receipt → stored (s)
+    sources: dict[int, Counter[str]] = field(default_factory=dict)  # period → where its candles came from
+
+
+class Feed:
+    """One (trade type, interval) being kept live."""
+
+    def __init__(self, runner: LiveRunner, tt: TradeType, iv: Interval) -> None:
+        assert iv.ms is not None
+        self.runner = runner
+        self.tt = tt
+        self.iv = iv
+        self.iv_ms: int = iv.ms
+        self.name = f"{tt.name} {iv.name}"
+        self.live: set[str] = set()
+        self.appender = Appender(tt.name, iv.name, is_stored=self._is_stored)
+        self.writer = KlineWriter(runner.lfs, tt.name, iv.name, threads=runner.config.writer_threads)
+        self.book: PeriodBook | None = None
+        self.pool: WsPool | None = None
+        self.stats = FeedStats()
+        self.publish_lock = asyncio.Lock()
+        self.check_lock = asyncio.Lock()
+        self.published: int | None = None
+        self.closing = False
+        self.catchup_done = asyncio.Event()
+        self.last_status: int | None = None
+
+    @property
+    def client(self) -> RestClient:
+        return self.runner.clients[self.tt.market_name]
+
+    def now_ms(self) -> int:
+        return int(self.client.clock.now_ms())
+
+    def _is_stored(self, symbol: str, open_ms: int) -> bool:
+        return self.book is not None and self.book.is_stored(symbol, open_ms)
+
+
+class LiveRunner:
+    """Runs ``lake live`` until stopped (``stop()``, ``--periods``, ``--duration``)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        config: LiveConfig,
+        *,
+        alerter: Alerter | None = None,
+        lfs: LakeFS | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config = config
+        self.lfs = lfs or LakeFS(settings.root)
+        self.alerter = alerter or Alerter(
+            settings.webhook_url, settings.webhook_kind, settings.webhook_secret
+        )
+        self.clients: dict[str, RestClient] = {}
+        self.feeds: list[Feed] = []
+        for t in config.trade_types:
+            tt = get_trade_type(t)
+            for i in config.intervals:
+                self.feeds.append(Feed(self, tt, parse_interval(i, spot=tt.is_spot)))
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._snapshots: dict[str, ExchangeSnapshot] = {}
+        self._snapshot_lock: dict[str, asyncio.Lock] = {}
+        self._limiters: dict[str, ConnectLimiter] = {}
+        self._started_mono = 0.0
+        self.offsets_hook: Callable[[Feed, dict[str, list[int]]], Awaitable[None]] | None = None
+        self.stop_reason = ""
+
+    # -- control -----------------------------------------------------------------------------------
+    def stop(self, reason: str = "stop requested") -> None:
+        """Ask the runner to flush and exit (signal handlers call this)."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            log.info("stopping: %s", reason)
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def _sleep(self, seconds: float) -> bool:
+        """Sleep unless stopping; returns False when the runner is stopping."""
+        if self._stop.is_set():
+            return False
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._stop.wait()
+        return not self._stop.is_set()
+
+    async def _sleep_until(self, feed: Feed, server_ms: int) -> bool:
+        """Sleep until the server clock reaches ``server_ms``, re-reading the clock as it is corrected."""
+        while True:
+            await self._check_clock(feed)
+            left = server_ms - feed.now_ms()
+            if left <= 0:
+                return not self._stop.is_set()
+            if not await self._sleep(min(feed.client.clock.real_seconds(left), 0.25)):
+                return False
+
+    async def _check_clock(self, feed: Feed) -> None:
+        """An event stamped ahead of the clock estimate means the server clock jumped: re-sync."""
+        ahead = feed.appender.stats.max_event_ms - feed.now_ms()
+        if ahead > max(2_000.0, 2 * feed.client.clock.uncertainty_ms()):
+            log.info(
+                "%s: events are %.1fs ahead of the server clock estimate; re-syncing", feed.name, ahead / 1000
+            )
+            with contextlib.suppress(LakeError):
+                await feed.client.sync_clock()
+                await feed.client.sync_clock()
+
+    # -- main --------------------------------------------------------------------------------------
+    async def run(self) -> dict[str, Any]:
+        """Run until stopped; returns a summary. Raises only for start-up errors."""
+        self._started_mono = time.monotonic()
+        locks = [_FeedLock(self.lfs, f.tt.name, f.iv.name) for f in self.feeds]
+        acquired: list[_FeedLock] = []
+        try:
+            for lk in locks:
+                lk.acquire()
+                acquired.append(lk)
+            async with contextlib.AsyncExitStack() as stack:
+                for market in sorted({f.tt.market_name for f in self.feeds}):
+                    client = RestClient.from_settings(self.settings, market)
+                    self.clients[market] = await stack.enter_async_context(client)
+                    self._snapshot_lock[market] = asyncio.Lock()
+                    self._limiters[market] = ConnectLimiter(250 if market == "spot" else 1000, 300.0)
+                try:
+                    for feed in self.feeds:
+                        await self._start_feed(feed)
+                    await self._supervise()
+                finally:
+                    await self._shutdown()
+        finally:
+            for lk in acquired:
+                lk.release()
+            await self.alerter.close()
+        return self.summary()
+
+    async def _start_feed(self, feed: Feed) -> None:
+        cfg = self.config
+        snap = await self._snapshot(feed.tt.market_name, max_age_ms=0)
+        feed.live = self._trading(feed, snap)
+        if not feed.live:
+            raise NotFoundError(f"{feed.name}: no TRADING symbols to follow")
+        feed.appender.symbols.update(feed.live)
+        old = await asyncio.to_thread(read_watermark, self.lfs, feed.tt.name, feed.iv.name)
+        old_wm = old.get("watermark_ms") if old else None
+        feed.published = old_wm if isinstance(old_wm, int) else None
+        now = feed.now_ms()
+        # REST catch-up covers the periods that closed more than _SETTLE_MS ago (their absence from a
+        # REST answer is final); later ones are tracked and checked like any live period.
+        catch_end = feed.iv.floor(now - _SETTLE_MS)
+        last_closed = feed.iv.floor(now) - feed.iv_ms
+        feed.book = PeriodBook(feed.iv, catch_end - feed.iv_ms, watermark=feed.published)
+        if last_closed >= catch_end:
+            feed.book.open_period(last_closed, feed.live)
+        log.info(
+            "%s: %d symbols live; server time %s; catching up before %s (watermark %s)",
+            feed.name,
+            len(feed.live),
+            _iso(now),
+            _iso(catch_end),
+            _iso(feed.published),
+        )
+        market = feed.tt.market
+        feed.pool = WsPool(
+            feed.name,
+            self.settings.endpoints.ws[market.name],
+            feed.iv.name,
+            feed.appender.feed,
+            cap=market.ws_stream_cap,
+            msgs_per_sec=market.ws_msgs_per_sec,
+            limiter=self._limiters[market.name],
+            lifetime_s=cfg.ws_lifetime_s,
+            url_streams=cfg.ws_url_streams,
+            subscribe_batch=cfg.ws_subscribe_batch,
+            backoff_cap=cfg.ws_backoff_cap_s,
+        )
+        await feed.pool.start(sorted(feed.live))
+        self._spawn(self._writer_loop(feed), f"writer {feed.name}")
+        self._spawn(
+            self._initial_catchup(feed, sorted(feed.live), catch_end, last_closed), f"catch-up {feed.name}"
+        )
+        self._spawn(self._alarm(feed, feed.iv.floor(now) + feed.iv_ms), f"alarm {feed.name}")
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.append(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
+            self._alert_soon(
+                f"lake live task {task.get_name()} failed", repr(exc), key=f"task:{task.get_name()}"
+            )
+            self.stop(f"task {task.get_name()} failed: {exc!r}")
+
+    def _alert_soon(self, title: str, text: str, *, key: str | None = None, level: str = "error") -> None:
+        t = asyncio.ensure_future(self.alerter.send(title, text, key=key, level=level))
+        t.set_name(f"alert {key or title}")
+        self._tasks.append(t)
+
+    async def _supervise(self) -> None:
+        cfg = self.config
+        last_health = time.monotonic()
+        while not self._stop.is_set():
+            await self._sleep(0.2)
+            now = time.monotonic()
+            if cfg.duration_s is not None and now - self._started_mono >= cfg.duration_s:
+                self.stop(f"--duration {cfg.duration_s:g}s reached")
+            if cfg.periods is not None and all(f.stats.periods_checked >= cfg.periods for f in self.feeds):
+                self.stop(f"--periods {cfg.periods} reached")
+            for feed in self.feeds:
+                self._watch_ws(feed)
+            if now - last_health >= cfg.health_every_s:
+                last_health = now
+                for feed in self.feeds:
+                    log.info("health %s", self.health(feed))
+
+    def _watch_ws(self, feed: Feed) -> None:
+        if feed.pool is None:
+            return
+        for shard in feed.pool.shards:
+            down = shard.stats.down_since
+            if down is not None and time.monotonic() - down > self.config.ws_down_alert_s and shard.desired:
+                self._alert_soon(
+                    f"{feed.name}: websocket {shard.name} down",
+                    f"down for {time.monotonic() - down:.0f}s; last error: {shard.stats.last_error or '-'}",
+                    key=f"ws-down:{shard.name}",
+                )
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            if not task.done() and not task.get_name().startswith(("writer", "alert")):
+                task.cancel()
+        for feed in self.feeds:
+            if feed.pool is not None:
+                await feed.pool.stop()
+        for feed in self.feeds:
+            feed.closing = True
+            feed.appender.close()
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=60.0)
+        for t in self._tasks:
+            if not t.done():
+                t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # all already finished or cancelled
+        for feed in self.feeds:
+            if feed.appender.pending:  # a writer that died: flush what it left
+                await self._flush(feed)
+            with contextlib.suppress(LakeError, OSError):
+                await self._publish(feed)
+            feed.writer.close()
+            log.info("%s: stopped; watermark %s", feed.name, _iso(feed.published))
+
+    # -- exchangeInfo ------------------------------------------------------------------------------
+    async def _snapshot(self, market: str, max_age_ms: int) -> ExchangeSnapshot:
+        async with self._snapshot_lock[market]:
+            snap = self._snapshots.get(market)
+            client = self.clients[market]
+            if snap is None or client.server_now_ms() - snap.server_time_ms > max_age_ms:
+                snap = await fetch_exchange_info(client)
+                self._snapshots[market] = snap
+                tts = [f.tt.name for f in self.feeds if f.tt.market_name == market]
+                written = await asyncio.to_thread(write_snapshot, self.lfs, snap, sorted(set(tts)))
+                if written:
+                    log.info("exchange_info updated for %s", ", ".join(written))
+            return snap
+
+    def _trading(self, feed: Feed, snap: ExchangeSnapshot) -> set[str]:
+        uni = universe(snap, feed.tt, self.config.symbols)
+        return {s for s in uni.symbols if uni.info[s].status == "TRADING"}
+
+    async def _refresh(self, feed: Feed) -> None:
+        assert feed.book is not None and feed.pool is not None
+        try:
+            snap = await self._snapshot(feed.tt.market_name, max_age_ms=feed.iv_ms // 2)
+            trading = self._trading(feed, snap)
+        except LakeError as exc:
+            self._alert_soon(f"{feed.name}: exchangeInfo refresh failed", str(exc), key=f"exinfo:{feed.name}")
+            return
+        added, removed = sorted(trading - feed.live), sorted(feed.live - trading)
+        if not added and not removed:
+            return
+        if removed:
+            feed.live.difference_update(removed)
+            feed.stats.delisted += len(removed)
+            log.info("%s: no longer trading, unsubscribed: %s", feed.name, ", ".join(removed))
+        if added:
+            feed.live.update(added)
+            feed.appender.symbols.update(added)
+            feed.stats.listed += len(added)
+            log.info("%s: new symbols, subscribed and catching up: %s", feed.name, ", ".join(added))
+        await feed.pool.update(add=added, remove=removed)
+        if added:
+            # the period that just closed is checked for them too; their history before it is caught up
+            last = feed.book.last_opened
+            for sym in added:
+                feed.book.add_symbol(sym, last)
+            self._spawn(self._catchup(feed, added, last), f"catch-up new {feed.name}")
+
+    # -- the writer (dispatcher) -------------------------------------------------------------------
+    async def _writer_loop(self, feed: Feed) -> None:
+        retries: Counter[tuple[str, int]] = Counter()
+        while True:
+            await feed.appender.wait_pending()
+            if not feed.appender.pending:
+                if feed.closing:
+                    return
+                continue
+            batch = feed.appender.take()
+            rows: dict[str, list[tuple[Any, ...]]] = {}
+            recv: dict[str, list[float]] = {}
+            for (sym, _t), (row, r) in sorted(batch.items()):
+                rows.setdefault(sym, []).append(row)
+                recv.setdefault(sym, []).append(r)
+            out = await self._store(feed, rows, "ws")
+            for sym, finished in out.items():
+                for r in recv.get(sym, []):
+                    feed.stats.latencies.append(finished - r)
+            failed = {k: v for k, v in batch.items() if k[0] not in out}
+            again = {}
+            for key, value in failed.items():
+                retries[key] += 1
+                if retries[key] <= 3:
+                    again[key] = value
+            if again and not feed.closing:
+                await asyncio.sleep(0.2)
+                feed.appender.put_back(again)
+
+    async def _flush(self, feed: Feed) -> None:
+        batch = feed.appender.take()
+        rows: dict[str, list[tuple[Any, ...]]] = {}
+        for (sym, _t), (row, _r) in sorted(batch.items()):
+            rows.setdefault(sym, []).append(row)
+        await self._store(feed, rows, "ws")
+
+    async def _store(self, feed: Feed, rows: dict[str, Any], source: str) -> dict[str, float]:
+        """Write rows per symbol, then mark them stored; returns symbol → time written (perf_counter)."""
+        if not rows:
+            return {}
+        assert feed.book is not None
+        out = await feed.writer.write(rows, source)
+        completed: list[int] = []
+        for sym, opens in out.stored.items():
+            top = max(opens)
+            if top > feed.book.last_opened:
+                feed.book.open_period(top, feed.live)  # a closed candle proves its period closed
+            for t in opens:
+                if feed.book.state(t) is not None:
+                    feed.stats.sources.setdefault(t, Counter())[source] += 1
+            completed += feed.book.mark_stored(sym, opens)
+        for sym, err in out.failed.items():
+            self._alert_soon(f"{feed.name}: write failed for {sym}", err, key=f"write:{feed.name}")
+        if out.stored and self.offsets_hook is not None:
+            await self.offsets_hook(feed, out.stored)
+        for p in sorted(set(completed)):
+            self._period_ready(feed, p)
+        if completed:
+            await self._publish(feed)
+        return out.finished
+
+    def _period_ready(self, feed: Feed, p: int) -> None:
+        feed.stats.periods_complete += 1
+        src = feed.stats.sources.pop(p, Counter())
+        lag = (feed.now_ms() - (p + feed.iv_ms)) / 1000
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(src.items()))
+        st = feed.book.state(p) if feed.book else None
+        n = len(st.expected) if st else len(feed.live)
+        log.info(
+            "%s %s: %d/%d symbols ready (%s) %.1fs after close", feed.name, _iso(p), n, n, detail or "-", lag
+        )
+
+    async def _publish(self, feed: Feed) -> None:
+        assert feed.book is not None
+        async with feed.publish_lock:
+            wm = feed.book.watermark()
+            if wm is None or (feed.published is not None and wm <= feed.published):
+                return
+            await asyncio.to_thread(
+                write_watermark,
+                self.lfs,
+                feed.tt.name,
+                feed.iv.name,
+                wm,
+                symbols=len(feed.live),
+                updated_at_ms=feed.now_ms(),
+            )
+            feed.published = wm
+
+    # -- catch-up ----------------------------------------------------------------------------------
+    async def _initial_catchup(self, feed: Feed, symbols: list[str], end: int, last_closed: int) -> None:
+        await self._catchup(feed, symbols, end)
+        assert feed.book is not None
+        feed.book.catchup_done()
+        feed.catchup_done.set()
+        await self._publish(feed)
+        log.info("%s: catch-up done; watermark %s", feed.name, _iso(feed.published))
+        if last_closed >= end and not self._stop.is_set():
+            await self._check(feed, last_closed)  # periods that closed while we started
+
+    async def _catchup(self, feed: Feed, symbols: list[str], end: int) -> None:
+        """Make every symbol complete before ``end`` over REST (#4's backfill); retries until it is."""
+        wm = feed.published
+        starts = await asyncio.to_thread(self._catchup_starts, feed, symbols, end, wm)
+        groups: dict[int, list[str]] = {}
+        for sym, start in starts.items():
+            if start is not None:
+                groups.setdefault(start, []).append(sym)
+        for start, syms in sorted(groups.items()):
+            attempt = 0
+            while not self._stop.is_set():
+                try:
+                    report = await backfill(
+                        self.lfs,
+                        [feed.tt.name],
+                        feed.iv.name,
+                        start=start,
+                        end=end,
+                        symbols=sorted(syms),
+                        clients={feed.tt.market_name: feed.client},
+                        unknown_symbols="skip",
+                        write_threads=2,
+                        settle_ms=_SETTLE_MS,
+                    )
+                except LakeError as exc:
+                    attempt += 1
+                    self._alert_soon(
+                        f"{feed.name}: catch-up from {_iso(start)} incomplete ({len(syms)} symbols)",
+                        str(exc)[:1000],
+                        key=f"catchup:{feed.name}",
+                    )
+                    await self._sleep(min(30.0, 0.5 * 2**attempt))
+                    continue
+                feed.stats.catchup_rows += report.candles
+                break
+        log.info("%s: %d symbols complete before %s", feed.name, len(symbols), _iso(end))
+
+    def _catchup_starts(
+        self, feed: Feed, symbols: list[str], end: int, wm: int | None
+    ) -> dict[str, int | None]:
+        return {
+            sym: catchup_start(
+                feed.iv,
+                end,
+                last=last_stored(self.lfs, feed.tt.name, feed.iv.name, sym),
+                watermark=wm,
+                history=self.config.history,
+            )
+            for sym in symbols
+        }
+
+    async def _fetch_many(
+        self, feed: Feed, ranges: dict[str, tuple[int, int]]
+    ) -> tuple[dict[str, FetchResult], dict[str, str]]:
+        """Closed candles of each symbol's range; a symbol unknown to the exchange gets an all-empty result."""
+        sem = asyncio.Semaphore(self.config.rest_concurrency)
+        results: dict[str, FetchResult] = {}
+        errors: dict[str, str] = {}
+
+        async def one(sym: str, start: int, end: int) -> None:
+            async with sem:
+                try:
+                    results[sym] = await fetch_closed(feed.client, sym, feed.iv.name, start, end)
+                except NotFoundError as exc:
+                    log.warning("%s %s: unknown to the exchange (%s)", feed.name, sym, exc)
+                    gone = FetchResult()
+                    gone.empty.append((start, end))
+                    results[sym] = gone
+                except LakeError as exc:
+                    errors[sym] = str(exc)
+
+        await asyncio.gather(*(one(s, a, b) for s, (a, b) in ranges.items()))
+        return results, errors
+
+    # -- the alarm and the period check ------------------------------------------------------------
+    async def _alarm(self, feed: Feed, boundary: int) -> None:
+        """At each period boundary (server time): register the period, refresh exchangeInfo, then
+        after the grace time check it (``boundary`` is the first one to wait for)."""
+        assert feed.book is not None
+        cfg = self.config
+        n = 0
+        while not self._stop.is_set():
+            if not await self._sleep_until(feed, boundary):
+                return
+            now = feed.now_ms()
+            if now - boundary >= feed.iv_ms:  # late (a stall or a clock jump): jump to the latest
+                skipped = (feed.iv.floor(now) - boundary) // feed.iv_ms
+                boundary += skipped * feed.iv_ms
+                feed.stats.periods_checked += skipped
+            period = boundary - feed.iv_ms
+            feed.book.open_period(period, feed.live)
+            n += 1
+            if cfg.exchange_info_every and n % cfg.exchange_info_every == 0:
+                await self._refresh(feed)
+            if not await self._sleep_until(feed, boundary + int(cfg.grace_s * 1000)):
+                return
+            await self._check(feed, period)
+            feed.stats.periods_checked += 1
+            boundary += feed.iv_ms
+
+    async def _check(self, feed: Feed, period: int) -> None:
+        """Repair every incomplete period up to ``period``; retry until complete or the next boundary."""
+        async with feed.check_lock:
+            await self._check_locked(feed, period)
+
+    async def _check_locked(self, feed: Feed, period: int) -> None:
+        assert feed.book is not None
+        deadline = period + 2 * feed.iv_ms  # the next boundary's check takes over from there
+        attempt = 0
+        while True:
+            summary = feed.book.summary(period)
+            pending = feed.book.pending(period)
+            if not pending:
+                return
+            if summary is not None and attempt == 0:
+                ready, total = summary
+                miss = sorted(feed.book.state(period).missing) if feed.book.state(period) else []  # type: ignore[union-attr]
+                log.info(
+                    "%s %s: %d/%d symbols ready; fetching %d over REST%s",
+                    feed.name,
+                    _iso(period),
+                    ready,
+                    total,
+                    len(miss),
+                    f" ({', '.join(miss[:8])}{' …' if len(miss) > 8 else ''})" if miss else "",
+                )
+            ok = await self._repair(feed, period)
+            if feed.book.pending(period) == [] or self._stop.is_set():
+                return
+            attempt += 1
+            still = feed.book.missing_by_symbol(period)
+            text = ", ".join(f"{s} ({len(p)} periods)" for s, p in sorted(still.items())[:10])
+            feed.stats.incomplete_alerts += 1
+            self._alert_soon(
+                f"{feed.name}: period {_iso(period)} incomplete after repair",
+                f"{len(still)} symbols still missing: {text}" + ("" if ok else " (REST errors)"),
+                key=f"incomplete:{feed.name}",
+            )
+            if feed.now_ms() >= deadline:
+                return
+            if not await self._sleep(min(feed.client.clock.real_seconds(feed.iv_ms / 4), 0.5 * 2**attempt)):
+                return
+
+    async def _repair(self, feed: Feed, up_to: int) -> bool:
+        """Fetch every missing (symbol, period) ≤ ``up_to`` over REST; store rows, mark proven-empty slots."""
+        assert feed.book is not None
+        missing = feed.book.missing_by_symbol(up_to)
+        if not missing:
+            return True
+        ranges = {s: (opens[0], opens[-1] + feed.iv_ms) for s, opens in missing.items()}
+        results, errors = await self._fetch_many(feed, ranges)
+        fetched = {s: r.rows for s, r in results.items() if r.rows}
+        stored = await self._store(feed, fetched, "rest")
+        feed.stats.rest_repaired += sum(len(fetched[s]) for s in stored)
+        completed: list[int] = []
+        for sym, res in results.items():
+            if res.rows and sym not in stored:
+                continue  # the write failed: stays missing
+            empty = res.empty_opens(feed.iv)
+            absent = [t for t in missing[sym] if t in empty]
+            if absent:
+                feed.stats.rest_absent += len(absent)
+                completed += feed.book.mark_absent(sym, absent)
+        for p in sorted(set(completed)):
+            self._period_ready(feed, p)
+        if completed:
+            await self._publish(feed)
+        if errors:
+            feed.stats.repair_failures += len(errors)
+            log.warning(
+                "%s: REST repair failed for %d symbols: %s",
+                feed.name,
+                len(errors),
+                "; ".join(f"{s}: {e}" for s, e in sorted(errors.items())[:3]),
+            )
+        return not errors
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def health(self, feed: Feed) -> dict[str, Any]:
+        lat = sorted(feed.stats.latencies)
+        pend = feed.book.pending() if feed.book else []
+        return {
+            "feed": feed.name,
+            "live": len(feed.live),
+            "ws": feed.pool.health() if feed.pool else {},
+            "appender": feed.appender.stats.as_dict(),
+            "writes": feed.writer.writes,
+            "write_errors": feed.writer.errors,
+            "pending_periods": len(pend),
+            "watermark": _iso(feed.published),
+            "server_time": _iso(feed.now_ms()),
+            "latency_p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
+            "latency_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1) if lat else None,
+            "rest": feed.client.stats.as_dict(),
+            **{k: v for k, v in dataclasses.asdict(feed.stats).items() if k not in ("latencies", "sources")},
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stop_reason": self.stop_reason,
+            "feeds": [self.health(f) for f in self.feeds],
+            "alerts": dataclasses.asdict(self.alerter.stats),
+        }
+
+
+async def run_live(settings: Settings, config: LiveConfig, *, install_signals: bool = True) -> dict[str, Any]:
+    """Run ``lake live`` in the current event loop; SIGINT/SIGTERM flush and return normally."""
+    import signal
+
+    runner = LiveRunner(settings, config)
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    if install_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, runner.stop, f"signal {signal.Signals(sig).name}")
+                installed.append(sig)
+    try:
+        return await runner.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,142 @@
+"""The dispatcher's message handling: only well-formed closed candles of live symbols are buffered;
+everything else is counted by reason and never written. The writer does one upsert per symbol."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import polars as pl
+import pytest
+
+from lake.live.appender import Appender, KlineWriter
+from lake.store.fs import LakeFS
+from lake.store.klines import scan_klines
+
+M = 60_000
+T = 1_700_000_040_000 - 1_700_000_040_000 % M
+
+
+def event(
+    sym: str = "BTCUSDT", t: int = T, *, x: bool = True, i: str = "1m", close: str = "0.0020", **k: Any
+) -> dict:
+    body = {
+        "t": t, "T": t + M - 1, "s": sym, "i": i, "f": 100, "L": 200, "o": "0.0010", "c": close,
+        "h": "0.0025", "l": "0.0015", "v": "1000", "n": 100, "x": x, "q": "1.0000", "V": "500",
+        "Q": "0.500", "B": "123456",
+    }  # fmt: skip
+    body.update(k)
+    return {"e": "kline", "E": t + M + 5, "s": sym, "k": body}
+
+
+def combined(ev: dict) -> str:
+    return json.dumps({"stream": f"{ev['s'].lower()}@kline_{ev['k']['i']}", "data": ev})
+
+
+def make(stored: set[tuple[str, int]] | None = None) -> Appender:
+    have = stored or set()
+    return Appender("usdt_perp", "1m", {"BTCUSDT", "ETHUSDT"}, is_stored=lambda s, t: (s, t) in have)
+
+
+def test_closed_candle_buffered_once_updates_ignored() -> None:
+    ap = make()
+    assert not ap.feed(combined(event(x=False)))
+    assert ap.feed(combined(event()))
+    assert not ap.feed(combined(event()))  # the same closing event again (a reconnect replay)
+    assert ap.feed(json.dumps(event("ETHUSDT")))  # raw stream (no envelope)
+    assert ap.stats.updates == 1 and ap.stats.closed == 2 and ap.stats.duplicates == 1
+    batch = ap.take()
+    assert set(batch) == {("BTCUSDT", T), ("ETHUSDT", T)}
+    assert batch[("BTCUSDT", T)][0][4] == "0.0020"
+    assert ap.pending == 0
+    assert ap.stats.max_event_ms == T + M + 5
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("{not json", "json"),
+        (b"\xff\xfe", "json"),
+        ("[1, 2]", "json"),
+        (json.dumps({"stream": "x", "data": [1]}), "not_kline"),
+        (json.dumps({"e": "trade", "s": "BTCUSDT"}), "not_kline"),
+        (json.dumps({"e": "kline", "s": "BTCUSDT"}), "malformed"),
+        (combined(event(o="abc")), "malformed"),
+        (combined({**event(), "k": {**event()["k"], "x": "true"}}), "malformed"),
+        (combined(event("DOGEUSDT")), "unknown_symbol"),
+        (combined(event(i="5m")), "interval"),
+        (combined(event(t=T + 1)), "misaligned"),
+        (combined(event(T=T + 2 * M)), "misaligned"),
+        (combined(event(c="nan")), "non_finite"),
+        (combined(event(v="inf")), "non_finite"),
+        (json.dumps({"error": {"code": 2, "msg": "Invalid request"}, "id": 3}), "error"),
+    ],
+)
+def test_bad_messages_counted_never_buffered(raw: str | bytes, reason: str) -> None:
+    ap = make()
+    assert not ap.feed(raw)
+    assert ap.stats.bad == {reason: 1}
+    assert ap.pending == 0
+
+
+def test_control_replies_and_already_stored() -> None:
+    ap = make(stored={("BTCUSDT", T)})
+    assert not ap.feed(json.dumps({"result": None, "id": 1}))
+    assert not ap.feed(combined(event()))
+    assert ap.stats.control == 1 and ap.stats.duplicates == 1 and not ap.stats.bad
+
+
+def test_bad_messages_logged_a_few_times_then_counted(caplog: pytest.LogCaptureFixture) -> None:
+    ap = make()
+    for _ in range(50):
+        ap.feed("garbage")
+    assert ap.stats.bad["json"] == 50
+    assert caplog.text.count("bad message") == 5
+
+
+async def test_writer_one_upsert_per_symbol_and_put_back(tmp_path) -> None:
+    lfs = LakeFS(tmp_path)
+    ap = make()
+    for k in range(3):
+        ap.feed(combined(event("BTCUSDT", T + k * M)))
+    ap.feed(combined(event("ETHUSDT", T)))
+    batch = ap.take()
+    rows: dict[str, list[Any]] = {}
+    for (sym, _t), (row, _r) in sorted(batch.items()):
+        rows.setdefault(sym, []).append(row)
+    writer = KlineWriter(lfs, "usdt_perp", "1m", threads=2)
+    try:
+        out = await writer.write(rows, "ws")
+    finally:
+        writer.close()
+    assert out.stored == {"BTCUSDT": [T, T + M, T + 2 * M], "ETHUSDT": [T]}
+    assert not out.failed and writer.writes == 2 and out.rows == 4
+    df = scan_klines(lfs, "usdt_perp", "1m").collect().sort("symbol", "candle_begin_time")
+    assert df.height == 4
+    assert df["source"].unique().to_list() == ["ws"]
+    assert df.filter(pl.col("symbol") == "BTCUSDT")["close"].to_list() == [0.002] * 3
+    ap.put_back(batch)
+    assert ap.pending == 4
+
+
+async def test_writer_failure_is_reported_per_symbol(tmp_path) -> None:
+    lfs = LakeFS(tmp_path)
+    writer = KlineWriter(lfs, "usdt_perp", "1m", threads=1)
+    good = [T, "1", "2", "0.5", "1.5", "10", T + M - 1, "15", 3, "5", "7", "0"]
+    try:
+        (tmp_path / "klines").write_text("a file where a directory must go")
+        out = await writer.write({"BTCUSDT": [good]}, "ws")
+    finally:
+        writer.close()
+    assert "BTCUSDT" in out.failed and not out.stored
+
+
+async def test_writer_isolates_a_bad_row(tmp_path) -> None:
+    writer = KlineWriter(LakeFS(tmp_path), "usdt_perp", "1m", threads=1)
+    good = [T, "1", "2", "0.5", "1.5", "10", T + M - 1, "15", 3, "5", "7", "0"]
+    bad = [T, "x", "2", "0.5", "1.5", "10", T + M - 1, "15", 3, "5", "7", "0"]
+    try:
+        out = await writer.write({"BTCUSDT": [good], "ETHUSDT": [bad]}, "rest")
+    finally:
+        writer.close()
+    assert list(out.stored) == ["BTCUSDT"] and list(out.failed) == ["ETHUSDT"]
