@@ -24,9 +24,6 @@ START = dt.datetime(2024, 1, 20, tzinfo=dt.UTC)
 IV = "5m"
 TT = "usdt_spot"
 
-# lake.sim.server passes shutdown_timeout to TCPSite, which aiohttp 3.14 deprecates (the simulator's to fix).
-pytestmark = pytest.mark.filterwarnings("ignore:shutdown_timeout should be set:DeprecationWarning")
-
 
 def sim_config(**faults: object) -> SimConfig:
     return SimConfig(
@@ -158,3 +155,58 @@ async def test_futures_files_with_and_without_header(tmp_path: Path) -> None:
         want = want.filter(pl.col("candle_begin_time") < dt.datetime(2024, 3, 9, tzinfo=dt.UTC))
         cols = ["symbol", *[c for c in KLINE_COLUMNS if c != "source"]]
         assert got.select(cols).equals(want.sort("symbol", "candle_begin_time").select(cols))
+
+
+async def test_kill_mid_download_then_rerun(tmp_path: Path) -> None:
+    import asyncio
+    import hashlib
+    import signal
+    import sys
+
+    async with SimServer(sim_config()) as sim:
+        s = settings_for(sim, tmp_path)
+        ddir = download_dir(s)
+        cmd = [
+            sys.executable, "-m", "lake.cli", "backfill", "--type", TT, "--interval", IV,
+            "--start", "2024-01-20", "--end", "2024-03-09", "--source", "archive", "--keep-zips",
+            "--sim-url", sim.base_url, "--root", s.root,
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while proc.returncode is None and loop.time() < deadline:
+            if ddir.exists() and any(".part-" in p.name for p in ddir.rglob("*")):
+                break
+            await asyncio.sleep(0.002)
+        assert proc.returncode is None, "the run ended before a download was caught in flight"
+        proc.send_signal(signal.SIGKILL)
+        assert await proc.wait() == -signal.SIGKILL
+
+        # Whatever carries a final name was verified before it got that name.
+        finals = [p for p in ddir.rglob("*.zip")]
+        for p in finals:
+            key = p.relative_to(ddir).as_posix()
+            f, _ = sim.archive.parse_key(key)
+            assert f is not None
+            assert hashlib.sha256(p.read_bytes()).hexdigest() == sim.archive.checksum_text(f).split()[0]
+        # A truncated zip under a final name (another tool, a disk error) must not be trusted either.
+        victim = ddir / "data/spot/daily/klines/BTCUSDT/5m/BTCUSDT-5m-2024-03-08.zip"
+        victim.parent.mkdir(parents=True, exist_ok=True)
+        victim.write_bytes(b"PK\x03\x04 truncated")
+
+        res = await archive_backfill(
+            LakeFS(s.root), [TT], IV, settings=s, start=START, end=dt.datetime(2024, 3, 9, tzinfo=dt.UTC),
+            source="archive",
+        )  # fmt: skip
+        assert res.archive[0].files_planned > 0
+        assert not [p for p in ddir.rglob("*") if ".part-" in p.name], "stale partial downloads are removed"
+        symbols = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        got = lake_frame(s, symbols).filter(
+            pl.col("candle_begin_time") < dt.datetime(2024, 3, 9, tzinfo=dt.UTC)
+        )
+        want = truth(sim, symbols, got["candle_begin_time"].min())  # type: ignore[arg-type]
+        want = want.filter(pl.col("candle_begin_time") < dt.datetime(2024, 3, 9, tzinfo=dt.UTC))
+        cols = ["symbol", *[c for c in KLINE_COLUMNS if c != "source"]]
+        assert got.select(cols).equals(want.select(cols))

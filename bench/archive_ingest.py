@@ -1,0 +1,187 @@
+"""Archive ingest benchmark; prints ONE JSON line.
+
+    python -m bench.archive_ingest                      # both parts
+    python -m bench.archive_ingest --part parse         # 1: parse+write throughput from local zips
+    python -m bench.archive_ingest --part e2e           # 2: auto vs REST-only from the simulator
+
+1. **Parse+write throughput.** Monthly 1m zips (synthetic, Binance's CSV layout, some with a header,
+   some in µs) are built once; then (a) a bare ``polars.read_csv`` of the same *unzipped* bytes and
+   (b) the ingest path (unzip, ``parse_kline_zip``, ``write_klines`` into an empty lake, one file at a
+   time) are timed in the same process. Reported: rows/s of each and their ratio (goal ≥ 0.5).
+2. **End to end from the simulator** (a separate ``lake sim`` process): ``--days`` of 1m for
+   ``--symbols`` symbols with ``--source auto`` versus REST only. The REST-only time is measured on
+   a ``--rest-days`` slice and scaled to the full span unless ``--rest-full`` is given; the output
+   field names say which (``rest_only_s_estimated`` vs ``rest_only_s_measured``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from lake.ingest.archive.parse import parse_kline_zip
+from lake.store.fs import LakeFS
+from lake.store.klines import write_klines
+
+MIN_MS = 60_000
+
+
+def _month_csv(symbol_idx: int, start: dt.date, *, header: bool, us: bool) -> bytes:
+    """One month of 1m rows in the archive's CSV layout."""
+    nxt = dt.date(start.year + (start.month == 12), start.month % 12 + 1, 1)
+    t0 = int(dt.datetime(start.year, start.month, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    t1 = int(dt.datetime(nxt.year, nxt.month, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    n = (t1 - t0) // MIN_MS
+    rng = np.random.default_rng(symbol_idx * 1000 + start.month)
+    opens = np.arange(t0, t1, MIN_MS, dtype=np.int64)
+    price = 100.0 * np.exp(np.cumsum(rng.normal(0, 0.001, n)))
+    o = np.round(price, 2)
+    c = np.round(price * (1 + rng.normal(0, 0.0005, n)), 2)
+    h = np.maximum(o, c) + 0.01
+    low = np.minimum(o, c) - 0.01
+    v = np.round(rng.lognormal(1, 1, n), 5)
+    mult = 1000 if us else 1
+    df = pl.DataFrame(
+        {
+            "open_time": opens * mult,
+            "open": o,
+            "high": h,
+            "low": low,
+            "close": c,
+            "volume": v,
+            "close_time": (opens + MIN_MS) * mult - 1,
+            "quote_volume": np.round(v * price, 4),
+            "count": rng.integers(0, 500, n),
+            "taker_buy_volume": np.round(v / 2, 5),
+            "taker_buy_quote_volume": np.round(v * price / 2, 4),
+            "ignore": np.zeros(n, dtype=np.int64),
+        }
+    )
+    buf = io.BytesIO()
+    df.write_csv(buf, include_header=header)
+    return buf.getvalue()
+
+
+def build_zips(work: Path, symbols: int, months: int) -> list[tuple[Path, str, int, int]]:
+    """``(zip path, symbol, start_ms, end_ms)`` for ``symbols`` × ``months`` monthly 1m files."""
+    out = []
+    for s in range(symbols):
+        sym = f"SYM{s:03d}USDT"
+        for m in range(months):
+            start = dt.date(2024, m + 1, 1)
+            nxt = dt.date(2024 + (m == 11), (m + 1) % 12 + 1, 1)
+            path = work / f"{sym}-1m-{start:%Y-%m}.zip"
+            if not path.exists():
+                raw = _month_csv(s, start, header=s % 2 == 1, us=m >= months // 2)
+                tmp = path.with_suffix(".tmp")
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                    zf.writestr(path.with_suffix(".csv").name, raw)
+                os.replace(tmp, path)
+            t0 = int(dt.datetime(start.year, start.month, 1, tzinfo=dt.UTC).timestamp() * 1000)
+            t1 = int(dt.datetime(nxt.year, nxt.month, 1, tzinfo=dt.UTC).timestamp() * 1000)
+            out.append((path, sym, t0, t1))
+    return out
+
+
+def bench_parse(symbols: int, months: int, work: Path) -> dict[str, Any]:
+    (work / "zips").mkdir(parents=True, exist_ok=True)
+    zips = build_zips(work / "zips", symbols, months)
+    raws = []
+    for path, *_ in zips:
+        with zipfile.ZipFile(path) as zf:
+            raws.append(zf.read(zf.infolist()[0]))
+    rows = 0
+    t = time.perf_counter()
+    for raw in raws:
+        has_header = not raw[:1].isdigit()
+        rows += pl.read_csv(io.BytesIO(raw), has_header=has_header).height
+    bare_s = time.perf_counter() - t
+    del raws
+
+    def ingest(threads: int) -> tuple[float, int, int]:
+        lake_root = work / "lake"
+        shutil.rmtree(lake_root, ignore_errors=True)
+        lfs = LakeFS(lake_root)
+
+        def one(item: tuple[Path, str, int, int]) -> tuple[int, int]:
+            path, sym, t0, t1 = item
+            df = parse_kline_zip(path, start_ms=t0, end_ms=t1)
+            res = write_klines(lfs, "usdt_spot", "1m", sym, df)
+            return df.height, res.partitions_written
+
+        t = time.perf_counter()
+        with ThreadPoolExecutor(threads) as pool:
+            done = list(pool.map(one, zips))
+        elapsed = time.perf_counter() - t
+        shutil.rmtree(lake_root, ignore_errors=True)
+        return elapsed, sum(d[0] for d in done), sum(d[1] for d in done)
+
+    # As the runner does it: parse+write of different files on 2 threads (the machine has 2 cores;
+    # Polars' read_csv in the bare measurement uses both cores too).
+    ingest_s, ingested, parts = ingest(2)
+    seq_s, _, _ = ingest(1)
+    if ingested != rows:
+        raise SystemExit(f"row mismatch: bare {rows}, ingested {ingested}")
+    # The parse alone (unzip + parse_kline_zip, no write), to show where the time goes.
+    t = time.perf_counter()
+    for path, _sym, t0, t1 in zips:
+        parse_kline_zip(path, start_ms=t0, end_ms=t1)
+    parse_only_s = time.perf_counter() - t
+    return {
+        "parse_files": len(zips),
+        "parse_rows": rows,
+        "parse_partitions_written": parts,
+        "bare_read_csv_rows_per_s": round(rows / bare_s),
+        "ingest_rows_per_s": round(rows / ingest_s),
+        "ingest_vs_bare": round(bare_s / ingest_s, 3),
+        "ingest_1thread_rows_per_s": round(rows / seq_s),
+        "ingest_1thread_vs_bare": round(bare_s / seq_s, 3),
+        "unzip_parse_only_rows_per_s": round(rows / parse_only_s),
+        "unzip_parse_only_vs_bare": round(bare_s / parse_only_s, 3),
+        "bare_s": round(bare_s, 3),
+        "ingest_s": round(ingest_s, 3),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m bench.archive_ingest", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--part", choices=["all", "parse", "e2e"], default="all")
+    ap.add_argument("--parse-symbols", type=int, default=2)
+    ap.add_argument("--parse-months", type=int, default=12)
+    ap.add_argument("--symbols", type=int, default=20)
+    ap.add_argument("--days", type=int, default=365)
+    ap.add_argument("--rest-days", type=int, default=3, help="REST-only slice measured (days per symbol)")
+    ap.add_argument("--rest-full", action="store_true", help="measure REST-only over the full span")
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    args = ap.parse_args(argv)
+    out: dict[str, Any] = {"bench": "archive_ingest"}
+    work = args.work or Path(tempfile.mkdtemp(prefix="lake-bench-archive-"))
+    try:
+        if args.part in ("all", "parse"):
+            out.update(bench_parse(args.parse_symbols, args.parse_months, work))
+        if args.part in ("all", "e2e"):
+            from bench.archive_e2e import bench_e2e
+
+            out.update(bench_e2e(args.symbols, args.days, args.rest_days, args.rest_full, work))
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    sys.stdout.write(json.dumps(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
