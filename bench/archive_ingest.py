@@ -157,6 +157,96 @@ def bench_parse(symbols: int, months: int, work: Path) -> dict[str, Any]:
     }
 
 
+def _start_sim(n_symbols: int, start: str, history_days: int) -> tuple[Any, str]:
+    """``lake sim`` in a separate process; returns (process, base URL)."""
+    import subprocess
+
+    code = "from lake.sim.cli import sim_app; sim_app(prog_name='lake sim')"
+    args = [sys.executable, "-c", code, "serve", "--port", "0", "--symbols", str(n_symbols), "--speed", "1",
+            "--start", start, "--history-days", str(history_days), "--json"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise SystemExit("the simulator did not start")
+    return proc, json.loads(line)["rest"]
+
+
+def bench_e2e(symbols: int, days: int, rest_days: int, rest_full: bool, work: Path) -> dict[str, Any]:
+    """``--source auto`` vs REST only, ``days`` of 1m for ``symbols`` usdt_perp symbols from a sim process."""
+    import asyncio
+
+    from lake.ingest.archive.hybrid import archive_backfill
+    from lake.ingest.backfill import backfill
+    from lake.settings import Settings
+
+    # USDⓈ-M with N symbols per market has N - N//8 - round(0.3 N) USDT perpetuals.
+    n = symbols
+    while n - max(1, n // 8) - max(1, round(n * 0.3)) < symbols:
+        n += 1
+    start_iso = "2025-06-01T12:00:00"
+    proc, base = _start_sim(n, start_iso, days + 40)
+    try:
+        now = dt.datetime.fromisoformat(start_iso).replace(tzinfo=dt.UTC)
+        t_start = now - dt.timedelta(days=days)
+
+        def settings(name: str) -> Settings:
+            root = work / name
+            shutil.rmtree(root, ignore_errors=True)
+            return Settings(root=str(root), sim_url=base)
+
+        async def auto() -> tuple[float, dict[str, Any]]:
+            s = settings("lake-auto")
+            t = time.perf_counter()
+            res = await archive_backfill(LakeFS(s.root), ["usdt_perp"], "1m", settings=s, start=t_start)
+            elapsed = time.perf_counter() - t
+            rest = res.rest
+            return elapsed, {
+                "auto_symbols": len(res.archive[0].symbols),
+                "auto_archive_files": res.archive[0].files_downloaded,
+                "auto_archive_rows": res.archive[0].rows,
+                "auto_archive_s": round(res.archive[0].seconds, 2),
+                "auto_rest_candles": rest.candles if rest else 0,
+                "auto_rest_weight": sum(m.weight for m in rest.markets.values()) if rest else 0,
+            }
+
+        async def rest_only(span_days: float) -> tuple[float, int, int]:
+            s = settings("lake-rest")
+            t = time.perf_counter()
+            rep = await backfill(LakeFS(s.root), ["usdt_perp"], "1m", start=now - dt.timedelta(days=span_days),
+                                 settings=s)  # fmt: skip
+            weight = sum(m.weight for m in rep.markets.values())
+            limit = max(m.weight_limit for m in rep.markets.values())
+            return time.perf_counter() - t, weight, limit
+
+        auto_s, info = asyncio.run(auto())
+        out: dict[str, Any] = {"e2e_days": days, "e2e_interval": "1m", "auto_s": round(auto_s, 2), **info}
+        if rest_full:
+            rest_s, weight, _ = asyncio.run(rest_only(days))
+            out.update(rest_only_s_measured=round(rest_s, 2), rest_only_weight=weight,
+                       rest_only_vs_auto=round(rest_s / auto_s, 1))  # fmt: skip
+        else:
+            slice_s, weight, limit = asyncio.run(rest_only(rest_days))
+            scaled = slice_s * days / rest_days
+            # The slice fits in one weight window, so it ran unthrottled; the full span cannot.
+            weight_bound = weight * days / rest_days / limit * 60.0
+            est = max(scaled, weight_bound)
+            out.update(
+                rest_only_slice_days=rest_days,
+                rest_only_slice_s_measured=round(slice_s, 2),
+                rest_only_slice_weight_measured=weight,
+                rest_only_s_estimated_linear=round(scaled, 1),
+                rest_only_s_estimated_weight_bound=round(weight_bound, 1),
+                rest_only_s_estimated=round(est, 1),
+                rest_only_vs_auto_estimated=round(est / auto_s, 1),
+            )
+        return out
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="python -m bench.archive_ingest", description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=["all", "parse", "e2e"], default="all")
@@ -174,8 +264,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.part in ("all", "parse"):
             out.update(bench_parse(args.parse_symbols, args.parse_months, work))
         if args.part in ("all", "e2e"):
-            from bench.archive_e2e import bench_e2e
-
             out.update(bench_e2e(args.symbols, args.days, args.rest_days, args.rest_full, work))
     finally:
         if args.work is None:
