@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lake.commands.audit",
     "lake.commands.backfill",
     "lake.commands.live",
+    "lake.commands.sim",
 )
 
 app = typer.Typer(
