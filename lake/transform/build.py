@@ -1,0 +1,498 @@
+"""Build the offsets table from the klines table, incrementally, and read it back.
+
+A build compares each base partition's change token (``LakeFS.mtime_key``) with the manifest of the
+previous run and recomputes only the bins that can see a changed partition: for a change inside
+``[a, b)`` the bins opening in ``[a − (T − B), b)``, from base candles in ``[a − (T − B), b + T − B)``.
+Those bins replace the same range in the stored files (read, merge, compare, write atomically); a file
+whose content would not change is not written, so a second run writes nothing. Appending a day costs
+about a day of base reads plus one rewrite of the current file of each (offset, symbol).
+
+Work runs in batches of symbols (about ``batch_rows`` base rows each), so memory stays bounded
+whatever the size of the lake; files of one batch are written by a thread pool while the next batch
+is read and resampled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import polars as pl
+
+from lake.binance.intervals import INTERVALS, Interval, parse_interval
+from lake.binance.markets import get_trade_type
+from lake.binance.symbols import validate_symbols
+from lake.errors import NotFoundError, ValidationError
+from lake.schema import OFFSET_SCHEMA
+from lake.store.fs import LakeFS
+from lake.store.klines import list_series, to_lakefs
+from lake.store.meta import read_json, write_json
+from lake.store.paths import DATA_FILE, PartitionKey, partition_end, series_dir
+from lake.transform.layout import OffsetPartition, manifest_path, offsets_period, table_dir
+from lake.transform.layout import series_dir as offsets_series_dir
+from lake.transform.offsets import OffsetPlan, offset_plan, resample_offsets
+
+__all__ = ["BuildResult", "build_offsets", "default_base", "scan_offsets"]
+
+_MANIFEST_VERSION = 1
+_KLINES_HIVE = {"trade_type": pl.String, "interval": pl.String, "symbol": pl.String, "date": pl.String}
+_OFFSETS_HIVE = {
+    "trade_type": pl.String,
+    "interval": pl.String,
+    "offset": pl.String,
+    "symbol": pl.String,
+    "date": pl.String,
+}
+_SAVE_EVERY_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    """What one ``build_offsets`` run did."""
+
+    trade_type: str
+    interval: str
+    base: str
+    method: str
+    offsets: tuple[str, ...]
+    symbols: int = 0  # series looked at
+    symbols_updated: int = 0  # series with something to recompute
+    base_partitions_changed: int = 0
+    bins: int = 0  # bins recomputed
+    written: int = 0  # files written
+    unchanged: int = 0  # files recomputed but identical, not written
+    removed: int = 0  # files deleted (their bins no longer exist)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class _Series:
+    """Manifest entry: how a series' offsets were built and from which base partition versions."""
+
+    base: str
+    method: str
+    offsets: list[str]
+    partitions: dict[str, str]  # base partition date -> change token
+
+
+@dataclass(slots=True)
+class _Work:
+    symbol: str
+    tokens: dict[str, str]
+    read: list[str]  # base partition dates to read
+    lo: int | None  # recompute bins opening in [lo, hi); None: unbounded
+    hi: int | None
+    changed: int
+    drop_offsets: list[str] = field(default_factory=list)  # offsets built before a --rebuild
+
+    @property
+    def rows_estimate(self) -> int:
+        return len(self.read)
+
+
+@dataclass(slots=True)
+class _Counts:
+    bins: int = 0
+    written: int = 0
+    unchanged: int = 0
+    removed: int = 0
+
+
+def default_base(lfs: LakeFS, trade_type: str, target: Interval, symbols: Sequence[str] | None) -> str:
+    """The coarsest stored kline interval that divides ``target`` at least twice (5m for 1h, …)."""
+    stored = {iv for tt, iv, sym in list_series(lfs) if tt == trade_type and (not symbols or sym in symbols)}
+    assert target.ms is not None
+    fits = [
+        iv
+        for iv in INTERVALS.values()
+        if iv.name in stored and iv.ms and iv.ms < target.ms and target.ms % iv.ms == 0
+    ]
+    if not fits:
+        have = ", ".join(sorted(stored)) or "none"
+        raise NotFoundError(
+            f"no stored {trade_type} klines to build {target.name} offsets from (stored intervals: {have})"
+        )
+    return max(fits, key=lambda iv: iv.ms or 0).name
+
+
+def build_offsets(
+    root: str | os.PathLike[str] | LakeFS,
+    trade_type: str,
+    interval: str,
+    *,
+    base: str | None = None,
+    offsets: str | Sequence[str] | None = "all",
+    method: str = "seed",
+    symbols: str | Sequence[str] | None = None,
+    rebuild: bool = False,
+    batch_rows: int = 2_000_000,
+    workers: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> BuildResult:
+    """Bring the offsets table of (``trade_type``, ``interval``) up to date with the klines table.
+
+    ``base`` defaults to the one the series were built from, else the coarsest stored interval that
+    divides ``interval``. Offsets built earlier stay maintained alongside the requested ones. A
+    series built with another base or method is an error unless ``rebuild`` (which recomputes it from
+    scratch and deletes its old offsets). ``progress(done, total)`` is called per batch of symbols.
+    """
+    started = time.perf_counter()
+    lfs = to_lakefs(root)
+    tt = get_trade_type(trade_type)
+    target = parse_interval(interval, spot=tt.is_spot)
+    syms = validate_symbols(symbols) if symbols else None
+    with lfs.lock(table_dir(tt.name, target.name)):
+        manifest = _load_manifest(lfs, tt.name, target.name)
+        if base is None:
+            built = {manifest[s].base for s in (syms or manifest) if s in manifest}
+            base = built.pop() if len(built) == 1 else default_base(lfs, tt.name, target, syms)
+        plan = offset_plan(target, parse_interval(base, spot=tt.is_spot), offsets, method)
+        if syms is None:
+            listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
+            syms = sorted(listed | {s for s, st in manifest.items() if st.base == plan.base.name})
+        work_by_plan: dict[tuple[int, ...], list[_Work]] = {}
+        for sym in syms:
+            w, ks = _plan_series(lfs, tt.name, plan, sym, manifest.get(sym), rebuild)
+            if w is not None:
+                work_by_plan.setdefault(ks, []).append(w)
+        counts = _Counts()
+        todo = sum(len(v) for v in work_by_plan.values())
+        done = 0
+        last_save = time.monotonic()
+        dirty = False
+        try:
+            with ThreadPoolExecutor(max(1, workers)) as pool:
+                pending: list[tuple[list[_Work], OffsetPlan, list[Future[str]]]] = []
+                for ks, items in work_by_plan.items():
+                    series_plan = OffsetPlan(plan.target, plan.base, ks, plan.method)
+                    for batch in _batches(items, batch_rows, plan):
+                        futures = _run_batch(lfs, tt.name, series_plan, batch, pool, counts)
+                        pending.append((batch, series_plan, futures))
+                        while len(pending) > 1 or (pending and all(f.done() for f in pending[0][2])):
+                            done += _finish(pending.pop(0), manifest, counts)
+                            dirty = True
+                            if progress is not None:
+                                progress(done, todo)
+                        if dirty and time.monotonic() - last_save > _SAVE_EVERY_S:
+                            _save_manifest(lfs, tt.name, target.name, manifest)
+                            last_save, dirty = time.monotonic(), False
+                while pending:
+                    done += _finish(pending.pop(0), manifest, counts)
+                    dirty = True
+                    if progress is not None:
+                        progress(done, todo)
+        finally:
+            if dirty:
+                _save_manifest(lfs, tt.name, target.name, manifest)
+    items = [w for v in work_by_plan.values() for w in v]
+    return BuildResult(
+        trade_type=tt.name,
+        interval=target.name,
+        base=plan.base.name,
+        method=plan.method,
+        offsets=tuple(plan.names),
+        symbols=len(syms),
+        symbols_updated=len(items),
+        base_partitions_changed=sum(w.changed for w in items),
+        bins=counts.bins,
+        written=counts.written,
+        unchanged=counts.unchanged,
+        removed=counts.removed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _finish(
+    entry: tuple[list[_Work], OffsetPlan, list[Future[str]]], manifest: dict[str, _Series], counts: _Counts
+) -> int:
+    batch, plan, futures = entry
+    for f in futures:
+        outcome = f.result()  # re-raises a failed write: the series stays un-recorded
+        if outcome == "written":
+            counts.written += 1
+        elif outcome == "unchanged":
+            counts.unchanged += 1
+        elif outcome == "removed":
+            counts.removed += 1
+    for w in batch:
+        manifest[w.symbol] = _Series(plan.base.name, plan.method, plan.names, w.tokens)
+    return len(batch)
+
+
+# -- planning ------------------------------------------------------------------------------------
+
+
+def _plan_series(
+    lfs: LakeFS, trade_type: str, plan: OffsetPlan, symbol: str, state: _Series | None, rebuild: bool
+) -> tuple[_Work | None, tuple[int, ...]]:
+    drop: list[str] = []
+    if state is not None and (state.base != plan.base.name or state.method != plan.method or rebuild):
+        if not rebuild:
+            raise ValidationError(
+                f"{symbol} {plan.target.name} offsets were built from {state.base} with method "
+                f"{state.method!r}; pass rebuild to recompute them from {plan.base.name} with {plan.method!r}"
+            )
+        drop = state.offsets
+        state = None
+    ks = set(plan.offsets)
+    if state is not None:
+        wanted = {n: k for k, n in ((k, plan.name(k)) for k in range(plan.n))}
+        ks |= {wanted[n] for n in state.offsets if n in wanted}
+    keys = tuple(sorted(ks))
+    names = [plan.name(k) for k in keys]
+    tokens = _base_tokens(lfs, trade_type, plan.base.name, symbol)
+    if state is None or sorted(state.offsets) != sorted(names):
+        if not tokens and state is None and not drop:
+            return None, keys
+        drop = [o for o in drop if o not in names]
+        return _Work(symbol, tokens, sorted(tokens), None, None, len(tokens), drop), keys
+    changed = [d for d in tokens.keys() | state.partitions.keys() if tokens.get(d) != state.partitions.get(d)]
+    if not changed:
+        return None, keys
+    a = min(_date_ms(d) for d in changed)
+    b = max(_date_ms(partition_end(plan.base, dt.date.fromisoformat(d)).isoformat()) for d in changed)
+    reach = plan.target_ms - plan.base_ms
+    lo, hi = a - reach, b
+    read = [
+        d
+        for d in sorted(tokens)
+        if _date_ms(d) < hi + reach
+        and _date_ms(partition_end(plan.base, dt.date.fromisoformat(d)).isoformat()) > lo
+    ]
+    return _Work(symbol, tokens, read, lo, hi, len(changed)), keys
+
+
+def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[str, str]:
+    """Change token of every stored base partition of one series, by partition date."""
+    sdir = series_dir("klines", trade_type, base, symbol)
+    out: dict[str, str] = {}
+    for name in lfs.listdir(sdir):
+        if not name.startswith("date="):
+            continue
+        token = lfs.mtime_key(f"{sdir}/{name}/{DATA_FILE}")
+        if token is not None:
+            out[name[5:]] = token
+    return out
+
+
+def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[list[_Work]]:
+    """Groups of series of about ``batch_rows`` base rows (estimated from partition counts)."""
+    per_partition = _rows_per_partition(plan.base)
+    batch: list[_Work] = []
+    rows = 0
+    for w in items:
+        batch.append(w)
+        rows += w.rows_estimate * per_partition
+        if rows >= batch_rows:
+            yield batch
+            batch, rows = [], 0
+    if batch:
+        yield batch
+
+
+def _rows_per_partition(base: Interval) -> int:
+    start = dt.date(2024, 1, 1)
+    key = PartitionKey("klines", "usdt_spot", base.name, "BTCUSDT", start)
+    return max(1, (key.end_ms - key.start_ms) // base.approx_ms)
+
+
+# -- one batch -----------------------------------------------------------------------------------
+
+
+def _run_batch(
+    lfs: LakeFS,
+    trade_type: str,
+    plan: OffsetPlan,
+    batch: list[_Work],
+    pool: ThreadPoolExecutor,
+    counts: _Counts,
+) -> list[Future[str]]:
+    files = [
+        lfs.url(PartitionKey("klines", trade_type, plan.base.name, w.symbol, dt.date.fromisoformat(d)).path)
+        for w in batch
+        for d in w.read
+    ]
+    if files:
+        base = (
+            pl.scan_parquet(
+                files,
+                hive_partitioning=True,
+                hive_schema=_KLINES_HIVE,
+                storage_options=lfs.storage_options or None,
+            )
+            .select("symbol", *(c for c in OFFSET_SCHEMA if c != "n_base"))
+            .collect(engine="streaming")
+        )
+        bins = resample_offsets(base, plan)
+        del base
+    else:
+        bins = resample_offsets(
+            pl.DataFrame(schema={"symbol": pl.String, **OFFSET_SCHEMA}).drop("n_base"), plan
+        )
+    ranges = pl.DataFrame(
+        {"symbol": [w.symbol for w in batch], "_lo": [w.lo for w in batch], "_hi": [w.hi for w in batch]},
+        schema={"symbol": pl.String, "_lo": pl.Int64, "_hi": pl.Int64},
+    )
+    t = pl.col("candle_begin_time").dt.epoch("ms")
+    bins = (
+        bins.join(ranges, on="symbol", how="inner")
+        .filter(
+            (pl.col("_lo").is_null() | (t >= pl.col("_lo"))) & (pl.col("_hi").is_null() | (t < pl.col("_hi")))
+        )
+        .drop("_lo", "_hi")
+        .with_columns(_period(plan.target).alias("_period"))
+    )
+    counts.bins += bins.height
+    groups = bins.partition_by("symbol", "offset", "_period", as_dict=True, maintain_order=False)
+    futures: list[Future[str]] = []
+    for w in batch:
+        for name in plan.names:
+            sdir = offsets_series_dir(trade_type, plan.target.name, name, w.symbol)
+            periods = {
+                dt.date.fromisoformat(p[5:])
+                for p in lfs.listdir(sdir)
+                if p.startswith("date=") and _is_date(p[5:])
+            }
+            periods |= {p for (s, o, p) in groups if s == w.symbol and o == name}
+            for p in sorted(periods):
+                part = OffsetPartition(trade_type, plan.target.name, name, w.symbol, p)
+                if (
+                    w.lo is not None
+                    and w.hi is not None
+                    and not (part.start_ms < w.hi and part.end_ms > w.lo)
+                ):
+                    continue
+                rows = groups.get((w.symbol, name, p))
+                new = rows.select(list(OFFSET_SCHEMA)) if rows is not None else None
+                futures.append(pool.submit(_merge_file, lfs, part, new, w.lo, w.hi))
+        for name in w.drop_offsets:
+            sdir = offsets_series_dir(trade_type, plan.target.name, name, w.symbol)
+            for entry in lfs.listdir(sdir):
+                if entry.startswith("date="):
+                    futures.append(pool.submit(_remove_file, lfs, f"{sdir}/{entry}/{DATA_FILE}"))
+    return futures
+
+
+def _period(target: Interval) -> pl.Expr:
+    """The ``date=`` of each bin's file (``layout.period_start`` as an expression)."""
+    trunc = "1mo" if offsets_period(target) == "month" else "1y"
+    return pl.col("candle_begin_time").dt.truncate(trunc).dt.date()
+
+
+def _merge_file(
+    lfs: LakeFS, part: OffsetPartition, new: pl.DataFrame | None, lo: int | None, hi: int | None
+) -> str:
+    """Replace the bins of ``[lo, hi)`` in one file with ``new``; ``"written"``, ``"unchanged"``, …"""
+    data = lfs.read_bytes_or_none(part.path)
+    old = pl.read_parquet(io.BytesIO(data)) if data is not None else None
+    merged = new if new is not None else pl.DataFrame(schema=OFFSET_SCHEMA)
+    if old is not None and lo is not None and hi is not None:
+        t = pl.col("candle_begin_time").dt.epoch("ms")
+        keep = old.filter((t < lo) | (t >= hi))
+        if keep.height:
+            merged = pl.concat([keep, merged]).sort("candle_begin_time")
+    if merged.height == 0:
+        return "none" if old is None else _remove_file(lfs, part.path)
+    if old is not None and old.equals(merged):
+        return "unchanged"
+    buf = io.BytesIO()
+    merged.write_parquet(buf, compression="zstd", statistics=True)
+    lfs.write_atomic(part.path, buf.getvalue())
+    return "written"
+
+
+def _remove_file(lfs: LakeFS, rel: str) -> str:
+    """Delete one partition file and, on a local disk, its then empty ``date=`` directory."""
+    lfs.remove(rel)
+    if lfs.is_local:
+        with contextlib.suppress(OSError):
+            os.rmdir(os.path.dirname(lfs.full(rel)))
+    return "removed"
+
+
+# -- manifest ------------------------------------------------------------------------------------
+
+
+def _load_manifest(lfs: LakeFS, trade_type: str, interval: str) -> dict[str, _Series]:
+    doc = read_json(lfs, manifest_path(trade_type, interval))
+    if not isinstance(doc, dict) or doc.get("version") != _MANIFEST_VERSION:
+        return {}
+    return {sym: _Series(**entry) for sym, entry in doc.get("series", {}).items()}
+
+
+def _save_manifest(lfs: LakeFS, trade_type: str, interval: str, manifest: dict[str, _Series]) -> None:
+    doc = {"version": _MANIFEST_VERSION, "series": {s: asdict(st) for s, st in sorted(manifest.items())}}
+    write_json(lfs, manifest_path(trade_type, interval), doc)
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+def scan_offsets(
+    root: str | os.PathLike[str] | LakeFS,
+    trade_type: str,
+    interval: str,
+    offsets: str | Sequence[str] | None = None,
+    symbols: str | Sequence[str] | None = None,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+) -> pl.LazyFrame:
+    """Lazily read the offsets table: columns ``symbol``, ``offset`` and ``OFFSET_SCHEMA``.
+
+    Files outside the offsets, symbols and ``[start, end)`` asked for are never opened.
+    """
+    lfs = to_lakefs(root)
+    tdir = table_dir(trade_type, interval)
+    want_offsets = None if offsets is None else set([offsets] if isinstance(offsets, str) else offsets)
+    want_syms = None if symbols is None else set(validate_symbols(symbols))
+    lo = None if start is None else int(start.timestamp() * 1000)
+    hi = None if end is None else int(end.timestamp() * 1000)
+    files: list[str] = []
+    for odir in lfs.listdir(tdir):
+        if not odir.startswith("offset=") or (want_offsets is not None and odir[7:] not in want_offsets):
+            continue
+        for sdir in lfs.listdir(f"{tdir}/{odir}"):
+            if not sdir.startswith("symbol=") or (want_syms is not None and sdir[7:] not in want_syms):
+                continue
+            for ddir in lfs.listdir(f"{tdir}/{odir}/{sdir}"):
+                if not ddir.startswith("date=") or not _is_date(ddir[5:]):
+                    continue
+                part = OffsetPartition(
+                    trade_type, interval, odir[7:], sdir[7:], dt.date.fromisoformat(ddir[5:])
+                )
+                if (hi is not None and part.start_ms >= hi) or (lo is not None and part.end_ms <= lo):
+                    continue
+                files.append(lfs.url(part.path))
+    columns = ["symbol", "offset", *OFFSET_SCHEMA]
+    if not files:
+        return pl.LazyFrame(schema={"symbol": pl.String, "offset": pl.String, **OFFSET_SCHEMA})
+    lf = pl.scan_parquet(
+        files, hive_partitioning=True, hive_schema=_OFFSETS_HIVE, storage_options=lfs.storage_options or None
+    )
+    if start is not None:
+        lf = lf.filter(pl.col("candle_begin_time") >= start)
+    if end is not None:
+        lf = lf.filter(pl.col("candle_begin_time") < end)
+    return lf.select(columns)
+
+
+def _is_date(s: str) -> bool:
+    try:
+        dt.date.fromisoformat(s)
+    except ValueError:
+        return False
+    return len(s) == 10
+
+
+def _date_ms(d: str) -> int:
+    x = dt.date.fromisoformat(d)
+    return int(dt.datetime(x.year, x.month, x.day, tzinfo=dt.UTC).timestamp() * 1000)

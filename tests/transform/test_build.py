@@ -1,0 +1,195 @@
+"""The offsets table: full build, incremental runs equal a rebuild, reruns write nothing."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lake.errors import NotFoundError, ValidationError
+from lake.store.klines import scan_klines, write_klines
+from lake.transform.build import build_offsets, scan_offsets
+from lake.transform.layout import OffsetPartition, manifest_path
+from lake.transform.offsets import offset_plan, resample_offsets
+from tests.transform.helpers import T0_MS, assert_bins_equal, random_candles
+
+DAY = 288  # 5m candles per day
+B = 300_000
+
+
+def _day(seed: int, day: int, **kw: object) -> pl.DataFrame:
+    return random_candles(seed, B, DAY, start_ms=T0_MS + day * DAY * B, **kw)  # type: ignore[arg-type]
+
+
+def _expected(root: Path, symbols: list[str], interval: str = "1h", offsets: str = "all") -> pl.DataFrame:
+    base = scan_klines(root, "usdt_perp", "5m", symbols).collect()
+    out = resample_offsets(base, offset_plan(interval, "5m", offsets))
+    return out.sort("symbol", "offset", "candle_begin_time")
+
+
+def _stored(root: Path, interval: str = "1h") -> pl.DataFrame:
+    return scan_offsets(root, "usdt_perp", interval).collect().sort("symbol", "offset", "candle_begin_time")
+
+
+def _files(root: Path) -> dict[str, int]:
+    out = {}
+    for dirpath, _, names in os.walk(root / "offsets"):
+        for n in names:
+            p = Path(dirpath) / n
+            out[str(p.relative_to(root))] = p.stat().st_mtime_ns
+    return out
+
+
+def _assert_table(root: Path, symbols: list[str], interval: str = "1h") -> None:
+    got, want = _stored(root, interval), _expected(root, symbols, interval)
+    assert got.select("symbol", "offset").rows() == want.select("symbol", "offset").rows()
+    assert_bins_equal(got, want)
+
+
+def test_full_build_then_idempotent_rerun(tmp_path: Path) -> None:
+    for i, sym in enumerate(["BTCUSDT", "1000SHIBUSDT"]):
+        for d in range(3):
+            write_klines(tmp_path, "usdt_perp", "5m", sym, _day(10 * i + d, d))
+    r = build_offsets(tmp_path, "usdt_perp", "1h", batch_rows=1)  # one symbol per batch
+    assert r.base == "5m" and len(r.offsets) == 12 and r.written == 24 and r.symbols_updated == 2
+    _assert_table(tmp_path, ["BTCUSDT", "1000SHIBUSDT"])
+    files = _files(tmp_path)
+    assert (
+        "offsets/trade_type=usdt_perp/interval=1h/offset=55m/symbol=BTCUSDT/date=2024-01-01/data.parquet"
+        in files
+    )
+    assert (tmp_path / manifest_path("usdt_perp", "1h")).exists()
+    again = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert (again.written, again.unchanged, again.removed, again.symbols_updated, again.bins) == (
+        0,
+        0,
+        0,
+        0,
+        0,
+    )
+    assert _files(tmp_path) == files
+
+
+def test_append_a_day_recomputes_only_its_neighbourhood(tmp_path: Path) -> None:
+    for d in range(4):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(99, 4))
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.base_partitions_changed == 1
+    # bins opening from 23:05 of day 3 to the end of day 4: 11 bins crossing midnight + 12×24 of day 4
+    assert r.bins <= 11 + 12 * 24 and r.written == 12
+    _assert_table(tmp_path, ["ETHUSDT"])
+
+
+def test_overwrite_and_delete_in_the_middle(tmp_path: Path) -> None:
+    for d in range(3):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    # day 1 replaced by data with many holes: some bins disappear, others change
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(7, 1, hole_rate=0.0))
+    part = tmp_path / "klines/trade_type=usdt_perp/interval=5m/symbol=ETHUSDT/date=2024-01-02/data.parquet"
+    df = pl.read_parquet(part)
+    df.filter(pl.col("candle_begin_time").dt.hour() % 3 != 0).write_parquet(part)
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    _assert_table(tmp_path, ["ETHUSDT"])
+    # the whole last day goes: its bins go with it
+    part = tmp_path / "klines/trade_type=usdt_perp/interval=5m/symbol=ETHUSDT/date=2024-01-03/data.parquet"
+    shutil.rmtree(part.parent)
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    _assert_table(tmp_path, ["ETHUSDT"])
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["write", "holes", "delete"]), st.integers(0, 5), st.integers(0, 2**16)),
+        min_size=1,
+        max_size=4,
+    ),
+    interval=st.sampled_from(["1h", "15m", "2h"]),
+)
+def test_incremental_equals_rebuild(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[str, int, int]], interval: str
+) -> None:
+    root = tmp_path_factory.mktemp("lake")
+    syms = ["AUSDT", "BUSDT"]
+    for i, s in enumerate(syms):
+        for d in (0, 2):
+            write_klines(root, "usdt_perp", "5m", s, _day(i * 100 + d, d))
+    build_offsets(root, "usdt_perp", interval)
+    for op, day, seed in steps:
+        sym = syms[seed % 2]
+        date = (dt.datetime(2024, 1, 1) + dt.timedelta(days=day)).date().isoformat()
+        part = root / f"klines/trade_type=usdt_perp/interval=5m/symbol={sym}/date={date}/data.parquet"
+        if op == "write":
+            write_klines(root, "usdt_perp", "5m", sym, _day(seed, day, hole_rate=0.02))
+        elif op == "holes" and part.exists():
+            df = pl.read_parquet(part)
+            df.filter(pl.int_range(pl.len()) % 7 != seed % 7).write_parquet(part)
+        elif op == "delete" and part.exists():
+            shutil.rmtree(part.parent)
+        build_offsets(root, "usdt_perp", interval)
+    _assert_table(root, syms, interval)
+
+
+def test_subset_of_offsets_and_symbols_then_more(tmp_path: Path) -> None:
+    for s in ("AUSDT", "BUSDT"):
+        write_klines(tmp_path, "usdt_perp", "5m", s, _day(len(s), 0))
+    r = build_offsets(tmp_path, "usdt_perp", "1h", offsets="0m,15m", symbols="AUSDT")
+    assert r.offsets == ("0m", "15m") and r.symbols == 1
+    got = _stored(tmp_path)
+    assert set(got["offset"]) == {"0m", "15m"} and set(got["symbol"]) == {"AUSDT"}
+    # asking for another offset later keeps the earlier ones maintained
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", _day(5, 1))
+    build_offsets(tmp_path, "usdt_perp", "1h", offsets="30m", symbols="AUSDT")
+    got = _stored(tmp_path)
+    assert set(got["offset"]) == {"0m", "15m", "30m"}
+    want = _expected(tmp_path, ["AUSDT"], offsets="0m,15m,30m")
+    assert_bins_equal(got, want)
+
+
+def test_method_or_base_change_needs_rebuild(tmp_path: Path) -> None:
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", _day(1, 0))
+    write_klines(tmp_path, "usdt_perp", "15m", "AUSDT", random_candles(1, 900_000, 96))
+    build_offsets(tmp_path, "usdt_perp", "1h", base="5m")
+    with pytest.raises(ValidationError, match="rebuild"):
+        build_offsets(tmp_path, "usdt_perp", "1h", method="binance")
+    r = build_offsets(tmp_path, "usdt_perp", "1h", base="15m", rebuild=True)
+    assert r.offsets == ("0m", "15m", "30m", "45m")
+    assert set(_stored(tmp_path)["offset"]) == {"0m", "15m", "30m", "45m"}
+    # without --base the series' own base is reused
+    assert build_offsets(tmp_path, "usdt_perp", "1h").base == "15m"
+
+
+def test_default_base_and_missing_data(tmp_path: Path) -> None:
+    with pytest.raises(NotFoundError, match="no stored usdt_perp klines"):
+        build_offsets(tmp_path, "usdt_perp", "1h")
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", _day(1, 0))
+    write_klines(tmp_path, "usdt_perp", "1m", "AUSDT", random_candles(1, 60_000, 120))
+    assert build_offsets(tmp_path, "usdt_perp", "1h").base == "5m"
+    with pytest.raises(ValidationError, match="whole multiple"):
+        build_offsets(tmp_path, "usdt_perp", "1h", base="1h")
+
+
+def test_partition_paths_validate() -> None:
+    p = OffsetPartition("usdt_perp", "1h", "15m", "BTCUSDT", dt.date(2024, 1, 1))
+    assert (
+        p.path
+        == "offsets/trade_type=usdt_perp/interval=1h/offset=15m/symbol=BTCUSDT/date=2024-01-01/data.parquet"
+    )
+    assert OffsetPartition("usdt_perp", "15m", "5m", "BTCUSDT", dt.date(2024, 3, 1)).end_ms - p.start_ms > 0
+    for bad in [
+        ("usdt_perp", "1h", "15m", "../X", dt.date(2024, 1, 1)),
+        ("usdt_perp", "1h", "015m", "BTCUSDT", dt.date(2024, 1, 1)),
+        ("usdt_perp", "1h", "15m", "BTCUSDT", dt.date(2024, 2, 1)),  # 1h files are yearly
+        ("nope", "1h", "15m", "BTCUSDT", dt.date(2024, 1, 1)),
+    ]:
+        with pytest.raises(ValidationError):
+            OffsetPartition(*bad)
