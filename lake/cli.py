@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lake.commands.backfill",
     "lake.commands.live",
     "lake.commands.sim",
+    "lake.commands.demo",
 )
 
 app = typer.Typer(
