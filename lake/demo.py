@@ -101,7 +101,7 @@ def _extra_routes() -> Callable[..., Any] | None:
         from lake.sim.quantclass import add_quantclass_routes
     except ImportError:
         return None
-    return add_quantclass_routes  # type: ignore[no-any-return]
+    return add_quantclass_routes
 
 
 def _run_stages(
@@ -207,6 +207,7 @@ def _plot(lfs: LakeFS, options: DemoOptions, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
 
     from lake.store.klines import scan_klines
@@ -234,19 +235,14 @@ def _plot(lfs: LakeFS, options: DemoOptions, path: Path) -> None:
     ax.plot(base["candle_begin_time"], base["close"], color="0.7", lw=0.8, label=f"{options.interval} close")
     for off, color in (("0m", "tab:blue"), ("30m", "tab:orange")):
         part = offs.filter(pl.col("offset") == off)
-        t = part["candle_begin_time"].to_list()
-        width = dt.timedelta(minutes=50)
-        for ti, o, h, lo, c in zip(t, part["open"], part["high"], part["low"], part["close"], strict=True):
-            ax.vlines(
-                ti + width / 2 + (dt.timedelta(minutes=3) if off == "30m" else dt.timedelta(0)),
-                lo,
-                h,
-                color=color,
-                lw=0.8,
-            )
+        width = 50 / 1440  # days, matplotlib's date unit: 50 of the bin's 60 minutes
+        shift = 3 / 1440 if off == "30m" else 0.0  # keep the two offsets' wicks apart
+        for ti, o, h, lo, c in part.select("candle_begin_time", "open", "high", "low", "close").iter_rows():
+            x = float(mdates.date2num(ti))
+            ax.vlines(x + width / 2 + shift, lo, h, color=color, lw=0.8)
             ax.add_patch(
                 plt.Rectangle(
-                    (ti, min(o, c)), width, abs(c - o) or 1e-9, fill=(c >= o), color=color, alpha=0.35
+                    (x, min(o, c)), width, abs(c - o) or 1e-9, fill=(c >= o), color=color, alpha=0.35
                 )
             )
         ax.plot([], [], color=color, lw=6, alpha=0.5, label=f"{options.target} offset {off}")
