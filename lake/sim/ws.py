@@ -8,9 +8,9 @@ Control messages ``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` / ``SE
 ``GET_PROPERTY`` are answered like Binance (``{"result": null, "id": 1}``). Error replies use the flat
 ``{"code", "msg", "id"}`` shape of the spot docs (UNVERIFIED for futures).
 
-Each connection has a pusher task. At every minute boundary of the virtual clock (plus
-``ws_close_lag_ms`` and the ``ws_close_delay_s`` fault) it sends the ``x: true`` event of every
-subscribed stream whose candle closes there, with exactly the truth values (no event when the candle has
+Each connection has a pusher task. When the virtual clock reaches a minute boundary (plus the
+``ws_close_delay_s`` fault) it sends the ``x: true`` event of every subscribed stream whose candle closes
+there (event time ``E`` = boundary + delay + ``ws_close_lag_ms``), with exactly the truth values (no event when the candle has
 no 1m data). ``x: false`` updates of the forming candles go out every ``ws_update_ms`` of virtual time,
 but at most ``ws_intermediate_per_s`` rounds per real second. Limits enforced by closing the
 connection (code 1008): more than the stream cap (1024; COIN-M 200), more incoming messages per second
@@ -208,7 +208,9 @@ class WsHub:
                     transport.abort()
                 return
             now = clock.now_ms()
-            delay = int(self.faults.ws_close_delay_s * 1000) + cfg.ws_close_lag_ms
+            # A candle's final event goes out once the clock reaches its close (plus the delay fault);
+            # its event time is a little after the close time.
+            delay = int(self.faults.ws_close_delay_s * 1000)
             if now < cursor:  # the clock went backwards
                 cursor = now // MS_PER_MINUTE * MS_PER_MINUTE
             ready = (now - delay - cursor) // MS_PER_MINUTE
@@ -216,7 +218,7 @@ class WsHub:
                 cursor += (ready - cfg.ws_catchup_max) * MS_PER_MINUTE
             while cursor + MS_PER_MINUTE + delay <= now:
                 cursor += MS_PER_MINUTE
-                await self._closings(conn, cursor, cursor + delay)
+                await self._closings(conn, cursor, cursor + delay + cfg.ws_close_lag_ms)
             due = now - last_virtual >= update_ms and time.monotonic() - last_real >= 1.0 / cfg.ws_intermediate_per_s
             if cfg.ws_intermediate and conn.subs and due:
                 last_real, last_virtual = time.monotonic(), now

@@ -167,7 +167,7 @@ def test_listing_events(market: SimMarket) -> None:
         assert tail["candle_begin_time"].max() == _dt(end - 60_000)
 
         back = market.info(m, aw.relisted[m][0])
-        (a1, b1), (a2, _) = back.segments
+        (_, b1), (a2, _) = back.segments
         assert b1 is not None and a2 - b1 > 30 * MS_PER_DAY
         daily = market.truth(m, "1d", [back.symbol])
         gap = daily.filter(pl.col("candle_begin_time").is_between(_dt(b1 + MS_PER_DAY), _dt(a2 - MS_PER_DAY)))

@@ -35,7 +35,7 @@ def opens(rows: list[list[Any]]) -> list[int]:
 
 async def test_kline_rows_shape_and_forming_candle(sim: SimServer, http: aiohttp.ClientSession) -> None:
     sim.clock.set(NOW + 150_000)  # 12:02:30: the 12:00 candle is forming
-    status, headers, rows = await klines(http, sim, "um", limit=3)
+    status, _, rows = await klines(http, sim, "um", limit=3)
     assert status == 200 and len(rows) == 3
     for r in rows:
         assert len(r) == 12
@@ -128,7 +128,7 @@ async def test_weights_and_headers(sim: SimServer, http: aiohttp.ClientSession) 
     for limit in (1, 1000):
         _, headers, _ = await klines(http, sim, "spot", limit=limit)
     assert headers["X-MBX-USED-WEIGHT-1M"] == headers["X-MBX-USED-WEIGHT"] == "4"
-    for market, w in (("spot", 20), ("um", 1), ("cm", 1)):
+    for market in ("spot", "um", "cm"):
         _, h1, _ = await get(http, f"{sim.base_url}{PATH[market]}/exchangeInfo")
         _, h2, body = await get(http, f"{sim.base_url}{PATH[market]}/time")
         assert int(h2["X-MBX-USED-WEIGHT-1M"]) - int(h1["X-MBX-USED-WEIGHT-1M"]) == 1
@@ -258,7 +258,7 @@ async def test_funding_rate(sim: SimServer, http: aiohttp.ClientSession) -> None
     assert not any("_" in r["symbol"] for r in all_syms)
     _, _, body = await get(http, f"{sim.base_url}/dapi/v1/fundingRate", params={"symbol": "BTCUSD_PERP", "limit": "1"})
     assert len(body) == 1
-    deli = [s for s in sim.market.symbols("coin_deli", trading_at=NOW)][0]
+    deli = sim.market.symbols("coin_deli", trading_at=NOW)[0]
     assert (await get(http, f"{sim.base_url}/dapi/v1/fundingRate", params={"symbol": deli}))[2] == []
     status, _, body = await get(http, f"{sim.base_url}/dapi/v1/fundingRate")
     assert (status, body["code"]) == (400, -1102)
