@@ -177,6 +177,10 @@ def list_partitions(
     for name in lfs.listdir(base):
         if not name.startswith("date="):
             continue
+        # A writer killed between creating the directory and renaming its file in leaves an empty
+        # partition directory locally (object stores have no directories); readers must skip it.
+        if lfs.is_local and not os.path.exists(lfs.full(f"{base}/{name}/{DATA_FILE}")):
+            continue
         try:
             pdate = dt.date.fromisoformat(name[5:])
         except ValueError:

@@ -48,3 +48,12 @@ def test_monthly_interval_holes(tmp_path) -> None:  # type: ignore[no-untyped-de
     )
     write_klines(lfs, "usdt_spot", "1M", "BTCUSDT", frame([jan, mar]))
     assert lake_holes(lfs, "usdt_spot", "1M", "BTCUSDT", jan, apr + 1) == [(feb, mar), (apr, apr + 1)]
+
+
+def test_empty_partition_dir_left_by_a_killed_writer_is_skipped(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Found by the SIGKILL test: a writer killed after makedirs, before its rename, leaves date=… empty.
+    lfs = LakeFS(tmp_path)
+    write_klines(lfs, "usdt_spot", "1m", "BTCUSDT", frame([D0]))
+    (tmp_path / "klines/trade_type=usdt_spot/interval=1m/symbol=BTCUSDT/date=2024-01-02").mkdir()
+    assert lake_holes(lfs, "usdt_spot", "1m", "BTCUSDT", D0, D0 + MIN) == []
+    assert lake_units(lfs, "usdt_spot", "1m", "BTCUSDT", D0, D0 + 2 * DAY)[D0 + DAY] == UnitState(0, 0)
