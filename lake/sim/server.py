@@ -179,9 +179,8 @@ class SimServer:
 
     def control_faults(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """Apply a ``POST /_sim/faults`` body: knobs plus list/delist/reupload actions."""
-        body = dict(body)
-        actions = {k: body.pop(k) for k in ("list", "delist", "reupload") if k in body}
-        self.faults.update(body)
+        actions = {k: v for k, v in body.items() if k in ("list", "delist", "reupload")}  # in body order
+        self.faults.update({k: v for k, v in body.items() if k not in actions})
         applied: list[dict[str, Any]] = []
         for kind, items in actions.items():
             if not isinstance(items, list):
