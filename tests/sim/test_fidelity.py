@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import warnings
 
 from lake.binance.klines import klines_from_rest
@@ -68,3 +69,7 @@ def test_python_binance_sync_client(shared_sim: SimHandle) -> None:
         assert client.response is not None and client.response.headers["X-MBX-USED-WEIGHT-1M"]
     finally:
         client.close_connection()
+        # python-binance's sync client creates (and sets) an event loop it never closes.
+        if not client.loop.is_running():
+            client.loop.close()
+            asyncio.set_event_loop(None)
