@@ -706,12 +706,17 @@ class LiveRunner:
             return True
         ranges = {s: (opens[0], opens[-1] + feed.iv_ms) for s, opens in missing.items()}
         results, errors = await self._fetch_many(feed, ranges)
-        fetched = {s: r.rows for s, r in results.items() if r.rows}
+        # candles the websocket delivered while the requests were in flight are not written again
+        fetched: dict[str, list[list[Any]]] = {}
+        for sym, res in results.items():
+            rows = [r for r in res.rows if not feed.book.is_stored(sym, int(r[0]))]
+            if rows:
+                fetched[sym] = rows
         stored = await self._store(feed, fetched, "rest")
         feed.stats.rest_repaired += sum(len(fetched[s]) for s in stored)
         completed: list[int] = []
         for sym, res in results.items():
-            if res.rows and sym not in stored:
+            if sym in fetched and sym not in stored:
                 continue  # the write failed: stays missing
             empty = res.empty_opens(feed.iv)
             absent = [t for t in missing[sym] if t in empty]

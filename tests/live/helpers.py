@@ -1,0 +1,161 @@
+"""Shared checks for the live tests: lake vs simulator truth, a DuckDB reader, a watermark auditor."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import polars as pl
+
+from lake.live.watermark import read_watermark
+from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA
+from lake.store.fs import LakeFS
+from lake.store.klines import list_partitions, list_series, read_partition
+
+M = 60_000
+VALUES = [c for c in KLINE_COLUMNS if c != "source"]
+
+
+def utc(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def lake_frame(root: str | Path, tt: str = "usdt_perp", iv: str = "1m") -> pl.DataFrame:
+    """Every stored row of one (trade type, interval), each file read in one go.
+
+    (Lazy scans open a file twice - footer at plan time, pages later - and can fail when the live
+    writer replaces it in between; reading the bytes once is immune.)
+    """
+    lfs = LakeFS(root)
+    frames = []
+    for t, i, sym in list_series(lfs):
+        if (t, i) != (tt, iv):
+            continue
+        for key in list_partitions(lfs, t, i, sym):
+            df = read_partition(lfs, key)
+            if df is not None:
+                frames.append(df.with_columns(pl.lit(sym).alias("symbol")))
+    if not frames:
+        return pl.DataFrame(schema={"symbol": pl.String, **KLINE_SCHEMA, "t": pl.Int64})
+    return (
+        pl.concat(frames)
+        .select(["symbol", *KLINE_COLUMNS])
+        .with_columns(pl.col("candle_begin_time").dt.epoch("ms").alias("t"))
+        .sort("symbol", "t")
+    )
+
+
+def diff_truth(lake: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
+    """Rows missing from the lake, extra in the lake, and rows whose values differ."""
+    key = ["symbol", "candle_begin_time"]
+    t = truth.select(["symbol", *VALUES])
+    lk = lake.select(["symbol", *VALUES])
+    missing = t.join(lk, on=key, how="anti")
+    extra = lk.join(t, on=key, how="anti")
+    both = t.join(lk, on=key, suffix="_lake")
+    differ = both.filter(pl.any_horizontal([pl.col(c) != pl.col(f"{c}_lake") for c in VALUES[1:]]))
+    return {
+        "missing": missing.height,
+        "extra": extra.height,
+        "differ": differ.height,
+        "missing_rows": missing.head(5).to_dicts(),
+        "extra_rows": extra.head(5).to_dicts(),
+    }
+
+
+TORN = (
+    "TProtocolException",
+    "Could not read enough bytes",
+    "don't know what type",
+    "Invalid thrift",
+    "out of specification",
+)
+
+
+class DuckReader(threading.Thread):
+    """Queries the lake's parquet files in a loop; counts queries and errors.
+
+    ``torn`` counts queries that failed because a file was atomically replaced between DuckDB's
+    opens of it (a store-level race, reported to the lead); such a query is retried once and only
+    counts as an error if the retry fails too.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        super().__init__(daemon=True)
+        self.glob = f"{root}/klines/**/*.parquet"
+        self.stop_flag = threading.Event()
+        self.queries = 0
+        self.torn = 0
+        self.errors: list[str] = []
+
+    def _query(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute(
+            "SELECT count(*), count(DISTINCT symbol), max(candle_begin_time) "
+            "FROM read_parquet(?, hive_partitioning = true)",
+            [self.glob],
+        ).fetchall()
+
+    def run(self) -> None:
+        con = duckdb.connect()
+        try:
+            while not self.stop_flag.is_set():
+                for attempt in (0, 1):
+                    try:
+                        self._query(con)
+                        self.queries += 1
+                        break
+                    except duckdb.Error as exc:
+                        msg = str(exc)
+                        if "No files found" in msg:
+                            break
+                        if attempt == 0 and any(t in msg for t in TORN):
+                            self.torn += 1
+                            continue
+                        self.errors.append(msg)
+                time.sleep(0.01)
+        finally:
+            con.close()
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(timeout=10)
+
+
+class WatermarkAuditor(threading.Thread):
+    """Whenever the watermark moves, checks that every followed symbol that has a truth candle at
+    each period in (start, watermark] has it in the lake (the watermark never runs ahead)."""
+
+    def __init__(self, root: str | Path, truth_fn: Any, tt: str = "usdt_perp", iv: str = "1m") -> None:
+        super().__init__(daemon=True)
+        self.root, self.truth_fn, self.tt, self.iv = root, truth_fn, tt, iv
+        self.stop_flag = threading.Event()
+        self.checks = 0
+        self.violations: list[str] = []
+        self.seen: list[int] = []
+
+    def run(self) -> None:
+        last = None
+        while not self.stop_flag.is_set():
+            doc = read_watermark(self.root, self.tt, self.iv)
+            wm = doc.get("watermark_ms") if doc else None
+            if isinstance(wm, int) and wm != last:
+                if last is not None and wm < last:
+                    self.violations.append(f"watermark went back {last} -> {wm}")
+                last = wm
+                self.seen.append(wm)
+                lo = wm - 4 * M
+                lake = lake_frame(self.root, self.tt, self.iv).filter(pl.col("t").is_between(lo, wm))
+                truth = self.truth_fn(lake["symbol"].unique().sort().to_list(), lo, wm + M)
+                d = diff_truth(lake, truth)
+                if d["missing"]:
+                    self.violations.append(f"watermark {utc(wm)} ahead of data: {d['missing_rows']}")
+                self.checks += 1
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+        self.join(timeout=10)
