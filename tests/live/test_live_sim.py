@@ -35,7 +35,9 @@ def _truth(sim: SimServer) -> Any:
 
 
 async def _wait_periods(runner: LiveRunner, n: int) -> None:
-    while runner.feeds[0].stats.periods_checked < n and not runner.stopping:
+    while True:
+        if runner.feeds[0].stats.periods_checked >= n or runner.stopping:
+            return
         await asyncio.sleep(0.02)
 
 
