@@ -11,6 +11,7 @@ contracts and field 7 the base-asset volume (that is what ``Candles.v``/``q`` ho
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -22,9 +23,10 @@ from lake.binance.intervals import Interval
 from lake.sim.candles import Candles
 from lake.sim.universe import SymbolInfo
 
-__all__ = ["Block", "close_times", "csv_bytes", "dec_str", "json_block", "ws_kline_event"]
+__all__ = ["Block", "close_times", "csv_bytes", "dec_str", "json_block", "json_row", "ws_kline_event"]
 
 _SPOT_DECIMALS = 8
+Layout = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (decimals, padded width) x price/qty/quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,7 @@ def close_times(iv: Interval, t: np.ndarray) -> np.ndarray:
     return months.astype("datetime64[ms]").astype(np.int64) - 1
 
 
-def _decimals(info: SymbolInfo) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
+def _decimals(info: SymbolInfo) -> Layout:
     """(decimals, padded width) for price, quantity and quote-volume fields."""
     spot = info.market == "spot"
 
@@ -83,36 +85,66 @@ def _dec_expr(col: str, d: int, pad: int) -> pl.Expr:
     return s + "0" * (pad - d) if pad > d else s
 
 
-def _frame(info: SymbolInfo, iv: Interval, c: Candles, micro: bool) -> tuple[pl.DataFrame, list[pl.Expr]]:
+def _frame(c: Candles, iv: Interval, micro: bool) -> pl.DataFrame:
     t, close = c.t, close_times(iv, c.t)
     if micro:
         t, close = t * 1000, close * 1000 + 999
-    df = pl.DataFrame(
-        {"t": t, "T": close, "o": c.o, "h": c.h, "l": c.l, "c": c.c, "v": c.v, "q": c.q, "n": c.n, "tb": c.tb, "tq": c.tq}
-    )
-    (pd, pp), (vd, vp), (qd, qp) = _decimals(info)
-    strs = [
+    cols = {"t": t, "T": close, "o": c.o, "h": c.h, "l": c.l, "c": c.c, "v": c.v, "q": c.q, "n": c.n, "tb": c.tb, "tq": c.tq}
+    return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()])
+
+
+def _strs(layout: Layout) -> list[pl.Expr]:
+    (pd, pp), (vd, vp), (qd, qp) = layout
+    return [
         _dec_expr("o", pd, pp), _dec_expr("h", pd, pp), _dec_expr("l", pd, pp), _dec_expr("c", pd, pp),
         _dec_expr("v", vd, vp), _dec_expr("q", qd, qp), _dec_expr("tb", vd, vp), _dec_expr("tq", qd, qp),
     ]  # fmt: skip
-    return df, strs
+
+
+@functools.lru_cache(maxsize=256)
+def _json_expr(layout: Layout) -> pl.Expr:
+    """The row expression of one decimal layout, built once (building costs more than running it)."""
+    o, h, lo, cl, v, q, tb, tq = _strs(layout)
+    t, big_t, n = (pl.col(k).cast(pl.String) for k in ("t", "T", "n"))
+    return pl.concat_str(
+        [pl.lit("["), t, pl.lit(',"'), o, pl.lit('","'), h, pl.lit('","'), lo, pl.lit('","'), cl,
+         pl.lit('","'), v, pl.lit('",'), big_t, pl.lit(',"'), q, pl.lit('",'), n, pl.lit(',"'), tb,
+         pl.lit('","'), tq, pl.lit('","0"],')],
+    ).alias("r")  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _csv_expr(layout: Layout) -> pl.Expr:
+    o, h, lo, cl, v, q, tb, tq = _strs(layout)
+    return pl.concat_str(
+        [pl.col("t").cast(pl.String), o, h, lo, cl, v, pl.col("T").cast(pl.String), q,
+         pl.col("n").cast(pl.String), tb, tq, pl.lit("0")],
+        separator=",",
+    ).alias("r")  # fmt: skip
 
 
 def json_block(info: SymbolInfo, iv: Interval, c: Candles, *, micro: bool = False) -> Block:
     """REST rows of ``c`` as one blob: ``[t,"o","h","l","c","v",T,"q",n,"V","Q","0"],`` per row."""
     if not len(c):
         return Block(c.t, np.zeros(1, dtype=np.int64), b"")
-    df, (o, h, lo, cl, v, q, tb, tq) = _frame(info, iv, c, micro)
-    t, big_t, n = (pl.col(k).cast(pl.String) for k in ("t", "T", "n"))
-    row = pl.concat_str(
-        [pl.lit("["), t, pl.lit(',"'), o, pl.lit('","'), h, pl.lit('","'), lo, pl.lit('","'), cl,
-         pl.lit('","'), v, pl.lit('",'), big_t, pl.lit(',"'), q, pl.lit('",'), n, pl.lit(',"'), tb,
-         pl.lit('","'), tq, pl.lit('","0"],')],
-    )  # fmt: skip
-    rows = df.select(row.alias("r")).to_series()
-    off = np.zeros(len(c) + 1, dtype=np.int64)
-    np.cumsum(rows.str.len_bytes().to_numpy(), out=off[1:])
-    return Block(c.t, off, rows.str.join("").item().encode("ascii"))
+    rows: list[str] = _frame(c, iv, micro).select(_json_expr(_decimals(info))).to_series().to_list()
+    off = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=off[1:])
+    return Block(c.t, off, "".join(rows).encode("ascii"))
+
+
+def json_row(info: SymbolInfo, iv: Interval, c: Candles, i: int, *, micro: bool = False) -> bytes:
+    """One REST row (with its trailing comma), formatted in plain Python: cheaper than a Polars frame."""
+    (pd, pp), (vd, vp), (qd, qp) = _decimals(info)
+    t = int(c.t[i])
+    close = int(close_times(iv, c.t[i : i + 1])[0])
+    if micro:
+        t, close = t * 1000, close * 1000 + 999
+    p = [dec_str(int(getattr(c, k)[i]), pd, pp) for k in ("o", "h", "l", "c")]
+    v, q = dec_str(int(c.v[i]), vd, vp), dec_str(int(c.q[i]), qd, qp)
+    tb, tq = dec_str(int(c.tb[i]), vd, vp), dec_str(int(c.tq[i]), qd, qp)
+    row = f'[{t},"{p[0]}","{p[1]}","{p[2]}","{p[3]}","{v}",{close},"{q}",{int(c.n[i])},"{tb}","{tq}","0"],'
+    return row.encode("ascii")
 
 
 def csv_bytes(info: SymbolInfo, iv: Interval, c: Candles, *, micro: bool, header: bool) -> bytes:
@@ -125,15 +157,8 @@ def csv_bytes(info: SymbolInfo, iv: Interval, c: Candles, *, micro: bool, header
     )
     if not len(c):
         return head.encode()
-    df, strs = _frame(info, iv, c, micro)
-    o, h, lo, cl, v, q, tb, tq = strs
-    line = pl.concat_str(
-        [pl.col("t").cast(pl.String), o, h, lo, cl, v, pl.col("T").cast(pl.String), q,
-         pl.col("n").cast(pl.String), tb, tq, pl.lit("0")],
-        separator=",",
-    )  # fmt: skip
-    body = df.select(line.alias("r")).to_series().str.join("\n").item()
-    return (head + body + "\n").encode("ascii")
+    lines: list[str] = _frame(c, iv, micro).select(_csv_expr(_decimals(info))).to_series().to_list()
+    return (head + "\n".join(lines) + "\n").encode("ascii")
 
 
 def rest_rows(info: SymbolInfo, iv: Interval, c: Candles, *, micro: bool = False) -> list[list[Any]]:

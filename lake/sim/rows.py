@@ -21,7 +21,7 @@ import numpy as np
 from lake.binance.intervals import Interval
 from lake.sim.cache import ByteLRU
 from lake.sim.clock import MS_PER_DAY
-from lake.sim.fmt import Block, json_block
+from lake.sim.fmt import Block, json_block, json_row
 from lake.sim.market import SimMarket
 from lake.sim.universe import SymbolInfo
 
@@ -63,24 +63,27 @@ class RowServer:
     ) -> tuple[bytes, int]:
         """The JSON array body and its row count."""
         fo = iv.floor(now)
-        forming = None
-        if lo <= fo <= hi:
-            f = self.market.forming(info, iv, now)
-            if f is not None:
-                forming = json_block(info, iv, f, micro=micro)
         closed_hi = min(hi, fo - 1)
+        # The forming candle (partial values) is built only when the page reaches it.
+        want_forming = lo <= fo <= hi
         if newest_first:
+            forming = self._forming(info, iv, now, micro) if want_forming else None
             parts, n = self._backward(info, iv, lo, closed_hi, limit - (forming is not None), fo, micro)
             if forming is not None and limit > 0:
-                parts.append(forming.blob)
+                parts.append(forming)
                 n += 1
         else:
             parts, n = self._forward(info, iv, lo, closed_hi, limit, fo, micro)
-            if forming is not None and n < limit:
-                parts.append(forming.blob)
+            forming = self._forming(info, iv, now, micro) if want_forming and n < limit else None
+            if forming is not None:
+                parts.append(forming)
                 n += 1
         body = b"".join(parts)
         return b"[" + body[:-1] + b"]", n
+
+    def _forming(self, info: SymbolInfo, iv: Interval, now: int, micro: bool) -> bytes | None:
+        f = self.market.forming(info, iv, now)
+        return None if f is None else json_row(info, iv, f, 0, micro=micro)
 
     def _sub_day(self, iv: Interval) -> bool:
         return iv.ms is not None and iv.ms <= MS_PER_DAY

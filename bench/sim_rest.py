@@ -1,0 +1,207 @@
+"""Simulator REST throughput; prints ONE JSON line.
+
+    python -m bench.sim_rest                     # defaults: 20 symbols x 60 days, 8 concurrent requests
+    python -m bench.sim_rest --requests 20000 --seconds 30 --concurrency 16
+
+The server runs in its own process (pinned to one CPU when the machine has two or more, with Polars
+limited to one thread), the aiohttp client in this one (pinned to another CPU). Requests are USDⓈ-M
+``/fapi/v1/klines`` at ``interval=5m&limit=499`` over loopback, with weight limits raised so nothing is
+refused. Two phases in the same run:
+
+* **cold**: every page of the working set once, in order (generation of 1m data, derivation to 5m and
+  formatting of the day blocks happen inside these requests);
+* **warm**: random pages of the same working set (row blocks cached), bounded by ``--requests`` and
+  ``--seconds``.
+
+Reported: requests/s of each phase and its ratio to the goal (1000 req/s), latency percentiles, and,
+measured in this process, the cost of generating one symbol-day of 1m candles and of one 5m day block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import random
+import statistics
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+GOAL = 1000.0
+START = "2025-03-15T12:00:00Z"
+M5 = 300_000
+ROWS = 499
+
+
+def _pin(cpu: int) -> bool:
+    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        return False
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError:
+        return False
+    return True
+
+
+def _server_main(kwargs: dict[str, Any], conn: Connection, pin: bool) -> None:
+    os.environ["POLARS_MAX_THREADS"] = "1"  # before polars is imported in this process
+    pinned = _pin(0) if pin else False
+    from lake.sim import SimConfig, SimServer
+
+    async def main() -> None:
+        async with SimServer(SimConfig(**kwargs)) as sim:
+            conn.send({"base_url": sim.base_url, "pinned": pinned})
+            await asyncio.Event().wait()
+
+    asyncio.run(main())
+
+
+async def _run(base: str, urls: list[str], concurrency: int, deadline: float | None) -> tuple[int, float, list[float]]:
+    import aiohttp
+
+    latencies: list[float] = []
+    it = iter(urls)
+    errors = 0
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        for url in it:
+            if deadline is not None and time.perf_counter() > deadline:
+                return
+            t0 = time.perf_counter()
+            async with session.get(base + url) as r:
+                body = await r.read()
+            latencies.append(time.perf_counter() - t0)
+            if r.status != 200 or body.count(b"],[") != ROWS - 1:
+                errors += 1
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return errors, elapsed, latencies
+
+
+def _pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000
+
+
+def _local_costs() -> dict[str, float]:
+    """Generation and formatting costs measured in this process (no server involved)."""
+    from lake.binance.intervals import parse_interval
+    from lake.sim import SimMarket
+    from lake.sim.clock import MS_PER_DAY, to_ms
+    from lake.sim.fmt import json_block
+    from lake.sim.testing import test_config
+
+    market = SimMarket(test_config(history_days=120))
+    infos = [market.info("um", s) for s in market.symbols("usdt_perp")[:5]]
+    day0 = to_ms(START) // MS_PER_DAY - 100
+    t0 = time.perf_counter()
+    n = 0
+    for info in infos:
+        for d in range(day0, day0 + 20):
+            market.minutes(info, d)
+            n += 1
+    gen = (time.perf_counter() - t0) / n
+    iv = parse_interval("5m")
+    days = [market.day_candles(infos[0], iv, d) for d in range(day0, day0 + 20)]
+    t0 = time.perf_counter()
+    for c in days:
+        json_block(infos[0], iv, c)
+    fmt = (time.perf_counter() - t0) / len(days)
+    return {"gen_1m_ms_per_symbol_day": round(gen * 1000, 3), "format_5m_block_ms_per_day": round(fmt * 1000, 3)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--symbols", type=int, default=20)
+    ap.add_argument("--days", type=int, default=60)
+    ap.add_argument("--requests", type=int, default=10_000, help="warm phase: at most this many requests")
+    ap.add_argument("--seconds", type=float, default=15.0, help="warm phase: at most this long")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--no-pin", action="store_true", help="do not pin server and client to CPUs")
+    args = ap.parse_args(argv)
+
+    n_symbols = max(10, int(args.symbols / 0.6) + 4)  # usdt_perp gets ~60% of a market's symbols
+    kwargs = {
+        "seed": 1, "speed": 0.0, "start": START, "n_symbols": n_symbols, "history_days": args.days + 5,
+        "weight_limits": {"spot": 10**9, "um": 10**9, "cm": 10**9}, "ws_intermediate": False, "cache_mb": 1024,
+    }  # fmt: skip
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_server_main, args=(kwargs, child, not args.no_pin), daemon=True)
+    proc.start()
+    try:
+        hello = parent.recv()
+        base = hello["base_url"]
+        client_pinned = _pin(1) if not args.no_pin else False
+
+        from lake.sim import SimConfig, SimMarket
+
+        market = SimMarket(SimConfig(**kwargs))  # same universe as the server, for symbol names
+        symbols = [s for s in market.symbols("usdt_perp", trading_at=market.clock.now_ms())
+                   if not market.info("um", s).roles][: args.symbols]  # fmt: skip
+        first = market.universe.start_day_ms - args.days * 86_400_000
+        last_start = market.universe.start_day_ms - ROWS * M5
+        pages = [(s, t) for s in symbols for t in range(first, last_start, ROWS * M5)]
+
+        def url(sym: str, t: int) -> str:
+            return f"/fapi/v1/klines?symbol={sym}&interval=5m&startTime={t}&limit={ROWS}"
+
+        cold_urls = [url(s, t) for s, t in pages]
+        cold_err, cold_s, cold_lat = asyncio.run(_run(base, cold_urls, args.concurrency, None))
+        rng = random.Random(1)
+        warm_urls = []
+        for _ in range(args.requests):
+            s = rng.choice(symbols)
+            t = first + rng.randrange(0, (last_start - first) // M5) * M5
+            warm_urls.append(url(s, t))
+        deadline = time.perf_counter() + args.seconds
+        warm_err, warm_s, warm_lat = asyncio.run(_run(base, warm_urls, args.concurrency, deadline))
+        costs = _local_costs()
+    finally:
+        proc.terminate()
+        proc.join(10)
+    cold_rps = len(cold_lat) / cold_s
+    warm_rps = len(warm_lat) / warm_s
+    out = {
+        "bench": "sim_rest",
+        "goal_req_s": GOAL,
+        "warm_req_s": round(warm_rps, 1),
+        "warm_ratio_to_goal": round(warm_rps / GOAL, 3),
+        "cold_req_s": round(cold_rps, 1),
+        "cold_ratio_to_goal": round(cold_rps / GOAL, 3),
+        "cold_over_warm": round(cold_rps / warm_rps, 3),
+        "warm_requests": len(warm_lat),
+        "warm_seconds": round(warm_s, 3),
+        "cold_requests": len(cold_lat),
+        "cold_seconds": round(cold_s, 3),
+        "warm_latency_ms_p50": round(_pct(warm_lat, 0.5), 3),
+        "warm_latency_ms_p99": round(_pct(warm_lat, 0.99), 3),
+        "warm_latency_ms_mean": round(statistics.fmean(warm_lat) * 1000, 3) if warm_lat else None,
+        "errors": cold_err + warm_err,
+        "rows_per_request": ROWS,
+        "interval": "5m",
+        "symbols": len(symbols),
+        "days": args.days,
+        "concurrency": args.concurrency,
+        "server_pinned": hello["pinned"],
+        "client_pinned": client_pinned,
+        "load_avg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        **costs,
+    }
+    print(json.dumps(out))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
