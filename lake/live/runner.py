@@ -32,7 +32,7 @@ import logging
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,14 @@ from lake.ingest.rest_client import RestClient
 from lake.ingest.universe import ExchangeSnapshot, fetch_exchange_info, universe, write_snapshot
 from lake.live.alerts import Alerter
 from lake.live.appender import Appender, KlineWriter
+from lake.live.offsets import LiveOffsets
 from lake.live.period import PeriodBook
 from lake.live.repair import FetchResult, catchup_start, fetch_closed, last_stored
 from lake.live.watermark import read_watermark, write_watermark
 from lake.live.ws import ConnectLimiter, WsPool
 from lake.settings import Settings
 from lake.store.fs import LakeFS
+from lake.transform.offsets import offset_plan
 
 __all__ = ["LiveConfig", "LiveRunner", "run_live"]
 
@@ -108,6 +110,9 @@ class LiveConfig:
             raise ValidationError("--duration must be > 0")
         if self.history < 0:
             raise ValidationError("--history must be >= 0")
+        for i in self.intervals:
+            for target in self.offsets:
+                offset_plan(target, i)  # a target must be a whole multiple of the live interval
 
 
 class _FeedLock:
@@ -171,6 +176,15 @@ class Feed:
         self.closing = False
         self.catchup_done = asyncio.Event()
         self.last_status: int | None = None
+        self.offsets: LiveOffsets | None = None
+        if runner.config.offsets:
+            self.offsets = LiveOffsets(
+                runner.lfs,
+                tt.name,
+                iv.name,
+                runner.config.offsets,
+                on_error=lambda title, text: runner._alert_soon(title, text, key=f"offsets:{self.name}"),
+            )
 
     @property
     def client(self) -> RestClient:
@@ -212,7 +226,6 @@ class LiveRunner:
         self._snapshot_lock: dict[str, asyncio.Lock] = {}
         self._limiters: dict[str, ConnectLimiter] = {}
         self._started_mono = 0.0
-        self.offsets_hook: Callable[[Feed, dict[str, list[int]]], Awaitable[None]] | None = None
         self.stop_reason = ""
 
     # -- control -----------------------------------------------------------------------------------
@@ -327,6 +340,8 @@ class LiveRunner:
         )
         await feed.pool.start(sorted(feed.live))
         self._spawn(self._writer_loop(feed), f"writer {feed.name}")
+        if feed.offsets is not None:
+            self._spawn(feed.offsets.run(), f"offsets {feed.name}")
         self._spawn(
             self._initial_catchup(feed, sorted(feed.live), catch_end, last_closed), f"catch-up {feed.name}"
         )
@@ -406,6 +421,8 @@ class LiveRunner:
                 await self._flush(feed)
             with contextlib.suppress(LakeError, OSError):
                 await self._publish(feed)
+            if feed.offsets is not None:
+                await feed.offsets.build_pending()
             feed.writer.close()
             log.info("%s: stopped; watermark %s", feed.name, _iso(feed.published))
 
@@ -453,7 +470,7 @@ class LiveRunner:
             last = feed.book.last_opened
             for sym in added:
                 feed.book.add_symbol(sym, last)
-            self._spawn(self._catchup(feed, added, last), f"catch-up new {feed.name}")
+            self._spawn(self._catchup_new(feed, added, last), f"catch-up new {feed.name}")
 
     # -- the writer (dispatcher) -------------------------------------------------------------------
     async def _writer_loop(self, feed: Feed) -> None:
@@ -508,8 +525,8 @@ class LiveRunner:
             completed += feed.book.mark_stored(sym, opens)
         for sym, err in out.failed.items():
             self._alert_soon(f"{feed.name}: write failed for {sym}", err, key=f"write:{feed.name}")
-        if out.stored and self.offsets_hook is not None:
-            await self.offsets_hook(feed, out.stored)
+        if out.stored and feed.offsets is not None:
+            feed.offsets.note(out.stored)
         for p in sorted(set(completed)):
             self._period_ready(feed, p)
         if completed:
@@ -548,6 +565,8 @@ class LiveRunner:
     async def _initial_catchup(self, feed: Feed, symbols: list[str], end: int, last_closed: int) -> None:
         await self._catchup(feed, symbols, end)
         assert feed.book is not None
+        if feed.offsets is not None:
+            feed.offsets.note(symbols)  # the catch-up wrote through #4's backfill, not the writer
         feed.book.catchup_done()
         feed.catchup_done.set()
         await self._publish(feed)
@@ -591,6 +610,11 @@ class LiveRunner:
                 feed.stats.catchup_rows += report.candles
                 break
         log.info("%s: %d symbols complete before %s", feed.name, len(symbols), _iso(end))
+
+    async def _catchup_new(self, feed: Feed, symbols: list[str], end: int) -> None:
+        await self._catchup(feed, symbols, end)
+        if feed.offsets is not None:
+            feed.offsets.note(symbols)
 
     def _catchup_starts(
         self, feed: Feed, symbols: list[str], end: int, wm: int | None
@@ -754,6 +778,7 @@ class LiveRunner:
             "latency_p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
             "latency_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1) if lat else None,
             "rest": feed.client.stats.as_dict(),
+            "offsets": dataclasses.asdict(feed.offsets.stats) if feed.offsets else None,
             **{k: v for k, v in dataclasses.asdict(feed.stats).items() if k not in ("latencies", "sources")},
         }
 

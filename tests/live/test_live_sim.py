@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from lake.settings import Settings
 from lake.sim.config import FaultConfig
 from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
+from lake.transform.build import build_offsets, scan_offsets
 
 from .helpers import DuckReader, M, WatermarkAuditor, diff_truth, lake_frame
 
@@ -107,3 +109,29 @@ async def test_live_equals_truth_through_faults(tmp_path: Path, caplog: pytest.L
         assert auditor.checks >= 5 and auditor.violations == []
         assert [w["trade_type"] for w in read_watermarks(tmp_path)] == [TT]
         assert "symbols ready" in caplog.text and "health" in caplog.text
+
+
+async def test_live_offsets_equal_a_fresh_build(tmp_path: Path) -> None:
+    root = tmp_path / "lake"
+    cfg = test_config(speed=120.0, n_symbols_by_market={"um": 12})
+    async with sim_server(cfg) as sim:
+        sim.faults.update(
+            {"ws_skip_close_symbols": sim.market.symbols(TT, trading_at=sim.clock.now_ms())[:1]}
+        )
+        settings = Settings(root=str(root), sim_url=sim.base_url)
+        config = LiveConfig(
+            trade_types=(TT,), intervals=(IV,), offsets=("5m",), periods=12, grace_s=5.0, history=23
+        )
+        runner = LiveRunner(settings, config)
+        summary = await asyncio.wait_for(runner.run(), timeout=90)
+    stats = summary["feeds"][0]["offsets"]
+    assert stats["builds"] >= 5 and stats["errors"] == 0 and stats["written"] > 0
+    fresh = tmp_path / "fresh"
+    shutil.copytree(root / "klines", fresh / "klines")
+    build_offsets(fresh, TT, "5m", base=IV)
+    cols = ["symbol", "offset", "candle_begin_time"]
+    live = scan_offsets(root, TT, "5m").collect().sort(cols)
+    ref = scan_offsets(fresh, TT, "5m").collect().sort(cols)
+    assert live.height == ref.height > 0
+    assert live.equals(ref)
+    assert sorted(live["offset"].unique()) == ["0m", "1m", "2m", "3m", "4m"]
