@@ -3,8 +3,8 @@
     python -m bench.sim_rest                     # defaults: 20 symbols x 60 days, 8 concurrent requests
     python -m bench.sim_rest --requests 20000 --seconds 30 --concurrency 16
 
-The server runs in its own process (pinned to one CPU when the machine has two or more, with Polars
-limited to one thread), the aiohttp client in this one (pinned to another CPU). Requests are USDⓈ-M
+The server runs in its own process (Polars limited to one thread; ``--pin`` pins it to CPU 0 and the
+client to CPU 1), the aiohttp client in this one. Requests are USDⓈ-M
 ``/fapi/v1/klines`` at ``interval=5m&limit=499`` over loopback, with weight limits raised so nothing is
 refused. Two phases in the same run:
 
@@ -13,8 +13,9 @@ refused. Two phases in the same run:
 * **warm**: random pages of the same working set (row blocks cached), bounded by ``--requests`` and
   ``--seconds``.
 
-Reported: requests/s of each phase and its ratio to the goal (1000 req/s), latency percentiles, and,
-measured in this process, the cost of generating one symbol-day of 1m candles and of one 5m day block.
+Reported: requests/s of each phase (wall clock) and its ratio to the goal (1000 req/s); requests per
+second of *server CPU time* (from /proc; what a dedicated core would serve, and robust to other load on
+a shared machine) and its ratio to the goal; latency percentiles; and, measured in this process, the cost of generating one symbol-day of 1m candles and of one 5m day block.
 """
 
 from __future__ import annotations
@@ -87,6 +88,16 @@ async def _run(base: str, urls: list[str], concurrency: int, deadline: float | N
     return errors, elapsed, latencies
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User+system CPU time of a process (Linux /proc), to express throughput per server CPU second."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def _pct(xs: list[float], q: float) -> float:
     if not xs:
         return float("nan")
@@ -128,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--requests", type=int, default=10_000, help="warm phase: at most this many requests")
     ap.add_argument("--seconds", type=float, default=15.0, help="warm phase: at most this long")
     ap.add_argument("--concurrency", type=int, default=8)
-    ap.add_argument("--no-pin", action="store_true", help="do not pin server and client to CPUs")
+    ap.add_argument("--pin", action="store_true", help="pin server and client to CPUs 0 and 1")
     args = ap.parse_args(argv)
 
     n_symbols = max(10, int(args.symbols / 0.6) + 4)  # usdt_perp gets ~60% of a market's symbols
@@ -138,12 +149,13 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_server_main, args=(kwargs, child, not args.no_pin), daemon=True)
+    proc = ctx.Process(target=_server_main, args=(kwargs, child, args.pin), daemon=True)
     proc.start()
     try:
         hello = parent.recv()
         base = hello["base_url"]
-        client_pinned = _pin(1) if not args.no_pin else False
+        client_pinned = _pin(1) if args.pin else False
+        assert proc.pid is not None
 
         from lake.sim import SimConfig, SimMarket
 
@@ -158,7 +170,9 @@ def main(argv: list[str] | None = None) -> None:
             return f"/fapi/v1/klines?symbol={sym}&interval=5m&startTime={t}&limit={ROWS}"
 
         cold_urls = [url(s, t) for s, t in pages]
+        cpu0 = _cpu_seconds(proc.pid)
         cold_err, cold_s, cold_lat = asyncio.run(_run(base, cold_urls, args.concurrency, None))
+        cpu1 = _cpu_seconds(proc.pid)
         rng = random.Random(1)
         warm_urls = []
         for _ in range(args.requests):
@@ -167,12 +181,19 @@ def main(argv: list[str] | None = None) -> None:
             warm_urls.append(url(s, t))
         deadline = time.perf_counter() + args.seconds
         warm_err, warm_s, warm_lat = asyncio.run(_run(base, warm_urls, args.concurrency, deadline))
+        cpu2 = _cpu_seconds(proc.pid)
         costs = _local_costs()
     finally:
         proc.terminate()
         proc.join(10)
     cold_rps = len(cold_lat) / cold_s
     warm_rps = len(warm_lat) / warm_s
+
+    def per_cpu(n: int, a: float | None, b: float | None) -> float | None:
+        return round(n / (b - a), 1) if a is not None and b is not None and b > a else None
+
+    warm_cpu = per_cpu(len(warm_lat), cpu1, cpu2)
+    cold_cpu = per_cpu(len(cold_lat), cpu0, cpu1)
     out = {
         "bench": "sim_rest",
         "goal_req_s": GOAL,
@@ -181,6 +202,11 @@ def main(argv: list[str] | None = None) -> None:
         "cold_req_s": round(cold_rps, 1),
         "cold_ratio_to_goal": round(cold_rps / GOAL, 3),
         "cold_over_warm": round(cold_rps / warm_rps, 3),
+        # Requests per second of server CPU time: what one free core would serve (robust to other load).
+        "warm_req_per_server_cpu_s": warm_cpu,
+        "warm_cpu_ratio_to_goal": round(warm_cpu / GOAL, 3) if warm_cpu else None,
+        "cold_req_per_server_cpu_s": cold_cpu,
+        "cold_cpu_ratio_to_goal": round(cold_cpu / GOAL, 3) if cold_cpu else None,
         "warm_requests": len(warm_lat),
         "warm_seconds": round(warm_s, 3),
         "cold_requests": len(cold_lat),
