@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lake.binance.markets import MARKETS
+from lake.errors import ConfigError
 from lake.sim.clock import MS_PER_DAY, MS_PER_MINUTE, to_ms
 from lake.sim.config import SimConfig
 from lake.sim.quarters import quarter_expiries
@@ -40,6 +41,8 @@ BTC_USD = KNOWN_BASES["BTC"]  # converts BTC-quoted notionals when sizing volume
 ROLE_POSITIONS = {"illiquid": 2, "recent": 3, "delisted": 4, "relisted": 5}
 MAIN_TYPE = {"spot": "usdt_spot", "um": "usdt_perp", "cm": "coin_perp"}
 MAX_LOTS_PER_MINUTE = 10**11  # keeps monthly integer sums far below 2**53
+# Days the generator can produce (see gen.WALK_DAY0 / WALK_DAYS): 2015-01-01 .. 2041-12.
+CALENDAR = (to_ms("2015-01-01"), to_ms("2015-01-01") + 365 * 27 * MS_PER_DAY)
 
 
 def stable_hash(text: str) -> int:
@@ -123,7 +126,10 @@ class Universe:
         self.config = config.resolved()
         self.start_ms: int = int(self.config.start)  # type: ignore[arg-type]
         self.start_day_ms = self.start_ms - self.start_ms % MS_PER_DAY
-        self.history_start = self.start_day_ms - self.config.history_days * MS_PER_DAY
+        if not CALENDAR[0] + MS_PER_DAY <= self.start_day_ms < CALENDAR[1] - 400 * MS_PER_DAY:
+            raise ConfigError("the simulator's start must be between 2015-01-02 and 2040")
+        # The price walks are defined from 2015-01-01: history cannot begin earlier.
+        self.history_start = max(self.start_day_ms - self.config.history_days * MS_PER_DAY, CALENDAR[0])
         self.symbols: dict[str, dict[str, SymbolInfo]] = {m: {} for m in MARKETS}
         self.maintenance: dict[str, list[tuple[int, int]]] = {m: [] for m in MARKETS}
         self._build()
@@ -219,7 +225,8 @@ class Universe:
             zero_rate=cfg.zero_volume_rate, key=key,
             roles=("delivered",) if delivery is not None and delivery <= self.start_ms else (),
         )  # fmt: skip
-        self.symbols[market][name] = info
+        # Copy-on-write: a symbol listed mid-run must not change a dict another thread is iterating.
+        self.symbols[market] = {**self.symbols[market], name: info}
         return info
 
     def _assign_roles(self) -> None:

@@ -284,3 +284,12 @@ async def test_reupload_changes_file_and_truth(sim: SimServer, http: aiohttp.Cli
     assert csv_frame(unzip(after)[1])["volume"].to_list() == truth_after["volume"].to_list()
     _, _, hm2 = await fetch(http, sim, month_k)
     assert hm2["ETag"] == hm1["ETag"]  # other periods keep theirs
+
+
+async def test_archive_bytes_are_deterministic(sim: SimServer, http: aiohttp.ClientSession) -> None:
+    k = key("data/futures/cm/monthly/klines", "ETHUSD_PERP", "15m", "2025-02")
+    _, a, _ = await fetch(http, sim, k)
+    async with sim_server() as other:
+        _, b, _ = await fetch(http, other, k)
+        _, ck, _ = await fetch(http, other, k + ".CHECKSUM")
+    assert a == b and ck.decode().split()[0] == hashlib.sha256(a).hexdigest()
