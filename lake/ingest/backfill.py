@@ -112,7 +112,7 @@ class SeriesReport:
             return "no_data"
         if self.first_ms > self.start_ms:
             return "short_history"
-        if self.last_ms is not None and self.last_ms < self.end_ms - _SLACK_MS:
+        if self.last_ms is not None and parse_interval(self.interval).next_open(self.last_ms) < self.end_ms:
             return "ended"
         return "complete"
 
@@ -135,9 +135,6 @@ class SeriesReport:
         }
 
 
-_SLACK_MS = 3 * 60_000  # "ended" means the last candle is clearly before the end
-
-
 @dataclass
 class MarketReport:
     """Weight accounting of one market's client during the run."""
@@ -153,10 +150,8 @@ class MarketReport:
 
     @property
     def utilisation(self) -> float:
-        """Weight used ÷ weight the elapsed windows allowed (server time)."""
-        if self.server_ms <= 0:
-            return 0.0
-        return self.weight / (self.weight_limit * self.server_ms / self.window_ms)
+        """Weight used ÷ weight the elapsed windows allowed (server time; at least one window)."""
+        return self.weight / (self.weight_limit * max(self.server_ms, self.window_ms) / self.window_ms)
 
     def to_dict(self) -> dict[str, Any]:
         return {

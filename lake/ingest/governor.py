@@ -219,7 +219,7 @@ class _State:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._mem: dict[str, Any] = {"windows": {}, "paused_until": 0.0}
+        self._mem: dict[str, Any] = {"windows": {}, "paused_until": 0.0}  # wall-clock seconds
         self._fd: int | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -333,7 +333,8 @@ class WeightGovernor:
         self._external: dict[int, int] = {}  # window → weight used outside our reservations
         self._rtt_avg = 2 * latency_s
         self._rtt_dev = latency_s
-        self._paused_cache = 0.0
+        self._paused_cache = 0.0  # wall-clock (time.time()) deadline of the last pause seen
+        self._last_resync_try = -math.inf
         self.stats = GovernorStats()
         # Set by the client: an unguarded time request (its weight is ``charge``d) used when a
         # wait has lasted ``resync_after_s`` real seconds without a fresh clock sample.
@@ -401,11 +402,15 @@ class WeightGovernor:
                     self.stats.waited_s += time.monotonic() - t0
                     return Permit(weight, windows, time.monotonic(), now, after)
                 delay = self.clock.real_seconds(resume_at - now)
+                mono = time.monotonic()
                 if (
                     self.resync is not None
-                    and time.monotonic() - self.clock.last_sync_mono > self.resync_after_s
-                    and time.monotonic() - t0 > self.resync_after_s
+                    and self.paused_for() <= 0
+                    and mono - self.clock.last_sync_mono > self.resync_after_s
+                    and mono - self._last_resync_try > self.resync_after_s
+                    and mono - t0 > self.resync_after_s
                 ):
+                    self._last_resync_try = mono
                     # waiting long on an extrapolated clock (a frozen or jumped simulator clock,
                     # a sleeping laptop): look at the server's clock again before trusting it
                     try:
@@ -423,8 +428,10 @@ class WeightGovernor:
         with self._state.edit() as st:
             paused = float(st.get("paused_until", 0.0))
             self._paused_cache = paused
-            if paused > now:
-                return False, paused, ()
+            left = paused - time.time()
+            if left > 0:
+                # the pause is a real-time deadline (shared by every process on this host)
+                return False, now + left * 1000.0 * self.clock.rate, ()
             res: dict[str, int] = st["windows"]
             for w in windows:
                 used = int(res.get(str(w), 0)) + max(0, self._external.get(w, 0))
@@ -501,23 +508,24 @@ class WeightGovernor:
             return int(st["windows"].get(str(window), 0))
 
     def pause(self, seconds: float, reason: str = "") -> float:
-        """Stop granting permits (in every process sharing the state) for ``seconds`` of server time.
+        """Stop granting permits (in every process sharing the state) for ``seconds`` of REAL time.
 
-        Returns the server time (ms) permits resume at. Pauses never shorten an existing pause.
+        The deadline is kept in wall-clock time (the state file is per host), so it survives clock
+        re-syncs and jumps. Returns the deadline (``time.time()`` seconds). Pauses never shorten an
+        existing pause.
         """
-        now = self.clock.now_ms()
-        until = now + max(0.0, seconds) * 1000.0
+        until = time.time() + max(0.0, seconds)
         with self._state.edit() as st:
             until = max(until, float(st.get("paused_until", 0.0)))
             st["paused_until"] = until
         self._paused_cache = until
         self.stats.pauses += 1
-        log.debug("%s: paused %.1fs of server time (%s)", self.name, seconds, reason)
+        log.debug("%s: paused %.2fs (%s)", self.name, seconds, reason)
         return until
 
     def paused_for(self) -> float:
         """Real seconds until permits resume (0 when not paused), from the last state read."""
-        return self.clock.real_seconds(self._paused_cache - self.clock.now_ms())
+        return max(0.0, self._paused_cache - time.time())
 
     def reserved(self, window: int | None = None) -> int:
         """Weight reserved (by all processes sharing the state) in ``window`` (default: current)."""

@@ -466,24 +466,27 @@ class RestClient:
         self, status: int, retry_after: float | None, body: bytes, what: str, n: int
     ) -> None:
         gov = self.governor
-        window_left_s = (gov.window_of(self.clock.now_ms()) + 1) * gov.window_ms - self.clock.now_ms()
-        window_left_s = window_left_s / 1000.0 + self.clock.uncertainty_ms() / 1000.0
-        if retry_after is not None and self.retry_after_unit == "real":
-            retry_after *= self.clock.rate  # real seconds → server seconds
-        if status == 418:
-            wait = retry_after if retry_after is not None else 120.0
-            real = self.clock.real_seconds(wait * 1000.0)
-            log.error(
-                "BANNED (HTTP 418) by %s: %s; waiting %.1fs of server time (%.1fs real) before resuming",
-                self.base_url, _msg(body), wait, real,
+        now = self.clock.now_ms()
+        # until the next window certainly began, in real seconds (only meaningful once synced)
+        window_left = 0.0
+        if self.clock.synced:
+            window_left = self.clock.real_seconds(
+                (gov.window_of(now) + 1) * gov.window_ms - now + self.clock.uncertainty_ms()
             )
-            if real > self.max_ban_wait_s:
-                raise BannedError(f"{what}: IP banned for {real:.0f}s (HTTP 418) {_msg(body)}", retry_after)
+        ra_real: float | None = None
+        if retry_after is not None:
+            ra_real = retry_after if self.retry_after_unit == "real" else self.clock.real_seconds(retry_after * 1000)
+        if status == 418:
+            wait = ra_real if ra_real is not None else 120.0
+            log.error(
+                "BANNED (HTTP 418) by %s: %s; waiting %.1fs before resuming", self.base_url, _msg(body), wait
+            )
+            if wait > self.max_ban_wait_s:
+                raise BannedError(f"{what}: IP banned for {wait:.0f}s (HTTP 418) {_msg(body)}", retry_after)
         else:
-            wait = max(retry_after or 0.0, window_left_s)
+            wait = max(ra_real or 0.0, window_left)
             log.warning(
-                "rate limited (HTTP 429) by %s: %s; all requests paused %.1fs of server time",
-                self.base_url, _msg(body), wait,
+                "rate limited (HTTP 429) by %s: %s; all requests paused %.2fs", self.base_url, _msg(body), wait
             )
         if n > self.max_rate_limited:
             err = BannedError if status == 418 else RateLimitedError

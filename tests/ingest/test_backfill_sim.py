@@ -1,0 +1,185 @@
+"""REST backfill against the simulator: the lake must equal the simulator's ground truth."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import aiohttp
+import polars as pl
+import pytest
+
+from lake.errors import IncompleteError, NotFoundError
+from lake.ingest.backfill import BackfillReport, backfill
+from lake.sim.exinfo import funding_times
+from lake.sim.server import SimServer
+from lake.sim.testing import sim_server
+from lake.store.coverage import coverage
+from lake.store.klines import scan_klines
+from lake.store.meta import read_empty_ranges
+from lake.store.tables import read_funding, scan_exchange_info
+
+FAST = {"backoff_base": 0.02, "calibrate_s": 0.1}
+
+
+def lake_rows(root: Path, tt: str, iv: str, symbols: list[str] | None = None) -> pl.DataFrame:
+    return scan_klines(root, tt, iv, symbols).collect().sort("symbol", "candle_begin_time")
+
+
+def assert_equals_truth(sim: SimServer, root: Path, report: BackfillReport, tt: str, iv: str = "5m") -> None:
+    syms = sorted({s.symbol for s in report.series if s.trade_type == tt})
+    s0 = next(s for s in report.series if s.trade_type == tt)
+    truth = sim.market.truth(tt, iv, syms, s0.start_ms, s0.end_ms, now=s0.end_ms)
+    got = lake_rows(root, tt, iv, syms)
+    assert got.height == truth.height, (got.height, truth.height)
+    assert got.select(truth.columns).equals(truth.sort("symbol", "candle_begin_time"))
+    assert got.select("symbol", "candle_begin_time").is_duplicated().sum() == 0
+
+
+async def run(sim: SimServer, root: Path, tts: list[str], **kw: object) -> BackfillReport:
+    kw.setdefault("client_options", FAST)
+    return await backfill(root, tts, kw.pop("interval", "5m"), endpoints=sim.endpoints,  # type: ignore[arg-type]
+                          state_dir=root / ".state", **kw)  # type: ignore[arg-type]
+
+
+async def until(pred: Callable[[], bool], limit_s: float = 30.0) -> None:
+    for _ in range(int(limit_s / 0.001)):
+        if pred():
+            return
+        await asyncio.sleep(0.001)
+    raise TimeoutError("condition not reached")
+
+
+def kline_requests(report: BackfillReport) -> int:
+    return sum(s.requests for s in report.series)
+
+
+async def test_perp_and_spot_equal_truth_then_rerun_is_free(tmp_path: Path) -> None:
+    async with sim_server() as sim:
+        rep = await run(sim, tmp_path, ["usdt_perp", "usdt_spot"], days=5)
+        assert not rep.missing
+        assert {s.trade_type for s in rep.series} == {"usdt_perp", "usdt_spot"}
+        assert_equals_truth(sim, tmp_path, rep, "usdt_perp")
+        assert_equals_truth(sim, tmp_path, rep, "usdt_spot")
+        # the maintenance window of 2025-03-11 is recorded as confirmed empty: an exchange hole
+        cov = {c.symbol: c for c in coverage(tmp_path, "usdt_perp", "5m")}
+        assert cov["BTCUSDT"].holes and all(h.kind == "exchange" for h in cov["BTCUSDT"].holes)
+        assert cov["BTCUSDT"].missing == 0
+        assert rep.holes > 0
+        # exchange_info snapshots for both trade types
+        info = scan_exchange_info(tmp_path)
+        assert set(info["trade_type"]) == {"usdt_perp", "usdt_spot"}
+        # a second run asks for no klines at all (maintenance holes are not refetched)
+        before = sim.stats.rest["um"].requests
+        again = await run(sim, tmp_path, ["usdt_perp"], days=5)
+        assert kline_requests(again) == 0 and again.candles == 0
+        assert {s.status for s in again.series} == {"up_to_date"}
+        assert sim.stats.rest["um"].requests - before <= 4  # time ×2, exchangeInfo, time
+        # --recheck asks again for the confirmed-empty ranges, and changes nothing
+        rechecked = await run(sim, tmp_path, ["usdt_perp"], days=5, recheck=True)
+        assert kline_requests(rechecked) > 0 and rechecked.candles == 0
+        assert_equals_truth(sim, tmp_path, rep, "usdt_perp")
+
+
+async def test_coin_m_equals_truth_with_funding(tmp_path: Path) -> None:
+    async with sim_server() as sim:
+        rep = await run(sim, tmp_path, ["coin_perp"], days=3, funding=True)
+        assert_equals_truth(sim, tmp_path, rep, "coin_perp")
+        assert rep.funding_rows > 0
+        s0 = rep.series[0]
+        for ser in rep.series:
+            info = sim.market.universe.get("cm", ser.symbol)
+            assert info is not None
+            want = funding_times(info, s0.start_ms, s0.end_ms - 1)
+            got = read_funding(tmp_path, "coin_perp", ser.symbol)
+            assert got["funding_time"].dt.epoch("ms").to_list() == want
+        again = await run(sim, tmp_path, ["coin_perp"], days=3, funding=True)
+        assert again.funding_rows == 0
+
+
+async def test_short_history_and_delisted_symbols(tmp_path: Path) -> None:
+    async with sim_server() as sim:
+        aw = sim.market.awkward
+        recent, delisted = aw.recent["um"][0], aw.delisted["um"][0]
+        rep = await run(sim, tmp_path, ["usdt_perp"], days=50, symbols=["BTCUSDT", recent, delisted])
+        status = {s.symbol: s.status for s in rep.series}
+        assert status == {"BTCUSDT": "complete", recent: "short_history", delisted: "ended"}
+        assert_equals_truth(sim, tmp_path, rep, "usdt_perp")
+        by = {s.symbol: s for s in rep.series}
+        # the young symbol cost a first page, a probe, then only pages with data
+        info = sim.market.universe.get("um", recent)
+        assert info is not None and by[recent].first_ms == info.first_ms
+        assert by[recent].requests <= 2 + -(-(by[recent].fetched) // 499) + 1
+        empties = read_empty_ranges(tmp_path, "usdt_perp", "5m", recent)
+        assert empties and empties[0].start_ms == by[recent].start_ms and empties[0].end_ms == info.first_ms
+        again = await run(sim, tmp_path, ["usdt_perp"], days=50, symbols=["BTCUSDT", recent, delisted])
+        # only the delisted symbol's last slot, closed less than a minute before "now", is asked again
+        assert {s.symbol: s.requests for s in again.series} == {"BTCUSDT": 0, recent: 0, delisted: 1}
+
+
+async def test_unknown_symbol_is_named(tmp_path: Path) -> None:
+    async with sim_server() as sim:
+        with pytest.raises(NotFoundError, match="unknown usdt_perp symbols: NOPEUSDT, FOOUSDT"):
+            await run(sim, tmp_path, ["usdt_perp"], days=1, symbols=["BTCUSDT", "NOPEUSDT", "FOOUSDT"])
+        rep = await run(sim, tmp_path, ["usdt_perp"], days=1, symbols=["BTCUSDT", "NOPEUSDT"],
+                        unknown_symbols="skip")
+        assert [s.symbol for s in rep.series] == ["BTCUSDT"]
+
+
+async def test_5xx_bursts_lose_nothing(tmp_path: Path) -> None:
+    async with sim_server() as sim:
+        sim.faults.update({"rest_error_rate": 0.3, "seed": 7})
+        rep = await run(sim, tmp_path, ["usdt_perp"], days=4)
+        assert sim.stats.status_count("um", "5xx") > 0
+        sim.faults.update({"rest_error_rate": 0.0})
+        assert_equals_truth(sim, tmp_path, rep, "usdt_perp")
+
+
+async def test_persistent_failure_is_listed_not_skipped(tmp_path: Path) -> None:
+    async with sim_server() as sim:
+        rep0 = await run(sim, tmp_path, ["usdt_perp"], days=1, symbols=["BTCUSDT"])
+        assert rep0.candles > 0
+        base = sim.stats.rest["um"].requests
+
+        async def fail_after_planning() -> None:  # time ×2, exchangeInfo, time: then every call fails
+            await until(lambda: sim.stats.rest["um"].requests >= base + 4)
+            sim.faults.update({"rest_error_rate": 1.0})
+
+        task = asyncio.create_task(fail_after_planning())
+        with pytest.raises(IncompleteError) as ei:
+            await run(sim, tmp_path, ["usdt_perp"], days=3, symbols=["BTCUSDT", "ETHUSDT"],
+                      client_options={"backoff_base": 0.01, "retries": 1, "calibrate_s": 0.05})
+        await task
+        missing = ei.value.missing
+        assert missing and all("HTTP 503" in m or "not attempted" in m for m in missing)
+        assert any("ETHUSDT" in m for m in missing) and any("BTCUSDT" in m for m in missing)
+
+
+@pytest.mark.slow
+async def test_forced_429_mid_run_and_a_418_ban(tmp_path: Path) -> None:
+    # a running clock (speed 60: a weight window lasts one real second) with a small budget
+    async with sim_server(speed=60.0, weight_limits={"spot": 6000, "um": 60, "cm": 2400}) as sim:
+        url = f"{sim.base_url}/fapi/v1/time"
+        # earn a ban: blow through the limit with a raw client
+        async with aiohttp.ClientSession() as s:
+            codes = []
+            for _ in range(80):
+                async with s.get(url) as r:
+                    codes.append(r.status)
+                if r.status == 418:
+                    break
+        assert 418 in codes
+
+        async def force_429_later() -> None:
+            await until(lambda: sim.stats.status_count("um", 200) >= 70)
+            sim.faults.update({"force_429": 3})
+
+        task = asyncio.create_task(force_429_later())
+        rep = await run(sim, tmp_path, ["usdt_perp"], days=6)
+        await task
+        assert sim.stats.status_count("um", 429) >= 3
+        assert_equals_truth(sim, tmp_path, rep, "usdt_perp")
+        assert rep.markets["um"].status.get("429", 0) >= 3
+        # the raw client's ban, and the one request of ours that learnt of it (then waited it out)
+        assert sim.stats.status_count("um", 418) >= 2
