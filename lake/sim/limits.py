@@ -26,12 +26,16 @@ _WINDOW_MS = 60_000
 _FUNDING_WINDOW_MS = 300_000
 
 
+_KEEP_WINDOWS = 1440  # per-window maxima kept in the stats (the last day at 1x)
+
+
 @dataclass
 class MarketStats:
     requests: int = 0
     status: Counter[int] = field(default_factory=Counter)
     max_used_weight: int = 0
     weight_total: int = 0
+    windows: dict[int, int] = field(default_factory=dict)  # window start (virtual ms) -> max used weight
 
     def to_json(self, limit: int) -> dict[str, Any]:
         st = {str(k): v for k, v in sorted(self.status.items())}
@@ -43,6 +47,7 @@ class MarketStats:
             "weight_limit": limit,
             "weight_total": self.weight_total,
             "over_limit": self.max_used_weight > limit,
+            "windows": [[w, u] for w, u in sorted(self.windows.items())],
         }
 
 
@@ -60,14 +65,18 @@ class Stats:
             self.ws: Counter[str] = Counter()
             self.archive: Counter[str] = Counter()
 
-    def record_rest(self, market: str, status: int, used: int, charged: int) -> None:
-        """One REST response; ``used`` is the window's weight after it, ``charged`` what it added."""
+    def record_rest(self, market: str, status: int, used: int, charged: int, window: int | None = None) -> None:
+        """One REST response; ``used`` is the weight of ``window`` (its start, ms) after it, ``charged`` what it added."""
         with self._lock:
             s = self.rest[market]
             s.requests += 1
             s.status[status] += 1
             s.max_used_weight = max(s.max_used_weight, used)
             s.weight_total += charged
+            if window is not None:
+                s.windows[window] = max(s.windows.get(window, 0), used)
+                if len(s.windows) > _KEEP_WINDOWS:
+                    del s.windows[min(s.windows)]
 
     def count(self, group: str, key: str, n: int = 1) -> None:
         with self._lock:
@@ -94,6 +103,7 @@ class Decision:
     status: int  # 200 (serve), 429 or 418
     used: int  # weight used in the window after this decision
     retry_after: int | None = None
+    window: int | None = None  # start of the weight window (virtual ms)
 
 
 @dataclass
@@ -141,7 +151,7 @@ class WeightLimiter:
             w = self._w[market]
             self._roll(w, now)
             if now < w.ban_until:
-                return Decision(418, w.used, self.retry_after(w.ban_until - now))
+                return Decision(418, w.used, self.retry_after(w.ban_until - now), w.wid * _WINDOW_MS)
         return None
 
     def reject(self, market: str) -> Decision:
@@ -151,7 +161,7 @@ class WeightLimiter:
             w = self._w[market]
             self._roll(w, now)
             w.after_429 += 1
-            return Decision(429, w.used, self.retry_after((w.wid + 1) * _WINDOW_MS - now))
+            return Decision(429, w.used, self.retry_after((w.wid + 1) * _WINDOW_MS - now), w.wid * _WINDOW_MS)
 
     def take(self, market: str, weight: int) -> Decision:
         """Charge ``weight`` to ``market``'s window, or refuse with 429/418."""
@@ -160,19 +170,20 @@ class WeightLimiter:
         with self._lock:
             w = self._w[market]
             self._roll(w, now)
+            start = w.wid * _WINDOW_MS
             if now < w.ban_until:
-                return Decision(418, w.used, self.retry_after(w.ban_until - now))
+                return Decision(418, w.used, self.retry_after(w.ban_until - now), start)
             if w.used + weight <= self.limits[market]:
                 w.used += weight
-                return Decision(200, w.used)
+                return Decision(200, w.used, None, start)
             if w.after_429 >= cfg.ban_after:
                 dur = min(cfg.ban_base_s * 2**w.ban_level, cfg.ban_max_s) * 1000
                 w.ban_until, w.ban_level = now + int(dur), w.ban_level + 1
-                return Decision(418, w.used, self.retry_after(dur))
+                return Decision(418, w.used, self.retry_after(dur), start)
             w.after_429 += 1
             if cfg.count_rejected_weight:
                 w.used += weight
-            return Decision(429, w.used, self.retry_after((w.wid + 1) * _WINDOW_MS - now))
+            return Decision(429, w.used, self.retry_after(start + _WINDOW_MS - now), start)
 
     def take_funding(self, market: str) -> Decision:
         """USDⓈ-M fundingRate: its own 500 requests / 5 min budget (not REQUEST_WEIGHT)."""
@@ -186,7 +197,7 @@ class WeightLimiter:
             if w.funding_used + 1 > self.config.funding_limit_5m:
                 return Decision(429, w.used, self.retry_after((fid + 1) * _FUNDING_WINDOW_MS - now))
             w.funding_used += 1
-            return Decision(200, w.used)
+            return Decision(200, w.used, None, w.wid * _WINDOW_MS)
 
     def reset(self) -> None:
         with self._lock:

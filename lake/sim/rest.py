@@ -108,7 +108,7 @@ class RestApi:
         return h
 
     def _respond(self, market: str, status: int, body: bytes, d: Decision, charged: int) -> web.Response:
-        self.stats.record_rest(market, status, d.used, charged)
+        self.stats.record_rest(market, status, d.used, charged, d.window)
         return web.Response(
             status=status, body=body, content_type=_JSON, charset="UTF-8", headers=self._headers(market, d.used, d.retry_after)
         )

@@ -4,6 +4,7 @@ Control endpoints (not rate limited, not counted)::
 
     GET  /_sim/info            config summary, symbols per trade type, awkward symbols and windows
     GET  /_sim/stats           {"rest": {market: {requests, status{...,"5xx"}, max_used_weight, weight_limit,
+                                windows: [[window_start_ms, max_used], ...],
                                 weight_total, over_limit}}, "ws": {...}, "archive": {...}, "used_weight": {...}}
     POST /_sim/stats/reset     zero the counters (and, with {"windows": true}, the weight windows and bans)
     GET  /_sim/clock           {"now": ms, "iso": "...", "speed": x}

@@ -161,6 +161,7 @@ async def test_429_then_418_then_recovery(http: aiohttp.ClientSession) -> None:
         stats = sim.stats_json()["rest"]["um"]
         assert stats["status"]["429"] == 2 and stats["status"]["418"] == 3
         assert stats["max_used_weight"] <= 10 and not stats["over_limit"]
+        assert stats["windows"] == [[NOW, 10], [NOW + 120_000, 5]]  # per virtual minute
         _, _, remote = await get(http, f"{sim.base_url}/_sim/stats")
         assert remote["rest"]["um"]["status"] == stats["status"]
         assert sim.stats.status_count("um", 418) == 3 and sim.stats.status_count("um", "5xx") == 0
