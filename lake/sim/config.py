@@ -107,6 +107,7 @@ class SimConfig:
         default_factory=lambda: _frozen({m.name: m.ws_update_ms for m in MARKETS.values()})
     )
     ws_catchup_max: int = 1440  # closing boundaries replayed after a clock jump
+    ws_lifetime_s: float | None = None  # close connections after this many virtual seconds (Binance: 86400)
 
     # Archive
     daily_lag_s: float = 6 * 3600.0  # virtual seconds after the day ends

@@ -15,7 +15,9 @@ no 1m data). ``x: false`` updates of the forming candles go out every ``ws_updat
 but at most ``ws_intermediate_per_s`` rounds per real second. Limits enforced by closing the
 connection (code 1008): more than the stream cap (1024; COIN-M 200), more incoming messages per second
 than allowed (5 spot, 10 futures; text messages only, aiohttp answers pings itself). The server pings
-every ``ws_heartbeat_s`` (aiohttp heartbeat).
+every ``ws_heartbeat_s`` (aiohttp heartbeat; a missing pong closes the connection after half that).
+``ws_lifetime_s`` (off by default) closes connections after that much virtual time, like Binance's 24 h.
+Not simulated: connection-attempt limits, ``timeUnit`` URL parameter, non-kline streams (accepted, silent).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class _Conn:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     incoming: deque[float] = field(default_factory=deque)
     opened: float = field(default_factory=time.monotonic)
+    opened_virtual: int = 0
 
 
 class WsHub:
@@ -107,7 +110,7 @@ class WsHub:
             streams = [s for s in raw.split("/") if s]
             ws = web.WebSocketResponse(heartbeat=float(self.config.ws_heartbeat_s.get(market, 180.0)))
             await ws.prepare(request)
-            conn = _Conn(ws, request, market, combined)
+            conn = _Conn(ws, request, market, combined, opened_virtual=self.clock.now_ms())
             self.stats.count("ws", "connections")
             if not self._subscribe(conn, streams):
                 await ws.close(code=1008, message=b"too many streams")
@@ -208,6 +211,11 @@ class WsHub:
                     transport.abort()
                 return
             now = clock.now_ms()
+            life = cfg.ws_lifetime_s
+            if life is not None and now - conn.opened_virtual >= life * 1000:
+                self.stats.count("ws", "closed_lifetime")
+                await conn.ws.close(code=1000, message=b"connection lifetime reached")
+                return
             # A candle's final event goes out once the clock reaches its close (plus the delay fault);
             # its event time is a little after the close time.
             delay = int(self.faults.ws_close_delay_s * 1000)

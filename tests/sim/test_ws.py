@@ -206,3 +206,24 @@ async def test_all_market_paths(sim: SimServer, http: aiohttp.ClientSession, mar
         await asyncio.sleep(0.05)
         sim.clock.advance(MIN)
         assert (await recv(ws))["s"] == sym.upper()
+
+
+async def test_server_pings_and_lifetime(http: aiohttp.ClientSession) -> None:
+    beats = {"spot": 0.2, "um": 0.2, "cm": 0.2}
+    async with (
+        sim_server(ws_heartbeat_s=beats, ws_lifetime_s=3600) as sim,
+        http.ws_connect(sim.endpoints.ws["spot"] + "/ws/btcusdt@kline_1m", autoping=False) as ws,
+    ):
+        msg = await ws.receive(timeout=3)
+        assert msg.type == aiohttp.WSMsgType.PING
+        await ws.pong(msg.data)
+        sim.clock.advance(3_600_000)
+        kinds = set()
+        while not ws.closed:
+            m = await ws.receive(timeout=3)
+            kinds.add(m.type)
+            if m.type == aiohttp.WSMsgType.PING:
+                await ws.pong(m.data)
+            if m.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                break
+        assert aiohttp.WSMsgType.CLOSE in kinds and ws.close_code == 1000
