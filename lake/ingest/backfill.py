@@ -49,6 +49,7 @@ import polars as pl
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.binance.klines import klines_from_rest
 from lake.binance.markets import Endpoints, TradeType, get_trade_type
+from lake.binance.symbols import validate_symbol
 from lake.errors import IncompleteError, LakeError, ValidationError
 from lake.ingest.funding import sync_funding
 from lake.ingest.pages import Page, answer_gaps, missing_ranges, plan_pages
@@ -801,9 +802,10 @@ async def backfill(
         if symbols is None:
             per_tt[tt.name] = None
         elif isinstance(symbols, Mapping):
-            per_tt[tt.name] = symbols.get(tt.name)
+            got = symbols.get(tt.name)
+            per_tt[tt.name] = None if got is None else [validate_symbol(x) for x in got]
         else:
-            per_tt[tt.name] = list(symbols)
+            per_tt[tt.name] = [validate_symbol(x) for x in symbols]
     by_market: dict[str, list[TradeType]] = {}
     for tt in tts:
         by_market.setdefault(tt.market_name, []).append(tt)
