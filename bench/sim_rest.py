@@ -142,7 +142,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pin", action="store_true", help="pin server and client to CPUs 0 and 1")
     args = ap.parse_args(argv)
 
-    n_symbols = max(10, int(args.symbols / 0.6) + 4)  # usdt_perp gets ~60% of a market's symbols
+    from lake.sim import SimConfig, SimMarket
+    from lake.sim.universe import Universe
+
+    def plain_perps(cfg: SimConfig) -> list[str]:
+        syms = Universe(cfg).symbols["um"].values()
+        return [i.symbol for i in syms if i.trade_type == "usdt_perp" and not i.roles]
+
+    n_symbols = 10  # grow the market until usdt_perp has enough symbols without awkward roles
+    while len(plain_perps(SimConfig(start=START, n_symbols=n_symbols, history_days=args.days + 5))) < args.symbols:
+        n_symbols += 1
     kwargs = {
         "seed": 1, "speed": 0.0, "start": START, "n_symbols": n_symbols, "history_days": args.days + 5,
         "weight_limits": {"spot": 10**9, "um": 10**9, "cm": 10**9}, "ws_intermediate": False, "cache_mb": 1024,
@@ -157,11 +166,8 @@ def main(argv: list[str] | None = None) -> None:
         client_pinned = _pin(1) if args.pin else False
         assert proc.pid is not None
 
-        from lake.sim import SimConfig, SimMarket
-
         market = SimMarket(SimConfig(**kwargs))  # same universe as the server, for symbol names
-        symbols = [s for s in market.symbols("usdt_perp", trading_at=market.clock.now_ms())
-                   if not market.info("um", s).roles][: args.symbols]  # fmt: skip
+        symbols = plain_perps(market.config)[: args.symbols]
         first = market.universe.start_day_ms - args.days * 86_400_000
         last_start = market.universe.start_day_ms - ROWS * M5
         pages = [(s, t) for s in symbols for t in range(first, last_start, ROWS * M5)]
