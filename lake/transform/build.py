@@ -23,6 +23,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import Final
 
 import numpy as np
 import polars as pl
@@ -54,7 +55,7 @@ _OFFSETS_HIVE = {
 _SAVE_EVERY_S = 30.0
 # Derived data is rebuilt cheaply and written in bulk: LZ4 encodes ~2× faster than zstd for ~25% more
 # bytes (a year of 1h bins for one offset and symbol: ~550 KB).
-_COMPRESSION = "lz4"
+_COMPRESSION: Final = "lz4"
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,7 +365,11 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work
     if not files:
         return pl.DataFrame(schema={"symbol": pl.String, **OFFSET_SCHEMA}).select(columns)
     lf = pl.scan_parquet(
-        files, hive_partitioning=True, hive_schema=_KLINES_HIVE, storage_options=lfs.storage_options or None
+        files,
+        hive_partitioning=True,
+        hive_schema=_KLINES_HIVE,
+        glob=False,  # exact paths: a root named "data [old]" is not a pattern
+        storage_options=lfs.storage_options or None,
     )
     return lf.select(columns).collect(engine="streaming")
 
@@ -490,7 +495,11 @@ def scan_offsets(
     if not files:
         return pl.LazyFrame(schema={"symbol": pl.String, "offset": pl.String, **OFFSET_SCHEMA})
     lf = pl.scan_parquet(
-        files, hive_partitioning=True, hive_schema=_OFFSETS_HIVE, storage_options=lfs.storage_options or None
+        files,
+        hive_partitioning=True,
+        hive_schema=_OFFSETS_HIVE,
+        glob=False,
+        storage_options=lfs.storage_options or None,
     )
     if start is not None:
         lf = lf.filter(pl.col("candle_begin_time") >= start)

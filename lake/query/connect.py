@@ -1,0 +1,115 @@
+"""DuckDB over the lake: a connection with every view of ``sql/`` registered.
+
+    con = lake.connect("/data/lake")              # or connect() for the configured root
+    con.sql("SELECT symbol, count(*) FROM klines GROUP BY ALL").pl()
+
+The root is bound as a value, never pasted into SQL: ``SET VARIABLE lake_root = ?`` with a prepared
+parameter, and every view reads ``getvariable('lake_root')``. Glob metacharacters in the root are
+escaped (``[`` → ``[[]``) so a directory named ``data [old]`` or ``it's`` still works. Views are bound
+again at each query, so files written after ``connect`` show up.
+
+A table without any file yet (``funding`` before the first funding run, ``offsets`` before the first
+``lake offsets``) is registered as an empty view with the table's columns, so ``connect`` never
+fails on a young lake; reconnect (or call ``register_views`` again) once the files exist.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+import duckdb
+import polars as pl
+
+from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
+from lake.settings import load_settings
+from lake.store.fs import LakeFS
+from lake.store.tables import EXCHANGE_INFO_SCHEMA, FUNDING_SCHEMA
+
+__all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
+
+# In dependency order: coverage and latest read klines and intervals, compare reads offsets.
+VIEWS = ("intervals", "klines", "offsets", "exchange_info", "funding", "coverage", "latest", "compare")
+
+_S = pl.String()
+# Views over files: (directory levels down to the file, the columns of an empty stand-in).
+_FILE_TABLES: dict[str, tuple[int, dict[str, pl.DataType]]] = {
+    "klines": (5, {"trade_type": _S, "interval": _S, "symbol": _S, **KLINE_SCHEMA}),
+    "offsets": (6, {"trade_type": _S, "interval": _S, "offset": _S, "symbol": _S, **OFFSET_SCHEMA}),
+    "exchange_info": (3, {**EXCHANGE_INFO_SCHEMA, "trade_type": _S, "date": _S}),
+    "funding": (3, {**FUNDING_SCHEMA, "trade_type": _S, "symbol": _S}),
+}
+_DUCKDB_TYPES = {
+    pl.String(): "VARCHAR",
+    pl.Float64(): "DOUBLE",
+    pl.Int64(): "BIGINT",
+    pl.Datetime("ms", "UTC"): "TIMESTAMPTZ",
+    pl.Date(): "DATE",
+}
+
+
+def view_sql(name: str) -> str:
+    """The text of ``sql/<name>.sql`` as shipped with the package."""
+    if name not in VIEWS:
+        raise KeyError(name)
+    return (resources.files("lake") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
+
+
+def glob_escape(path: str) -> str:
+    """``path`` with DuckDB glob metacharacters made literal (``[`` ``*`` ``?`` → ``[[]`` ``[*]`` ``[?]``)."""
+    return "".join(f"[{c}]" if c in "[*?" else c for c in path)
+
+
+def connect(
+    root: str | os.PathLike[str] | LakeFS | None = None,
+    *,
+    database: str = ":memory:",
+    config: dict[str, str | bool | int | float | list[str]] | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the lake's views (``VIEWS``) registered; ``root`` defaults to settings."""
+    if root is None:
+        root = load_settings().root
+    con = duckdb.connect(database, config=config or {})
+    try:
+        register_views(con, root)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] | LakeFS) -> list[str]:
+    """Bind ``lake_root`` on ``con`` and (re)create every view; returns the file tables still empty."""
+    lfs = root if isinstance(root, LakeFS) else LakeFS(root)
+    con.execute("SET VARIABLE lake_root = ?", [glob_escape(lfs.url_root)])
+    empty = []
+    for name in VIEWS:
+        spec = _FILE_TABLES.get(name)
+        if spec is not None and not _has_files(lfs, name, spec[0]):
+            con.execute(_empty_view(name, spec[1]))
+            empty.append(name)
+        else:
+            con.execute(view_sql(name))
+    return empty
+
+
+def _empty_view(name: str, columns: dict[str, pl.DataType]) -> str:
+    cols = ", ".join(f'NULL::{_DUCKDB_TYPES[t]} AS "{c}"' for c, t in columns.items())
+    return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {cols} WHERE false'
+
+
+def _has_files(lfs: LakeFS, table: str, depth: int) -> bool:
+    """Whether ``table`` holds at least one ``*.parquet`` file ``depth`` levels down (stops at the first)."""
+
+    def walk(rel: str, level: int) -> bool:
+        for entry in lfs.listdir(rel):
+            if entry.startswith("."):
+                continue
+            if level == depth:
+                if entry.endswith(".parquet"):
+                    return True
+            elif walk(f"{rel}/{entry}", level + 1):
+                return True
+        return False
+
+    return walk(table, 1)

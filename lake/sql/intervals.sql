@@ -1,0 +1,22 @@
+-- intervals: every Binance kline interval and its length (the list in lake/binance/intervals.py).
+-- ms is NULL for 1M, a calendar month; months is 1 for it. Used by coverage and latest.
+CREATE OR REPLACE VIEW intervals AS
+SELECT * FROM (
+    VALUES
+        ('1s', 1000, NULL),
+        ('1m', 60000, NULL),
+        ('3m', 180000, NULL),
+        ('5m', 300000, NULL),
+        ('15m', 900000, NULL),
+        ('30m', 1800000, NULL),
+        ('1h', 3600000, NULL),
+        ('2h', 7200000, NULL),
+        ('4h', 14400000, NULL),
+        ('6h', 21600000, NULL),
+        ('8h', 28800000, NULL),
+        ('12h', 43200000, NULL),
+        ('1d', 86400000, NULL),
+        ('3d', 259200000, NULL),
+        ('1w', 604800000, NULL),
+        ('1M', NULL, 1)
+) AS t("interval", ms, months);

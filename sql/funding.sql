@@ -1,0 +1,11 @@
+-- funding: funding rates of perpetuals (lake/store/tables.py), one row per
+-- (trade_type, symbol, funding_time) with funding_rate and mark_price.
+--
+-- Files: funding/trade_type=<tt>/symbol=<SYM>/data.parquet.
+CREATE OR REPLACE VIEW funding AS
+SELECT *
+FROM read_parquet(
+    getvariable('lake_root') || '/funding/*/*/*.parquet',
+    hive_partitioning = true,
+    hive_types = {'trade_type': VARCHAR, 'symbol': VARCHAR}
+);
