@@ -1,0 +1,169 @@
+"""Async client of the Quantclass data API (the latest 1h candles of each offset).
+
+    async with QuantclassClient.from_settings(settings) as qc:
+        latest = await qc.latest("15m")          # LatestFiles(spot=url, swap=url, ts=aware datetime)
+        df = await qc.candles(latest.swap)         # the 7z's CSV as a Polars frame
+
+``GET {base}/api/data/realtime/coin/binance-1h?offset=<offset>&uuid=<uuid>`` with header
+``api-key: <key>`` answers ``{"data": {"spot": url, "swap": url, "ts": "YYYYmmddHHMM"}}`` (``ts`` in
+Asia/Shanghai). The key and the UUID are secrets: they are never logged and never appear in an
+error message (URLs are reported without their query string).
+
+Errors: 401/403 → ``ConfigError`` (bad key or UUID), 404 → ``NotFoundError``, 429 →
+``RateLimitedError``, 5xx/timeouts/dropped connections → retried with capped jittered backoff, then
+``UpstreamError``; an unexpected body → ``DataError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import polars as pl
+from yarl import URL
+
+from lake.errors import ConfigError, DataError, NotFoundError, RateLimitedError, UpstreamError
+from lake.quantclass.files import SHANGHAI, decode_archive
+from lake.settings import Settings
+
+__all__ = ["API_PATH", "LatestFiles", "QuantclassClient"]
+
+log = logging.getLogger("lake.quantclass")
+
+API_PATH = "/api/data/realtime/coin/binance-1h"
+_DEFAULT_BASE = "https://api.quantclass.cn"
+
+
+@dataclass(frozen=True, slots=True)
+class LatestFiles:
+    """Where the latest files of one offset are, and the hour (Asia/Shanghai) they are current to."""
+
+    offset: str
+    spot: str
+    swap: str
+    ts: dt.datetime
+
+    def url(self, kind: str) -> str:
+        return self.spot if kind == "spot" else self.swap
+
+
+class QuantclassClient:
+    """One aiohttp session against one Quantclass API base URL."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        uuid: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        if (not api_key or not uuid) and base_url.rstrip("/") == _DEFAULT_BASE:
+            raise ConfigError(
+                "the Quantclass API needs an API key and a UUID: set quantclass_api_key and "
+                "quantclass_uuid in lake.toml or LAKE_QUANTCLASS_API_KEY / LAKE_QUANTCLASS_UUID"
+            )
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self._uuid = uuid
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._retries = retries
+        self._session = session
+        self._own_session = session is None
+
+    def __repr__(self) -> str:  # never shows the secrets
+        return f"QuantclassClient({self.base_url!r})"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> QuantclassClient:
+        return cls(
+            settings.endpoints.quantclass,
+            settings.quantclass_api_key,
+            settings.quantclass_uuid,
+            timeout=max(settings.http_timeout, 30.0),
+        )
+
+    async def __aenter__(self) -> QuantclassClient:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._own_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def latest(self, offset: str) -> LatestFiles:
+        """URLs of the latest spot and swap files of ``offset`` (``0m`` … ``55m``)."""
+        body = await self._get(
+            f"{self.base_url}{API_PATH}", params={"offset": offset, "uuid": self._uuid}, api=True
+        )
+        try:
+            doc = _json(body)
+            data = doc["data"]
+            ts = dt.datetime.strptime(str(data["ts"]), "%Y%m%d%H%M").replace(tzinfo=SHANGHAI)
+            return LatestFiles(offset, str(data["spot"]), str(data["swap"]), ts)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"unexpected Quantclass API answer for offset {offset}: {exc!r}") from exc
+
+    async def download(self, url: str) -> bytes:
+        """The bytes of one file (a signed URL from ``latest``)."""
+        return await self._get(url, params=None, api=False)
+
+    async def candles(self, url: str) -> pl.DataFrame:
+        """Download one 7z file and parse its CSV (see ``lake.quantclass.files``)."""
+        data = await self.download(url)
+        return await asyncio.to_thread(decode_archive, data)
+
+    async def _get(self, url: str, *, params: dict[str, str] | None, api: bool) -> bytes:
+        if self._session is None:
+            raise RuntimeError("use QuantclassClient inside 'async with'")
+        shown = str(URL(url).with_query(None))  # never the uuid or a signature
+        headers = {"api-key": self._key} if api else {}
+        delay = 0.5
+        for attempt in range(self._retries + 1):
+            try:
+                async with self._session.get(url, params=params, headers=headers) as resp:
+                    if resp.status == 200:
+                        return await resp.read()
+                    error = _http_error(resp.status, shown, resp.headers.get("Retry-After"))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                error = UpstreamError(f"GET {shown} failed: {type(exc).__name__}")
+            if not isinstance(error, UpstreamError) or attempt == self._retries:
+                raise error
+            log.warning("GET %s: %s; retrying in %.1fs", shown, error, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 8.0)
+        raise AssertionError("unreachable")
+
+
+def _http_error(status: int, shown: str, retry_after: str | None) -> Exception:
+    if status in (401, 403):
+        return ConfigError(f"Quantclass refused the API key or UUID (HTTP {status} from {shown})")
+    if status == 404:
+        return NotFoundError(f"HTTP 404 from {shown}")
+    if status == 429:
+        wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
+        return RateLimitedError(f"HTTP 429 from {shown}", retry_after=wait)
+    if status >= 500:
+        return UpstreamError(f"HTTP {status} from {shown}")
+    return DataError(f"HTTP {status} from {shown}")
+
+
+def _json(body: bytes) -> Any:
+    import json
+
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise DataError(f"the Quantclass API answered no JSON: {body[:80]!r}") from exc

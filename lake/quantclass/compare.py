@@ -1,0 +1,204 @@
+"""Compare the lake's offsets with Quantclass's 1h candles: the seed's error table.
+
+For every offset (``0m`` … ``55m``) the reference file of the trade type (``spot`` for usdt_spot,
+``swap`` for usdt_perp) is matched with the lake's ``offsets`` on (symbol, offset, candle_begin_time)
+and each column's error is ``max(|ours / theirs − 1|)`` — the ``compare`` view of ``sql/compare.sql``
+does the arithmetic, so the SQL and this command report the same numbers.
+
+The seed reports the per-column maximum over all symbols and offsets (``CompareResult.summary``); the
+per (symbol, offset, column) rows are ``CompareResult.detail``. Unlike the seed, nothing is dropped
+silently: reference candles the lake lacks are counted (``missing``), and reference symbols the lake
+does not hold at all are listed (``absent_symbols``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from lake.errors import NotFoundError, ValidationError
+from lake.quantclass.client import QuantclassClient
+from lake.quantclass.files import FileName, decode_archive, kind_of, read_candles_csv
+from lake.query.connect import connect
+from lake.settings import Settings
+from lake.store.fs import LakeFS
+from lake.transform.build import scan_offsets
+
+__all__ = [
+    "COLUMNS",
+    "QUANTCLASS_OFFSETS",
+    "CompareResult",
+    "compare_quantclass",
+    "compare_with_reference",
+    "fetch_reference",
+    "load_reference_dir",
+]
+
+QUANTCLASS_OFFSETS = tuple(f"{5 * i}m" for i in range(12))
+# The seed's column order.
+COLUMNS = (
+    "open",
+    "close",
+    "high",
+    "low",
+    "volume",
+    "quote_volume",
+    "trade_num",
+    "taker_buy_base_asset_volume",
+    "taker_buy_quote_asset_volume",
+)
+_KEYS = ("trade_type", "interval", "offset", "symbol", "candle_begin_time")
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """The seed's table (``summary``: column, max_rel_error) and the per-series ``detail``."""
+
+    trade_type: str
+    interval: str
+    summary: pl.DataFrame
+    detail: pl.DataFrame
+    reference_rows: int = 0
+    matched: int = 0
+    missing: int = 0
+    offsets: tuple[str, ...] = ()
+    symbols: int = 0  # compared (present in the reference and the lake)
+    absent_symbols: list[str] = field(default_factory=list)  # in the reference, not in the lake
+
+    def max_error(self, column: str) -> float | None:
+        row = self.summary.filter(pl.col("column") == column)
+        return None if row.height == 0 else row["max_rel_error"][0]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "trade_type": self.trade_type,
+            "interval": self.interval,
+            "errors": dict(self.summary.iter_rows()),
+            "reference_rows": self.reference_rows,
+            "matched": self.matched,
+            "missing": self.missing,
+            "offsets": list(self.offsets),
+            "symbols": self.symbols,
+            "absent_symbols": self.absent_symbols,
+        }
+
+
+def compare_with_reference(
+    root: str | os.PathLike[str] | LakeFS, trade_type: str, interval: str, reference: pl.DataFrame
+) -> CompareResult:
+    """Compare the lake's offsets with ``reference`` (``offset``, ``symbol``, ``candle_begin_time``, values)."""
+    ref = reference.with_columns(pl.lit(trade_type).alias("trade_type"), pl.lit(interval).alias("interval"))
+    ours = set(
+        scan_offsets(root, trade_type, interval).select("symbol").unique().collect()["symbol"].to_list()
+    )
+    absent = sorted(set(ref["symbol"].unique().to_list()) - ours)
+    ref = ref.filter(pl.col("symbol").is_in(sorted(ours)))
+    con = connect(root)
+    try:
+        con.register("reference_frame", ref.select(*_KEYS, *COLUMNS).to_arrow())
+        con.execute("CREATE OR REPLACE VIEW reference AS SELECT * FROM reference_frame")
+        detail = con.sql(
+            'SELECT * FROM compare WHERE trade_type = ? AND "interval" = ?', params=[trade_type, interval]
+        ).pl()
+    finally:
+        con.close()
+    detail = detail.sort("symbol", "offset", "column")
+    summary = pl.DataFrame({"column": list(COLUMNS)}).join(
+        detail.group_by("column").agg(pl.col("max_rel_error").max()), on="column", how="left"
+    )
+    series = detail.unique(["offset", "symbol"])
+    return CompareResult(
+        trade_type=trade_type,
+        interval=interval,
+        summary=summary,
+        detail=detail,
+        reference_rows=int(series["reference_rows"].sum()),
+        matched=int(series["matched"].sum()),
+        missing=int(series["missing"].sum()),
+        offsets=tuple(sorted(set(series["offset"].to_list()), key=_offset_minutes)),
+        symbols=series["symbol"].n_unique(),
+        absent_symbols=absent,
+    )
+
+
+async def fetch_reference(
+    settings: Settings,
+    trade_type: str,
+    offsets: tuple[str, ...] = QUANTCLASS_OFFSETS,
+    *,
+    save_dir: str | os.PathLike[str] | None = None,
+) -> pl.DataFrame:
+    """Download the latest Quantclass file of ``trade_type`` for every offset (``offset`` column added).
+
+    With ``save_dir`` each archive is also kept under its own name, for ``--reference-dir`` later.
+    """
+    kind = kind_of(trade_type)
+    async with QuantclassClient.from_settings(settings) as qc:
+
+        async def one(offset: str) -> pl.DataFrame:
+            latest = await qc.latest(offset)
+            data = await qc.download(latest.url(kind))
+            if save_dir is not None:
+                name = FileName(latest.ts, kind, offset)
+                target = Path(save_dir) / str(name)
+                await asyncio.to_thread(_save, target, data)
+            df = await asyncio.to_thread(decode_archive, data)
+            return df.with_columns(pl.lit(offset).alias("offset"))
+
+        frames = await asyncio.gather(*(one(o) for o in offsets))
+    return pl.concat(frames)
+
+
+def _save(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def load_reference_dir(directory: str | os.PathLike[str], trade_type: str) -> pl.DataFrame:
+    """Reference candles from files on disk: ``*-<spot|swap>_1h<offset>.7z`` (or ``.csv``) of the trade type."""
+    kind = kind_of(trade_type)
+    d = Path(directory)
+    if not d.is_dir():
+        raise NotFoundError(f"reference directory {d} does not exist")
+    frames = []
+    for path in sorted(d.iterdir()):
+        name = FileName.parse(path.name)
+        if name is None or name.kind != kind:
+            continue
+        data = path.read_bytes()
+        df = decode_archive(data) if name.ext == "7z" else read_candles_csv(data)
+        frames.append(df.with_columns(pl.lit(name.offset).alias("offset")))
+    if not frames:
+        raise NotFoundError(f"no Quantclass {kind} files (e.g. 202410081500-{kind}_1h0m.7z) in {d}")
+    return pl.concat(frames).unique(
+        ["offset", "symbol", "candle_begin_time"], keep="last", maintain_order=True
+    )
+
+
+async def compare_quantclass(
+    settings: Settings,
+    trade_type: str,
+    interval: str = "1h",
+    *,
+    reference_dir: str | os.PathLike[str] | None = None,
+    save_dir: str | os.PathLike[str] | None = None,
+) -> CompareResult:
+    """Fetch (or load from ``reference_dir``) the Quantclass files and compare them with the lake."""
+    kind_of(trade_type)
+    if interval != "1h":
+        raise ValidationError(f"Quantclass serves 1h candles only, not {interval!r}")
+    if reference_dir is not None:
+        reference = await asyncio.to_thread(load_reference_dir, reference_dir, trade_type)
+    else:
+        reference = await fetch_reference(settings, trade_type, save_dir=save_dir)
+    return await asyncio.to_thread(compare_with_reference, settings.root, trade_type, interval, reference)
+
+
+def _offset_minutes(name: str) -> int:
+    return int(name.rstrip("m")) if name.endswith("m") and name[:-1].isdigit() else 10**9
