@@ -1,8 +1,8 @@
 """Wire formats: REST kline rows, archive CSV lines and websocket kline events.
 
 Integers become decimal strings (spot: always 8 decimals, like Binance; futures: the symbol's
-precision). REST rows are formatted in bulk with Polars into one byte blob per (symbol, interval, day)
-plus row offsets, so answering a request is slicing and joining bytes, not ``json.dumps`` per row.
+precision). REST rows are formatted in bulk with NumPy (``npfmt``) into one byte blob per (symbol,
+interval, day) plus row offsets, so answering a request is slicing and joining bytes, not ``json.dumps`` per row.
 
 Row layout (12 fields; 0, 6 and 8 are JSON integers): open time, open, high, low, close, volume,
 close time, quote volume, trades, taker-buy volume, taker-buy quote volume, "0". On COIN-M field 5 is
@@ -11,15 +11,14 @@ contracts and field 7 the base-asset volume (that is what ``Candles.v``/``q`` ho
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import polars as pl
 
 from lake.binance.intervals import Interval
+from lake.sim import npfmt
 from lake.sim.candles import Candles
 from lake.sim.universe import SymbolInfo
 
@@ -75,62 +74,38 @@ def dec_str(x: int, d: int, pad: int) -> str:
     return f"{x // p}.{x % p:0{d}d}" + "0" * (pad - d)
 
 
-def _dec_expr(col: str, d: int, pad: int) -> pl.Expr:
-    x = pl.col(col)
-    if d == 0:
-        s = x.cast(pl.String)
-        return s + ("." + "0" * pad) if pad else s
-    p = 10**d
-    s = (x // p).cast(pl.String) + "." + (x % p).cast(pl.String).str.zfill(d)
-    return s + "0" * (pad - d) if pad > d else s
-
-
-def _frame(c: Candles, iv: Interval, micro: bool) -> pl.DataFrame:
+def _row_pieces(info: SymbolInfo, iv: Interval, c: Candles, micro: bool, csv: bool) -> list[npfmt.Piece | str]:
+    """REST row (``csv=False``) or archive CSV line pieces for every candle of ``c``."""
     t, close = c.t, close_times(iv, c.t)
     if micro:
         t, close = t * 1000, close * 1000 + 999
-    cols = {"t": t, "T": close, "o": c.o, "h": c.h, "l": c.l, "c": c.c, "v": c.v, "q": c.q, "n": c.n, "tb": c.tb, "tq": c.tq}
-    return pl.DataFrame([pl.Series(k, v) for k, v in cols.items()])
-
-
-def _strs(layout: Layout) -> list[pl.Expr]:
-    (pd, pp), (vd, vp), (qd, qp) = layout
-    return [
-        _dec_expr("o", pd, pp), _dec_expr("h", pd, pp), _dec_expr("l", pd, pp), _dec_expr("c", pd, pp),
-        _dec_expr("v", vd, vp), _dec_expr("q", qd, qp), _dec_expr("tb", vd, vp), _dec_expr("tq", qd, qp),
+    (pd, pp), (vd, vp), (qd, qp) = _decimals(info)
+    fields: list[tuple[bool, list[npfmt.Piece | str]]] = [  # (quoted in JSON, pieces)
+        (False, [npfmt.integer(t)]),
+        (True, npfmt.dec(c.o, pd, pp)), (True, npfmt.dec(c.h, pd, pp)), (True, npfmt.dec(c.l, pd, pp)),
+        (True, npfmt.dec(c.c, pd, pp)), (True, npfmt.dec(c.v, vd, vp)),
+        (False, [npfmt.integer(close)]),
+        (True, npfmt.dec(c.q, qd, qp)),
+        (False, [npfmt.integer(c.n)]),
+        (True, npfmt.dec(c.tb, vd, vp)), (True, npfmt.dec(c.tq, qd, qp)),
+        (True, ["0"]),
     ]  # fmt: skip
-
-
-@functools.lru_cache(maxsize=256)
-def _json_expr(layout: Layout) -> pl.Expr:
-    """The row expression of one decimal layout, built once (building costs more than running it)."""
-    o, h, lo, cl, v, q, tb, tq = _strs(layout)
-    t, big_t, n = (pl.col(k).cast(pl.String) for k in ("t", "T", "n"))
-    return pl.concat_str(
-        [pl.lit("["), t, pl.lit(',"'), o, pl.lit('","'), h, pl.lit('","'), lo, pl.lit('","'), cl,
-         pl.lit('","'), v, pl.lit('",'), big_t, pl.lit(',"'), q, pl.lit('",'), n, pl.lit(',"'), tb,
-         pl.lit('","'), tq, pl.lit('","0"],')],
-    ).alias("r")  # fmt: skip
-
-
-@functools.lru_cache(maxsize=256)
-def _csv_expr(layout: Layout) -> pl.Expr:
-    o, h, lo, cl, v, q, tb, tq = _strs(layout)
-    return pl.concat_str(
-        [pl.col("t").cast(pl.String), o, h, lo, cl, v, pl.col("T").cast(pl.String), q,
-         pl.col("n").cast(pl.String), tb, tq, pl.lit("0")],
-        separator=",",
-    ).alias("r")  # fmt: skip
+    out: list[npfmt.Piece | str] = [] if csv else ["["]
+    for i, (quoted, parts) in enumerate(fields):
+        if i:
+            out.append(",")
+        q = '"' if quoted and not csv else ""
+        out += [q, *parts, q]
+    out.append("\n" if csv else "],")
+    return out
 
 
 def json_block(info: SymbolInfo, iv: Interval, c: Candles, *, micro: bool = False) -> Block:
     """REST rows of ``c`` as one blob: ``[t,"o","h","l","c","v",T,"q",n,"V","Q","0"],`` per row."""
     if not len(c):
         return Block(c.t, np.zeros(1, dtype=np.int64), b"")
-    rows: list[str] = _frame(c, iv, micro).select(_json_expr(_decimals(info))).to_series().to_list()
-    off = np.zeros(len(rows) + 1, dtype=np.int64)
-    np.cumsum([len(r) for r in rows], out=off[1:])
-    return Block(c.t, off, "".join(rows).encode("ascii"))
+    blob, off = npfmt.join_rows(_row_pieces(info, iv, c, micro, csv=False), len(c))
+    return Block(c.t, off, blob)
 
 
 def json_row(info: SymbolInfo, iv: Interval, c: Candles, i: int, *, micro: bool = False) -> bytes:
@@ -157,8 +132,8 @@ def csv_bytes(info: SymbolInfo, iv: Interval, c: Candles, *, micro: bool, header
     )
     if not len(c):
         return head.encode()
-    lines: list[str] = _frame(c, iv, micro).select(_csv_expr(_decimals(info))).to_series().to_list()
-    return (head + "\n".join(lines) + "\n").encode("ascii")
+    blob, _ = npfmt.join_rows(_row_pieces(info, iv, c, micro, csv=True), len(c))
+    return head.encode() + blob
 
 
 def rest_rows(info: SymbolInfo, iv: Interval, c: Candles, *, micro: bool = False) -> list[list[Any]]:
