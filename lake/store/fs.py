@@ -17,6 +17,8 @@ which s3fs, Polars and DuckDB all read.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import hashlib
 import json
@@ -34,6 +36,33 @@ import fsspec
 from lake.errors import ConfigError, LockTimeoutError
 
 __all__ = ["LEASE_PATH", "LakeFS", "host_id"]
+
+
+def _load_syncfs() -> Any:
+    """``syncfs(2)`` from libc (Linux), or ``None`` where it is not available."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _syncfs(path: str) -> None:
+    """Flush every dirty page of the file system holding ``path`` (one call for a batch of files)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _SYNCFS(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
 
 LEASE_PATH = "_meta/writer-lease.json"
 LEASE_SECONDS = 600.0
@@ -168,6 +197,37 @@ class LakeFS:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+    def write_atomic_many(self, items: list[tuple[str, bytes]]) -> None:
+        """Replace several files, each atomically, paying for durability once per batch.
+
+        Locally every temp file is written first, the file system is synced once, then the files
+        are renamed into place and the renames synced once more: per file the guarantee is that of
+        ``write_atomic`` (old or new, never partial), at two syncs per batch instead of two per file.
+        """
+        if len(items) <= 1 or not self.is_local or _SYNCFS is None:
+            for rel, data in items:
+                self.write_atomic(rel, data)
+            return
+        staged: list[tuple[str, str]] = []
+        try:
+            for rel, data in items:
+                target = self.full(rel)
+                directory, name = os.path.split(target)
+                os.makedirs(directory, exist_ok=True)
+                tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                staged.append((tmp, target))
+                with open(tmp, "wb") as f:
+                    f.write(data)
+            _syncfs(staged[0][0])
+            for tmp, target in staged:
+                os.replace(tmp, target)
+            _syncfs(staged[0][1])
+        except BaseException:
+            for tmp, _ in staged:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+            raise
 
     def remove(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):

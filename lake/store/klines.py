@@ -22,7 +22,14 @@ from lake.binance.symbols import validate_symbol, validate_symbols
 from lake.errors import DataError, ValidationError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store.fs import LakeFS
-from lake.store.paths import DATA_FILE, PartitionKey, partition_end, partition_period, series_dir
+from lake.store.paths import (
+    DATA_FILE,
+    PartitionKey,
+    partition_end,
+    partition_period,
+    partition_start,
+    series_dir,
+)
 
 __all__ = [
     "WriteResult",
@@ -60,23 +67,37 @@ class WriteResult:
         )
 
 
+_FLOATS = [c for c, t in KLINE_SCHEMA.items() if t == pl.Float64()]
+
+
 def _conform(df: pl.DataFrame) -> pl.DataFrame:
+    """Cast to the kline schema and reject bad rows, in one pass over the data."""
     missing = [c for c in KLINE_COLUMNS if c not in df.columns]
     if missing:
         raise DataError(f"kline rows lack columns: {', '.join(missing)}")
     try:
         out = df.select([pl.col(c).cast(t) for c, t in KLINE_SCHEMA.items()])
+        bad_value = pl.any_horizontal([pl.col(c).is_null() | ~pl.col(c).is_finite() for c in _FLOATS])
+        checks = out.select(
+            null_time=pl.col("candle_begin_time").null_count(),
+            bad_source=(~pl.col("source").is_in(list(SOURCES)) | pl.col("source").is_null())
+            .arg_true()
+            .first(),
+            bad_value=bad_value.arg_true().first(),
+            n_bad_value=bad_value.sum(),
+        ).row(0, named=True)
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"kline rows do not fit the schema: {exc}") from exc
-    if out["candle_begin_time"].null_count():
+    if checks["null_time"]:
         raise DataError("kline rows with a null candle_begin_time")
-    bad_source = out.filter(~pl.col("source").is_in(list(SOURCES)))
-    if bad_source.height:
-        raise DataError(f"unknown source {bad_source['source'][0]!r}; valid: {', '.join(SOURCES)}")
-    floats = [c for c, t in KLINE_SCHEMA.items() if t == pl.Float64()]
-    bad = out.filter(pl.any_horizontal([pl.col(c).is_null() | ~pl.col(c).is_finite() for c in floats]))
-    if bad.height:
-        raise DataError(f"{bad.height} kline rows with null or non-finite values, e.g. {bad.row(0)}")
+    if checks["bad_source"] is not None:
+        raise DataError(
+            f"unknown source {out['source'][checks['bad_source']]!r}; valid: {', '.join(SOURCES)}"
+        )
+    if checks["bad_value"] is not None:
+        raise DataError(
+            f"{checks['n_bad_value']} kline rows with null or non-finite values, e.g. {out.row(checks['bad_value'])}"
+        )
     return out
 
 
@@ -94,22 +115,26 @@ def read_partition(lfs: LakeFS, key: PartitionKey) -> pl.DataFrame | None:
     return pl.read_parquet(io.BytesIO(data))
 
 
-def _merge_partition(lfs: LakeFS, key: PartitionKey, new: pl.DataFrame) -> WriteResult:
-    old = read_partition(lfs, key)
-    if old is None:
-        merged = new.unique("candle_begin_time", keep="last", maintain_order=True).sort("candle_begin_time")
-        lfs.write_atomic(key.path, _encode(merged))
-        return WriteResult(1, 0, new.height, merged.height)
-    merged = (
-        pl.concat([old.select(KLINE_COLUMNS), new], how="vertical")
-        .unique("candle_begin_time", keep="last", maintain_order=True)
-        .sort("candle_begin_time")
-    )
-    added = merged.height - old.height
-    if merged.equals(old.select(KLINE_COLUMNS)):
-        return WriteResult(0, 1, new.height, 0)
-    lfs.write_atomic(key.path, _encode(merged))
-    return WriteResult(1, 0, new.height, added)
+def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
+    """Sort by time and keep the last row per time; free when the rows already are (the common case)."""
+    t = df["candle_begin_time"]
+    if t.is_sorted() and t.n_unique() == df.height:
+        return df
+    return df.unique("candle_begin_time", keep="last", maintain_order=True).sort("candle_begin_time")
+
+
+def _merge(old: pl.DataFrame | None, new: pl.DataFrame) -> tuple[pl.DataFrame | None, int]:
+    """The partition after upserting ``new`` into ``old``, or ``None`` if nothing changes; rows added."""
+    new = _sorted_unique(new)
+    if old is None or old.height == 0:
+        return new, new.height
+    old = old.select(KLINE_COLUMNS)
+    if old["candle_begin_time"][-1] < new["candle_begin_time"][0]:
+        return pl.concat([old, new], how="vertical"), new.height  # append: the live and backfill path
+    merged = _sorted_unique(pl.concat([old, new], how="vertical"))
+    if merged.equals(old):
+        return None, 0
+    return merged, merged.height - old.height
 
 
 def write_klines(
@@ -122,8 +147,10 @@ def write_klines(
     """Upsert kline rows of one series into the lake.
 
     ``df`` has the lake's kline columns (extra columns are ignored). Rows are grouped by partition;
-    each partition is merged under the series lock and replaced atomically. Safe to call from
-    several threads or processes at once.
+    every affected partition is merged under the series lock and all of them are replaced atomically
+    file by file (``LakeFS.write_atomic_many``: one disk sync for the batch, not one per file).
+    Safe to call from several threads or processes at once. Partitions the rows do not change are
+    not rewritten.
     """
     lfs = to_lakefs(root)
     tt = get_trade_type(trade_type)
@@ -133,14 +160,32 @@ def write_klines(
         return WriteResult()
     rows = _conform(df)
     period = partition_period(iv)
-    rows = rows.with_columns(pl.col("candle_begin_time").dt.truncate(_TRUNC[period]).dt.date().alias("_p"))
-    result = WriteResult()
+    parts: list[tuple[dt.date, pl.DataFrame]]
+    first = rows["candle_begin_time"].min()
+    last = rows["candle_begin_time"].max()
+    assert isinstance(first, dt.datetime) and isinstance(last, dt.datetime)
+    p_first = partition_start(iv, _dt_ms(first))
+    if p_first == partition_start(iv, _dt_ms(last)):
+        parts = [(p_first, rows)]
+    else:
+        keyed = rows.with_columns(
+            pl.col("candle_begin_time").dt.truncate(_TRUNC[period]).dt.date().alias("_p")
+        )
+        parts = [(pdate, part.drop("_p")) for (pdate,), part in keyed.group_by("_p", maintain_order=True)]
+    written, unchanged, added = 0, 0, 0
     with lfs.lock(series_dir("klines", tt.name, iv.name, symbol)):
-        for (pdate,), part in rows.group_by("_p", maintain_order=True):
-            assert isinstance(pdate, dt.date)
+        pending: list[tuple[str, bytes]] = []
+        for pdate, part in parts:
             key = PartitionKey("klines", tt.name, iv.name, symbol, pdate)
-            result += _merge_partition(lfs, key, part.drop("_p"))
-    return result
+            merged, n_added = _merge(read_partition(lfs, key), part)
+            if merged is None:
+                unchanged += 1
+                continue
+            pending.append((key.path, _encode(merged)))
+            written += 1
+            added += n_added
+        lfs.write_atomic_many(pending)
+    return WriteResult(written, unchanged, rows.height, added)
 
 
 def list_series(root: str | os.PathLike[str] | LakeFS) -> list[tuple[str, str, str]]:
