@@ -4,7 +4,10 @@ Defaults follow ../shared/reference/binance.md. Behaviour the reference marks UN
 here, with the most widely assumed behaviour as the default:
 
 * ``cm_recent_rows``: COIN-M answers the most recent ``limit`` rows before endTime (documented);
-  spot/USDⓈ-M answer ascending from startTime (documented for spot, assumed for USDⓈ-M).
+  spot/USDⓈ-M answer ascending from startTime (documented for spot, assumed for USDⓈ-M:
+  ``um_recent_rows`` flips it). ``start_in_candle``: whether a startTime inside a candle includes it.
+* ``weight_window``: fixed virtual UTC minute (assumed) or sliding 60 s; ``futures_retry_after``.
+* ``ws_close_quiet``: whether a candle without trades gets its ``x: true`` event.
 * ``count_rejected_weight``: whether a request refused with 429 still adds its weight (default no).
 * ``ban_after``: how many requests sent after a 429 in the same window earn a 418 (unpublished).
 * ``list_next_marker``: whether the S3 listing sends ``NextMarker`` when truncated.
@@ -88,12 +91,17 @@ class SimConfig:
     ban_max_s: float = 3 * 86_400.0
     funding_limit_5m: int = 500  # USDⓈ-M fundingRate: 500 requests / 5 min, outside REQUEST_WEIGHT
     cm_max_span_days: int = 200
-    cm_recent_rows: bool = True
+    cm_recent_rows: bool = True  # COIN-M: most recent `limit` rows before endTime (documented)
+    um_recent_rows: bool = False  # USDⓈ-M with both times: newest rows instead of ascending (UNVERIFIED)
+    start_in_candle: bool = False  # a startTime inside a candle includes that candle (UNVERIFIED)
+    weight_window: str = "fixed"  # "fixed": the virtual UTC minute; "sliding": the last 60 s (UNVERIFIED)
+    futures_retry_after: bool = True  # send Retry-After on futures 429/418 too (UNVERIFIED)
 
     # Websocket
     ws_intermediate: bool = True  # x:false updates
     ws_intermediate_per_s: float = 4.0  # at most this many update rounds per real second per connection
     ws_close_lag_ms: int = 10
+    ws_close_quiet: bool = True  # send x:true for a candle without trades (UNVERIFIED)
     ws_heartbeat_s: Mapping[str, float] = field(
         default_factory=lambda: _frozen({"spot": 20.0, "um": 180.0, "cm": 180.0})
     )
@@ -138,6 +146,8 @@ class SimConfig:
             raise ConfigError("speed must be >= 0")
         if self.history_days < 1:
             raise ConfigError("history_days must be >= 1")
+        if self.weight_window not in ("fixed", "sliding"):
+            raise ConfigError("weight_window must be 'fixed' or 'sliding'")
         for m in self.n_symbols_by_market:
             if m not in MARKETS:
                 raise ConfigError(f"unknown market {m!r} in n_symbols_by_market")

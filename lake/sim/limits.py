@@ -1,7 +1,8 @@
 """Request-weight windows, 429/418 decisions and response statistics.
 
 Each market has one fixed window aligned to the virtual UTC minute (the reset rule Binance does not
-document; a fixed calendar minute is the common assumption). A request whose weight would take the
+document; a fixed calendar minute is the common assumption), or with ``weight_window="sliding"`` the
+last 60 virtual seconds. A request whose weight would take the
 window past the limit is refused with 429 and, unless ``count_rejected_weight``, adds nothing. Requests
 that keep coming after a 429 in the same window earn a 418 ban once ``ban_after`` of them arrived; bans
 last ``ban_base_s`` virtual seconds, doubling per repeat offence up to ``ban_max_s``. ``Retry-After``
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,7 @@ class Decision:
 class _Window:
     wid: int = -1
     used: int = 0
+    events: deque[tuple[int, int]] = field(default_factory=deque)  # sliding mode: (time, weight)
     after_429: int = 0
     ban_until: int = 0
     ban_level: int = 0
@@ -126,11 +128,38 @@ class WeightLimiter:
         self.limits = {m: int(config.weight_limits.get(m, MARKETS[m].default_weight_limit)) for m in MARKETS}
         self._w = {m: _Window() for m in MARKETS}
         self._lock = threading.Lock()
+        self.sliding = config.weight_window == "sliding"
 
     def _roll(self, w: _Window, now: int) -> None:
         wid = now // _WINDOW_MS
-        if wid != w.wid:
+        if self.sliding:
+            while w.events and w.events[0][0] <= now - _WINDOW_MS:
+                w.used -= w.events.popleft()[1]
+            if now < w.wid * _WINDOW_MS:  # the clock went backwards: forget the future
+                w.events.clear()
+                w.used = 0
+            w.wid = wid  # the stats bucket only
+        elif wid != w.wid:
             w.wid, w.used, w.after_429 = wid, 0, 0
+
+    def _charge(self, w: _Window, now: int, weight: int) -> None:
+        w.used += weight
+        if self.sliding:
+            w.events.append((now, weight))
+
+    def _wait_ms(self, w: _Window, now: int, weight: int) -> int:
+        """Virtual ms until ``weight`` more would fit in the window."""
+        if not self.sliding:
+            return (w.wid + 1) * _WINDOW_MS - now
+        need, freed = w.used + weight - self.limits_for(w), 0
+        for t, x in w.events:
+            freed += x
+            if freed >= need:
+                return t + _WINDOW_MS - now
+        return _WINDOW_MS
+
+    def limits_for(self, w: _Window) -> int:
+        return next(self.limits[m] for m, x in self._w.items() if x is w)
 
     def retry_after(self, virtual_ms: float) -> int:
         real = self.clock.real_seconds(virtual_ms)
@@ -174,16 +203,19 @@ class WeightLimiter:
             if now < w.ban_until:
                 return Decision(418, w.used, self.retry_after(w.ban_until - now), start)
             if w.used + weight <= self.limits[market]:
-                w.used += weight
+                self._charge(w, now, weight)
+                if self.sliding:
+                    w.after_429 = 0
                 return Decision(200, w.used, None, start)
             if w.after_429 >= cfg.ban_after:
                 dur = min(cfg.ban_base_s * 2**w.ban_level, cfg.ban_max_s) * 1000
                 w.ban_until, w.ban_level = now + int(dur), w.ban_level + 1
                 return Decision(418, w.used, self.retry_after(dur), start)
             w.after_429 += 1
+            wait = self._wait_ms(w, now, weight)
             if cfg.count_rejected_weight:
-                w.used += weight
-            return Decision(429, w.used, self.retry_after(start + _WINDOW_MS - now), start)
+                self._charge(w, now, weight)
+            return Decision(429, w.used, self.retry_after(wait), start)
 
     def take_funding(self, market: str) -> Decision:
         """USDⓈ-M fundingRate: its own 500 requests / 5 min budget (not REQUEST_WEIGHT)."""

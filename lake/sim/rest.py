@@ -103,7 +103,7 @@ class RestApi:
         h = {"X-MBX-USED-WEIGHT-1M": str(used)}
         if market == "spot":
             h["X-MBX-USED-WEIGHT"] = str(used)
-        if retry_after is not None:
+        if retry_after is not None and (market == "spot" or self.config.futures_retry_after):
             h["Retry-After"] = str(retry_after)
         return h
 
@@ -202,6 +202,8 @@ class RestApi:
             raise ApiError(-1023, "Start time is greater than end time.")
         now = self.clock.now_ms()
         cfg = self.config
+        if start is not None and cfg.start_in_candle:
+            start = iv.floor(start)
         if market == "cm" and cfg.cm_recent_rows:
             span = cfg.cm_max_span_days * MS_PER_DAY
             if start is not None and end is not None:
@@ -215,8 +217,8 @@ class RestApi:
             else:
                 lo, hi = -_BIG, now
             newest = True
-        elif start is None:
-            lo, hi, newest = -_BIG, (end if end is not None else _BIG), True
+        elif start is None or (market == "um" and cfg.um_recent_rows and end is not None):
+            lo, hi, newest = (-_BIG if start is None else start), (end if end is not None else _BIG), True
         else:
             lo, hi, newest = start, (end if end is not None else _BIG), False
         body, _ = self.rows.select(info, iv, lo, hi, limit, now, newest_first=newest, micro=micro)

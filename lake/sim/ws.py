@@ -253,7 +253,7 @@ class WsHub:
                 continue
             opened = iv.floor(boundary - 1)
             c = self.market.candles(info, iv, opened, opened + 1)
-            if len(c):
+            if len(c) and (self.config.ws_close_quiet or c.v[0] > 0):
                 await self._send(conn, stream, ws_kline_event(info, iv, c, 0, closed=True, event_ms=event_ms))
                 self.stats.count("ws", "closing_events")
 

@@ -283,3 +283,29 @@ async def test_listing_status_follows_the_clock(sim: SimServer, http: aiohttp.Cl
     _, _, rows = await get(http, f"{sim.base_url}/api/v3/klines", params=q)
     assert opens(rows) == [info.first_ms, info.first_ms + 60_000]
     assert dt.datetime.fromtimestamp(rows[0][0] / 1000, tz=dt.UTC).hour == 8
+
+
+async def test_unverified_knobs(http: aiohttp.ClientSession) -> None:
+    async with sim_server(start_in_candle=True, um_recent_rows=True, futures_retry_after=False,
+                          weight_limits={"spot": 6000, "um": 5, "cm": 2400}) as sim:  # fmt: skip
+        start = NOW - 100 * M5
+        _, _, rows = await klines(http, sim, "spot", startTime=start + 1, limit=1)
+        assert opens(rows) == [start]  # the candle holding startTime is included
+        _, _, rows = await klines(http, sim, "um", startTime=start, endTime=start + 10 * M5, limit=2)
+        assert opens(rows) == [start + 9 * M5, start + 10 * M5]  # newest rows of the range
+        status, headers, _ = await klines(http, sim, "um")  # weight 5 on top of 1
+        assert status == 429 and "Retry-After" not in headers
+
+
+async def test_sliding_weight_window(http: aiohttp.ClientSession) -> None:
+    async with sim_server(weight_window="sliding", weight_limits={"spot": 4, "um": 2400, "cm": 2400}) as sim:
+        sim.clock.set(NOW + 50_000)
+        assert (await klines(http, sim, "spot"))[0] == 200  # weight 2 at :50
+        sim.clock.advance(20_000)  # next minute: a fixed window would have reset
+        _, headers, _ = await klines(http, sim, "spot")
+        assert headers["X-MBX-USED-WEIGHT-1M"] == "4"
+        status, headers, _ = await klines(http, sim, "spot")
+        assert status == 429 and headers["Retry-After"] == "40"  # until the first request leaves
+        sim.clock.advance(40_000)
+        _, headers, _ = await klines(http, sim, "spot")
+        assert headers["X-MBX-USED-WEIGHT-1M"] == "4"

@@ -227,3 +227,23 @@ async def test_server_pings_and_lifetime(http: aiohttp.ClientSession) -> None:
             if m.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
                 break
         assert aiohttp.WSMsgType.CLOSE in kinds and ws.close_code == 1000
+
+
+async def test_quiet_candles_can_skip_the_closing_event(http: aiohttp.ClientSession) -> None:
+    async with sim_server(ws_close_quiet=False) as sim:
+        sym = sim.market.awkward.illiquid["um"][0]
+        quiet = sim.market.zero_volume_opens("um", sym, NOW - 86_400_000, NOW)[-1]
+        start, end = quiet - 2 * MIN, quiet + 2 * MIN
+        sim.clock.set(start)
+        async with http.ws_connect(f"{sim.endpoints.ws['um']}/ws/{sym.lower()}@kline_1m") as ws:
+            await asyncio.sleep(0.05)
+            sim.clock.set(end)
+            got = []
+            while True:
+                try:
+                    got.append((await recv(ws, 0.5))["k"]["t"])
+                except TimeoutError:
+                    break
+        truth = sim.market.truth("um", "1m", [sym], start, end)
+        traded = [int(t.timestamp() * 1000) for t, v in zip(truth["candle_begin_time"], truth["volume"], strict=True) if v > 0]
+        assert quiet not in got and got == traded and len(got) >= 2
