@@ -109,6 +109,7 @@ class Decision:
 
 @dataclass
 class _Window:
+    limit: int
     wid: int = -1
     used: int = 0
     events: deque[tuple[int, int]] = field(default_factory=deque)  # sliding mode: (time, weight)
@@ -126,7 +127,7 @@ class WeightLimiter:
         self.config = config
         self.clock = clock
         self.limits = {m: int(config.weight_limits.get(m, MARKETS[m].default_weight_limit)) for m in MARKETS}
-        self._w = {m: _Window() for m in MARKETS}
+        self._w = {m: _Window(self.limits[m]) for m in MARKETS}
         self._lock = threading.Lock()
         self.sliding = config.weight_window == "sliding"
 
@@ -151,15 +152,12 @@ class WeightLimiter:
         """Virtual ms until ``weight`` more would fit in the window."""
         if not self.sliding:
             return (w.wid + 1) * _WINDOW_MS - now
-        need, freed = w.used + weight - self.limits_for(w), 0
+        need, freed = w.used + weight - w.limit, 0
         for t, x in w.events:
             freed += x
             if freed >= need:
                 return t + _WINDOW_MS - now
         return _WINDOW_MS
-
-    def limits_for(self, w: _Window) -> int:
-        return next(self.limits[m] for m, x in self._w.items() if x is w)
 
     def retry_after(self, virtual_ms: float) -> int:
         real = self.clock.real_seconds(virtual_ms)
@@ -233,4 +231,4 @@ class WeightLimiter:
 
     def reset(self) -> None:
         with self._lock:
-            self._w = {m: _Window() for m in MARKETS}
+            self._w = {m: _Window(self.limits[m]) for m in MARKETS}
