@@ -69,7 +69,7 @@ class SimMarket:
         self._minutes: ByteLRU[Candles] = ByteLRU(budget // 2, _cost)
         self._derived: ByteLRU[Candles] = ByteLRU(budget // 4, _cost)
         self._walks: dict[int, np.ndarray] = {}
-        self._daily: dict[tuple[str, str, int], tuple[int, Candles]] = {}
+        self._daily: ByteLRU[tuple[int, Candles]] = ByteLRU(budget // 8, lambda e: _cost(e[1]))
         self._lock = threading.RLock()
 
     # ---- symbols ----------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class SimMarket:
         """1d candles from the symbol's first day through ``last_day``."""
         key = (info.market, info.symbol, info.version)
         with self._lock:
-            done, table = self._daily.get(key, (info.first_ms // MS_PER_DAY - 1, Candles.empty()))
+            done, table = self._daily.get(key) or (info.first_ms // MS_PER_DAY - 1, Candles.empty())
             if last_day > done:
                 parts = [table]
                 for d in range(done + 1, last_day + 1):
@@ -159,7 +159,7 @@ class SimMarket:
                     if len(m):
                         parts.append(aggregate(m, np.full(len(m), d * MS_PER_DAY, dtype=np.int64)))
                 table = Candles.concat(parts)
-                self._daily[key] = (last_day, table)
+                self._daily.put(key, (last_day, table))
         return table.between(-(2**62), (last_day + 1) * MS_PER_DAY)
 
     def long_candles(self, info: SymbolInfo, iv: Interval, until: int) -> Candles:
