@@ -68,7 +68,7 @@ class SimMarket:
         budget = self.config.cache_mb * 2**20
         self._minutes: ByteLRU[Candles] = ByteLRU(budget // 2, _cost)
         self._derived: ByteLRU[Candles] = ByteLRU(budget // 4, _cost)
-        self._walks: dict[int, np.ndarray] = {}
+        self._walks: ByteLRU[np.ndarray] = ByteLRU(budget // 16, lambda w: int(w.nbytes))
         self._daily: ByteLRU[tuple[int, Candles]] = ByteLRU(budget // 8, lambda e: _cost(e[1]))
         self._lock = threading.RLock()
 
@@ -108,10 +108,7 @@ class SimMarket:
     # ---- 1m base truth ----------------------------------------------------------------------------
     def walk(self, info: SymbolInfo) -> np.ndarray:
         """The symbol's daily log-price walk (see ``gen.daily_walk``), cached."""
-        w = self._walks.get(info.key)
-        if w is None:
-            w = self._walks[info.key] = daily_walk(info)
-        return w
+        return self._walks.get_or(info.key, lambda: daily_walk(info))
 
     def minutes(self, info: SymbolInfo, day: int) -> Candles:
         """The 1m candles of ``day`` (days since the epoch) that exist: listed, outside maintenance."""
