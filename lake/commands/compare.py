@@ -1,0 +1,81 @@
+"""``lake compare``: the seed's error table of our offsets against Quantclass's 1h candles."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json
+from lake.errors import ValidationError
+from lake.quantclass.compare import compare_quantclass
+
+
+def compare(
+    trade_type: Annotated[str, typer.Option("--type", help="usdt_perp or usdt_spot.")],
+    interval: Annotated[
+        str, typer.Option("--interval", help="Target interval (Quantclass serves 1h).")
+    ] = "1h",
+    reference: Annotated[
+        str, typer.Option("--reference", help="Reference source: quantclass.")
+    ] = "quantclass",
+    reference_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--reference-dir", help="Use files already on disk (…-swap_1h0m.7z) instead of the API."
+        ),
+    ] = None,
+    save_reference: Annotated[
+        Path | None, typer.Option("--save-reference", help="Keep the downloaded files in this directory.")
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Per symbol × offset × column detail (.parquet or .csv)."),
+    ] = None,
+    json_out: JsonOpt = False,
+    root: RootOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Max relative error per column over all symbols and offsets (0 for OHLC and trade_num is a match)."""
+    if reference != "quantclass":
+        raise ValidationError(f"unknown reference {reference!r}; valid: quantclass")
+    if output is not None and output.suffix not in (".parquet", ".csv"):
+        raise ValidationError("--output must end with .parquet or .csv")
+    settings = get_settings(config, root=root)
+    result = asyncio.run(
+        compare_quantclass(
+            settings, trade_type, interval, reference_dir=reference_dir, save_dir=save_reference
+        )
+    )
+    if output is not None:
+        if output.suffix == ".parquet":
+            result.detail.write_parquet(output)
+        else:
+            result.detail.write_csv(output)
+    if json_out:
+        print_json(result.to_dict())
+        return
+    console = Console()
+    table = Table(title=f"{trade_type} {interval} vs Quantclass: max |ours / theirs − 1|")
+    table.add_column("column")
+    table.add_column("max relative error", justify="right")
+    for column, err in result.summary.iter_rows():
+        table.add_row(column, "-" if err is None else f"{err:.6e}")
+    console.print(table)
+    console.print(
+        f"{result.symbols} symbols × {len(result.offsets)} offsets, {result.matched}/{result.reference_rows} "
+        f"reference candles matched, {result.missing} missing from the lake"
+    )
+    if result.absent_symbols:
+        shown = ", ".join(result.absent_symbols[:10]) + (" …" if len(result.absent_symbols) > 10 else "")
+        console.print(f"{len(result.absent_symbols)} reference symbols not in the lake: {shown}")
+    if output is not None:
+        console.print(f"detail written to {output}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("compare")(compare)

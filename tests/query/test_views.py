@@ -1,0 +1,186 @@
+"""The DuckDB views against what the store holds (real DuckDB, real files)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import polars as pl
+import pytest
+from polars.testing import assert_frame_equal
+
+from lake.query import VIEWS, connect
+from lake.query.connect import glob_escape
+from lake.schema import KLINE_COLUMNS
+from lake.store.klines import write_klines
+from lake.store.tables import EXCHANGE_INFO_SCHEMA, write_exchange_info, write_funding
+from lake.transform.build import build_offsets, scan_offsets
+from tests.transform.helpers import T0_MS, random_candles
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _norm(df: pl.DataFrame) -> pl.DataFrame:
+    """DuckDB hands TIMESTAMPTZ back as µs in 'Etc/UTC'; the lake's frames use ms in 'UTC'."""
+    return df.with_columns(pl.col("candle_begin_time").dt.convert_time_zone("UTC").dt.cast_time_unit("ms"))
+
+
+def _lake(
+    root: Path, symbols: tuple[str, ...] = ("BTCUSDT", "1000SHIBUSDT"), count: int = 600
+) -> pl.DataFrame:
+    frames = []
+    for i, s in enumerate(symbols):
+        df = random_candles(i, 300_000, count, hole_rate=0.0)
+        write_klines(root, "usdt_perp", "5m", s, df)
+        frames.append(df.with_columns(pl.lit(s).alias("symbol")))
+    return pl.concat(frames)
+
+
+def test_sql_files_ship_with_the_package() -> None:
+    top = {p.name: p.read_bytes() for p in (REPO / "sql").glob("*.sql")}
+    packaged = {p.name: p.read_bytes() for p in (REPO / "lake" / "sql").glob("*.sql")}
+    assert set(top) == {f"{v}.sql" for v in VIEWS}
+    assert top == packaged, "sql/ and lake/sql/ differ: edit sql/, then `cp sql/*.sql lake/sql/`"
+
+
+def test_empty_lake_connects_and_every_view_is_empty(tmp_path: Path) -> None:
+    con = connect(tmp_path)
+    for view in VIEWS:
+        assert con.sql(f"SELECT count(*) FROM {view}").fetchall() == [(0 if view != "intervals" else 16,)]  # noqa: S608
+    cols = [r[0] for r in con.sql("DESCRIBE offsets").fetchall()]
+    assert (
+        cols[:5] == ["trade_type", "interval", "offset", "symbol", "candle_begin_time"]
+        and cols[-1] == "n_base"
+    )
+
+
+@pytest.mark.parametrize("name", ["plain", "it's", "data [old]", "a*b?c"])
+def test_klines_view_equals_the_store_whatever_the_root_is_called(tmp_path: Path, name: str) -> None:
+    root = tmp_path / name
+    want = _lake(root).sort("symbol", "candle_begin_time")
+    con = connect(root)
+    got = _norm(con.sql("SELECT * FROM klines ORDER BY symbol, candle_begin_time").pl())
+    assert got["trade_type"].unique().to_list() == ["usdt_perp"] and got["interval"].unique().to_list() == [
+        "5m"
+    ]
+    assert sorted(got["symbol"].unique().to_list()) == ["1000SHIBUSDT", "BTCUSDT"]  # strings, not numbers
+    assert_frame_equal(got.select("symbol", *KLINE_COLUMNS), want.select("symbol", *KLINE_COLUMNS))
+
+
+def test_root_is_a_bound_value() -> None:
+    assert glob_escape("/x/it's [a]*?") == "/x/it's [[]a][*][?]"
+
+
+def test_offsets_view_equals_scan_offsets(tmp_path: Path) -> None:
+    _lake(tmp_path)
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    con = connect(tmp_path)
+    got = _norm(con.sql('SELECT * EXCLUDE (trade_type, "interval") FROM offsets ORDER BY ALL').pl())
+    want = scan_offsets(tmp_path, "usdt_perp", "1h").collect()
+    assert_frame_equal(got.select(want.columns), want.sort(got.columns).select(want.columns))
+    assert set(got["offset"]) == {f"{5 * i}m" for i in range(12)}
+
+
+def test_coverage_counts_holes(tmp_path: Path) -> None:
+    df = random_candles(1, 300_000, 100, hole_rate=0.0)
+    holed = df.filter(~pl.int_range(pl.len()).is_in([5, 6, 7, 50]))
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", holed)
+    write_klines(tmp_path, "usdt_spot", "1M", "ETHUSDT", _monthly([0, 1, 3]))
+    rows = connect(tmp_path).sql("SELECT * FROM coverage ORDER BY trade_type").pl().to_dicts()
+    perp = rows[0]
+    assert (perp["candles"], perp["expected"], perp["missing"], perp["holes"], perp["largest_hole"]) == (
+        96,
+        100,
+        4,
+        2,
+        3,
+    )
+    spot = rows[1]
+    assert (spot["candles"], spot["expected"], spot["missing"], spot["holes"]) == (3, 4, 1, 1)
+
+
+def _monthly(months: list[int]) -> pl.DataFrame:
+    base = random_candles(2, 300_000, len(months), hole_rate=0.0)
+    opens = [dt.datetime(2024, 1 + m, 1, tzinfo=dt.UTC) for m in months]
+    return base.with_columns(pl.Series("candle_begin_time", opens).dt.cast_time_unit("ms"))
+
+
+def test_latest_is_the_last_closed_candle(tmp_path: Path) -> None:
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    start = now - dt.timedelta(minutes=now.minute % 5) - dt.timedelta(minutes=50)
+    df = random_candles(3, 300_000, 11, start_ms=int(start.timestamp() * 1000), hole_rate=0.0)
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", df)  # the last one is still forming
+    row = connect(tmp_path).sql("SELECT * FROM latest").pl().to_dicts()
+    assert len(row) == 1 and row[0]["candle_begin_time"] == start + dt.timedelta(minutes=45)
+    assert row[0]["close"] == df["close"][9]
+
+
+def test_exchange_info_and_funding_appear_when_written(tmp_path: Path) -> None:
+    _lake(tmp_path, ("BTCUSDT",), 12)
+    assert connect(tmp_path).sql("SELECT count(*) FROM funding").fetchall() == [(0,)]
+    t = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+    write_funding(
+        tmp_path,
+        "usdt_perp",
+        "BTCUSDT",
+        pl.DataFrame(
+            {
+                "funding_time": [t, t + dt.timedelta(hours=8)],
+                "funding_rate": [1e-4, -2e-4],
+                "mark_price": [1.0, 2.0],
+            }
+        ),
+    )
+    info = {c: [None] for c in EXCHANGE_INFO_SCHEMA} | {
+        "snapshot_time": [t],
+        "symbol": ["BTCUSDT"],
+        "status": ["TRADING"],
+    }
+    write_exchange_info(tmp_path, "usdt_perp", pl.DataFrame(info, schema=EXCHANGE_INFO_SCHEMA))
+    con = connect(tmp_path)
+    assert con.sql("SELECT symbol, sum(funding_rate) FROM funding GROUP BY ALL").fetchall() == [
+        ("BTCUSDT", pytest.approx(-1e-4))
+    ]
+    assert con.sql("SELECT trade_type, symbol, status FROM exchange_info").fetchall() == [
+        ("usdt_perp", "BTCUSDT", "TRADING")
+    ]
+
+
+def test_compare_view_is_the_seeds_metric(tmp_path: Path) -> None:
+    _lake(tmp_path, ("BTCUSDT",), 300)
+    build_offsets(tmp_path, "usdt_perp", "1h", offsets="0m,30m")
+    con = connect(tmp_path)
+    con.execute(
+        """CREATE OR REPLACE VIEW reference AS
+        SELECT * EXCLUDE (n_base, high, volume), high * 2 AS high,
+               CASE WHEN candle_begin_time = (SELECT min(candle_begin_time) FROM offsets)
+                    THEN volume * 1.25 ELSE volume END AS volume
+        FROM offsets
+        UNION ALL BY NAME
+        (SELECT trade_type, "interval", "offset", symbol, TIMESTAMPTZ '2030-01-01 00:00:00+00' AS candle_begin_time,
+               1.0 AS open, 1.0 AS high, 1.0 AS low, 1.0 AS close, 1.0 AS volume, 1.0 AS quote_volume,
+               1 AS trade_num, 1.0 AS taker_buy_base_asset_volume, 1.0 AS taker_buy_quote_asset_volume
+        FROM offsets WHERE "offset" = '0m' LIMIT 1)"""
+    )
+    rows = {
+        (r[0], r[1]): r[2:]
+        for r in con.sql('SELECT "offset", "column", max_rel_error, missing FROM compare').fetchall()
+    }
+    assert rows[("0m", "open")] == (0.0, 1) and rows[("30m", "open")] == (0.0, 0)
+    assert rows[("0m", "high")][0] == pytest.approx(0.5)  # |x / 2x - 1|
+    assert rows[("0m", "volume")][0] == pytest.approx(0.2)  # |x / 1.25x - 1|, first bin of offset 0m
+    assert rows[("30m", "volume")][0] == 0.0
+
+
+def test_views_see_files_written_after_connect(tmp_path: Path) -> None:
+    _lake(tmp_path, ("BTCUSDT",), 12)
+    con = connect(tmp_path)
+    assert con.sql("SELECT count(*) FROM klines").fetchall() == [(12,)]
+    write_klines(
+        tmp_path,
+        "usdt_perp",
+        "5m",
+        "BTCUSDT",
+        random_candles(9, 300_000, 12, start_ms=T0_MS + 86_400_000, hole_rate=0.0),
+    )
+    assert con.sql("SELECT count(*) FROM klines").fetchall() == [(24,)]

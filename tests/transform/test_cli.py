@@ -1,0 +1,46 @@
+"""``lake offsets`` as a command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from lake.commands import offsets as offsets_command
+from lake.errors import ValidationError
+from lake.store.klines import write_klines
+from tests.transform.helpers import random_candles
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    offsets_command.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    return app
+
+
+def test_build_then_nothing_to_do(tmp_path: Path) -> None:
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(1, 300_000, 600))
+    args = ["offsets", "--type", "usdt_perp", "--interval", "1h", "--root", str(tmp_path)]
+    r = CliRunner().invoke(_app(), [*args, "--json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert doc["base"] == "5m" and len(doc["offsets"]) == 12 and doc["written"] == 12
+    r = CliRunner().invoke(_app(), args)
+    assert r.exit_code == 0 and "0 files written" in r.output
+
+
+def test_invalid_combination_is_a_validation_error(tmp_path: Path) -> None:
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(1, 300_000, 12))
+    r = CliRunner().invoke(
+        _app(),
+        ["offsets", "--type", "usdt_perp", "--interval", "1h", "--base", "7m", "--root", str(tmp_path)],
+    )
+    assert isinstance(r.exception, ValidationError) and "unknown interval '7m'" in str(r.exception)
+    r = CliRunner().invoke(
+        _app(),
+        ["offsets", "--type", "usdt_perp", "--interval", "1h", "--offsets", "7m", "--root", str(tmp_path)],
+    )
+    assert isinstance(r.exception, ValidationError) and "multiple of 5m" in str(r.exception)
