@@ -134,17 +134,6 @@ def exchange_info(mkt: SimMarket, market: str, now: int, limit: int, symbols: li
     return body
 
 
-def funding_times(info: SymbolInfo, lo: int, hi: int) -> list[int]:
-    """Funding instants (every 8h from 00:00 UTC) in ``[lo, hi]`` while the symbol is listed."""
-    out: list[int] = []
-    for a, b in info.segments:
-        s = max(a, lo)
-        e = min(hi, (b - 1) if b is not None else hi)
-        t = -(-s // FUNDING_MS) * FUNDING_MS
-        out.extend(range(t, e + 1, FUNDING_MS))
-    return out
-
-
 def funding_rows(mkt: SimMarket, info: SymbolInfo, times: list[int]) -> list[dict[str, Any]]:
     """``{symbol, fundingTime, fundingRate, markPrice}`` rows, deterministic in (seed, symbol, time)."""
     walk = mkt.walk(info)

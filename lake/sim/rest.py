@@ -23,7 +23,7 @@ from aiohttp import web
 from lake.binance.intervals import INTERVALS
 from lake.binance.markets import MARKETS
 from lake.sim.clock import MS_PER_DAY
-from lake.sim.exinfo import exchange_info, funding_rows, funding_times
+from lake.sim.exinfo import FUNDING_MS, exchange_info, funding_rows
 from lake.sim.faults import Faults
 from lake.sim.limits import Decision, Stats, WeightLimiter
 from lake.sim.market import SimMarket
@@ -55,6 +55,27 @@ def _int(q: Mapping[str, str], name: str) -> int | None:
     if not v.lstrip("-").isdigit() or len(v) > 20:
         raise ApiError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
     return int(v)
+
+
+def _funding_slots(perps: list[SymbolInfo], lo: int, hi: int, limit: int, *, newest: bool) -> list[tuple[int, str]]:
+    """(fundingTime, symbol) of the first (or newest) ``limit`` funding events in ``[lo, hi]``, ascending.
+
+    Every perpetual funds on the same 8h grid, so walk the grid from one end, slot by slot.
+    """
+    if not perps:
+        return []
+    first = max(lo, min(i.first_ms for i in perps))
+    ends = [i.end_ms for i in perps]
+    last = hi if any(e is None for e in ends) else min(hi, max(e for e in ends if e is not None) - 1)
+    slots = range(-(-first // FUNDING_MS) * FUNDING_MS, last // FUNDING_MS * FUNDING_MS + 1, FUNDING_MS)
+    out: list[tuple[int, str]] = []
+    for t in reversed(slots) if newest else slots:
+        here = sorted(i.symbol for i in perps if i.listed_at(t))
+        out.extend((t, sym) for sym in (reversed(here) if newest else here))
+        if len(out) >= limit:
+            break
+    out = out[:limit]
+    return sorted(out)
 
 
 def _const(weight: int) -> Callable[[web.Request], int]:
@@ -265,9 +286,15 @@ class RestApi:
         now = self.clock.now_ms()
         lo = start if start is not None else 0
         hi = min(end if end is not None else now, now)
-        found = sorted(
-            (t, i.symbol, i) for i in infos if i.contract_type == "PERPETUAL" for t in funding_times(i, lo, hi)
-        )
-        found = found[:limit] if start is not None else found[-limit:]
-        rows = [r for t, _, i in found for r in funding_rows(self.market, i, [t])]
+        perps = [i for i in infos if i.contract_type == "PERPETUAL"]
+        found = _funding_slots(perps, lo, hi, limit, newest=start is None)
+        by_symbol: dict[str, list[int]] = {}
+        for t, sym in found:
+            by_symbol.setdefault(sym, []).append(t)
+        made = {}  # one walk per symbol, however the rows interleave
+        for i in perps:
+            if i.symbol in by_symbol:
+                for r in funding_rows(self.market, i, by_symbol[i.symbol]):
+                    made[(r["fundingTime"], i.symbol)] = r
+        rows = [made[k] for k in found]
         return _dumps(rows)
