@@ -42,7 +42,7 @@ from lake.store.fs import LakeFS
 from lake.store.klines import _encode, read_partition, write_klines
 from lake.store.paths import PartitionKey, series_dir
 
-__all__ = ["Appender", "AppenderStats", "KlineWriter", "WriteOutcome", "append_klines"]
+__all__ = ["Appender", "AppenderStats", "KlineWriter", "PartitionCache", "WriteOutcome", "append_klines"]
 
 log = logging.getLogger("lake.live.appender")
 
@@ -237,7 +237,7 @@ class KlineWriter:
     repairs and catch-up all come through ``write``.
     """
 
-    def __init__(self, lfs: LakeFS, trade_type: str, interval: str, *, threads: int = 4) -> None:
+    def __init__(self, lfs: LakeFS, trade_type: str, interval: str, *, threads: int = 8) -> None:
         self.lfs = lfs
         self.trade_type = trade_type
         self.interval = interval
@@ -245,15 +245,16 @@ class KlineWriter:
         self.writes = 0
         self.rows = 0
         self.errors = 0
+        self.busy_s = 0.0  # wall seconds spent in write() calls
+        self.cache = PartitionCache()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
     def _write_one(self, symbol: str, df: pl.DataFrame) -> tuple[list[int], float]:
-        if not append_klines(self.lfs, self.trade_type, self.interval, symbol, df):
+        if not append_klines(self.lfs, self.trade_type, self.interval, symbol, df, self.cache):
             write_klines(self.lfs, self.trade_type, self.interval, symbol, df)
-        opens = [int(v) for v in df["candle_begin_time"].dt.epoch("ms").to_list()]
-        return opens, time.perf_counter()
+        return _opens_ms(df), time.perf_counter()
 
     async def write(
         self, rows_by_symbol: Mapping[str, list[tuple[Any, ...]] | list[list[Any]]], source: str
@@ -291,6 +292,7 @@ class KlineWriter:
         self.writes += len(out.stored)
         self.rows += out.rows
         out.seconds = time.perf_counter() - t0
+        self.busy_s += out.seconds
         return out
 
 
@@ -312,7 +314,53 @@ def _frames(rows_by_symbol: dict[str, Any], source: str) -> dict[str, pl.DataFra
 _FLOAT_COLUMNS = [c for c, t in KLINE_SCHEMA.items() if t == pl.Float64()]
 
 
-def append_klines(lfs: LakeFS, trade_type: str, interval: str, symbol: str, df: pl.DataFrame) -> bool:
+def _opens_ms(df: pl.DataFrame) -> list[int]:
+    """Open times in ms (numpy, not a Polars expression: this runs once per write)."""
+    return df["candle_begin_time"].to_numpy().astype("datetime64[ms]").astype(np.int64).tolist()
+
+
+class PartitionCache:
+    """The last content this process wrote to each partition, with the file's change token.
+
+    Lets ``append_klines`` skip re-reading a partition it wrote itself: under the series lock the
+    token (mtime + size) is compared with the file's; any other writer changes it.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._d: dict[str, tuple[str, pl.DataFrame]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, lfs: LakeFS, rel: str) -> pl.DataFrame | None:
+        entry = self._d.get(rel)
+        if entry is None:
+            return None
+        token, df = entry
+        if lfs.mtime_key(rel) == token:
+            self.hits += 1
+            return df
+        self.misses += 1
+        self._d.pop(rel, None)
+        return None
+
+    def put(self, lfs: LakeFS, rel: str, df: pl.DataFrame) -> None:
+        token = lfs.mtime_key(rel)
+        if token is None:
+            return
+        if len(self._d) >= self.max_entries and rel not in self._d:
+            self._d.pop(next(iter(self._d)))
+        self._d[rel] = (token, df)
+
+
+def append_klines(
+    lfs: LakeFS,
+    trade_type: str,
+    interval: str,
+    symbol: str,
+    df: pl.DataFrame,
+    cache: PartitionCache | None = None,
+) -> bool:
     """The live fast path of ``write_klines``: append rows after the end of one existing partition.
 
     Live rows almost always come after everything stored, in the newest partition; merging them
@@ -324,8 +372,8 @@ def append_klines(lfs: LakeFS, trade_type: str, interval: str, symbol: str, df: 
     """
     if df.height == 0 or list(df.columns) != KLINE_COLUMNS or dict(df.schema) != KLINE_SCHEMA:
         return False
-    opens = df["candle_begin_time"].dt.epoch("ms").to_list()
-    if None in opens or any(b <= a for a, b in itertools.pairwise(opens)):
+    opens = _opens_ms(df)
+    if any(b <= a for a, b in itertools.pairwise(opens)):
         return False  # not strictly increasing: let the general upsert sort and dedupe
     first, last = opens[0], opens[-1]
     key = PartitionKey.for_candle("klines", trade_type, interval, symbol, first)
@@ -336,11 +384,16 @@ def append_klines(lfs: LakeFS, trade_type: str, interval: str, symbol: str, df: 
     if not all(np.isfinite(df[c].to_numpy()).all() for c in _FLOAT_COLUMNS):
         return False
     with lfs.lock(series_dir("klines", trade_type, interval, symbol)):
-        old = read_partition(lfs, key)
+        old = cache.get(lfs, key.path) if cache is not None else None
+        if old is None:
+            old = read_partition(lfs, key)
         if old is None or old.height == 0 or list(old.columns) != KLINE_COLUMNS:
             return False
         stored_last = old["candle_begin_time"][-1]
         if stored_last is None or int(stored_last.timestamp() * 1000) >= first:
             return False
-        lfs.write_atomic(key.path, _encode(pl.concat([old, df], how="vertical")))
+        merged = pl.concat([old, df], how="vertical")
+        lfs.write_atomic(key.path, _encode(merged))
+        if cache is not None:
+            cache.put(lfs, key.path, merged)
     return True

@@ -82,7 +82,7 @@ class LiveConfig:
     duration_s: float | None = None  # stop after this many real seconds
     history: int = 1500  # candles fetched for a symbol the lake holds nothing of
     exchange_info_every: int = 1  # refresh exchangeInfo every N periods (0: never)
-    writer_threads: int = 4
+    writer_threads: int = 8
     rest_concurrency: int = 16
     health_every_s: float = 30.0
     ws_lifetime_s: float = 23.5 * 3600
@@ -207,9 +207,11 @@ class LiveRunner:
         *,
         alerter: Alerter | None = None,
         lfs: LakeFS | None = None,
+        client_options: dict[str, Any] | None = None,
     ) -> None:
         self.settings = settings
         self.config = config
+        self.client_options = dict(client_options or {})
         self.lfs = lfs or LakeFS(settings.root)
         self.alerter = alerter or Alerter(
             settings.webhook_url, settings.webhook_kind, settings.webhook_secret
@@ -282,7 +284,7 @@ class LiveRunner:
                 acquired.append(lk)
             async with contextlib.AsyncExitStack() as stack:
                 for market in sorted({f.tt.market_name for f in self.feeds}):
-                    client = RestClient.from_settings(self.settings, market)
+                    client = RestClient.from_settings(self.settings, market, **self.client_options)
                     self.clients[market] = await stack.enter_async_context(client)
                     self._snapshot_lock[market] = asyncio.Lock()
                     self._limiters[market] = ConnectLimiter(250 if market == "spot" else 1000, 300.0)

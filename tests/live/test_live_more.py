@@ -1,0 +1,164 @@
+"""More `lake live` runs on the simulator: alerts when repair fails (real local webhook), spot and
+COIN-M feeds, a server clock jump, proactive connection rotation with SUBSCRIBE-paced shards."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pytest
+from aiohttp import web
+
+from lake.live.alerts import Alerter
+from lake.live.runner import LiveConfig, LiveRunner
+from lake.live.watermark import read_watermark
+from lake.settings import Settings
+from lake.sim.server import SimServer
+from lake.sim.testing import sim_server, test_config
+
+from .helpers import M, diff_truth, lake_frame
+
+IV = "1m"
+
+
+def _check_truth(sim: SimServer, root: Path, tt: str, symbols: list[str] | None = None) -> int:
+    wm = read_watermark(root, tt, IV)
+    assert wm is not None, f"no watermark for {tt}"
+    lake = lake_frame(root, tt, IV)
+    syms = symbols or sorted(lake["symbol"].unique())
+    start = int(lake["t"].min())
+    truth = sim.market.truth(tt, IV, syms, start, wm["watermark_ms"] + M)
+    d = diff_truth(lake.filter(pl.col("t") <= wm["watermark_ms"]), truth)
+    assert d["missing"] == d["extra"] == d["differ"] == 0, (tt, d)
+    assert lake.select("symbol", "t").is_duplicated().sum() == 0
+    return int(wm["watermark_ms"])
+
+
+async def _until(cond: Any, within: float) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            if cond():
+                return
+            await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def hook() -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+    posts: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        posts.append(await request.json())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/alerts", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield posts, f"http://127.0.0.1:{port}/alerts"
+    finally:
+        await runner.cleanup()
+
+
+async def test_alert_when_repair_fails_then_recovery(
+    tmp_path: Path, hook: tuple[list[dict[str, Any]], str]
+) -> None:
+    posts, url = hook
+    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 10})) as sim:
+        live = sim.market.symbols("usdt_perp", trading_at=sim.clock.now_ms())
+        sim.faults.update({"ws_skip_close_symbols": live[:1]})
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=("usdt_perp",), intervals=(IV,), periods=14, grace_s=5.0, history=10),
+            alerter=Alerter(url, "json", min_interval_s=0.0),
+            client_options={"retries": 0, "connect_retries": 0, "backoff_base": 0.01, "backoff_cap": 0.02},
+        )
+
+        async def scenario() -> None:
+            feed = runner.feeds[0]
+            await _until(lambda: feed.catchup_done.is_set(), 30)
+            sim.faults.update({"rest_error_rate": 1.0})  # REST down: the skipped symbol cannot be repaired
+            await _until(lambda: any("incomplete after repair" in p["title"] for p in posts), 30)
+            sim.faults.update({"rest_error_rate": 0.0})
+
+        play = asyncio.create_task(scenario())
+        try:
+            summary = await asyncio.wait_for(runner.run(), timeout=90)
+        finally:
+            play.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await play
+        feed = summary["feeds"][0]
+        assert feed["incomplete_alerts"] >= 1 and feed["repair_failures"] >= 1
+        alert = next(p for p in posts if "incomplete after repair" in p["title"])
+        assert alert["level"] == "error" and live[0] in alert["text"]
+        assert summary["alerts"]["sent"] >= 1
+        _check_truth(sim, tmp_path, "usdt_perp", live)  # repaired once REST came back
+
+
+async def test_spot_and_coin_m_feeds(tmp_path: Path) -> None:
+    async with sim_server(test_config(speed=120.0, n_symbols=8)) as sim:
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(
+                trade_types=("usdt_spot", "coin_perp"), intervals=(IV,), periods=5, grace_s=5.0, history=5
+            ),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=90)
+        for tt in ("usdt_spot", "coin_perp"):
+            wm = _check_truth(sim, tmp_path, tt)
+            assert wm >= int(lake_frame(tmp_path, tt)["t"].min()) + 8 * M
+        assert all(f["appender"]["closed"] > 0 for f in summary["feeds"])
+
+
+async def test_server_clock_jump(tmp_path: Path) -> None:
+    async with sim_server(test_config(speed=60.0, n_symbols_by_market={"um": 8})) as sim:
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=("usdt_perp",), intervals=(IV,), periods=9, grace_s=5.0, history=5),
+        )
+
+        async def scenario() -> None:
+            feed = runner.feeds[0]
+            await _until(lambda: feed.stats.periods_checked >= 3, 30)
+            sim.clock.advance(7 * M)  # the exchange's clock jumps seven minutes ahead
+
+        play = asyncio.create_task(scenario())
+        try:
+            await asyncio.wait_for(runner.run(), timeout=90)
+        finally:
+            play.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await play
+        wm = _check_truth(sim, tmp_path, "usdt_perp")
+        assert wm >= sim.clock.now_ms() - 4 * M  # followed the jump
+
+
+async def test_rotation_before_lifetime_and_paced_subscriptions(tmp_path: Path) -> None:
+    async with sim_server(test_config(speed=60.0, n_symbols_by_market={"um": 16})) as sim:
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(
+                trade_types=("usdt_perp",),
+                intervals=(IV,),
+                periods=6,
+                grace_s=5.0,
+                history=5,
+                ws_lifetime_s=1.5,
+                ws_url_streams=2,
+                ws_subscribe_batch=2,
+            ),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=90)
+        feed = summary["feeds"][0]
+        assert feed["ws"]["rotations"] >= 2 and feed["ws"]["drops"] == 0
+        assert feed["appender"]["control"] >= 3  # SUBSCRIBE replies: the URL carried only 2 streams
+        assert sim.stats.snapshot()["ws"].get("closed_rate_limit", 0) == 0
+        _check_truth(sim, tmp_path, "usdt_perp")
