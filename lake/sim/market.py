@@ -11,6 +11,7 @@ aligned), 1w (Monday) and 1M (calendar month) are derived. All derivations use `
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from lake.sim.universe import SymbolInfo, Universe
 
 __all__ = ["Awkward", "SimMarket", "truth_frame"]
 
-TimeLike = int | str | Any
+TimeLike = int | str | dt.datetime | dt.date  # anything clock.to_ms accepts
 
 
 def _cost(c: Candles) -> int:
@@ -65,11 +66,13 @@ class SimMarket:
         self.config = (config or SimConfig()).resolved()
         self.universe = Universe(self.config)
         self.clock = clock or VirtualClock(self.universe.start_ms, self.config.speed)
+        # Shares of cache_mb: 1m 3/8, derived 3/16, walks 1/16, daily tables 1/16 (REST row blocks take
+        # 3/16 and archive zips 1/8, see rows.py and archive.py).
         budget = self.config.cache_mb * 2**20
-        self._minutes: ByteLRU[Candles] = ByteLRU(budget // 2, _cost)
-        self._derived: ByteLRU[Candles] = ByteLRU(budget // 4, _cost)
+        self._minutes: ByteLRU[Candles] = ByteLRU(budget * 3 // 8, _cost)
+        self._derived: ByteLRU[Candles] = ByteLRU(budget * 3 // 16, _cost)
         self._walks: ByteLRU[np.ndarray] = ByteLRU(budget // 16, lambda w: int(w.nbytes))
-        self._daily: ByteLRU[tuple[int, Candles]] = ByteLRU(budget // 8, lambda e: _cost(e[1]))
+        self._daily: ByteLRU[tuple[int, Candles]] = ByteLRU(budget // 16, lambda e: _cost(e[1]))
         self._lock = threading.RLock()
 
     # ---- symbols ----------------------------------------------------------------------------------

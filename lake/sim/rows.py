@@ -33,7 +33,7 @@ class RowServer:
 
     def __init__(self, market: SimMarket, cache_bytes: int | None = None):
         self.market = market
-        budget = cache_bytes if cache_bytes is not None else market.config.cache_mb * 2**20 // 4
+        budget = cache_bytes if cache_bytes is not None else market.config.cache_mb * 2**20 * 3 // 16
         self._blocks: ByteLRU[Block] = ByteLRU(budget, lambda b: b.nbytes + 200)
 
     def _key(self, info: SymbolInfo, iv: Interval, *rest: Hashable) -> tuple[Hashable, ...]:
