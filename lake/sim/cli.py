@@ -1,6 +1,7 @@
 """``lake sim``: run the simulator standalone, or print its ground truth.
 
     lake sim --port 8765 --symbols 50 --speed 60 --seed 1            # same as `lake sim serve …`
+    lake sim serve --set 'weight_limits={"spot": 6000, "um": 100000, "cm": 2400}' --set 'faults={"force_429": 3}'
     lake sim truth --type usdt_perp --interval 5m --symbols BTCUSDT --start 2024-01-01 --end 2024-01-02
 
 The main CLI mounts this with ``app.add_typer(sim_app, name="sim")``.
@@ -10,18 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from lake.binance.markets import MARKETS
 from lake.errors import LakeError
 from lake.sim.clock import ms_to_iso, to_ms
-from lake.sim.config import SimConfig
+from lake.sim.config import FaultConfig, SimConfig
 from lake.sim.market import SimMarket
 from lake.sim.server import SimServer
 
@@ -37,12 +39,41 @@ Seed = Annotated[int, typer.Option(help="Market seed: same seed, same candles.")
 Start = Annotated[str | None, typer.Option(help="Virtual start time (ISO 8601 or ms); default: now.")]
 History = Annotated[int, typer.Option(help="Days of history before the start day.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the URLs as one JSON line.")]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", help='Any SimConfig field as KEY=JSON, e.g. --set \'weight_limits={"um": 100000}\'.'),
+]
+
+
+def _overrides(sets: list[str] | None) -> dict[str, Any]:
+    """``KEY=JSON`` pairs as SimConfig keyword arguments (``faults`` takes a FaultConfig object)."""
+    fields = {f.name for f in dataclasses.fields(SimConfig)}
+    out: dict[str, Any] = {}
+    for item in sets or []:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in fields:
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        if key == "faults":
+            value = FaultConfig(**value)
+        elif key == "maintenance" and value is not None:
+            value = tuple(tuple(w) for w in value)
+        out[key] = value
+    return out
 
 
 def _config(seed: int, symbols: int, speed: float, start: str | None, history_days: int, host: str = "127.0.0.1",
-            port: int = 0) -> SimConfig:  # fmt: skip
-    return SimConfig(seed=seed, n_symbols=symbols, speed=speed, start=start, history_days=history_days,
-                     host=host, port=port)  # fmt: skip
+            port: int = 0, sets: list[str] | None = None) -> SimConfig:  # fmt: skip
+    kw: dict[str, Any] = dict(seed=seed, n_symbols=symbols, speed=speed, start=start, history_days=history_days,
+                              host=host, port=port)  # fmt: skip
+    kw.update(_overrides(sets))
+    try:
+        return SimConfig(**kw)
+    except (LakeError, TypeError) as e:
+        raise typer.BadParameter(str(e)) from e
 
 
 async def _serve(config: SimConfig, as_json: bool) -> None:
@@ -92,10 +123,11 @@ def main(
     start: Start = None,
     history_days: History = 730,
     as_json: AsJson = False,
+    sets: Sets = None,
 ) -> None:
     """Without a sub-command: serve (same options as ``serve``)."""
     if ctx.invoked_subcommand is None:
-        _run_server(_config(seed, symbols, speed, start, history_days, host, port), as_json)
+        _run_server(_config(seed, symbols, speed, start, history_days, host, port, sets), as_json)
 
 
 @sim_app.command()
@@ -108,9 +140,10 @@ def serve(
     start: Start = None,
     history_days: History = 730,
     as_json: AsJson = False,
+    sets: Sets = None,
 ) -> None:
     """Run the simulator until Ctrl-C and print its base URLs."""
-    _run_server(_config(seed, symbols, speed, start, history_days, host, port), as_json)
+    _run_server(_config(seed, symbols, speed, start, history_days, host, port, sets), as_json)
 
 
 @sim_app.command()

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def test_truth_command(tmp_path: Path) -> None:
 
 def test_serve_is_the_default_command() -> None:
     code = "from lake.sim.cli import sim_app; sim_app()"
-    args = ["--port", "0", "--json", "--speed", "0", "--start", TEST_START, "--symbols", "5"]
+    args = ["--port", "0", "--json", "--speed", "0", "--start", TEST_START, "--symbols", "5",
+            "--set", 'weight_limits={"spot": 6000, "um": 7, "cm": 2400}', "--set", 'faults={"force_429": 1}']  # fmt: skip
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -69,6 +71,11 @@ def test_serve_is_the_default_command() -> None:
         assert urls["ws"]["um"].endswith("/ws-um/market") and urls["archive"].endswith("/archive")
         info = _get(f"{urls['rest']}/_sim/info")
         assert isinstance(info, dict) and len(info["symbols"]["usdt_spot"]) == 3
+        assert info["weight_limits"]["um"] == 7
+        with pytest.raises(urllib.error.HTTPError) as forced:
+            _get(f"{urls['rest']}/dapi/v1/time")
+        assert forced.value.code == 429
+        forced.value.close()
         assert _get(f"{urls['rest']}/dapi/v1/time") == {"serverTime": 1742040000000}
     finally:
         proc.terminate()
@@ -77,3 +84,5 @@ def test_serve_is_the_default_command() -> None:
             proc.stdout.close()
     r = CliRunner().invoke(sim_app, ["serve", "--help"])
     assert r.exit_code == 0 and "--speed" in r.output
+    r = CliRunner().invoke(sim_app, ["serve", "--set", "no_such_knob=1"])
+    assert r.exit_code == 2 and "no_such_knob" in r.output
