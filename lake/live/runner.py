@@ -229,6 +229,7 @@ class LiveRunner:
         self._limiters: dict[str, ConnectLimiter] = {}
         self._started_mono = 0.0
         self.stop_reason = ""
+        self.failure: BaseException | None = None  # the first task that died: re-raised by run()
 
     # -- control -----------------------------------------------------------------------------------
     def stop(self, reason: str = "stop requested") -> None:
@@ -298,6 +299,8 @@ class LiveRunner:
             for lk in acquired:
                 lk.release()
             await self.alerter.close()
+        if self.failure is not None:
+            raise self.failure  # flushed and published first; a crash is not a clean exit
         return self.summary()
 
     async def _start_feed(self, feed: Feed) -> None:
@@ -361,6 +364,8 @@ class LiveRunner:
             return
         exc = task.exception()
         if exc is not None:
+            if self.failure is None:
+                self.failure = exc
             log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
             self._alert_soon(
                 f"lake live task {task.get_name()} failed", repr(exc), key=f"task:{task.get_name()}"
