@@ -61,7 +61,9 @@ def _server_main(kwargs: dict[str, Any], conn: Connection, pin: bool) -> None:
     asyncio.run(main())
 
 
-async def _run(base: str, urls: list[str], concurrency: int, deadline: float | None) -> tuple[int, float, list[float]]:
+async def _run(
+    base: str, urls: list[str], concurrency: int, deadline: float | None
+) -> tuple[int, float, list[float]]:
     import aiohttp
 
     latencies: list[float] = []
@@ -129,7 +131,10 @@ def _local_costs() -> dict[str, float]:
     for c in days:
         json_block(infos[0], iv, c)
     fmt = (time.perf_counter() - t0) / len(days)
-    return {"gen_1m_ms_per_symbol_day": round(gen * 1000, 3), "format_5m_block_ms_per_day": round(fmt * 1000, 3)}
+    return {
+        "gen_1m_ms_per_symbol_day": round(gen * 1000, 3),
+        "format_5m_block_ms_per_day": round(fmt * 1000, 3),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,7 +155,10 @@ def main(argv: list[str] | None = None) -> None:
         return [i.symbol for i in syms if i.trade_type == "usdt_perp" and not i.roles]
 
     n_symbols = 10  # grow the market until usdt_perp has enough symbols without awkward roles
-    while len(plain_perps(SimConfig(start=START, n_symbols=n_symbols, history_days=args.days + 5))) < args.symbols:
+    while (
+        len(plain_perps(SimConfig(start=START, n_symbols=n_symbols, history_days=args.days + 5)))
+        < args.symbols
+    ):
         n_symbols += 1
     kwargs = {
         "seed": 1, "speed": 0.0, "start": START, "n_symbols": n_symbols, "history_days": args.days + 5,

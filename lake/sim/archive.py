@@ -220,5 +220,7 @@ class Archive:
             max_keys = min(int(q.get("max-keys", self.config.list_max_keys)), self.config.list_max_keys)
         except ValueError:
             max_keys = self.config.list_max_keys
-        xml = list_xml(self, q.get("prefix", ""), q.get("delimiter") or None, q.get("marker", ""), max(max_keys, 1))
+        xml = list_xml(
+            self, q.get("prefix", ""), q.get("delimiter") or None, q.get("marker", ""), max(max_keys, 1)
+        )
         return web.Response(text=xml, content_type="application/xml")

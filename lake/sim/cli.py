@@ -34,14 +34,18 @@ sim_app = typer.Typer(help="Offline Binance simulator: REST, websocket streams a
 Port = Annotated[int, typer.Option(help="TCP port (0: any free port).")]
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 Symbols = Annotated[int, typer.Option("--symbols", help="Symbols per market.")]
-Speed = Annotated[float, typer.Option(help="Virtual seconds per real second (60: a minute per second; 0 frozen).")]
+Speed = Annotated[
+    float, typer.Option(help="Virtual seconds per real second (60: a minute per second; 0 frozen).")
+]
 Seed = Annotated[int, typer.Option(help="Market seed: same seed, same candles.")]
 Start = Annotated[str | None, typer.Option(help="Virtual start time (ISO 8601 or ms); default: now.")]
 History = Annotated[int, typer.Option(help="Days of history before the start day.")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print the URLs as one JSON line.")]
 Sets = Annotated[
     list[str] | None,
-    typer.Option("--set", help='Any SimConfig field as KEY=JSON, e.g. --set \'weight_limits={"um": 100000}\'.'),
+    typer.Option(
+        "--set", help="Any SimConfig field as KEY=JSON, e.g. --set 'weight_limits={\"um\": 100000}'."
+    ),
 ]
 
 
@@ -52,7 +56,9 @@ def _overrides(sets: list[str] | None) -> dict[str, Any]:
     for item in sets or []:
         key, sep, raw = item.partition("=")
         if not sep or key not in fields:
-            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}")
+            raise typer.BadParameter(
+                f"{item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(fields))}"
+            )
         try:
             value = json.loads(raw)
         except ValueError:
@@ -148,7 +154,9 @@ def serve(
 
 @sim_app.command()
 def truth(
-    trade_type: Annotated[str, typer.Option("--type", help="Trade type (usdt_perp, …) or market (spot/um/cm).")],
+    trade_type: Annotated[
+        str, typer.Option("--type", help="Trade type (usdt_perp, …) or market (spot/um/cm).")
+    ],
     interval: Annotated[str, typer.Option(help="Kline interval, e.g. 5m.")],
     symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols (default: all).")] = None,
     start: Annotated[str | None, typer.Option(help="First candle open (inclusive).")] = None,
@@ -156,13 +164,21 @@ def truth(
     seed: Seed = 1,
     n_symbols: Annotated[int, typer.Option("--n-symbols", help="Symbols per market of that simulator.")] = 10,
     history_days: History = 730,
-    sim_start: Annotated[str | None, typer.Option("--sim-start", help="The simulator's start (default now).")] = None,
-    now: Annotated[str | None, typer.Option(help="Virtual now for 'closed' (default: the sim start).")] = None,
-    output: Annotated[Path | None, typer.Option(help="Write .parquet or .csv instead of printing CSV.")] = None,
+    sim_start: Annotated[
+        str | None, typer.Option("--sim-start", help="The simulator's start (default now).")
+    ] = None,
+    now: Annotated[
+        str | None, typer.Option(help="Virtual now for 'closed' (default: the sim start).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Write .parquet or .csv instead of printing CSV.")
+    ] = None,
 ) -> None:
     """Print or write the candles a simulator with these settings serves (closed candles only)."""
     try:
-        market = SimMarket(SimConfig(seed=seed, n_symbols=n_symbols, history_days=history_days, start=sim_start))
+        market = SimMarket(
+            SimConfig(seed=seed, n_symbols=n_symbols, history_days=history_days, start=sim_start)
+        )
         syms = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
         df = market.truth(trade_type, interval, syms, start, end, now=to_ms(now) if now else None)
     except LakeError as e:

@@ -114,7 +114,9 @@ def _futures_symbol(mkt: SimMarket, info: SymbolInfo, now: int) -> dict[str, Any
     return out
 
 
-def exchange_info(mkt: SimMarket, market: str, now: int, limit: int, symbols: list[SymbolInfo]) -> dict[str, Any]:
+def exchange_info(
+    mkt: SimMarket, market: str, now: int, limit: int, symbols: list[SymbolInfo]
+) -> dict[str, Any]:
     """The exchangeInfo document of ``market`` at virtual time ``now`` for ``symbols``."""
     limits = _rate_limits(market, limit)
     if market == "spot":
@@ -128,7 +130,8 @@ def exchange_info(mkt: SimMarket, market: str, now: int, limit: int, symbols: li
     body.update({"rateLimits": limits, "exchangeFilters": []})
     if market == "um":
         body["assets"] = [
-            {"asset": a, "marginAvailable": True, "autoAssetExchange": "-10000"} for a in ("USDT", "USDC", "BTC")
+            {"asset": a, "marginAvailable": True, "autoAssetExchange": "-10000"}
+            for a in ("USDT", "USDC", "BTC")
         ]
     body["symbols"] = [_futures_symbol(mkt, i, now) for i in symbols]
     return body
@@ -153,4 +156,3 @@ def funding_rows(mkt: SimMarket, info: SymbolInfo, times: list[int]) -> list[dic
             }
         )
     return rows
-

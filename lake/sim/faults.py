@@ -118,7 +118,9 @@ class Faults:
                     if k in _SETS:
                         setattr(self, k, {str(x) for x in v})
                     elif k == "wrong_checksums":
-                        setattr(self, k, {str(a): (None if b is None else int(b)) for a, b in dict(v).items()})
+                        setattr(
+                            self, k, {str(a): (None if b is None else int(b)) for a, b in dict(v).items()}
+                        )
                     elif k == "ws_drop_every_s":
                         self.ws_drop_every_s = None if v is None else float(v)
                     elif k in _FLOATS:

@@ -25,7 +25,9 @@ from lake.sim.universe import SymbolInfo
 __all__ = ["Block", "close_times", "csv_bytes", "dec_str", "json_block", "json_row", "ws_kline_event"]
 
 _SPOT_DECIMALS = 8
-Layout = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]  # (decimals, padded width) x price/qty/quote
+Layout = tuple[
+    tuple[int, int], tuple[int, int], tuple[int, int]
+]  # (decimals, padded width) x price/qty/quote
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +76,9 @@ def dec_str(x: int, d: int, pad: int) -> str:
     return f"{x // p}.{x % p:0{d}d}" + "0" * (pad - d)
 
 
-def _row_pieces(info: SymbolInfo, iv: Interval, c: Candles, micro: bool, csv: bool) -> list[npfmt.Piece | str]:
+def _row_pieces(
+    info: SymbolInfo, iv: Interval, c: Candles, micro: bool, csv: bool
+) -> list[npfmt.Piece | str]:
     """REST row (``csv=False``) or archive CSV line pieces for every candle of ``c``."""
     t, close = c.t, close_times(iv, c.t)
     if micro:
@@ -142,7 +146,9 @@ def rest_rows(info: SymbolInfo, iv: Interval, c: Candles, *, micro: bool = False
     return list(json.loads(b"[" + blk.blob[:-1] + b"]")) if len(blk) else []
 
 
-def ws_kline_event(info: SymbolInfo, iv: Interval, c: Candles, i: int, *, closed: bool, event_ms: int) -> dict[str, Any]:
+def ws_kline_event(
+    info: SymbolInfo, iv: Interval, c: Candles, i: int, *, closed: bool, event_ms: int
+) -> dict[str, Any]:
     """The websocket kline event for candle ``i`` of ``c``."""
     (pd, pp), (vd, vp), (qd, qp) = _decimals(info)
     t = int(c.t[i])

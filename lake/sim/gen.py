@@ -100,7 +100,7 @@ def generate_day(info: SymbolInfo, walk: np.ndarray, day: int) -> Candles:
         q = np.clip(q, np.ceil(base / (h / scale) * qs), np.floor(base / (lo / scale) * qs))
         usd = notional
     else:
-        step = 10.0 ** -info.qty_dec
+        step = 10.0**-info.qty_dec
         lots = np.clip(np.rint(notional / ((o + c) / 2 / scale) / step), 1, MAX_LOTS_PER_MINUTE)
         qty = lots * step
         q = np.rint(qty * vwap * qs)

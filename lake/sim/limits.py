@@ -66,7 +66,9 @@ class Stats:
             self.ws: Counter[str] = Counter()
             self.archive: Counter[str] = Counter()
 
-    def record_rest(self, market: str, status: int, used: int, charged: int, window: int | None = None) -> None:
+    def record_rest(
+        self, market: str, status: int, used: int, charged: int, window: int | None = None
+    ) -> None:
         """One REST response; ``used`` is the weight of ``window`` (its start, ms) after it, ``charged`` what it added."""
         with self._lock:
             s = self.rest[market]

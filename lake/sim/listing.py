@@ -159,7 +159,9 @@ def list_xml(arch: Archive, prefix: str, delimiter: str | None, marker: str, max
             truncated = True
             break
         page.append(e)
-    x = ['<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">']
+    x = [
+        '<?xml version="1.0" encoding="UTF-8"?>\n<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    ]
     x.append(f"<Name>{_BUCKET}</Name><Prefix>{escape(prefix)}</Prefix><Marker>{escape(marker)}</Marker>")
     if truncated and delimiter and arch.config.list_next_marker and page:
         x.append(f"<NextMarker>{escape(page[-1][0])}</NextMarker>")
@@ -179,4 +181,3 @@ def list_xml(arch: Archive, prefix: str, delimiter: str | None, marker: str, max
             x.append(f"<CommonPrefixes><Prefix>{escape(key)}</Prefix></CommonPrefixes>")
     x.append("</ListBucketResult>")
     return "".join(x)
-

@@ -51,7 +51,9 @@ class Awkward:
     maintenance: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {k: getattr(self, k) for k in ("recent", "delisted", "relisted", "illiquid", "delivered")}
+        out: dict[str, Any] = {
+            k: getattr(self, k) for k in ("recent", "delisted", "relisted", "illiquid", "delivered")
+        }
         out["maintenance"] = {
             m: [{"start": a, "end": b, "start_iso": ms_to_iso(a), "end_iso": ms_to_iso(b)} for a, b in w]
             for m, w in self.maintenance.items()
@@ -101,7 +103,10 @@ class SimMarket:
     @property
     def awkward(self) -> Awkward:
         def by(role: str) -> dict[str, list[str]]:
-            return {m: [s for s, i in syms.items() if role in i.roles] for m, syms in self.universe.symbols.items()}
+            return {
+                m: [s for s, i in syms.items() if role in i.roles]
+                for m, syms in self.universe.symbols.items()
+            }
 
         return Awkward(
             recent=by("recent"), delisted=by("delisted"), relisted=by("relisted"), illiquid=by("illiquid"),
@@ -332,4 +337,3 @@ def truth_frame(info: SymbolInfo | None, c: Candles) -> pl.DataFrame:
             "taker_buy_quote_asset_volume": c.tq / qd,
         }
     )
-

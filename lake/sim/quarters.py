@@ -18,7 +18,9 @@ def _expiry(year: int, month: int) -> int:
 def quarter_expiries(t_ms: int, *, before: int, after: int) -> list[int]:
     """``before`` expiries at or before ``t_ms`` and ``after`` expiries after it, ascending."""
     year = dt.datetime.fromtimestamp(t_ms / 1000, tz=dt.UTC).year
-    cands = [_expiry(y, m) for y in range(year - before // 4 - 2, year + after // 4 + 3) for m in (3, 6, 9, 12)]
+    cands = [
+        _expiry(y, m) for y in range(year - before // 4 - 2, year + after // 4 + 3) for m in (3, 6, 9, 12)
+    ]
     past = [c for c in cands if c <= t_ms]
     future = [c for c in cands if c > t_ms]
     return (past[-before:] if before else []) + future[:after]

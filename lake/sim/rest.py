@@ -53,11 +53,15 @@ def _int(q: Mapping[str, str], name: str) -> int | None:
     if v is None or v == "":
         return None
     if not v.lstrip("-").isdigit() or len(v) > 20:
-        raise ApiError(-1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'.")
+        raise ApiError(
+            -1100, f"Illegal characters found in parameter '{name}'; legal range is '^[0-9]{{1,20}}$'."
+        )
     return int(v)
 
 
-def _funding_slots(perps: list[SymbolInfo], lo: int, hi: int, limit: int, *, newest: bool) -> list[tuple[int, str]]:
+def _funding_slots(
+    perps: list[SymbolInfo], lo: int, hi: int, limit: int, *, newest: bool
+) -> list[tuple[int, str]]:
     """(fundingTime, symbol) of the first (or newest) ``limit`` funding events in ``[lo, hi]``, ascending.
 
     Every perpetual funds on the same 8h grid, so walk the grid from one end, slot by slot.
@@ -111,7 +115,9 @@ class RestApi:
             app.router.add_get(f"{p}/klines", kl)
             if name == "spot":
                 app.router.add_get(f"{p}/uiKlines", kl)
-            app.router.add_get(f"{p}/exchangeInfo", self._guard(name, _const(m.exchange_info_weight), self.exinfo))
+            app.router.add_get(
+                f"{p}/exchangeInfo", self._guard(name, _const(m.exchange_info_weight), self.exinfo)
+            )
             app.router.add_get(f"{p}/time", self._guard(name, _const(1), self.time))
             app.router.add_get(f"{p}/ping", self._guard(name, _const(1), self.ping))
             if m.funding_path:
@@ -131,7 +137,11 @@ class RestApi:
     def _respond(self, market: str, status: int, body: bytes, d: Decision, charged: int) -> web.Response:
         self.stats.record_rest(market, status, d.used, charged, d.window)
         return web.Response(
-            status=status, body=body, content_type=_JSON, charset="UTF-8", headers=self._headers(market, d.used, d.retry_after)
+            status=status,
+            body=body,
+            content_type=_JSON,
+            charset="UTF-8",
+            headers=self._headers(market, d.used, d.retry_after),
         )
 
     def _limited(self, market: str, d: Decision) -> web.Response:
@@ -177,10 +187,17 @@ class RestApi:
         d = Decision(200, self.limiter.used(market))
         if kind == "hang":
             await asyncio.sleep(self.faults.rest_hang_s)
-            body = {"code": -1007, "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown."}
+            body = {
+                "code": -1007,
+                "msg": "Timeout waiting for response from backend server. Send status unknown; execution status unknown.",
+            }
             return self._respond(market, 504, _dumps(body), d, 0)
         status = self.faults.rest_error_status
-        msg = "Service Unavailable." if status == 503 else "Internal error; unable to process your request. Please try again."
+        msg = (
+            "Service Unavailable."
+            if status == 503
+            else "Internal error; unable to process your request. Please try again."
+        )
         return self._respond(market, status, _dumps({"code": -1001, "msg": msg}), d, 0)
 
     def _kline_weight(self, request: web.Request) -> int:
@@ -229,7 +246,9 @@ class RestApi:
             span = cfg.cm_max_span_days * MS_PER_DAY
             if start is not None and end is not None:
                 if end - start > span:
-                    raise ApiError(-1127, f"More than {cfg.cm_max_span_days} days between startTime and endTime.")
+                    raise ApiError(
+                        -1127, f"More than {cfg.cm_max_span_days} days between startTime and endTime."
+                    )
                 lo, hi = start, end
             elif start is not None:
                 lo, hi = start, min(start + span, now)
@@ -277,7 +296,9 @@ class RestApi:
         if market == "cm" or q.get("symbol"):
             infos = [self._symbol(market, q)]
         else:
-            infos = [i for i in self.market.universe.symbols[market].values() if i.first_ms <= self.clock.now_ms()]
+            infos = [
+                i for i in self.market.universe.symbols[market].values() if i.first_ms <= self.clock.now_ms()
+            ]
         limit = _int(q, "limit")
         limit = 100 if limit is None else limit
         if not 1 <= limit <= 1000:

@@ -41,7 +41,9 @@ class RowServer:
 
     def day_block(self, info: SymbolInfo, iv: Interval, day: int, micro: bool = False) -> Block:
         key = self._key(info, iv, day, micro)
-        return self._blocks.get_or(key, lambda: json_block(info, iv, self.market.day_candles(info, iv, day), micro=micro))
+        return self._blocks.get_or(
+            key, lambda: json_block(info, iv, self.market.day_candles(info, iv, day), micro=micro)
+        )
 
     def long_block(self, info: SymbolInfo, iv: Interval, until: int, micro: bool = False) -> Block:
         key = self._key(info, iv, "until", until, micro)

@@ -106,7 +106,12 @@ class SimServer:
         ep = self.endpoints
         return {
             "base_url": self.base_url,
-            "endpoints": {"rest": dict(ep.rest), "ws": dict(ep.ws), "archive": ep.archive, "archive_list": ep.archive_list},
+            "endpoints": {
+                "rest": dict(ep.rest),
+                "ws": dict(ep.ws),
+                "archive": ep.archive,
+                "archive_list": ep.archive_list,
+            },
             "seed": self.config.seed,
             "start": self.config.start,
             "history_start": m.universe.history_start,

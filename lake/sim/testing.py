@@ -33,7 +33,9 @@ TEST_START = "2025-03-15T12:00:00Z"
 
 def test_config(**overrides: Any) -> SimConfig:
     """A small deterministic config for tests; keyword arguments override any ``SimConfig`` field."""
-    base = SimConfig(seed=1, speed=0.0, start=TEST_START, n_symbols=10, history_days=150, ws_intermediate=False)
+    base = SimConfig(
+        seed=1, speed=0.0, start=TEST_START, n_symbols=10, history_days=150, ws_intermediate=False
+    )
     return replace(base, **overrides)
 
 

@@ -186,7 +186,9 @@ class Universe:
             out.append((base, _yymmdd(exp), exp))
         return out
 
-    def _add(self, market: str, tt: str, name: str, base: str, quote: str, delivery: int | None) -> SymbolInfo:
+    def _add(
+        self, market: str, tt: str, name: str, base: str, quote: str, delivery: int | None
+    ) -> SymbolInfo:
         cfg = self.config
         key = stable_hash(f"{cfg.seed}:{market}:{name}")
         rng = np.random.default_rng(key)
@@ -195,7 +197,9 @@ class Universe:
         p0 = p_usd / quote_usd
         major = base in ("BTC", "ETH")
         known = base in KNOWN_BASES
-        liq_usd = 10 ** float(rng.uniform(5.5, 6.5) if major else rng.uniform(3.5, 5.0) if known else rng.uniform(2, 4))
+        liq_usd = 10 ** float(
+            rng.uniform(5.5, 6.5) if major else rng.uniform(3.5, 5.0) if known else rng.uniform(2, 4)
+        )
         lg = math.floor(math.log10(p0))
         lg_usd = math.floor(math.log10(p_usd))
         price_dec = _clamp(5 - lg, 0, 8)

@@ -166,7 +166,11 @@ class WsHub:
         if not isinstance(req, dict):
             return {"code": 2, "msg": "Invalid request: expected an object"}
         rid = req.get("id")
-        if not (rid is None or (isinstance(rid, int) and not isinstance(rid, bool)) or (isinstance(rid, str) and _ID.fullmatch(rid))):
+        if not (
+            rid is None
+            or (isinstance(rid, int) and not isinstance(rid, bool))
+            or (isinstance(rid, str) and _ID.fullmatch(rid))
+        ):
             return {"code": 2, "msg": "Invalid request: request ID must be an unsigned integer"}
         method, params = req.get("method"), req.get("params", [])
         if method not in _METHODS:
@@ -227,13 +231,18 @@ class WsHub:
             while cursor + MS_PER_MINUTE + delay <= now:
                 cursor += MS_PER_MINUTE
                 await self._closings(conn, cursor, cursor + delay + cfg.ws_close_lag_ms)
-            due = now - last_virtual >= update_ms and time.monotonic() - last_real >= 1.0 / cfg.ws_intermediate_per_s
+            due = (
+                now - last_virtual >= update_ms
+                and time.monotonic() - last_real >= 1.0 / cfg.ws_intermediate_per_s
+            )
             if cfg.ws_intermediate and conn.subs and due:
                 last_real, last_virtual = time.monotonic(), now
                 await self._partials(conn, now)
             timeout = min(1.0, clock.real_seconds(cursor + MS_PER_MINUTE + delay - now))
             if cfg.ws_intermediate and conn.subs:
-                timeout = min(timeout, max(0.01, 1.0 / cfg.ws_intermediate_per_s - (time.monotonic() - last_real)))
+                timeout = min(
+                    timeout, max(0.01, 1.0 / cfg.ws_intermediate_per_s - (time.monotonic() - last_real))
+                )
             if drop is not None:
                 timeout = min(timeout, max(0.0, drop - (time.monotonic() - conn.opened)))
             with contextlib.suppress(TimeoutError):

@@ -89,7 +89,10 @@ async def test_zip_checksum_and_content(sim: SimServer, http: aiohttp.ClientSess
     df = csv_frame(text)
     assert not text.startswith("open_time") and df.height == 1440
     # Spot files from 2025-01-01 use microseconds.
-    assert df["t"][0] == to_ms("2025-03-10") * 1000 and df["close_time"][0] == (to_ms("2025-03-10") + 60_000) * 1000 - 1
+    assert (
+        df["t"][0] == to_ms("2025-03-10") * 1000
+        and df["close_time"][0] == (to_ms("2025-03-10") + 60_000) * 1000 - 1
+    )
     truth = sim.market.truth("usdt_spot", "1m", ["BTCUSDT"], "2025-03-10", "2025-03-11")
     for c in ("open", "close", "volume", "quote_volume", "trade_num"):
         assert df[c].to_list() == truth[c].to_list(), c
@@ -109,17 +112,23 @@ async def test_spot_milliseconds_before_2025_and_headers(http: aiohttp.ClientSes
             "taker_buy_volume,taker_buy_quote_volume,ignore"
         )
         assert csv_frame(unzip(new)[1])["t"][0] == to_ms("2025-01-01")  # futures stay in ms
-        _, cm, _ = await fetch(http, sim, key("data/futures/cm/daily/klines", "BTCUSD_PERP", "1h", "2025-01-01"))
+        _, cm, _ = await fetch(
+            http, sim, key("data/futures/cm/daily/klines", "BTCUSD_PERP", "1h", "2025-01-01")
+        )
         assert not unzip(cm)[1].startswith("open_time")
 
 
 async def test_coinm_headers_drift_deterministically(sim: SimServer, http: aiohttp.ClientSession) -> None:
     flags = []
     for d in range(1, 21):
-        _, data, _ = await fetch(http, sim, key("data/futures/cm/daily/klines", "ETHUSD_PERP", "1d", f"2025-02-{d:02d}"))
+        _, data, _ = await fetch(
+            http, sim, key("data/futures/cm/daily/klines", "ETHUSD_PERP", "1d", f"2025-02-{d:02d}")
+        )
         flags.append(unzip(data)[1].startswith("open_time"))
     assert 0 < sum(flags) < 20  # some files with a header, some without (default fraction 0.3)
-    _, data, _ = await fetch(http, sim, key("data/futures/cm/daily/klines", "ETHUSD_PERP", "1d", "2025-02-01"))
+    _, data, _ = await fetch(
+        http, sim, key("data/futures/cm/daily/klines", "ETHUSD_PERP", "1d", "2025-02-01")
+    )
     assert unzip(data)[1].startswith("open_time") == flags[0]
 
 
@@ -192,7 +201,13 @@ async def test_listing_levels(sim: SimServer, http: aiohttp.ClientSession) -> No
     assert ks[-1].endswith("BTCUSDT-1d-2025-03-14.zip.CHECKSUM") and len(ks) == 2 * 150
     contents = root.find(f"{NS}Contents")
     assert contents is not None
-    assert {c.tag.removeprefix(NS) for c in contents} == {"Key", "LastModified", "ETag", "Size", "StorageClass"}
+    assert {c.tag.removeprefix(NS) for c in contents} == {
+        "Key",
+        "LastModified",
+        "ETag",
+        "Size",
+        "StorageClass",
+    }
     assert field(root, "Name") == "data.binance.vision" and field(root, "MaxKeys") == "1000"
     # A partial prefix filters names.
     root = await listing(http, sim, prefix=f"{UM}/BTCUSDT/1d/BTCUSDT-1d-2025-02", delimiter="/")
@@ -251,12 +266,16 @@ async def test_archive_faults(sim: SimServer, http: aiohttp.ClientSession) -> No
     for _ in range(3):  # persistent
         k = key(UM, "BTCUSDT", "1h", "2025-03-02")
         _, z, _ = await fetch(http, sim, k)
-        assert (await fetch(http, sim, k + ".CHECKSUM"))[1].split()[0].decode() != hashlib.sha256(z).hexdigest()
+        assert (await fetch(http, sim, k + ".CHECKSUM"))[1].split()[0].decode() != hashlib.sha256(
+            z
+        ).hexdigest()
     k = key(UM, "BTCUSDT", "1h", "2025-03-03")  # heals after 2 downloads
     results = []
     for _ in range(3):
         _, z, _ = await fetch(http, sim, k)
-        results.append((await fetch(http, sim, k + ".CHECKSUM"))[1].split()[0].decode() == hashlib.sha256(z).hexdigest())
+        results.append(
+            (await fetch(http, sim, k + ".CHECKSUM"))[1].split()[0].decode() == hashlib.sha256(z).hexdigest()
+        )
     assert results == [False, True, True]
     # A missing day: no file, not listed, but REST has the data.
     assert (await fetch(http, sim, key(UM, "BTCUSDT", "1h", "2025-03-04")))[0] == 404
@@ -265,7 +284,10 @@ async def test_archive_faults(sim: SimServer, http: aiohttp.ClientSession) -> No
     q = {"symbol": "BTCUSDT", "interval": "1h", "startTime": str(to_ms("2025-03-04")), "limit": "24"}
     async with http.get(f"{sim.base_url}/fapi/v1/klines", params=q) as r:
         assert len(await r.json()) == 24
-    assert sim.faults.to_json()["wrong_checksums"] == {"BTCUSDT-1h-2025-03-02.zip": None, "BTCUSDT-1h-2025-03-03.zip": 0}
+    assert sim.faults.to_json()["wrong_checksums"] == {
+        "BTCUSDT-1h-2025-03-02.zip": None,
+        "BTCUSDT-1h-2025-03-03.zip": 0,
+    }
 
 
 async def test_reupload_changes_file_and_truth(sim: SimServer, http: aiohttp.ClientSession) -> None:
@@ -275,9 +297,15 @@ async def test_reupload_changes_file_and_truth(sim: SimServer, http: aiohttp.Cli
     month_k = key("data/spot/monthly/klines", "ETHUSDT", "1d", "2025-02")
     _, _, hm1 = await fetch(http, sim, month_k)
     sim.clock.advance(3_600_000)
-    (applied,) = sim.control_faults({"reupload": [{"market": "spot", "symbol": "ETHUSDT", "date": "2025-03-05"}]})
+    (applied,) = sim.control_faults(
+        {"reupload": [{"market": "spot", "symbol": "ETHUSDT", "date": "2025-03-05"}]}
+    )
     _, after, h2 = await fetch(http, sim, k)
-    assert after != before and h2["ETag"] != h1["ETag"] and h2["Last-Modified"] == "Sat, 15 Mar 2025 13:00:00 GMT"
+    assert (
+        after != before
+        and h2["ETag"] != h1["ETag"]
+        and h2["Last-Modified"] == "Sat, 15 Mar 2025 13:00:00 GMT"
+    )
     truth_after = sim.market.truth("usdt_spot", "1m", ["ETHUSDT"], "2025-03-05", "2025-03-06")
     diff = truth_after.filter(truth_after["volume"] != truth_before["volume"])
     assert diff.height == 1 and diff["candle_begin_time"][0].timestamp() * 1000 == applied["corrected_open"]

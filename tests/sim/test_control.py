@@ -102,7 +102,10 @@ async def test_delist_and_list_mid_run(sim: SimServer, http: aiohttp.ClientSessi
     try:
         await asyncio.sleep(0.05)
         sim.clock.set(NOW + 3 * MIN + 30_000)
-        got = [(m["data"]["s"], m["data"]["k"]["t"]) for m in [await ws.receive_json(timeout=3) for _ in range(3)]]
+        got = [
+            (m["data"]["s"], m["data"]["k"]["t"])
+            for m in [await ws.receive_json(timeout=3) for _ in range(3)]
+        ]
         # ETHUSDT's last candle is the minute it was delisted in; NEWUSDT starts the minute after.
         assert got == [("ETHUSDT", NOW), ("NEWUSDT", NOW + MIN), ("NEWUSDT", NOW + 2 * MIN)]
     finally:

@@ -51,11 +51,15 @@ def test_truth_command(tmp_path: Path) -> None:
             "--output", str(out)]  # fmt: skip
     r = CliRunner().invoke(sim_app, args)
     assert r.exit_code == 0, r.output
-    want = SimMarket(test_config()).truth("coin_perp", "4h", ["BTCUSD_PERP", "ETHUSD_PERP"], "2025-03-01", "2025-03-02")
+    want = SimMarket(test_config()).truth(
+        "coin_perp", "4h", ["BTCUSD_PERP", "ETHUSD_PERP"], "2025-03-01", "2025-03-02"
+    )
     assert pl.read_parquet(out).equals(want) and want.height == 12
     r = CliRunner().invoke(sim_app, [*args[:-2]])
     assert r.exit_code == 0 and r.output.splitlines()[0].startswith("symbol,candle_begin_time,open")
-    r = CliRunner().invoke(sim_app, ["truth", "--type", "coin_perp", "--interval", "1s", "--sim-start", TEST_START])
+    r = CliRunner().invoke(
+        sim_app, ["truth", "--type", "coin_perp", "--interval", "1s", "--sim-start", TEST_START]
+    )
     assert r.exit_code == 2 and "1s" in r.output
 
 

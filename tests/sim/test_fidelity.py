@@ -37,7 +37,9 @@ async def test_python_binance_async_client(sim: SimServer) -> None:
         assert len(rows) == 5 and rows[-1][0] == NOW
         hist = await client.get_historical_klines("ETHUSDT", "1h", "2025-03-14", "2025-03-15")
         assert [r[0] for r in hist] == [to_ms("2025-03-14") + h * 3_600_000 for h in range(25)]
-        truth = sim.market.truth("usdt_spot", "1h", ["ETHUSDT"], "2025-03-14", "2025-03-15T01:00").drop("symbol")
+        truth = sim.market.truth("usdt_spot", "1h", ["ETHUSDT"], "2025-03-14", "2025-03-15T01:00").drop(
+            "symbol"
+        )
         assert klines_from_rest(hist).drop("source").equals(truth)
 
         fut = await client.futures_exchange_info()

@@ -28,7 +28,10 @@ def market() -> SimMarket:
 
 def _c(**cols: list[int]) -> Candles:
     n = len(cols["t"])
-    full = {k: np.asarray(cols.get(k, [0] * n), dtype=np.int64) for k in ("t", "o", "h", "l", "c", "v", "q", "n", "tb", "tq")}
+    full = {
+        k: np.asarray(cols.get(k, [0] * n), dtype=np.int64)
+        for k in ("t", "o", "h", "l", "c", "v", "q", "n", "tb", "tq")
+    }
     return Candles(**full, f=np.full(n, -1, dtype=np.int64), L=np.full(n, -1, dtype=np.int64))
 
 
@@ -88,7 +91,9 @@ def test_zero_volume_minutes_are_visible_in_derived_candles(market: SimMarket) -
     """Including quiet minutes in o/h/l would change some 5m candles: the rule is observable in the data."""
     sym = market.awkward.illiquid["spot"][0]
     m1 = market.truth("spot", "1m", [sym], DAY, NEXT)
-    naive = m1.group_by_dynamic("candle_begin_time", every="5m").agg(pl.col("high").max(), pl.col("low").min())
+    naive = m1.group_by_dynamic("candle_begin_time", every="5m").agg(
+        pl.col("high").max(), pl.col("low").min()
+    )
     got = market.truth("spot", "5m", [sym], DAY, NEXT)
     differs = (naive["high"] != got["high"]) | (naive["low"] != got["low"])
     assert differs.sum() > 0
@@ -99,7 +104,9 @@ def test_zero_volume_minutes_are_visible_in_derived_candles(market: SimMarket) -
 
 def test_hand_checked_hour(market: SimMarket) -> None:
     m1 = market.truth("usdt_perp", "1m", ["BTCUSDT"], "2025-03-10T13:00", "2025-03-10T14:00")
-    h = market.truth("usdt_perp", "1h", ["BTCUSDT"], "2025-03-10T13:00", "2025-03-10T14:00").row(0, named=True)
+    h = market.truth("usdt_perp", "1h", ["BTCUSDT"], "2025-03-10T13:00", "2025-03-10T14:00").row(
+        0, named=True
+    )
     assert m1.height == 60 and (m1["volume"] > 0).all()
     assert h["open"] == m1["open"][0] and h["close"] == m1["close"][-1]
     assert h["high"] == m1["high"].max() and h["low"] == m1["low"].min()
@@ -107,7 +114,9 @@ def test_hand_checked_hour(market: SimMarket) -> None:
     # Sums of exact decimals: compare in integer units of the lot step / quote decimals.
     info = market.info("um", "BTCUSDT")
     assert round(h["volume"] * 10**info.qty_dec) == round((m1["volume"] * 10**info.qty_dec).round().sum())
-    assert round(h["quote_volume"] * 10**info.quote_dec) == round((m1["quote_volume"] * 10**info.quote_dec).round().sum())
+    assert round(h["quote_volume"] * 10**info.quote_dec) == round(
+        (m1["quote_volume"] * 10**info.quote_dec).round().sum()
+    )
 
 
 def test_calendar_alignment(market: SimMarket) -> None:
@@ -134,7 +143,11 @@ def test_maintenance_windows_have_no_candles_anywhere(market: SimMarket) -> None
             inside = df.filter(pl.col("candle_begin_time").is_between(_dt(a), _dt(b - 1)))
             assert inside.height == 0
             # Symbols with data around the window all resume at the same minute.
-            after = df.filter(pl.col("candle_begin_time") >= _dt(b)).group_by("symbol").agg(pl.col("candle_begin_time").min())
+            after = (
+                df.filter(pl.col("candle_begin_time") >= _dt(b))
+                .group_by("symbol")
+                .agg(pl.col("candle_begin_time").min())
+            )
             assert (after["candle_begin_time"] == _dt(b)).all()
         for iv in ("5m", "15m", "1h"):
             ms = INTERVALS[iv].ms
@@ -157,7 +170,9 @@ def test_listing_events(market: SimMarket) -> None:
         df = market.truth(m, "1d", [recent.symbol])
         assert df["candle_begin_time"].min() == _dt(recent.first_ms - recent.first_ms % MS_PER_DAY)
         assert 3 <= df.height <= 20
-        first_minute = market.truth(m, "1m", [recent.symbol], recent.first_ms - 3_600_000, recent.first_ms + 60_000)
+        first_minute = market.truth(
+            m, "1m", [recent.symbol], recent.first_ms - 3_600_000, recent.first_ms + 60_000
+        )
         assert first_minute["candle_begin_time"].to_list() == [_dt(recent.first_ms)]
 
         gone = market.info(m, aw.delisted[m][0])
@@ -237,7 +252,10 @@ def test_days_join_up(market: SimMarket) -> None:
 def test_truth_closed_only_and_forming(market: SimMarket) -> None:
     now = to_ms(TEST_START) + 150_000  # 12:02:30
     df = market.truth("usdt_perp", "1h", ["BTCUSDT"], "2025-03-15T10:00", "2025-03-15T14:00", now=now)
-    assert df["candle_begin_time"].to_list() == [_dt(to_ms("2025-03-15T10:00")), _dt(to_ms("2025-03-15T11:00"))]
+    assert df["candle_begin_time"].to_list() == [
+        _dt(to_ms("2025-03-15T10:00")),
+        _dt(to_ms("2025-03-15T11:00")),
+    ]
     info = market.info("um", "BTCUSDT")
     f = market.forming(info, parse_interval("1h"), now)
     final = market.candles(info, parse_interval("1h"), to_ms(TEST_START), to_ms(TEST_START) + 1)

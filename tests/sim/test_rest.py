@@ -24,7 +24,9 @@ async def get(http: aiohttp.ClientSession, url: str, **kw: Any) -> tuple[int, An
         return r.status, r.headers, await r.json(content_type=None)
 
 
-async def klines(http: aiohttp.ClientSession, sim: SimServer, market: str, **params: Any) -> tuple[int, Any, Any]:
+async def klines(
+    http: aiohttp.ClientSession, sim: SimServer, market: str, **params: Any
+) -> tuple[int, Any, Any]:
     q = {"symbol": SYM[market], "interval": "5m", **{k: str(v) for k, v in params.items()}}
     return await get(http, f"{sim.base_url}{PATH[market]}/klines", params=q)
 
@@ -113,7 +115,9 @@ async def test_limits_and_errors(sim: SimServer, http: aiohttp.ClientSession) ->
         status, _, body = await get(http, base, params=params)
         assert status == 400 and body["code"] == code, params
         assert set(body) == {"code", "msg"} and (msg is None or body["msg"] == msg)
-    status, _, body = await get(http, f"{sim.base_url}/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1s"})
+    status, _, body = await get(
+        http, f"{sim.base_url}/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1s"}
+    )
     assert (status, body["code"]) == (400, -1120)  # 1s cannot be derived from 1m: unsupported here
 
 
@@ -193,7 +197,9 @@ async def test_exchange_info_fields(sim: SimServer, http: aiohttp.ClientSession)
     assert s[aw.delisted["spot"][0]]["status"] == "BREAK"
     filters = {f["filterType"]: f for f in s["BTCUSDT"]["filters"]}
     assert set(filters) == {"PRICE_FILTER", "LOT_SIZE", "NOTIONAL"}
-    assert filters["PRICE_FILTER"]["tickSize"] == "0.10000000" and isinstance(filters["LOT_SIZE"]["stepSize"], str)
+    assert filters["PRICE_FILTER"]["tickSize"] == "0.10000000" and isinstance(
+        filters["LOT_SIZE"]["stepSize"], str
+    )
 
     _, _, um = await get(http, f"{sim.base_url}/fapi/v1/exchangeInfo")
     assert um["rateLimits"][0]["limit"] == 2400
@@ -252,12 +258,16 @@ async def test_funding_rate(sim: SimServer, http: aiohttp.ClientSession) -> None
     start = to_ms("2025-03-01")
     _, _, rows = await get(http, base, params={"symbol": "BTCUSDT", "startTime": str(start), "limit": "2"})
     assert [r["fundingTime"] for r in rows] == [start, start + h8]
-    _, _, rows = await get(http, base, params={"symbol": "BTCUSDT", "startTime": str(start), "endTime": str(start)})
+    _, _, rows = await get(
+        http, base, params={"symbol": "BTCUSDT", "startTime": str(start), "endTime": str(start)}
+    )
     assert len(rows) == 1
     _, _, all_syms = await get(http, base, params={"limit": "1000"})
     assert {r["symbol"] for r in all_syms} >= {"BTCUSDT", "ETHUSDT", "BTCUSDC"}
     assert not any("_" in r["symbol"] for r in all_syms)
-    _, _, body = await get(http, f"{sim.base_url}/dapi/v1/fundingRate", params={"symbol": "BTCUSD_PERP", "limit": "1"})
+    _, _, body = await get(
+        http, f"{sim.base_url}/dapi/v1/fundingRate", params={"symbol": "BTCUSD_PERP", "limit": "1"}
+    )
     assert len(body) == 1
     deli = sim.market.symbols("coin_deli", trading_at=NOW)[0]
     assert (await get(http, f"{sim.base_url}/dapi/v1/fundingRate", params={"symbol": deli}))[2] == []

@@ -41,7 +41,9 @@ async def closed(ws: aiohttp.ClientWebSocketResponse, wait: float = 3.0) -> int 
 
 async def test_control_messages(sim: SimServer, http: aiohttp.ClientSession) -> None:
     async with http.ws_connect(sim.endpoints.ws["spot"] + "/ws") as ws:
-        await ws.send_json({"method": "SUBSCRIBE", "params": ["btcusdt@kline_1m", "ethusdt@kline_5m"], "id": 1})
+        await ws.send_json(
+            {"method": "SUBSCRIBE", "params": ["btcusdt@kline_1m", "ethusdt@kline_5m"], "id": 1}
+        )
         assert await recv(ws) == {"result": None, "id": 1}
         await ws.send_json({"method": "LIST_SUBSCRIPTIONS", "id": "abc"})
         assert await recv(ws) == {"result": ["btcusdt@kline_1m", "ethusdt@kline_5m"], "id": "abc"}
@@ -71,7 +73,25 @@ async def test_closing_event_equals_truth(sim: SimServer, http: aiohttp.ClientSe
         k = ev["k"]
         assert ev["e"] == "kline" and ev["s"] == "BTCUSDT" and k["x"] is True and k["i"] == "1m"
         assert (k["t"], k["T"]) == (NOW, NOW + MIN - 1) and ev["E"] > k["T"]
-        assert list(k) == ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q", "B"]
+        assert list(k) == [
+            "t",
+            "T",
+            "s",
+            "i",
+            "f",
+            "L",
+            "o",
+            "c",
+            "h",
+            "l",
+            "v",
+            "n",
+            "x",
+            "q",
+            "V",
+            "Q",
+            "B",
+        ]
         truth = sim.market.truth("usdt_perp", "1m", ["BTCUSDT"], NOW, NOW + MIN).row(0, named=True)
         assert [float(k[c]) for c in ("o", "h", "l", "c", "v", "q", "V", "Q")] == [
             truth[c] for c in ("open", "high", "low", "close", "volume", "quote_volume",
@@ -131,7 +151,9 @@ async def test_monthly_and_weekly_close_at_calendar_boundaries(http: aiohttp.Cli
             got = {m["stream"]: m["data"]["k"] for m in [await recv(ws, 10) for _ in range(2)]}
             assert set(got) == {"ethusdt@kline_1M", "ethusdt@kline_1d"}  # 2025-04-01 is a Tuesday
             assert got["ethusdt@kline_1M"]["t"] == to_ms("2025-03-01")
-            truth = sim.market.truth("usdt_perp", "1M", ["ETHUSDT"], "2025-03-01", "2025-04-01").row(0, named=True)
+            truth = sim.market.truth("usdt_perp", "1M", ["ETHUSDT"], "2025-03-01", "2025-04-01").row(
+                0, named=True
+            )
             assert float(got["ethusdt@kline_1M"]["c"]) == truth["close"]
             assert got["ethusdt@kline_1M"]["n"] == truth["trade_num"]
 
@@ -180,7 +202,9 @@ async def test_intermediate_updates_are_capped(http: aiohttp.ClientSession) -> N
 
 async def test_fault_skip_and_delay_closing_events(sim: SimServer, http: aiohttp.ClientSession) -> None:
     sim.control_faults({"ws_skip_close_symbols": ["BTCUSDT"], "ws_close_delay_s": 20})
-    async with http.ws_connect(sim.endpoints.ws["um"] + "/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m") as ws:
+    async with http.ws_connect(
+        sim.endpoints.ws["um"] + "/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m"
+    ) as ws:
         await asyncio.sleep(0.05)
         sim.clock.advance(MIN + 10_000)
         assert await nothing(ws)  # held back 20 s (virtual)
@@ -245,5 +269,9 @@ async def test_quiet_candles_can_skip_the_closing_event(http: aiohttp.ClientSess
                 except TimeoutError:
                     break
         truth = sim.market.truth("um", "1m", [sym], start, end)
-        traded = [int(t.timestamp() * 1000) for t, v in zip(truth["candle_begin_time"], truth["volume"], strict=True) if v > 0]
+        traded = [
+            int(t.timestamp() * 1000)
+            for t, v in zip(truth["candle_begin_time"], truth["volume"], strict=True)
+            if v > 0
+        ]
         assert quiet not in got and got == traded and len(got) >= 2
