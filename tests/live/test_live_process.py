@@ -55,6 +55,7 @@ def test_sigkill_restart_then_sigterm(tmp_path: Path) -> None:
     )
     with start_sim(cfg) as sim:
         live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        gone = live[-1]
         sim.faults.update({"ws_skip_close_symbols": live[:1]})
         reader = DuckReader(root)
         reader.start()
@@ -62,17 +63,22 @@ def test_sigkill_restart_then_sigterm(tmp_path: Path) -> None:
             first = _spawn(root, sim.base_url, log)
             try:
                 wm0 = _wait_watermark(root, None, 60, first)
-                _wait_watermark(root, wm0 + 3 * M, 60, first)
+                _wait_watermark(root, wm0 + 2 * M, 60, first)
+                sim.server.control_faults({"delist": [{"market": "um", "symbol": gone}]})
+                _wait_watermark(root, wm0 + 7 * M, 60, first)
             finally:
                 first.send_signal(signal.SIGKILL)
                 first.communicate(timeout=10)
             assert first.returncode == -signal.SIGKILL
             killed_at = _watermark(root)
             assert killed_at is not None
+            sim.server.control_faults({"list": [{"market": "um", "symbol": "DOWNXUSDT"}]})
             time.sleep(1.5)  # three virtual minutes pass with nobody listening
             second = _spawn(root, sim.base_url, log)
             try:
-                _wait_watermark(root, killed_at + 8 * M, 60, second)
+                _wait_watermark(root, killed_at + 4 * M, 60, second)
+                sim.server.control_faults({"list": [{"market": "um", "symbol": "LATEXUSDT"}]})
+                _wait_watermark(root, killed_at + 14 * M, 60, second)
                 second.send_signal(signal.SIGTERM)
                 out, _ = second.communicate(timeout=30)
             finally:
@@ -84,13 +90,15 @@ def test_sigkill_restart_then_sigterm(tmp_path: Path) -> None:
         finally:
             reader.stop()
         wm = _watermark(root)
-        assert wm is not None and wm >= killed_at + 8 * M
+        assert wm is not None and wm >= killed_at + 14 * M and wm >= wm0 + 20 * M
         lake = lake_frame(root)
-        assert set(lake["symbol"].unique()) == set(live)
+        followed = sorted({*live, "DOWNXUSDT", "LATEXUSDT"})
+        assert sorted(lake["symbol"].unique()) == followed
         start = int(lake["t"].min())
-        truth = sim.market.truth(TT, IV, sorted(live), start, wm + M)
+        truth = sim.market.truth(TT, IV, followed, start, wm + M)
         d = diff_truth(lake.filter(pl.col("t") <= wm), truth)
         assert d["missing"] == d["extra"] == d["differ"] == 0, d
+        assert lake.filter(pl.col("symbol") == gone)["t"].max() < killed_at
         assert lake.select("symbol", "t").is_duplicated().sum() == 0
         text = log.read_text()
         assert "catch-up done" in text and "stopping: signal SIGTERM" in text
