@@ -1,0 +1,135 @@
+"""A deterministic synthetic lake of 5m klines for the offsets benchmark (numpy, written with the store).
+
+Prices are geometric random walks rounded to a tick, volumes log-normal with some zero-volume candles,
+and each symbol has a few holes (maintenance-like gaps), so the benchmark exercises the same paths as
+real data. Generation is cached: a lake is built once per (symbols, days) under ``bench/_work/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from lake.schema import KLINE_SCHEMA
+from lake.store.klines import write_klines
+
+__all__ = ["BENCH_START", "ensure_lake", "symbol_names", "synthetic_klines"]
+
+WORK = Path(__file__).resolve().parent / "_work"
+# 2024 is a leap year: 365 days plus the appended day stay in one calendar year (the worst case
+# for yearly offset files, which the incremental run must then rewrite).
+BENCH_START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+STEP_MS = 300_000
+PER_DAY = 288
+
+
+def symbol_names(count: int) -> list[str]:
+    return [f"S{i:04d}USDT" for i in range(count)]
+
+
+def synthetic_klines(symbol_index: int, start_ms: int, count: int, *, holes: bool = True) -> pl.DataFrame:
+    """``count`` 5m candles from ``start_ms`` for one symbol; deterministic in (symbol_index, start_ms)."""
+    rng = np.random.default_rng([symbol_index, start_ms // STEP_MS])
+    t = start_ms + STEP_MS * np.arange(count, dtype=np.int64)
+    price0 = 10.0 ** rng.uniform(-3, 4)
+    tick = 10.0 ** (np.floor(np.log10(price0)) - 4)
+    steps = rng.normal(0.0, 0.002, size=(count, 4))
+    close = price0 * np.exp(np.cumsum(steps[:, 0]))
+    open_ = np.concatenate([[price0], close[:-1]])
+    high = np.maximum(open_, close) * np.exp(np.abs(steps[:, 1]))
+    low = np.minimum(open_, close) * np.exp(-np.abs(steps[:, 2]))
+    o, h, lo, c = (np.round(x / tick) * tick for x in (open_, high, low, close))
+    volume = np.round(rng.lognormal(3.0, 1.0, size=count), 3)
+    zero = rng.random(count) < 0.01
+    volume[zero] = 0.0
+    h[zero] = lo[zero] = o[zero] = c[zero]
+    trades = np.where(zero, 0, rng.integers(1, 5000, size=count))
+    quote = volume * c
+    taker = np.round(volume * rng.uniform(0.2, 0.8, size=count), 3)
+    keep = np.ones(count, dtype=bool)
+    if holes:
+        for _ in range(3):
+            at = int(rng.integers(0, count))
+            keep[at : at + int(rng.integers(1, 30))] = False
+    df = pl.DataFrame(
+        {
+            "candle_begin_time": t,
+            "open": o,
+            "high": h,
+            "low": lo,
+            "close": c,
+            "volume": volume,
+            "quote_volume": quote,
+            "trade_num": trades,
+            "taker_buy_base_asset_volume": taker,
+            "taker_buy_quote_asset_volume": taker * c,
+            "source": ["archive"] * count,
+        }
+    )
+    return (
+        df.filter(pl.Series(keep))
+        .with_columns(pl.col("candle_begin_time").cast(pl.Datetime("ms", "UTC")))
+        .cast(KLINE_SCHEMA)
+    )
+
+
+def _start_ms() -> int:
+    return int(BENCH_START.timestamp() * 1000)
+
+
+def ensure_lake(symbols: int, days: int, *, workers: int = 8, log: bool = True) -> Path:
+    """Path of a cached lake with ``symbols`` × ``days`` of 5m usdt_perp klines (built if missing)."""
+    root = WORK / f"lake-{symbols}x{days}"
+    done = root / ".complete.json"
+    if done.exists():
+        return root
+    if root.exists():
+        shutil.rmtree(root)
+    t0 = time.perf_counter()
+    names = symbol_names(symbols)
+
+    def one(i: int) -> None:
+        write_klines(root, "usdt_perp", "5m", names[i], synthetic_klines(i, _start_ms(), days * PER_DAY))
+
+    with ThreadPoolExecutor(workers) as pool:
+        for n, _ in enumerate(pool.map(one, range(symbols)), 1):
+            if log and n % 25 == 0:
+                print(f"generated {n}/{symbols} symbols ({time.perf_counter() - t0:.0f}s)", flush=True)
+    done.write_text(json.dumps({"symbols": symbols, "days": days, "seconds": time.perf_counter() - t0}))
+    return root
+
+
+def append_day(root: Path, symbols: int, days: int) -> None:
+    """Write day ``days`` (0-based: the day after the cached range) for every symbol."""
+    names = symbol_names(symbols)
+    start = _start_ms() + days * PER_DAY * STEP_MS
+
+    def one(i: int) -> None:
+        write_klines(root, "usdt_perp", "5m", names[i], synthetic_klines(i, start, PER_DAY, holes=False))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(symbols)))
+
+
+def remove_day(root: Path, symbols: int, days: int) -> None:
+    """Undo ``append_day`` so the cached lake is back to ``days`` days."""
+    date = (BENCH_START + dt.timedelta(days=days)).date().isoformat()
+    for name in symbol_names(symbols):
+        part = root / f"klines/trade_type=usdt_perp/interval=5m/symbol={name}/date={date}"
+        if part.exists():
+            shutil.rmtree(part)
+
+
+if __name__ == "__main__":  # pragma: no cover - manual helper
+    import sys
+
+    print(ensure_lake(int(sys.argv[1]), int(sys.argv[2])))
+    print(os.getpid())

@@ -1,0 +1,159 @@
+"""Benchmark: all-offset resampling of a lake of 5m klines (``python -m bench.offsets``).
+
+Measures, on one synthetic lake (``bench/_lake.py``; cached under ``bench/_work/``):
+
+(a) ``build_offsets(interval=1h)``: all 12 offsets from 5m, reading and writing included;
+(b) the seed's pandas loop on the same data (``bench/_seed_baseline.py``), reading included;
+(c) a bare scan of the same parquet files (every column read once): the physical floor;
+then appends one day to every symbol and times the incremental rerun, and a rerun with nothing to do.
+
+Every measurement runs in its own subprocess, so its peak memory (max RSS) is its own. Prints ONE
+JSON line. ``--symbols``/``--days`` make a smaller lake for quick runs; ``--skip-seed`` skips (b).
+The machine is shared: the JSON carries the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+from bench._lake import PER_DAY, append_day, ensure_lake, remove_day
+
+TRADE_TYPE, BASE, TARGET = "usdt_perp", "5m", "1h"
+
+
+def _files(root: Path) -> list[str]:
+    series = root / f"klines/trade_type={TRADE_TYPE}/interval={BASE}"
+    return [str(d / "data.parquet") for s in sorted(series.iterdir()) for d in sorted(s.iterdir())]
+
+
+def _phase(name: str, root: Path, workers: int) -> dict[str, object]:
+    """One measurement, in this process (called in a child)."""
+    t0 = time.perf_counter()
+    if name == "scan":
+        files = _files(root)
+        lf = pl.scan_parquet(files, glob=False)
+        out = lf.select(pl.all().max()).collect(engine="streaming")
+        extra: dict[str, object] = {"files": len(files), "columns": out.width}
+    elif name == "ours":
+        from lake.transform.build import build_offsets
+
+        r = build_offsets(root, TRADE_TYPE, TARGET, base=BASE, workers=workers)
+        extra = {
+            k: v
+            for k, v in r.to_dict().items()
+            if k in ("bins", "written", "unchanged", "base_partitions_changed")
+        }
+    elif name == "seed":
+        from bench._seed_baseline import seed_resample_lake
+
+        out_dir = Path(tempfile.mkdtemp(prefix="seed-out-", dir=root.parent))
+        try:
+            extra = dict(seed_resample_lake(root, out_dir, TRADE_TYPE, BASE, TARGET))
+        finally:
+            shutil.rmtree(out_dir, ignore_errors=True)
+    else:
+        raise SystemExit(f"unknown phase {name}")
+    return {"seconds": time.perf_counter() - t0, **extra}
+
+
+def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.offsets",
+        "--phase",
+        name,
+        "--root",
+        str(root),
+        "--workers",
+        str(workers),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, cwd=Path(__file__).resolve().parent.parent)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"phase {name} failed with exit code {proc.returncode}")
+    doc = json.loads(out.decode().strip().splitlines()[-1])
+    doc["peak_gib"] = usage.ru_maxrss * 1024 / 2**30  # ru_maxrss is KiB on Linux
+    doc["cpu_s"] = usage.ru_utime + usage.ru_stime
+    return doc
+
+
+def _clean(root: Path, symbols: int, days: int) -> None:
+    shutil.rmtree(root / "offsets", ignore_errors=True)
+    shutil.rmtree(root / "_meta" / "offsets", ignore_errors=True)
+    remove_day(root, symbols, days)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--symbols", type=int, default=300)
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--workers", type=int, default=4, help="writer threads of build_offsets")
+    p.add_argument("--skip-seed", action="store_true", help="skip the (slow) pandas baseline")
+    p.add_argument("--phase", help=argparse.SUPPRESS)
+    p.add_argument("--root", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.phase:
+        print(json.dumps(_phase(args.phase, Path(args.root), args.workers)))
+        return
+
+    load_before = os.getloadavg()[0]
+    root = ensure_lake(args.symbols, args.days, log=False)
+    _clean(root, args.symbols, args.days)
+    try:
+        scan = _run_child("scan", root, args.workers)
+        ours = _run_child("ours", root, args.workers)
+        seed = _run_child("seed", root, args.workers) if not args.skip_seed else None
+        append_day(root, args.symbols, args.days)
+        incremental = _run_child("ours", root, args.workers)
+        noop = _run_child("ours", root, args.workers)
+    finally:
+        _clean(root, args.symbols, args.days)
+    result = {
+        "bench": "offsets",
+        "command": f"python -m bench.offsets --symbols {args.symbols} --days {args.days}"
+        + (" --skip-seed" if args.skip_seed else ""),
+        "symbols": args.symbols,
+        "days": args.days,
+        "base_rows": args.symbols * args.days * PER_DAY,
+        "base_files": scan["files"],
+        "scan_s": round(float(scan["seconds"]), 2),  # type: ignore[arg-type]
+        "ours_s": round(float(ours["seconds"]), 2),  # type: ignore[arg-type]
+        "seed_s": round(float(seed["seconds"]), 2) if seed else None,  # type: ignore[arg-type]
+        "ours_over_scan": round(float(ours["seconds"]) / float(scan["seconds"]), 2),  # type: ignore[arg-type]
+        "seed_over_ours": round(float(seed["seconds"]) / float(ours["seconds"]), 2) if seed else None,  # type: ignore[arg-type]
+        "ours_cpu_s": round(float(ours["cpu_s"]), 1),  # type: ignore[arg-type]
+        "scan_cpu_s": round(float(scan["cpu_s"]), 1),  # type: ignore[arg-type]
+        "seed_cpu_s": round(float(seed["cpu_s"]), 1) if seed else None,  # type: ignore[arg-type]
+        "ours_peak_gib": round(float(ours["peak_gib"]), 2),  # type: ignore[arg-type]
+        "seed_peak_gib": round(float(seed["peak_gib"]), 2) if seed else None,  # type: ignore[arg-type]
+        "files_written": ours["written"],
+        "incremental_s": round(float(incremental["seconds"]), 2),  # type: ignore[arg-type]
+        "incremental_pct_of_full": round(100 * float(incremental["seconds"]) / float(ours["seconds"]), 1),  # type: ignore[arg-type]
+        "incremental_files_written": incremental["written"],
+        "noop_rerun_s": round(float(noop["seconds"]), 2),  # type: ignore[arg-type]
+        "noop_files_written": noop["written"],
+        "load_avg_before": round(load_before, 2),
+        "load_avg_after": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "self_maxrss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
