@@ -190,6 +190,10 @@ class Appender:
     def pending(self) -> int:
         return len(self._buffer)
 
+    def holds(self, symbol: str, open_ms: int) -> bool:
+        """Whether this closed candle is buffered, waiting for the writer."""
+        return (symbol, open_ms) in self._buffer
+
     async def wait_pending(self) -> None:
         """Return once at least one closed candle is buffered (or ``close()`` was called)."""
         while not self._buffer and not self._closed:

@@ -52,6 +52,7 @@ from lake.live.watermark import read_watermark, write_watermark
 from lake.live.ws import ConnectLimiter, WsPool
 from lake.settings import Settings
 from lake.store.fs import LakeFS
+from lake.store.klines import list_series
 from lake.transform.offsets import offset_plan
 
 __all__ = ["LiveConfig", "LiveRunner", "run_live"]
@@ -177,6 +178,7 @@ class Feed:
         self.catchup_done = asyncio.Event()
         self.last_status: int | None = None
         self.offsets: LiveOffsets | None = None
+        self.inflight: set[tuple[str, int]] = set()  # (symbol, open) the writer is writing right now
         if runner.config.offsets:
             self.offsets = LiveOffsets(
                 runner.lfs,
@@ -347,9 +349,16 @@ class LiveRunner:
         self._spawn(self._writer_loop(feed), f"writer {feed.name}")
         if feed.offsets is not None:
             self._spawn(feed.offsets.run(), f"offsets {feed.name}")
-        self._spawn(
-            self._initial_catchup(feed, sorted(feed.live), catch_end, last_closed), f"catch-up {feed.name}"
-        )
+        stragglers = await asyncio.to_thread(self._stragglers, feed, feed.published)
+        if stragglers:
+            log.info(
+                "%s: %d symbols stopped trading since the last run, finishing them: %s",
+                feed.name,
+                len(stragglers),
+                ", ".join(stragglers[:10]),
+            )
+        symbols = sorted(feed.live) + stragglers
+        self._spawn(self._initial_catchup(feed, symbols, catch_end, last_closed), f"catch-up {feed.name}")
         self._spawn(self._alarm(feed, feed.iv.floor(now) + feed.iv_ms), f"alarm {feed.name}")
 
     def _spawn(self, coro: Awaitable[Any], name: str) -> asyncio.Task[Any]:
@@ -494,7 +503,11 @@ class LiveRunner:
             for (sym, _t), (row, r) in sorted(batch.items()):
                 rows.setdefault(sym, []).append(row)
                 recv.setdefault(sym, []).append(r)
-            out = await self._store(feed, rows, "ws")
+            feed.inflight = set(batch)
+            try:
+                out = await self._store(feed, rows, "ws")
+            finally:
+                feed.inflight = set()
             for sym, finished in out.items():
                 for r in recv.get(sym, []):
                     feed.stats.latencies.append(finished - r)
@@ -618,6 +631,21 @@ class LiveRunner:
                 break
         log.info("%s: %d symbols complete before %s", feed.name, len(symbols), _iso(end))
 
+    def _stragglers(self, feed: Feed, wm: int | None) -> list[str]:
+        """Stored symbols no longer trading that were complete at the last watermark: the previous run
+        may have stopped before their last candles (a delisting while nobody was listening)."""
+        if wm is None:
+            return []
+        wanted = set(self.config.symbols) if self.config.symbols else None
+        out: list[str] = []
+        for tt, iv, sym in list_series(self.lfs):
+            if (tt, iv) != (feed.tt.name, feed.iv.name) or sym in feed.live or (wanted and sym not in wanted):
+                continue
+            last = last_stored(self.lfs, tt, iv, sym)
+            if last is not None and last >= wm:
+                out.append(sym)
+        return sorted(out)
+
     async def _catchup_new(self, feed: Feed, symbols: list[str], end: int) -> None:
         await self._catchup(feed, symbols, end)
         if feed.offsets is not None:
@@ -691,18 +719,30 @@ class LiveRunner:
         async with feed.check_lock:
             await self._check_locked(feed, period)
 
+    def _unresolved(self, feed: Feed, up_to: int) -> dict[str, list[int]]:
+        """Missing (symbol, period) ≤ ``up_to`` that the websocket path is not about to write."""
+        assert feed.book is not None
+        out: dict[str, list[int]] = {}
+        for sym, opens in feed.book.missing_by_symbol(up_to).items():
+            left = [t for t in opens if not feed.appender.holds(sym, t) and (sym, t) not in feed.inflight]
+            if left:
+                out[sym] = left
+        return out
+
     async def _check_locked(self, feed: Feed, period: int) -> None:
         assert feed.book is not None
         deadline = period + 2 * feed.iv_ms  # the next boundary's check takes over from there
         attempt = 0
+        logged = False
         while True:
-            summary = feed.book.summary(period)
-            pending = feed.book.pending(period)
-            if not pending:
+            if not feed.book.pending(period) or self._stop.is_set():
                 return
-            if summary is not None and attempt == 0:
+            todo = self._unresolved(feed, period)
+            summary = feed.book.summary(period)
+            if summary is not None and not logged:
+                logged = True
                 ready, total = summary
-                miss = sorted(feed.book.state(period).missing) if feed.book.state(period) else []  # type: ignore[union-attr]
+                miss = sorted(s for s, ts in todo.items() if period in ts)
                 log.info(
                     "%s %s: %d/%d symbols ready; fetching %d over REST%s",
                     feed.name,
@@ -712,27 +752,30 @@ class LiveRunner:
                     len(miss),
                     f" ({', '.join(miss[:8])}{' …' if len(miss) > 8 else ''})" if miss else "",
                 )
-            ok = await self._repair(feed, period)
-            if feed.book.pending(period) == [] or self._stop.is_set():
+            ok = await self._repair(feed, todo) if todo else True
+            if not feed.book.pending(period) or self._stop.is_set():
                 return
-            attempt += 1
-            still = feed.book.missing_by_symbol(period)
-            text = ", ".join(f"{s} ({len(p)} periods)" for s, p in sorted(still.items())[:10])
-            feed.stats.incomplete_alerts += 1
-            self._alert_soon(
-                f"{feed.name}: period {_iso(period)} incomplete after repair",
-                f"{len(still)} symbols still missing: {text}" + ("" if ok else " (REST errors)"),
-                key=f"incomplete:{feed.name}",
-            )
+            still = self._unresolved(feed, period)
+            if still:  # not merely waiting for the writer: REST could not fill them
+                attempt += 1
+                text = ", ".join(f"{s} ({len(p)} periods)" for s, p in sorted(still.items())[:10])
+                feed.stats.incomplete_alerts += 1
+                self._alert_soon(
+                    f"{feed.name}: period {_iso(period)} incomplete after repair",
+                    f"{len(still)} symbols still missing: {text}" + ("" if ok else " (REST errors)"),
+                    key=f"incomplete:{feed.name}",
+                )
             if feed.now_ms() >= deadline:
                 return
-            if not await self._sleep(min(feed.client.clock.real_seconds(feed.iv_ms / 4), 0.5 * 2**attempt)):
+            pause = (
+                0.05 if not still else min(feed.client.clock.real_seconds(feed.iv_ms / 4), 0.5 * 2**attempt)
+            )
+            if not await self._sleep(pause):
                 return
 
-    async def _repair(self, feed: Feed, up_to: int) -> bool:
-        """Fetch every missing (symbol, period) ≤ ``up_to`` over REST; store rows, mark proven-empty slots."""
+    async def _repair(self, feed: Feed, missing: dict[str, list[int]]) -> bool:
+        """Fetch missing (symbol → periods) over REST; store the rows, mark proven-empty slots absent."""
         assert feed.book is not None
-        missing = feed.book.missing_by_symbol(up_to)
         if not missing:
             return True
         ranges = {s: (opens[0], opens[-1] + feed.iv_ms) for s, opens in missing.items()}

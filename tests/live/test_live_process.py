@@ -72,8 +72,10 @@ def test_sigkill_restart_then_sigterm(tmp_path: Path) -> None:
             assert first.returncode == -signal.SIGKILL
             killed_at = _watermark(root)
             assert killed_at is not None
+            # while nobody listens: a listing, and a delisting (its last candles must still be fetched)
             sim.server.control_faults({"list": [{"market": "um", "symbol": "DOWNXUSDT"}]})
-            time.sleep(1.5)  # three virtual minutes pass with nobody listening
+            sim.server.control_faults({"delist": [{"market": "um", "symbol": live[-2]}]})
+            time.sleep(1.5)  # three virtual minutes pass
             second = _spawn(root, sim.base_url, log)
             try:
                 _wait_watermark(root, killed_at + 4 * M, 60, second)
@@ -99,6 +101,8 @@ def test_sigkill_restart_then_sigterm(tmp_path: Path) -> None:
         d = diff_truth(lake.filter(pl.col("t") <= wm), truth)
         assert d["missing"] == d["extra"] == d["differ"] == 0, d
         assert lake.filter(pl.col("symbol") == gone)["t"].max() < killed_at
+        assert lake.filter(pl.col("symbol") == live[-2])["t"].max() > killed_at  # finished after restart
+        assert "stopped trading since the last run" in log.read_text()
         assert lake.select("symbol", "t").is_duplicated().sum() == 0
         text = log.read_text()
         assert "catch-up done" in text and "stopping: signal SIGTERM" in text
