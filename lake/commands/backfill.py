@@ -30,16 +30,27 @@ log = logging.getLogger("lake.backfill")
 def backfill_cmd(
     trade_types: Annotated[
         list[str],
-        typer.Option("--type", help="Trade type (repeat for several; they run concurrently), e.g. usdt_perp."),
+        typer.Option(
+            "--type", help="Trade type (repeat for several; they run concurrently), e.g. usdt_perp."
+        ),
     ],
     interval: Annotated[str, typer.Option("--interval", help="Kline interval.")] = "5m",
-    days: Annotated[float | None, typer.Option("--days", help="The last N days up to the server's now.")] = None,
-    start: Annotated[str | None, typer.Option("--start", help="Start (UTC), e.g. 2024-01-01 or 2024-01-01T12:00.")] = None,
-    end: Annotated[str | None, typer.Option("--end", help="End, exclusive (UTC); default: the server's now.")] = None,
-    symbols: Annotated[
-        str | None, typer.Option("--symbols", help="Only these symbols (comma-separated); default: all TRADING.")
+    days: Annotated[
+        float | None, typer.Option("--days", help="The last N days up to the server's now.")
     ] = None,
-    funding: Annotated[bool, typer.Option("--funding", help="Also fill the funding table (perpetuals).")] = False,
+    start: Annotated[
+        str | None, typer.Option("--start", help="Start (UTC), e.g. 2024-01-01 or 2024-01-01T12:00.")
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--end", help="End, exclusive (UTC); default: the server's now.")
+    ] = None,
+    symbols: Annotated[
+        str | None,
+        typer.Option("--symbols", help="Only these symbols (comma-separated); default: all TRADING."),
+    ] = None,
+    funding: Annotated[
+        bool, typer.Option("--funding", help="Also fill the funding table (perpetuals).")
+    ] = False,
     recheck: Annotated[
         bool, typer.Option("--recheck", help="Refetch ranges recorded as confirmed empty.")
     ] = False,
@@ -50,12 +61,17 @@ def backfill_cmd(
     sim_url: SimUrlOpt = None,
     # -- archive source (issue #5; logic in lake.ingest.archive) --
     source: Annotated[
-        str, typer.Option("--source", help="archive | rest | auto: archive for published days, REST for the rest.")
+        str,
+        typer.Option(
+            "--source", help="archive | rest | auto: archive for published days, REST for the rest."
+        ),
     ] = "auto",
     include_delisted: Annotated[
         bool, typer.Option("--include-delisted", help="Also backfill archive symbols no longer TRADING.")
     ] = False,
-    keep_zips: Annotated[bool, typer.Option("--keep-zips", help="Keep verified archive zips after ingest.")] = False,
+    keep_zips: Annotated[
+        bool, typer.Option("--keep-zips", help="Keep verified archive zips after ingest.")
+    ] = False,
     archive_url: ArchiveUrlOpt = None,
 ) -> None:
     """Backfill klines over REST for one or more trade types (only what the lake lacks).
@@ -87,9 +103,17 @@ def backfill_cmd(
     async def run() -> BackfillReport:
         with Progress() as progress:
             return await backfill(
-                lfs, kinds, interval,
-                start=t_start, end=t_end, days=days, symbols=wanted,
-                funding=funding, recheck=recheck, settings=settings, progress=progress,
+                lfs,
+                kinds,
+                interval,
+                start=t_start,
+                end=t_end,
+                days=days,
+                symbols=wanted,
+                funding=funding,
+                recheck=recheck,
+                settings=settings,
+                progress=progress,
             )
 
     try:

@@ -39,7 +39,9 @@ def funding_frame(rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         raise DataError(f"malformed funding rows: {exc!r}") from exc
     return pl.DataFrame(
         {
-            "funding_time": pl.Series(times, dtype=pl.Int64).cast(pl.Datetime("ms")).dt.replace_time_zone("UTC"),
+            "funding_time": pl.Series(times, dtype=pl.Int64)
+            .cast(pl.Datetime("ms"))
+            .dt.replace_time_zone("UTC"),
             "funding_rate": pl.Series(rates, dtype=pl.Float64),
             "mark_price": pl.Series(marks, dtype=pl.Float64),
         },
@@ -82,7 +84,9 @@ async def fetch_funding(client: RestClient, symbol: str, start_ms: int, end_ms: 
         return pl.DataFrame(schema=FUNDING_SCHEMA)
     out = pl.concat(frames)
     ms = out["funding_time"].dt.epoch("ms")
-    return out.filter((ms >= start_ms) & (ms < end_ms)).unique("funding_time", keep="last").sort("funding_time")
+    return (
+        out.filter((ms >= start_ms) & (ms < end_ms)).unique("funding_time", keep="last").sort("funding_time")
+    )
 
 
 async def sync_funding(

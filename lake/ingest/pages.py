@@ -81,9 +81,7 @@ def plan_pages(market: Market, interval: Interval, start_ms: int, end_ms: int) -
     return pages
 
 
-def subtract_ranges(
-    start_ms: int, end_ms: int, ranges: Iterable[tuple[int, int]]
-) -> list[tuple[int, int]]:
+def subtract_ranges(start_ms: int, end_ms: int, ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """``[start_ms, end_ms)`` minus the union of ``ranges`` (half-open), as sorted disjoint ranges."""
     out: list[tuple[int, int]] = []
     t = start_ms
@@ -102,7 +100,9 @@ def subtract_ranges(
     return out
 
 
-def _slot_ranges(interval: Interval, start_ms: int, end_ms: int, present: Sequence[int]) -> list[tuple[int, int]]:
+def _slot_ranges(
+    interval: Interval, start_ms: int, end_ms: int, present: Sequence[int]
+) -> list[tuple[int, int]]:
     """Runs of aligned slots in ``[start_ms, end_ms)`` whose open time is not in sorted ``present``."""
     out: list[tuple[int, int]] = []
     t = interval.floor(start_ms)

@@ -375,11 +375,7 @@ class RestClient:
         extra_governor: WeightGovernor | None = None,
     ) -> Response:
         """GET ``path`` with ``weight``: governed, retried, errors translated (see module docs)."""
-        if (
-            not self._syncing
-            and self._answered
-            and self.clock.needs_sync(self._sync_threshold_ms())
-        ):
+        if not self._syncing and self._answered and self.clock.needs_sync(self._sync_threshold_ms()):
             await self.sync_clock()
         return await self._request(path, params, weight, extra_governor=extra_governor)
 
@@ -475,7 +471,11 @@ class RestClient:
             )
         ra_real: float | None = None
         if retry_after is not None:
-            ra_real = retry_after if self.retry_after_unit == "real" else self.clock.real_seconds(retry_after * 1000)
+            ra_real = (
+                retry_after
+                if self.retry_after_unit == "real"
+                else self.clock.real_seconds(retry_after * 1000)
+            )
         if status == 418:
             wait = ra_real if ra_real is not None else 120.0
             log.error(
@@ -486,7 +486,10 @@ class RestClient:
         else:
             wait = max(ra_real or 0.0, window_left)
             log.warning(
-                "rate limited (HTTP 429) by %s: %s; all requests paused %.2fs", self.base_url, _msg(body), wait
+                "rate limited (HTTP 429) by %s: %s; all requests paused %.2fs",
+                self.base_url,
+                _msg(body),
+                wait,
             )
         if n > self.max_rate_limited:
             err = BannedError if status == 418 else RateLimitedError

@@ -184,8 +184,9 @@ def universe(
     tt = get_trade_type(trade_type)
     if symbols is None:
         members = snapshot.members(tt)
-        return Universe(tt.name, [s.symbol for s in members], {s.symbol: s for s in members},
-                        snapshot.server_time_ms)
+        return Universe(
+            tt.name, [s.symbol for s in members], {s.symbol: s for s in members}, snapshot.server_time_ms
+        )
     wanted = [validate_symbol(s) for s in dict.fromkeys(symbols)]
     everything = {s.symbol: s for s in snapshot.members(tt, trading_only=False)}
     unknown = [s for s in wanted if s not in everything]
