@@ -745,15 +745,14 @@ def rows_frame(rows: list[list[Any]], source: str = "rest") -> pl.DataFrame:
         data: dict[str, pl.Series] = {}
         for name in KLINE_SCHEMA:
             if name == "candle_begin_time":
-                data[name] = (
-                    pl.Series(name, cols[0], dtype=pl.Int64, strict=True)
-                    .cast(pl.Datetime("ms"))
-                    .dt.replace_time_zone("UTC")
+                # a direct cast (Series.dt.* would run a lazy query per call)
+                data[name] = pl.Series(name, cols[0], dtype=pl.Int64, strict=True).cast(
+                    pl.Datetime("ms", "UTC")
                 )
             elif name == "trade_num":
                 data[name] = pl.Series(name, cols[8], dtype=pl.Int64, strict=True)
             elif name == "source":
-                data[name] = pl.repeat(source, n, dtype=pl.String, eager=True).alias(name)
+                data[name] = pl.Series(name, [source] * n, dtype=pl.String)
             else:
                 data[name] = pl.Series(name, cols[_FLOAT_FIELDS[name]], dtype=pl.String, strict=True).cast(
                     pl.Float64, strict=True
@@ -888,7 +887,7 @@ async def backfill(
                     client = RestClient(m, endpoints=endpoints, state_dir=state_dir, **opts)
                 own.append(client)
                 await client.start()
-            n = workers or min(client.max_concurrency, 64)
+            n = workers or min(client.max_concurrency, 16)
             runs.append(
                 _MarketRun(
                     client,
