@@ -15,19 +15,25 @@ Only closed candles are ever asked for: callers bound ranges by the server clock
 
 from __future__ import annotations
 
+import asyncio
 import io
+import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import polars as pl
 
 from lake.binance.intervals import Interval, parse_interval
+from lake.errors import LakeError, NotFoundError
 from lake.ingest.pages import answer_gaps, plan_pages
 from lake.ingest.rest_client import RestClient
 from lake.store.fs import LakeFS
 from lake.store.klines import list_partitions, to_lakefs
 
-__all__ = ["FetchResult", "catchup_start", "fetch_closed", "last_stored"]
+__all__ = ["FetchResult", "catchup_start", "fetch_closed", "fetch_many", "last_stored"]
+
+log = logging.getLogger("lake.live.repair")
 
 
 class FetchResult:
@@ -74,6 +80,35 @@ async def fetch_closed(client: RestClient, symbol: str, interval: str, start: in
             pages[:0] = plan_pages(client.market, iv, *unresolved)
     out.rows = [rows[t] for t in sorted(rows)]
     return out
+
+
+async def fetch_many(
+    client: RestClient, interval: str, ranges: Mapping[str, tuple[int, int]], *, concurrency: int = 16
+) -> tuple[dict[str, FetchResult], dict[str, str]]:
+    """``fetch_closed`` for many symbols at once (at most ``concurrency`` in flight).
+
+    Returns ``(results, errors)``: every symbol ends in exactly one of them (nothing is dropped
+    silently). A symbol the exchange does not know (``NotFoundError``) gets a result whose whole
+    range is empty: it has no candles there.
+    """
+    sem = asyncio.Semaphore(concurrency)
+    results: dict[str, FetchResult] = {}
+    errors: dict[str, str] = {}
+
+    async def one(sym: str, start: int, end: int) -> None:
+        async with sem:
+            try:
+                results[sym] = await fetch_closed(client, sym, interval, start, end)
+            except NotFoundError as exc:
+                log.warning("%s: unknown to the exchange (%s)", sym, exc)
+                gone = FetchResult()
+                gone.empty.append((start, end))
+                results[sym] = gone
+            except LakeError as exc:
+                errors[sym] = str(exc)
+
+    await asyncio.gather(*(one(s, a, b) for s, (a, b) in ranges.items()))
+    return results, errors
 
 
 def catchup_start(

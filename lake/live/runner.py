@@ -26,34 +26,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime as dt
-import fcntl
 import logging
-import os
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from lake.binance.intervals import Interval, parse_interval
-from lake.binance.markets import TradeType, get_trade_type
-from lake.errors import ConfigError, LakeError, NotFoundError, ValidationError
+from lake.binance.intervals import parse_interval
+from lake.binance.markets import get_trade_type
+from lake.errors import LakeError, NotFoundError
 from lake.ingest.backfill import backfill
 from lake.ingest.rest_client import RestClient
 from lake.ingest.universe import ExchangeSnapshot, fetch_exchange_info, universe, write_snapshot
 from lake.live.alerts import Alerter
-from lake.live.appender import Appender, KlineWriter
-from lake.live.offsets import LiveOffsets
+from lake.live.feed import Feed, FeedLock, LiveConfig, iso
 from lake.live.period import PeriodBook
-from lake.live.repair import FetchResult, catchup_start, fetch_closed, last_stored
+from lake.live.repair import catchup_start, fetch_many, last_stored
 from lake.live.watermark import read_watermark, write_watermark
 from lake.live.ws import ConnectLimiter, WsPool
 from lake.settings import Settings
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series
-from lake.transform.offsets import offset_plan
 
 __all__ = ["LiveConfig", "LiveRunner", "run_live"]
 
@@ -62,141 +55,6 @@ log = logging.getLogger("lake.live")
 # Periods that closed at least this long ago (server time) are caught up by the start-up backfill,
 # whose answers then count as final (#4's ``settle_ms``); younger ones are tracked live.
 _SETTLE_MS = 60_000
-
-
-def _iso(ms: int | float | None) -> str:
-    if ms is None:
-        return "-"
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class LiveConfig:
-    """What ``lake live`` runs (the CLI's flags)."""
-
-    trade_types: tuple[str, ...]
-    intervals: tuple[str, ...] = ("5m",)
-    symbols: tuple[str, ...] | None = None  # whitelist; None: every TRADING symbol of the trade type
-    offsets: tuple[str, ...] = ()
-    grace_s: float = 10.0  # server seconds after a boundary before missing candles are fetched
-    periods: int | None = None  # stop after this many period boundaries
-    duration_s: float | None = None  # stop after this many real seconds
-    history: int = 1500  # candles fetched for a symbol the lake holds nothing of
-    exchange_info_every: int = 1  # refresh exchangeInfo every N periods (0: never)
-    writer_threads: int = 8
-    rest_concurrency: int = 16
-    health_every_s: float = 30.0
-    ws_lifetime_s: float = 23.5 * 3600
-    ws_url_streams: int = 200
-    ws_subscribe_batch: int = 200
-    ws_down_alert_s: float = 60.0
-    ws_backoff_cap_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if not self.trade_types:
-            raise ValidationError("give at least one --type")
-        if not self.intervals:
-            raise ValidationError("give an --interval")
-        for t in self.trade_types:
-            tt = get_trade_type(t)
-            for i in self.intervals:
-                iv = parse_interval(i, spot=tt.is_spot)
-                if iv.ms is None:
-                    raise ValidationError("lake live needs a fixed-length interval (not 1M)")
-        if self.grace_s < 0:
-            raise ValidationError("--grace must be >= 0")
-        if self.periods is not None and self.periods < 1:
-            raise ValidationError("--periods must be >= 1")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ValidationError("--duration must be > 0")
-        if self.history < 0:
-            raise ValidationError("--history must be >= 0")
-        for i in self.intervals:
-            for target in self.offsets:
-                offset_plan(target, i)  # a target must be a whole multiple of the live interval
-
-
-class _FeedLock:
-    """One ``lake live`` per feed and lake: an exclusive ``flock`` held for the whole run."""
-
-    def __init__(self, lfs: LakeFS, trade_type: str, interval: str) -> None:
-        self.path = Path(lfs.lock_dir) / "live" / trade_type / f"{interval}.lock"
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            os.close(fd)
-            raise ConfigError(f"another `lake live` is already running this feed (lock {self.path})") from exc
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
-@dataclass
-class FeedStats:
-    periods_checked: int = 0
-    periods_complete: int = 0
-    rest_repaired: int = 0  # candles stored from REST by the period check
-    rest_absent: int = 0  # (symbol, period) the exchange has no candle for
-    catchup_rows: int = 0
-    repair_failures: int = 0
-    incomplete_alerts: int = 0
-    listed: int = 0
-    delisted: int = 0
-    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # receipt → stored (s)
-    sources: dict[int, Counter[str]] = field(default_factory=dict)  # period → where its candles came from
-
-
-class Feed:
-    """One (trade type, interval) being kept live."""
-
-    def __init__(self, runner: LiveRunner, tt: TradeType, iv: Interval) -> None:
-        assert iv.ms is not None
-        self.runner = runner
-        self.tt = tt
-        self.iv = iv
-        self.iv_ms: int = iv.ms
-        self.name = f"{tt.name} {iv.name}"
-        self.live: set[str] = set()
-        self.appender = Appender(tt.name, iv.name, is_stored=self._is_stored)
-        self.writer = KlineWriter(runner.lfs, tt.name, iv.name, threads=runner.config.writer_threads)
-        self.book: PeriodBook | None = None
-        self.pool: WsPool | None = None
-        self.stats = FeedStats()
-        self.publish_lock = asyncio.Lock()
-        self.check_lock = asyncio.Lock()
-        self.published: int | None = None
-        self.closing = False
-        self.catchup_done = asyncio.Event()
-        self.last_status: int | None = None
-        self.offsets: LiveOffsets | None = None
-        self.inflight: set[tuple[str, int]] = set()  # (symbol, open) the writer is writing right now
-        if runner.config.offsets:
-            self.offsets = LiveOffsets(
-                runner.lfs,
-                tt.name,
-                iv.name,
-                runner.config.offsets,
-                on_error=lambda title, text: runner._alert_soon(title, text, key=f"offsets:{self.name}"),
-            )
-
-    @property
-    def client(self) -> RestClient:
-        return self.runner.clients[self.tt.market_name]
-
-    def now_ms(self) -> int:
-        return int(self.client.clock.now_ms())
-
-    def _is_stored(self, symbol: str, open_ms: int) -> bool:
-        return self.book is not None and self.book.is_stored(symbol, open_ms)
 
 
 class LiveRunner:
@@ -223,7 +81,8 @@ class LiveRunner:
         for t in config.trade_types:
             tt = get_trade_type(t)
             for i in config.intervals:
-                self.feeds.append(Feed(self, tt, parse_interval(i, spot=tt.is_spot)))
+                iv = parse_interval(i, spot=tt.is_spot)
+                self.feeds.append(Feed(self.lfs, config, tt, iv, self.clients, self._alert_keyed))
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._snapshots: dict[str, ExchangeSnapshot] = {}
@@ -279,8 +138,8 @@ class LiveRunner:
     async def run(self) -> dict[str, Any]:
         """Run until stopped; returns a summary. Raises only for start-up errors."""
         self._started_mono = time.monotonic()
-        locks = [_FeedLock(self.lfs, f.tt.name, f.iv.name) for f in self.feeds]
-        acquired: list[_FeedLock] = []
+        locks = [FeedLock(self.lfs, f.tt.name, f.iv.name) for f in self.feeds]
+        acquired: list[FeedLock] = []
         try:
             for lk in locks:
                 lk.acquire()
@@ -327,9 +186,9 @@ class LiveRunner:
             "%s: %d symbols live; server time %s; catching up before %s (watermark %s)",
             feed.name,
             len(feed.live),
-            _iso(now),
-            _iso(catch_end),
-            _iso(feed.published),
+            iso(now),
+            iso(catch_end),
+            iso(feed.published),
         )
         market = feed.tt.market
         feed.pool = WsPool(
@@ -380,6 +239,9 @@ class LiveRunner:
                 f"lake live task {task.get_name()} failed", repr(exc), key=f"task:{task.get_name()}"
             )
             self.stop(f"task {task.get_name()} failed: {exc!r}")
+
+    def _alert_keyed(self, title: str, text: str, key: str) -> None:
+        self._alert_soon(title, text, key=key)
 
     def _alert_soon(self, title: str, text: str, *, key: str | None = None, level: str = "error") -> None:
         t = asyncio.ensure_future(self.alerter.send(title, text, key=key, level=level))
@@ -440,7 +302,7 @@ class LiveRunner:
             if feed.offsets is not None:
                 await feed.offsets.build_pending()
             feed.writer.close()
-            log.info("%s: stopped; watermark %s", feed.name, _iso(feed.published))
+            log.info("%s: stopped; watermark %s", feed.name, iso(feed.published))
 
     # -- exchangeInfo ------------------------------------------------------------------------------
     async def _snapshot(self, market: str, max_age_ms: int) -> ExchangeSnapshot:
@@ -561,7 +423,7 @@ class LiveRunner:
         st = feed.book.state(p) if feed.book else None
         n = len(st.expected) if st else len(feed.live)
         log.info(
-            "%s %s: %d/%d symbols ready (%s) %.1fs after close", feed.name, _iso(p), n, n, detail or "-", lag
+            "%s %s: %d/%d symbols ready (%s) %.1fs after close", feed.name, iso(p), n, n, detail or "-", lag
         )
 
     async def _publish(self, feed: Feed) -> None:
@@ -590,7 +452,7 @@ class LiveRunner:
         feed.book.catchup_done()
         feed.catchup_done.set()
         await self._publish(feed)
-        log.info("%s: catch-up done; watermark %s", feed.name, _iso(feed.published))
+        log.info("%s: catch-up done; watermark %s", feed.name, iso(feed.published))
         if last_closed >= end and not self._stop.is_set():
             await self._check(feed, last_closed)  # periods that closed while we started
 
@@ -621,7 +483,7 @@ class LiveRunner:
                 except LakeError as exc:
                     attempt += 1
                     self._alert_soon(
-                        f"{feed.name}: catch-up from {_iso(start)} incomplete ({len(syms)} symbols)",
+                        f"{feed.name}: catch-up from {iso(start)} incomplete ({len(syms)} symbols)",
                         str(exc)[:1000],
                         key=f"catchup:{feed.name}",
                     )
@@ -629,7 +491,7 @@ class LiveRunner:
                     continue
                 feed.stats.catchup_rows += report.candles
                 break
-        log.info("%s: %d symbols complete before %s", feed.name, len(symbols), _iso(end))
+        log.info("%s: %d symbols complete before %s", feed.name, len(symbols), iso(end))
 
     def _stragglers(self, feed: Feed, wm: int | None) -> list[str]:
         """Stored symbols no longer trading that were complete at the last watermark: the previous run
@@ -665,30 +527,6 @@ class LiveRunner:
             for sym in symbols
         }
 
-    async def _fetch_many(
-        self, feed: Feed, ranges: dict[str, tuple[int, int]]
-    ) -> tuple[dict[str, FetchResult], dict[str, str]]:
-        """Closed candles of each symbol's range; a symbol unknown to the exchange gets an all-empty result."""
-        sem = asyncio.Semaphore(self.config.rest_concurrency)
-        results: dict[str, FetchResult] = {}
-        errors: dict[str, str] = {}
-
-        async def one(sym: str, start: int, end: int) -> None:
-            async with sem:
-                try:
-                    results[sym] = await fetch_closed(feed.client, sym, feed.iv.name, start, end)
-                except NotFoundError as exc:
-                    log.warning("%s %s: unknown to the exchange (%s)", feed.name, sym, exc)
-                    gone = FetchResult()
-                    gone.empty.append((start, end))
-                    results[sym] = gone
-                except LakeError as exc:
-                    errors[sym] = str(exc)
-
-        await asyncio.gather(*(one(s, a, b) for s, (a, b) in ranges.items()))
-        return results, errors
-
-    # -- the alarm and the period check ------------------------------------------------------------
     async def _alarm(self, feed: Feed, boundary: int) -> None:
         """At each period boundary (server time): register the period, refresh exchangeInfo, then
         after the grace time check it (``boundary`` is the first one to wait for)."""
@@ -746,7 +584,7 @@ class LiveRunner:
                 log.info(
                     "%s %s: %d/%d symbols ready; fetching %d over REST%s",
                     feed.name,
-                    _iso(period),
+                    iso(period),
                     ready,
                     total,
                     len(miss),
@@ -761,7 +599,7 @@ class LiveRunner:
                 text = ", ".join(f"{s} ({len(p)} periods)" for s, p in sorted(still.items())[:10])
                 feed.stats.incomplete_alerts += 1
                 self._alert_soon(
-                    f"{feed.name}: period {_iso(period)} incomplete after repair",
+                    f"{feed.name}: period {iso(period)} incomplete after repair",
                     f"{len(still)} symbols still missing: {text}" + ("" if ok else " (REST errors)"),
                     key=f"incomplete:{feed.name}",
                 )
@@ -779,7 +617,9 @@ class LiveRunner:
         if not missing:
             return True
         ranges = {s: (opens[0], opens[-1] + feed.iv_ms) for s, opens in missing.items()}
-        results, errors = await self._fetch_many(feed, ranges)
+        results, errors = await fetch_many(
+            feed.client, feed.iv.name, ranges, concurrency=self.config.rest_concurrency
+        )
         # candles the websocket delivered while the requests were in flight are not written again
         fetched: dict[str, list[list[Any]]] = {}
         for sym, res in results.items():
@@ -823,8 +663,8 @@ class LiveRunner:
             "writes": feed.writer.writes,
             "write_errors": feed.writer.errors,
             "pending_periods": len(pend),
-            "watermark": _iso(feed.published),
-            "server_time": _iso(feed.now_ms()),
+            "watermark": iso(feed.published),
+            "server_time": iso(feed.now_ms()),
             "latency_p50_ms": round(lat[len(lat) // 2] * 1000, 1) if lat else None,
             "latency_p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 1) if lat else None,
             "rest": feed.client.stats.as_dict(),

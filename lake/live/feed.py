@@ -1,0 +1,174 @@
+"""One live feed (trade type, interval): its configuration, state and counters.
+
+``LiveConfig`` holds what ``lake live`` runs (the CLI's flags, validated). A ``Feed`` bundles the
+parts ``lake.live.runner`` drives for one (trade type, interval): the appender (dispatcher's hot
+path), the writer, the period book, the websocket pool and the live offsets. ``FeedLock`` makes
+sure one process at a time follows a feed of a lake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import fcntl
+import os
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lake.binance.intervals import Interval, parse_interval
+from lake.binance.markets import TradeType, get_trade_type
+from lake.errors import ConfigError, ValidationError
+from lake.ingest.rest_client import RestClient
+from lake.live.appender import Appender, KlineWriter
+from lake.live.offsets import LiveOffsets
+from lake.live.period import PeriodBook
+from lake.live.ws import WsPool
+from lake.store.fs import LakeFS
+from lake.transform.offsets import offset_plan
+
+__all__ = ["Feed", "FeedLock", "FeedStats", "LiveConfig", "iso"]
+
+
+def iso(ms: int | float | None) -> str:
+    """Server time in ms as ``YYYY-MM-DDTHH:MM:SSZ`` (``-`` for None), for log lines."""
+    if ms is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """What ``lake live`` runs (the CLI's flags)."""
+
+    trade_types: tuple[str, ...]
+    intervals: tuple[str, ...] = ("5m",)
+    symbols: tuple[str, ...] | None = None  # whitelist; None: every TRADING symbol of the trade type
+    offsets: tuple[str, ...] = ()
+    grace_s: float = 10.0  # server seconds after a boundary before missing candles are fetched
+    periods: int | None = None  # stop after this many period boundaries
+    duration_s: float | None = None  # stop after this many real seconds
+    history: int = 1500  # candles fetched for a symbol the lake holds nothing of
+    exchange_info_every: int = 1  # refresh exchangeInfo every N periods (0: never)
+    writer_threads: int = 8
+    rest_concurrency: int = 16
+    health_every_s: float = 30.0
+    ws_lifetime_s: float = 23.5 * 3600
+    ws_url_streams: int = 200
+    ws_subscribe_batch: int = 200
+    ws_down_alert_s: float = 60.0
+    ws_backoff_cap_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.trade_types:
+            raise ValidationError("give at least one --type")
+        if not self.intervals:
+            raise ValidationError("give an --interval")
+        for t in self.trade_types:
+            tt = get_trade_type(t)
+            for i in self.intervals:
+                iv = parse_interval(i, spot=tt.is_spot)
+                if iv.ms is None:
+                    raise ValidationError("lake live needs a fixed-length interval (not 1M)")
+        if self.grace_s < 0:
+            raise ValidationError("--grace must be >= 0")
+        if self.periods is not None and self.periods < 1:
+            raise ValidationError("--periods must be >= 1")
+        if self.duration_s is not None and self.duration_s <= 0:
+            raise ValidationError("--duration must be > 0")
+        if self.history < 0:
+            raise ValidationError("--history must be >= 0")
+        for i in self.intervals:
+            for target in self.offsets:
+                offset_plan(target, i)  # a target must be a whole multiple of the live interval
+
+
+class FeedLock:
+    """One ``lake live`` per feed and lake: an exclusive ``flock`` held for the whole run."""
+
+    def __init__(self, lfs: LakeFS, trade_type: str, interval: str) -> None:
+        self.path = Path(lfs.lock_dir) / "live" / trade_type / f"{interval}.lock"
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            os.close(fd)
+            raise ConfigError(f"another `lake live` is already running this feed (lock {self.path})") from exc
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+@dataclass
+class FeedStats:
+    periods_checked: int = 0
+    periods_complete: int = 0
+    rest_repaired: int = 0  # candles stored from REST by the period check
+    rest_absent: int = 0  # (symbol, period) the exchange has no candle for
+    catchup_rows: int = 0
+    repair_failures: int = 0
+    incomplete_alerts: int = 0
+    listed: int = 0
+    delisted: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))  # receipt → stored (s)
+    sources: dict[int, Counter[str]] = field(default_factory=dict)  # period → where its candles came from
+
+
+class Feed:
+    """One (trade type, interval) being kept live."""
+
+    def __init__(
+        self,
+        lfs: LakeFS,
+        config: LiveConfig,
+        tt: TradeType,
+        iv: Interval,
+        clients: Mapping[str, RestClient],
+        alert: Callable[[str, str, str], None],
+    ) -> None:
+        assert iv.ms is not None
+        self.tt = tt
+        self.iv = iv
+        self.iv_ms: int = iv.ms
+        self.name = f"{tt.name} {iv.name}"
+        self._clients = clients
+        self.live: set[str] = set()
+        self.appender = Appender(tt.name, iv.name, is_stored=self._is_stored)
+        self.writer = KlineWriter(lfs, tt.name, iv.name, threads=config.writer_threads)
+        self.book: PeriodBook | None = None
+        self.pool: WsPool | None = None
+        self.stats = FeedStats()
+        self.publish_lock = asyncio.Lock()
+        self.check_lock = asyncio.Lock()
+        self.published: int | None = None  # the watermark in the file (ms)
+        self.closing = False
+        self.catchup_done = asyncio.Event()
+        self.inflight: set[tuple[str, int]] = set()  # (symbol, open) the writer is writing right now
+        self.offsets: LiveOffsets | None = None
+        if config.offsets:
+            self.offsets = LiveOffsets(
+                lfs,
+                tt.name,
+                iv.name,
+                config.offsets,
+                on_error=lambda title, text: alert(title, text, f"offsets:{self.name}"),
+            )
+
+    @property
+    def client(self) -> RestClient:
+        return self._clients[self.tt.market_name]
+
+    def now_ms(self) -> int:
+        return int(self.client.clock.now_ms())
+
+    def _is_stored(self, symbol: str, open_ms: int) -> bool:
+        return self.book is not None and self.book.is_stored(symbol, open_ms)
