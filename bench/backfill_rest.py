@@ -104,12 +104,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pin", action="store_true", help="pin the simulator to CPU 0 and this process to CPU 1")
     ap.add_argument("--keep", action="store_true", help="keep the lake directory")
+    ap.add_argument(
+        "--um-limit", type=int, default=2400, help="USDⓈ-M weight limit (diagnostics only; the benchmark uses 2400)"
+    )
     args = ap.parse_args(argv)
     types = [t.strip() for t in args.types.split(",") if t.strip()]
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    kwargs = {"seed": args.seed, "n_symbols": args.symbols, "speed": args.speed, "history_days": 60}
+    kwargs: dict[str, Any] = {"seed": args.seed, "n_symbols": args.symbols, "speed": args.speed, "history_days": 60}
+    if args.um_limit != 2400:
+        kwargs["weight_limits"] = {"spot": 6000, "um": args.um_limit, "cm": 2400}
     server = ctx.Process(target=_server_main, args=(kwargs, child, args.pin), daemon=True)
     server.start()
     info = parent.recv()
