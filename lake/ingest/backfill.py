@@ -672,7 +672,7 @@ class _MarketRun:
         async def one(ser: _Series) -> None:
             async with sem:
                 try:
-                    self.funding_rows += await sync_funding(
+                    added = await sync_funding(
                         self.client,
                         self.root,
                         ser.tt.name,
@@ -680,6 +680,7 @@ class _MarketRun:
                         ser.report.start_ms,
                         ser.report.end_ms,
                     )
+                    self.funding_rows += added  # not `+= await …`: that loses concurrent updates
                 except LakeError as exc:
                     self.funding_missing.append(f"{ser.tt.name} funding {ser.symbol}: {exc}")
 

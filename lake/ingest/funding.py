@@ -106,5 +106,6 @@ async def sync_funding(
     for a, b in funding_gaps(stored, s, e):
         df = await fetch_funding(client, symbol, a, b)
         if df.height:
-            added += await asyncio.to_thread(write_funding, root, tt.name, symbol, df)
+            n = await asyncio.to_thread(write_funding, root, tt.name, symbol, df)
+            added += n
     return added
