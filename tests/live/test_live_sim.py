@@ -14,6 +14,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from lake.live import wait_ready
 from lake.live.runner import LiveConfig, LiveRunner
 from lake.live.watermark import read_watermark, read_watermarks
 from lake.settings import Settings
@@ -22,7 +23,7 @@ from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
 from lake.transform.build import build_offsets, scan_offsets
 
-from .helpers import DuckReader, M, WatermarkAuditor, diff_truth, lake_frame
+from .helpers import DuckReader, M, WatermarkAuditor, diff_truth, lake_frame, utc
 
 TT, IV = "usdt_perp", "1m"
 
@@ -72,15 +73,30 @@ async def test_live_equals_truth_through_faults(tmp_path: Path, caplog: pytest.L
             await _wait_periods(runner, 14)
             sim.faults.update({"ws_close_delay_s": 0.0})
 
+        consumed: dict[str, Any] = {}
+
+        async def consumer() -> None:
+            # a strategy waiting for a period 6 minutes ahead, then reading it: every symbol is there
+            target = (sim.clock.now_ms() // M + 6) * M
+            got = await wait_ready(tmp_path, TT, IV, utc(target), timeout=60)
+            rows = lake_frame(tmp_path).filter(pl.col("t") == target)
+            consumed.update(target=target, watermark=got, symbols=set(rows["symbol"]))
+
         play = asyncio.create_task(scenario())
+        consume = asyncio.create_task(consumer())
         try:
             summary = await asyncio.wait_for(runner.run(), timeout=90)
+            await asyncio.wait_for(consume, timeout=5)
         finally:
             play.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await play
+            consume.cancel()
+            for t in (play, consume):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
             reader.stop()
             auditor.stop()
+        expected = set(sim.market.truth(TT, IV, live0, consumed["target"], consumed["target"] + M)["symbol"])
+        assert consumed["symbols"] >= expected and len(expected) >= len(live0) - 1
         feed = summary["feeds"][0]
         wm = read_watermark(tmp_path, TT, IV)
         assert wm is not None
@@ -135,3 +151,14 @@ async def test_live_offsets_equal_a_fresh_build(tmp_path: Path) -> None:
     assert live.height == ref.height > 0
     assert live.equals(ref)
     assert sorted(live["offset"].unique()) == ["0m", "1m", "2m", "3m", "4m"]
+
+
+async def test_duration_stops_cleanly(tmp_path: Path) -> None:
+    async with sim_server(test_config(speed=60.0, n_symbols_by_market={"um": 6})) as sim:
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=(IV,), duration_s=2.5, history=3),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=60)
+    assert summary["stop_reason"] == "--duration 2.5s reached"
+    assert read_watermark(tmp_path, TT, IV) is not None
