@@ -28,7 +28,7 @@ from typing import Final
 import numpy as np
 import polars as pl
 
-from lake.binance.intervals import INTERVALS, Interval, parse_interval
+from lake.binance.intervals import INTERVALS, MS_PER_DAY, Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbols
 from lake.errors import NotFoundError, ValidationError
@@ -36,7 +36,7 @@ from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series, to_lakefs
 from lake.store.meta import read_json, write_json
-from lake.store.paths import DATA_FILE, PartitionKey, partition_end, series_dir
+from lake.store.paths import DATA_FILE, PartitionKey, partition_end, partition_period, series_dir
 from lake.transform.layout import OffsetPartition, manifest_path, offsets_period, table_dir
 from lake.transform.layout import series_dir as offsets_series_dir
 from lake.transform.offsets import OffsetPlan, offset_plan, resample_offsets
@@ -100,9 +100,9 @@ class _Work:
     changed: int
     drop_offsets: list[str] = field(default_factory=list)  # offsets built before a --rebuild
 
-    @property
-    def rows_estimate(self) -> int:
-        return len(self.read)
+    def touches(self, start_ms: int, end_ms: int) -> bool:
+        """Whether ``[start_ms, end_ms)`` overlaps the bins this run recomputes."""
+        return self.lo is None or self.hi is None or (start_ms < self.hi and end_ms > self.lo)
 
 
 def default_base(lfs: LakeFS, trade_type: str, target: Interval, symbols: Sequence[str] | None) -> str:
@@ -248,11 +248,7 @@ class _Run:
                 periods |= files.get((w.symbol, name), {}).keys()
                 for p in sorted(periods):
                     part = OffsetPartition(tt, iv, name, w.symbol, p)
-                    if (
-                        w.lo is not None
-                        and w.hi is not None
-                        and not (part.start_ms < w.hi and part.end_ms > w.lo)
-                    ):
+                    if not w.touches(part.start_ms, part.end_ms):
                         continue
                     new = files.get((w.symbol, name), {}).get(p)
                     futures.append(pool.submit(_merge_file, lfs, part, new, w.lo, w.hi))
@@ -290,9 +286,9 @@ def _plan_series(
         drop = state.offsets
         state = None
     ks = set(plan.offsets)
-    if state is not None:
-        wanted = {n: k for k, n in ((k, plan.name(k)) for k in range(plan.n))}
-        ks |= {wanted[n] for n in state.offsets if n in wanted}
+    if state is not None:  # offsets built before stay maintained
+        by_name = {plan.name(k): k for k in range(plan.n)}
+        ks |= {by_name[n] for n in state.offsets if n in by_name}
     keys = tuple(sorted(ks))
     names = [plan.name(k) for k in keys]
     tokens = _base_tokens(lfs, trade_type, plan.base.name, symbol)
@@ -304,16 +300,11 @@ def _plan_series(
     changed = [d for d in tokens.keys() | state.partitions.keys() if tokens.get(d) != state.partitions.get(d)]
     if not changed:
         return None, keys
-    a = min(_date_ms(d) for d in changed)
-    b = max(_date_ms(partition_end(plan.base, dt.date.fromisoformat(d)).isoformat()) for d in changed)
+    a = min(_span(plan.base, d)[0] for d in changed)
+    b = max(_span(plan.base, d)[1] for d in changed)
     reach = plan.target_ms - plan.base_ms
     lo, hi = a - reach, b
-    read = [
-        d
-        for d in sorted(tokens)
-        if _date_ms(d) < hi + reach
-        and _date_ms(partition_end(plan.base, dt.date.fromisoformat(d)).isoformat()) > lo
-    ]
+    read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]
     return _Work(symbol, tokens, read, lo, hi, len(changed)), keys
 
 
@@ -332,23 +323,18 @@ def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[s
 
 def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[list[_Work]]:
     """Groups of series of about ``batch_rows`` base rows (estimated from partition counts)."""
-    per_partition = _rows_per_partition(plan.base)
+    days = {"day": 1, "month": 31, "year": 366}[partition_period(plan.base)]
+    per_partition = days * MS_PER_DAY // plan.base_ms
     batch: list[_Work] = []
     rows = 0
     for w in items:
         batch.append(w)
-        rows += w.rows_estimate * per_partition
+        rows += len(w.read) * per_partition
         if rows >= batch_rows:
             yield batch
             batch, rows = [], 0
     if batch:
         yield batch
-
-
-def _rows_per_partition(base: Interval) -> int:
-    start = dt.date(2024, 1, 1)
-    key = PartitionKey("klines", "usdt_spot", base.name, "BTCUSDT", start)
-    return max(1, (key.end_ms - key.start_ms) // base.approx_ms)
 
 
 # -- one batch -----------------------------------------------------------------------------------
@@ -519,6 +505,11 @@ def _is_date_dir(name: str) -> bool:
     return True
 
 
-def _date_ms(d: str) -> int:
-    x = dt.date.fromisoformat(d)
-    return int(dt.datetime(x.year, x.month, x.day, tzinfo=dt.UTC).timestamp() * 1000)
+def _span(base: Interval, date: str) -> tuple[int, int]:
+    """``[start, end)`` in ms of the base partition ``date=<date>``."""
+    d = dt.date.fromisoformat(date)
+    return _day_ms(d), _day_ms(partition_end(base, d))
+
+
+def _day_ms(d: dt.date) -> int:
+    return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC).timestamp() * 1000)
