@@ -36,8 +36,10 @@ from lake.store.meta import read_json, write_json
 
 __all__ = [
     "WATERMARK_DIR",
+    "WATERMARK_VIEW_SQL",
     "read_watermark",
     "read_watermarks",
+    "register_watermark_view",
     "wait_ready",
     "watermark_path",
     "write_watermark",
@@ -167,3 +169,54 @@ async def wait_ready(
             )
         delay = poll if deadline is None else max(0.0, min(poll, deadline - time.monotonic()))
         await asyncio.sleep(delay)
+
+
+# The DuckDB view over the watermark files, in the style of sql/*.sql (reads getvariable('lake_root'),
+# which lake.query.connect binds). Kept here until it joins the views of sql/.
+WATERMARK_VIEW_SQL = """\
+-- watermark: readiness of each live feed (`lake live`), one row per (trade_type, interval).
+-- `watermark` is the candle_begin_time of the last period for which every live symbol's candle is
+-- stored (or confirmed absent by the exchange), and every earlier period since the feed started:
+-- candles with candle_begin_time <= watermark will not change. It only moves forward and is written
+-- after the data it covers. `next_open`: the first period not yet guaranteed; `updated_at`: the
+-- exchange's (server) time of the update.
+--
+-- Files: _meta/live/<trade_type>/<interval>.json (one JSON object each, replaced atomically).
+--
+--   SELECT k.* FROM klines k JOIN watermark w USING (trade_type, "interval")
+--   WHERE k.candle_begin_time <= w.watermark;          -- only complete periods
+CREATE OR REPLACE VIEW watermark AS
+SELECT
+    trade_type,
+    "interval",
+    to_timestamp(watermark_ms / 1000.0) AS watermark,
+    next_open::TIMESTAMPTZ AS next_open,
+    symbols,
+    to_timestamp(updated_at_ms / 1000.0) AS updated_at,
+    watermark_ms
+FROM read_json(
+    getvariable('lake_root') || '/_meta/live/*/*.json',
+    format = 'unstructured',
+    columns = {
+        trade_type: 'VARCHAR', "interval": 'VARCHAR', watermark_ms: 'BIGINT', next_open: 'VARCHAR',
+        symbols: 'BIGINT', updated_at_ms: 'BIGINT'
+    }
+);
+"""
+
+_EMPTY_VIEW_SQL = (
+    'CREATE OR REPLACE VIEW watermark AS SELECT NULL::VARCHAR AS trade_type, NULL::VARCHAR AS "interval", '
+    "NULL::TIMESTAMPTZ AS watermark, NULL::TIMESTAMPTZ AS next_open, NULL::BIGINT AS symbols, "
+    "NULL::TIMESTAMPTZ AS updated_at, NULL::BIGINT AS watermark_ms WHERE false"
+)
+
+
+def register_watermark_view(con: Any, root: str | os.PathLike[str] | LakeFS) -> bool:
+    """Create the ``watermark`` view on a DuckDB connection whose ``lake_root`` variable is bound
+    (``lake.query.connect``); an empty stand-in while no feed has a watermark. Returns whether any
+    watermark file exists."""
+    if read_watermarks(root):
+        con.execute(WATERMARK_VIEW_SQL)
+        return True
+    con.execute(_EMPTY_VIEW_SQL)
+    return False
