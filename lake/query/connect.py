@@ -16,6 +16,7 @@ fails on a young lake; reconnect (or call ``register_views`` again) once the fil
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from importlib import resources
 
 import duckdb
@@ -29,15 +30,61 @@ from lake.store.tables import EXCHANGE_INFO_SCHEMA, FUNDING_SCHEMA
 __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
 # In dependency order: coverage and latest read klines and intervals, compare reads offsets.
-VIEWS = ("intervals", "klines", "offsets", "exchange_info", "funding", "coverage", "latest", "compare")
+VIEWS = (
+    "intervals",
+    "klines",
+    "offsets",
+    "exchange_info",
+    "funding",
+    "watermark",
+    "coverage",
+    "latest",
+    "compare",
+)
 
 _S = pl.String()
-# Views over files: (directory levels down to the file, the columns of an empty stand-in).
-_FILE_TABLES: dict[str, tuple[int, dict[str, pl.DataType]]] = {
-    "klines": (5, {"trade_type": _S, "interval": _S, "symbol": _S, **KLINE_SCHEMA}),
-    "offsets": (6, {"trade_type": _S, "interval": _S, "offset": _S, "symbol": _S, **OFFSET_SCHEMA}),
-    "exchange_info": (3, {**EXCHANGE_INFO_SCHEMA, "trade_type": _S, "date": _S}),
-    "funding": (3, {**FUNDING_SCHEMA, "trade_type": _S, "symbol": _S}),
+_T = pl.Datetime("ms", "UTC")
+
+
+@dataclass(frozen=True)
+class _Files:
+    """Where a file-backed view reads (directory, levels down to the files, suffix) and the columns of
+    its empty stand-in."""
+
+    directory: str
+    depth: int
+    suffix: str
+    columns: dict[str, pl.DataType]
+
+
+_FILE_TABLES = {
+    "klines": _Files(
+        "klines", 5, ".parquet", {"trade_type": _S, "interval": _S, "symbol": _S, **KLINE_SCHEMA}
+    ),
+    "offsets": _Files(
+        "offsets",
+        6,
+        ".parquet",
+        {"trade_type": _S, "interval": _S, "offset": _S, "symbol": _S, **OFFSET_SCHEMA},
+    ),
+    "exchange_info": _Files(
+        "exchange_info", 3, ".parquet", {**EXCHANGE_INFO_SCHEMA, "trade_type": _S, "date": _S}
+    ),
+    "funding": _Files("funding", 3, ".parquet", {**FUNDING_SCHEMA, "trade_type": _S, "symbol": _S}),
+    "watermark": _Files(
+        "_meta/live",
+        2,
+        ".json",
+        {
+            "trade_type": _S,
+            "interval": _S,
+            "watermark": _T,
+            "next_open": _T,
+            "symbols": pl.Int64(),
+            "updated_at": _T,
+            "watermark_ms": pl.Int64(),
+        },
+    ),
 }
 _DUCKDB_TYPES = {
     pl.String(): "VARCHAR",
@@ -85,8 +132,8 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
     empty = []
     for name in VIEWS:
         spec = _FILE_TABLES.get(name)
-        if spec is not None and not _has_files(lfs, name, spec[0]):
-            con.execute(_empty_view(name, spec[1]))
+        if spec is not None and not _has_files(lfs, spec):
+            con.execute(_empty_view(name, spec.columns))
             empty.append(name)
         else:
             con.execute(view_sql(name))
@@ -98,18 +145,18 @@ def _empty_view(name: str, columns: dict[str, pl.DataType]) -> str:
     return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {cols} WHERE false'
 
 
-def _has_files(lfs: LakeFS, table: str, depth: int) -> bool:
-    """Whether ``table`` holds at least one ``*.parquet`` file ``depth`` levels down (stops at the first)."""
+def _has_files(lfs: LakeFS, spec: _Files) -> bool:
+    """Whether the view has at least one file to read (the walk stops at the first)."""
 
     def walk(rel: str, level: int) -> bool:
         for entry in lfs.listdir(rel):
             if entry.startswith("."):
                 continue
-            if level == depth:
-                if entry.endswith(".parquet"):
+            if level == spec.depth:
+                if entry.endswith(spec.suffix):
                     return True
             elif walk(f"{rel}/{entry}", level + 1):
                 return True
         return False
 
-    return walk(table, 1)
+    return walk(spec.directory, 1)

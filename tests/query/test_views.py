@@ -184,3 +184,17 @@ def test_views_see_files_written_after_connect(tmp_path: Path) -> None:
         random_candles(9, 300_000, 12, start_ms=T0_MS + 86_400_000, hole_rate=0.0),
     )
     assert con.sql("SELECT count(*) FROM klines").fetchall() == [(24,)]
+
+
+def test_watermark_view_once_a_feed_has_one(tmp_path: Path) -> None:
+    from lake.live.watermark import write_watermark
+
+    assert connect(tmp_path).sql("SELECT count(*) FROM watermark").fetchall() == [(0,)]
+    t = T0_MS + 3_600_000
+    write_watermark(tmp_path, "usdt_perp", "5m", t, symbols=3, updated_at_ms=t + 310_000)
+    got = (
+        connect(tmp_path)
+        .sql('SELECT trade_type, "interval", watermark_ms, symbols FROM watermark')
+        .fetchall()
+    )
+    assert got == [("usdt_perp", "5m", t, 3)]
