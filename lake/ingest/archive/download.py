@@ -27,7 +27,7 @@ import os
 import random
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
@@ -103,7 +103,11 @@ def clean_partials(directory: Path) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Downloaded:
-    """A verified zip on disk."""
+    """A verified zip: its bytes (the ones that were hashed) and where it lies on disk.
+
+    Parse ``data``, not ``path``: another ``lake`` process sharing the download directory may
+    delete or replace the file on disk once it has ingested it.
+    """
 
     file: ArchiveFile
     path: Path
@@ -113,6 +117,7 @@ class Downloaded:
     size: int
     reused: bool = False  # found verified on disk, not downloaded this time
     attempts: int = 1
+    data: bytes = field(default=b"", repr=False)
 
 
 class Downloader:
@@ -223,18 +228,22 @@ class Downloader:
         mismatches: list[str] = []
         for attempt in range(1, self.checksum_attempts + 1):
             expected = await self.fetch_checksum(f)
-            if attempt == 1 and final.exists():
-                have = await asyncio.to_thread(sha256_file, final)
-                if have == expected:
-                    size = final.stat().st_size
-                    return Downloaded(f, final, have, "", "", size, reused=True)
-                await asyncio.to_thread(_unlink, final)
+            if attempt == 1:
+                on_disk = await asyncio.to_thread(_read_or_none, final)
+                if on_disk is not None:
+                    have = hashlib.sha256(on_disk).hexdigest()
+                    if have == expected:
+                        return Downloaded(f, final, have, "", "", len(on_disk), reused=True, data=on_disk)
+                    await asyncio.to_thread(_unlink, final)
             part = final.with_name(f"{final.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             try:
                 got, etag, last_modified, size = await self._download_once(f, part)
                 if got == expected:
+                    data = await asyncio.to_thread(part.read_bytes)
+                    if hashlib.sha256(data).hexdigest() != expected:
+                        raise DataError(f"{f.key}: the downloaded file changed on disk before it was read")
                     await asyncio.to_thread(os.replace, part, final)
-                    return Downloaded(f, final, got, etag, last_modified, size, attempts=attempt)
+                    return Downloaded(f, final, got, etag, last_modified, size, attempts=attempt, data=data)
             finally:
                 await asyncio.to_thread(_unlink, part)
             mismatches.append(f"got {got[:12]}…, .CHECKSUM says {expected[:12]}…")
@@ -243,6 +252,13 @@ class Downloader:
             f"{f.key}: SHA-256 does not match its .CHECKSUM after {self.checksum_attempts} downloads "
             f"({'; '.join(mismatches)})"
         )
+
+
+def _read_or_none(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
 
 
 def _flush_sync(fh: BinaryIO) -> None:

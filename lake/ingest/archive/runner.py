@@ -465,7 +465,7 @@ async def _run_jobs(
 
 def _ingest_file(lfs: LakeFS, trade_type: str, pf: PlannedFile, got: Downloaded) -> tuple[int, int]:
     f = pf.file
-    df = parse_kline_zip(got.path, start_ms=f.start_ms, end_ms=f.end_ms, name=f.key)
+    df = parse_kline_zip(got.data or got.path, start_ms=f.start_ms, end_ms=f.end_ms, name=f.key)
     res = write_klines(lfs, trade_type, f.interval, f.symbol, df)
     return df.height, res.partitions_written
 
