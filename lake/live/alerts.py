@@ -133,13 +133,14 @@ class Alerter:
         """Send one alert; returns whether it was delivered (False when suppressed, failed or log-only)."""
         key = key or title
         self.stats.by_key[key] = self.stats.by_key.get(key, 0) + 1
-        log.log(logging.ERROR if level == "error" else logging.WARNING, "ALERT %s: %s", title, text)
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.min_interval_s:
             self._held[key] = self._held.get(key, 0) + 1
             self.stats.suppressed += 1
+            log.debug("alert %s suppressed (%d since the last one sent)", title, self._held[key])
             return False
+        log.log(logging.ERROR if level == "error" else logging.WARNING, "ALERT %s: %s", title, text)
         self._last[key] = now
         suppressed = self._held.pop(key, 0)
         if not self.url:

@@ -89,6 +89,7 @@ class LiveRunner:
         self._snapshot_lock: dict[str, asyncio.Lock] = {}
         self._limiters: dict[str, ConnectLimiter] = {}
         self._started_mono = 0.0
+        self._ws_alerted: dict[str, float] = {}
         self.stop_reason = ""
         self.failure: BaseException | None = None  # the first task that died: re-raised by run()
 
@@ -136,7 +137,10 @@ class LiveRunner:
 
     # -- main --------------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
-        """Run until stopped; returns a summary. Raises only for start-up errors."""
+        """Run until stopped; returns a summary.
+
+        Raises start-up errors (unreachable exchange, no symbols, feed already followed), and, after
+        the flush, the exception of any task that died unexpectedly."""
         self._started_mono = time.monotonic()
         locks = [FeedLock(self.lfs, f.tt.name, f.iv.name) for f in self.feeds]
         acquired: list[FeedLock] = []
@@ -260,6 +264,7 @@ class LiveRunner:
                 self.stop(f"--periods {cfg.periods} reached")
             for feed in self.feeds:
                 self._watch_ws(feed)
+            self._tasks = [t for t in self._tasks if not t.done()]  # finished ones were handled
             if now - last_health >= cfg.health_every_s:
                 last_health = now
                 for feed in self.feeds:
@@ -268,9 +273,13 @@ class LiveRunner:
     def _watch_ws(self, feed: Feed) -> None:
         if feed.pool is None:
             return
+        now = time.monotonic()
         for shard in feed.pool.shards:
             down = shard.stats.down_since
-            if down is not None and time.monotonic() - down > self.config.ws_down_alert_s and shard.desired:
+            if down is None or now - down <= self.config.ws_down_alert_s or not shard.desired:
+                continue
+            if now - self._ws_alerted.get(shard.name, -1e18) >= self.config.ws_down_alert_s:
+                self._ws_alerted[shard.name] = now
                 self._alert_soon(
                     f"{feed.name}: websocket {shard.name} down",
                     f"down for {time.monotonic() - down:.0f}s; last error: {shard.stats.last_error or '-'}",
@@ -295,6 +304,9 @@ class LiveRunner:
                 t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)  # all already finished or cancelled
         for feed in self.feeds:
+            if feed.book is None:  # start-up failed before this feed began
+                feed.writer.close()
+                continue
             if feed.appender.pending:  # a writer that died: flush what it left
                 await self._flush(feed)
             with contextlib.suppress(LakeError, OSError):
@@ -445,7 +457,8 @@ class LiveRunner:
 
     # -- catch-up ----------------------------------------------------------------------------------
     async def _initial_catchup(self, feed: Feed, symbols: list[str], end: int, last_closed: int) -> None:
-        await self._catchup(feed, symbols, end)
+        if not await self._catchup(feed, symbols, end):
+            return  # stopped before it finished: the watermark must not reach the catch-up's end
         assert feed.book is not None
         if feed.offsets is not None:
             feed.offsets.note(symbols)  # the catch-up wrote through #4's backfill, not the writer
@@ -456,8 +469,10 @@ class LiveRunner:
         if last_closed >= end and not self._stop.is_set():
             await self._check(feed, last_closed)  # periods that closed while we started
 
-    async def _catchup(self, feed: Feed, symbols: list[str], end: int) -> None:
-        """Make every symbol complete before ``end`` over REST (#4's backfill); retries until it is."""
+    async def _catchup(self, feed: Feed, symbols: list[str], end: int) -> bool:
+        """Make every symbol complete before ``end`` over REST (#4's backfill); retries until it is.
+
+        Returns False when the runner stopped first."""
         wm = feed.published
         starts = await asyncio.to_thread(self._catchup_starts, feed, symbols, end, wm)
         groups: dict[int, list[str]] = {}
@@ -491,7 +506,10 @@ class LiveRunner:
                     continue
                 feed.stats.catchup_rows += report.candles
                 break
+            else:
+                return False
         log.info("%s: %d symbols complete before %s", feed.name, len(symbols), iso(end))
+        return True
 
     def _stragglers(self, feed: Feed, wm: int | None) -> list[str]:
         """Stored symbols no longer trading that were complete at the last watermark: the previous run
@@ -509,8 +527,7 @@ class LiveRunner:
         return sorted(out)
 
     async def _catchup_new(self, feed: Feed, symbols: list[str], end: int) -> None:
-        await self._catchup(feed, symbols, end)
-        if feed.offsets is not None:
+        if await self._catchup(feed, symbols, end) and feed.offsets is not None:
             feed.offsets.note(symbols)
 
     def _catchup_starts(

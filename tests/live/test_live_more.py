@@ -13,6 +13,7 @@ import polars as pl
 import pytest
 from aiohttp import web
 
+from lake.errors import UpstreamError
 from lake.live.alerts import Alerter
 from lake.live.runner import LiveConfig, LiveRunner
 from lake.live.watermark import read_watermark
@@ -162,3 +163,22 @@ async def test_rotation_before_lifetime_and_paced_subscriptions(tmp_path: Path) 
         assert feed["appender"]["control"] >= 3  # SUBSCRIBE replies: the URL carried only 2 streams
         assert sim.stats.snapshot()["ws"].get("closed_rate_limit", 0) == 0
         _check_truth(sim, tmp_path, "usdt_perp")
+
+
+async def test_stop_during_failing_catchup_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_backfill(*args: Any, **kwargs: Any) -> Any:
+        raise UpstreamError("REST down (test)")
+
+    monkeypatch.setattr("lake.live.runner.backfill", broken_backfill)
+    async with sim_server(test_config(speed=60.0, n_symbols_by_market={"um": 6})) as sim:
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=("usdt_perp",), intervals=(IV,), duration_s=3.0, history=5),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=60)
+    # websocket candles were stored, but the history before them never was: no watermark
+    assert summary["feeds"][0]["appender"]["closed"] > 0
+    assert read_watermark(tmp_path, "usdt_perp", IV) is None
+    assert summary["alerts"]["by_key"].get("catchup:usdt_perp 1m", 0) >= 1
