@@ -55,6 +55,9 @@ log = logging.getLogger("lake.live")
 # Periods that closed at least this long ago (server time) are caught up by the start-up backfill,
 # whose answers then count as final (#4's ``settle_ms``); younger ones are tracked live.
 _SETTLE_MS = 60_000
+# A period is repaired over REST only once it closed at least this long ago (server ms), so an
+# empty answer cannot be a candle the exchange has not published yet.
+_CLOSE_MARGIN_MS = 1_000
 
 
 class LiveRunner:
@@ -575,11 +578,20 @@ class LiveRunner:
             await self._check_locked(feed, period)
 
     def _unresolved(self, feed: Feed, up_to: int) -> dict[str, list[int]]:
-        """Missing (symbol, period) ≤ ``up_to`` that the websocket path is not about to write."""
+        """Missing (symbol, period) ≤ ``up_to`` that the websocket path is not about to write and
+        that closed surely before now: an empty REST answer for them proves there is no candle."""
         assert feed.book is not None
+        clock = feed.client.clock
+        closed_before = feed.now_ms() - max(_CLOSE_MARGIN_MS, 2 * clock.uncertainty_ms())
         out: dict[str, list[int]] = {}
         for sym, opens in feed.book.missing_by_symbol(up_to).items():
-            left = [t for t in opens if not feed.appender.holds(sym, t) and (sym, t) not in feed.inflight]
+            left = [
+                t
+                for t in opens
+                if t + feed.iv_ms <= closed_before
+                and not feed.appender.holds(sym, t)
+                and (sym, t) not in feed.inflight
+            ]
             if left:
                 out[sym] = left
         return out
