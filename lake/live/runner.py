@@ -609,15 +609,18 @@ class LiveRunner:
             if summary is not None and not logged:
                 logged = True
                 ready, total = summary
-                miss = sorted(s for s, ts in todo.items() if period in ts)
+                state = feed.book.state(period)
+                fetch = sorted(s for s, ts in todo.items() if period in ts)
+                writing = len(state.missing) - len(fetch) if state is not None else 0
                 log.info(
-                    "%s %s: %d/%d symbols ready; fetching %d over REST%s",
+                    "%s %s: %d/%d symbols ready%s; fetching %d over REST%s",
                     feed.name,
                     iso(period),
                     ready,
                     total,
-                    len(miss),
-                    f" ({', '.join(miss[:8])}{' …' if len(miss) > 8 else ''})" if miss else "",
+                    f", {writing} being written" if writing > 0 else "",
+                    len(fetch),
+                    f" ({', '.join(fetch[:8])}{' …' if len(fetch) > 8 else ''})" if fetch else "",
                 )
             ok = await self._repair(feed, todo) if todo else True
             if not feed.book.pending(period) or self._stop.is_set():
