@@ -173,12 +173,21 @@ def _compare(settings: Settings, options: DemoOptions, console: Console) -> pl.D
     except ImportError:
         console.print("[yellow]comparison not available in this build[/yellow]")
         return None
+    import io
+
     frames = []
+    lfs = LakeFS(settings.root)
     for tt in TRADE_TYPES:
-        table = asyncio.run(compare_quantclass(settings, tt, options.target))
-        console.print(f"\n{tt} errors:\n{table.summary}")
-        frames.append(table.detail)
-    return pl.concat(frames) if frames else None
+        result = asyncio.run(compare_quantclass(settings, tt, options.target))
+        console.print(f"\n{tt} errors (max |ours / reference - 1| over all symbols and offsets):")
+        for column, err in result.summary.iter_rows():
+            console.print(f"  {column:<30} {err:.6e}" if err is not None else f"  {column:<30} -")
+        detail = result.detail.with_columns(pl.lit(tt).alias("trade_type"))
+        buf = io.BytesIO()
+        detail.write_parquet(buf)
+        lfs.write_atomic(f"_reports/compare_{tt}.parquet", buf.getvalue())
+        frames.append(detail)
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None
 
 
 def _print_coverage(lfs: LakeFS, console: Console, result: DemoResult) -> None:
