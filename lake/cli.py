@@ -24,6 +24,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lake.commands.live",
     "lake.commands.sim",
     "lake.commands.demo",
+    "lake.commands.offsets",
+    "lake.commands.sql",
+    "lake.commands.compare",
 )
 
 app = typer.Typer(
