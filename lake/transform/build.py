@@ -459,6 +459,9 @@ def scan_offsets(
     tdir = table_dir(trade_type, interval)
     want_offsets = None if offsets is None else set([offsets] if isinstance(offsets, str) else offsets)
     want_syms = None if symbols is None else set(validate_symbols(symbols))
+    for t in (start, end):
+        if t is not None and t.tzinfo is None:
+            raise ValidationError(f"naive datetime {t!r}: pass a timezone-aware (UTC) datetime")
     lo = None if start is None else int(start.timestamp() * 1000)
     hi = None if end is None else int(end.timestamp() * 1000)
     files: list[str] = []

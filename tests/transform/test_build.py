@@ -193,3 +193,23 @@ def test_partition_paths_validate() -> None:
     ]:
         with pytest.raises(ValidationError):
             OffsetPartition(*bad)
+
+
+def test_scan_offsets_filters(tmp_path: Path) -> None:
+    for s in ("AUSDT", "BUSDT"):
+        write_klines(tmp_path, "usdt_perp", "5m", s, _day(len(s), 0, hole_rate=0.0))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    t = dt.datetime(2024, 1, 1, 6, tzinfo=dt.UTC)
+    got = scan_offsets(
+        tmp_path, "usdt_perp", "1h", ["0m", "30m"], "BUSDT", start=t, end=t + dt.timedelta(hours=2)
+    )
+    rows = got.select("symbol", "offset", "candle_begin_time").collect().sort("offset", "candle_begin_time")
+    assert rows.rows() == [
+        ("BUSDT", "0m", t),
+        ("BUSDT", "0m", t + dt.timedelta(hours=1)),
+        ("BUSDT", "30m", t + dt.timedelta(minutes=30)),
+        ("BUSDT", "30m", t + dt.timedelta(minutes=90)),
+    ]
+    assert scan_offsets(tmp_path, "usdt_perp", "4h").collect().height == 0
+    with pytest.raises(ValidationError, match="naive"):
+        scan_offsets(tmp_path, "usdt_perp", "1h", start=dt.datetime(2024, 1, 1))
