@@ -29,7 +29,7 @@ def _params(cmd: Any) -> list[str]:
             multiple = " (repeatable)" if p.multiple else ""
             lines.append(f"| {names} | {(p.help or '').strip()}{multiple}{default} |")
         elif kind == "argument":
-            lines.append(f"| `{p.human_readable_name}` | argument{'' if p.required else ' (optional)'} |")
+            lines.append(f"| `{str(p.name).upper()}` | argument{'' if p.required else ' (optional)'} |")
     return lines
 
 
