@@ -174,7 +174,6 @@ class WsShard:
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         limiter: ConnectLimiter | None = None,
-        on_connect: Callable[[WsShard], object] | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -189,7 +188,6 @@ class WsShard:
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval
         self.limiter = limiter or ConnectLimiter()
-        self.on_connect = on_connect
         self.stats = ShardStats()
         self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
@@ -266,8 +264,6 @@ class WsShard:
             down = self.stats.down_since
             self.stats.down_since = None
             self._connected.set()
-            if self.on_connect is not None:
-                self.on_connect(self)
             if down is not None and self.stats.connects > 1:
                 log.info("ws %s: reconnected after %.2fs down", self.name, time.monotonic() - down)
             got_before = self.stats.messages
