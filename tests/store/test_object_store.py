@@ -1,6 +1,7 @@
 """Object stores give no cross-machine lock: a second writing host is refused, the lake untouched."""
 
 import json
+import uuid
 
 import fsspec
 import pytest
@@ -11,9 +12,9 @@ from lake.store.klines import scan_klines, write_klines
 from tests.store.helpers import frame, opens, t0_ms
 
 
-def test_second_host_is_refused_while_lease_is_live(lake_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not lake_root.startswith("s3://"):
-        pytest.skip("the writer lease only applies to object stores")
+def test_second_host_is_refused_while_lease_is_live(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    lake_root = f"s3://lake-test/{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("LAKE_HOST_ID", "host-a")
     write_klines(lake_root, "usdt_perp", "5m", "BTCUSDT", frame(opens(t0_ms(), 10)))
     lease = json.loads(LakeFS(lake_root).read_bytes(LEASE_PATH))
