@@ -145,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "incremental_s": round(float(incremental["seconds"]), 2),  # type: ignore[arg-type]
         "incremental_pct_of_full": round(100 * float(incremental["seconds"]) / float(ours["seconds"]), 1),  # type: ignore[arg-type]
         "incremental_files_written": incremental["written"],
+        "incremental_peak_gib": round(float(incremental["peak_gib"]), 2),  # type: ignore[arg-type]
         "noop_rerun_s": round(float(noop["seconds"]), 2),  # type: ignore[arg-type]
         "noop_files_written": noop["written"],
         "load_avg_before": round(load_before, 2),

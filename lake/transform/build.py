@@ -54,6 +54,7 @@ _OFFSETS_HIVE = {
     "date": pl.String,
 }
 _SAVE_EVERY_S = 30.0
+_BATCH_SYMBOLS = 32
 # Derived data is rebuilt cheaply and written in bulk: LZ4 encodes ~2× faster than zstd for ~25% more
 # bytes (a year of 1h bins for one offset and symbol: ~550 KB).
 _COMPRESSION: Final = "lz4"
@@ -330,7 +331,9 @@ def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[s
 
 
 def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[list[_Work]]:
-    """Groups of series of about ``batch_rows`` base rows (estimated from partition counts)."""
+    """Groups of series of about ``batch_rows`` base rows (estimated from partition counts), and at
+    most ``_BATCH_SYMBOLS`` series: an incremental run reads little but rewrites a file per offset and
+    symbol, and a batch's encoded files wait in memory for their write."""
     days = {"day": 1, "month": 31, "year": 366}[partition_period(plan.base)]
     per_partition = days * MS_PER_DAY // plan.base_ms
     batch: list[_Work] = []
@@ -338,7 +341,7 @@ def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[
     for w in items:
         batch.append(w)
         rows += len(w.read) * per_partition
-        if rows >= batch_rows:
+        if rows >= batch_rows or len(batch) >= _BATCH_SYMBOLS:
             yield batch
             batch, rows = [], 0
     if batch:
