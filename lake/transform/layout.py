@@ -11,8 +11,8 @@ One file holds one (offset, symbol) series for one period; ``date`` is the perio
     T ≥ 1h    one file per year    (1h: 8,760 rows, 4h: 2,190, 1d: 365)
 
 Yearly files for 1h keep a 300-symbol lake at 3,600 files per year for all 12 offsets (monthly files
-would be 43,200: each file costs a write and an fsync, which dominates a build of small files).
-The price is that appending a day rewrites the current year's file of every touched series.
+would be 43,200, and their per-file costs double a full build). The price is that appending a day
+rewrites the current year's file of every touched series (docs/offsets.md has the measurements).
 Components are validated (trade type, interval, offset name, symbol) before they become a path.
 """
 
