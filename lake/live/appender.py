@@ -59,6 +59,7 @@ class AppenderStats:
     control: int = 0  # replies to SUBSCRIBE / UNSUBSCRIBE
     bad: Counter[str] = field(default_factory=Counter)
     max_event_ms: int = 0  # highest event time (E) seen: server time at send
+    max_event_mono: float = 0.0  # time.monotonic() when that event arrived
     last_message_mono: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -147,6 +148,7 @@ class Appender:
         e = data.get("E")
         if isinstance(e, int) and e > st.max_event_ms:
             st.max_event_ms = e
+            st.max_event_mono = time.monotonic()
         k = data.get("k")
         if not isinstance(k, dict):
             self._bad("malformed", raw, "no 'k' object")

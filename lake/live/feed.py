@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import fcntl
 import os
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -168,7 +169,17 @@ class Feed:
         return self._clients[self.tt.market_name]
 
     def now_ms(self) -> int:
-        return int(self.client.clock.now_ms())
+        """The exchange's time: the REST-sampled clock (offset and rate from the time endpoint),
+        raised to what the websocket proves: an event stamped ``E`` that arrived ``d`` seconds ago
+        means the server's clock reads at least ``E + rate·d`` now."""
+        clock = self.client.clock
+        est = clock.now_ms()
+        st = self.appender.stats
+        if st.max_event_ms:
+            bound = st.max_event_ms + clock.rate * (time.monotonic() - st.max_event_mono) * 1000.0
+            if bound > est:
+                return int(bound)
+        return int(est)
 
     def _is_stored(self, symbol: str, open_ms: int) -> bool:
         return self.book is not None and self.book.is_stored(symbol, open_ms)

@@ -128,8 +128,9 @@ class LiveRunner:
                 return False
 
     async def _check_clock(self, feed: Feed) -> None:
-        """An event stamped ahead of the clock estimate means the server clock jumped: re-sync."""
-        ahead = feed.appender.stats.max_event_ms - feed.now_ms()
+        """An event stamped far ahead of the REST-sampled estimate means the server clock jumped (or
+        the estimate drifted): re-sync it (``Feed.now_ms`` already follows the events meanwhile)."""
+        ahead = feed.appender.stats.max_event_ms - feed.client.clock.now_ms()
         if ahead > max(2_000.0, 2 * feed.client.clock.uncertainty_ms()):
             log.info(
                 "%s: events are %.1fs ahead of the server clock estimate; re-syncing", feed.name, ahead / 1000
