@@ -265,6 +265,7 @@ def scan_klines(
         return pl.LazyFrame(schema={"symbol": pl.String, **KLINE_SCHEMA})
     lf = pl.scan_parquet(
         files,
+        glob=False,  # the paths are exact: a root containing [ * ? must not be read as a pattern
         hive_partitioning=True,
         hive_schema=_HIVE_SCHEMA,
         # Object-store credentials come from the standard AWS_* environment (read by Polars too).

@@ -5,12 +5,13 @@ place. Layout under the lake root::
 
     klines/trade_type=<tt>/interval=<iv>/symbol=<SYM>/date=<YYYY-MM-DD>/data.parquet
 
-``date`` is the first day of the partition's period. The period depends on the interval so files
-stay a sensible size (lessons: neither thousands of 24-row files nor one giant file):
+``date`` is the first day of the partition's period. The period depends on the interval so that a
+file holds roughly a thousand to tens of thousands of rows (lessons: neither hundreds of thousands of
+288-row files, which make every scan slow, nor one giant file, which makes every append slow):
 
-    interval < 1h        one partition per UTC day    (1m: 1,440 rows; 5m: 288 rows)
-    1h ≤ interval < 1d   one partition per month      (1h: ~720 rows)
-    interval ≥ 1d        one partition per year       (1d: 365 rows)
+    1s, 1m               one partition per UTC day    (1m: 1,440 rows; 1s: 86,400)
+    3m … 30m             one partition per month      (5m: 8,640 rows; 30m: 1,440)
+    1h and longer        one partition per year       (1h: 8,760 rows; 1d: 365)
 """
 
 from __future__ import annotations
@@ -19,16 +20,20 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 
-from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
+from lake.binance.intervals import Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
 from lake.errors import ValidationError
 
 __all__ = [
     "DATA_FILE",
+    "PERIODS",
     "PartitionKey",
+    "partition_end",
     "partition_period",
     "partition_start",
+    "period_floor",
+    "period_next",
     "series_dir",
 ]
 
@@ -37,34 +42,49 @@ _HOUR_MS = 3_600_000
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
+PERIODS = ("day", "month", "year")
+
+
 def partition_period(interval: Interval) -> str:
     """``"day"``, ``"month"`` or ``"year"``: how much time one partition file holds."""
-    if interval.ms is not None and interval.ms < _HOUR_MS:
+    if interval.ms is not None and interval.ms <= 60_000:
         return "day"
-    if interval.ms is not None and interval.ms < MS_PER_DAY:
+    if interval.ms is not None and interval.ms < _HOUR_MS:
         return "month"
     return "year"
+
+
+def period_floor(period: str, d: dt.date) -> dt.date:
+    """First day of the ``period`` (day, month or year) containing ``d``."""
+    if period == "day":
+        return d
+    if period == "month":
+        return d.replace(day=1)
+    if period == "year":
+        return d.replace(month=1, day=1)
+    raise ValueError(f"unknown period {period!r}")
+
+
+def period_next(period: str, start: dt.date) -> dt.date:
+    """First day after the ``period`` starting on ``start``."""
+    if period == "day":
+        return start + dt.timedelta(days=1)
+    if period == "month":
+        return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
+    if period == "year":
+        return start.replace(year=start.year + 1)
+    raise ValueError(f"unknown period {period!r}")
 
 
 def partition_start(interval: Interval, ts_ms: int) -> dt.date:
     """The ``date=`` value of the partition holding the candle opening at ``ts_ms``."""
     d = dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).date()
-    period = partition_period(interval)
-    if period == "day":
-        return d
-    if period == "month":
-        return d.replace(day=1)
-    return d.replace(month=1, day=1)
+    return period_floor(partition_period(interval), d)
 
 
 def partition_end(interval: Interval, start: dt.date) -> dt.date:
     """First day after the partition that starts on ``start``."""
-    period = partition_period(interval)
-    if period == "day":
-        return start + dt.timedelta(days=1)
-    if period == "month":
-        return (start.replace(day=28) + dt.timedelta(days=4)).replace(day=1)
-    return start.replace(year=start.year + 1)
+    return period_next(partition_period(interval), start)
 
 
 def series_dir(table: str, trade_type: str, interval: str, symbol: str) -> str:

@@ -35,7 +35,7 @@ from lake.binance.symbols import validate_symbols
 from lake.errors import NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
-from lake.store.klines import list_series, to_lakefs
+from lake.store.klines import list_series, read_partition, to_lakefs
 from lake.store.meta import read_json, write_json
 from lake.store.paths import DATA_FILE, PartitionKey, partition_end, partition_period, series_dir
 from lake.transform.layout import OffsetPartition, manifest_path, offsets_period, table_dir
@@ -44,7 +44,7 @@ from lake.transform.offsets import OffsetPlan, offset_plan, resample_offsets
 
 __all__ = ["BuildResult", "build_offsets", "default_base", "scan_offsets"]
 
-_MANIFEST_VERSION = 1
+_MANIFEST_VERSION = 2
 _KLINES_HIVE = {"trade_type": pl.String, "interval": pl.String, "symbol": pl.String, "date": pl.String}
 _OFFSETS_HIVE = {
     "trade_type": pl.String,
@@ -90,6 +90,9 @@ class _Series:
     method: str
     offsets: list[str]
     partitions: dict[str, str]  # base partition date -> change token
+    # base partition date -> {day: fingerprint of that day's rows}: a changed partition (a month of
+    # 5m) is narrowed to the days whose rows changed, so appending a day recomputes about a day.
+    days: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -101,6 +104,7 @@ class _Work:
     hi: int | None
     changed: int
     drop_offsets: list[str] = field(default_factory=list)  # offsets built before a --rebuild
+    days: dict[str, dict[str, int]] = field(default_factory=dict)  # fingerprints known at planning
 
     def touches(self, start_ms: int, end_ms: int) -> bool:
         """Whether ``[start_ms, end_ms)`` overlaps the bins this run recomputes."""
@@ -207,6 +211,7 @@ class _Run:
     ) -> None:
         self.lfs, self.trade_type, self.manifest, self.progress = lfs, trade_type, manifest, progress
         self.bins = 0
+        self.fingerprints: dict[str, dict[str, dict[str, int]]] = {}
         self.outcomes: Counter[str] = Counter()
         self.dirty = False
         self.done = 0
@@ -236,6 +241,7 @@ class _Run:
     def _submit(
         self, plan: OffsetPlan, batch: list[_Work], base: pl.DataFrame, pool: ThreadPoolExecutor
     ) -> list[_Pending]:
+        self.fingerprints.update(_fingerprints(base, plan.base))  # a symbol is in one batch only
         bins = resample_offsets(base, plan)
         if any(w.lo is not None for w in batch):
             bins = _restrict(bins, batch)
@@ -272,7 +278,11 @@ class _Run:
         for o in outcomes:
             self.outcomes[{"write": "written", "remove": "removed"}.get(o.kind, o.kind)] += 1
         for w in batch:
-            self.manifest[w.symbol] = _Series(plan.base.name, plan.method, plan.names, w.tokens)
+            old = self.manifest.get(w.symbol)
+            days = {d: v for d, v in (old.days if old is not None else {}).items() if d in w.tokens}
+            days.update(w.days)
+            days.update(self.fingerprints.pop(w.symbol, {}))
+            self.manifest[w.symbol] = _Series(plan.base.name, plan.method, plan.names, w.tokens, days)
         self.dirty = True
         self.done += len(batch)
         if self.progress is not None:
@@ -309,12 +319,35 @@ def _plan_series(
     changed = [d for d in tokens.keys() | state.partitions.keys() if tokens.get(d) != state.partitions.get(d)]
     if not changed:
         return None, keys
-    a = min(_span(plan.base, d)[0] for d in changed)
-    b = max(_span(plan.base, d)[1] for d in changed)
+    spans: list[tuple[int, int]] = []
+    known: dict[str, dict[str, int]] = {}
+    for d in changed:
+        old_days = state.days.get(d)
+        if d not in tokens or old_days is None:
+            spans.append(_span(plan.base, d))
+            continue
+        key = PartitionKey("klines", trade_type, plan.base.name, symbol, dt.date.fromisoformat(d))
+        stored = read_partition(lfs, key)
+        new_days = (
+            _fingerprints(stored.with_columns(pl.lit(symbol).alias("symbol")), plan.base)
+            .get(symbol, {})
+            .get(d, {})
+            if stored is not None
+            else {}
+        )
+        known[d] = new_days
+        for day in new_days.keys() | old_days.keys():
+            if new_days.get(day) != old_days.get(day):
+                start = _day_ms(dt.date.fromisoformat(day))
+                spans.append((start, start + MS_PER_DAY))
+    if not spans:  # rewritten with the same rows: only the change tokens move
+        return _Work(symbol, tokens, [], 0, 0, len(changed), days=known), keys
+    a = min(x for x, _ in spans)
+    b = max(y for _, y in spans)
     reach = plan.target_ms - plan.base_ms
     lo, hi = a - reach, b
     read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]
-    return _Work(symbol, tokens, read, lo, hi, len(changed)), keys
+    return _Work(symbol, tokens, read, lo, hi, len(changed), days=known), keys
 
 
 def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[str, str]:
@@ -527,6 +560,33 @@ def _is_date_dir(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _fingerprints(df: pl.DataFrame, base: Interval) -> dict[str, dict[str, dict[str, int]]]:
+    """Per symbol, per base partition, per UTC day: a fingerprint of the day's rows (values included).
+
+    Fingerprints only ever compare with ones this code wrote; a Polars upgrade that changes row
+    hashing makes every day look changed once (a full recompute), never a day look unchanged.
+    """
+    if df.height == 0:
+        return {}
+    cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
+    trunc = {"day": "1d", "month": "1mo", "year": "1y"}[partition_period(base)]
+    t = pl.col("candle_begin_time")
+    agg = (
+        df.select(
+            "symbol",
+            t.dt.truncate(trunc).dt.date().cast(pl.String).alias("p"),
+            t.dt.date().cast(pl.String).alias("day"),
+            df.select(cols).hash_rows(seed=17).alias("h"),
+        )
+        .group_by("symbol", "p", "day")
+        .agg(pl.col("h").sum(), pl.len().alias("n"))
+    )
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for sym, p, day, h, n in agg.iter_rows():
+        out.setdefault(sym, {}).setdefault(p, {})[day] = (int(h) ^ (int(n) << 1)) & ((1 << 63) - 1)
+    return out
 
 
 def _span(base: Interval, date: str) -> tuple[int, int]:

@@ -25,7 +25,7 @@ from lake.binance.intervals import Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
 from lake.errors import ValidationError
-from lake.store.paths import DATA_FILE, partition_end, partition_start
+from lake.store.paths import DATA_FILE, period_floor, period_next
 from lake.transform.offsets import format_offset, parse_duration_ms
 
 __all__ = [
@@ -41,9 +41,6 @@ __all__ = [
 
 TABLE = "offsets"
 _HOUR_MS = 3_600_000
-# The calendar arithmetic is the klines path policy's: a month period is what klines of 1h use,
-# a year period what klines of 1d use.
-_PROXY = {"month": parse_interval("1h"), "year": parse_interval("1d")}
 
 
 def offsets_period(target: Interval) -> str:
@@ -53,12 +50,12 @@ def offsets_period(target: Interval) -> str:
 
 def period_start(target: Interval, ts_ms: int) -> dt.date:
     """``date=`` of the file holding the bin that opens at ``ts_ms``."""
-    return partition_start(_PROXY[offsets_period(target)], ts_ms)
+    return period_floor(offsets_period(target), dt.datetime.fromtimestamp(ts_ms / 1000, tz=dt.UTC).date())
 
 
 def period_end(target: Interval, start: dt.date) -> dt.date:
     """First day after the period that starts on ``start``."""
-    return partition_end(_PROXY[offsets_period(target)], start)
+    return period_next(offsets_period(target), start)
 
 
 def table_dir(trade_type: str, interval: str) -> str:

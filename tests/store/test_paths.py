@@ -37,11 +37,16 @@ def test_any_non_symbol_text_is_rejected(text: str) -> None:
 
 def test_partition_sizes_depend_on_interval() -> None:
     iv = INTERVALS
-    assert partition_end(iv["5m"], dt.date(2024, 1, 31)) == dt.date(2024, 2, 1)
-    assert partition_end(iv["1h"], dt.date(2024, 12, 1)) == dt.date(2025, 1, 1)
-    assert partition_end(iv["1d"], dt.date(2024, 1, 1)) == dt.date(2025, 1, 1)
+    assert partition_end(iv["1m"], dt.date(2024, 1, 31)) == dt.date(2024, 2, 1)
+    assert partition_end(iv["1s"], dt.date(2024, 2, 28)) == dt.date(2024, 2, 29)
+    assert partition_end(iv["5m"], dt.date(2024, 12, 1)) == dt.date(2025, 1, 1)
+    assert partition_end(iv["30m"], dt.date(2024, 2, 1)) == dt.date(2024, 3, 1)
+    assert partition_end(iv["1h"], dt.date(2024, 1, 1)) == dt.date(2025, 1, 1)
+    assert partition_end(iv["1M"], dt.date(2024, 1, 1)) == dt.date(2025, 1, 1)
     with pytest.raises(ValidationError, match="not a month start"):
-        PartitionKey.parse("klines/trade_type=usdt_perp/interval=1h/symbol=BTCUSDT/date=2024-01-05")
+        PartitionKey.parse("klines/trade_type=usdt_perp/interval=5m/symbol=BTCUSDT/date=2024-01-05")
+    with pytest.raises(ValidationError, match="not a year start"):
+        PartitionKey.parse("klines/trade_type=usdt_perp/interval=1h/symbol=BTCUSDT/date=2024-02-01")
     with pytest.raises(ValidationError):
         PartitionKey.parse("klines/trade_type=usdt_perp/interval=5m/symbol=../date=2024-01-05")
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from lake.errors import NotFoundError, ValidationError
 from lake.store.klines import scan_klines, write_klines
+from lake.store.paths import PartitionKey
 from lake.transform.build import build_offsets, scan_offsets
 from lake.transform.layout import OffsetPartition, manifest_path
 from lake.transform.offsets import offset_plan, resample_offsets
@@ -25,6 +26,24 @@ B = 300_000
 
 def _day(seed: int, day: int, **kw: object) -> pl.DataFrame:
     return random_candles(seed, B, DAY, start_ms=T0_MS + day * DAY * B, **kw)  # type: ignore[arg-type]
+
+
+def _edit_day(root: Path, sym: str, day: int, keep: pl.Expr | None) -> bool:
+    """Rewrite one day's rows in place, behind the store's back (``keep=None`` drops the day), as an
+    outside edit or a deletion would; the partition goes away when it ends up empty."""
+    start = T0_MS + day * DAY * B
+    part = root / PartitionKey.for_candle("klines", "usdt_perp", "5m", sym, start).path
+    if not part.exists():
+        return False
+    df = pl.read_parquet(part)
+    t = pl.col("candle_begin_time").dt.epoch("ms")
+    in_day = (t >= start) & (t < start + DAY * B)
+    kept = df.filter(~in_day | keep) if keep is not None else df.filter(~in_day)
+    if kept.height == 0:
+        shutil.rmtree(part.parent)
+    else:
+        kept.write_parquet(part)
+    return True
 
 
 def _expected(root: Path, symbols: list[str], interval: str = "1h", offsets: str = "all") -> pl.DataFrame:
@@ -94,14 +113,11 @@ def test_overwrite_and_delete_in_the_middle(tmp_path: Path) -> None:
     build_offsets(tmp_path, "usdt_perp", "1h")
     # day 1 replaced by data with many holes: some bins disappear, others change
     write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(7, 1, hole_rate=0.0))
-    part = tmp_path / "klines/trade_type=usdt_perp/interval=5m/symbol=ETHUSDT/date=2024-01-02/data.parquet"
-    df = pl.read_parquet(part)
-    df.filter(pl.col("candle_begin_time").dt.hour() % 3 != 0).write_parquet(part)
+    assert _edit_day(tmp_path, "ETHUSDT", 1, pl.col("candle_begin_time").dt.hour() % 3 != 0)
     build_offsets(tmp_path, "usdt_perp", "1h")
     _assert_table(tmp_path, ["ETHUSDT"])
     # the whole last day goes: its bins go with it
-    part = tmp_path / "klines/trade_type=usdt_perp/interval=5m/symbol=ETHUSDT/date=2024-01-03/data.parquet"
-    shutil.rmtree(part.parent)
+    assert _edit_day(tmp_path, "ETHUSDT", 2, None)
     build_offsets(tmp_path, "usdt_perp", "1h")
     _assert_table(tmp_path, ["ETHUSDT"])
 
@@ -126,15 +142,12 @@ def test_incremental_equals_rebuild(
     build_offsets(root, "usdt_perp", interval)
     for op, day, seed in steps:
         sym = syms[seed % 2]
-        date = (dt.datetime(2024, 1, 1) + dt.timedelta(days=day)).date().isoformat()
-        part = root / f"klines/trade_type=usdt_perp/interval=5m/symbol={sym}/date={date}/data.parquet"
         if op == "write":
             write_klines(root, "usdt_perp", "5m", sym, _day(seed, day, hole_rate=0.02))
-        elif op == "holes" and part.exists():
-            df = pl.read_parquet(part)
-            df.filter(pl.int_range(pl.len()) % 7 != seed % 7).write_parquet(part)
-        elif op == "delete" and part.exists():
-            shutil.rmtree(part.parent)
+        elif op == "holes":
+            _edit_day(root, sym, day, pl.int_range(pl.len()) % 7 != seed % 7)
+        elif op == "delete":
+            _edit_day(root, sym, day, None)
         build_offsets(root, "usdt_perp", interval)
     _assert_table(root, syms, interval)
 
