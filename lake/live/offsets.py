@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+import polars as pl
+
 from lake.errors import LakeError
 from lake.store.fs import LakeFS
 from lake.transform.build import build_offsets
@@ -98,7 +100,8 @@ class LiveOffsets:
                     symbols=symbols,
                     workers=2,
                 )
-            except (LakeError, OSError) as exc:
+            except (LakeError, OSError, pl.exceptions.PolarsError) as exc:
+                # PolarsError: a base partition replaced while being scanned (a torn read): retried
                 self.stats.errors += 1
                 self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
                 self._dirty.update(symbols)  # try again with the next batch

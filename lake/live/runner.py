@@ -32,6 +32,8 @@ from collections import Counter
 from collections.abc import Awaitable
 from typing import Any
 
+import polars as pl
+
 from lake.binance.intervals import parse_interval
 from lake.binance.markets import get_trade_type
 from lake.errors import LakeError, NotFoundError
@@ -58,6 +60,27 @@ _SETTLE_MS = 60_000
 # A period is repaired over REST only once it closed at least this long ago (server ms), so an
 # empty answer cannot be a candle the exchange has not published yet.
 _CLOSE_MARGIN_MS = 1_000
+
+
+def _transient(exc: BaseException) -> bool:
+    """Errors a retry can fix: lake errors (upstream failures, incomplete ranges, lock timeouts) and
+    Polars read errors (a lazy scan meeting a partition that was replaced between its two opens),
+    also when #4's backfill wraps them in an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_transient(e) for e in exc.exceptions)
+    return isinstance(exc, (LakeError, pl.exceptions.PolarsError))
+
+
+def _torn_read(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_torn_read(e) for e in exc.exceptions)
+    return isinstance(exc, pl.exceptions.PolarsError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}" if isinstance(exc, pl.exceptions.PolarsError) else str(exc)
 
 
 class LiveRunner:
@@ -499,13 +522,21 @@ class LiveRunner:
                         write_threads=2,
                         settle_ms=_SETTLE_MS,
                     )
-                except LakeError as exc:
+                except Exception as exc:
+                    if not _transient(exc):
+                        raise
                     attempt += 1
-                    self._alert_soon(
-                        f"{feed.name}: catch-up from {iso(start)} incomplete ({len(syms)} symbols)",
-                        str(exc)[:1000],
-                        key=f"catchup:{feed.name}",
-                    )
+                    text = _describe(exc)
+                    if attempt >= 3 or not _torn_read(exc):
+                        self._alert_soon(
+                            f"{feed.name}: catch-up from {iso(start)} incomplete ({len(syms)} symbols)",
+                            text[:1000],
+                            key=f"catchup:{feed.name}",
+                        )
+                    else:
+                        log.warning(
+                            "%s: catch-up read raced with a write, retrying: %s", feed.name, text[:300]
+                        )
                     await self._sleep(min(30.0, 0.5 * 2**attempt))
                     continue
                 feed.stats.catchup_rows += report.candles

@@ -183,3 +183,41 @@ async def test_stop_during_failing_catchup_publishes_nothing(
     assert summary["feeds"][0]["appender"]["closed"] > 0
     assert read_watermark(tmp_path, "usdt_perp", IV) is None
     assert summary["alerts"]["by_key"].get("catchup:usdt_perp 1m", 0) >= 1
+
+
+async def test_torn_read_in_catchup_is_retried_and_a_bug_is_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lake.live.runner as runner_mod
+
+    real = runner_mod.backfill
+    calls = {"n": 0}
+
+    async def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:  # what #4's backfill raises when its plan's lazy scan meets a replaced file
+            raise ExceptionGroup(
+                "market run", [pl.exceptions.ComputeError("parquet: File out of specification")]
+            )
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(runner_mod, "backfill", flaky)
+    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6})) as sim:
+        runner = LiveRunner(
+            Settings(root=str(tmp_path / "a"), sim_url=sim.base_url),
+            LiveConfig(trade_types=("usdt_perp",), intervals=(IV,), periods=3, history=5),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=60)
+        assert calls["n"] == 2 and not summary["alerts"]["by_key"]  # retried quietly
+        _check_truth(sim, tmp_path / "a", "usdt_perp")
+
+        async def buggy(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError("a bug")
+
+        monkeypatch.setattr(runner_mod, "backfill", buggy)
+        runner = LiveRunner(
+            Settings(root=str(tmp_path / "b"), sim_url=sim.base_url),
+            LiveConfig(trade_types=("usdt_perp",), intervals=(IV,), periods=3, history=5),
+        )
+        with pytest.raises(RuntimeError, match="a bug"):
+            await asyncio.wait_for(runner.run(), timeout=60)

@@ -40,7 +40,9 @@ def _wait_watermark(root: Path, at_least: int | None, timeout: float, proc: subp
         wm = _watermark(root)
         if wm is not None and (at_least is None or wm >= at_least):
             return wm
-        assert proc.poll() is None, f"lake live exited early with {proc.returncode}"
+        if proc.poll() is not None:
+            log = root.parent / "live.log"
+            raise AssertionError(f"lake live exited early with {proc.returncode}:\n{log.read_text()[-5000:]}")
         time.sleep(0.05)
     raise AssertionError(f"watermark did not reach {at_least} in {timeout}s (now {_watermark(root)})")
 
@@ -87,7 +89,7 @@ def test_sigkill_restart_then_sigterm(tmp_path: Path) -> None:
             finally:
                 if second.poll() is None:
                     second.kill()
-                    second.wait(10)
+                second.communicate(timeout=10)
             assert second.returncode == 0, log.read_text()[-3000:]
             assert b"watermark" in out
         finally:
