@@ -26,6 +26,7 @@ import asyncio
 import datetime as dt
 import os
 import time
+from importlib import resources
 from typing import Any
 
 from lake.binance.intervals import parse_interval
@@ -171,38 +172,10 @@ async def wait_ready(
         await asyncio.sleep(delay)
 
 
-# The DuckDB view over the watermark files, in the style of sql/*.sql (reads getvariable('lake_root'),
-# which lake.query.connect binds). Kept here until it joins the views of sql/.
-WATERMARK_VIEW_SQL = """\
--- watermark: readiness of each live feed (`lake live`), one row per (trade_type, interval).
--- `watermark` is the candle_begin_time of the last period for which every live symbol's candle is
--- stored (or confirmed absent by the exchange), and every earlier period since the feed started:
--- candles with candle_begin_time <= watermark will not change. It only moves forward and is written
--- after the data it covers. `next_open`: the first period not yet guaranteed; `updated_at`: the
--- exchange's (server) time of the update.
---
--- Files: _meta/live/<trade_type>/<interval>.json (one JSON object each, replaced atomically).
---
---   SELECT k.* FROM klines k JOIN watermark w USING (trade_type, "interval")
---   WHERE k.candle_begin_time <= w.watermark;          -- only complete periods
-CREATE OR REPLACE VIEW watermark AS
-SELECT
-    trade_type,
-    "interval",
-    to_timestamp(watermark_ms / 1000.0) AS watermark,
-    next_open::TIMESTAMPTZ AS next_open,
-    symbols,
-    to_timestamp(updated_at_ms / 1000.0) AS updated_at,
-    watermark_ms
-FROM read_json(
-    getvariable('lake_root') || '/_meta/live/*/*.json',
-    format = 'unstructured',
-    columns = {
-        trade_type: 'VARCHAR', "interval": 'VARCHAR', watermark_ms: 'BIGINT', next_open: 'VARCHAR',
-        symbols: 'BIGINT', updated_at_ms: 'BIGINT'
-    }
-);
-"""
+# The DuckDB view over the watermark files: sql/watermark.sql (shipped as lake/sql/watermark.sql and
+# registered by lake.query.connect). ``register_watermark_view`` adds it to any connection whose
+# ``lake_root`` variable is bound.
+WATERMARK_VIEW_SQL = (resources.files("lake") / "sql" / "watermark.sql").read_text(encoding="utf-8")
 
 _EMPTY_VIEW_SQL = (
     'CREATE OR REPLACE VIEW watermark AS SELECT NULL::VARCHAR AS trade_type, NULL::VARCHAR AS "interval", '

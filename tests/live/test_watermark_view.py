@@ -6,12 +6,17 @@ import datetime as dt
 from pathlib import Path
 
 from lake.binance.klines import klines_from_rest
-from lake.live.watermark import register_watermark_view, write_watermark
+from lake.live.watermark import WATERMARK_VIEW_SQL, register_watermark_view, write_watermark
 from lake.query.connect import connect
 from lake.store.klines import write_klines
 
 M5 = 300_000
 T = 1_741_000_000_000 - 1_741_000_000_000 % M5
+
+
+def test_view_sql_is_the_shipped_file() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    assert (repo / "sql" / "watermark.sql").read_text(encoding="utf-8") == WATERMARK_VIEW_SQL
 
 
 def test_empty_stand_in_before_any_watermark(tmp_path: Path) -> None:
