@@ -149,6 +149,16 @@ def _run_stages(
                 f"{feed.get('rest_repaired', 0)} repaired over REST"
             )
 
+    with _step(console, result, "rerun the backfill: only what is still missing is fetched"):
+        # Live stops after --periods boundaries; a period still waiting for its repair at that moment
+        # is what a restart would fill. The rerun plans from the lake, so it is nearly free.
+        from lake.ingest.backfill import backfill
+
+        again = asyncio.run(
+            backfill(lfs, list(TRADE_TYPES), options.interval, days=options.days, settings=settings)
+        )
+        console.print(f"  {again.candles} candles written, {again.fetched} fetched")
+
     with _step(console, result, f"{options.target} candles at every offset from {options.interval}"):
         for tt in TRADE_TYPES:
             built = build_offsets(lfs, tt, options.target, base=options.interval)
