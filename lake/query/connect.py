@@ -128,6 +128,10 @@ def connect(
 def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] | LakeFS) -> list[str]:
     """Bind ``lake_root`` on ``con`` and (re)create every view; returns the file tables still empty."""
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
+    if not lfs.is_local:
+        # DuckDB reads object stores through the lake's own fsspec file system (s3fs …), so no
+        # httpfs extension download is needed and credentials come from the same place.
+        con.register_filesystem(lfs.fs)
     con.execute("SET VARIABLE lake_root = ?", [glob_escape(lfs.url_root)])
     empty = []
     for name in VIEWS:

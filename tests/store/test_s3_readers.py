@@ -1,0 +1,24 @@
+"""A lake on a real S3 endpoint is readable from DuckDB (lake.connect) and Polars (scan_klines)."""
+
+import polars as pl
+
+from lake.query.connect import connect
+from lake.store.klines import scan_klines, write_klines
+from tests.store.helpers import frame, opens, t0_ms
+
+
+def test_duckdb_and_polars_read_an_s3_lake(lake_root: str) -> None:
+    for sym in ("BTCUSDT", "1000SHIBUSDT"):
+        write_klines(lake_root, "usdt_perp", "5m", sym, frame(opens(t0_ms(), 600)))
+    con = connect(lake_root)
+    try:
+        rows = con.sql(
+            "SELECT symbol, count(*) AS n, max(candle_begin_time) AS last FROM klines GROUP BY symbol ORDER BY symbol"
+        ).pl()
+        cov = con.sql("SELECT symbol, missing FROM coverage ORDER BY symbol").pl()
+    finally:
+        con.close()
+    assert rows["symbol"].to_list() == ["1000SHIBUSDT", "BTCUSDT"] and rows["n"].to_list() == [600, 600]
+    assert cov["missing"].to_list() == [0, 0]
+    lazy = scan_klines(lake_root, "usdt_perp", "5m", ["1000SHIBUSDT"]).select(pl.len()).collect()
+    assert lazy.item() == 600
