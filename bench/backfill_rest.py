@@ -1,6 +1,6 @@
 """REST backfill at the weight limit against a simulator process; prints ONE JSON line.
 
-    python -m bench.backfill_rest                                   # defaults below
+    python -m bench.backfill_rest              # 105 usdt_perp + 105 usdt_spot symbols, 120 days, 2x clock
     python -m bench.backfill_rest --symbols 300 --days 15 --speed 10 --types usdt_perp,usdt_spot
 
 The simulator runs in its own process (real weight limits: 2400/min USDⓈ-M, 6000/min spot; its clock
@@ -94,25 +94,42 @@ async def _backfill(base_url: str, root: Path, types: list[str], interval: str, 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--symbols", type=int, default=180, help="simulated symbols per market (180: >= 100 TRADING usdt_perp)")
-    ap.add_argument("--days", type=float, default=15)
+    ap.add_argument(
+        "--symbols",
+        type=int,
+        default=180,
+        help="simulated symbols per market (180: >= 100 TRADING usdt_perp)",
+    )
+    # 120 days x 105 symbols needs ~3 USDⓈ-M windows of weight: a run the budget, not the CPU, bounds.
+    ap.add_argument("--days", type=float, default=120)
     ap.add_argument("--interval", default="5m")
     ap.add_argument(
-        "--speed", type=float, default=60.0, help="simulator clock speed (60: 1 s weight windows)"
+        "--speed",
+        type=float,
+        default=2.0,
+        help="simulator clock speed (2: 30 s weight windows; at 60 the client CPU, not the weight, binds)",
     )
     ap.add_argument("--types", default="usdt_perp,usdt_spot")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--pin", action="store_true", help="pin the simulator to CPU 0 and this process to CPU 1")
     ap.add_argument("--keep", action="store_true", help="keep the lake directory")
     ap.add_argument(
-        "--um-limit", type=int, default=2400, help="USDⓈ-M weight limit (diagnostics only; the benchmark uses 2400)"
+        "--um-limit",
+        type=int,
+        default=2400,
+        help="USDⓈ-M weight limit (diagnostics only; the benchmark uses 2400)",
     )
     args = ap.parse_args(argv)
     types = [t.strip() for t in args.types.split(",") if t.strip()]
 
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    kwargs: dict[str, Any] = {"seed": args.seed, "n_symbols": args.symbols, "speed": args.speed, "history_days": 60}
+    kwargs: dict[str, Any] = {
+        "seed": args.seed,
+        "n_symbols": args.symbols,
+        "speed": args.speed,
+        "history_days": 60,
+    }
     if args.um_limit != 2400:
         kwargs["weight_limits"] = {"spot": 6000, "um": args.um_limit, "cm": 2400}
     server = ctx.Process(target=_server_main, args=(kwargs, child, args.pin), daemon=True)
