@@ -65,3 +65,20 @@ def test_audit_cli_exit_code_and_json(tmp_path) -> None:
         "AAAUSDT": 2,
         "CCCUSDT": 2,
     }
+
+
+def test_segments_view_agrees_with_the_audit(tmp_path) -> None:
+    from lake.query.connect import connect
+
+    build(str(tmp_path))
+    con = connect(tmp_path)
+    try:
+        view = con.sql("SELECT symbol, count(*) AS n FROM segments GROUP BY symbol ORDER BY symbol").pl()
+        first = con.sql(
+            "SELECT candles FROM segments WHERE symbol = 'AAAUSDT' ORDER BY segment"
+        ).pl()["candles"].to_list()
+    finally:
+        con.close()
+    report = {a.symbol: a for a in audit(tmp_path)}
+    assert dict(view.iter_rows()) == {s: len(a.segments) for s, a in report.items()}
+    assert first == [290, 600]  # AAA: 300 candles minus the 10-candle maintenance window, then 600

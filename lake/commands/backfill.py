@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Annotated, Any
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -23,6 +24,8 @@ from lake.errors import IncompleteError, ValidationError
 from lake.ingest.backfill import BackfillReport, backfill
 from lake.progress import Progress
 from lake.store.fs import LakeFS
+
+_T = TypeVar("_T")
 
 log = logging.getLogger("lake.backfill")
 
@@ -116,8 +119,14 @@ def backfill_cmd(
                 progress=progress,
             )
 
+    report = _run_listing_missing(run, json_out)
+    _render(report, json_out)
+
+
+def _run_listing_missing(run: Callable[[], Coroutine[Any, Any, _T]], json_out: bool) -> _T:
+    """Run; when ranges stay missing, print what was done and every missing range, then re-raise."""
     try:
-        report = asyncio.run(run())
+        return asyncio.run(run())
     except IncompleteError as exc:
         rep = getattr(exc, "report", None)
         if isinstance(rep, BackfillReport):
@@ -125,7 +134,6 @@ def backfill_cmd(
         for line in exc.missing:
             typer.echo(f"missing: {line}", err=True)
         raise
-    _render(report, json_out)
 
 
 def _render(report: BackfillReport, json_out: bool) -> None:
@@ -181,15 +189,7 @@ def _archive_source(
                 funding=funding, recheck=recheck, progress=progress,
             )  # fmt: skip
 
-    try:
-        result = asyncio.run(run())
-    except IncompleteError as exc:
-        rep = getattr(exc, "report", None)
-        if isinstance(rep, BackfillReport):
-            _render(rep, json_out)
-        for line in exc.missing:
-            typer.echo(f"missing: {line}", err=True)
-        raise
+    result = _run_listing_missing(run, json_out)
     if json_out:
         print_json(result.to_dict())
         return

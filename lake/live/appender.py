@@ -39,7 +39,7 @@ from lake.binance.markets import get_trade_type
 from lake.errors import DataError, LakeError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store.fs import LakeFS
-from lake.store.klines import _encode, read_partition, write_klines
+from lake.store.klines import encode_parquet, read_partition, write_klines
 from lake.store.paths import PartitionKey, series_dir
 
 __all__ = ["Appender", "AppenderStats", "KlineWriter", "PartitionCache", "WriteOutcome", "append_klines"]
@@ -399,7 +399,7 @@ def append_klines(
         if stored_last is None or int(stored_last.timestamp() * 1000) >= first:
             return False
         merged = pl.concat([old, df], how="vertical")
-        lfs.write_atomic(key.path, _encode(merged))
+        lfs.write_atomic(key.path, encode_parquet(merged))
         if cache is not None:
             cache.put(lfs, key.path, merged)
     return True

@@ -39,6 +39,7 @@ VIEWS = (
     "watermark",
     "coverage",
     "latest",
+    "segments",
     "compare",
 )
 

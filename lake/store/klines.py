@@ -33,6 +33,7 @@ from lake.store.paths import (
 
 __all__ = [
     "WriteResult",
+    "encode_parquet",
     "list_partitions",
     "list_series",
     "read_partition",
@@ -101,7 +102,8 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
-def _encode(df: pl.DataFrame) -> bytes:
+def encode_parquet(df: pl.DataFrame) -> bytes:
+    """The bytes of ``df`` as the lake stores every table file (parquet, zstd, with statistics)."""
     buf = io.BytesIO()
     df.write_parquet(buf, compression="zstd", statistics=True)
     return buf.getvalue()
@@ -181,7 +183,7 @@ def write_klines(
             if merged is None:
                 unchanged += 1
                 continue
-            pending.append((key.path, _encode(merged)))
+            pending.append((key.path, encode_parquet(merged)))
             written += 1
             added += n_added
         lfs.write_atomic_many(pending)

@@ -24,6 +24,7 @@ from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
 from lake.errors import DataError
 from lake.store.fs import LakeFS
+from lake.store.klines import encode_parquet
 
 __all__ = [
     "EXCHANGE_INFO_SCHEMA",
@@ -64,12 +65,6 @@ FUNDING_SCHEMA: dict[str, pl.DataType] = {
 
 def _lfs(root: str | os.PathLike[str] | LakeFS) -> LakeFS:
     return root if isinstance(root, LakeFS) else LakeFS(root)
-
-
-def _encode(df: pl.DataFrame) -> bytes:
-    buf = io.BytesIO()
-    df.write_parquet(buf, compression="zstd", statistics=True)
-    return buf.getvalue()
 
 
 def _conform(df: pl.DataFrame, schema: dict[str, pl.DataType], what: str) -> pl.DataFrame:
@@ -116,7 +111,7 @@ def write_exchange_info(root: str | os.PathLike[str] | LakeFS, trade_type: str, 
             if old.filter(pl.col("snapshot_time") == snap).height:
                 old = old.filter(pl.col("snapshot_time") != snap)
             rows = pl.concat([old, rows]).sort("snapshot_time", "symbol")
-        lfs.write_atomic(rel, _encode(rows))
+        lfs.write_atomic(rel, encode_parquet(rows))
     return True
 
 
@@ -175,5 +170,5 @@ def write_funding(
         )
         if merged.equals(old):
             return 0
-        lfs.write_atomic(rel, _encode(merged))
+        lfs.write_atomic(rel, encode_parquet(merged))
     return merged.height - old.height
