@@ -40,7 +40,8 @@ def test_sql_files_ship_with_the_package() -> None:
     top = {p.name: p.read_bytes() for p in (REPO / "sql").glob("*.sql")}
     packaged = {p.name: p.read_bytes() for p in (REPO / "lake" / "sql").glob("*.sql")}
     assert set(top) == {f"{v}.sql" for v in VIEWS}
-    assert top == packaged, "sql/ and lake/sql/ differ: edit sql/, then `cp sql/*.sql lake/sql/`"
+    assert top == packaged
+    assert (REPO / "sql").resolve() == (REPO / "lake" / "sql").resolve(), "sql/ is a link to lake/sql/"
 
 
 def test_empty_lake_connects_and_every_view_is_empty(tmp_path: Path) -> None:
