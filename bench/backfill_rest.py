@@ -32,32 +32,10 @@ import shutil
 import tempfile
 import time
 import urllib.request
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-
-def _pin(cpu: int) -> bool:
-    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
-        return False
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        return False
-    return True
-
-
-def _server_main(kwargs: dict[str, Any], conn: Connection, pin: bool) -> None:
-    os.environ["POLARS_MAX_THREADS"] = "1"  # before polars is imported in this process
-    pinned = _pin(0) if pin else False
-    from lake.sim import SimConfig, SimServer
-
-    async def main() -> None:
-        async with SimServer(SimConfig(**kwargs)) as sim:
-            conn.send({"base_url": sim.base_url, "pinned": pinned, "now": sim.clock.now_ms()})
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
+from bench._simproc import pin, server_main
 
 
 def _get_json(url: str) -> Any:
@@ -132,10 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.um_limit != 2400:
         kwargs["weight_limits"] = {"spot": 6000, "um": args.um_limit, "cm": 2400}
-    server = ctx.Process(target=_server_main, args=(kwargs, child, args.pin), daemon=True)
+    server = ctx.Process(target=server_main, args=(kwargs, child, args.pin), daemon=True)
     server.start()
     info = parent.recv()
-    pinned = _pin(1) if args.pin else False
+    pinned = pin(1) if args.pin else False
     base = info["base_url"]
     root = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     try:

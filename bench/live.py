@@ -34,42 +34,19 @@ import shutil
 import sys
 import tempfile
 import time
-from multiprocessing.connection import Connection
 from typing import Any
+
+from bench._simproc import server_main
 
 GOAL_MSGS = 20_000.0
 GOAL_P99_MS = 50.0
 M = 60_000
 
 
-def _pin(cpu: int) -> bool:
-    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
-        return False
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        return False
-    return True
-
-
-def _server_main(kwargs: dict[str, Any], conn: Connection, pin: bool) -> None:
-    os.environ["POLARS_MAX_THREADS"] = "1"
-    pinned = _pin(0) if pin else False
-    from lake.sim import SimConfig, SimServer
-
-    async def main() -> None:
-        async with SimServer(SimConfig(**kwargs)) as sim:
-            symbols = sim.market.symbols("usdt_perp", trading_at=sim.clock.now_ms())
-            conn.send({"base_url": sim.base_url, "pinned": pinned, "symbols": len(symbols)})
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
-
-
 def _start_sim(kwargs: dict[str, Any], pin: bool) -> tuple[Any, dict[str, Any]]:
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_server_main, args=(kwargs, child, pin), daemon=True)
+    proc = ctx.Process(target=server_main, args=(kwargs, child, pin), daemon=True)
     proc.start()
     hello = parent.recv()
     return proc, hello
@@ -278,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
     import logging
 
     logging.getLogger("lake").setLevel(logging.WARNING)
-    client_pinned = _pin(1) if pin else False
+    client_pinned = pin(1) if pin else False
     t0 = time.perf_counter()
     out: dict[str, Any] = {"bench": "live", "pinned": client_pinned, "cpus": os.cpu_count()}
     out["appender"] = phase_appender(args.messages)

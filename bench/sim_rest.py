@@ -29,36 +29,13 @@ import random
 import statistics
 import sys
 import time
-from multiprocessing.connection import Connection
-from typing import Any
+
+from bench._simproc import pin, server_main
 
 GOAL = 1000.0
 START = "2025-03-15T12:00:00Z"
 M5 = 300_000
 ROWS = 499
-
-
-def _pin(cpu: int) -> bool:
-    if not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
-        return False
-    try:
-        os.sched_setaffinity(0, {cpu})
-    except OSError:
-        return False
-    return True
-
-
-def _server_main(kwargs: dict[str, Any], conn: Connection, pin: bool) -> None:
-    os.environ["POLARS_MAX_THREADS"] = "1"  # before polars is imported in this process
-    pinned = _pin(0) if pin else False
-    from lake.sim import SimConfig, SimServer
-
-    async def main() -> None:
-        async with SimServer(SimConfig(**kwargs)) as sim:
-            conn.send({"base_url": sim.base_url, "pinned": pinned})
-            await asyncio.Event().wait()
-
-    asyncio.run(main())
 
 
 async def _run(
@@ -166,12 +143,12 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_server_main, args=(kwargs, child, args.pin), daemon=True)
+    proc = ctx.Process(target=server_main, args=(kwargs, child, args.pin), daemon=True)
     proc.start()
     try:
         hello = parent.recv()
         base = hello["base_url"]
-        client_pinned = _pin(1) if args.pin else False
+        client_pinned = pin(1) if args.pin else False
         assert proc.pid is not None
 
         market = SimMarket(SimConfig(**kwargs))  # same universe as the server, for symbol names
