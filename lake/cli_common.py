@@ -21,6 +21,7 @@ __all__ = [
     "get_settings",
     "parse_when",
     "print_json",
+    "series_filters",
 ]
 
 RootOpt = Annotated[
@@ -46,6 +47,21 @@ ArchiveUrlOpt = Annotated[
     typer.Option("--archive-url", help="Archive (data.binance.vision) base URL (env LAKE_ARCHIVE_URL)."),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
+
+
+def series_filters(
+    trade_type: str | None, interval: str | None, symbols: str | None
+) -> tuple[str | None, str | None, list[str] | None]:
+    """Validate the optional --type / --interval / --symbols filters of read-only commands."""
+    from lake.binance.intervals import parse_interval
+    from lake.binance.markets import get_trade_type
+    from lake.binance.symbols import validate_symbols
+
+    if trade_type:
+        get_trade_type(trade_type)
+    if interval:
+        parse_interval(interval)
+    return trade_type, interval, (validate_symbols(symbols) if symbols else None)
 
 
 def get_settings(config: Path | None = None, **flags: Any) -> Settings:

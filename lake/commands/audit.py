@@ -9,10 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lake.audit import SeriesAudit, audit
-from lake.binance.intervals import parse_interval
-from lake.binance.markets import get_trade_type
-from lake.binance.symbols import validate_symbols
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, SimUrlOpt, get_settings, print_json
+from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, SimUrlOpt, get_settings, print_json, series_filters
 from lake.store.fs import LakeFS
 
 
@@ -36,11 +33,7 @@ def audit_cmd(
     Exits with code 1 while unexpected (missing) holes remain.
     """
     settings = get_settings(config, root=root, sim_url=sim_url)
-    if trade_type:
-        get_trade_type(trade_type)
-    if interval:
-        parse_interval(interval)
-    syms = validate_symbols(symbols) if symbols else None
+    trade_type, interval, syms = series_filters(trade_type, interval, symbols)
     lfs = LakeFS(settings.root)
     report = audit(lfs, trade_type, interval, syms)
     if repair and any(a.unexpected for a in report):

@@ -8,10 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lake.binance.intervals import parse_interval
-from lake.binance.markets import get_trade_type
-from lake.binance.symbols import validate_symbols
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json
+from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json, series_filters
 from lake.store.coverage import coverage
 from lake.store.fs import LakeFS
 
@@ -29,11 +26,7 @@ def status(
 ) -> None:
     """Coverage per (trade type, interval, symbol): first/last candle, rows, expected rows and holes."""
     settings = get_settings(config, root=root)
-    if trade_type:
-        get_trade_type(trade_type)
-    if interval:
-        parse_interval(interval)
-    syms = validate_symbols(symbols) if symbols else None
+    trade_type, interval, syms = series_filters(trade_type, interval, symbols)
     lfs = LakeFS(settings.root)
     cov = coverage(lfs, trade_type, interval, syms)
     extra = _live_status(lfs)
