@@ -24,7 +24,7 @@ from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
 from lake.errors import DataError
 from lake.store.fs import LakeFS
-from lake.store.klines import encode_parquet
+from lake.store.klines import encode_parquet, to_lakefs
 
 __all__ = [
     "EXCHANGE_INFO_SCHEMA",
@@ -63,10 +63,6 @@ FUNDING_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
-def _lfs(root: str | os.PathLike[str] | LakeFS) -> LakeFS:
-    return root if isinstance(root, LakeFS) else LakeFS(root)
-
-
 def _conform(df: pl.DataFrame, schema: dict[str, pl.DataType], what: str) -> pl.DataFrame:
     missing = [c for c in schema if c not in df.columns]
     if missing:
@@ -90,7 +86,7 @@ def write_exchange_info(root: str | os.PathLike[str] | LakeFS, trade_type: str, 
 
     Returns False (and writes nothing) when the day's latest stored snapshot has the same rows.
     """
-    lfs = _lfs(root)
+    lfs = to_lakefs(root)
     rows = _conform(df, EXCHANGE_INFO_SCHEMA, "exchange_info")
     if rows.height == 0:
         return False
@@ -117,7 +113,7 @@ def write_exchange_info(root: str | os.PathLike[str] | LakeFS, trade_type: str, 
 
 def scan_exchange_info(root: str | os.PathLike[str] | LakeFS, trade_type: str | None = None) -> pl.DataFrame:
     """Every stored snapshot row (with ``trade_type``), optionally for one trade type."""
-    lfs = _lfs(root)
+    lfs = to_lakefs(root)
     frames: list[pl.DataFrame] = []
     for tt_dir in lfs.listdir("exchange_info"):
         if not tt_dir.startswith("trade_type="):
@@ -144,7 +140,7 @@ def funding_path(trade_type: str, symbol: str) -> str:
 
 def read_funding(root: str | os.PathLike[str] | LakeFS, trade_type: str, symbol: str) -> pl.DataFrame:
     """Stored funding rows of one symbol, sorted by ``funding_time`` (empty frame if none)."""
-    data = _lfs(root).read_bytes_or_none(funding_path(trade_type, symbol))
+    data = to_lakefs(root).read_bytes_or_none(funding_path(trade_type, symbol))
     if data is None:
         return pl.DataFrame(schema=FUNDING_SCHEMA)
     return pl.read_parquet(io.BytesIO(data)).select(list(FUNDING_SCHEMA))
@@ -154,7 +150,7 @@ def write_funding(
     root: str | os.PathLike[str] | LakeFS, trade_type: str, symbol: str, df: pl.DataFrame
 ) -> int:
     """Upsert funding rows of one symbol on ``funding_time``; returns the number of new times."""
-    lfs = _lfs(root)
+    lfs = to_lakefs(root)
     rel = funding_path(trade_type, symbol)
     rows = _conform(df, FUNDING_SCHEMA, "funding")
     if rows.height == 0:

@@ -27,14 +27,17 @@ import os
 import random
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import aiohttp
 
 from lake.errors import DataError, LakeError, NotFoundError, UpstreamError
 from lake.ingest.archive.plan import ArchiveFile
+
+_T = TypeVar("_T")
 
 __all__ = [
     "Downloaded",
@@ -154,18 +157,14 @@ class Downloader:
         delay = min(self.backoff_cap, self.backoff * 2**attempt)
         await asyncio.sleep(delay * (0.5 + random.random() / 2))
 
-    async def fetch_checksum(self, f: ArchiveFile) -> str:
-        url = self.url_of(f.checksum_key)
+    async def _retrying(self, url: str, once: Callable[[], Awaitable[_T]]) -> _T:
+        """Run one GET attempt, retrying upstream failures with capped, jittered backoff; terminal
+        errors (404, bad data) propagate at once, and the last failure is raised after the retries."""
         last: BaseException | None = None
         for attempt in range(self.retries + 1):
             try:
                 self.requests += 1
-                async with self.session.get(url) as resp:
-                    body = await resp.read()
-                    if resp.status == 200:
-                        return parse_checksum(body, f.name)
-                    _raise_for_status(resp.status, url)
-                    last = UpstreamError(f"{url}: HTTP {resp.status}")
+                return await once()
             except LakeError as exc:
                 if not isinstance(exc, UpstreamError):
                     raise
@@ -176,50 +175,54 @@ class Downloader:
                 await self._sleep(attempt)
         raise UpstreamError(f"{url}: failed after {self.retries + 1} attempts: {last}") from last
 
+    async def fetch_checksum(self, f: ArchiveFile) -> str:
+        url = self.url_of(f.checksum_key)
+
+        async def once() -> str:
+            async with self.session.get(url) as resp:
+                body = await resp.read()
+                if resp.status == 200:
+                    return parse_checksum(body, f.name)
+                _raise_for_status(resp.status, url)
+                raise UpstreamError(f"{url}: HTTP {resp.status}")
+
+        return await self._retrying(url, once)
+
     async def _download_once(self, f: ArchiveFile, part: Path) -> tuple[str, str, str, int]:
         """GET the zip into ``part``; returns (sha256, etag, last_modified, size)."""
         url = self.url_of(f.key)
-        last: BaseException | None = None
-        for attempt in range(self.retries + 1):
-            try:
-                self.requests += 1
-                async with self.session.get(url) as resp:
-                    if resp.status != 200:
-                        await resp.read()
-                        _raise_for_status(resp.status, url)
-                        raise UpstreamError(f"{url}: HTTP {resp.status}")
-                    h = hashlib.sha256()
-                    size = 0
-                    buf = bytearray()
-                    fh = await asyncio.to_thread(open, part, "wb")
-                    try:
-                        async for chunk in resp.content.iter_chunked(_CHUNK):
-                            h.update(chunk)
-                            buf += chunk
-                            size += len(chunk)
-                            if len(buf) >= _FLUSH:
-                                await asyncio.to_thread(fh.write, bytes(buf))
-                                buf.clear()
-                        if buf:
+
+        async def once() -> tuple[str, str, str, int]:
+            async with self.session.get(url) as resp:
+                if resp.status != 200:
+                    await resp.read()
+                    _raise_for_status(resp.status, url)
+                    raise UpstreamError(f"{url}: HTTP {resp.status}")
+                h = hashlib.sha256()
+                size = 0
+                buf = bytearray()
+                fh = await asyncio.to_thread(open, part, "wb")
+                try:
+                    async for chunk in resp.content.iter_chunked(_CHUNK):
+                        h.update(chunk)
+                        buf += chunk
+                        size += len(chunk)
+                        if len(buf) >= _FLUSH:
                             await asyncio.to_thread(fh.write, bytes(buf))
-                        await asyncio.to_thread(_flush_sync, fh)
-                    finally:
-                        await asyncio.to_thread(fh.close)
-                    length = resp.headers.get("Content-Length")
-                    if length is not None and length.isdigit() and int(length) != size:
-                        raise UpstreamError(f"{url}: got {size} of {length} bytes")
-                    self.bytes += size
-                    etag = resp.headers.get("ETag", "").strip('"')
-                    return h.hexdigest(), etag, resp.headers.get("Last-Modified", ""), size
-            except LakeError as exc:
-                if not isinstance(exc, UpstreamError):
-                    raise
-                last = exc
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                last = exc
-            if attempt < self.retries:
-                await self._sleep(attempt)
-        raise UpstreamError(f"{url}: failed after {self.retries + 1} attempts: {last}") from last
+                            buf.clear()
+                    if buf:
+                        await asyncio.to_thread(fh.write, bytes(buf))
+                    await asyncio.to_thread(_flush_sync, fh)
+                finally:
+                    await asyncio.to_thread(fh.close)
+                length = resp.headers.get("Content-Length")
+                if length is not None and length.isdigit() and int(length) != size:
+                    raise UpstreamError(f"{url}: got {size} of {length} bytes")
+                self.bytes += size
+                etag = resp.headers.get("ETag", "").strip('"')
+                return h.hexdigest(), etag, resp.headers.get("Last-Modified", ""), size
+
+        return await self._retrying(url, once)
 
     async def fetch(self, f: ArchiveFile) -> Downloaded:
         """A verified copy of ``f`` on disk (downloaded unless a verified copy is already there)."""
