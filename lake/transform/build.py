@@ -28,6 +28,8 @@ from typing import Final, TypeAlias
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lake.binance.intervals import INTERVALS, MS_PER_DAY, Interval, parse_interval
 from lake.binance.markets import get_trade_type
@@ -37,10 +39,17 @@ from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series, read_partition, to_lakefs
 from lake.store.meta import read_json, write_json
-from lake.store.paths import DATA_FILE, PartitionKey, partition_end, partition_period, series_dir
-from lake.transform.layout import OffsetPartition, manifest_path, offsets_period, table_dir
+from lake.store.paths import (
+    DATA_FILE,
+    PartitionKey,
+    partition_end,
+    partition_period,
+    period_floor,
+    series_dir,
+)
+from lake.transform.layout import TAIL_FILE, OffsetPartition, manifest_path, offsets_period, table_dir
 from lake.transform.layout import series_dir as offsets_series_dir
-from lake.transform.offsets import OffsetPlan, offset_plan, resample_offsets
+from lake.transform.offsets import OffsetPlan, Resampled, offset_plan, resample_arrays
 
 __all__ = ["BuildResult", "build_offsets", "default_base", "scan_offsets"]
 
@@ -56,8 +65,13 @@ _OFFSETS_HIVE = {
 _SAVE_EVERY_S = 30.0
 _BATCH_SYMBOLS = 32
 # Derived data is rebuilt cheaply and written in bulk: LZ4 encodes ~2× faster than zstd for ~25% more
-# bytes (a year of 1h bins for one offset and symbol: ~550 KB).
+# bytes (a year of 1h bins for one offset and symbol: ~510 KB).
 _COMPRESSION: Final = "lz4"
+_FILES = (DATA_FILE, TAIL_FILE)
+# How far a tail may reach (from its first bin to the last base day) before a run folds it into the
+# period files, by the period of those files: an appended day then rewrites at most this much.
+_TAIL_MAX_MS = {"year": 32 * MS_PER_DAY, "month": 8 * MS_PER_DAY}
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +107,9 @@ class _Series:
     # base partition date -> {day: fingerprint of that day's rows}: a changed partition (a month of
     # 5m) is narrowed to the days whose rows changed, so appending a day recomputes about a day.
     days: dict[str, dict[str, int]] = field(default_factory=dict)
+    # bins opening at or after ``tail_from`` (ms) live in the tail files of their periods, the rest in
+    # the period files; ``None``: no tail (docs/offsets.md, "Incremental")
+    tail_from: int | None = None
 
 
 @dataclass(slots=True)
@@ -105,10 +122,16 @@ class _Work:
     changed: int
     drop_offsets: list[str] = field(default_factory=list)  # offsets built before a --rebuild
     days: dict[str, dict[str, int]] = field(default_factory=dict)  # fingerprints known at planning
+    # tail: recompute the bins opening in [lo, ∞) into tail files and leave the period files alone
+    tail: bool = False
+    tail_from: int | None = None  # the series' tail start after this run
+    fold_from: int | None = None  # not a tail run: periods ending after this hold tail files to fold
 
     def touches(self, start_ms: int, end_ms: int) -> bool:
-        """Whether ``[start_ms, end_ms)`` overlaps the bins this run recomputes."""
-        return self.lo is None or self.hi is None or (start_ms < self.hi and end_ms > self.lo)
+        """Whether this run rewrites files of the period ``[start_ms, end_ms)``."""
+        if self.fold_from is not None and end_ms > self.fold_from:
+            return True
+        return (self.lo is None or end_ms > self.lo) and (self.hi is None or start_ms < self.hi)
 
 
 def default_base(lfs: LakeFS, trade_type: str, target: Interval, symbols: Sequence[str] | None) -> str:
@@ -164,10 +187,13 @@ def build_offsets(
             listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
             syms = sorted(listed | {s for s, st in manifest.items() if st.base == plan.base.name})
         by_offsets: dict[tuple[int, ...], list[_Work]] = {}
-        for sym in syms:
-            w, ks = _plan_series(lfs, tt.name, plan, sym, manifest.get(sym), rebuild)
-            if w is not None:
-                by_offsets.setdefault(ks, []).append(w)
+        with ThreadPoolExecutor(max(1, workers)) as pool:  # planning reads changed partitions
+            planned = pool.map(
+                lambda sym: _plan_series(lfs, tt.name, plan, sym, manifest.get(sym), rebuild), syms
+            )
+            for w, ks in planned:
+                if w is not None:
+                    by_offsets.setdefault(ks, []).append(w)
         jobs = [
             (OffsetPlan(plan.target, plan.base, ks, plan.method), batch)
             for ks, items in by_offsets.items()
@@ -241,48 +267,45 @@ class _Run:
     def _submit(
         self, plan: OffsetPlan, batch: list[_Work], base: pl.DataFrame, pool: ThreadPoolExecutor
     ) -> list[_Pending]:
-        self.fingerprints.update(_fingerprints(base, plan.base))  # a symbol is in one batch only
-        bins = resample_offsets(base, plan)
-        if any(w.lo is not None for w in batch):
-            bins = _restrict(bins, batch)
-        self.bins += bins.height
-        files = _split_files(bins, plan.target)
+        self.fingerprints.update(_fingerprints(base, plan.base, [w.symbol for w in batch]))
+        files = _split_files(_resample_batch(base, plan, batch), plan, batch)
+        self.bins += sum(t.num_rows for per in files.values() for t in per.values())
         lfs, tt, iv = self.lfs, self.trade_type, plan.target.name
         futures: list[_Pending] = []
         for w in batch:
             for name in plan.names:
                 sdir = offsets_series_dir(tt, iv, name, w.symbol)
+                new = files.get((w.symbol, name), {})
                 periods = {dt.date.fromisoformat(e[5:]) for e in lfs.listdir(sdir) if _is_date_dir(e)}
-                periods |= files.get((w.symbol, name), {}).keys()
-                for p in sorted(periods):
+                for p in sorted(periods | new.keys()):
                     part = OffsetPartition(tt, iv, name, w.symbol, p)
-                    if not w.touches(part.start_ms, part.end_ms):
-                        continue
-                    new = files.get((w.symbol, name), {}).get(p)
-                    futures.append(pool.submit(_merge_file, lfs, part, new, w.lo, w.hi))
+                    if w.touches(part.start_ms, part.end_ms):
+                        futures.append(pool.submit(_period_files, lfs, part, new.get(p), w))
             for name in w.drop_offsets:
                 sdir = offsets_series_dir(tt, iv, name, w.symbol)
                 for e in lfs.listdir(sdir):
                     if _is_date_dir(e):
-                        futures.append(_Outcome("remove", f"{sdir}/{e}/{DATA_FILE}"))
+                        futures.extend(_Outcome("remove", f"{sdir}/{e}/{f}") for f in _FILES)
         return futures
 
     def _finish(self, plan: OffsetPlan, batch: list[_Work], futures: list[_Pending], total: int) -> None:
         # .result() re-raises a failed merge: the batch's series then stay out of the manifest
-        outcomes = [f.result() if isinstance(f, Future) else f for f in futures]
+        outcomes = [o for f in futures for o in (f.result() if isinstance(f, Future) else [f])]
         # one durable batch write (two file-system syncs) instead of two fsyncs per file
         self.lfs.write_atomic_many([(o.rel, o.data) for o in outcomes if o.kind == "write"])
         for o in outcomes:
-            if o.kind == "remove":
-                _remove_file(self.lfs, o.rel)
-        for o in outcomes:
-            self.outcomes[{"write": "written", "remove": "removed"}.get(o.kind, o.kind)] += 1
+            if o.kind == "remove" and _remove_file(self.lfs, o.rel):
+                self.outcomes["removed"] += 1
+            elif o.kind in ("write", "unchanged"):
+                self.outcomes[{"write": "written"}.get(o.kind, o.kind)] += 1
         for w in batch:
             old = self.manifest.get(w.symbol)
             days = {d: v for d, v in (old.days if old is not None else {}).items() if d in w.tokens}
             days.update(w.days)
             days.update(self.fingerprints.pop(w.symbol, {}))
-            self.manifest[w.symbol] = _Series(plan.base.name, plan.method, plan.names, w.tokens, days)
+            self.manifest[w.symbol] = _Series(
+                plan.base.name, plan.method, plan.names, w.tokens, days, w.tail_from
+            )
         self.dirty = True
         self.done += len(batch)
         if self.progress is not None:
@@ -329,7 +352,7 @@ def _plan_series(
         key = PartitionKey("klines", trade_type, plan.base.name, symbol, dt.date.fromisoformat(d))
         stored = read_partition(lfs, key)
         new_days = (
-            _fingerprints(stored.with_columns(pl.lit(symbol).alias("symbol")), plan.base)
+            _fingerprints(stored.with_columns(pl.lit(0, pl.UInt32).alias("_sym")), plan.base, [symbol])
             .get(symbol, {})
             .get(d, {})
             if stored is not None
@@ -341,13 +364,39 @@ def _plan_series(
                 start = _day_ms(dt.date.fromisoformat(day))
                 spans.append((start, start + MS_PER_DAY))
     if not spans:  # rewritten with the same rows: only the change tokens move
-        return _Work(symbol, tokens, [], 0, 0, len(changed), days=known), keys
+        return _Work(symbol, tokens, [], 0, 0, len(changed), days=known, tail_from=state.tail_from), keys
     a = min(x for x, _ in spans)
     b = max(y for _, y in spans)
     reach = plan.target_ms - plan.base_ms
     lo, hi = a - reach, b
+    # A tail run: the change only adds candles after every stored one (an appended day: no stored bin
+    # opens at or after lo) or lies inside the tail; the tail's bins are recomputed into tail files
+    # and the period files stay as they are, while the tail spans at most _TAIL_MAX_MS.
+    old_end = _data_end(state.days, plan.base)
+    tail_from = state.tail_from
+    if tail_from is None and old_end is not None and a >= old_end:
+        tail_from = lo
+    if tail_from is not None and lo >= tail_from:
+        after = {d: known.get(d, state.days.get(d, {})) for d in tokens}
+        end = _data_end(after, plan.base)
+        if end is not None and end - tail_from <= _TAIL_MAX_MS[offsets_period(plan.target)]:
+            read = [d for d in sorted(tokens) if _span(plan.base, d)[1] > tail_from]
+            w = _Work(symbol, tokens, read, tail_from, None, len(changed), days=known)
+            w.tail, w.tail_from = True, tail_from
+            return w, keys
+    # otherwise the bins of [lo, hi) are merged into the period files, and a tail is folded into them
     read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]
-    return _Work(symbol, tokens, read, lo, hi, len(changed), days=known), keys
+    return _Work(symbol, tokens, read, lo, hi, len(changed), days=known, fold_from=state.tail_from), keys
+
+
+def _data_end(days: dict[str, dict[str, int]], base: Interval) -> int | None:
+    """End (ms) of the last UTC day holding base candles, from per-partition day fingerprints (a
+    partition without them counts to its end); ``None`` when there are none."""
+    ends = [
+        _day_ms(dt.date.fromisoformat(max(per_day))) + MS_PER_DAY if per_day else _span(base, d)[1]
+        for d, per_day in days.items()
+    ]
+    return max(ends, default=None)
 
 
 def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[str, str]:
@@ -385,55 +434,75 @@ def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[
 
 
 def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work]) -> pl.DataFrame:
-    """The base candles a batch needs (``symbol`` plus the kline value columns)."""
-    files = [
-        lfs.url(PartitionKey("klines", trade_type, plan.base.name, w.symbol, dt.date.fromisoformat(d)).path)
-        for w in batch
-        for d in w.read
+    """The base candles a batch needs: ``_sym`` (the series' index in ``batch``) and the kline value
+    columns, ordered by series then partition."""
+    columns = [pl.col(c).cast(OFFSET_SCHEMA[c]) for c in OFFSET_SCHEMA if c != "n_base"]
+    scans = [
+        pl.scan_parquet(
+            [
+                lfs.url(
+                    PartitionKey(
+                        "klines", trade_type, plan.base.name, w.symbol, dt.date.fromisoformat(d)
+                    ).path
+                )
+                for d in w.read
+            ],
+            glob=False,  # exact paths: a root named "data [old]" is not a pattern
+            storage_options=lfs.storage_options or None,
+        ).select(pl.lit(i, pl.UInt32).alias("_sym"), *columns)
+        for i, w in enumerate(batch)
+        if w.read
     ]
-    columns = ["symbol", *(c for c in OFFSET_SCHEMA if c != "n_base")]
-    if not files:
-        return pl.DataFrame(schema={"symbol": pl.String, **OFFSET_SCHEMA}).select(columns)
-    lf = pl.scan_parquet(
-        files,
-        hive_partitioning=True,
-        hive_schema=_KLINES_HIVE,
-        glob=False,  # exact paths: a root named "data [old]" is not a pattern
-        storage_options=lfs.storage_options or None,
-    )
-    return lf.select(columns).collect(engine="streaming")
+    if not scans:
+        return pl.DataFrame(schema={"_sym": pl.UInt32, **OFFSET_SCHEMA}).drop("n_base")
+    return pl.concat(scans).collect()
 
 
-def _restrict(bins: pl.DataFrame, batch: list[_Work]) -> pl.DataFrame:
-    """Only the bins each series recomputes: those opening in its ``[lo, hi)``."""
-    ranges = pl.DataFrame(
-        {"symbol": [w.symbol for w in batch], "_lo": [w.lo for w in batch], "_hi": [w.hi for w in batch]},
-        schema={"symbol": pl.String, "_lo": pl.Int64, "_hi": pl.Int64},
-    )
-    t = pl.col("candle_begin_time").dt.epoch("ms")
-    inside = (pl.col("_lo").is_null() | (t >= pl.col("_lo"))) & (
-        pl.col("_hi").is_null() | (t < pl.col("_hi"))
-    )
-    return (
-        bins.join(ranges, on="symbol", how="inner", maintain_order="left").filter(inside).drop("_lo", "_hi")
-    )
+def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) -> Resampled:
+    """All offsets of a batch's series, restricted to the bins each series recomputes."""
+    sym = base["_sym"].to_numpy().astype(np.int64)
+    t = base["candle_begin_time"].dt.epoch("ms").to_numpy()
+    if len(t) > 1 and not np.all((sym[1:] > sym[:-1]) | ((sym[1:] == sym[:-1]) & (t[1:] > t[:-1]))):
+        base = base.sort("_sym", "candle_begin_time")
+        sym = base["_sym"].to_numpy().astype(np.int64)
+        t = base["candle_begin_time"].dt.epoch("ms").to_numpy()
+    values = {c: base[c].to_numpy() for c in OFFSET_SCHEMA if c not in ("candle_begin_time", "n_base")}
+    r = resample_arrays(sym, t, values, plan)
+    if all(w.lo is None and w.hi is None for w in batch) or len(r) == 0:
+        return r
+    lo = np.array([_I64_MIN if w.lo is None else w.lo for w in batch], dtype=np.int64)
+    hi = np.array([_I64_MAX if w.hi is None else w.hi for w in batch], dtype=np.int64)
+    keep = (r.start >= lo[r.sym]) & (r.start < hi[r.sym])
+    return Resampled(r.which[keep], r.sym[keep], r.start[keep], {c: v[keep] for c, v in r.columns.items()})
 
 
-def _split_files(bins: pl.DataFrame, target: Interval) -> dict[tuple[str, str], dict[dt.date, pl.DataFrame]]:
-    """Bins by (symbol, offset) and file period, as zero-copy slices (bins come grouped and sorted)."""
-    if bins.height == 0:
+def _split_files(
+    r: Resampled, plan: OffsetPlan, batch: list[_Work]
+) -> dict[tuple[str, str], dict[dt.date, pa.Table]]:
+    """Bins by (symbol, offset) and file period, as zero-copy slices of one Arrow table (the bins come
+    ordered by offset, symbol and time)."""
+    if len(r) == 0:
         return {}
-    trunc = "1mo" if offsets_period(target) == "month" else "1y"
-    keys = bins.select(
-        "symbol", "offset", pl.col("candle_begin_time").dt.truncate(trunc).dt.date().alias("p")
+    monthly = offsets_period(plan.target) == "month"
+    pid = r.start.astype("datetime64[ms]").astype("datetime64[M]" if monthly else "datetime64[Y]")
+    pid = pid.astype(np.int64)
+    new = np.ones(len(r), dtype=bool)
+    new[1:] = (r.which[1:] != r.which[:-1]) | (r.sym[1:] != r.sym[:-1]) | (pid[1:] != pid[:-1])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], len(r))
+    table = pa.table(
+        {
+            "candle_begin_time": pa.array(r.start, pa.int64()).cast(pa.timestamp("ms", "UTC")),
+            **{c: pa.array(r.columns[c]) for c in OFFSET_SCHEMA if c != "candle_begin_time"},
+        }
     )
-    runs = keys.select(pl.struct(pl.all()).rle_id()).to_series().to_numpy()
-    starts = np.flatnonzero(np.diff(runs, prepend=-1))
-    ends = np.append(starts[1:], len(runs))
-    values = bins.select(list(OFFSET_SCHEMA))
-    out: dict[tuple[str, str], dict[dt.date, pl.DataFrame]] = {}
-    for (sym, off, p), a, b in zip(keys[starts].rows(), starts, ends, strict=True):
-        out.setdefault((sym, off), {})[p] = values.slice(int(a), int(b - a))
+    names = plan.names
+    out: dict[tuple[str, str], dict[dt.date, pa.Table]] = {}
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        p = int(pid[a])
+        day = dt.date(1970 + p // 12, p % 12 + 1, 1) if monthly else dt.date(1970 + p, 1, 1)
+        key = (batch[int(r.sym[a])].symbol, names[int(r.which[a])])
+        out.setdefault(key, {})[day] = table.slice(a, b - a)
     return out
 
 
@@ -446,36 +515,59 @@ class _Outcome:
     data: bytes = b""
 
 
-_Pending: TypeAlias = "Future[_Outcome] | _Outcome"  # an encoding in the pool, or a removal
+_Pending: TypeAlias = "Future[list[_Outcome]] | _Outcome"  # encodings in the pool, or a removal
 
 
-def _merge_file(
-    lfs: LakeFS, part: OffsetPartition, new: pl.DataFrame | None, lo: int | None, hi: int | None
-) -> _Outcome:
-    """The new content of one file: its bins of ``[lo, hi)`` replaced by ``new`` (encoded, not written)."""
-    data = lfs.read_bytes_or_none(part.path)
-    old = pl.read_parquet(io.BytesIO(data)) if data is not None else None
-    merged = new if new is not None else pl.DataFrame(schema=OFFSET_SCHEMA)
-    if old is not None and lo is not None and hi is not None:
+def _period_files(lfs: LakeFS, part: OffsetPartition, new: pa.Table | None, w: _Work) -> list[_Outcome]:
+    """The new content of one period's files (encoded, not written).
+
+    A tail run writes the period's tail file from ``new`` (all its bins from ``w.lo`` on) and leaves
+    the period file alone. Otherwise the period file gets its old bins outside ``[lo, hi)``, those of
+    a tail file (folded, then removed), and ``new``.
+    """
+    if w.tail:
+        if new is not None and new.num_rows:
+            return [_Outcome("write", part.tail_path, _encode(new))]
+        return [_Outcome("remove", part.tail_path)]
+    data, tail = lfs.read_bytes_or_none(part.path), lfs.read_bytes_or_none(part.tail_path)
+    if data is None and tail is None and new is not None:  # a new file (a full build): no merge
+        return [_Outcome("write", part.path, _encode(new))]
+    old = [pl.read_parquet(io.BytesIO(x)) for x in (data, tail) if x is not None]
+    keep = [df for df in old if df.height]
+    if w.lo is not None or w.hi is not None:
         t = pl.col("candle_begin_time").dt.epoch("ms")
-        keep = old.filter((t < lo) | (t >= hi))
-        if keep.height:
-            merged = pl.concat([keep, merged]).sort("candle_begin_time")
-    if merged.height == 0:
-        return _Outcome("none" if old is None else "remove", part.path)
-    if old is not None and old.equals(merged):
-        return _Outcome("unchanged", part.path)
-    buf = io.BytesIO()
-    merged.write_parquet(buf, compression=_COMPRESSION, statistics=True)
-    return _Outcome("write", part.path, buf.getvalue())
+        inside = (t >= (_I64_MIN if w.lo is None else w.lo)) & (t < (_I64_MAX if w.hi is None else w.hi))
+        keep = [df.filter(~inside) for df in keep]
+    else:
+        keep = []
+    parts = [df for df in keep if df.height]
+    if new is not None and new.num_rows:
+        parts.append(pl.DataFrame(pl.from_arrow(new)))
+    merged = pl.concat(parts).sort("candle_begin_time") if len(parts) > 1 else (parts[0] if parts else None)
+    out = [_Outcome("remove", part.tail_path)] if tail is not None else []
+    if merged is None or merged.height == 0:
+        return [*out, _Outcome("none" if data is None else "remove", part.path)]
+    if data is not None and tail is None and old[0].equals(merged):
+        return [_Outcome("unchanged", part.path)]
+    return [_Outcome("write", part.path, _encode(merged.to_arrow())), *out]
 
 
-def _remove_file(lfs: LakeFS, rel: str) -> None:
-    """Delete one partition file and, on a local disk, its then empty ``date=`` directory."""
+def _encode(table: pa.Table) -> bytes:
+    """One offsets file: a single row group, plain encoding (no dictionaries: prices rarely repeat)."""
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, compression=_COMPRESSION, use_dictionary=False, write_statistics=True)
+    return bytes(buf.getvalue().to_pybytes())
+
+
+def _remove_file(lfs: LakeFS, rel: str) -> bool:
+    """Delete one partition file and, on a local disk, its then empty ``date=`` directory; whether
+    it existed."""
+    existed = lfs.exists(rel)
     lfs.remove(rel)
     if lfs.is_local:
         with contextlib.suppress(OSError):
             os.rmdir(os.path.dirname(lfs.full(rel)))
+    return existed
 
 
 # -- manifest ------------------------------------------------------------------------------------
@@ -533,7 +625,10 @@ def scan_offsets(
                 )
                 if (hi is not None and part.start_ms >= hi) or (lo is not None and part.end_ms <= lo):
                     continue
-                files.append(lfs.url(part.path))
+                names = set(lfs.listdir(f"{tdir}/{odir}/{sdir}/{ddir}"))
+                files.extend(
+                    lfs.url(p) for p, f in ((part.path, DATA_FILE), (part.tail_path, TAIL_FILE)) if f in names
+                )
     columns = ["symbol", "offset", *OFFSET_SCHEMA]
     if not files:
         return pl.LazyFrame(schema={"symbol": pl.String, "offset": pl.String, **OFFSET_SCHEMA})
@@ -562,30 +657,40 @@ def _is_date_dir(name: str) -> bool:
     return True
 
 
-def _fingerprints(df: pl.DataFrame, base: Interval) -> dict[str, dict[str, dict[str, int]]]:
+def _fingerprints(
+    df: pl.DataFrame, base: Interval, symbols: Sequence[str]
+) -> dict[str, dict[str, dict[str, int]]]:
     """Per symbol, per base partition, per UTC day: a fingerprint of the day's rows (values included).
 
-    Fingerprints only ever compare with ones this code wrote; a Polars upgrade that changes row
-    hashing makes every day look changed once (a full recompute), never a day look unchanged.
+    ``df`` has the series' index in ``symbols`` as ``_sym``. Fingerprints only ever compare with ones
+    this code wrote; a Polars upgrade that changes row hashing makes every day look changed once (a
+    full recompute), never a day look unchanged.
     """
     if df.height == 0:
         return {}
     cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
-    trunc = {"day": "1d", "month": "1mo", "year": "1y"}[partition_period(base)]
-    t = pl.col("candle_begin_time")
+    period = partition_period(base)
+    # integer day numbers, not calendar truncation on every row: a (series, day) group-by of hashes
     agg = (
-        df.select(
-            "symbol",
-            t.dt.truncate(trunc).dt.date().cast(pl.String).alias("p"),
-            t.dt.date().cast(pl.String).alias("day"),
-            df.select(cols).hash_rows(seed=17).alias("h"),
+        pl.DataFrame(
+            {
+                "_sym": df["_sym"],
+                "day": df["candle_begin_time"].dt.epoch("ms") // MS_PER_DAY,
+                "h": df.select(cols).hash_rows(seed=17),
+            }
         )
-        .group_by("symbol", "p", "day")
+        .group_by("_sym", "day")
         .agg(pl.col("h").sum(), pl.len().alias("n"))
     )
+    names: dict[int, tuple[str, str]] = {}
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for sym, p, day, h, n in agg.iter_rows():
-        out.setdefault(sym, {}).setdefault(p, {})[day] = (int(h) ^ (int(n) << 1)) & ((1 << 63) - 1)
+    for code, day, h, n in agg.iter_rows():
+        sym = symbols[code]
+        if day not in names:
+            d = dt.date(1970, 1, 1) + dt.timedelta(days=day)
+            names[day] = (period_floor(period, d).isoformat(), d.isoformat())
+        p, dname = names[day]
+        out.setdefault(sym, {}).setdefault(p, {})[dname] = (int(h) ^ (int(n) << 1)) & ((1 << 63) - 1)
     return out
 
 

@@ -11,8 +11,11 @@ One file holds one (offset, symbol) series for one period; ``date`` is the perio
     T ≥ 1h    one file per year    (1h: 8,760 rows, 4h: 2,190, 1d: 365)
 
 Yearly files for 1h keep a 300-symbol lake at 3,600 files per year for all 12 offsets (monthly files
-would be 43,200, and their per-file costs double a full build). The price is that appending a day
-rewrites the current year's file of every touched series (docs/offsets.md has the measurements).
+would be 43,200, and their per-file costs double a full build). So that appending a day does not
+rewrite a year, a period directory may also hold ``tail.parquet``: the series' most recent bins (at
+most about a month of them), which an incremental run rewrites alone and later folds into
+``data.parquet``. The two files of a period never hold the same bin; readers take every
+``*.parquet`` of a period directory (docs/offsets.md has the rules and the measurements).
 Components are validated (trade type, interval, offset name, symbol) before they become a path.
 """
 
@@ -30,6 +33,7 @@ from lake.transform.offsets import format_offset, parse_duration_ms
 
 __all__ = [
     "TABLE",
+    "TAIL_FILE",
     "OffsetPartition",
     "manifest_path",
     "offsets_period",
@@ -40,6 +44,9 @@ __all__ = [
 ]
 
 TABLE = "offsets"
+# The recent bins of a period, next to its data.parquet: bins opening at or after the series' tail
+# start (kept in the build manifest) live here, so an appended day rewrites a few small files.
+TAIL_FILE = "tail.parquet"
 _HOUR_MS = 3_600_000
 
 
@@ -93,6 +100,10 @@ class OffsetPartition:
     @property
     def path(self) -> str:
         return f"{self.series_dir}/date={self.date.isoformat()}/{DATA_FILE}"
+
+    @property
+    def tail_path(self) -> str:
+        return f"{self.series_dir}/date={self.date.isoformat()}/{TAIL_FILE}"
 
     @property
     def start_ms(self) -> int:

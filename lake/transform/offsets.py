@@ -39,9 +39,11 @@ __all__ = [
     "METHODS",
     "SUM_COLUMNS",
     "OffsetPlan",
+    "Resampled",
     "format_offset",
     "offset_plan",
     "parse_duration_ms",
+    "resample_arrays",
     "resample_offsets",
 ]
 
@@ -310,39 +312,69 @@ def resample_offsets(df: pl.DataFrame, plan: OffsetPlan) -> pl.DataFrame:
     if len(t) > 1 and not np.all((sym[1:] > sym[:-1]) | ((sym[1:] == sym[:-1]) & (t[1:] > t[:-1]))):
         df = df.sort("symbol", "_t")
         names, sym, t = _codes(df)
+    r = resample_arrays(sym, t, {c: df[c].to_numpy() for c in _VALUE_COLUMNS}, plan)
+    return pl.DataFrame(
+        {
+            "symbol": names.gather(pl.Series(r.sym)),
+            "offset": pl.Series(plan.names, dtype=pl.String).gather(pl.Series(r.which)),
+            "candle_begin_time": pl.Series(r.start).cast(pl.Datetime("ms", "UTC")),
+            **r.columns,
+        }
+    ).select(_OUT_COLUMNS)
+
+
+@dataclass(slots=True)
+class Resampled:
+    """Bins as numpy arrays, ordered by offset, then symbol code, then open time.
+
+    ``which`` is the bin's index into ``plan.offsets``; ``sym`` its symbol code; ``start`` its open
+    time (ms); ``columns`` the ``OFFSET_SCHEMA`` value columns and ``n_base``.
+    """
+
+    which: np.ndarray
+    sym: np.ndarray
+    start: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+
+def resample_arrays(
+    sym: np.ndarray, t: np.ndarray, values: dict[str, np.ndarray], plan: OffsetPlan
+) -> Resampled:
+    """The core of ``resample_offsets`` on arrays: ``sym`` (integer symbol codes) and ``t`` (open times,
+    ms) sorted by (sym, t) and unique; ``values`` the kline value columns (``volume`` etc.)."""
+    if len(t) == 0:
+        empty = {
+            c: np.empty(0, dtype=np.int64 if c in ("trade_num", "n_base") else np.float64)
+            for c in _VALUE_COLUMNS
+        }
+        empty["n_base"] = np.empty(0, dtype=np.int64)
+        z = np.empty(0, dtype=np.int64)
+        return Resampled(z.astype(np.uint32), z, z, empty)
     g = _layout(sym, t, plan)
     bins = _kept_bins(g, plan.offsets)
     total = bins[-1].out.stop
     cols = {c: np.empty(total, dtype=np.int64 if c == "trade_num" else np.float64) for c in _VALUE_COLUMNS}
     n_base = np.empty(total, dtype=np.int64)
 
-    def col(name: str) -> np.ndarray:
-        return df[name].to_numpy()
-
     for name, pick in (("open", "first"), ("close", "last")):
-        d = g.dense(col(name), np.nan)
+        d = g.dense(values[name], np.nan)
         for b in bins:
             cols[name][b.out] = d[b.k][b.first_g] if pick == "first" else d[b.last_p][b.last_g]
     _fill(n_base, bins, g.present.astype(np.int64), np.add)
     for name in SUM_COLUMNS:
-        _fill(cols[name], bins, g.dense(col(name), 0), np.add)
-    _fill(cols["high"], bins, g.dense(col("high"), -np.inf), np.maximum)
-    _fill(cols["low"], bins, g.dense(col("low"), np.inf), np.minimum)
+        _fill(cols[name], bins, g.dense(values[name], 0), np.add)
+    _fill(cols["high"], bins, g.dense(values["high"], -np.inf), np.maximum)
+    _fill(cols["low"], bins, g.dense(values["low"], np.inf), np.minimum)
     if plan.method == "binance":
-        _binance_overrides(df, g, bins, cols)
+        _binance_overrides(values, g, bins, cols)
     first_g = np.concatenate([b.first_g for b in bins])
     ks = np.concatenate([np.full(len(b.first_g), b.k, dtype=np.int64) for b in bins])
     which = np.concatenate([np.full(len(b.first_g), i, dtype=np.uint32) for i, b in enumerate(bins)])
     start = (g.gj[first_g] * plan.n + ks) * plan.base_ms + plan.anchor_ms
-    return pl.DataFrame(
-        {
-            "symbol": names.gather(pl.Series(g.gsym[first_g])),
-            "offset": pl.Series(plan.names, dtype=pl.String).gather(pl.Series(which)),
-            "candle_begin_time": pl.Series(start).cast(pl.Datetime("ms", "UTC")),
-            **cols,
-            "n_base": n_base,
-        }
-    ).select(_OUT_COLUMNS)
+    return Resampled(which, g.gsym[first_g], start, {**cols, "n_base": n_base})
 
 
 def _codes(df: pl.DataFrame) -> tuple[pl.Series, np.ndarray, np.ndarray]:
@@ -352,16 +384,18 @@ def _codes(df: pl.DataFrame) -> tuple[pl.Series, np.ndarray, np.ndarray]:
     return names, sym, df["_t"].to_numpy()
 
 
-def _binance_overrides(df: pl.DataFrame, g: _Grid, bins: list[_Bins], cols: dict[str, np.ndarray]) -> None:
+def _binance_overrides(
+    values: dict[str, np.ndarray], g: _Grid, bins: list[_Bins], cols: dict[str, np.ndarray]
+) -> None:
     """Open/high/low from traded (volume > 0) candles only; bins with no trade keep the seed values."""
-    traded_row = df["volume"].to_numpy() > 0
+    traded_row = values["volume"] > 0
     n = g.n
     traded = g.dense(traded_row, False)
     any_traded = np.empty(bins[-1].out.stop, dtype=np.int64)
     _fill(any_traded, bins, traded.astype(np.int64), np.add)
     use = any_traded > 0
     # open: the first traded candle, in the suffix of the first group or else the prefix of the next
-    opens = g.dense(df["open"].to_numpy(), np.nan)
+    opens = g.dense(values["open"], np.nan)
     pos = np.where(traded, np.arange(n)[:, None], n)
     nxt, first = _bwd(pos, np.minimum), _fwd(pos, np.minimum)
     traded_open = np.empty(len(use), dtype=np.float64)
@@ -375,7 +409,7 @@ def _binance_overrides(df: pl.DataFrame, g: _Grid, bins: list[_Bins], cols: dict
     cols["open"] = np.where(use, traded_open, cols["open"])
     for name, ufunc, fill in (("high", np.maximum, -np.inf), ("low", np.minimum, np.inf)):
         traded_only = np.empty(len(use), dtype=np.float64)
-        _fill(traded_only, bins, g.dense(np.where(traded_row, df[name].to_numpy(), fill), fill), ufunc)
+        _fill(traded_only, bins, g.dense(np.where(traded_row, values[name], fill), fill), ufunc)
         cols[name] = np.where(use, traded_only, cols[name])
 
 
