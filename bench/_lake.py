@@ -19,7 +19,9 @@ import numpy as np
 import polars as pl
 
 from lake.schema import KLINE_SCHEMA
-from lake.store.klines import write_klines
+from lake.store.fs import LakeFS
+from lake.store.klines import encode_parquet, read_partition, write_klines
+from lake.store.paths import PartitionKey
 
 __all__ = ["BENCH_START", "ensure_lake", "symbol_names", "synthetic_klines"]
 
@@ -120,12 +122,22 @@ def append_day(root: Path, symbols: int, days: int) -> None:
 
 
 def remove_day(root: Path, symbols: int, days: int) -> None:
-    """Undo ``append_day`` so the cached lake is back to ``days`` days."""
-    date = (BENCH_START + dt.timedelta(days=days)).date().isoformat()
+    """Undo ``append_day`` so the cached lake is back to ``days`` days: the day's rows are dropped from
+    the partition holding them (a month for 5m), which is rewritten, or deleted when nothing is left."""
+    start = _start_ms() + days * PER_DAY * STEP_MS
+    lfs = LakeFS(str(root))
     for name in symbol_names(symbols):
-        part = root / f"klines/trade_type=usdt_perp/interval=5m/symbol={name}/date={date}"
-        if part.exists():
-            shutil.rmtree(part)
+        key = PartitionKey.for_candle("klines", "usdt_perp", "5m", name, start)
+        old = read_partition(lfs, key)
+        if old is None:
+            continue
+        kept = old.filter(pl.col("candle_begin_time").dt.epoch("ms") < start)
+        if kept.height == old.height:
+            continue
+        if kept.height == 0:
+            shutil.rmtree(root / key.path.rsplit("/", 1)[0])
+        else:
+            lfs.write_atomic(key.path, encode_parquet(kept))
 
 
 if __name__ == "__main__":  # pragma: no cover - manual helper

@@ -16,6 +16,7 @@ one's files are merged and encoded by a thread pool; each batch's files are then
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import io
 import os
@@ -47,7 +48,15 @@ from lake.store.paths import (
     period_floor,
     series_dir,
 )
-from lake.transform.layout import TAIL_FILE, OffsetPartition, manifest_path, offsets_period, table_dir
+from lake.transform.layout import (
+    TAIL_FILE,
+    OffsetPartition,
+    manifest_path,
+    offsets_period,
+    period_end,
+    period_start,
+    table_dir,
+)
 from lake.transform.layout import series_dir as offsets_series_dir
 from lake.transform.offsets import OffsetPlan, Resampled, offset_plan, resample_arrays
 
@@ -126,6 +135,25 @@ class _Work:
     tail: bool = False
     tail_from: int | None = None  # the series' tail start after this run
     fold_from: int | None = None  # not a tail run: periods ending after this hold tail files to fold
+    data_end: int | None = None  # end (ms) of the base data, before or after the run, whichever later
+    # a tail run's base candles from ``lo`` on, when planning read all of them (no second read)
+    cached: pl.DataFrame | None = None
+
+    def periods(self, target: Interval) -> list[dt.date] | None:
+        """The file periods this run may rewrite, or ``None`` for all (a full recompute lists them)."""
+        if self.lo is None or self.data_end is None:
+            return None
+        spans = [(self.lo, self.data_end if self.hi is None else self.hi)]
+        if self.fold_from is not None:
+            spans.append((self.fold_from, self.data_end))
+        out: set[dt.date] = set()
+        for a, b in spans:
+            p = period_start(target, a)
+            while a < b:
+                out.add(p)
+                p = period_end(target, p)
+                a = _day_ms(p)
+        return sorted(out)
 
     def touches(self, start_ms: int, end_ms: int) -> bool:
         """Whether this run rewrites files of the period ``[start_ms, end_ms)``."""
@@ -267,17 +295,23 @@ class _Run:
     def _submit(
         self, plan: OffsetPlan, batch: list[_Work], base: pl.DataFrame, pool: ThreadPoolExecutor
     ) -> list[_Pending]:
-        self.fingerprints.update(_fingerprints(base, plan.base, [w.symbol for w in batch]))
+        cached = [i for i, w in enumerate(batch) if w.cached is not None]  # fingerprinted at planning
+        rows = base.filter(~pl.col("_sym").is_in(cached)) if cached else base
+        self.fingerprints.update(_fingerprints(rows, plan.base, [w.symbol for w in batch]))
         files = _split_files(_resample_batch(base, plan, batch), plan, batch)
         self.bins += sum(t.num_rows for per in files.values() for t in per.values())
         lfs, tt, iv = self.lfs, self.trade_type, plan.target.name
         futures: list[_Pending] = []
         for w in batch:
+            known = w.periods(plan.target)
             for name in plan.names:
-                sdir = offsets_series_dir(tt, iv, name, w.symbol)
                 new = files.get((w.symbol, name), {})
-                periods = {dt.date.fromisoformat(e[5:]) for e in lfs.listdir(sdir) if _is_date_dir(e)}
-                for p in sorted(periods | new.keys()):
+                if known is None:
+                    sdir = offsets_series_dir(tt, iv, name, w.symbol)
+                    listed = {dt.date.fromisoformat(e[5:]) for e in lfs.listdir(sdir) if _is_date_dir(e)}
+                else:
+                    listed = set(known)
+                for p in sorted(listed | new.keys()):
                     part = OffsetPartition(tt, iv, name, w.symbol, p)
                     if w.touches(part.start_ms, part.end_ms):
                         futures.append(pool.submit(_period_files, lfs, part, new.get(p), w))
@@ -344,8 +378,10 @@ def _plan_series(
         return None, keys
     spans: list[tuple[int, int]] = []
     known: dict[str, dict[str, int]] = {}
+    frames: dict[str, pl.DataFrame] = {}
     for d in changed:
-        old_days = state.days.get(d)
+        # a new partition had no rows; one from an old manifest without fingerprints counts as whole
+        old_days = state.days.get(d, None if d in state.partitions else {})
         if d not in tokens or old_days is None:
             spans.append(_span(plan.base, d))
             continue
@@ -359,6 +395,8 @@ def _plan_series(
             else {}
         )
         known[d] = new_days
+        if stored is not None:
+            frames[d] = stored
         for day in new_days.keys() | old_days.keys():
             if new_days.get(day) != old_days.get(day):
                 start = _day_ms(dt.date.fromisoformat(day))
@@ -382,11 +420,18 @@ def _plan_series(
         if end is not None and end - tail_from <= _TAIL_MAX_MS[offsets_period(plan.target)]:
             read = [d for d in sorted(tokens) if _span(plan.base, d)[1] > tail_from]
             w = _Work(symbol, tokens, read, tail_from, None, len(changed), days=known)
-            w.tail, w.tail_from = True, tail_from
+            w.tail, w.tail_from, w.data_end = True, tail_from, max(end, old_end or end)
+            if all(d in frames for d in read):
+                t = pl.col("candle_begin_time").dt.epoch("ms")
+                cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
+                w.cached = pl.concat([frames[d].select(cols).filter(t >= tail_from) for d in read])
             return w, keys
     # otherwise the bins of [lo, hi) are merged into the period files, and a tail is folded into them
     read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]
-    return _Work(symbol, tokens, read, lo, hi, len(changed), days=known, fold_from=state.tail_from), keys
+    w = _Work(symbol, tokens, read, lo, hi, len(changed), days=known, fold_from=state.tail_from)
+    after = {d: known.get(d, state.days.get(d, {})) for d in tokens}
+    w.data_end = max(_data_end(after, plan.base) or 0, old_end or 0) or None
+    return w, keys
 
 
 def _data_end(days: dict[str, dict[str, int]], base: Interval) -> int | None:
@@ -438,7 +483,9 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work
     columns, ordered by series then partition."""
     columns = [pl.col(c).cast(OFFSET_SCHEMA[c]) for c in OFFSET_SCHEMA if c != "n_base"]
     scans = [
-        pl.scan_parquet(
+        w.cached.lazy().select(pl.lit(i, pl.UInt32).alias("_sym"), *columns)
+        if w.cached is not None
+        else pl.scan_parquet(
             [
                 lfs.url(
                     PartitionKey(
@@ -581,7 +628,9 @@ def _load_manifest(lfs: LakeFS, trade_type: str, interval: str) -> dict[str, _Se
 
 
 def _save_manifest(lfs: LakeFS, trade_type: str, interval: str, manifest: dict[str, _Series]) -> None:
-    doc = {"version": _MANIFEST_VERSION, "series": {s: asdict(st) for s, st in sorted(manifest.items())}}
+    fields = [f.name for f in dataclasses.fields(_Series)]
+    series = {s: {f: getattr(st, f) for f in fields} for s, st in sorted(manifest.items())}  # no deep copy
+    doc = {"version": _MANIFEST_VERSION, "series": series}
     write_json(lfs, manifest_path(trade_type, interval), doc)
 
 

@@ -226,3 +226,76 @@ def test_scan_offsets_filters(tmp_path: Path) -> None:
     assert scan_offsets(tmp_path, "usdt_perp", "4h").collect().height == 0
     with pytest.raises(ValidationError, match="naive"):
         scan_offsets(tmp_path, "usdt_perp", "1h", start=dt.datetime(2024, 1, 1))
+
+
+def _tails(root: Path) -> list[str]:
+    return sorted(p for p in _files(root) if p.endswith("/tail.parquet"))
+
+
+def test_appended_days_go_to_tail_files_then_fold(tmp_path: Path) -> None:
+    for d in range(3):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    year = "offsets/trade_type=usdt_perp/interval=1h/offset=15m/symbol=ETHUSDT/date=2024-01-01"
+    data = _files(tmp_path)[f"{year}/data.parquet"]
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(3, 3))
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    # an appended day: 12 small tail files, the yearly files untouched
+    assert r.written == 12 and len(_tails(tmp_path)) == 12
+    assert _files(tmp_path)[f"{year}/data.parquet"] == data
+    tail = pl.read_parquet(tmp_path / year / "tail.parquet")
+    assert tail["candle_begin_time"].min() >= dt.datetime(2024, 1, 3, 23, 15, tzinfo=dt.UTC)
+    _assert_table(tmp_path, ["ETHUSDT"])
+    # more days extend the tail (the tail is recomputed whole, the yearly files stay)
+    for d in range(4, 8):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d))
+        assert build_offsets(tmp_path, "usdt_perp", "1h").written == 12
+    assert _files(tmp_path)[f"{year}/data.parquet"] == data
+    _assert_table(tmp_path, ["ETHUSDT"])
+    # a change before the tail folds the tail into the yearly files
+    assert _edit_day(tmp_path, "ETHUSDT", 1, pl.int_range(pl.len()) % 5 != 0)
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    assert _tails(tmp_path) == [] and _files(tmp_path)[f"{year}/data.parquet"] != data
+    _assert_table(tmp_path, ["ETHUSDT"])
+    assert build_offsets(tmp_path, "usdt_perp", "1h").written == 0
+
+
+def test_tail_folds_when_it_grows_past_its_limit(tmp_path: Path) -> None:
+    # 15m files are monthly and their tail reaches at most 8 days
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(0, 0))
+    build_offsets(tmp_path, "usdt_perp", "15m")
+    seen_tail = False
+    for d in range(1, 12):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d, hole_rate=0.05))
+        build_offsets(tmp_path, "usdt_perp", "15m")
+        seen_tail |= bool(_tails(tmp_path))
+        if d >= 9:  # the tail from day 1 would span 9+ days: folded, then started afresh
+            assert all(
+                pl.read_parquet(tmp_path / p)["candle_begin_time"].min()
+                >= dt.datetime(2024, 1, 1 + d - 8, tzinfo=dt.UTC)
+                for p in _tails(tmp_path)
+            )
+    assert seen_tail
+    _assert_table(tmp_path, ["ETHUSDT"], "15m")
+
+
+def test_tail_across_a_year_boundary_rebuild_and_views(tmp_path: Path) -> None:
+    from lake.query import connect
+
+    start = int(dt.datetime(2024, 12, 30, tzinfo=dt.UTC).timestamp() * 1000)
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(1, B, DAY, start_ms=start))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(2, B, 2 * DAY, start_ms=start + DAY * B))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    tails = _tails(tmp_path)
+    assert any("date=2024-01-01" in p for p in tails) and any("date=2025-01-01" in p for p in tails)
+    _assert_table(tmp_path, ["BTCUSDT"])
+    got = connect(tmp_path).sql('SELECT symbol, "offset", candle_begin_time, close FROM offsets').pl()
+    want = _stored(tmp_path).select("symbol", "offset", "candle_begin_time", "close")
+    assert got.sort(want.columns).rows() == want.sort(want.columns).rows()
+    # a rebuild with another method recomputes everything into the period files
+    build_offsets(tmp_path, "usdt_perp", "1h", method="binance", rebuild=True)
+    assert _tails(tmp_path) == []
+    base = scan_klines(tmp_path, "usdt_perp", "5m", ["BTCUSDT"]).collect()
+    want_b = resample_offsets(base, offset_plan("1h", "5m", method="binance"))
+    assert_bins_equal(_stored(tmp_path), want_b.sort("symbol", "offset", "candle_begin_time"))
