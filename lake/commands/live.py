@@ -57,6 +57,13 @@ def live_cmd(
     exchange_info_every: Annotated[
         int, typer.Option("--exchange-info-every", help="Refresh exchangeInfo every N periods (0: never).")
     ] = 1,
+    compact_every: Annotated[
+        float,
+        typer.Option(
+            "--compact-every",
+            help="Seconds between moves of freshly written candles (the tail) into their partitions.",
+        ),
+    ] = 60.0,
     health_every: Annotated[
         float, typer.Option("--health-every", help="Seconds between health log lines.")
     ] = 30.0,
@@ -89,6 +96,7 @@ def live_cmd(
         history=history,
         exchange_info_every=exchange_info_every,
         health_every_s=health_every,
+        compact_every_s=compact_every,
     )
     summary = asyncio.run(run_live(settings, cfg))
     if json_out:

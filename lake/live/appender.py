@@ -10,10 +10,11 @@ in-progress updates (``x: false``) and buffers each *closed* candle (``x: true``
     malformed     a kline that does not parse     misaligned      open/close times off the grid
     non_finite    NaN/inf prices or volumes       error           an error reply to SUBSCRIBE…
 
-``take()`` hands the buffer to the writer; ``KlineWriter.write`` turns a batch into one lake
-DataFrame and writes each symbol with one atomic partition upsert (``lake.store.klines.write_klines``)
-in a thread pool, off the event loop. A symbol's candle for a period is thus written once, not once
-per message: the only rewrites of a partition are one per period and symbol.
+``take()`` hands the buffer to the writer; ``KlineWriter.write`` turns a batch of any number of
+symbols into one new tail file (``lake.store.tail``), off the event loop: a thousand symbols that close
+at once are readable after one small write, not a thousand partition rewrites. ``KlineWriter.compact``
+later upserts the tail into each symbol's partition (``append_klines``, else ``write_klines``), one
+partition write per symbol per compaction.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import itertools
 import json
 import logging
 import math
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -41,6 +43,7 @@ from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store.fs import LakeFS
 from lake.store.klines import encode_parquet, read_partition, write_klines
 from lake.store.paths import PartitionKey, series_dir
+from lake.store.tail import CompactResult, compact_tail, write_tail
 
 __all__ = ["Appender", "AppenderStats", "KlineWriter", "PartitionCache", "WriteOutcome", "append_klines"]
 
@@ -237,10 +240,13 @@ class WriteOutcome:
 
 
 class KlineWriter:
-    """Writes batches of candles, one ``write_klines`` per symbol, in a thread pool.
+    """Stores batches of candles: each batch as one tail file, compacted into partitions later.
 
     Only the writer touches the disk for its feeds (the dispatcher rule): websocket rows, REST
-    repairs and catch-up all come through ``write``.
+    repairs and catch-up all come through ``write``. A batch of any number of symbols is one new
+    file in the tail (``lake.store.tail``), readable at once through ``scan_klines`` and the
+    ``klines`` view; ``compact`` later upserts the tail into the symbols' partitions, in a thread,
+    off the latency path.
     """
 
     def __init__(self, lfs: LakeFS, trade_type: str, interval: str, *, threads: int = 8) -> None:
@@ -248,73 +254,98 @@ class KlineWriter:
         self.trade_type = trade_type
         self.interval = interval
         self._pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="lake-live-write")
-        self.writes = 0
+        self.writes = 0  # tail files written
         self.rows = 0
         self.errors = 0
         self.busy_s = 0.0  # wall seconds spent in write() calls
+        self.compactions = 0
+        self.compacted_rows = 0
+        self.partition_writes = 0
         self.cache = PartitionCache()
+        self._moved: set[str] = set()  # symbols compacted since take_compacted()
+        self._moved_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    def _write_one(self, symbol: str, df: pl.DataFrame) -> tuple[list[int], float]:
+    def write_partition(self, symbol: str, df: pl.DataFrame) -> None:
+        """Upsert one symbol's rows into its partitions (the compaction step)."""
         if not append_klines(self.lfs, self.trade_type, self.interval, symbol, df, self.cache):
             write_klines(self.lfs, self.trade_type, self.interval, symbol, df)
-        return _opens_ms(df), time.perf_counter()
+        self.partition_writes += 1
+
+    def _write_tail(self, rows_by_symbol: dict[str, Any], source: str) -> float:
+        write_tail(self.lfs, self.trade_type, self.interval, _frame(rows_by_symbol, source))
+        return time.perf_counter()
 
     async def write(
         self, rows_by_symbol: Mapping[str, list[tuple[Any, ...]] | list[list[Any]]], source: str
     ) -> WriteOutcome:
-        """Write each symbol's rows (REST-shaped) with ``source``; never raises for one symbol's failure."""
+        """Store each symbol's rows (REST-shaped) with ``source`` in one tail file; a symbol with bad
+        rows fails alone, a failed file write fails the batch (the caller retries it)."""
         out = WriteOutcome()
         if not rows_by_symbol:
             return out
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
+        good = dict(rows_by_symbol)
         try:
-            frames = await loop.run_in_executor(self._pool, _frames, dict(rows_by_symbol), source)
-        except DataError:  # a bad row somewhere: convert per symbol so only its symbol fails
-            frames = {}
+            finished = await loop.run_in_executor(self._pool, self._write_tail, good, source)
+        except DataError:  # a bad row somewhere: check per symbol so only its symbol fails
             for sym, rs in rows_by_symbol.items():
                 try:
-                    frames.update(_frames({sym: rs}, source))
+                    _frame({sym: rs}, source)
                 except DataError as exc:
                     self.errors += 1
                     out.failed[sym] = f"DataError: {exc}"
-        futures = {
-            sym: loop.run_in_executor(self._pool, self._write_one, sym, df) for sym, df in frames.items()
-        }
-        for sym, fut in futures.items():
-            try:
-                opens, finished = await fut
-            except (LakeError, OSError) as exc:
-                self.errors += 1
+                    del good[sym]
+            if not good:
+                return out
+            finished = await loop.run_in_executor(self._pool, self._write_tail, good, source)
+        except (LakeError, OSError) as exc:
+            self.errors += 1
+            log.error("%s %s: tail write failed: %s", self.trade_type, self.interval, exc)
+            for sym in rows_by_symbol:
                 out.failed[sym] = f"{type(exc).__name__}: {exc}"
-                log.error("%s %s %s: write failed: %s", self.trade_type, self.interval, sym, exc)
-                continue
+            return out
+        self.writes += 1
+        for sym, rs in good.items():
+            opens = [int(r[0]) for r in rs]
             out.stored[sym] = opens
             out.finished[sym] = finished
             out.rows += len(opens)
-        self.writes += len(out.stored)
         self.rows += out.rows
         out.seconds = time.perf_counter() - t0
         self.busy_s += out.seconds
         return out
 
+    def compact(self, grace_s: float) -> CompactResult:
+        """Move the tail into the partitions (blocking: run it in a thread)."""
+        res = compact_tail(
+            self.lfs, self.trade_type, self.interval, grace_s=grace_s, write=self.write_partition
+        )
+        self.compactions += 1
+        self.compacted_rows += res.rows
+        with self._moved_lock:
+            self._moved.update(res.symbols)
+        return res
 
-def _frames(rows_by_symbol: dict[str, Any], source: str) -> dict[str, pl.DataFrame]:
-    """One DataFrame per symbol, built from a single conversion of all rows (cheap for big bursts)."""
+    def take_compacted(self) -> set[str]:
+        """Symbols whose partitions compaction changed since the last call (also by a compaction whose
+        caller was cancelled while its thread finished the job)."""
+        with self._moved_lock:
+            out, self._moved = self._moved, set()
+        return out
+
+
+def _frame(rows_by_symbol: dict[str, Any], source: str) -> pl.DataFrame:
+    """All rows of a batch as one frame with a ``symbol`` column (one conversion for a whole burst)."""
     symbols: list[str] = []
     rows: list[Any] = []
     for sym, rs in rows_by_symbol.items():
         symbols.extend([sym] * len(rs))
         rows.extend(rs)
-    if not rows:
-        return {}
-    df = klines_from_rest(rows, source=source).with_columns(pl.Series("_symbol", symbols, dtype=pl.String))
-    return {
-        str(key[0]): part.drop("_symbol") for key, part in df.partition_by("_symbol", as_dict=True).items()
-    }
+    return klines_from_rest(rows, source=source).with_columns(pl.Series("symbol", symbols, dtype=pl.String))
 
 
 _FLOAT_COLUMNS = [c for c, t in KLINE_SCHEMA.items() if t == pl.Float64()]

@@ -53,6 +53,8 @@ class LiveConfig:
     history: int = 1500  # candles fetched for a symbol the lake holds nothing of
     exchange_info_every: int = 1  # refresh exchangeInfo every N periods (0: never)
     writer_threads: int = 8
+    compact_every_s: float = 60.0  # real seconds between moves of the tail into the partitions
+    tail_grace_s: float = 120.0  # a compacted tail file is deleted this long after (running queries)
     rest_concurrency: int = 16
     health_every_s: float = 30.0
     ws_lifetime_s: float = 23.5 * 3600
@@ -72,6 +74,8 @@ class LiveConfig:
                 iv = parse_interval(i, spot=tt.is_spot)
                 if iv.ms is None:
                     raise ValidationError("lake live needs a fixed-length interval (not 1M)")
+        if self.compact_every_s <= 0 or self.tail_grace_s < 0:
+            raise ValidationError("--compact-every must be > 0 and the tail grace >= 0")
         if self.grace_s < 0:
             raise ValidationError("--grace must be >= 0")
         if self.periods is not None and self.periods < 1:
@@ -149,6 +153,8 @@ class Feed:
         self.pool: WsPool | None = None
         self.stats = FeedStats()
         self.publish_lock = asyncio.Lock()
+        self.compact_lock = asyncio.Lock()
+        self.compact_wake = asyncio.Event()  # set: compact now (live offsets wait for it)
         self.check_lock = asyncio.Lock()
         self.published: int | None = None  # the watermark in the file (ms)
         self.closing = False

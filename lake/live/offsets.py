@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
 
@@ -62,6 +64,13 @@ class LiveOffsets:
         self.stats = OffsetStats()
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
+        self._lock = threading.Lock()
+
+    def _build(self, *args: Any, **kwargs: Any) -> Any:
+        # One build at a time, also across a cancelled caller whose thread still runs: the final
+        # build at shutdown must not be overwritten by an older one finishing after it.
+        with self._lock:
+            return build_offsets(*args, **kwargs)
 
     def note(self, symbols: Iterable[str]) -> None:
         """Symbols whose base candles changed: their bins are rebuilt soon."""
@@ -90,7 +99,7 @@ class LiveOffsets:
             t0 = time.perf_counter()
             try:
                 res = await asyncio.to_thread(
-                    build_offsets,
+                    self._build,
                     self.lfs,
                     self.trade_type,
                     target,

@@ -49,6 +49,7 @@ from lake.live.ws import ConnectLimiter, WsPool
 from lake.settings import Settings
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series
+from lake.store.tail import ensure_tail
 
 __all__ = ["LiveConfig", "LiveRunner", "run_live"]
 
@@ -221,6 +222,10 @@ class LiveRunner:
             iso(catch_end),
             iso(feed.published),
         )
+        # Candles a previous run left in the tail go into their partitions first: the catch-up plans
+        # from the partitions.
+        await asyncio.to_thread(ensure_tail, self.lfs, feed.tt.name, feed.iv.name)
+        await self._compact(feed)
         market = feed.tt.market
         feed.pool = WsPool(
             feed.name,
@@ -237,6 +242,7 @@ class LiveRunner:
         )
         await feed.pool.start(sorted(feed.live))
         self._spawn(self._writer_loop(feed), f"writer {feed.name}")
+        self._spawn(self._compactor(feed), f"compactor {feed.name}")
         if feed.offsets is not None:
             self._spawn(feed.offsets.run(), f"offsets {feed.name}")
         stragglers = await asyncio.to_thread(self._stragglers, feed, feed.published)
@@ -337,6 +343,8 @@ class LiveRunner:
             if feed.appender.pending:  # a writer that died: flush what it left
                 await self._flush(feed)
             with contextlib.suppress(LakeError, OSError):
+                await self._compact(feed)
+            with contextlib.suppress(LakeError, OSError):
                 await self._publish(feed)
             if feed.offsets is not None:
                 await feed.offsets.build_pending()
@@ -422,6 +430,54 @@ class LiveRunner:
                 await asyncio.sleep(0.2)
                 feed.appender.put_back(again)
 
+    async def _compactor(self, feed: Feed) -> None:
+        """Compact every ``compact_every_s``, and after each complete period when offsets are live
+        (they are built from the partitions)."""
+        while not self._stop.is_set():
+            waits = [
+                asyncio.ensure_future(feed.compact_wake.wait()),
+                asyncio.ensure_future(self._stop.wait()),
+            ]
+            try:
+                await asyncio.wait(
+                    waits, timeout=self.config.compact_every_s, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                for w in waits:
+                    w.cancel()
+            if self._stop.is_set():
+                return
+            feed.compact_wake.clear()
+            try:
+                await self._compact(feed)
+            except (LakeError, OSError) as exc:
+                log.error("%s: compaction failed (retried next time): %s", feed.name, exc)
+                self._alert_soon(f"{feed.name}: compaction failed", str(exc), key=f"compact:{feed.name}")
+
+    async def _compact(self, feed: Feed) -> None:
+        """Move the tail into the partitions; the live offsets of the moved symbols are rebuilt."""
+        async with feed.compact_lock:
+            res = await asyncio.to_thread(feed.writer.compact, self.config.tail_grace_s)
+        if res.failed:
+            first = next(iter(res.failed.items()))
+            self._alert_soon(
+                f"{feed.name}: compaction failed for {len(res.failed)} symbols",
+                f"{first[0]}: {first[1]}",
+                key=f"compact:{feed.name}",
+            )
+        moved = feed.writer.take_compacted()
+        if moved and feed.offsets is not None:
+            feed.offsets.note(moved)
+        if res.files_compacted:
+            log.debug(
+                "%s: compacted %d tail files (%d candles, %d symbols), deleted %d",
+                feed.name,
+                res.files_compacted,
+                res.rows,
+                len(res.symbols),
+                res.files_deleted,
+            )
+
     async def _flush(self, feed: Feed) -> None:
         batch = feed.appender.take()
         rows: dict[str, list[tuple[Any, ...]]] = {}
@@ -446,10 +502,10 @@ class LiveRunner:
             completed += feed.book.mark_stored(sym, opens)
         for sym, err in out.failed.items():
             self._alert_soon(f"{feed.name}: write failed for {sym}", err, key=f"write:{feed.name}")
-        if out.stored and feed.offsets is not None:
-            feed.offsets.note(out.stored)
         for p in sorted(set(completed)):
             self._period_ready(feed, p)
+        if completed and feed.offsets is not None:
+            feed.compact_wake.set()
         if completed:
             await self._publish(feed)
         return out.finished

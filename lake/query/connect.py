@@ -32,6 +32,8 @@ __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 # In dependency order: coverage and latest read klines and intervals, compare reads offsets.
 VIEWS = (
     "intervals",
+    "klines_partitions",
+    "klines_tail",
     "klines",
     "offsets",
     "exchange_info",
@@ -59,8 +61,11 @@ class _Files:
 
 
 _FILE_TABLES = {
-    "klines": _Files(
+    "klines_partitions": _Files(
         "klines", 5, ".parquet", {"trade_type": _S, "interval": _S, "symbol": _S, **KLINE_SCHEMA}
+    ),
+    "klines_tail": _Files(
+        "klines_tail", 3, ".parquet", {"trade_type": _S, "interval": _S, "symbol": _S, **KLINE_SCHEMA}
     ),
     "offsets": _Files(
         "offsets",
@@ -137,12 +142,18 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
     empty = []
     for name in VIEWS:
         spec = _FILE_TABLES.get(name)
-        if spec is not None and not _has_files(lfs, spec):
+        if name == "klines" and "klines_tail" in empty:
+            # No live tail: the partitions alone, without the anti-join's cost.
+            con.execute(_PLAIN_KLINES)
+        elif spec is not None and not _has_files(lfs, spec):
             con.execute(_empty_view(name, spec.columns))
             empty.append(name)
         else:
             con.execute(view_sql(name))
     return empty
+
+
+_PLAIN_KLINES = "CREATE OR REPLACE VIEW klines AS SELECT * FROM klines_partitions"
 
 
 def _empty_view(name: str, columns: dict[str, pl.DataType]) -> str:

@@ -1,27 +1,14 @@
 -- klines: every stored candle, one row per (trade_type, interval, symbol, candle_begin_time).
 --
--- Files: klines/trade_type=<tt>/interval=<iv>/symbol=<SYM>/date=<YYYY-MM-DD>/data.parquet.
--- The lake root is bound by lake.connect() with SET VARIABLE lake_root (never pasted into SQL).
--- hive_types keeps every partition value a string: symbol=1000SHIBUSDT and interval=5m must not be
--- read as numbers. candle_begin_time is the UTC open time (TIMESTAMPTZ).
+-- The partition files (klines_partitions) plus the live tail (klines_tail): a candle in the tail
+-- replaces the same candle in a partition, so a candle being compacted from the tail into its
+-- partition is counted once. The tail is read once per query (MATERIALIZED) so both uses see the
+-- same files. When the lake has no tail (no `lake live` yet) lake.connect() defines klines as
+-- klines_partitions alone.
 CREATE OR REPLACE VIEW klines AS
-SELECT
-    trade_type,
-    "interval",
-    symbol,
-    candle_begin_time,
-    open,
-    high,
-    low,
-    close,
-    volume,
-    quote_volume,
-    trade_num,
-    taker_buy_base_asset_volume,
-    taker_buy_quote_asset_volume,
-    source
-FROM read_parquet(
-    getvariable('lake_root') || '/klines/*/*/*/*/*.parquet',
-    hive_partitioning = true,
-    hive_types = {'trade_type': VARCHAR, 'interval': VARCHAR, 'symbol': VARCHAR, 'date': VARCHAR}
-);
+WITH tail AS MATERIALIZED (SELECT * FROM klines_tail)
+SELECT p.*
+FROM klines_partitions AS p
+ANTI JOIN tail USING (trade_type, "interval", symbol, candle_begin_time)
+UNION ALL BY NAME
+SELECT * FROM tail;

@@ -15,6 +15,7 @@ from lake.live.watermark import read_watermark
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA
 from lake.store.fs import LakeFS
 from lake.store.klines import list_partitions, list_series, read_partition
+from lake.store.tail import read_tail
 
 M = 60_000
 VALUES = [c for c in KLINE_COLUMNS if c != "source"]
@@ -28,9 +29,11 @@ def lake_frame(root: str | Path, tt: str = "usdt_perp", iv: str = "1m") -> pl.Da
     """Every stored row of one (trade type, interval), each file read in one go.
 
     (Lazy scans open a file twice - footer at plan time, pages later - and can fail when the live
-    writer replaces it in between; reading the bytes once is immune.)
+    writer replaces it in between; reading the bytes once is immune.) The live tail is read first
+    and wins over partition rows, the rule of ``scan_klines`` and the ``klines`` view.
     """
     lfs = LakeFS(root)
+    tail = read_tail(lfs, tt, iv)
     frames = []
     for t, i, sym in list_series(lfs):
         if (t, i) != (tt, iv):
@@ -39,11 +42,15 @@ def lake_frame(root: str | Path, tt: str = "usdt_perp", iv: str = "1m") -> pl.Da
             df = read_partition(lfs, key)
             if df is not None:
                 frames.append(df.with_columns(pl.lit(sym).alias("symbol")))
+    if frames and tail.height:
+        parts = pl.concat(frames).join(tail, on=["symbol", "candle_begin_time"], how="anti")
+        frames = [parts, tail]
+    elif tail.height:
+        frames = [tail]
     if not frames:
         return pl.DataFrame(schema={"symbol": pl.String, **KLINE_SCHEMA, "t": pl.Int64})
     return (
-        pl.concat(frames)
-        .select(["symbol", *KLINE_COLUMNS])
+        pl.concat([f.select(["symbol", *KLINE_COLUMNS]) for f in frames])
         .with_columns(pl.col("candle_begin_time").dt.epoch("ms").alias("t"))
         .sort("symbol", "t")
     )

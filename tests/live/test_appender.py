@@ -12,6 +12,7 @@ import pytest
 from lake.live.appender import Appender, KlineWriter
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines
+from lake.store.tail import tail_files
 
 M = 60_000
 T = 1_700_000_040_000 - 1_700_000_040_000 % M
@@ -110,11 +111,19 @@ async def test_writer_one_upsert_per_symbol_and_put_back(tmp_path) -> None:
     finally:
         writer.close()
     assert out.stored == {"BTCUSDT": [T, T + M, T + 2 * M], "ETHUSDT": [T]}
-    assert not out.failed and writer.writes == 2 and out.rows == 4
+    # one tail file for the whole batch, readable at once
+    assert not out.failed and writer.writes == 1 and out.rows == 4
+    assert len(tail_files(lfs, "usdt_perp", "1m")) == 1
     df = scan_klines(lfs, "usdt_perp", "1m").collect().sort("symbol", "candle_begin_time")
     assert df.height == 4
     assert df["source"].unique().to_list() == ["ws"]
     assert df.filter(pl.col("symbol") == "BTCUSDT")["close"].to_list() == [0.002] * 3
+    # compaction: one partition write per symbol; the candles are read once while in both places
+    res = writer.compact(grace_s=3600)
+    assert res.files_compacted == 1 and sorted(res.symbols) == ["BTCUSDT", "ETHUSDT"] and res.rows == 4
+    assert writer.partition_writes == 2
+    assert scan_klines(lfs, "usdt_perp", "1m", tail=False).collect().height == 4
+    assert scan_klines(lfs, "usdt_perp", "1m").collect().sort("symbol", "candle_begin_time").equals(df)
     ap.put_back(batch)
     assert ap.pending == 4
 
@@ -124,7 +133,7 @@ async def test_writer_failure_is_reported_per_symbol(tmp_path) -> None:
     writer = KlineWriter(lfs, "usdt_perp", "1m", threads=1)
     good = [T, "1", "2", "0.5", "1.5", "10", T + M - 1, "15", 3, "5", "7", "0"]
     try:
-        (tmp_path / "klines").write_text("a file where a directory must go")
+        (tmp_path / "klines_tail").write_text("a file where a directory must go")
         out = await writer.write({"BTCUSDT": [good]}, "ws")
     finally:
         writer.close()

@@ -1,0 +1,32 @@
+-- klines_tail: candles `lake live` stored moments ago, many symbols per file, not yet compacted into
+-- their partition (see lake/store/tail.py). A candle can be here and in klines_partitions at once for
+-- a short while after compaction; the `klines` view counts it once.
+--
+-- Files: klines_tail/trade_type=<tt>/interval=<iv>/<ns>-<pid>-<rand>.parquet (symbol is a column).
+CREATE OR REPLACE VIEW klines_tail AS
+SELECT
+    trade_type,
+    "interval",
+    symbol,
+    candle_begin_time,
+    open,
+    high,
+    low,
+    close,
+    volume,
+    quote_volume,
+    trade_num,
+    taker_buy_base_asset_volume,
+    taker_buy_quote_asset_volume,
+    source
+FROM read_parquet(
+    getvariable('lake_root') || '/klines_tail/*/*/*.parquet',
+    hive_partitioning = true,
+    hive_types = {'trade_type': VARCHAR, 'interval': VARCHAR},
+    filename = true
+)
+-- Two tail files can hold the same candle (a late websocket message, a REST repair): the later
+-- file (names sort by write time) wins.
+QUALIFY row_number() OVER (
+    PARTITION BY trade_type, "interval", symbol, candle_begin_time ORDER BY filename DESC
+) = 1;

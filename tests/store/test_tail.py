@@ -1,0 +1,172 @@
+"""The live tail: candles in the tail, in partitions, or in both are read exactly once, the tail's
+version winning; compaction moves them without changing what readers see."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lake.errors import LakeError
+from lake.query.connect import connect
+from lake.schema import KLINE_COLUMNS
+from lake.store.fs import LakeFS
+from lake.store.klines import scan_klines, write_klines
+from lake.store.tail import compact_tail, ensure_tail, read_tail, tail_files, write_tail
+from tests.store.conftest import parquet_files
+
+TT, IV = "usdt_perp", "1m"
+M = 60_000
+T0 = 1_735_689_600_000 - 30 * M  # straddles a day partition boundary (2025-01-01)
+KEY = ["symbol", "candle_begin_time"]
+
+
+def candles(symbol: str, opens: list[int], close: float, source: str = "rest") -> pl.DataFrame:
+    n = len(opens)
+    return pl.DataFrame(
+        {
+            "symbol": [symbol] * n,
+            "candle_begin_time": pl.Series(opens, dtype=pl.Int64).cast(pl.Datetime("ms", "UTC")),
+            "open": [1.0] * n,
+            "high": [2.0] * n,
+            "low": [0.5] * n,
+            "close": [close] * n,
+            "volume": [10.0] * n,
+            "quote_volume": [15.0] * n,
+            "trade_num": [3] * n,
+            "taker_buy_base_asset_volume": [5.0] * n,
+            "taker_buy_quote_asset_volume": [7.0] * n,
+            "source": [source] * n,
+        }
+    )
+
+
+def read_all(root: str | LakeFS) -> pl.DataFrame:
+    return scan_klines(root, TT, IV).collect().sort(KEY)
+
+
+def read_view(root: str) -> pl.DataFrame:
+    con = connect(root)
+    try:
+        df = con.sql(
+            "SELECT * EXCLUDE (trade_type, interval) FROM klines WHERE trade_type = ? AND interval = ?",
+            params=[TT, IV],
+        ).pl()
+    finally:
+        con.close()
+    return (
+        df.select(["symbol", *KLINE_COLUMNS])
+        .with_columns(pl.col("candle_begin_time").dt.convert_time_zone("UTC").dt.cast_time_unit("ms"))
+        .sort(KEY)
+    )
+
+
+# Where each candle lives: 0 partition only, 1 tail only, 2 both (the tail's close differs),
+# 3 two tail files (the later one wins).
+placements = st.lists(st.integers(0, 3), min_size=1, max_size=60)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(a=placements, b=placements)
+def test_each_candle_once_tail_wins_before_and_after_compaction(tmp_path_factory, a, b) -> None:
+    root = str(tmp_path_factory.mktemp("lake"))
+    lfs = LakeFS(root)
+    expected = []
+    for sym, where in (("AAAUSDT", a), ("BBBUSDT", b)):
+        opens = [T0 + i * M for i in range(len(where))]
+        part = [t for t, w in zip(opens, where, strict=True) if w in (0, 2)]
+        tail1 = [t for t, w in zip(opens, where, strict=True) if w in (1, 2, 3)]
+        tail2 = [t for t, w in zip(opens, where, strict=True) if w == 3]
+        if part:
+            write_klines(lfs, TT, IV, sym, candles(sym, part, 1.0).drop("symbol"))
+        if tail1:
+            write_tail(lfs, TT, IV, candles(sym, tail1, 2.0, "ws"))
+        if tail2:
+            write_tail(lfs, TT, IV, candles(sym, tail2, 3.0, "ws"))
+        close = {0: 1.0, 1: 2.0, 2: 2.0, 3: 3.0}
+        src = {0: "rest", 1: "ws", 2: "ws", 3: "ws"}
+        for t, w in zip(opens, where, strict=True):
+            expected.append(candles(sym, [t], close[w], src[w]))
+    want = pl.concat(expected).sort(KEY)
+    assert read_all(root).equals(want)
+    assert read_view(root).equals(want)
+
+    res = compact_tail(lfs, TT, IV, grace_s=3600)  # in the partitions and still in the tail
+    assert res.rows == want.filter(pl.col("source") == "ws").height and not res.failed
+    assert read_all(root).equals(want)
+    assert read_view(root).equals(want)
+    assert scan_klines(root, TT, IV, tail=False).collect().sort(KEY).equals(want)
+
+    files = tail_files(lfs, TT, IV)
+    res = compact_tail(lfs, TT, IV, grace_s=0)  # grace over: the tail files go
+    assert res.files_compacted == 0 and res.files_deleted == len(files)
+    assert tail_files(lfs, TT, IV) == []
+    assert read_all(root).equals(want)
+    assert read_view(root).equals(want)
+
+
+def test_tail_contract_local_and_s3(lake_root: str) -> None:
+    lfs = LakeFS(lake_root)
+    ensure_tail(lfs, TT, IV)
+    ensure_tail(lfs, TT, IV)  # idempotent
+    write_klines(lfs, TT, IV, "BTCUSDT", candles("BTCUSDT", [T0, T0 + M], 1.0).drop("symbol"))
+    write_tail(lfs, TT, IV, candles("BTCUSDT", [T0 + M, T0 + 2 * M], 2.0, "ws"))
+    want = pl.concat(
+        [candles("BTCUSDT", [T0], 1.0), candles("BTCUSDT", [T0 + M, T0 + 2 * M], 2.0, "ws")]
+    ).sort(KEY)
+    assert read_all(lfs).equals(want)
+    assert read_tail(lfs, TT, IV).height == 2
+    compact_tail(lfs, TT, IV, grace_s=3600)
+    assert read_all(lfs).equals(want)
+    # compacting again changes nothing: the partition files are not rewritten
+    files = parquet_files(lake_root)
+    stamps = [lfs.mtime_key(f.split("/klines/", 1)[-1]) for f in files if "/klines/" in f]
+    compact_tail(lfs, TT, IV, grace_s=3600)
+    assert [lfs.mtime_key(f.split("/klines/", 1)[-1]) for f in files if "/klines/" in f] == stamps
+    compact_tail(lfs, TT, IV, grace_s=0)
+    assert tail_files(lfs, TT, IV) == []
+    assert scan_klines(lfs, TT, IV, tail=False).collect().sort(KEY).equals(want)
+
+
+@pytest.mark.parametrize("symbol", ["../../etc", "btc/usdt", "", "A" * 41])
+def test_hostile_symbols_never_reach_the_tail(tmp_path, symbol) -> None:
+    lfs = LakeFS(tmp_path)
+    with pytest.raises(LakeError):
+        write_tail(lfs, TT, IV, candles(symbol, [T0], 1.0))
+    assert tail_files(lfs, TT, IV) == []
+    assert not list(tmp_path.rglob("*.parquet"))
+
+
+def test_a_failed_symbol_keeps_its_tail_files(tmp_path) -> None:
+    lfs = LakeFS(tmp_path)
+    write_tail(
+        lfs, TT, IV, pl.concat([candles("AAAUSDT", [T0], 1.0, "ws"), candles("BBBUSDT", [T0], 1.0, "ws")])
+    )
+
+    def flaky(sym: str, rows: pl.DataFrame) -> None:
+        if sym == "BBBUSDT":
+            raise OSError("disk full")
+        write_klines(lfs, TT, IV, sym, rows)
+
+    res = compact_tail(lfs, TT, IV, grace_s=0, write=flaky)
+    assert res.failed.keys() == {"BBBUSDT"} and res.files_compacted == 0 and res.files_deleted == 0
+    assert len(tail_files(lfs, TT, IV)) == 1
+    assert read_all(tmp_path).height == 2
+    res = compact_tail(lfs, TT, IV, grace_s=0)  # next time it works; then the grace (0) is over
+    assert res.files_compacted == 1 and not res.failed
+    compact_tail(lfs, TT, IV, grace_s=0)
+    assert tail_files(lfs, TT, IV) == []
+    assert scan_klines(tmp_path, TT, IV, tail=False).collect().height == 2
+
+
+def test_time_filters_apply_to_the_tail(tmp_path) -> None:
+    lfs = LakeFS(tmp_path)
+    write_klines(lfs, TT, IV, "AAAUSDT", candles("AAAUSDT", [T0, T0 + M], 1.0).drop("symbol"))
+    write_tail(lfs, TT, IV, candles("AAAUSDT", [T0 + M, T0 + 2 * M], 2.0, "ws"))
+    start = dt.datetime.fromtimestamp((T0 + M) / 1000, dt.UTC)
+    got = scan_klines(lfs, TT, IV, "AAAUSDT", start=start).collect().sort(KEY)
+    assert got["close"].to_list() == [2.0, 2.0] and got.height == 2
+    assert scan_klines(lfs, TT, IV, "BBBUSDT").collect().height == 0
