@@ -19,9 +19,10 @@ import contextlib
 import dataclasses
 import datetime as dt
 import io
+import itertools
 import os
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -73,14 +74,23 @@ _OFFSETS_HIVE = {
 }
 _SAVE_EVERY_S = 30.0
 _BATCH_SYMBOLS = 32
-# Derived data is rebuilt cheaply and written in bulk: LZ4 encodes ~2× faster than zstd for ~25% more
-# bytes (a year of 1h bins for one offset and symbol: ~510 KB).
-_COMPRESSION: Final = "lz4"
 _FILES = (DATA_FILE, TAIL_FILE)
 # How far a tail may reach (from its first bin to the last base day) before a run folds it into the
 # period files, by the period of those files: an appended day then rewrites at most this much.
 _TAIL_MAX_MS = {"year": 32 * MS_PER_DAY, "month": 8 * MS_PER_DAY}
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+_CHUNK_ROWS = 100_000
+# period boundaries (ms) for a vectorised "which file period": numpy's calendar casts are ~20× slower
+_YEAR_STARTS = np.arange("1970", "2200", dtype="datetime64[Y]").astype("datetime64[ms]").astype(np.int64)
+_MONTH_STARTS = (
+    np.arange("1970-01", "2200-01", dtype="datetime64[M]").astype("datetime64[ms]").astype(np.int64)
+)
+# LZ4 where it pays (prices, counts: about half their size), plain bytes for the volume sums, which
+# barely compress: a 1h year file is ~525 KB (all LZ4: ~460 KB at 1.4× the encoding time)
+_CODECS: Final = {
+    c: "lz4" if c in ("open", "high", "low", "close", "trade_num", "n_base") else "none"
+    for c in OFFSET_SCHEMA
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -252,9 +262,10 @@ def build_offsets(
 
 
 class _Run:
-    """Executes batches: the next batch is read while this one is resampled and the previous one's
-    files are encoded by a thread pool; a batch's series enter the manifest once all its files are
-    written (a failure re-raises and leaves them out, so the next run redoes them)."""
+    """Executes batches as a pipeline: a reader thread reads (and fingerprints) the next batch while
+    this one is resampled and its files are encoded by a thread pool, and a writer thread writes the
+    previous batch's files. A batch's series enter the manifest once all its files are written (a
+    failure re-raises and leaves them out, so the next run redoes them)."""
 
     def __init__(
         self,
@@ -265,7 +276,6 @@ class _Run:
     ) -> None:
         self.lfs, self.trade_type, self.manifest, self.progress = lfs, trade_type, manifest, progress
         self.bins = 0
-        self.fingerprints: dict[str, dict[str, dict[str, int]]] = {}
         self.outcomes: Counter[str] = Counter()
         self.dirty = False
         self.done = 0
@@ -273,31 +283,46 @@ class _Run:
     def execute(self, jobs: list[tuple[OffsetPlan, list[_Work]]], workers: int) -> None:
         total = sum(len(batch) for _, batch in jobs)
         last_save = time.monotonic()
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(max(1, workers)) as writer:
-            pending: tuple[OffsetPlan, list[_Work], list[_Pending]] | None = None
-            ahead = reader.submit(_read_base, self.lfs, self.trade_type, *jobs[0]) if jobs else None
+        writes: deque[tuple[OffsetPlan, list[_Work], _Fingerprints, Future[list[_Outcome]]]] = deque()
+        with (
+            ThreadPoolExecutor(1) as reader,
+            ThreadPoolExecutor(1) as writer,
+            ThreadPoolExecutor(max(1, workers)) as encoders,
+        ):
+            ahead = reader.submit(self._load, *jobs[0]) if jobs else None
             for i, (plan, batch) in enumerate(jobs):
                 assert ahead is not None
-                base = ahead.result()
+                base, fingerprints = ahead.result()
                 if i + 1 < len(jobs):
-                    ahead = reader.submit(_read_base, self.lfs, self.trade_type, *jobs[i + 1])
-                futures = self._submit(plan, batch, base, writer)
+                    ahead = reader.submit(self._load, *jobs[i + 1])
+                futures = self._submit(plan, batch, base, encoders)
                 del base
-                if pending is not None:
-                    self._finish(*pending, total)
-                pending = (plan, batch, futures)
+                writes.append((plan, batch, fingerprints, writer.submit(self._write, futures)))
+                while len(writes) > 1:  # one batch being written while the next is computed
+                    self._finish(*writes.popleft(), total)
                 if self.dirty and time.monotonic() - last_save > _SAVE_EVERY_S:
                     _save_manifest(self.lfs, self.trade_type, plan.target.name, self.manifest)
                     last_save = time.monotonic()
-            if pending is not None:
-                self._finish(*pending, total)
+            while writes:
+                self._finish(*writes.popleft(), total)
+
+    def _load(self, plan: OffsetPlan, batch: list[_Work]) -> tuple[pl.DataFrame, _Fingerprints]:
+        base = _read_base(self.lfs, self.trade_type, plan, batch)
+        cached = [i for i, w in enumerate(batch) if w.cached is not None]  # fingerprinted at planning
+        rows = base.filter(~pl.col("_sym").is_in(cached)) if cached else base
+        return base, _fingerprints(rows, plan.base, [w.symbol for w in batch])
+
+    def _write(self, futures: list[_Pending]) -> list[_Outcome]:
+        # .result() re-raises a failed merge: the batch's series then stay out of the manifest
+        outcomes = [o for f in futures for o in (f.result() if isinstance(f, Future) else [f])]
+        # one durable batch write (two file-system syncs) instead of two fsyncs per file
+        self.lfs.write_atomic_many([(o.rel, o.data) for o in outcomes if o.kind == "write"])
+        removed = [o for o in outcomes if o.kind == "remove" and _remove_file(self.lfs, o.rel)]
+        return [o for o in outcomes if o.kind in ("write", "unchanged")] + removed
 
     def _submit(
         self, plan: OffsetPlan, batch: list[_Work], base: pl.DataFrame, pool: ThreadPoolExecutor
     ) -> list[_Pending]:
-        cached = [i for i, w in enumerate(batch) if w.cached is not None]  # fingerprinted at planning
-        rows = base.filter(~pl.col("_sym").is_in(cached)) if cached else base
-        self.fingerprints.update(_fingerprints(rows, plan.base, [w.symbol for w in batch]))
         files = _split_files(_resample_batch(base, plan, batch), plan, batch)
         self.bins += sum(t.num_rows for per in files.values() for t in per.values())
         lfs, tt, iv = self.lfs, self.trade_type, plan.target.name
@@ -322,21 +347,21 @@ class _Run:
                         futures.extend(_Outcome("remove", f"{sdir}/{e}/{f}") for f in _FILES)
         return futures
 
-    def _finish(self, plan: OffsetPlan, batch: list[_Work], futures: list[_Pending], total: int) -> None:
-        # .result() re-raises a failed merge: the batch's series then stay out of the manifest
-        outcomes = [o for f in futures for o in (f.result() if isinstance(f, Future) else [f])]
-        # one durable batch write (two file-system syncs) instead of two fsyncs per file
-        self.lfs.write_atomic_many([(o.rel, o.data) for o in outcomes if o.kind == "write"])
-        for o in outcomes:
-            if o.kind == "remove" and _remove_file(self.lfs, o.rel):
-                self.outcomes["removed"] += 1
-            elif o.kind in ("write", "unchanged"):
-                self.outcomes[{"write": "written"}.get(o.kind, o.kind)] += 1
+    def _finish(
+        self,
+        plan: OffsetPlan,
+        batch: list[_Work],
+        fingerprints: _Fingerprints,
+        written: Future[list[_Outcome]],
+        total: int,
+    ) -> None:
+        for o in written.result():  # re-raises a failed encode or write
+            self.outcomes[{"write": "written", "remove": "removed"}.get(o.kind, o.kind)] += 1
         for w in batch:
             old = self.manifest.get(w.symbol)
             days = {d: v for d, v in (old.days if old is not None else {}).items() if d in w.tokens}
             days.update(w.days)
-            days.update(self.fingerprints.pop(w.symbol, {}))
+            days.update(fingerprints.get(w.symbol, {}))
             self.manifest[w.symbol] = _Series(
                 plan.base.name, plan.method, plan.names, w.tokens, days, w.tail_from
             )
@@ -505,8 +530,10 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work
     return pl.concat(scans).collect()
 
 
-def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) -> Resampled:
-    """All offsets of a batch's series, restricted to the bins each series recomputes."""
+def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) -> list[Resampled]:
+    """All offsets of a batch's series, restricted to the bins each series recomputes, in chunks of
+    whole series of about ``_CHUNK_ROWS`` base rows (working arrays that stay in cache and are reused
+    by the allocator, instead of fresh gigabyte-sized ones: ~1.5-8× faster)."""
     sym = base["_sym"].to_numpy().astype(np.int64)
     t = base["candle_begin_time"].dt.epoch("ms").to_numpy()
     if len(t) > 1 and not np.all((sym[1:] > sym[:-1]) | ((sym[1:] == sym[:-1]) & (t[1:] > t[:-1]))):
@@ -514,42 +541,54 @@ def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) ->
         sym = base["_sym"].to_numpy().astype(np.int64)
         t = base["candle_begin_time"].dt.epoch("ms").to_numpy()
     values = {c: base[c].to_numpy() for c in OFFSET_SCHEMA if c not in ("candle_begin_time", "n_base")}
-    r = resample_arrays(sym, t, values, plan)
-    if all(w.lo is None and w.hi is None for w in batch) or len(r) == 0:
-        return r
+    restrict = not all(w.lo is None and w.hi is None for w in batch)
     lo = np.array([_I64_MIN if w.lo is None else w.lo for w in batch], dtype=np.int64)
     hi = np.array([_I64_MAX if w.hi is None else w.hi for w in batch], dtype=np.int64)
-    keep = (r.start >= lo[r.sym]) & (r.start < hi[r.sym])
-    return Resampled(r.which[keep], r.sym[keep], r.start[keep], {c: v[keep] for c, v in r.columns.items()})
+    cuts = [0]
+    for at in np.flatnonzero(np.diff(sym)).tolist():
+        if at + 1 - cuts[-1] >= _CHUNK_ROWS:
+            cuts.append(at + 1)
+    cuts.append(len(t))
+    out = []
+    for a, b in itertools.pairwise(cuts):
+        if a == b:
+            continue
+        r = resample_arrays(sym[a:b], t[a:b], {c: v[a:b] for c, v in values.items()}, plan)
+        if restrict and len(r):
+            keep = (r.start >= lo[r.sym]) & (r.start < hi[r.sym])
+            r = Resampled(
+                r.which[keep], r.sym[keep], r.start[keep], {c: v[keep] for c, v in r.columns.items()}
+            )
+        if len(r):
+            out.append(r)
+    return out
 
 
 def _split_files(
-    r: Resampled, plan: OffsetPlan, batch: list[_Work]
+    chunks: list[Resampled], plan: OffsetPlan, batch: list[_Work]
 ) -> dict[tuple[str, str], dict[dt.date, pa.Table]]:
-    """Bins by (symbol, offset) and file period, as zero-copy slices of one Arrow table (the bins come
-    ordered by offset, symbol and time)."""
-    if len(r) == 0:
-        return {}
+    """Bins by (symbol, offset) and file period, as zero-copy slices of Arrow tables (a chunk's bins
+    come ordered by offset, symbol and time, and a series is in one chunk)."""
     monthly = offsets_period(plan.target) == "month"
-    pid = r.start.astype("datetime64[ms]").astype("datetime64[M]" if monthly else "datetime64[Y]")
-    pid = pid.astype(np.int64)
-    new = np.ones(len(r), dtype=bool)
-    new[1:] = (r.which[1:] != r.which[:-1]) | (r.sym[1:] != r.sym[:-1]) | (pid[1:] != pid[:-1])
-    starts = np.flatnonzero(new)
-    ends = np.append(starts[1:], len(r))
-    table = pa.table(
-        {
-            "candle_begin_time": pa.array(r.start, pa.int64()).cast(pa.timestamp("ms", "UTC")),
-            **{c: pa.array(r.columns[c]) for c in OFFSET_SCHEMA if c != "candle_begin_time"},
-        }
-    )
     names = plan.names
     out: dict[tuple[str, str], dict[dt.date, pa.Table]] = {}
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        p = int(pid[a])
-        day = dt.date(1970 + p // 12, p % 12 + 1, 1) if monthly else dt.date(1970 + p, 1, 1)
-        key = (batch[int(r.sym[a])].symbol, names[int(r.which[a])])
-        out.setdefault(key, {})[day] = table.slice(a, b - a)
+    for r in chunks:
+        pid = np.searchsorted(_MONTH_STARTS if monthly else _YEAR_STARTS, r.start, side="right") - 1
+        new = np.ones(len(r), dtype=bool)
+        new[1:] = (r.which[1:] != r.which[:-1]) | (r.sym[1:] != r.sym[:-1]) | (pid[1:] != pid[:-1])
+        starts = np.flatnonzero(new)
+        ends = np.append(starts[1:], len(r))
+        table = pa.table(
+            {
+                "candle_begin_time": pa.array(r.start, pa.int64()).cast(pa.timestamp("ms", "UTC")),
+                **{c: pa.array(r.columns[c]) for c in OFFSET_SCHEMA if c != "candle_begin_time"},
+            }
+        )
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+            p = int(pid[a])  # months or years since 1970
+            day = dt.date(1970 + p // 12, p % 12 + 1, 1) if monthly else dt.date(1970 + p, 1, 1)
+            key = (batch[int(r.sym[a])].symbol, names[int(r.which[a])])
+            out.setdefault(key, {})[day] = table.slice(a, b - a)
     return out
 
 
@@ -563,6 +602,7 @@ class _Outcome:
 
 
 _Pending: TypeAlias = "Future[list[_Outcome]] | _Outcome"  # encodings in the pool, or a removal
+_Fingerprints: TypeAlias = dict[str, dict[str, dict[str, int]]]  # symbol -> partition -> day -> print
 
 
 def _period_files(lfs: LakeFS, part: OffsetPartition, new: pa.Table | None, w: _Work) -> list[_Outcome]:
@@ -602,7 +642,7 @@ def _period_files(lfs: LakeFS, part: OffsetPartition, new: pa.Table | None, w: _
 def _encode(table: pa.Table) -> bytes:
     """One offsets file: a single row group, plain encoding (no dictionaries: prices rarely repeat)."""
     buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, compression=_COMPRESSION, use_dictionary=False, write_statistics=True)
+    pq.write_table(table, buf, compression=_CODECS, use_dictionary=False, write_statistics=True)
     return bytes(buf.getvalue().to_pybytes())
 
 
