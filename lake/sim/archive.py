@@ -142,11 +142,14 @@ class Archive:
             c = self.market.candles(f.info, f.iv, f.start, f.end)
             body = csv_bytes(f.info, f.iv, c, micro=self._micro(f), header=self._header(f))
             buf = io.BytesIO()
+            # Deflate level 1: the same format as Binance's zips, built ~4x faster than at the default
+            # level 6 (which took two thirds of the simulator's CPU in an end-to-end archive run, where
+            # real Binance serves static files), at ~15% more bytes.
             with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
                 ts = dt.datetime.fromtimestamp(f.published // 1000, tz=dt.UTC)
                 zi = zipfile.ZipInfo(f.zip_name[:-4] + ".csv", date_time=ts.timetuple()[:6])
                 zi.compress_type = zipfile.ZIP_DEFLATED
-                z.writestr(zi, body)
+                z.writestr(zi, body, compresslevel=1)
             return buf.getvalue()
 
         return self._zips.get_or(key, build)
