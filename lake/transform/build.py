@@ -759,27 +759,27 @@ def _fingerprints(
         return {}
     cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
     period = partition_period(base)
-    # integer day numbers, not calendar truncation on every row: a (series, day) group-by of hashes
-    agg = (
-        pl.DataFrame(
-            {
-                "_sym": df["_sym"],
-                "day": df["candle_begin_time"].dt.epoch("ms") // MS_PER_DAY,
-                "h": df.select(cols).hash_rows(seed=17),
-            }
-        )
-        .group_by("_sym", "day")
-        .agg(pl.col("h").sum(), pl.len().alias("n"))
-    )
+    # integer day numbers, not calendar truncation on every row; rows come ordered by (series, time),
+    # so a day's rows are one run and the hashes are summed per run (uint64 sums wrap, as Polars' do)
+    code = df["_sym"].to_numpy().astype(np.int64)
+    day = df["candle_begin_time"].dt.epoch("ms").to_numpy() // MS_PER_DAY
+    h = df.select(cols).hash_rows(seed=17).to_numpy()
+    key = code * (1 << 32) + day
+    if len(key) > 1 and not np.all(key[1:] >= key[:-1]):
+        order = np.argsort(key, kind="stable")
+        code, day, h, key = code[order], day[order], h[order], key[order]
+    starts = np.flatnonzero(np.diff(key, prepend=key[0] - 1))
+    sums = np.add.reduceat(h, starts)
+    counts = np.diff(np.append(starts, len(key)))
+    rows = zip(code[starts].tolist(), day[starts].tolist(), sums.tolist(), counts.tolist(), strict=True)
     names: dict[int, tuple[str, str]] = {}
     out: dict[str, dict[str, dict[str, int]]] = {}
-    for code, day, h, n in agg.iter_rows():
-        sym = symbols[code]
-        if day not in names:
-            d = dt.date(1970, 1, 1) + dt.timedelta(days=day)
-            names[day] = (period_floor(period, d).isoformat(), d.isoformat())
-        p, dname = names[day]
-        out.setdefault(sym, {}).setdefault(p, {})[dname] = (int(h) ^ (int(n) << 1)) & ((1 << 63) - 1)
+    for c, d_num, total, n in rows:
+        if d_num not in names:
+            d = dt.date(1970, 1, 1) + dt.timedelta(days=d_num)
+            names[d_num] = (period_floor(period, d).isoformat(), d.isoformat())
+        p, dname = names[d_num]
+        out.setdefault(symbols[c], {}).setdefault(p, {})[dname] = (total ^ (n << 1)) & ((1 << 63) - 1)
     return out
 
 
