@@ -64,6 +64,23 @@ def _syncfs(path: str) -> None:
         os.close(fd)
 
 
+def _create(tmp: str, directory: str) -> int:
+    """Create the new file ``tmp`` for writing; its directory is made only when it is missing (a
+    rewrite of an existing partition costs no ``mkdir``)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    try:
+        return os.open(tmp, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(directory, exist_ok=True)
+        return os.open(tmp, flags, 0o666)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 LEASE_PATH = "_meta/writer-lease.json"
 LEASE_SECONDS = 600.0
 
@@ -180,13 +197,14 @@ class LakeFS:
             self.fs.pipe_file(target, data)
             return
         directory, name = os.path.split(target)
-        os.makedirs(directory, exist_ok=True)
         tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
+            fd = _create(tmp, directory)
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -211,14 +229,17 @@ class LakeFS:
             return
         staged: list[tuple[str, str]] = []
         try:
-            for rel, data in items:
+            tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            for i, (rel, data) in enumerate(items):
                 target = self.full(rel)
                 directory, name = os.path.split(target)
-                os.makedirs(directory, exist_ok=True)
-                tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                tmp = os.path.join(directory, f".{name}.tmp-{tag}-{i}")
+                fd = _create(tmp, directory)
                 staged.append((tmp, target))
-                with open(tmp, "wb") as f:
-                    f.write(data)
+                try:
+                    _write_all(fd, data)
+                finally:
+                    os.close(fd)
             _syncfs(staged[0][0])
             for tmp, target in staged:
                 os.replace(tmp, target)
