@@ -119,7 +119,10 @@ def encode_parquet(df: pl.DataFrame) -> bytes:
     the types from the parquet logical types (Polars and DuckDB read the same types as from Polars'
     own writer).
     """
-    table = df.to_arrow(compat_level=pl.CompatLevel.newest())
+    return _encode_table(df.to_arrow(compat_level=pl.CompatLevel.newest()))
+
+
+def _encode_table(table: pa.Table) -> bytes:
     strings = [f.name for f in table.schema if pa.types.is_string_view(f.type) or pa.types.is_string(f.type)]
     sink = pa.BufferOutputStream()
     pq.write_table(
@@ -190,9 +193,9 @@ def write_klines(
     times = rows["candle_begin_time"]
     p_first = partition_start(iv, _dt_ms(times[0]))
     p_last = partition_start(iv, _dt_ms(times[-1]))
-    parts: list[tuple[dt.date, pl.DataFrame]] = []
+    parts: list[tuple[dt.date, int, int]] = []  # (partition date, first row, row count)
     if p_first == p_last:
-        parts.append((p_first, rows))
+        parts.append((p_first, 0, rows.height))
     else:  # the rows are sorted: each partition is a slice between two partition starts
         period = partition_period(iv)
         starts = [p_first]
@@ -201,20 +204,26 @@ def write_klines(
         bounds = pl.Series([_ms(d) for d in starts[1:]], dtype=pl.Int64).cast(times.dtype)
         cuts = [0, *times.search_sorted(bounds, side="left").to_list(), rows.height]
         parts.extend(
-            (pdate, rows.slice(lo, hi - lo))
-            for pdate, lo, hi in zip(starts, cuts, cuts[1:], strict=False)
-            if hi > lo
+            (pdate, lo, hi - lo) for pdate, lo, hi in zip(starts, cuts, cuts[1:], strict=False) if hi > lo
         )
     written, unchanged, added = 0, 0, 0
+    table: pa.Table | None = None  # the rows as Arrow, converted once for all new partitions
     with lfs.lock(series_dir("klines", tt.name, iv.name, symbol)):
         pending: list[tuple[str, bytes]] = []
-        for pdate, part in parts:
+        for pdate, lo, n in parts:
             key = PartitionKey("klines", tt.name, iv.name, symbol, pdate)
+            part = rows.slice(lo, n)
             merged, n_added = _merge(read_partition(lfs, key), part)
             if merged is None:
                 unchanged += 1
                 continue
-            pending.append((key.path, encode_parquet(merged)))
+            if merged is part:  # a new partition: its bytes come from a zero-copy slice of the rows
+                if table is None:
+                    table = rows.to_arrow(compat_level=pl.CompatLevel.newest())
+                data = _encode_table(table.slice(lo, n))
+            else:
+                data = encode_parquet(merged)
+            pending.append((key.path, data))
             written += 1
             added += n_added
         lfs.write_atomic_many(pending)
