@@ -39,7 +39,7 @@ from lake.binance.symbols import validate_symbols
 from lake.errors import NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
-from lake.store.klines import list_series, read_partition, to_lakefs
+from lake.store.klines import list_series, to_lakefs
 from lake.store.meta import read_json, write_json
 from lake.store.paths import (
     DATA_FILE,
@@ -74,6 +74,8 @@ _OFFSETS_HIVE = {
 }
 _SAVE_EVERY_S = 30.0
 _BATCH_SYMBOLS = 32
+_TAIL_BATCH_SYMBOLS = 512
+_PLAN_SYMBOLS = 256  # series whose changed partitions planning reads at once
 _FILES = (DATA_FILE, TAIL_FILE)
 # How far a tail may reach (from its first bin to the last base day) before a run folds it into the
 # period files, by the period of those files: an appended day then rewrites at most this much.
@@ -225,13 +227,9 @@ def build_offsets(
             listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
             syms = sorted(listed | {s for s, st in manifest.items() if st.base == plan.base.name})
         by_offsets: dict[tuple[int, ...], list[_Work]] = {}
-        with ThreadPoolExecutor(max(1, workers)) as pool:  # planning reads changed partitions
-            planned = pool.map(
-                lambda sym: _plan_series(lfs, tt.name, plan, sym, manifest.get(sym), rebuild), syms
-            )
-            for w, ks in planned:
-                if w is not None:
-                    by_offsets.setdefault(ks, []).append(w)
+        for w, ks in _plan_all(lfs, tt.name, plan, syms, manifest, rebuild, workers):
+            if w is not None:
+                by_offsets.setdefault(ks, []).append(w)
         jobs = [
             (OffsetPlan(plan.target, plan.base, ks, plan.method), batch)
             for ks, items in by_offsets.items()
@@ -374,8 +372,83 @@ class _Run:
 # -- planning ------------------------------------------------------------------------------------
 
 
+def _plan_all(
+    lfs: LakeFS,
+    trade_type: str,
+    plan: OffsetPlan,
+    syms: list[str],
+    manifest: dict[str, _Series],
+    rebuild: bool,
+    workers: int,
+) -> Iterator[tuple[_Work | None, tuple[int, ...]]]:
+    """Plan every series: list and stat its base partitions, then, ``_PLAN_SYMBOLS`` series at a
+    time, read the changed partitions in one scan and fingerprint their days (not one read each)."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        tokens = list(pool.map(lambda s: _base_tokens(lfs, trade_type, plan.base.name, s), syms))
+    for at in range(0, len(syms), _PLAN_SYMBOLS):
+        chunk = list(zip(syms[at : at + _PLAN_SYMBOLS], tokens[at : at + _PLAN_SYMBOLS], strict=True))
+        wanted = [(s, d) for s, tok in chunk for d in _to_read(manifest.get(s), tok)]
+        read = _read_partitions(lfs, trade_type, plan.base, wanted)
+        for s, tok in chunk:
+            yield _plan_series(lfs, trade_type, plan, s, manifest.get(s), rebuild, tok, read)
+
+
+def _to_read(state: _Series | None, tokens: dict[str, str]) -> list[str]:
+    """The changed base partitions whose days planning compares (an unchanged series: none)."""
+    if state is None:
+        return []
+    return [
+        d
+        for d, tok in tokens.items()
+        if tok != state.partitions.get(d) and (d in state.days or d not in state.partitions)
+    ]
+
+
+def _read_partitions(
+    lfs: LakeFS, trade_type: str, base: Interval, wanted: list[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[dict[str, int], pl.DataFrame]]:
+    """Day fingerprints and rows of base partitions (symbol, date), read in one scan."""
+    if not wanted:
+        return {}
+    paths = [
+        lfs.url(PartitionKey("klines", trade_type, base.name, s, dt.date.fromisoformat(d)).path)
+        for s, d in wanted
+    ]
+    frame = _scan_coded(lfs, paths, list(range(len(paths)))).collect()
+    keys = [f"{i}" for i in range(len(wanted))]  # one code per partition
+    prints = _fingerprints(frame, base, keys)
+    code = frame["_sym"].to_numpy()
+    starts = np.flatnonzero(np.diff(code, prepend=-1)).tolist()
+    ends = [*starts[1:], len(code)]
+    rows = frame.drop("_sym")
+    out = {}
+    for a, b in zip(starts, ends, strict=True):
+        s, d = wanted[int(code[a])]
+        out[(s, d)] = (prints.get(keys[int(code[a])], {}).get(d, {}), rows.slice(a, b - a))
+    return out
+
+
+def _scan_coded(lfs: LakeFS, paths: list[str], codes: list[int]) -> pl.LazyFrame:
+    """One scan of base partition files (in the order given): ``_sym`` (each file's code) and the
+    kline value columns. One multi-file scan reads ~2× faster than a concatenation of scans."""
+    columns = [pl.col(c).cast(OFFSET_SCHEMA[c]) for c in OFFSET_SCHEMA if c != "n_base"]
+    return pl.scan_parquet(
+        paths,
+        glob=False,  # exact paths: a root named "data [old]" is not a pattern
+        include_file_paths="_path",
+        storage_options=lfs.storage_options or None,
+    ).select(pl.col("_path").replace_strict(paths, codes, return_dtype=pl.UInt32).alias("_sym"), *columns)
+
+
 def _plan_series(
-    lfs: LakeFS, trade_type: str, plan: OffsetPlan, symbol: str, state: _Series | None, rebuild: bool
+    lfs: LakeFS,
+    trade_type: str,
+    plan: OffsetPlan,
+    symbol: str,
+    state: _Series | None,
+    rebuild: bool,
+    tokens: dict[str, str],
+    prefetched: dict[tuple[str, str], tuple[dict[str, int], pl.DataFrame]],
 ) -> tuple[_Work | None, tuple[int, ...]]:
     drop: list[str] = []
     if state is not None and (state.base != plan.base.name or state.method != plan.method or rebuild):
@@ -392,7 +465,6 @@ def _plan_series(
         ks |= {by_name[n] for n in state.offsets if n in by_name}
     keys = tuple(sorted(ks))
     names = [plan.name(k) for k in keys]
-    tokens = _base_tokens(lfs, trade_type, plan.base.name, symbol)
     if state is None or sorted(state.offsets) != sorted(names):
         if not tokens and state is None and not drop:
             return None, keys
@@ -410,15 +482,7 @@ def _plan_series(
         if d not in tokens or old_days is None:
             spans.append(_span(plan.base, d))
             continue
-        key = PartitionKey("klines", trade_type, plan.base.name, symbol, dt.date.fromisoformat(d))
-        stored = read_partition(lfs, key)
-        new_days = (
-            _fingerprints(stored.with_columns(pl.lit(0, pl.UInt32).alias("_sym")), plan.base, [symbol])
-            .get(symbol, {})
-            .get(d, {})
-            if stored is not None
-            else {}
-        )
+        new_days, stored = prefetched.get((symbol, d), ({}, None))  # (none: gone since listed)
         known[d] = new_days
         if stored is not None:
             frames[d] = stored
@@ -483,19 +547,21 @@ def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[s
 
 
 def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[list[_Work]]:
-    """Groups of series of about ``batch_rows`` base rows (estimated from partition counts), and at
-    most ``_BATCH_SYMBOLS`` series: an incremental run reads little but rewrites a file per offset and
-    symbol, and a batch's encoded files wait in memory for their write."""
+    """Groups of series of about ``batch_rows`` base rows (estimated from partition counts, or known
+    for a tail run's cached rows), and at most ``_BATCH_SYMBOLS`` series that rewrite period files (a
+    batch's encoded files wait in memory for their write). Tail runs write a few small files per
+    series, so up to ``_TAIL_BATCH_SYMBOLS`` of them share a batch and its two file-system syncs."""
     days = {"day": 1, "month": 31, "year": 366}[partition_period(plan.base)]
     per_partition = days * MS_PER_DAY // plan.base_ms
     batch: list[_Work] = []
-    rows = 0
+    rows = weight = 0
     for w in items:
         batch.append(w)
-        rows += len(w.read) * per_partition
-        if rows >= batch_rows or len(batch) >= _BATCH_SYMBOLS:
+        rows += w.cached.height if w.cached is not None else len(w.read) * per_partition
+        weight += _BATCH_SYMBOLS if w.tail else _TAIL_BATCH_SYMBOLS
+        if rows >= batch_rows or weight >= _BATCH_SYMBOLS * _TAIL_BATCH_SYMBOLS:
             yield batch
-            batch, rows = [], 0
+            batch, rows, weight = [], 0, 0
     if batch:
         yield batch
 
@@ -507,27 +573,27 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work
     """The base candles a batch needs: ``_sym`` (the series' index in ``batch``) and the kline value
     columns, ordered by series then partition."""
     columns = [pl.col(c).cast(OFFSET_SCHEMA[c]) for c in OFFSET_SCHEMA if c != "n_base"]
-    scans = [
+    cached = [
         w.cached.lazy().select(pl.lit(i, pl.UInt32).alias("_sym"), *columns)
-        if w.cached is not None
-        else pl.scan_parquet(
-            [
-                lfs.url(
-                    PartitionKey(
-                        "klines", trade_type, plan.base.name, w.symbol, dt.date.fromisoformat(d)
-                    ).path
-                )
-                for d in w.read
-            ],
-            glob=False,  # exact paths: a root named "data [old]" is not a pattern
-            storage_options=lfs.storage_options or None,
-        ).select(pl.lit(i, pl.UInt32).alias("_sym"), *columns)
         for i, w in enumerate(batch)
-        if w.read
+        if w.cached is not None
     ]
+    files = [
+        (
+            lfs.url(
+                PartitionKey("klines", trade_type, plan.base.name, w.symbol, dt.date.fromisoformat(d)).path
+            ),
+            i,
+        )
+        for i, w in enumerate(batch)
+        if w.cached is None
+        for d in w.read
+    ]
+    scans = cached + ([_scan_coded(lfs, [f for f, _ in files], [i for _, i in files])] if files else [])
     if not scans:
         return pl.DataFrame(schema={"_sym": pl.UInt32, **OFFSET_SCHEMA}).drop("n_base")
-    return pl.concat(scans).collect()
+    out = pl.concat(scans).collect()
+    return out if not cached or not files else out.sort("_sym", "candle_begin_time")
 
 
 def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) -> list[Resampled]:
