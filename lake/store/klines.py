@@ -149,7 +149,7 @@ def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
     """Sort by time and keep the last row per time; one pass over the times when the rows already are
     sorted and unique (the common case), and the result is flagged sorted so slices of it need no check."""
     t = df["candle_begin_time"]
-    if df.height > 1 and not (t.is_sorted() and t.diff().drop_nulls().min() > dt.timedelta(0)):  # type: ignore[operator]
+    if df.height > 1 and not (t.is_sorted() and (t.diff().drop_nulls() > dt.timedelta(0)).all()):
         df = df.unique("candle_begin_time", keep="last", maintain_order=True).sort("candle_begin_time")
     return df.set_sorted("candle_begin_time")
 
