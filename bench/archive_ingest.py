@@ -206,6 +206,24 @@ def _start_sim(n_symbols: int, start: str, history_days: int) -> tuple[Any, str]
     return proc, json.loads(line)["rest"]
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a running process (Linux ``/proc``; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _statuses(markets: Any) -> dict[str, int]:
+    """HTTP status counts summed over the markets of a backfill report."""
+    out: dict[str, int] = {}
+    for m in markets:
+        for code, n in m.status.items():
+            out[str(code)] = out.get(str(code), 0) + int(n)
+    return out
+
+
 def bench_e2e(symbols: int, days: int, rest_days: int, rest_full: bool, work: Path) -> dict[str, Any]:
     """``--source auto`` vs REST only, ``days`` of 1m for ``symbols`` usdt_perp symbols from a sim process."""
     import asyncio
@@ -231,36 +249,43 @@ def bench_e2e(symbols: int, days: int, rest_days: int, rest_full: bool, work: Pa
 
         async def auto() -> tuple[float, dict[str, Any]]:
             s = settings("lake-auto")
-            t = time.perf_counter()
+            t, cpu, sim_cpu = time.perf_counter(), time.process_time(), _cpu_s(proc.pid)
             res = await archive_backfill(LakeFS(s.root), ["usdt_perp"], "1m", settings=s, start=t_start)
             elapsed = time.perf_counter() - t
             rest = res.rest
             return elapsed, {
+                # CPU seconds of this process (download, verify, parse, write; all threads) and of the
+                # simulator (building the zips), to show what binds on a 2-core machine.
+                "auto_client_cpu_s": round(time.process_time() - cpu, 1),
+                "auto_sim_cpu_s": round(_cpu_s(proc.pid) - sim_cpu, 1),
                 "auto_symbols": len(res.archive[0].symbols),
                 "auto_archive_files": res.archive[0].files_downloaded,
                 "auto_archive_rows": res.archive[0].rows,
+                "auto_archive_partitions": res.archive[0].partitions_written,
                 "auto_archive_s": round(res.archive[0].seconds, 2),
                 "auto_rest_candles": rest.candles if rest else 0,
                 "auto_rest_weight": sum(m.weight for m in rest.markets.values()) if rest else 0,
+                "auto_rest_status": _statuses(rest.markets.values()) if rest else {},
             }
 
-        async def rest_only(span_days: float) -> tuple[float, int, int]:
+        async def rest_only(span_days: float) -> tuple[float, int, int, dict[str, int]]:
             s = settings("lake-rest")
             t = time.perf_counter()
             rep = await backfill(LakeFS(s.root), ["usdt_perp"], "1m", start=now - dt.timedelta(days=span_days),
                                  settings=s)  # fmt: skip
             weight = sum(m.weight for m in rep.markets.values())
             limit = max(m.weight_limit for m in rep.markets.values())
-            return time.perf_counter() - t, weight, limit
+            return time.perf_counter() - t, weight, limit, _statuses(rep.markets.values())
 
         auto_s, info = asyncio.run(auto())
         out: dict[str, Any] = {"e2e_days": days, "e2e_interval": "1m", "auto_s": round(auto_s, 2), **info}
         if rest_full:
-            rest_s, weight, _ = asyncio.run(rest_only(days))
-            out.update(rest_only_s_measured=round(rest_s, 2), rest_only_weight=weight,
+            rest_s, weight, _, status = asyncio.run(rest_only(days))
+            out.update(rest_only_s_measured=round(rest_s, 2), rest_only_weight=weight, rest_only_status=status,
                        rest_only_vs_auto=round(rest_s / auto_s, 1))  # fmt: skip
         else:
-            slice_s, weight, limit = asyncio.run(rest_only(rest_days))
+            slice_s, weight, limit, status = asyncio.run(rest_only(rest_days))
+            out["rest_only_slice_status"] = status
             scaled = slice_s * days / rest_days
             # The slice fits in one weight window, so it ran unthrottled; the full span cannot.
             weight_bound = weight * days / rest_days / limit * 60.0
