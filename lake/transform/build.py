@@ -708,7 +708,9 @@ def _period_files(lfs: LakeFS, part: OffsetPartition, new: pa.Table | None, w: _
 def _encode(table: pa.Table) -> bytes:
     """One offsets file: a single row group, plain encoding (no dictionaries: prices rarely repeat)."""
     buf = pa.BufferOutputStream()
-    pq.write_table(table, buf, compression=_CODECS, use_dictionary=False, write_statistics=True)
+    pq.write_table(
+        table, buf, compression=_CODECS, use_dictionary=False, write_statistics=True, store_schema=False
+    )
     return bytes(buf.getvalue().to_pybytes())
 
 
