@@ -3,7 +3,9 @@
 -- candle_begin_time); offset is its name ('0m', '5m', … '55m' for 1h from 5m), n_base the number of
 -- base candles the bin holds.
 --
--- Files: offsets/trade_type=<tt>/interval=<T>/offset=<k>/symbol=<SYM>/date=<YYYY-MM-DD>/data.parquet.
+-- Files: offsets/trade_type=<tt>/interval=<T>/offset=<k>/symbol=<SYM>/date=<YYYY-MM-DD>/data.parquet,
+-- and tail.parquet next to it for a series' most recent bins (the two never share a bin), so the glob
+-- takes every *.parquet of a period directory.
 CREATE OR REPLACE VIEW offsets AS
 SELECT
     trade_type,
