@@ -290,7 +290,7 @@ class _Run:
         with (
             ThreadPoolExecutor(1) as reader,
             ThreadPoolExecutor(1) as writer,
-            ThreadPoolExecutor(max(1, workers)) as encoders,
+            ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as encoders,  # CPU-bound
         ):
             ahead = reader.submit(self._load, *jobs[0]) if jobs else None
             for i, (plan, batch) in enumerate(jobs):

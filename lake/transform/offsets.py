@@ -260,10 +260,6 @@ class _Bins:
     last_g: np.ndarray
     out: slice
 
-    @property
-    def last_p(self) -> int:
-        return self.k - 1 if self.k else -1  # offset 0 ends at position n-1 of its own group
-
 
 def _kept_bins(g: _Grid, ks: Sequence[int]) -> list[_Bins]:
     pres = g.present
@@ -281,14 +277,22 @@ def _kept_bins(g: _Grid, ks: Sequence[int]) -> list[_Bins]:
     return bins
 
 
-def _fill(out: np.ndarray, bins: list[_Bins], a: np.ndarray, ufunc: np.ufunc) -> None:
-    """Write each bin's aggregate of grid ``a``: suffix of its first group ⊕ prefix of the next."""
-    fwd, bwd = _fwd(a, ufunc), _bwd(a, ufunc)
+def _kept_mask(g: _Grid, bins: list[_Bins]) -> np.ndarray:
+    """(n, G) bool: ``[k, j]`` when offset k's bin starting in group j is kept. Row-major order is the
+    output order (offset, then symbol and time), so a boolean gather of any (n, G) array by it yields
+    a column of the result."""
+    mask = np.zeros(g.present.shape, dtype=bool)
     for b in bins:
-        if b.k == 0:
-            out[b.out] = bwd[0][b.first_g]
-        else:
-            ufunc(bwd[b.k][b.first_g], fwd[b.k - 1][b.last_g], out=out[b.out])
+        mask[b.k, b.first_g] = True
+    return mask
+
+
+def _fill(out: np.ndarray, mask: np.ndarray, a: np.ndarray, ufunc: np.ufunc) -> None:
+    """Write each kept bin's aggregate of grid ``a``: suffix of its first group ⊕ prefix of the next
+    (offset 0: the whole group), for every offset in one (n−1) × (G−1) operation."""
+    fwd, agg = _fwd(a, ufunc), _bwd(a, ufunc)
+    ufunc(agg[1:, :-1], fwd[:-1, 1:], out=agg[1:, :-1])  # elementwise in place: row k = bins of offset k
+    out[:] = agg[mask]
 
 
 def resample_offsets(df: pl.DataFrame, plan: OffsetPlan) -> pl.DataFrame:
@@ -359,20 +363,23 @@ def resample_arrays(
     cols = {c: np.empty(total, dtype=np.int64 if c == "trade_num" else np.float64) for c in _VALUE_COLUMNS}
     n_base = np.empty(total, dtype=np.int64)
 
-    for name, pick in (("open", "first"), ("close", "last")):
-        d = g.dense(values[name], np.nan)
-        for b in bins:
-            cols[name][b.out] = d[b.k][b.first_g] if pick == "first" else d[b.last_p][b.last_g]
-    _fill(n_base, bins, g.present.astype(np.int64), np.add)
+    mask = _kept_mask(g, bins)
+    cols["open"][:] = g.dense(values["open"], np.nan)[mask]  # position k of the first group
+    close = g.dense(values["close"], np.nan)
+    last = np.full_like(close, np.nan)  # offset 0: position n-1 of its group; k: k-1 of the next
+    last[0], last[1:, :-1] = close[-1], close[:-1, 1:]
+    cols["close"][:] = last[mask]
+    _fill(n_base, mask, g.present.astype(np.int64), np.add)
     for name in SUM_COLUMNS:
-        _fill(cols[name], bins, g.dense(values[name], 0), np.add)
-    _fill(cols["high"], bins, g.dense(values["high"], -np.inf), np.maximum)
-    _fill(cols["low"], bins, g.dense(values["low"], np.inf), np.minimum)
+        _fill(cols[name], mask, g.dense(values[name], 0), np.add)
+    _fill(cols["high"], mask, g.dense(values["high"], -np.inf), np.maximum)
+    _fill(cols["low"], mask, g.dense(values["low"], np.inf), np.minimum)
     if plan.method == "binance":
-        _binance_overrides(values, g, bins, cols)
-    first_g = np.concatenate([b.first_g for b in bins])
-    ks = np.concatenate([np.full(len(b.first_g), b.k, dtype=np.int64) for b in bins])
-    which = np.concatenate([np.full(len(b.first_g), i, dtype=np.uint32) for i, b in enumerate(bins)])
+        _binance_overrides(values, g, bins, mask, cols)
+    ks, first_g = np.nonzero(mask)
+    position = np.zeros(plan.n, dtype=np.uint32)
+    position[list(plan.offsets)] = np.arange(len(plan.offsets), dtype=np.uint32)
+    which = position[ks]
     start = (g.gj[first_g] * plan.n + ks) * plan.base_ms + plan.anchor_ms
     return Resampled(which, g.gsym[first_g], start, {**cols, "n_base": n_base})
 
@@ -385,14 +392,14 @@ def _codes(df: pl.DataFrame) -> tuple[pl.Series, np.ndarray, np.ndarray]:
 
 
 def _binance_overrides(
-    values: dict[str, np.ndarray], g: _Grid, bins: list[_Bins], cols: dict[str, np.ndarray]
+    values: dict[str, np.ndarray], g: _Grid, bins: list[_Bins], mask: np.ndarray, cols: dict[str, np.ndarray]
 ) -> None:
     """Open/high/low from traded (volume > 0) candles only; bins with no trade keep the seed values."""
     traded_row = values["volume"] > 0
     n = g.n
     traded = g.dense(traded_row, False)
     any_traded = np.empty(bins[-1].out.stop, dtype=np.int64)
-    _fill(any_traded, bins, traded.astype(np.int64), np.add)
+    _fill(any_traded, mask, traded.astype(np.int64), np.add)
     use = any_traded > 0
     # open: the first traded candle, in the suffix of the first group or else the prefix of the next
     opens = g.dense(values["open"], np.nan)
@@ -409,7 +416,7 @@ def _binance_overrides(
     cols["open"] = np.where(use, traded_open, cols["open"])
     for name, ufunc, fill in (("high", np.maximum, -np.inf), ("low", np.minimum, np.inf)):
         traded_only = np.empty(len(use), dtype=np.float64)
-        _fill(traded_only, bins, g.dense(np.where(traded_row, values[name], fill), fill), ufunc)
+        _fill(traded_only, mask, g.dense(np.where(traded_row, values[name], fill), fill), ufunc)
         cols[name] = np.where(use, traded_only, cols[name])
 
 
