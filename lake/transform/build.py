@@ -78,7 +78,7 @@ _OFFSETS_HIVE = {
 _SAVE_EVERY_S = 30.0
 _BATCH_SYMBOLS = 32
 _TAIL_BATCH_SYMBOLS = 512
-_PLAN_SYMBOLS = 256  # series whose changed partitions planning reads at once
+_PLAN_PARTITIONS = 256  # changed base partitions planning reads in one scan (~2M rows of 5m)
 _FILES = (DATA_FILE, TAIL_FILE)
 # How far a tail may reach (from its first bin to the last base day) before a run folds it into the
 # period files, by the period of those files: an appended day then rewrites at most this much.
@@ -386,16 +386,20 @@ def _plan_all(
     rebuild: bool,
     workers: int,
 ) -> Iterator[tuple[_Work | None, tuple[int, ...]]]:
-    """Plan every series: list and stat its base partitions, then, ``_PLAN_SYMBOLS`` series at a
-    time, read the changed partitions in one scan and fingerprint their days (not one read each)."""
+    """Plan every series: list and stat its base partitions, then read the changed ones in scans of
+    about ``_PLAN_PARTITIONS`` partitions and fingerprint their days (not one read each)."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
         tokens = list(pool.map(lambda s: _base_tokens(lfs, trade_type, plan.base.name, s), syms))
-    for at in range(0, len(syms), _PLAN_SYMBOLS):
-        chunk = list(zip(syms[at : at + _PLAN_SYMBOLS], tokens[at : at + _PLAN_SYMBOLS], strict=True))
-        wanted = [(s, d) for s, tok in chunk for d in _to_read(manifest.get(s), tok)]
-        read = _read_partitions(lfs, trade_type, plan.base, wanted)
-        for s, tok in chunk:
-            yield _plan_series(lfs, trade_type, plan, s, manifest.get(s), rebuild, tok, read)
+    chunk: list[tuple[str, dict[str, str]]] = []
+    wanted: list[tuple[str, str]] = []
+    for i, (sym, tok) in enumerate(zip(syms, tokens, strict=True)):
+        chunk.append((sym, tok))
+        wanted += [(sym, d) for d in _to_read(manifest.get(sym), tok)]
+        if len(wanted) >= _PLAN_PARTITIONS or i == len(syms) - 1:  # bounded memory
+            read = _read_partitions(lfs, trade_type, plan.base, wanted)
+            for s, t in chunk:
+                yield _plan_series(lfs, trade_type, plan, s, manifest.get(s), rebuild, t, read)
+            chunk, wanted = [], []
 
 
 def _to_read(state: _Series | None, tokens: dict[str, str]) -> list[str]:
