@@ -399,36 +399,62 @@ class LiveRunner:
 
     # -- the writer (dispatcher) -------------------------------------------------------------------
     async def _writer_loop(self, feed: Feed) -> None:
+        """Drain the appender into tail files. Up to two writes are in flight: candles arriving while
+        one file is being synced to disk go into the next file instead of waiting for it."""
         retries: Counter[tuple[str, int]] = Counter()
-        while True:
-            await feed.appender.wait_pending()
-            if not feed.appender.pending:
-                if feed.closing:
-                    return
-                continue
-            batch = feed.appender.take()
+        slots = asyncio.Semaphore(2)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await feed.appender.wait_pending()
+                if not feed.appender.pending:
+                    if feed.closing:
+                        return
+                    continue
+                await slots.acquire()
+                batch = feed.appender.take()  # everything buffered while waiting for a slot
+                if not batch:
+                    slots.release()
+                    continue
+                task = asyncio.ensure_future(self._write_batch(feed, batch, retries, slots))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _write_batch(
+        self,
+        feed: Feed,
+        batch: dict[tuple[str, int], tuple[tuple[Any, ...], float]],
+        retries: Counter[tuple[str, int]],
+        slots: asyncio.Semaphore,
+    ) -> None:
+        try:
             rows: dict[str, list[tuple[Any, ...]]] = {}
             recv: dict[str, list[float]] = {}
             for (sym, _t), (row, r) in sorted(batch.items()):
                 rows.setdefault(sym, []).append(row)
                 recv.setdefault(sym, []).append(r)
-            feed.inflight = set(batch)
+            feed.inflight |= batch.keys()
             try:
                 out = await self._store(feed, rows, "ws")
             finally:
-                feed.inflight = set()
-            for sym, finished in out.items():
-                for r in recv.get(sym, []):
-                    feed.stats.latencies.append(finished - r)
-            failed = {k: v for k, v in batch.items() if k[0] not in out}
-            again = {}
-            for key, value in failed.items():
-                retries[key] += 1
-                if retries[key] <= 3:
-                    again[key] = value
-            if again and not feed.closing:
-                await asyncio.sleep(0.2)
-                feed.appender.put_back(again)
+                feed.inflight -= batch.keys()
+        finally:
+            slots.release()
+        for sym, finished in out.items():
+            for r in recv.get(sym, []):
+                feed.stats.latencies.append(finished - r)
+        failed = {k: v for k, v in batch.items() if k[0] not in out}
+        again = {}
+        for key, value in failed.items():
+            retries[key] += 1
+            if retries[key] <= 3:
+                again[key] = value
+        if again and not feed.closing:
+            await asyncio.sleep(0.2)
+            feed.appender.put_back(again)
 
     async def _compactor(self, feed: Feed) -> None:
         """Compact every ``compact_every_s``, and after each complete period when offsets are live
@@ -636,8 +662,8 @@ class LiveRunner:
         }
 
     async def _alarm(self, feed: Feed, boundary: int) -> None:
-        """At each period boundary (server time): register the period, refresh exchangeInfo, then
-        after the grace time check it (``boundary`` is the first one to wait for)."""
+        """At each period boundary (server time): register the period, after the grace time check it,
+        then refresh exchangeInfo (``boundary`` is the first one to wait for)."""
         assert feed.book is not None
         cfg = self.config
         n = 0
@@ -652,12 +678,14 @@ class LiveRunner:
             period = boundary - feed.iv_ms
             feed.book.open_period(period, feed.live)
             n += 1
-            if cfg.exchange_info_every and n % cfg.exchange_info_every == 0:
-                await self._refresh(feed)
             if not await self._sleep_until(feed, boundary + int(cfg.grace_s * 1000)):
                 return
             await self._check(feed, period)
             feed.stats.periods_checked += 1
+            # After the check, not at the boundary: fetching and parsing exchangeInfo on the event
+            # loop while every symbol's closing candle arrives would delay them all.
+            if cfg.exchange_info_every and n % cfg.exchange_info_every == 0:
+                await self._refresh(feed)
             boundary += feed.iv_ms
 
     async def _check(self, feed: Feed, period: int) -> None:
