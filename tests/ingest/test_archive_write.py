@@ -136,6 +136,18 @@ def test_zip_member_with_wrong_crc_or_size_is_corrupt() -> None:
         read_zip_member(zip_bytes(data)[:-30], "cut.zip")
 
 
+def test_zip_member_larger_than_declared_is_not_inflated_past_its_size() -> None:
+    data = csv(day_opens(D0))
+    z = bytearray(zip_bytes(data))
+    # Declare a 100-byte member in the central directory (uncompressed size at offset 24 of its
+    # record) and the local header (offset 22): the stream inflates to far more than that.
+    cd = z.rfind(b"PK\x01\x02")
+    z[cd + 24 : cd + 28] = (100).to_bytes(4, "little")
+    z[22:26] = (100).to_bytes(4, "little")
+    with pytest.raises(DataError, match="corrupt"):
+        read_zip_member(bytes(z), "bomb.zip")
+
+
 def test_minute_rows_in_microseconds_and_millis_agree(tmp_path: Path) -> None:
     ms = parse_kline_csv(csv(day_opens(D0)), start_ms=D0, end_ms=D0 + DAY_MS)
     us = parse_kline_csv(csv(day_opens(D0), us=True, header=True), start_ms=D0, end_ms=D0 + DAY_MS)
