@@ -12,6 +12,7 @@ import duckdb
 import polars as pl
 
 from lake.live.watermark import read_watermark
+from lake.query.connect import connect
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA
 from lake.store.fs import LakeFS
 from lake.store.klines import list_partitions, list_series, read_partition
@@ -84,32 +85,46 @@ TORN = (
 
 
 class DuckReader(threading.Thread):
-    """Queries the lake's parquet files in a loop; counts queries and errors.
+    """Queries the ``klines`` view of ``lake.connect`` in a loop, as a notebook would; counts queries,
+    errors, and results holding a candle twice (the tail and the partitions must add up exactly).
 
-    ``torn`` counts queries that failed because a file was atomically replaced between DuckDB's
-    opens of it (a store-level race, reported to the lead); such a query is retried once and only
-    counts as an error if the retry fails too.
+    ``torn`` counts queries that failed because a partition file was atomically replaced between
+    DuckDB's two opens of it (footer, then pages: see docs/architecture.md); compaction still
+    rewrites partitions. ``gone`` counts queries that listed a tail file the compactor deleted
+    before DuckDB opened it. Such a query is retried once and only counts as an error if the retry
+    fails too (the rates are reported). Every other failure is an error.
     """
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(daemon=True)
-        self.glob = f"{root}/klines/**/*.parquet"
+        self.root = str(root)
         self.stop_flag = threading.Event()
         self.queries = 0
         self.torn = 0
+        self.gone = 0  # a tail file deleted (compacted) between DuckDB's listing and its open
+        self.with_tail = 0  # queries that saw candles still in the tail
+        self.duplicates = 0
         self.errors: list[str] = []
 
     def _query(self, con: duckdb.DuckDBPyConnection) -> None:
-        con.execute(
-            "SELECT count(*), count(DISTINCT symbol), max(candle_begin_time) "
-            "FROM read_parquet(?, hive_partitioning = true)",
-            [self.glob],
-        ).fetchall()
+        n, distinct, from_tail = con.execute(
+            "SELECT count(*), count(DISTINCT (symbol, candle_begin_time)), "
+            "(SELECT count(*) FROM klines_tail) FROM klines"
+        ).fetchone() or (0, 0, 0)
+        if n != distinct:
+            self.duplicates += 1
+            self.errors.append(f"{n - distinct} candles counted twice")
+        self.with_tail += from_tail > 0
 
     def run(self) -> None:
-        con = duckdb.connect()
+        con: duckdb.DuckDBPyConnection | None = None
         try:
             while not self.stop_flag.is_set():
+                if con is None:
+                    if not any(Path(self.root).glob("klines_tail/*/*/*.parquet")):
+                        time.sleep(0.01)
+                        continue
+                    con = connect(self.root)  # once the live feed has made its tail
                 for attempt in (0, 1):
                     try:
                         self._query(con)
@@ -117,15 +132,17 @@ class DuckReader(threading.Thread):
                         break
                     except duckdb.Error as exc:
                         msg = str(exc)
-                        if "No files found" in msg:
-                            break
                         if attempt == 0 and any(t in msg for t in TORN):
                             self.torn += 1
+                            continue
+                        if attempt == 0 and "klines_tail" in msg and "No such file" in msg:
+                            self.gone += 1
                             continue
                         self.errors.append(msg)
                 time.sleep(0.01)
         finally:
-            con.close()
+            if con is not None:
+                con.close()
 
     def stop(self) -> None:
         self.stop_flag.set()

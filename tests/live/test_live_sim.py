@@ -53,8 +53,17 @@ async def test_live_equals_truth_through_faults(tmp_path: Path, caplog: pytest.L
         skipped = live0[:2]
         sim.faults.update({"ws_skip_close_symbols": skipped})
         settings = Settings(root=str(tmp_path), sim_url=sim.base_url)
+        # compaction every second and tail files deleted 3 s after it: both happen many times while
+        # the reader queries
         config = LiveConfig(
-            trade_types=(TT,), intervals=(IV,), periods=22, grace_s=5.0, history=30, health_every_s=2.0
+            trade_types=(TT,),
+            intervals=(IV,),
+            periods=22,
+            grace_s=5.0,
+            history=30,
+            health_every_s=2.0,
+            compact_every_s=1.0,
+            tail_grace_s=3.0,
         )
         runner = LiveRunner(settings, config)
         reader = DuckReader(tmp_path)
@@ -120,8 +129,12 @@ async def test_live_equals_truth_through_faults(tmp_path: Path, caplog: pytest.L
         assert not feed["appender"]["bad"]
         assert feed["periods_checked"] >= 22 and wm_ms >= start + 22 * M
         # readers: zero errors, the watermark never ahead of the data and never backwards
-        print(f"duckdb: {reader.queries} queries, {reader.torn} torn reads retried, errors {reader.errors}")
-        assert reader.queries > 20 and reader.errors == []
+        print(
+            f"duckdb: {reader.queries} queries ({reader.with_tail} with tail candles), "
+            f"{reader.torn} torn reads and {reader.gone} deleted tail files retried, errors {reader.errors}"
+        )
+        assert reader.queries > 20 and reader.with_tail > 10 and reader.errors == []
+        assert feed["compactions"] >= 10 and feed["tail_files_deleted"] > 0
         assert auditor.checks >= 5 and auditor.violations == []
         assert [w["trade_type"] for w in read_watermarks(tmp_path)] == [TT]
         assert "symbols ready" in caplog.text and "health" in caplog.text
