@@ -336,8 +336,9 @@ class WeightGovernor:
         self._paused_cache = 0.0  # wall-clock (time.time()) deadline of the last pause seen
         self._last_resync_try = -math.inf
         self.stats = GovernorStats()
-        # Set by the client: an unguarded time request (its weight is ``charge``d) used when a
-        # wait has lasted ``resync_after_s`` real seconds without a fresh clock sample.
+        # Set by the client: a time request sent outside the permit queue (the governor reserves its
+        # weight of 1 first) when a wait has lasted ``resync_after_s`` real seconds without a fresh
+        # clock sample.
         self.resync: Callable[[], Awaitable[object]] | None = None
         self.resync_after_s = 1.0
         self.max_sleep_s = 1.0
@@ -411,8 +412,16 @@ class WeightGovernor:
                     and mono - t0 > self.resync_after_s
                 ):
                     self._last_resync_try = mono
-                    # waiting long on an extrapolated clock (a frozen or jumped simulator clock,
-                    # a sleeping laptop): look at the server's clock again before trusting it
+                    # Waiting long on an extrapolated clock (a frozen or jumped simulator clock, a
+                    # sleeping laptop): look at the server's clock again before trusting it. The
+                    # time request weighs 1 and needs room like any other: most long waits are for
+                    # a full window to end, and requests sent into it earn 429s, then a 418 ban.
+                    now = self.clock.now_ms()
+                    u = self.clock.uncertainty_ms()
+                    if not self._try_reserve(self._span(now, u), 1, now, u)[0]:
+                        await asyncio.sleep(min(max(delay, 0.0005), self.max_sleep_s))
+                        continue
+                    self.stats.weight += 1
                     try:
                         await self.resync()
                     except Exception as exc:  # the wait goes on; the request path reports errors

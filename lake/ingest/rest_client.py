@@ -275,7 +275,8 @@ class RestClient:
         return int(resp.data["serverTime"])
 
     async def _unguarded_sync(self) -> None:
-        """A time request that bypasses the governor (used by it while it waits); weight charged."""
+        """A time request outside the permit queue, for the governor while it waits (it reserved the
+        weight). A 429/418 answer pauses every request like any other."""
         if self._session is None or self._closed:
             return
         url = f"{self.base_url}{self.market.time_path}"
@@ -283,14 +284,16 @@ class RestClient:
         async with self.session.get(url) as resp:
             body = await resp.read()
             status = resp.status
+            headers = resp.headers
         recv = time.monotonic()
-        self.governor.charge(1)
         self.stats.requests += 1
         self.stats.weight += 1
         self.stats.status[status] += 1
         if status == 200:
             data = json.loads(body)
             self.clock.observe(sent, recv, float(data["serverTime"]))
+        elif status in (429, 418):
+            await self._rate_limited(status, _retry_after(headers), body, "time (clock re-sync)", 1)
 
     async def server_time(self) -> int:
         """The server's time (ms) from the time endpoint."""

@@ -39,8 +39,14 @@ def assert_equals_truth(sim: SimServer, root: Path, report: BackfillReport, tt: 
 
 async def run(sim: SimServer, root: Path, tts: list[str], **kw: object) -> BackfillReport:
     kw.setdefault("client_options", FAST)
-    return await backfill(root, tts, kw.pop("interval", "5m"), endpoints=sim.endpoints,  # type: ignore[arg-type]
-                          state_dir=root / ".state", **kw)  # type: ignore[arg-type]
+    return await backfill(
+        root,
+        tts,
+        kw.pop("interval", "5m"),
+        endpoints=sim.endpoints,  # type: ignore[arg-type]
+        state_dir=root / ".state",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 async def until(pred: Callable[[], bool], limit_s: float = 30.0) -> None:
@@ -125,8 +131,9 @@ async def test_unknown_symbol_is_named(tmp_path: Path) -> None:
     async with sim_server() as sim:
         with pytest.raises(NotFoundError, match="unknown usdt_perp symbols: NOPEUSDT, FOOUSDT"):
             await run(sim, tmp_path, ["usdt_perp"], days=1, symbols=["BTCUSDT", "NOPEUSDT", "FOOUSDT"])
-        rep = await run(sim, tmp_path, ["usdt_perp"], days=1, symbols=["BTCUSDT", "NOPEUSDT"],
-                        unknown_symbols="skip")
+        rep = await run(
+            sim, tmp_path, ["usdt_perp"], days=1, symbols=["BTCUSDT", "NOPEUSDT"], unknown_symbols="skip"
+        )
         assert [s.symbol for s in rep.series] == ["BTCUSDT"]
 
 
@@ -151,8 +158,14 @@ async def test_persistent_failure_is_listed_not_skipped(tmp_path: Path) -> None:
 
         task = asyncio.create_task(fail_after_planning())
         with pytest.raises(IncompleteError) as ei:
-            await run(sim, tmp_path, ["usdt_perp"], days=3, symbols=["BTCUSDT", "ETHUSDT"],
-                      client_options={"backoff_base": 0.01, "retries": 1, "calibrate_s": 0.05})
+            await run(
+                sim,
+                tmp_path,
+                ["usdt_perp"],
+                days=3,
+                symbols=["BTCUSDT", "ETHUSDT"],
+                client_options={"backoff_base": 0.01, "retries": 1, "calibrate_s": 0.05},
+            )
         await task
         missing = ei.value.missing
         assert missing and all("HTTP 503" in m or "not attempted" in m for m in missing)
@@ -186,3 +199,17 @@ async def test_forced_429_mid_run_and_a_418_ban(tmp_path: Path) -> None:
         assert rep.markets["um"].status.get("429", 0) >= 3
         # the raw client's ban, and the one request of ours that learnt of it (then waited it out)
         assert sim.stats.status_count("um", 418) >= 2
+
+
+@pytest.mark.slow
+async def test_no_time_request_into_a_full_window(tmp_path: Path) -> None:
+    # Regression: while waiting seconds for a full window to end, the governor re-synced its clock
+    # with a (weight 1) time request every second, into the full window: five 429s, then a 418 ban.
+    # Speed 4 makes a window 15 real seconds, so the wait is long enough to try.
+    async with sim_server(speed=4.0, weight_limits={"spot": 6000, "um": 24, "cm": 2400}) as sim:
+        rep = await run(sim, tmp_path, ["usdt_perp"], interval="1m", days=2, symbols=["BTCUSDT", "ETHUSDT"])
+        assert_equals_truth(sim, tmp_path, rep, "usdt_perp", "1m")
+        um = rep.markets["um"]
+        assert um.weight > 24  # the job needed more than one window
+        assert sim.stats.status_count("um", 429) == 0 and sim.stats.status_count("um", 418) == 0
+        assert um.status.get("429", 0) == 0 and um.status.get("418", 0) == 0
