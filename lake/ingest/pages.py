@@ -18,6 +18,8 @@ import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from lake.binance.intervals import MS_PER_DAY, Interval
 from lake.binance.markets import Market
 
@@ -124,6 +126,32 @@ def _slot_ranges(
     return out
 
 
+def _slot_ranges_np(
+    interval: Interval, start_ms: int, end_ms: int, opens: Sequence[int]
+) -> list[tuple[int, int]]:
+    """``_slot_ranges`` for a fixed-length interval, on arrays (a year of 1m is 525,600 opens)."""
+    ms = interval.ms
+    assert ms is not None
+    anchor = interval.floor(0)  # 0, or the Monday before the epoch for 1w
+    arr = np.asarray(opens, dtype=np.int64)
+    present = np.unique(arr - (arr - anchor) % ms)
+    t = interval.floor(start_ms)
+    if t < start_ms:
+        t += ms
+    present = present[(present >= t) & (present < end_ms)]
+    if present.size == 0:
+        return [(t, end_ms)] if t < end_ms else []
+    out: list[tuple[int, int]] = []
+    if present[0] > t:
+        out.append((t, int(present[0])))
+    gap = np.flatnonzero(np.diff(present) > ms)
+    out.extend((int(present[i]) + ms, int(present[i + 1])) for i in gap)
+    last = int(present[-1]) + ms
+    if last < end_ms:
+        out.append((last, end_ms))
+    return out
+
+
 def missing_ranges(
     interval: Interval,
     start_ms: int,
@@ -136,8 +164,11 @@ def missing_ranges(
     ``stored_opens`` are the stored candles' open times (any order); irregular (non-aligned) open
     times fill the slot they fall in.
     """
-    present = sorted({interval.floor(t) for t in stored_opens})
-    holes = _slot_ranges(interval, start_ms, end_ms, present)
+    if interval.ms is not None and len(stored_opens) > 64:
+        holes = _slot_ranges_np(interval, start_ms, end_ms, stored_opens)
+    else:
+        present = sorted({interval.floor(t) for t in stored_opens})
+        holes = _slot_ranges(interval, start_ms, end_ms, present)
     empties = sorted(confirmed_empty)
     out: list[tuple[int, int]] = []
     for a, b in holes:

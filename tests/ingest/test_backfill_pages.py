@@ -88,3 +88,25 @@ def test_resolve_range_caps_at_the_forming_candle() -> None:
     assert s == T0 + 300_000 and e == T0 + 7 * 300_000
     s, e = resolve_range(M5, now, start=now + MS_PER_DAY)
     assert s == e  # nothing to do for a start in the future
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    iv=st.sampled_from(["1m", "5m", "1h", "1w"]),
+    slots=st.lists(st.integers(-5, 400), max_size=300),
+    jitter=st.lists(st.integers(0, 59_999), min_size=300, max_size=300),
+    a=st.integers(-3, 50),
+    n=st.integers(0, 420),
+)
+def test_array_path_equals_slot_walk(iv: str, slots: list[int], jitter: list[int], a: int, n: int) -> None:
+    """The numpy path (used above 64 stored candles) finds exactly the ranges of the slot walk,
+    irregular (non-aligned) open times included."""
+    from lake.ingest.pages import _slot_ranges, _slot_ranges_np
+
+    i = parse_interval(iv)
+    assert i.ms is not None
+    base = i.floor(1_700_000_000_000)
+    opens = [base + k * i.ms + (j % i.ms) for k, j in zip(slots, jitter, strict=False)]
+    start, end = base + a * i.ms + 7, base + (a + n) * i.ms
+    walk = _slot_ranges(i, start, end, sorted({i.floor(t) for t in opens}))
+    assert _slot_ranges_np(i, start, end, opens) == walk
