@@ -265,7 +265,7 @@ def phase_cpu(symbols: int, seconds: float, pin: bool) -> dict[str, Any]:
         "cpu_fraction_of_one_core": res.get("cpu_fraction"),
         "messages": res.get("messages"),
         "msgs_per_s": round(res["messages"] / res["wall_s"], 1) if res.get("wall_s") else None,
-        "closing_candles_written": res.get("writes"),
+        "tail_files_written": res.get("writes"),
     }
 
 
