@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "lake.commands.audit",
     "lake.commands.backfill",
     "lake.commands.live",
+    "lake.commands.compact",
     "lake.commands.sim",
     "lake.commands.demo",
     "lake.commands.offsets",

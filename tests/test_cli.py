@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from lake.store.fs import LakeFS
 from lake.store.klines import write_klines
 from tests.store.helpers import frame, t0_ms
 
@@ -53,3 +54,29 @@ def test_status_reports_rows_and_holes_as_json(tmp_path) -> None:
     assert [h["missing"] for h in s["holes"]] == [2, 1]
     table = run("status", "--root", str(tmp_path), "--holes")
     assert table.returncode == 0 and "ETHUSDT" in table.stdout and "missing 2 candles" in table.stdout
+
+
+def test_compact_moves_the_tail_into_partitions(tmp_path) -> None:
+    import polars as pl
+
+    from lake.store.klines import scan_klines
+    from lake.store.tail import tail_files, write_tail
+
+    opens = [t0_ms() + k * 60_000 for k in range(5)]
+    rows = frame(opens, source="ws").with_columns(pl.lit("BTCUSDT").alias("symbol"))
+    write_tail(str(tmp_path), "usdt_perp", "1m", rows)
+    before = scan_klines(tmp_path, "usdt_perp", "1m").collect()
+    assert scan_klines(tmp_path, "usdt_perp", "1m", tail=False).collect().height == 0
+    res = run("compact", "--json", "--root", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    feeds = json.loads(res.stdout)["feeds"]
+    assert feeds == [
+        {"trade_type": "usdt_perp", "interval": "1m", "files_compacted": 1, "candles": 5, "symbols": 1,
+         "files_deleted": 0, "failed": {}}
+    ]  # fmt: skip
+    assert scan_klines(tmp_path, "usdt_perp", "1m", tail=False).collect().equals(before)
+    assert scan_klines(tmp_path, "usdt_perp", "1m").collect().equals(before)
+    assert len(tail_files(LakeFS(tmp_path), "usdt_perp", "1m")) == 1  # deleted only after --grace
+    res = run("compact", "--grace", "0", "--root", str(tmp_path))
+    assert res.returncode == 0 and "1 old tail files deleted" in res.stdout
+    assert tail_files(LakeFS(tmp_path), "usdt_perp", "1m") == []

@@ -57,6 +57,13 @@ _STATE = "_compacted.json"  # {file name: unix time it was compacted}
 _KEY = ["symbol", "candle_begin_time"]
 
 
+Root = str | os.PathLike[str] | LakeFS
+
+
+def _lfs(root: Root) -> LakeFS:
+    return root if isinstance(root, LakeFS) else LakeFS(root)
+
+
 def tail_dir(trade_type: str, interval: str) -> str:
     """The tail directory of one (trade type, interval), relative to the lake root."""
     tt = get_trade_type(trade_type)
@@ -86,20 +93,22 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
     return out.sort(_KEY)
 
 
-def ensure_tail(lfs: LakeFS, trade_type: str, interval: str) -> None:
+def ensure_tail(root: Root, trade_type: str, interval: str) -> None:
     """Create the tail directory with its zero-row marker file (idempotent)."""
+    lfs = _lfs(root)
     rel = f"{tail_dir(trade_type, interval)}/{EMPTY_FILE}"
     if not lfs.exists(rel):
         lfs.write_atomic(rel, _encode(pl.DataFrame(schema=TAIL_SCHEMA)))
 
 
-def write_tail(lfs: LakeFS, trade_type: str, interval: str, df: pl.DataFrame) -> str | None:
+def write_tail(root: Root, trade_type: str, interval: str, df: pl.DataFrame) -> str | None:
     """Store closed candles of any number of symbols as one new tail file; returns its path.
 
     ``df`` has a ``symbol`` column and the kline columns. The file is written atomically under a
     name that sorts after every earlier one (nanosecond clock, then pid), so when two tail files
     hold the same candle the later one wins.
     """
+    lfs = _lfs(root)
     if df.height == 0:
         return None
     rows = _conform(df)
@@ -109,8 +118,9 @@ def write_tail(lfs: LakeFS, trade_type: str, interval: str, df: pl.DataFrame) ->
     return rel
 
 
-def tail_files(lfs: LakeFS, trade_type: str, interval: str) -> list[str]:
+def tail_files(root: Root, trade_type: str, interval: str) -> list[str]:
     """Names of the tail's data files, oldest first (the zero-row marker excluded)."""
+    lfs = _lfs(root)
     return [
         n for n in lfs.listdir(tail_dir(trade_type, interval)) if n.endswith(".parquet") and n[:1].isdigit()
     ]
@@ -129,7 +139,7 @@ def _read_files(lfs: LakeFS, base: str, names: Iterable[str]) -> list[pl.DataFra
 
 
 def read_tail(
-    lfs: LakeFS,
+    root: Root,
     trade_type: str,
     interval: str,
     symbols: Iterable[str] | None = None,
@@ -137,6 +147,7 @@ def read_tail(
     names: list[str] | None = None,
 ) -> pl.DataFrame:
     """Every candle in the tail, one row per (symbol, candle_begin_time) (the later file wins)."""
+    lfs = _lfs(root)
     base = tail_dir(trade_type, interval)
     frames = _read_files(lfs, base, tail_files(lfs, trade_type, interval) if names is None else names)
     if not frames:
@@ -170,7 +181,7 @@ def _load_state(lfs: LakeFS, base: str) -> dict[str, float]:
 
 
 def compact_tail(
-    lfs: LakeFS,
+    root: Root,
     trade_type: str,
     interval: str,
     *,
@@ -184,6 +195,7 @@ def compact_tail(
     ``write_klines``. A symbol whose write fails keeps its files un-compacted for the next call.
     Safe to repeat and to interrupt: compacting a file twice is an upsert of the same rows.
     """
+    lfs = _lfs(root)
     from lake.store.klines import write_klines  # klines imports this module
 
     tt = get_trade_type(trade_type).name
