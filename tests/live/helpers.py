@@ -91,8 +91,8 @@ class DuckReader(threading.Thread):
     ``torn`` counts queries that failed because a partition file was atomically replaced between
     DuckDB's two opens of it (footer, then pages: see docs/architecture.md); compaction still
     rewrites partitions. ``gone`` counts queries that listed a tail file the compactor deleted
-    before DuckDB opened it. Such a query is retried once and only counts as an error if the retry
-    fails too (the rates are reported). Every other failure is an error.
+    before DuckDB opened it. Such a query is retried (twice at most) and only counts as an error if
+    the retries fail too (the rates are reported). Every other failure is an error.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -121,21 +121,21 @@ class DuckReader(threading.Thread):
         try:
             while not self.stop_flag.is_set():
                 if con is None:
-                    if not any(Path(self.root).glob("klines_tail/*/*/*.parquet")):
+                    if not any(Path(self.root).glob("klines_tail/*/*/[0-9]*.parquet")):
                         time.sleep(0.01)
                         continue
-                    con = connect(self.root)  # once the live feed has made its tail
-                for attempt in (0, 1):
+                    con = connect(self.root)  # once the tail holds candles (else klines is partitions only)
+                for attempt in range(3):
                     try:
                         self._query(con)
                         self.queries += 1
                         break
                     except duckdb.Error as exc:
                         msg = str(exc)
-                        if attempt == 0 and any(t in msg for t in TORN):
+                        if attempt < 2 and any(t in msg for t in TORN):
                             self.torn += 1
                             continue
-                        if attempt == 0 and "klines_tail" in msg and "No such file" in msg:
+                        if attempt < 2 and "klines_tail" in msg and "No such file" in msg:
                             self.gone += 1
                             continue
                         self.errors.append(msg)
