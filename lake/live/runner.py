@@ -404,9 +404,22 @@ class LiveRunner:
         retries: Counter[tuple[str, int]] = Counter()
         slots = asyncio.Semaphore(2)
         running: set[asyncio.Task[None]] = set()
+        # A batch task that dies of an unexpected error fails the writer (and so the run), as the
+        # writer itself would; it must not vanish with the task.
+        failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None and not failed.done():
+                failed.set_exception(task.exception())  # type: ignore[arg-type]
+
         try:
             while True:
-                await feed.appender.wait_pending()
+                waiter = asyncio.ensure_future(feed.appender.wait_pending())
+                await asyncio.wait({waiter, failed}, return_when=asyncio.FIRST_COMPLETED)
+                if failed.done():
+                    waiter.cancel()
+                    failed.result()
                 if not feed.appender.pending:
                     if feed.closing:
                         return
@@ -418,10 +431,12 @@ class LiveRunner:
                     continue
                 task = asyncio.ensure_future(self._write_batch(feed, batch, retries, slots))
                 running.add(task)
-                task.add_done_callback(running.discard)
+                task.add_done_callback(done)
         finally:
             if running:
                 await asyncio.gather(*running, return_exceptions=True)
+            if failed.done() and not failed.cancelled():
+                failed.exception()  # retrieved (re-raised above when it happened)
 
     async def _write_batch(
         self,

@@ -175,3 +175,22 @@ async def test_duration_stops_cleanly(tmp_path: Path) -> None:
         summary = await asyncio.wait_for(runner.run(), timeout=60)
     assert summary["stop_reason"] == "--duration 2.5s reached"
     assert read_watermark(tmp_path, TT, IV) is not None
+
+
+async def test_a_dying_batch_write_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches are written by tasks of their own; a bug in one must stop the run loudly, not vanish.
+    async def broken(self: LiveRunner, feed: Any, rows: dict[str, Any], source: str) -> dict[str, float]:
+        if source == "ws":
+            raise RuntimeError("bug in the batch path")
+        return await original(self, feed, rows, source)
+
+    original = LiveRunner._store
+    monkeypatch.setattr(LiveRunner, "_store", broken)
+    async with sim_server(test_config(speed=60.0, n_symbols_by_market={"um": 6})) as sim:
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=(IV,), duration_s=20.0, history=3),
+        )
+        with pytest.raises(RuntimeError, match="bug in the batch path"):
+            await asyncio.wait_for(runner.run(), timeout=60)
+    assert runner.stop_reason.startswith("task writer")
