@@ -134,7 +134,13 @@ def _read_files(lfs: LakeFS, base: str, names: Iterable[str]) -> list[pl.DataFra
             # Deleted since the listing: it was compacted at least grace_s ago, so its rows are
             # in the partitions the caller reads.
             continue
-        frames.append(pl.read_parquet(io.BytesIO(data)).select(list(TAIL_SCHEMA)))
+        try:
+            frames.append(pl.read_parquet(io.BytesIO(data)).select(list(TAIL_SCHEMA)))
+        except pl.exceptions.PolarsError as exc:
+            raise DataError(
+                f"unreadable tail file {base}/{n} ({exc}); nothing was changed: move the file away "
+                "and run lake live or lake backfill again to refetch its candles"
+            ) from exc
     return frames
 
 

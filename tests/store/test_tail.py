@@ -170,3 +170,18 @@ def test_time_filters_apply_to_the_tail(tmp_path) -> None:
     got = scan_klines(lfs, TT, IV, "AAAUSDT", start=start).collect().sort(KEY)
     assert got["close"].to_list() == [2.0, 2.0] and got.height == 2
     assert scan_klines(lfs, TT, IV, "BBBUSDT").collect().height == 0
+
+
+def test_a_corrupt_tail_file_is_a_clear_error_and_changes_nothing(tmp_path) -> None:
+    lfs = LakeFS(tmp_path)
+    write_klines(lfs, TT, IV, "AAAUSDT", candles("AAAUSDT", [T0], 1.0).drop("symbol"))
+    rel = write_tail(lfs, TT, IV, candles("AAAUSDT", [T0 + M], 2.0, "ws"))
+    assert rel is not None
+    (tmp_path / rel).write_bytes(b"PAR1 not really parquet")
+    parts = sorted(p.read_bytes() for p in (tmp_path / "klines").rglob("*.parquet"))
+    with pytest.raises(LakeError, match="unreadable tail file"):
+        compact_tail(lfs, TT, IV, grace_s=0)
+    with pytest.raises(LakeError, match="unreadable tail file"):
+        scan_klines(lfs, TT, IV).collect()
+    assert sorted(p.read_bytes() for p in (tmp_path / "klines").rglob("*.parquet")) == parts
+    assert len(tail_files(lfs, TT, IV)) == 1
