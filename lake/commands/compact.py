@@ -6,11 +6,9 @@ from typing import Annotated, Any
 
 import typer
 
-from lake.binance.intervals import parse_interval
-from lake.binance.markets import get_trade_type
 from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json
 from lake.store.fs import LakeFS
-from lake.store.tail import TAIL_TABLE, compact_tail
+from lake.store.tail import compact_tail, tail_feeds
 
 
 def compact(
@@ -33,26 +31,19 @@ def compact(
     settings = get_settings(config, root=root)
     lfs = LakeFS(settings.root)
     out: list[dict[str, Any]] = []
-    for tt_dir in lfs.listdir(TAIL_TABLE):
-        if not tt_dir.startswith("trade_type="):
-            continue
-        for iv_dir in lfs.listdir(f"{TAIL_TABLE}/{tt_dir}"):
-            if not iv_dir.startswith("interval="):
-                continue
-            tt = get_trade_type(tt_dir.split("=", 1)[1])
-            iv = parse_interval(iv_dir.split("=", 1)[1], spot=tt.is_spot)
-            res = compact_tail(lfs, tt.name, iv.name, grace_s=grace)
-            out.append(
-                {
-                    "trade_type": tt.name,
-                    "interval": iv.name,
-                    "files_compacted": res.files_compacted,
-                    "candles": res.rows,
-                    "symbols": len(res.symbols),
-                    "files_deleted": res.files_deleted,
-                    "failed": res.failed,
-                }
-            )
+    for tt, iv in tail_feeds(lfs):
+        res = compact_tail(lfs, tt, iv, grace_s=grace)  # validates both names
+        out.append(
+            {
+                "trade_type": tt,
+                "interval": iv,
+                "files_compacted": res.files_compacted,
+                "candles": res.rows,
+                "symbols": len(res.symbols),
+                "files_deleted": res.files_deleted,
+                "failed": res.failed,
+            }
+        )
     if json_out:
         print_json({"root": lfs.url_root, "feeds": out})
     elif not out:

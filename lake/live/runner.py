@@ -342,8 +342,11 @@ class LiveRunner:
                 continue
             if feed.appender.pending:  # a writer that died: flush what it left
                 await self._flush(feed)
-            with contextlib.suppress(LakeError, OSError):
+            try:
                 await self._compact(feed)
+            except (LakeError, OSError) as exc:
+                # the tail keeps the candles (readers see them); the next start compacts them
+                log.error("%s: compaction at shutdown failed: %s", feed.name, exc)
             with contextlib.suppress(LakeError, OSError):
                 await self._publish(feed)
             if feed.offsets is not None:

@@ -30,7 +30,7 @@ from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
 from lake.settings import load_settings
 from lake.store.fs import LakeFS
 from lake.store.tables import EXCHANGE_INFO_SCHEMA, FUNDING_SCHEMA
-from lake.store.tail import EMPTY_FILE, TAIL_TABLE
+from lake.store.tail import tail_feeds, tail_files
 
 __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
@@ -164,13 +164,7 @@ _PLAIN_KLINES = "CREATE OR REPLACE VIEW klines AS SELECT * FROM klines_partition
 
 def _tail_has_candles(lfs: LakeFS) -> bool:
     """Whether any live tail holds a data file (not only its zero-row marker)."""
-    for tt in lfs.listdir(TAIL_TABLE):
-        for iv in lfs.listdir(f"{TAIL_TABLE}/{tt}"):
-            if any(
-                n.endswith(".parquet") and n != EMPTY_FILE for n in lfs.listdir(f"{TAIL_TABLE}/{tt}/{iv}")
-            ):
-                return True
-    return False
+    return any(tail_files(lfs, tt, iv) for tt, iv in tail_feeds(lfs))
 
 
 def _empty_view(name: str, columns: dict[str, pl.DataType]) -> str:

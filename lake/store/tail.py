@@ -46,6 +46,7 @@ __all__ = [
     "ensure_tail",
     "read_tail",
     "tail_dir",
+    "tail_feeds",
     "tail_files",
     "write_tail",
 ]
@@ -124,6 +125,19 @@ def tail_files(root: Root, trade_type: str, interval: str) -> list[str]:
     return [
         n for n in lfs.listdir(tail_dir(trade_type, interval)) if n.endswith(".parquet") and n[:1].isdigit()
     ]
+
+
+def tail_feeds(root: Root) -> list[tuple[str, str]]:
+    """Every (trade type, interval) with a tail directory."""
+    lfs = _lfs(root)
+    out = []
+    for tt_dir in lfs.listdir(TAIL_TABLE):
+        if not tt_dir.startswith("trade_type="):
+            continue
+        for iv_dir in lfs.listdir(f"{TAIL_TABLE}/{tt_dir}"):
+            if iv_dir.startswith("interval="):
+                out.append((tt_dir.split("=", 1)[1], iv_dir.split("=", 1)[1]))
+    return out
 
 
 def _read_files(lfs: LakeFS, base: str, names: Iterable[str]) -> list[pl.DataFrame]:
