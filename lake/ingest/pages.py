@@ -127,18 +127,23 @@ def _slot_ranges(
 
 
 def _slot_ranges_np(
-    interval: Interval, start_ms: int, end_ms: int, opens: Sequence[int]
+    interval: Interval, start_ms: int, end_ms: int, opens: Sequence[int] | np.ndarray
 ) -> list[tuple[int, int]]:
     """``_slot_ranges`` for a fixed-length interval, on arrays (a year of 1m is 525,600 opens)."""
     ms = interval.ms
     assert ms is not None
     anchor = interval.floor(0)  # 0, or the Monday before the epoch for 1w
     arr = np.asarray(opens, dtype=np.int64)
-    present = np.unique(arr - (arr - anchor) % ms)
     t = interval.floor(start_ms)
     if t < start_ms:
         t += ms
-    present = present[(present >= t) & (present < end_ms)]
+    # An open time floors into [t, end_ms) exactly when it lies in it (t is aligned), so the window
+    # is cut before flooring.
+    arr = arr[(arr >= t) & (arr < end_ms)]
+    present = arr - (arr - anchor) % ms
+    # Stored opens come sorted and aligned (one per slot): then the O(n log n) unique is skipped.
+    if present.size > 1 and not bool(np.all(present[1:] > present[:-1])):
+        present = np.unique(present)
     if present.size == 0:
         return [(t, end_ms)] if t < end_ms else []
     out: list[tuple[int, int]] = []
@@ -156,17 +161,19 @@ def missing_ranges(
     interval: Interval,
     start_ms: int,
     end_ms: int,
-    stored_opens: Sequence[int],
+    stored_opens: Sequence[int] | np.ndarray,
     confirmed_empty: Iterable[tuple[int, int]] = (),
 ) -> list[tuple[int, int]]:
     """Ranges of ``[start_ms, end_ms)`` with slots neither stored nor confirmed empty.
 
-    ``stored_opens`` are the stored candles' open times (any order); irregular (non-aligned) open
-    times fill the slot they fall in.
+    ``stored_opens`` are the stored candles' open times (any order; a list or an int64 array);
+    irregular (non-aligned) open times fill the slot they fall in.
     """
     if interval.ms is not None and len(stored_opens) > 64:
         holes = _slot_ranges_np(interval, start_ms, end_ms, stored_opens)
     else:
+        if isinstance(stored_opens, np.ndarray):
+            stored_opens = [int(t) for t in stored_opens]
         present = sorted({interval.floor(t) for t in stored_opens})
         holes = _slot_ranges(interval, start_ms, end_ms, present)
     empties = sorted(confirmed_empty)
