@@ -30,7 +30,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import aiohttp
 
@@ -50,7 +50,6 @@ __all__ = [
 log = logging.getLogger("lake.archive")
 
 _CHUNK = 1 << 16
-_FLUSH = 1 << 20
 _PART_RE = re.compile(r"\.part-(\d+)-[0-9a-f]+$")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -188,39 +187,32 @@ class Downloader:
 
         return await self._retrying(url, once)
 
-    async def _download_once(self, f: ArchiveFile, part: Path) -> tuple[str, str, str, int]:
-        """GET the zip into ``part``; returns (sha256, etag, last_modified, size)."""
+    async def _download_once(self, f: ArchiveFile, part: Path) -> tuple[str, str, str, bytes]:
+        """GET the zip, hashing it as it arrives, into ``part``; returns (sha256, etag, last_modified,
+        the bytes). The bytes that were hashed are the ones returned: nothing is read back from disk."""
         url = self.url_of(f.key)
 
-        async def once() -> tuple[str, str, str, int]:
+        async def once() -> tuple[str, str, str, bytes]:
             async with self.session.get(url) as resp:
                 if resp.status != 200:
                     await resp.read()
                     _raise_for_status(resp.status, url)
                     raise UpstreamError(f"{url}: HTTP {resp.status}")
                 h = hashlib.sha256()
-                size = 0
                 buf = bytearray()
-                fh = await asyncio.to_thread(open, part, "wb")
-                try:
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
-                        h.update(chunk)
-                        buf += chunk
-                        size += len(chunk)
-                        if len(buf) >= _FLUSH:
-                            await asyncio.to_thread(fh.write, bytes(buf))
-                            buf.clear()
-                    if buf:
-                        await asyncio.to_thread(fh.write, bytes(buf))
-                    await asyncio.to_thread(_flush_sync, fh)
-                finally:
-                    await asyncio.to_thread(fh.close)
+                async for chunk in resp.content.iter_chunked(_CHUNK):
+                    h.update(chunk)
+                    buf += chunk
                 length = resp.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) != size:
-                    raise UpstreamError(f"{url}: got {size} of {length} bytes")
-                self.bytes += size
+                if length is not None and length.isdigit() and int(length) != len(buf):
+                    raise UpstreamError(f"{url}: got {len(buf)} of {length} bytes")
+                data = bytes(buf)
+                # No fsync: a zip is trusted only after its bytes hash to its .CHECKSUM, and a copy
+                # found on disk later is re-hashed first (a torn file after a crash is re-downloaded).
+                await asyncio.to_thread(part.write_bytes, data)
+                self.bytes += len(data)
                 etag = resp.headers.get("ETag", "").strip('"')
-                return h.hexdigest(), etag, resp.headers.get("Last-Modified", ""), size
+                return h.hexdigest(), etag, resp.headers.get("Last-Modified", ""), data
 
         return await self._retrying(url, once)
 
@@ -240,13 +232,12 @@ class Downloader:
                     await asyncio.to_thread(_unlink, final)
             part = final.with_name(f"{final.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             try:
-                got, etag, last_modified, size = await self._download_once(f, part)
+                got, etag, last_modified, data = await self._download_once(f, part)
                 if got == expected:
-                    data = await asyncio.to_thread(part.read_bytes)
-                    if hashlib.sha256(data).hexdigest() != expected:
-                        raise DataError(f"{f.key}: the downloaded file changed on disk before it was read")
                     await asyncio.to_thread(os.replace, part, final)
-                    return Downloaded(f, final, got, etag, last_modified, size, attempts=attempt, data=data)
+                    return Downloaded(
+                        f, final, got, etag, last_modified, len(data), attempts=attempt, data=data
+                    )
             finally:
                 await asyncio.to_thread(_unlink, part)
             mismatches.append(f"got {got[:12]}…, .CHECKSUM says {expected[:12]}…")
@@ -262,11 +253,6 @@ def _read_or_none(path: Path) -> bytes | None:
         return path.read_bytes()
     except FileNotFoundError:
         return None
-
-
-def _flush_sync(fh: BinaryIO) -> None:
-    fh.flush()
-    os.fsync(fh.fileno())
 
 
 def _unlink(path: Path) -> None:
