@@ -124,3 +124,49 @@ def test_monthly_file_range() -> None:
     assert got.height == 744
     with pytest.raises(DataError):
         parse_kline_csv(csv([*opens, feb], step_ms=3_600_000), start_ms=jan, end_ms=feb)
+
+
+def _inflaters() -> list[object]:
+    import zlib
+
+    mods: list[object] = [zlib]
+    try:
+        from isal import isal_zlib
+
+        mods.append(isal_zlib)
+    except ImportError:  # the zlib fallback is still tested
+        pass
+    return mods
+
+
+@pytest.mark.parametrize("mod", _inflaters(), ids=lambda m: m.__name__)  # type: ignore[attr-defined]
+def test_inflate_member_checks_size_crc_and_stream_end(mod: object) -> None:
+    """Both inflaters (ISA-L when installed, the zlib fallback) accept exactly the good stream."""
+    import zlib
+
+    from lake.ingest.archive.parse import inflate_member
+
+    data = csv(day_opens(D0))
+    c = zlib.compressobj(6, zlib.DEFLATED, -15)
+    packed = c.compress(data) + c.flush()
+    crc = zlib.crc32(data)
+    assert inflate_member(packed, len(data), crc, "ok", mod) == data
+    for args in [
+        (packed, len(data), crc ^ 1),  # wrong CRC-32
+        (packed, len(data) - 1, crc),  # longer than declared (inflates one byte past it, no more)
+        (packed, len(data) + 1, crc),  # shorter than declared
+        (packed[: len(packed) // 2], len(data), crc),  # truncated stream
+        (b"\xff" * 64, len(data), crc),  # not deflate
+    ]:
+        with pytest.raises(DataError, match="corrupt"):
+            inflate_member(*args, "bad", mod)  # type: ignore[arg-type]
+
+
+def test_zip_reading_with_the_zlib_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ISA-L the same zips read the same and the same corruptions are caught."""
+    import zlib
+
+    from lake.ingest.archive import parse
+
+    monkeypatch.setattr(parse, "_inflate", zlib)
+    test_zip_round_trip_and_corruption()

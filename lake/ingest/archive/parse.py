@@ -20,13 +20,20 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
+from types import ModuleType
 
 import polars as pl
 
 from lake.errors import DataError
 from lake.schema import KLINE_SCHEMA
 
-__all__ = ["ARCHIVE_COLUMNS", "parse_kline_csv", "parse_kline_zip", "read_zip_member"]
+_inflate: ModuleType
+try:  # ISA-L inflates the archive's zips ~3x faster than zlib; zlib when it is not installed
+    from isal import isal_zlib as _inflate
+except ImportError:  # pragma: no cover - exercised by forcing the fallback in the tests
+    _inflate = zlib
+
+__all__ = ["ARCHIVE_COLUMNS", "inflate_member", "parse_kline_csv", "parse_kline_zip", "read_zip_member"]
 
 ARCHIVE_COLUMNS = (
     "open_time",
@@ -76,10 +83,10 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")
 def read_zip_member(source: bytes | str | Path, name: str = "") -> bytes:
     """The single CSV inside a kline zip. Raises ``DataError`` for a corrupt or unexpected archive.
 
-    ``zipfile`` checks the archive's structure; a deflated member is then inflated in one zlib call
-    (no streaming chunks, the GIL released throughout), bounded by and checked against its declared
-    size and CRC-32, which is about twice as fast as ``ZipFile.read``. Other methods go through
-    ``ZipFile.read``.
+    ``zipfile`` checks the archive's structure; a deflated member is then inflated in one call
+    (``inflate_member``: ISA-L when installed, else zlib), bounded by and checked against its declared
+    size and CRC-32. ``ZipFile.read`` streams in chunks and was about twice as slow as one zlib call,
+    ISA-L another ~3x faster than that. Other methods go through ``ZipFile.read``.
     """
     label = name or (str(source) if not isinstance(source, bytes) else "zip")
     try:
@@ -94,19 +101,34 @@ def read_zip_member(source: bytes | str | Path, name: str = "") -> bytes:
             if info.compress_type != zipfile.ZIP_DEFLATED or info.flag_bits & 0x1:
                 return zf.read(info)  # checks the member's CRC-32
             packed = _member_bytes(data, info)
-        # At most one byte more than the declared size is inflated: a member that lies about its
-        # size cannot expand past it (zip bomb), and a longer stream is detected.
-        inflater = zlib.decompressobj(-15)
-        raw = inflater.decompress(packed, info.file_size + 1)
-        if len(raw) != info.file_size or not inflater.eof or zlib.crc32(raw) != info.CRC:
-            raise DataError(f"{label}: corrupt zip: bad CRC-32 or size for member {info.filename}")
-        return raw
+        return inflate_member(packed, info.file_size, info.CRC, f"{label}: member {info.filename}")
     except DataError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
         raise DataError(f"{label}: corrupt zip: {exc}") from exc
     except Exception as exc:  # odd failures of a hostile archive surface with odd types
         raise DataError(f"{label}: corrupt zip: {exc!r}") from exc
+
+
+def inflate_member(
+    packed: bytes, size: int, crc: int, label: str, inflate: ModuleType | None = None
+) -> bytes:
+    """Inflate a raw deflate stream that must expand to exactly ``size`` bytes with CRC-32 ``crc``.
+
+    At most one byte more than the declared size is inflated: a member that lies about its size
+    cannot expand past it (zip bomb), and a longer stream is detected. ``inflate`` is the module
+    (``isal_zlib`` or ``zlib``; the fastest available by default).
+    """
+    mod = inflate or _inflate
+    try:
+        inflater = mod.decompressobj(-15)
+        raw = inflater.decompress(packed, size + 1)
+        ok = len(raw) == size and inflater.eof and mod.crc32(raw) == crc
+    except (zlib.error, mod.error) as exc:
+        raise DataError(f"{label}: corrupt zip: {exc}") from exc
+    if not ok:
+        raise DataError(f"{label}: corrupt zip: bad CRC-32 or size")
+    return bytes(raw)
 
 
 def _member_bytes(data: bytes, info: zipfile.ZipInfo) -> bytes:
