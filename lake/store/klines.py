@@ -11,7 +11,7 @@ import datetime as dt
 import io
 import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import polars as pl
@@ -24,6 +24,7 @@ from lake.binance.symbols import validate_symbol, validate_symbols
 from lake.errors import DataError, ValidationError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store.fs import LakeFS
+from lake.store.parquet_plain import PlainKlines, encode_plain
 from lake.store.paths import (
     DATA_FILE,
     PartitionKey,
@@ -110,6 +111,9 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
 def encode_parquet(df: pl.DataFrame) -> bytes:
     """The bytes of ``df`` as the lake stores every table file (parquet, LZ4, with statistics).
 
+    Kline partitions (the kline columns, no nulls) are written by ``lake.store.parquet_plain``, ~3x
+    cheaper per file than pyarrow for the same logical file; everything else as follows.
+
     Written with pyarrow from a zero-copy Arrow view of the frame. The lake's files are small (a day
     of 1m is 1,440 rows), so the fixed cost per file decides: per 1m day file Polars' writer with zstd
     took ~1.2 ms, pyarrow with zstd ~1.0 ms (a fresh zstd context per column chunk) and pyarrow with
@@ -119,7 +123,17 @@ def encode_parquet(df: pl.DataFrame) -> bytes:
     the types from the parquet logical types (Polars and DuckDB read the same types as from Polars'
     own writer).
     """
-    return _encode_table(df.to_arrow(compat_level=pl.CompatLevel.newest()))
+    data = encode_plain(df)
+    return data if data is not None else _encode_table(df.to_arrow(compat_level=pl.CompatLevel.newest()))
+
+
+def _slice_encoder(rows: pl.DataFrame) -> Callable[[int, int], bytes]:
+    """Encodes partitions that are slices ``(first row, count)`` of ``rows``, preparing the rows once."""
+    plain = PlainKlines.of(rows)
+    if plain is not None:
+        return plain.encode
+    table = rows.to_arrow(compat_level=pl.CompatLevel.newest())  # zero-copy slices below
+    return lambda lo, n: _encode_table(table.slice(lo, n))
 
 
 def _encode_table(table: pa.Table) -> bytes:
@@ -207,7 +221,7 @@ def write_klines(
             (pdate, lo, hi - lo) for pdate, lo, hi in zip(starts, cuts, cuts[1:], strict=False) if hi > lo
         )
     written, unchanged, added = 0, 0, 0
-    table: pa.Table | None = None  # the rows as Arrow, converted once for all new partitions
+    encode_slice: Callable[[int, int], bytes] | None = None  # set up once, for all new partitions
     with lfs.lock(series_dir("klines", tt.name, iv.name, symbol)):
         pending: list[tuple[str, bytes]] = []
         for pdate, lo, n in parts:
@@ -217,10 +231,10 @@ def write_klines(
             if merged is None:
                 unchanged += 1
                 continue
-            if merged is part:  # a new partition: its bytes come from a zero-copy slice of the rows
-                if table is None:
-                    table = rows.to_arrow(compat_level=pl.CompatLevel.newest())
-                data = _encode_table(table.slice(lo, n))
+            if merged is part:  # a new partition: its bytes come from a slice of the rows
+                if encode_slice is None:
+                    encode_slice = _slice_encoder(rows)
+                data = encode_slice(lo, n)
             else:
                 data = encode_parquet(merged)
             pending.append((key.path, data))
