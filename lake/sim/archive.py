@@ -20,6 +20,7 @@ import datetime as dt
 import hashlib
 import io
 import re
+import time
 import zipfile
 from dataclasses import dataclass
 from email.utils import format_datetime
@@ -93,6 +94,12 @@ class Archive:
         self.stats = stats
         self.reuploads: dict[tuple[str, str, int], tuple[int, int]] = {}  # (market, symbol, day) -> (n, at)
         self._zips: ByteLRU[bytes] = ByteLRU(market.config.cache_mb * 2**20 // 8, len)
+        self._sha: ByteLRU[str] = ByteLRU(1 << 20, lambda _: 100)  # SHA-256 of a built zip, by its cache key
+        # Static mode (``POST /_sim/archive {"static": true}``): every zip, once built, is kept, as a CDN
+        # serves the real archive's files; benchmarks use it to keep the zip building out of their timing.
+        self._static: dict[tuple[str, int, int], bytes] | None = None
+        self.built = 0  # zips built (not served from a cache)
+        self.build_s = 0.0  # thread CPU seconds spent building them
 
     # ---- files ------------------------------------------------------------------------------------
     def meta(self, market: str, symbol: str, iv: Interval, freq: str, period: str) -> FileMeta | None:
@@ -134,31 +141,53 @@ class Archive:
         frac = float(self.config.futures_header_fraction.get(f.market, 1.0))
         return stable_hash(f.key) % 10_000 < frac * 10_000
 
+    def set_static(self, on: bool) -> None:
+        """Keep every zip once built (``on``), or only the LRU cache's share (the default)."""
+        if on and self._static is None:
+            self._static = {}
+        elif not on:
+            self._static = None
+
     def zip_bytes(self, f: FileMeta) -> bytes:
         """The (good) zip of a file, cached by key and content version."""
         key = (f.key, f.revision, f.info.version)
+        if self._static is not None:
+            data = self._static.get(key)
+            if data is None:
+                data = self._static[key] = self._zips.get_or(key, lambda: self._build(f))
+            return data
+        return self._zips.get_or(key, lambda: self._build(f))
 
-        def build() -> bytes:
-            c = self.market.candles(f.info, f.iv, f.start, f.end)
-            body = csv_bytes(f.info, f.iv, c, micro=self._micro(f), header=self._header(f))
-            buf = io.BytesIO()
-            # Deflate level 1: the same format as Binance's zips, built ~4x faster than at the default
-            # level 6 (which took two thirds of the simulator's CPU in an end-to-end archive run, where
-            # real Binance serves static files), at ~15% more bytes.
-            with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-                ts = dt.datetime.fromtimestamp(f.published // 1000, tz=dt.UTC)
-                zi = zipfile.ZipInfo(f.zip_name[:-4] + ".csv", date_time=ts.timetuple()[:6])
-                zi.compress_type = zipfile.ZIP_DEFLATED
-                z.writestr(zi, body, compresslevel=1)
-            return buf.getvalue()
+    def _build(self, f: FileMeta) -> bytes:
+        t0 = time.thread_time()
+        try:
+            return self._build_zip(f)
+        finally:
+            self.built += 1
+            self.build_s += time.thread_time() - t0
 
-        return self._zips.get_or(key, build)
+    def _build_zip(self, f: FileMeta) -> bytes:
+        """One zip: candles, then CSV, then deflate."""
+        c = self.market.candles(f.info, f.iv, f.start, f.end)
+        body = csv_bytes(f.info, f.iv, c, micro=self._micro(f), header=self._header(f))
+        buf = io.BytesIO()
+        # Deflate level 1: the same format as Binance's zips, built ~4x faster than at the default
+        # level 6 (which took two thirds of the simulator's CPU in an end-to-end archive run, where
+        # real Binance serves static files), at ~15% more bytes.
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            ts = dt.datetime.fromtimestamp(f.published // 1000, tz=dt.UTC)
+            zi = zipfile.ZipInfo(f.zip_name[:-4] + ".csv", date_time=ts.timetuple()[:6])
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(zi, body, compresslevel=1)
+        return buf.getvalue()
 
     def checksum_text(self, f: FileMeta) -> str:
-        data = self.zip_bytes(f)
         if self.faults.checksum_is_wrong(f.key):
-            data = b"wrong" + data
-        return f"{hashlib.sha256(data).hexdigest()}  {f.zip_name}"
+            digest = hashlib.sha256(b"wrong" + self.zip_bytes(f)).hexdigest()
+        else:
+            key = (f.key, f.revision, f.info.version)
+            digest = self._sha.get_or(key, lambda: hashlib.sha256(self.zip_bytes(f)).hexdigest())
+        return f"{digest}  {f.zip_name}"
 
     def parse_key(self, key: str) -> tuple[FileMeta | None, bool]:
         """(file, is_checksum) for an archive key; file None if it does not exist (now)."""
@@ -189,6 +218,33 @@ class Archive:
         app.router.add_get("/archive/{key:.+}", self.get_file)
         app.router.add_get("/archive-bucket", self.list_bucket)
         app.router.add_get("/archive-bucket/", self.list_bucket)
+        app.router.add_get("/_sim/archive", self.get_control)
+        app.router.add_post("/_sim/archive", self.post_control)
+
+    def control_info(self) -> dict[str, object]:
+        static = self._static
+        return {
+            "static": static is not None,
+            "static_files": len(static) if static is not None else 0,
+            "static_bytes": sum(map(len, static.values())) if static is not None else 0,
+            "zips_built": self.built,
+            "zip_build_cpu_s": round(self.build_s, 3),
+        }
+
+    async def get_control(self, request: web.Request) -> web.Response:
+        return web.json_response(self.control_info())
+
+    async def post_control(self, request: web.Request) -> web.Response:
+        """``{"static": true|false}``: keep every built zip (a CDN's static files) or not."""
+        try:
+            body = await request.json() if request.can_read_body else {}
+            if not isinstance(body, dict) or not isinstance(body.get("static", False), bool):
+                raise ValueError('expected {"static": true|false}')
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if "static" in body:
+            self.set_static(body["static"])
+        return web.json_response(self.control_info())
 
     async def get_file(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]

@@ -110,3 +110,50 @@ async def test_persistent_mismatch_and_corrupt_zip_fail_loudly_and_write_nothing
         man = read_manifest(LakeFS(s.root), "spot", "1m", SYM)
         assert set(man) == {f_daily(2).name}
         assert not [p for p in download_dir(s).rglob("*") if p.is_file()], "no zip or partial left behind"
+
+
+async def test_a_file_with_bad_values_fails_alone_within_its_group(tmp_path: Path) -> None:
+    """Daily files of a month are written together; a file whose values the store refuses (a NaN
+    price parses but is not a candle) fails alone and the rest of its group is ingested."""
+    async with FakeArchive() as arch:
+        fill(arch)
+        bad = "".join(
+            row(t, price=float("nan")) if t == FEB + DAY_MS else row(t) for t in day_opens(FEB + DAY_MS)
+        )
+        arch.put(f_daily(2).key, zip_bytes(bad.encode()))
+        s = settings(tmp_path, arch)
+        with pytest.raises(DataError) as err:
+            await ingest_archive(s, "usdt_spot", "1m", [SYM], FEB, FEB + 3 * DAY_MS)
+        assert f_daily(2).key in str(err.value) and f_daily(1).key not in str(err.value)
+        assert stored(s)["candle_begin_time"].dt.day().unique().sort().to_list() == [1, 3]
+        assert set(read_manifest(LakeFS(s.root), "spot", "1m", SYM)) == {f_daily(1).name, f_daily(3).name}
+
+
+def test_groups_interleave_symbols_and_batch_daily_files_by_month() -> None:
+    from lake.binance.intervals import parse_interval
+    from lake.ingest.archive.listing import ListEntry
+    from lake.ingest.archive.plan import PlannedFile
+    from lake.ingest.archive.runner import _groups, _Job
+
+    entry = ListEntry("x", "", "", 0)
+
+    def job(sym: str, freq: str, day: dt.date) -> _Job:
+        return _Job(PlannedFile(ArchiveFile("spot", freq, sym, "1m", day), entry, None), "usdt_spot")
+
+    jobs = [job("AAAUSDT", MONTHLY, dt.date(2024, 1, 1))]
+    jobs += [job("AAAUSDT", DAILY, dt.date(2024, 2, d)) for d in range(1, 30)]
+    jobs += [job("AAAUSDT", DAILY, dt.date(2024, 3, d)) for d in (1, 2)]
+    jobs += [job("BBBUSDT", DAILY, dt.date(2024, 3, d)) for d in (3, 1, 2)]
+    out = _groups(jobs, parse_interval("1m"))
+    names = [[j.planned.file.label for j in g] for g in out]
+    syms = [g[0].planned.file.symbol for g in out]
+    assert syms == ["AAAUSDT", "BBBUSDT", "AAAUSDT", "AAAUSDT"]  # the first group of each symbol first
+    assert names[0] == [f"2024-02-{d:02d}" for d in range(1, 30)]  # a month of daily 1m files at once
+    assert names[1] == ["2024-03-01", "2024-03-02", "2024-03-03"]
+    assert names[2] == ["2024-03-01", "2024-03-02"]
+    assert names[3] == ["2024-01"]  # a monthly file alone
+    assert sorted(j.planned.file.key for g in out for j in g) == sorted(j.planned.file.key for j in jobs)
+    # 1s: a day is 86,400 candles, so one daily file per group
+    assert all(
+        len(g) == 1 for g in _groups([job("AAAUSDT", DAILY, dt.date(2024, 2, 1))], parse_interval("1s"))
+    )
