@@ -18,6 +18,8 @@ this process is pinned to CPU 1):
   same instant, so a period is a burst of 1,000+ candles; the tail files written and the
   compaction into partitions (off the latency path, every 60 s and at shutdown) are reported too,
   and at the end the lake is checked to hold every candle the writer stored, exactly once.
+  ``sent_*`` is the stricter figure from the simulator handing the event to its socket (same
+  monotonic clock, Linux), which also counts the time an event waits before the client reads it.
   ``latency_small`` repeats it with ``--small-symbols`` symbols (the per-candle floor).
 * **cpu**: real speed (``speed 1``), ``--cpu-symbols`` symbols with in-progress updates on, over
   ``--cpu-seconds`` after start-up: CPU seconds used by this process (``resource.getrusage``,
@@ -137,6 +139,7 @@ async def _run_live(
     )  # fmt: skip
     runner = LiveRunner(settings, cfg)
     marks: dict[str, Any] = {}
+    written = _record_writes()
 
     async def watch() -> None:
         feed = runner.feeds[0] if runner.feeds else None
@@ -165,11 +168,13 @@ async def _run_live(
         summary = await runner.run()
     finally:
         watcher.cancel()
+        _record_writes(stop=True)
     t1 = time.monotonic()
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     feed = runner.feeds[0]
     lat = list(feed.stats.latencies)
     out: dict[str, Any] = {"summary": summary["feeds"][0], "latencies": lat}
+    out["sent_latencies"] = _sent_latencies(base_url, written, marks.get("t0"))
     from lake.store.klines import scan_klines
 
     stored = scan_klines(root, "usdt_perp", "1m").select("symbol", "candle_begin_time").collect()
@@ -191,6 +196,51 @@ async def _run_live(
             messages=feed.appender.stats.messages - marks["msgs0"],
             periods=feed.stats.periods_complete - marks["p0"],
         )
+    return out
+
+
+def _record_writes(stop: bool = False) -> dict[tuple[str, int], float]:
+    """Note when each websocket candle became readable (``KlineWriter.write`` wrapped for the run)."""
+    from lake.live.appender import KlineWriter
+
+    orig = getattr(KlineWriter, "_bench_orig_write", None)
+    if stop:
+        if orig is not None:
+            KlineWriter.write = orig  # type: ignore[method-assign]
+            del KlineWriter._bench_orig_write  # type: ignore[attr-defined]
+        return {}
+    orig = KlineWriter.write
+    written: dict[tuple[str, int], float] = {}
+
+    async def write(self: Any, rows_by_symbol: Any, source: str) -> Any:
+        out = await orig(self, rows_by_symbol, source)
+        if source == "ws":
+            for sym, opens in out.stored.items():
+                for t in opens:
+                    written[(sym, t)] = out.finished[sym]
+        return out
+
+    KlineWriter._bench_orig_write = orig  # type: ignore[attr-defined]
+    KlineWriter.write = write  # type: ignore[method-assign]
+    return written
+
+
+def _sent_latencies(base_url: str, written: dict[tuple[str, int], float], t0: float | None) -> list[float]:
+    """Per closing candle written after ``t0``: seconds from the simulator handing the event to its
+    socket to the end of the tail write. Both processes read CLOCK_MONOTONIC (time.monotonic and
+    time.perf_counter are that clock on Linux), so this includes what the receipt-based figure
+    cannot see: loopback, socket buffers and time the event waited before the client read it."""
+    if t0 is None or not sys.platform.startswith("linux"):
+        return []
+    import urllib.request
+
+    with urllib.request.urlopen(f"{base_url}/_sim/ws_sent", timeout=30) as r:
+        events = json.loads(r.read())["events"]
+    out = []
+    for sym, _iv, opened, sent in events:
+        done = written.get((sym, int(opened)))
+        if done is not None and sent >= t0:
+            out.append(done - sent)
     return out
 
 
@@ -235,6 +285,10 @@ def phase_latency(
         "p99_ms": _pct(lat, 0.99),
         "max_ms": _pct(lat, 1.0),
         "goal_p99_ms": GOAL_P99_MS,
+        "sent_candles": len(res["sent_latencies"]),
+        "sent_p50_ms": _pct(res["sent_latencies"], 0.5),
+        "sent_p99_ms": _pct(res["sent_latencies"], 0.99),
+        "sent_max_ms": _pct(res["sent_latencies"], 1.0),
         "tail_files_written": res.get("writes"),
         "partition_writes": res.get("partition_writes"),
         "compactions": res.get("compactions"),

@@ -36,20 +36,21 @@ import numpy as np
 import polars as pl
 
 from lake.binance.intervals import parse_interval
-from lake.binance.klines import klines_from_rest, parse_ws_kline
+from lake.binance.klines import parse_ws_kline
 from lake.binance.markets import get_trade_type
-from lake.errors import DataError, LakeError
+from lake.errors import DataError, LakeError, ValidationError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store.fs import LakeFS
 from lake.store.klines import encode_parquet, read_partition, write_klines
 from lake.store.paths import PartitionKey, series_dir
-from lake.store.tail import CompactResult, compact_tail, write_tail
+from lake.store.tail import CompactResult, compact_tail, encode_tail_rows, write_tail_bytes
 
 __all__ = ["Appender", "AppenderStats", "KlineWriter", "PartitionCache", "WriteOutcome", "append_klines"]
 
 log = logging.getLogger("lake.live.appender")
 
 _NUMERIC_FIELDS = (1, 2, 3, 4, 5, 7, 9, 10)
+_ENCODE_ON_LOOP_ROWS = 5_000  # ~5 ms of encoding: longer batches are encoded in the writer thread
 _LOG_FIRST = 5  # bad messages logged in full per reason; the rest only counted
 
 
@@ -275,9 +276,13 @@ class KlineWriter:
             write_klines(self.lfs, self.trade_type, self.interval, symbol, df)
         self.partition_writes += 1
 
-    def _write_tail(self, rows_by_symbol: dict[str, Any], source: str) -> float:
-        write_tail(self.lfs, self.trade_type, self.interval, _frame(rows_by_symbol, source))
+    def _write_bytes(self, data: bytes) -> float:
+        write_tail_bytes(self.lfs, self.trade_type, self.interval, data)
         return time.perf_counter()
+
+    def _write_rows(self, rows_by_symbol: Mapping[str, Any], source: str) -> float | None:
+        data = encode_tail_rows(rows_by_symbol, source)
+        return None if data is None else self._write_bytes(data)
 
     async def write(
         self, rows_by_symbol: Mapping[str, list[tuple[Any, ...]] | list[list[Any]]], source: str
@@ -290,25 +295,37 @@ class KlineWriter:
         t0 = time.perf_counter()
         loop = asyncio.get_running_loop()
         good = dict(rows_by_symbol)
+        n_rows = sum(len(rs) for rs in good.values())
         try:
-            finished = await loop.run_in_executor(self._pool, self._write_tail, good, source)
-        except DataError:  # a bad row somewhere: check per symbol so only its symbol fails
+            if n_rows <= _ENCODE_ON_LOOP_ROWS:
+                # A burst's batches are encoded here, on the event loop, and only the file I/O runs
+                # in a thread. A thread encoding a batch needs the GIL back after every Arrow call,
+                # and while the loop parses the rest of the burst each hand-back waits up to the
+                # interpreter's 5 ms switch interval: ~1.5 ms of work took 10-25 ms that way.
+                data = encode_tail_rows(good, source)
+                finished = (
+                    None if data is None else await loop.run_in_executor(self._pool, self._write_bytes, data)
+                )
+            else:  # a catch-up page of many symbols: too long to hold the loop for
+                finished = await loop.run_in_executor(self._pool, self._write_rows, good, source)
+        except (DataError, ValidationError):  # a bad row somewhere: check per symbol so only its symbol fails
             for sym, rs in rows_by_symbol.items():
                 try:
-                    _frame({sym: rs}, source)
-                except DataError as exc:
+                    encode_tail_rows({sym: rs}, source)
+                except (DataError, ValidationError) as exc:
                     self.errors += 1
-                    out.failed[sym] = f"DataError: {exc}"
+                    out.failed[sym] = f"{type(exc).__name__}: {exc}"
                     del good[sym]
             if not good:
                 return out
-            finished = await loop.run_in_executor(self._pool, self._write_tail, good, source)
+            try:
+                finished = await loop.run_in_executor(self._pool, self._write_rows, good, source)
+            except (LakeError, OSError) as exc:
+                return self._failed(out, rows_by_symbol, exc)
         except (LakeError, OSError) as exc:
-            self.errors += 1
-            log.error("%s %s: tail write failed: %s", self.trade_type, self.interval, exc)
-            for sym in rows_by_symbol:
-                out.failed[sym] = f"{type(exc).__name__}: {exc}"
-            return out
+            return self._failed(out, rows_by_symbol, exc)
+        if finished is None:
+            return out  # no rows at all
         self.writes += 1
         for sym, rs in good.items():
             opens = [int(r[0]) for r in rs]
@@ -318,6 +335,14 @@ class KlineWriter:
         self.rows += out.rows
         out.seconds = time.perf_counter() - t0
         self.busy_s += out.seconds
+        return out
+
+    def _failed(self, out: WriteOutcome, rows_by_symbol: Mapping[str, Any], exc: Exception) -> WriteOutcome:
+        self.errors += 1
+        log.error("%s %s: tail write failed: %s", self.trade_type, self.interval, exc)
+        for sym in rows_by_symbol:
+            if sym not in out.failed:
+                out.failed[sym] = f"{type(exc).__name__}: {exc}"
         return out
 
     def compact(self, grace_s: float) -> CompactResult:
@@ -338,16 +363,6 @@ class KlineWriter:
         with self._moved_lock:
             out, self._moved = self._moved, set()
         return out
-
-
-def _frame(rows_by_symbol: dict[str, Any], source: str) -> pl.DataFrame:
-    """All rows of a batch as one frame with a ``symbol`` column (one conversion for a whole burst)."""
-    symbols: list[str] = []
-    rows: list[Any] = []
-    for sym, rs in rows_by_symbol.items():
-        symbols.extend([sym] * len(rs))
-        rows.extend(rs)
-    return klines_from_rest(rows, source=source).with_columns(pl.Series("symbol", symbols, dtype=pl.String))
 
 
 _FLOAT_COLUMNS = [c for c, t in KLINE_SCHEMA.items() if t == pl.Float64()]

@@ -9,6 +9,8 @@ Control endpoints (not rate limited, not counted)::
     POST /_sim/stats/reset     zero the counters (and, with {"windows": true}, the weight windows and bans)
     GET  /_sim/clock           {"now": ms, "iso": "...", "speed": x}
     POST /_sim/clock           {"set": ms|ISO} | {"advance": ms} | {"advance_s": s} and/or {"speed": x}
+    GET  /_sim/ws_sent         {"clock": "monotonic", "events": [[symbol, interval, open_ms, sent], ...]}: when
+                               recent closing events were handed to the socket (time.monotonic())
     GET  /_sim/faults          the fault knobs (see ``faults.py``)
     POST /_sim/faults          any subset of the knobs, plus one-shot actions:
                                {"list": [{"market": "um", "symbol": "NEWUSDT", "at": opt}],
@@ -130,6 +132,7 @@ class SimServer:
         r.add_get("/_sim/clock", self._get_clock)
         r.add_post("/_sim/clock", self._post_clock)
         r.add_get("/_sim/faults", self._get_faults)
+        r.add_get("/_sim/ws_sent", self._get_ws_sent)
         r.add_post("/_sim/faults", self._post_faults)
 
     async def _get_info(self, request: web.Request) -> web.Response:
@@ -140,6 +143,9 @@ class SimServer:
 
     async def _get_clock(self, request: web.Request) -> web.Response:
         return _json(self.clock.snapshot())
+
+    async def _get_ws_sent(self, request: web.Request) -> web.Response:
+        return _json({"clock": "monotonic", "events": [list(e) for e in self.ws.closing_sent]})
 
     async def _get_faults(self, request: web.Request) -> web.Response:
         return _json(self.faults.to_json())

@@ -73,6 +73,10 @@ class WsHub:
         self.stats = stats
         self.conns: set[_Conn] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        # (symbol, interval, open ms, time.monotonic() once handed to the socket) of recent closing
+        # events: a client on the same machine measures its latency from the send, not from its own
+        # receipt (CLOCK_MONOTONIC is one clock for all processes on Linux)
+        self.closing_sent: deque[tuple[str, str, int, float]] = deque(maxlen=200_000)
 
     def add_routes(self, app: web.Application) -> None:
         for m, base in WS_BASES.items():
@@ -264,6 +268,7 @@ class WsHub:
             c = self.market.candles(info, iv, opened, opened + 1)
             if len(c) and (self.config.ws_close_quiet or c.v[0] > 0):
                 await self._send(conn, stream, ws_kline_event(info, iv, c, 0, closed=True, event_ms=event_ms))
+                self.closing_sent.append((symbol, iv.name, opened, time.monotonic()))
                 self.stats.count("ws", "closing_events")
 
     async def _partials(self, conn: _Conn, now: int) -> None:

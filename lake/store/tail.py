@@ -25,12 +25,16 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lake.binance.intervals import parse_interval
+from lake.binance.klines import klines_from_rest
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
 from lake.errors import DataError
@@ -43,12 +47,14 @@ __all__ = [
     "TAIL_TABLE",
     "CompactResult",
     "compact_tail",
+    "encode_tail_rows",
     "ensure_tail",
     "read_tail",
     "tail_dir",
     "tail_feeds",
     "tail_files",
     "write_tail",
+    "write_tail_bytes",
 ]
 
 TAIL_TABLE = "klines_tail"
@@ -109,14 +115,95 @@ def write_tail(root: Root, trade_type: str, interval: str, df: pl.DataFrame) -> 
     name that sorts after every earlier one (nanosecond clock, then pid), so when two tail files
     hold the same candle the later one wins.
     """
-    lfs = _lfs(root)
     if df.height == 0:
         return None
-    rows = _conform(df)
+    return write_tail_bytes(root, trade_type, interval, _encode(_conform(df)))
+
+
+def write_tail_bytes(root: Root, trade_type: str, interval: str, data: bytes) -> str:
+    """Store an encoded tail file (from ``encode_tail_rows``) atomically as a new file; its path."""
+    lfs = _lfs(root)
     name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:6]}.parquet"
     rel = f"{tail_dir(trade_type, interval)}/{name}"
-    lfs.write_atomic(rel, _encode(rows))
+    lfs.write_atomic(rel, data)
     return rel
+
+
+_TS = pa.timestamp("ms", tz="UTC")
+_STR = pa.large_string()
+# REST row index of each float column (the row layout of GET /klines)
+_FLOAT_FIELDS = {
+    "open": 1,
+    "high": 2,
+    "low": 3,
+    "close": 4,
+    "volume": 5,
+    "quote_volume": 7,
+    "taker_buy_base_asset_volume": 9,
+    "taker_buy_quote_asset_volume": 10,
+}
+_valid_symbols: set[str] = set()
+
+
+def encode_tail_rows(rows_by_symbol: Mapping[str, Sequence[Sequence[Any]]], source: str) -> bytes | None:
+    """One tail file's bytes for REST-shaped rows of many symbols (``None`` when there are none).
+
+    The live writer's hot path: a burst of a thousand closed candles goes from the rows the
+    websocket parser buffered to parquet bytes in ~1.5 ms, with Arrow's casts instead of a Polars
+    frame and a conform step (~4 ms, and more Python holding the GIL while the event loop parses the
+    rest of the burst). The file is the same as ``write_tail``'s: same schema, sorted by symbol and
+    time. Rows the fast path cannot take as they are (numbers instead of decimal strings, say) go
+    through the general conversion, which raises ``DataError`` for rows that do not parse.
+    """
+    rows_by_symbol = {s: rs for s, rs in rows_by_symbol.items() if rs}
+    if not rows_by_symbol:
+        return None
+    for sym in rows_by_symbol:
+        if sym not in _valid_symbols:
+            validate_symbol(sym)
+            _valid_symbols.add(sym)
+    try:
+        table = _rows_table(rows_by_symbol, source)
+    except (pa.ArrowException, TypeError, ValueError, IndexError, OverflowError):
+        table = None
+    if table is None:
+        return _encode(_conform(rows_frame(rows_by_symbol, source)))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="NONE", use_dictionary=["symbol", "source"], store_schema=False)
+    return bytes(sink.getvalue())
+
+
+def _rows_table(rows_by_symbol: Mapping[str, Sequence[Sequence[Any]]], source: str) -> pa.Table | None:
+    symbols: list[str] = []
+    rows: list[Sequence[Any]] = []
+    for sym, rs in rows_by_symbol.items():
+        symbols.extend([sym] * len(rs))
+        rows.extend(rs)
+    if any(len(r) < 11 for r in rows):
+        return None
+    cols = list(zip(*(r[:11] for r in rows), strict=True))
+    arrays: dict[str, pa.Array] = {
+        "symbol": pa.array(symbols, _STR),
+        "candle_begin_time": pa.array(cols[0], pa.int64()).cast(_TS),
+    }
+    for name, i in _FLOAT_FIELDS.items():
+        arrays[name] = pa.array(cols[i], _STR).cast(pa.float64())
+    arrays["trade_num"] = pa.array(cols[8], pa.int64())
+    arrays["source"] = pa.array([source] * len(rows), _STR)
+    table = pa.table({c: arrays[c] for c in TAIL_SCHEMA})
+    if any(table.column(c).null_count for c in TAIL_SCHEMA):
+        return None  # let the general path report it
+    return table.sort_by([("symbol", "ascending"), ("candle_begin_time", "ascending")])
+
+
+def rows_frame(rows_by_symbol: Mapping[str, Sequence[Sequence[Any]]], source: str) -> pl.DataFrame:
+    """REST-shaped rows of many symbols as one frame with a ``symbol`` column (``DataError`` if bad)."""
+    symbols: list[str] = []
+    rows: list[Sequence[Any]] = []
+    for sym, rs in rows_by_symbol.items():
+        symbols.extend([sym] * len(rs))
+        rows.extend(rs)
+    return klines_from_rest(rows, source=source).with_columns(pl.Series("symbol", symbols, dtype=pl.String))
 
 
 def tail_files(root: Root, trade_type: str, interval: str) -> list[str]:

@@ -185,3 +185,61 @@ def test_a_corrupt_tail_file_is_a_clear_error_and_changes_nothing(tmp_path) -> N
         scan_klines(lfs, TT, IV).collect()
     assert sorted(p.read_bytes() for p in (tmp_path / "klines").rglob("*.parquet")) == parts
     assert len(tail_files(lfs, TT, IV)) == 1
+
+
+_dec = st.decimals(min_value=0, max_value=10**9, places=8, allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def rest_batches(draw: st.DrawFn) -> dict[str, list[list[object]]]:
+    """Rows as the REST API and the websocket parser hand them to the writer (decimal strings)."""
+    out: dict[str, list[list[object]]] = {}
+    for sym in draw(st.lists(st.sampled_from(["BTCUSDT", "ETHUSDT", "A_B", "X1000SATSUSDT"]), unique=True)):
+        opens = sorted(
+            draw(st.lists(st.integers(0, 5000), min_size=1, max_size=5, unique=True)), reverse=True
+        )
+        out[sym] = [
+            [T0 + t * M, *(str(draw(_dec)) for _ in range(5)), T0 + t * M + M - 1, str(draw(_dec)),
+             draw(st.integers(0, 2**40)), str(draw(_dec)), str(draw(_dec)), "0"]
+            for t in opens
+        ]  # fmt: skip
+    return out
+
+
+@settings(max_examples=60, deadline=None)
+@given(rest_batches())
+def test_fast_tail_encoding_equals_the_general_conversion(batch) -> None:
+    """The live writer's Arrow encoding gives the file the Polars conversion gives, value for value."""
+    from lake.store.tail import _conform, _encode, encode_tail_rows, rows_frame
+
+    data = encode_tail_rows(batch, "ws")
+    if not any(batch.values()):
+        assert data is None
+        return
+    import io
+
+    fast = pl.read_parquet(io.BytesIO(data))
+    general = pl.read_parquet(io.BytesIO(_encode(_conform(rows_frame(batch, "ws")))))
+    assert fast.schema == general.schema
+    assert fast.equals(general)
+    assert fast.height == sum(len(rs) for rs in batch.values())
+
+
+def test_fast_tail_encoding_falls_back_and_rejects_like_the_general_one() -> None:
+    from lake.errors import DataError, ValidationError
+    from lake.store.tail import encode_tail_rows
+
+    row = [T0, "1.5", "2", "1", "1.5", "10", T0 + M - 1, "15", 3, "5", "7", "0"]
+    numbers = [T0, 1.5, 2, 1, 1.5, 10.0, T0 + M - 1, 15.0, 3, 5.0, 7.0, "0"]  # not strings: general path
+    import io
+
+    a = pl.read_parquet(io.BytesIO(encode_tail_rows({"BTCUSDT": [row]}, "rest") or b""))
+    assert a["close"].to_list() == [1.5] and a["source"].to_list() == ["rest"]
+    with pytest.raises(DataError):  # what the general conversion says of them
+        encode_tail_rows({"BTCUSDT": [numbers]}, "rest")
+    with pytest.raises(DataError):
+        encode_tail_rows({"BTCUSDT": [[*row[:1], "x1", *row[2:]]]}, "ws")
+    with pytest.raises(DataError):
+        encode_tail_rows({"BTCUSDT": [row[:5]]}, "ws")
+    with pytest.raises(ValidationError):
+        encode_tail_rows({"../etc": [row]}, "ws")
