@@ -45,6 +45,16 @@ def test_mixed_units_in_one_file_are_converted_per_value() -> None:
     assert got["candle_begin_time"].dt.epoch("ms").to_list() == [D0, D0 + MIN_MS, D0 + 2 * MIN_MS]
 
 
+def test_unused_fields_are_not_parsed() -> None:
+    """close_time and ignore are not lake columns: whatever they hold (Binance has shipped an empty
+    or non-numeric ignore field) does not fail the file."""
+    good = parse(csv([D0, D0 + MIN_MS]))
+    odd = "".join(r.rsplit(",", 1)[0] + ",x\n" for r in (row(D0), row(D0 + MIN_MS)))
+    assert parse(odd.encode()).equals(good)
+    empty = "".join(r.rsplit(",", 1)[0] + ",\n" for r in (row(D0), row(D0 + MIN_MS)))
+    assert parse(empty.encode()).equals(good)
+
+
 def test_header_with_bom_and_crlf() -> None:
     data = b"\xef\xbb\xbf" + (HEADER + row(D0) + row(D0 + MIN_MS)).replace("\n", "\r\n").encode()
     assert parse(data).height == 2
