@@ -19,6 +19,7 @@ import io
 import struct
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -27,11 +28,13 @@ import polars as pl
 from lake.errors import DataError
 from lake.schema import KLINE_SCHEMA
 
-_inflate: ModuleType
+_isal: ModuleType | None
+_isal_crc32: Callable[[bytes], int] = zlib.crc32
 try:  # ISA-L inflates the archive's zips ~3x faster than zlib; zlib when it is not installed
-    from isal import isal_zlib as _inflate
+    from isal import igzip_lib as _isal
+    from isal.isal_zlib import crc32 as _isal_crc32
 except ImportError:  # pragma: no cover - exercised by forcing the fallback in the tests
-    _inflate = zlib
+    _isal = None
 
 __all__ = ["ARCHIVE_COLUMNS", "inflate_member", "parse_kline_csv", "parse_kline_zip", "read_zip_member"]
 
@@ -112,21 +115,28 @@ def read_zip_member(source: bytes | str | Path, name: str = "") -> bytes:
         raise DataError(f"{label}: corrupt zip: {exc!r}") from exc
 
 
-def inflate_member(
-    packed: bytes, size: int, crc: int, label: str, inflate: ModuleType | None = None
-) -> bytes:
+def inflate_member(packed: bytes, size: int, crc: int, label: str, *, isal: bool | None = None) -> bytes:
     """Inflate a raw deflate stream that must expand to exactly ``size`` bytes with CRC-32 ``crc``.
 
     At most one byte more than the declared size is inflated: a member that lies about its size
-    cannot expand past it (zip bomb), and a longer stream is detected. ``inflate`` is the module
-    (``isal_zlib`` or ``zlib``; the fastest available by default).
+    cannot expand past it (zip bomb), and a longer stream is detected. ISA-L's ``IgzipDecompressor``
+    is used when installed (it also releases the GIL while it works, which ``isal_zlib``'s
+    decompress object does not), else zlib; ``isal`` forces one or the other (tests).
     """
-    mod = inflate or _inflate
+    use_isal = _isal is not None if isal is None else isal
+    if use_isal and _isal is None:
+        raise RuntimeError("isal is not installed")
     try:
-        inflater = mod.decompressobj(-15)
-        raw = inflater.decompress(packed, size + 1)
-        ok = len(raw) == size and inflater.eof and mod.crc32(raw) == crc
-    except (zlib.error, mod.error) as exc:
+        if use_isal:
+            assert _isal is not None
+            decomp = _isal.IgzipDecompressor(flag=_isal.DECOMP_DEFLATE)
+            raw = decomp.decompress(packed, size + 1)
+            ok = len(raw) == size and decomp.eof and _isal_crc32(raw) == crc
+        else:
+            inflater = zlib.decompressobj(-15)
+            raw = inflater.decompress(packed, size + 1)
+            ok = len(raw) == size and inflater.eof and zlib.crc32(raw) == crc
+    except Exception as exc:  # zlib.error, IsalError: nothing else can fail in here
         raise DataError(f"{label}: corrupt zip: {exc}") from exc
     if not ok:
         raise DataError(f"{label}: corrupt zip: bad CRC-32 or size")
