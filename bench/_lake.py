@@ -23,7 +23,7 @@ from lake.store.fs import LakeFS
 from lake.store.klines import encode_parquet, read_partition, write_klines
 from lake.store.paths import PartitionKey
 
-__all__ = ["BENCH_START", "ensure_lake", "symbol_names", "synthetic_klines"]
+__all__ = ["BENCH_START", "append_day", "ensure_lake", "remove_days", "symbol_names", "synthetic_klines"]
 
 WORK = Path(__file__).resolve().parent / "_work"
 # 2024 is a leap year: 365 days plus the appended day stay in one calendar year (the worst case
@@ -110,7 +110,8 @@ def ensure_lake(symbols: int, days: int, *, workers: int = 8, log: bool = True) 
 
 
 def append_day(root: Path, symbols: int, days: int) -> None:
-    """Write day ``days`` (0-based: the day after the cached range) for every symbol."""
+    """Write day ``days`` (0-based: ``days`` = the cached range's length is the day after it) for every
+    symbol."""
     names = symbol_names(symbols)
     start = _start_ms() + days * PER_DAY * STEP_MS
 
@@ -121,13 +122,18 @@ def append_day(root: Path, symbols: int, days: int) -> None:
         list(pool.map(one, range(symbols)))
 
 
-def remove_day(root: Path, symbols: int, days: int) -> None:
-    """Undo ``append_day`` so the cached lake is back to ``days`` days: the day's rows are dropped from
-    the partition holding them (a month for 5m), which is rewritten, or deleted when nothing is left."""
+def remove_days(root: Path, symbols: int, days: int) -> None:
+    """Undo ``append_day`` so the cached lake is back to ``days`` days: rows from day ``days`` on are
+    dropped from the partition holding that day (a month for 5m), which is rewritten, or deleted when
+    nothing is left, and later partitions are deleted."""
     start = _start_ms() + days * PER_DAY * STEP_MS
     lfs = LakeFS(str(root))
     for name in symbol_names(symbols):
         key = PartitionKey.for_candle("klines", "usdt_perp", "5m", name, start)
+        sdir = root / key.path.rsplit("/", 2)[0]
+        for later in sorted(sdir.glob("date=*")) if sdir.exists() else []:
+            if later.name > f"date={key.date.isoformat()}":
+                shutil.rmtree(later)
         old = read_partition(lfs, key)
         if old is None:
             continue

@@ -5,11 +5,16 @@ Measures, on one synthetic lake (``bench/_lake.py``; cached under ``bench/_work/
 (a) ``build_offsets(interval=1h)``: all 12 offsets from 5m, reading and writing included;
 (b) the seed's pandas loop on the same data (``bench/_seed_baseline.py``), reading included;
 (c) a bare scan of the same parquet files (every column read once): the physical floor;
-then appends one day to every symbol and times the incremental rerun, and a rerun with nothing to do.
+then appends one day to every symbol and times the incremental rerun, a rerun with nothing to do, a
+second appended day (its tail file is merged with the first one), and an explicit fold of the tail
+into the yearly files (what a run does about once a month).
 
-Every measurement runs in its own subprocess, so its peak memory (max RSS) is its own. Prints ONE
-JSON line. ``--symbols``/``--days`` make a smaller lake for quick runs; ``--skip-seed`` skips (b).
-The machine is shared: the JSON carries the load average before and after.
+Every measurement runs in its own subprocess, so its peak memory (max RSS) is its own; the import
+of lake.transform.build is outside the timed call and reported apart (``import_s``). ``*_cpu_s``
+are the CPU seconds of the timed call (all threads, user + system), which the machine's load
+disturbs much less than the wall clock. Prints ONE JSON line. ``--symbols``/``--days`` make a
+smaller lake for quick runs; ``--skip-seed`` skips (b). The machine is shared: the JSON carries the
+load average before and after.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from pathlib import Path
 
 import polars as pl
 
-from bench._lake import PER_DAY, append_day, ensure_lake, remove_day
+from bench._lake import PER_DAY, append_day, ensure_lake, remove_days
 
 TRADE_TYPE, BASE, TARGET = "usdt_perp", "5m", "1h"
 
@@ -37,23 +42,27 @@ def _files(root: Path) -> list[str]:
     return [str(d / "data.parquet") for s in sorted(series.iterdir()) for d in sorted(s.iterdir())]
 
 
+def _cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _phase(name: str, root: Path, workers: int) -> dict[str, object]:
     """One measurement, in this process (called in a child)."""
-    t0 = time.perf_counter()
+    t_import = time.perf_counter()
+    from lake.transform.build import build_offsets
+
+    import_s = time.perf_counter() - t_import
+    t0, c0 = time.perf_counter(), _cpu()
     if name == "scan":
         files = _files(root)
         lf = pl.scan_parquet(files, glob=False)
         out = lf.select(pl.all().max()).collect(engine="streaming")
         extra: dict[str, object] = {"files": len(files), "columns": out.width}
-    elif name == "ours":
-        from lake.transform.build import build_offsets
-
-        r = build_offsets(root, TRADE_TYPE, TARGET, base=BASE, workers=workers)
-        extra = {
-            k: v
-            for k, v in r.to_dict().items()
-            if k in ("bins", "written", "unchanged", "base_partitions_changed")
-        }
+    elif name in ("ours", "fold"):
+        r = build_offsets(root, TRADE_TYPE, TARGET, base=BASE, workers=workers, fold=name == "fold")
+        keep = ("bins", "written", "unchanged", "removed", "base_partitions_changed", "tail_bins", "folded")
+        extra = {k: v for k, v in r.to_dict().items() if k in keep}
     elif name == "seed":
         from bench._seed_baseline import seed_resample_lake
 
@@ -64,7 +73,7 @@ def _phase(name: str, root: Path, workers: int) -> dict[str, object]:
             shutil.rmtree(out_dir, ignore_errors=True)
     else:
         raise SystemExit(f"unknown phase {name}")
-    return {"seconds": time.perf_counter() - t0, **extra}
+    return {"seconds": time.perf_counter() - t0, "call_cpu_s": _cpu() - c0, "import_s": import_s, **extra}
 
 
 def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:
@@ -93,9 +102,9 @@ def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:
 
 
 def _clean(root: Path, symbols: int, days: int) -> None:
-    shutil.rmtree(root / "offsets", ignore_errors=True)
-    shutil.rmtree(root / "_meta" / "offsets", ignore_errors=True)
-    remove_day(root, symbols, days)
+    for table in ("offsets", "offsets_tail", "_meta/offsets"):
+        shutil.rmtree(root / table, ignore_errors=True)
+    remove_days(root, symbols, days)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         append_day(root, args.symbols, args.days)
         incremental = _run_child("ours", root, args.workers)
         noop = _run_child("ours", root, args.workers)
+        append_day(root, args.symbols, args.days + 1)
+        second = _run_child("ours", root, args.workers)
+        fold = _run_child("fold", root, args.workers)
     finally:
         _clean(root, args.symbols, args.days)
     result = {
@@ -136,18 +148,30 @@ def main(argv: list[str] | None = None) -> None:
         "seed_s": round(float(seed["seconds"]), 2) if seed else None,  # type: ignore[arg-type]
         "ours_over_scan": round(float(ours["seconds"]) / float(scan["seconds"]), 2),  # type: ignore[arg-type]
         "seed_over_ours": round(float(seed["seconds"]) / float(ours["seconds"]), 2) if seed else None,  # type: ignore[arg-type]
-        "ours_cpu_s": round(float(ours["cpu_s"]), 1),  # type: ignore[arg-type]
-        "scan_cpu_s": round(float(scan["cpu_s"]), 1),  # type: ignore[arg-type]
-        "seed_cpu_s": round(float(seed["cpu_s"]), 1) if seed else None,  # type: ignore[arg-type]
+        "ours_cpu_s": round(float(ours["call_cpu_s"]), 1),  # type: ignore[arg-type]
+        "scan_cpu_s": round(float(scan["call_cpu_s"]), 1),  # type: ignore[arg-type]
+        "seed_cpu_s": round(float(seed["call_cpu_s"]), 1) if seed else None,  # type: ignore[arg-type]
         "ours_peak_gib": round(float(ours["peak_gib"]), 2),  # type: ignore[arg-type]
         "seed_peak_gib": round(float(seed["peak_gib"]), 2) if seed else None,  # type: ignore[arg-type]
         "files_written": ours["written"],
         "incremental_s": round(float(incremental["seconds"]), 2),  # type: ignore[arg-type]
         "incremental_pct_of_full": round(100 * float(incremental["seconds"]) / float(ours["seconds"]), 1),  # type: ignore[arg-type]
+        "incremental_cpu_s": round(float(incremental["call_cpu_s"]), 2),  # type: ignore[arg-type]
+        "incremental_cpu_pct_of_full": round(
+            100 * float(incremental["call_cpu_s"]) / float(ours["call_cpu_s"]),  # type: ignore[arg-type]
+            1,
+        ),
         "incremental_files_written": incremental["written"],
         "incremental_peak_gib": round(float(incremental["peak_gib"]), 2),  # type: ignore[arg-type]
         "noop_rerun_s": round(float(noop["seconds"]), 2),  # type: ignore[arg-type]
         "noop_files_written": noop["written"],
+        "second_day_s": round(float(second["seconds"]), 2),  # type: ignore[arg-type]
+        "second_day_pct_of_full": round(100 * float(second["seconds"]) / float(ours["seconds"]), 1),  # type: ignore[arg-type]
+        "second_day_tail_bins": second["tail_bins"],
+        "fold_s": round(float(fold["seconds"]), 2),  # type: ignore[arg-type]
+        "fold_files_written": fold["written"],
+        "fold_series": fold["folded"],
+        "import_s": round(float(ours["import_s"]), 3),  # type: ignore[arg-type]
         "load_avg_before": round(load_before, 2),
         "load_avg_after": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),

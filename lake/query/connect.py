@@ -40,6 +40,8 @@ VIEWS = (
     "klines_partitions",
     "klines_tail",
     "klines",
+    "offsets_partitions",
+    "offsets_tail",
     "offsets",
     "exchange_info",
     "funding",
@@ -72,9 +74,15 @@ _FILE_TABLES = {
     "klines_tail": _Files(
         "klines_tail", 3, ".parquet", {"trade_type": _S, "interval": _S, "symbol": _S, **KLINE_SCHEMA}
     ),
-    "offsets": _Files(
+    "offsets_partitions": _Files(
         "offsets",
         6,
+        ".parquet",
+        {"trade_type": _S, "interval": _S, "offset": _S, "symbol": _S, **OFFSET_SCHEMA},
+    ),
+    "offsets_tail": _Files(
+        "offsets_tail",
+        3,
         ".parquet",
         {"trade_type": _S, "interval": _S, "offset": _S, "symbol": _S, **OFFSET_SCHEMA},
     ),

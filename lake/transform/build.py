@@ -1,13 +1,14 @@
 """Build the offsets table from the klines table, incrementally, and read it back.
 
 A build compares each base partition's change token (``LakeFS.mtime_key``) with the manifest of the
-previous run and recomputes only the bins that can see a changed partition: for a change inside
-``[a, b)`` the bins opening in ``[a − (T − B), b)``, from base candles in ``[a − (T − B), b + T − B)``.
-A change that only appends candles (or lies in the series' tail) is a *tail run*: the bins from the
-tail start on are rewritten into each period's small ``tail.parquet`` and the period files stay as
-they are. Any other change is merged into the period files (``data.parquet``: read, merge, compare,
-write atomically), folding the tail files into them. A file whose content would not change is not
-written, so a second run writes nothing (docs/offsets.md, "Incremental").
+previous run (lake/transform/manifest.py) and recomputes only the bins that can see a changed
+partition: for a change inside ``[a, b)`` the bins opening in ``[a − (T − B), b)``, from base candles
+in ``[a − (T − B), b + T − B)``. A change that only appends candles (or lies in the series' tail) is a
+*tail run*: the bins opening from ``a − (T − B)`` on go, for every symbol of the run at once, into one
+new file of the offsets tail (lake/transform/tail.py) and the period files stay as they are. Any other
+change is merged into the period files (``data.parquet``: read, merge, compare, write atomically),
+folding the series' tail into them. A file whose content would not change is not written, so a
+second run writes nothing (docs/offsets.md, "Incremental").
 
 Work runs in batches of symbols (about ``batch_rows`` base rows each), so memory stays bounded
 whatever the size of the lake, as a pipeline: a reader thread reads and fingerprints the next batch,
@@ -19,11 +20,12 @@ file-system syncs per batch, not two per file).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
+import functools
 import io
 import itertools
 import os
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -43,30 +45,30 @@ from lake.errors import NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series, to_lakefs
-from lake.store.meta import read_json, write_json
-from lake.store.paths import (
-    DATA_FILE,
-    PartitionKey,
-    partition_end,
-    partition_period,
-    period_floor,
-    series_dir,
-)
+from lake.store.paths import DATA_FILE, PartitionKey, partition_end, partition_period, series_dir
+from lake.transform import tail as offsets_tail
 from lake.transform.layout import (
-    TAIL_FILE,
+    LEGACY_TAIL_FILE,
     OffsetPartition,
-    manifest_path,
     offsets_period,
     period_end,
     period_start,
     table_dir,
 )
 from lake.transform.layout import series_dir as offsets_series_dir
+from lake.transform.manifest import (
+    Series,
+    last_day_end,
+    load_manifest,
+    pack_days,
+    save_manifest,
+    unpack_days,
+)
 from lake.transform.offsets import OffsetPlan, Resampled, offset_plan, resample_arrays
+from lake.transform.tail import BIN_SCHEMA, GRACE_S, Layer, TailState, arrow_column
 
 __all__ = ["BuildResult", "build_offsets", "default_base", "scan_offsets"]
 
-_MANIFEST_VERSION = 2
 _KLINES_HIVE = {"trade_type": pl.String, "interval": pl.String, "symbol": pl.String, "date": pl.String}
 _OFFSETS_HIVE = {
     "trade_type": pl.String,
@@ -79,10 +81,12 @@ _SAVE_EVERY_S = 30.0
 _BATCH_SYMBOLS = 32
 _TAIL_BATCH_SYMBOLS = 512
 _PLAN_PARTITIONS = 256  # changed base partitions planning reads in one scan (~2M rows of 5m)
-_FILES = (DATA_FILE, TAIL_FILE)
-# How far a tail may reach (from its first bin to the last base day) before a run folds it into the
-# period files, by the period of those files: an appended day then rewrites at most this much.
+_FILES = (DATA_FILE, LEGACY_TAIL_FILE)
+# How far a series' tail may reach (from its start to the last base day) before a run folds it into
+# the period files, by the period of those files: about 770 bins per offset and series either way.
 _TAIL_MAX_MS = {"year": 32 * MS_PER_DAY, "month": 8 * MS_PER_DAY}
+# A run writes its tail bins as one file, or one per this many bins (memory stays bounded).
+_LAYER_ROWS = 2_000_000
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 _CHUNK_ROWS = 100_000
 # period boundaries (ms) for a vectorised "which file period": numpy's calendar casts are ~20× slower
@@ -113,29 +117,15 @@ class BuildResult:
     symbols_updated: int = 0  # series with something to recompute
     base_partitions_changed: int = 0
     bins: int = 0  # bins recomputed
-    written: int = 0  # files written
+    written: int = 0  # files written (period files and tail files)
     unchanged: int = 0  # files recomputed but identical, not written
-    removed: int = 0  # files deleted (their bins no longer exist)
+    removed: int = 0  # files deleted (bins that no longer exist, tail files no longer needed)
+    tail_bins: int = 0  # bins written to the tail
+    folded: int = 0  # series whose tail was folded into their period files
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-@dataclass(slots=True)
-class _Series:
-    """Manifest entry: how a series' offsets were built and from which base partition versions."""
-
-    base: str
-    method: str
-    offsets: list[str]
-    partitions: dict[str, str]  # base partition date -> change token
-    # base partition date -> {day: fingerprint of that day's rows}: a changed partition (a month of
-    # 5m) is narrowed to the days whose rows changed, so appending a day recomputes about a day.
-    days: dict[str, dict[str, int]] = field(default_factory=dict)
-    # bins opening at or after ``tail_from`` (ms) live in the tail files of their periods, the rest in
-    # the period files; ``None``: no tail (docs/offsets.md, "Incremental")
-    tail_from: int | None = None
 
 
 @dataclass(slots=True)
@@ -147,14 +137,22 @@ class _Work:
     hi: int | None
     changed: int
     drop_offsets: list[str] = field(default_factory=list)  # offsets built before a --rebuild
-    days: dict[str, dict[str, int]] = field(default_factory=dict)  # fingerprints known at planning
-    # tail: recompute the bins opening in [lo, ∞) into tail files and leave the period files alone
+    days: dict[str, str] = field(default_factory=dict)  # packed day fingerprints known at planning
+    # a tail run: the bins opening in [lo, ∞) go to the tail, the period files stay as they are
     tail: bool = False
-    tail_from: int | None = None  # the series' tail start after this run
-    fold_from: int | None = None  # not a tail run: periods ending after this hold tail files to fold
+    # otherwise, the series' tail from here on is folded into its period files: the tail layers from
+    # ``tail_start`` on, and the per-period tail.parquet files of an older lake from ``legacy_from``
+    tail_start: int | None = None
+    legacy_from: int | None = None
     data_end: int | None = None  # end (ms) of the base data, before or after the run, whichever later
-    # a tail run's base candles from ``lo`` on, when planning read all of them (no second read)
-    cached: pl.DataFrame | None = None
+    # a tail run's base candles from ``lo`` on, when planning read all of them (no second read):
+    # row ranges of planning's frames
+    cached: list[_Rows] | None = None
+
+    @property
+    def fold_from(self) -> int | None:
+        froms = [f for f in (self.tail_start, self.legacy_from) if f is not None]
+        return min(froms) if froms else None
 
     def periods(self, target: Interval) -> list[dt.date] | None:
         """The file periods this run may rewrite, or ``None`` for all (a full recompute lists them)."""
@@ -174,7 +172,8 @@ class _Work:
 
     def touches(self, start_ms: int, end_ms: int) -> bool:
         """Whether this run rewrites files of the period ``[start_ms, end_ms)``."""
-        if self.fold_from is not None and end_ms > self.fold_from:
+        fold_from = self.fold_from
+        if fold_from is not None and end_ms > fold_from:
             return True
         return (self.lo is None or end_ms > self.lo) and (self.hi is None or start_ms < self.hi)
 
@@ -206,8 +205,10 @@ def build_offsets(
     method: str = "seed",
     symbols: str | Sequence[str] | None = None,
     rebuild: bool = False,
+    fold: bool = False,
     batch_rows: int = 2_000_000,
     workers: int = 4,
+    tail_grace_s: float = GRACE_S,
     progress: Callable[[int, int], None] | None = None,
 ) -> BuildResult:
     """Bring the offsets table of (``trade_type``, ``interval``) up to date with the klines table.
@@ -215,7 +216,10 @@ def build_offsets(
     ``base`` defaults to the one the series were built from, else the coarsest stored interval that
     divides ``interval``. Offsets built earlier stay maintained alongside the requested ones. A
     series built with another base or method is an error unless ``rebuild`` (which recomputes it from
-    scratch and deletes its old offsets). ``progress(done, total)`` is called per batch of symbols.
+    scratch and deletes its old offsets). ``fold`` moves the tail of every series looked at into its
+    period files now (otherwise a series' tail is folded when it grows past about a month). Tail
+    files no longer needed are deleted ``tail_grace_s`` after that, so that a query which listed
+    them just before can still read them. ``progress(done, total)`` is called per batch of symbols.
     """
     started = time.perf_counter()
     lfs = to_lakefs(root)
@@ -223,7 +227,8 @@ def build_offsets(
     target = parse_interval(interval, spot=tt.is_spot)
     syms = validate_symbols(symbols) if symbols else None
     with lfs.lock(table_dir(tt.name, target.name)):
-        manifest = _load_manifest(lfs, tt.name, target.name)
+        manifest = load_manifest(lfs, tt.name, target.name)
+        tail = offsets_tail.load_state(lfs, tt.name, target.name)  # an unreadable file stops here
         if base is None:
             built = {manifest[s].base for s in (syms or manifest) if s in manifest}
             base = built.pop() if len(built) == 1 else default_base(lfs, tt.name, target, syms)
@@ -232,7 +237,7 @@ def build_offsets(
             listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
             syms = sorted(listed | {s for s, st in manifest.items() if st.base == plan.base.name})
         by_offsets: dict[tuple[int, ...], list[_Work]] = {}
-        for w, ks in _plan_all(lfs, tt.name, plan, syms, manifest, rebuild, workers):
+        for w, ks in _plan_all(lfs, tt.name, plan, syms, manifest, rebuild, fold, tail.starts, workers):
             if w is not None:
                 by_offsets.setdefault(ks, []).append(w)
         jobs = [
@@ -240,12 +245,12 @@ def build_offsets(
             for ks, items in by_offsets.items()
             for batch in _batches(items, batch_rows, plan)
         ]
-        run = _Run(lfs, tt.name, manifest, progress)
+        run = _Run(lfs, tt.name, target.name, manifest, tail, progress)
         try:
-            run.execute(jobs, workers)
+            run.execute(jobs, workers, tail_grace_s)
         finally:
             if run.dirty:
-                _save_manifest(lfs, tt.name, target.name, manifest)
+                save_manifest(lfs, tt.name, target.name, manifest)
     items = [w for v in by_offsets.values() for w in v]
     return BuildResult(
         trade_type=tt.name,
@@ -260,6 +265,8 @@ def build_offsets(
         written=run.outcomes["written"],
         unchanged=run.outcomes["unchanged"],
         removed=run.outcomes["removed"],
+        tail_bins=run.tail_bins,
+        folded=run.folded,
         seconds=time.perf_counter() - started,
     )
 
@@ -268,23 +275,39 @@ class _Run:
     """Executes batches as a pipeline: a reader thread reads (and fingerprints) the next batch while
     this one is resampled and its files are encoded by a thread pool, and a writer thread writes the
     previous batch's files. A batch's series enter the manifest once all its files are written (a
-    failure re-raises and leaves them out, so the next run redoes them)."""
+    failure re-raises and leaves them out, so the next run redoes them); a tail run's series once
+    the tail file holding their bins is written."""
 
     def __init__(
         self,
         lfs: LakeFS,
         trade_type: str,
-        manifest: dict[str, _Series],
+        interval: str,
+        manifest: dict[str, Series],
+        tail: TailState,
         progress: Callable[[int, int], None] | None,
     ) -> None:
-        self.lfs, self.trade_type, self.manifest, self.progress = lfs, trade_type, manifest, progress
+        self.lfs, self.trade_type, self.interval = lfs, trade_type, interval
+        self.manifest, self.tail, self.progress = manifest, tail, progress
         self.bins = 0
+        self.tail_bins = 0
+        self.folded = 0
         self.outcomes: Counter[str] = Counter()
         self.dirty = False
         self.done = 0
+        # tail files written by this run (later names must follow them) and the bins of tail runs
+        # waiting to be written as one tail file, with their series' manifest entries
+        self.names = list(tail.names)
+        self.names_lock = threading.Lock()
+        self.layer_parts: list[pl.DataFrame] = []
+        self.layer_rows = 0
+        self.cover: dict[str, int] = {}
+        self.deferred: list[tuple[OffsetPlan, _Work, dict[str, str]]] = []
 
-    def execute(self, jobs: list[tuple[OffsetPlan, list[_Work]]], workers: int) -> None:
+    def execute(self, jobs: list[tuple[OffsetPlan, list[_Work]]], workers: int, grace_s: float) -> None:
         total = sum(len(batch) for _, batch in jobs)
+        if jobs:
+            offsets_tail.ensure_tail(self.lfs, self.trade_type, self.interval)
         last_save = time.monotonic()
         writes: deque[tuple[OffsetPlan, list[_Work], _Fingerprints, Future[list[_Outcome]]]] = deque()
         with (
@@ -295,54 +318,95 @@ class _Run:
             ahead = reader.submit(self._load, *jobs[0]) if jobs else None
             for i, (plan, batch) in enumerate(jobs):
                 assert ahead is not None
-                base, fingerprints = ahead.result()
+                base, fingerprints, tail_bins = ahead.result()
                 if i + 1 < len(jobs):
                     ahead = reader.submit(self._load, *jobs[i + 1])
-                futures = self._submit(plan, batch, base, encoders)
-                del base
-                writes.append((plan, batch, fingerprints, writer.submit(self._write, futures)))
+                futures = self._submit(plan, batch, base, tail_bins, encoders)
+                del base, tail_bins
+                folds = [w.symbol for w in batch if w.tail_start is not None]
+                writes.append((plan, batch, fingerprints, writer.submit(self._write, futures, folds)))
                 while len(writes) > 1:  # one batch being written while the next is computed
                     self._finish(*writes.popleft(), total)
                 if self.dirty and time.monotonic() - last_save > _SAVE_EVERY_S:
-                    _save_manifest(self.lfs, self.trade_type, plan.target.name, self.manifest)
+                    save_manifest(self.lfs, self.trade_type, self.interval, self.manifest)
                     last_save = time.monotonic()
             while writes:
                 self._finish(*writes.popleft(), total)
+        self._flush_layer()
+        state = self.tail
+        if self.names != self.tail.names:
+            state = offsets_tail.load_state(self.lfs, self.trade_type, self.interval)
+        self.outcomes["removed"] += offsets_tail.cleanup(self.lfs, state, grace_s)
 
-    def _load(self, plan: OffsetPlan, batch: list[_Work]) -> tuple[pl.DataFrame, _Fingerprints]:
+    def _load(
+        self, plan: OffsetPlan, batch: list[_Work]
+    ) -> tuple[pl.DataFrame, _Fingerprints, pl.DataFrame | None]:
         base = _read_base(self.lfs, self.trade_type, plan, batch)
         cached = [i for i, w in enumerate(batch) if w.cached is not None]  # fingerprinted at planning
         rows = base.filter(~pl.col("_sym").is_in(cached)) if cached else base
-        return base, _fingerprints(rows, plan.base, [w.symbol for w in batch])
+        prints = _fingerprints(rows, plan.base, [w.symbol for w in batch])
+        folds = [w.symbol for w in batch if w.tail_start is not None]
+        return base, prints, self.tail.read_bins(self.lfs, folds) if folds else None
 
-    def _write(self, futures: list[_Pending]) -> list[_Outcome]:
+    def _write(self, futures: list[_Pending], folds: list[str]) -> list[_Outcome]:
         # .result() re-raises a failed merge: the batch's series then stay out of the manifest
         outcomes = [o for f in futures for o in (f.result() if isinstance(f, Future) else [f])]
         # one durable batch write (two file-system syncs) instead of two fsyncs per file
         self.lfs.write_atomic_many([(o.rel, o.data) for o in outcomes if o.kind == "write"])
         removed = [o for o in outcomes if o.kind == "remove" and _remove_file(self.lfs, o.rel)]
-        return [o for o in outcomes if o.kind in ("write", "unchanged")] + removed
+        out = [o for o in outcomes if o.kind in ("write", "unchanged")] + removed
+        if folds:
+            # only now do the folded bins leave the tail for readers: until this file exists they
+            # read them from the tail (and, from the files just written, possibly once more)
+            with self.names_lock:
+                name = offsets_tail.write_markers(self.lfs, self.tail.directory, self.names, folds)
+                self.names.append(name)
+            out.append(_Outcome("write", f"{self.tail.directory}/{name}"))
+        return out
 
     def _submit(
-        self, plan: OffsetPlan, batch: list[_Work], base: pl.DataFrame, pool: ThreadPoolExecutor
+        self,
+        plan: OffsetPlan,
+        batch: list[_Work],
+        base: pl.DataFrame,
+        tail_bins: pl.DataFrame | None,
+        pool: ThreadPoolExecutor,
     ) -> list[_Pending]:
-        files = _split_files(_resample_batch(base, plan, batch), plan, batch)
+        chunks = _resample_batch(base, plan, batch)
+        to_tail = np.array([w.tail for w in batch], dtype=bool)
+        if to_tail.any():
+            split = [(_select(r, to_tail[r.sym]), _select(r, ~to_tail[r.sym])) for r in chunks]
+            layer = _layer_rows([t for t, _ in split if len(t)], plan, batch)
+            chunks = [d for _, d in split if len(d)]
+            self.layer_parts.append(layer)
+            self.layer_rows += layer.height
+            self.tail_bins += layer.height
+            self.bins += layer.height
+            for w in batch:
+                if w.tail:
+                    assert w.lo is not None
+                    self.cover[w.symbol] = w.lo
+        files = _split_files(chunks, plan, batch)
         self.bins += sum(t.num_rows for per in files.values() for t in per.values())
+        olds = _split_tail(tail_bins, plan.target) if tail_bins is not None else {}
         lfs, tt, iv = self.lfs, self.trade_type, plan.target.name
         futures: list[_Pending] = []
         for w in batch:
+            if w.tail:
+                continue
             known = w.periods(plan.target)
             for name in plan.names:
                 new = files.get((w.symbol, name), {})
+                old = olds.get((w.symbol, name), {})
                 if known is None:
                     sdir = offsets_series_dir(tt, iv, name, w.symbol)
                     listed = {dt.date.fromisoformat(e[5:]) for e in lfs.listdir(sdir) if _is_date_dir(e)}
                 else:
                     listed = set(known)
-                for p in sorted(listed | new.keys()):
+                for p in sorted(listed | new.keys() | old.keys()):
                     part = OffsetPartition(tt, iv, name, w.symbol, p)
                     if w.touches(part.start_ms, part.end_ms):
-                        futures.append(pool.submit(_period_files, lfs, part, new.get(p), w))
+                        futures.append(pool.submit(_period_files, lfs, part, new.get(p), w, old.get(p)))
             for name in w.drop_offsets:
                 sdir = offsets_series_dir(tt, iv, name, w.symbol)
                 for e in lfs.listdir(sdir):
@@ -361,17 +425,40 @@ class _Run:
         for o in written.result():  # re-raises a failed encode or write
             self.outcomes[{"write": "written", "remove": "removed"}.get(o.kind, o.kind)] += 1
         for w in batch:
-            old = self.manifest.get(w.symbol)
-            days = {d: v for d, v in (old.days if old is not None else {}).items() if d in w.tokens}
-            days.update(w.days)
-            days.update(fingerprints.get(w.symbol, {}))
-            self.manifest[w.symbol] = _Series(
-                plan.base.name, plan.method, plan.names, w.tokens, days, w.tail_from
-            )
-        self.dirty = True
+            prints = fingerprints.get(w.symbol, {})
+            if w.tail:
+                self.deferred.append((plan, w, prints))  # entered once its tail file is written
+            else:
+                self._record(plan, w, prints)
+                self.folded += w.tail_start is not None
+        if self.layer_rows >= _LAYER_ROWS:
+            self._flush_layer()
         self.done += len(batch)
         if self.progress is not None:
             self.progress(self.done, total)
+
+    def _record(self, plan: OffsetPlan, w: _Work, prints: dict[str, str]) -> None:
+        old = self.manifest.get(w.symbol)
+        days = {d: v for d, v in (old.days if old is not None else {}).items() if d in w.tokens}
+        days.update(w.days)
+        days.update(prints)
+        self.manifest[w.symbol] = Series(plan.base.name, plan.method, plan.names, w.tokens, days)
+        self.dirty = True
+
+    def _flush_layer(self) -> None:
+        """Write the tail runs' bins so far as one tail file, then enter their series."""
+        if not self.cover:
+            return
+        parts = self.layer_parts
+        bins = pl.concat(parts) if len(parts) > 1 else parts[0] if parts else pl.DataFrame(schema=BIN_SCHEMA)
+        with self.names_lock:
+            state = offsets_tail.load_state(self.lfs, self.trade_type, self.interval)
+            name, _ = offsets_tail.write_layer(self.lfs, state, Layer(dict(self.cover), set(), bins))
+            self.names.append(name)
+        self.outcomes["written"] += 1
+        for plan, w, prints in self.deferred:
+            self._record(plan, w, prints)
+        self.layer_parts, self.layer_rows, self.cover, self.deferred = [], 0, {}, []
 
 
 # -- planning ------------------------------------------------------------------------------------
@@ -382,14 +469,20 @@ def _plan_all(
     trade_type: str,
     plan: OffsetPlan,
     syms: list[str],
-    manifest: dict[str, _Series],
+    manifest: dict[str, Series],
     rebuild: bool,
+    fold: bool,
+    tail_starts: dict[str, int],
     workers: int,
 ) -> Iterator[tuple[_Work | None, tuple[int, ...]]]:
     """Plan every series: list and stat its base partitions, then read the changed ones in scans of
     about ``_PLAN_PARTITIONS`` partitions and fingerprint their days (not one read each)."""
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        tokens = list(pool.map(lambda s: _base_tokens(lfs, trade_type, plan.base.name, s), syms))
+    if lfs.is_local:  # a stat is microseconds: threads would only fight over the GIL (~20× slower)
+        tokens = [_base_tokens(lfs, trade_type, plan.base.name, s) for s in syms]
+    else:  # an object store answers in milliseconds: ask in parallel
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            tokens = list(pool.map(lambda s: _base_tokens(lfs, trade_type, plan.base.name, s), syms))
+    names = {k: plan.name(k) for k in range(plan.n)}
     chunk: list[tuple[str, dict[str, str]]] = []
     wanted: list[tuple[str, str]] = []
     for i, (sym, tok) in enumerate(zip(syms, tokens, strict=True)):
@@ -398,11 +491,13 @@ def _plan_all(
         if len(wanted) >= _PLAN_PARTITIONS or i == len(syms) - 1:  # bounded memory
             read = _read_partitions(lfs, trade_type, plan.base, wanted)
             for s, t in chunk:
-                yield _plan_series(lfs, trade_type, plan, s, manifest.get(s), rebuild, t, read)
+                yield _plan_series(
+                    plan, names, s, manifest.get(s), rebuild, fold, t, read, tail_starts.get(s)
+                )
             chunk, wanted = [], []
 
 
-def _to_read(state: _Series | None, tokens: dict[str, str]) -> list[str]:
+def _to_read(state: Series | None, tokens: dict[str, str]) -> list[str]:
     """The changed base partitions whose days planning compares (an unchanged series: none)."""
     if state is None:
         return []
@@ -413,10 +508,25 @@ def _to_read(state: _Series | None, tokens: dict[str, str]) -> list[str]:
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Rows ``[a, b)`` of a frame planning read (kline value columns; ``times``: open times, ms)."""
+
+    frame: pl.DataFrame
+    times: np.ndarray
+    a: int
+    b: int
+
+    def since(self, t_ms: int) -> _Rows:
+        return _Rows(
+            self.frame, self.times, self.a + int(np.searchsorted(self.times[self.a : self.b], t_ms)), self.b
+        )
+
+
 def _read_partitions(
     lfs: LakeFS, trade_type: str, base: Interval, wanted: list[tuple[str, str]]
-) -> dict[tuple[str, str], tuple[dict[str, int], pl.DataFrame]]:
-    """Day fingerprints and rows of base partitions (symbol, date), read in one scan."""
+) -> dict[tuple[str, str], tuple[str, _Rows]]:
+    """Packed day fingerprints and rows of base partitions (symbol, date), read in one scan."""
     if not wanted:
         return {}
     paths = [
@@ -430,10 +540,11 @@ def _read_partitions(
     starts = np.flatnonzero(np.diff(code, prepend=-1)).tolist()
     ends = [*starts[1:], len(code)]
     rows = frame.drop("_sym")
+    times = rows["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch, no copy
     out = {}
     for a, b in zip(starts, ends, strict=True):
         s, d = wanted[int(code[a])]
-        out[(s, d)] = (prints.get(keys[int(code[a])], {}).get(d, {}), rows.slice(a, b - a))
+        out[(s, d)] = (prints.get(keys[int(code[a])], {}).get(d, ""), _Rows(rows, times, a, b))
     return out
 
 
@@ -456,14 +567,15 @@ def _scan_coded(lfs: LakeFS, paths: list[str], codes: list[int]) -> pl.LazyFrame
 
 
 def _plan_series(
-    lfs: LakeFS,
-    trade_type: str,
     plan: OffsetPlan,
+    names: dict[int, str],
     symbol: str,
-    state: _Series | None,
+    state: Series | None,
     rebuild: bool,
+    fold: bool,
     tokens: dict[str, str],
-    prefetched: dict[tuple[str, str], tuple[dict[str, int], pl.DataFrame]],
+    prefetched: dict[tuple[str, str], tuple[str, _Rows]],
+    tail_start: int | None,
 ) -> tuple[_Work | None, tuple[int, ...]]:
     drop: list[str] = []
     if state is not None and (state.base != plan.base.name or state.method != plan.method or rebuild):
@@ -474,78 +586,105 @@ def _plan_series(
             )
         drop = state.offsets
         state = None
+    legacy = state.legacy_tail_from if state is not None else None
     ks = set(plan.offsets)
     if state is not None:  # offsets built before stay maintained
-        by_name = {plan.name(k): k for k in range(plan.n)}
+        by_name = {n: k for k, n in names.items()}
         ks |= {by_name[n] for n in state.offsets if n in by_name}
     keys = tuple(sorted(ks))
-    names = [plan.name(k) for k in keys]
-    if state is None or sorted(state.offsets) != sorted(names):
+    kept = [names[k] for k in keys]
+    if state is None or sorted(state.offsets) != sorted(kept):
         if not tokens and state is None and not drop:
             return None, keys
-        drop = [o for o in drop if o not in names]
-        return _Work(symbol, tokens, sorted(tokens), None, None, len(tokens), drop), keys
+        drop = [o for o in drop if o not in kept]
+        return _Work(
+            symbol,
+            tokens,
+            sorted(tokens),
+            None,
+            None,
+            len(tokens),
+            drop,
+            tail_start=tail_start,
+            legacy_from=legacy,
+        ), keys
     changed = [d for d in tokens.keys() | state.partitions.keys() if tokens.get(d) != state.partitions.get(d)]
+    old_end = _data_end(state.days, plan.base)
     if not changed:
-        return None, keys
+        if legacy is None and not (fold and tail_start is not None):
+            return None, keys
+        # any run but a tail run folds the series' tail into its period files; this one only that
+        w = _Work(symbol, tokens, [], 0, 0, 0, tail_start=tail_start, legacy_from=legacy)
+        w.data_end = old_end
+        return w, keys
     spans: list[tuple[int, int]] = []
-    known: dict[str, dict[str, int]] = {}
-    frames: dict[str, pl.DataFrame] = {}
+    known: dict[str, str] = {}
+    frames: dict[str, _Rows] = {}
     for d in changed:
         # a new partition had no rows; one from an old manifest without fingerprints counts as whole
-        old_days = state.days.get(d, None if d in state.partitions else {})
+        old_days = state.days.get(d, None if d in state.partitions else "")
         if d not in tokens or old_days is None:
             spans.append(_span(plan.base, d))
             continue
-        new_days, stored = prefetched.get((symbol, d), ({}, None))  # (none: gone since listed)
+        new_days, stored = prefetched.get((symbol, d), ("", None))  # (none: gone since listed)
         known[d] = new_days
         if stored is not None:
             frames[d] = stored
-        for day in new_days.keys() | old_days.keys():
-            if new_days.get(day) != old_days.get(day):
-                start = _day_ms(dt.date.fromisoformat(day))
-                spans.append((start, start + MS_PER_DAY))
+        if new_days == old_days:
+            continue
+        new, old = unpack_days(new_days), unpack_days(old_days)
+        for day in new.keys() | old.keys():
+            if new.get(day) != old.get(day):
+                spans.append((day * MS_PER_DAY, (day + 1) * MS_PER_DAY))
+    after = {d: known.get(d, state.days.get(d, "")) for d in tokens}
+    end = _data_end(after, plan.base)
+    data_end = max(end or 0, old_end or 0) or None
     if not spans:  # rewritten with the same rows: only the change tokens move
-        return _Work(symbol, tokens, [], 0, 0, len(changed), days=known, tail_from=state.tail_from), keys
+        w = _Work(symbol, tokens, [], 0, 0, len(changed), days=known)
+        if legacy is not None or (fold and tail_start is not None):
+            w.tail_start, w.legacy_from, w.data_end = tail_start, legacy, data_end
+        return w, keys
     a = min(x for x, _ in spans)
     b = max(y for _, y in spans)
     reach = plan.target_ms - plan.base_ms
     lo, hi = a - reach, b
     # A tail run: the change only adds candles after every stored one (an appended day: no stored bin
-    # opens at or after lo) or lies inside the tail; the tail's bins are recomputed into tail files
-    # and the period files stay as they are, while the tail spans at most _TAIL_MAX_MS.
-    old_end = _data_end(state.days, plan.base)
-    tail_from = state.tail_from
-    if tail_from is None and old_end is not None and a >= old_end:
-        tail_from = lo
-    if tail_from is not None and lo >= tail_from:
-        after = {d: known.get(d, state.days.get(d, {})) for d in tokens}
-        end = _data_end(after, plan.base)
-        if end is not None and end - tail_from <= _TAIL_MAX_MS[offsets_period(plan.target)]:
-            read = [d for d in sorted(tokens) if _span(plan.base, d)[1] > tail_from]
-            w = _Work(symbol, tokens, read, tail_from, None, len(changed), days=known)
-            w.tail, w.tail_from, w.data_end = True, tail_from, max(end, old_end or end)
-            if all(d in frames for d in read):
-                t = pl.col("candle_begin_time").dt.epoch("ms")
-                cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
-                w.cached = pl.concat([frames[d].select(cols).filter(t >= tail_from) for d in read])
-            return w, keys
+    # opens at or after lo) or lies inside the tail, and the tail stays within _TAIL_MAX_MS. The bins
+    # from lo on go to a new tail layer; the period files (all bins before the tail start) stay.
+    start = tail_start
+    if start is None and old_end is not None and a >= old_end:
+        start = lo
+    limit = _TAIL_MAX_MS[offsets_period(plan.target)]
+    if (
+        not fold
+        and legacy is None
+        and start is not None
+        and lo >= start
+        and end is not None
+        and end - start <= limit
+    ):
+        read = [d for d in sorted(tokens) if _span(plan.base, d)[1] > lo]
+        w = _Work(symbol, tokens, read, lo, None, len(changed), days=known, tail=True)
+        if all(d in frames for d in read):
+            w.cached = [frames[d].since(lo) for d in read]
+        return w, keys
     # otherwise the bins of [lo, hi) are merged into the period files, and a tail is folded into them
     read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]
-    w = _Work(symbol, tokens, read, lo, hi, len(changed), days=known, fold_from=state.tail_from)
-    after = {d: known.get(d, state.days.get(d, {})) for d in tokens}
-    w.data_end = max(_data_end(after, plan.base) or 0, old_end or 0) or None
+    w = _Work(
+        symbol, tokens, read, lo, hi, len(changed), days=known, tail_start=tail_start, legacy_from=legacy
+    )
+    w.data_end = data_end
     return w, keys
 
 
-def _data_end(days: dict[str, dict[str, int]], base: Interval) -> int | None:
-    """End (ms) of the last UTC day holding base candles, from per-partition day fingerprints (a
-    partition without them counts to its end); ``None`` when there are none."""
-    ends = [
-        _day_ms(dt.date.fromisoformat(max(per_day))) + MS_PER_DAY if per_day else _span(base, d)[1]
-        for d, per_day in days.items()
-    ]
-    return max(ends, default=None)
+def _data_end(days: dict[str, str], base: Interval) -> int | None:
+    """End (ms) of the last UTC day holding base candles, from the packed day fingerprints of each
+    base partition (the latest partition decides; one without fingerprints counts to its end);
+    ``None`` when there are none."""
+    if not days:
+        return None
+    last = max(days)
+    return (last_day_end(days[last]) if days[last] else None) or _span(base, last)[1]
 
 
 def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[str, str]:
@@ -572,7 +711,7 @@ def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[
     rows = weight = 0
     for w in items:
         batch.append(w)
-        rows += w.cached.height if w.cached is not None else len(w.read) * per_partition
+        rows += sum(r.b - r.a for r in w.cached) if w.cached is not None else len(w.read) * per_partition
         weight += _BATCH_SYMBOLS if w.tail else _TAIL_BATCH_SYMBOLS
         if rows >= batch_rows or weight >= _BATCH_SYMBOLS * _TAIL_BATCH_SYMBOLS:
             yield batch
@@ -587,12 +726,12 @@ def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[
 def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work]) -> pl.DataFrame:
     """The base candles a batch needs: ``_sym`` (the series' index in ``batch``) and the kline value
     columns, ordered by series then partition."""
-    columns = [pl.col(c).cast(OFFSET_SCHEMA[c]) for c in OFFSET_SCHEMA if c != "n_base"]
-    cached = [
-        w.cached.lazy().select(pl.lit(i, pl.UInt32).alias("_sym"), *columns)
-        for i, w in enumerate(batch)
-        if w.cached is not None
-    ]
+    ranges = [(i, r) for i, w in enumerate(batch) if w.cached is not None for r in w.cached if r.b > r.a]
+    cached = []
+    if ranges:  # one concatenation of slices, not a query per series
+        rows = pl.concat([r.frame.slice(r.a, r.b - r.a) for _, r in ranges], rechunk=True)
+        code = np.repeat(np.array([i for i, _ in ranges], np.uint32), [r.b - r.a for _, r in ranges])
+        cached = [rows.lazy().select(pl.Series("_sym", code, pl.UInt32), pl.all())]
     files = [
         (
             lfs.url(
@@ -650,26 +789,78 @@ def _split_files(
 ) -> dict[tuple[str, str], dict[dt.date, pa.Table]]:
     """Bins by (symbol, offset) and file period, as zero-copy slices of Arrow tables (a chunk's bins
     come ordered by offset, symbol and time, and a series is in one chunk)."""
-    monthly = offsets_period(plan.target) == "month"
     names = plan.names
     out: dict[tuple[str, str], dict[dt.date, pa.Table]] = {}
     for r in chunks:
-        pid = np.searchsorted(_MONTH_STARTS if monthly else _YEAR_STARTS, r.start, side="right") - 1
+        pid = _period_ids(r.start, plan.target)
         new = np.ones(len(r), dtype=bool)
         new[1:] = (r.which[1:] != r.which[:-1]) | (r.sym[1:] != r.sym[:-1]) | (pid[1:] != pid[:-1])
         starts = np.flatnonzero(new)
         ends = np.append(starts[1:], len(r))
         table = pa.table(
             {
-                "candle_begin_time": pa.array(r.start, pa.int64()).cast(pa.timestamp("ms", "UTC")),
-                **{c: pa.array(r.columns[c]) for c in OFFSET_SCHEMA if c != "candle_begin_time"},
+                "candle_begin_time": arrow_column(r.start).cast(pa.timestamp("ms", "UTC")),
+                **{c: arrow_column(r.columns[c]) for c in OFFSET_SCHEMA if c != "candle_begin_time"},
             }
         )
         for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-            p = int(pid[a])  # months or years since 1970
-            day = dt.date(1970 + p // 12, p % 12 + 1, 1) if monthly else dt.date(1970 + p, 1, 1)
             key = (batch[int(r.sym[a])].symbol, names[int(r.which[a])])
-            out.setdefault(key, {})[day] = table.slice(a, b - a)
+            out.setdefault(key, {})[_period_date(int(pid[a]), plan.target)] = table.slice(a, b - a)
+    return out
+
+
+def _period_ids(start: np.ndarray, target: Interval) -> np.ndarray:
+    """Months or years since 1970 of the file periods holding bins opening at ``start`` (ms)."""
+    monthly = offsets_period(target) == "month"
+    return np.searchsorted(_MONTH_STARTS if monthly else _YEAR_STARTS, start, side="right") - 1
+
+
+def _period_date(pid: int, target: Interval) -> dt.date:
+    if offsets_period(target) == "month":
+        return dt.date(1970 + pid // 12, pid % 12 + 1, 1)
+    return dt.date(1970 + pid, 1, 1)
+
+
+def _select(r: Resampled, keep: np.ndarray) -> Resampled:
+    return Resampled(r.which[keep], r.sym[keep], r.start[keep], {c: v[keep] for c, v in r.columns.items()})
+
+
+def _layer_rows(chunks: list[Resampled], plan: OffsetPlan, batch: list[_Work]) -> pl.DataFrame:
+    """Tail-run bins as rows of a tail file (``BIN_SCHEMA``)."""
+    if not chunks:
+        return pl.DataFrame(schema=BIN_SCHEMA)
+    symbols = pl.Series([w.symbol for w in batch], dtype=pl.String)
+    offsets = pl.Series(plan.names, dtype=pl.String)
+    frames = [
+        pl.DataFrame(
+            {
+                "symbol": symbols.gather(r.sym),
+                "offset": offsets.gather(r.which),
+                "candle_begin_time": pl.Series(r.start).cast(pl.Datetime("ms", "UTC")),
+                **{c: r.columns[c] for c in OFFSET_SCHEMA if c != "candle_begin_time"},
+            }
+        )
+        for r in chunks
+    ]
+    out = pl.concat(frames) if len(frames) > 1 else frames[0]
+    return out.select([pl.col(c).cast(t) for c, t in BIN_SCHEMA.items()])
+
+
+def _split_tail(bins: pl.DataFrame, target: Interval) -> dict[tuple[str, str], dict[dt.date, pl.DataFrame]]:
+    """Tail bins (ordered by symbol, offset, time) by (symbol, offset) and file period."""
+    out: dict[tuple[str, str], dict[dt.date, pl.DataFrame]] = {}
+    if bins.height == 0:
+        return out
+    pid = _period_ids(bins["candle_begin_time"].dt.epoch("ms").to_numpy(), target)
+    sym = bins["symbol"].to_numpy()
+    off = bins["offset"].to_numpy()
+    new = np.ones(bins.height, dtype=bool)
+    new[1:] = (sym[1:] != sym[:-1]) | (off[1:] != off[:-1]) | (pid[1:] != pid[:-1])
+    starts = np.flatnonzero(new).tolist()
+    rows = bins.select(list(OFFSET_SCHEMA))
+    for a, b in zip(starts, [*starts[1:], bins.height], strict=True):
+        key = (str(sym[a]), str(off[a]))
+        out.setdefault(key, {})[_period_date(int(pid[a]), target)] = rows.slice(a, b - a)
     return out
 
 
@@ -683,39 +874,42 @@ class _Outcome:
 
 
 _Pending: TypeAlias = "Future[list[_Outcome]] | _Outcome"  # encodings in the pool, or a removal
-_Fingerprints: TypeAlias = dict[str, dict[str, dict[str, int]]]  # symbol -> partition -> day -> print
+_Fingerprints: TypeAlias = dict[str, dict[str, str]]  # symbol -> partition -> packed day prints
 
 
-def _period_files(lfs: LakeFS, part: OffsetPartition, new: pa.Table | None, w: _Work) -> list[_Outcome]:
-    """The new content of one period's files (encoded, not written).
-
-    A tail run writes the period's tail file from ``new`` (all its bins from ``w.lo`` on) and leaves
-    the period file alone. Otherwise the period file gets its old bins outside ``[lo, hi)``, those of
-    a tail file (folded, then removed), and ``new``.
-    """
-    if w.tail:
-        if new is not None and new.num_rows:
-            return [_Outcome("write", part.tail_path, _encode(new))]
-        return [_Outcome("remove", part.tail_path)]
-    data, tail = lfs.read_bytes_or_none(part.path), lfs.read_bytes_or_none(part.tail_path)
-    if data is None and tail is None and new is not None:  # a new file (a full build): no merge
+def _period_files(
+    lfs: LakeFS, part: OffsetPartition, new: pa.Table | None, w: _Work, tail: pl.DataFrame | None
+) -> list[_Outcome]:
+    """The new content of one period file (encoded, not written): its old bins outside ``[lo, hi)``
+    (and before the tail start, when the series' tail is folded), the tail's bins of the period
+    (``tail``: folded; an older lake's ``tail.parquet`` too, then removed), and ``new``."""
+    data, legacy = lfs.read_bytes_or_none(part.path), lfs.read_bytes_or_none(part.legacy_tail_path)
+    has_tail = tail is not None and tail.height > 0
+    if data is None and legacy is None and not has_tail and new is not None:  # a new file: no merge
         return [_Outcome("write", part.path, _encode(new))]
-    old = [pl.read_parquet(io.BytesIO(x)) for x in (data, tail) if x is not None]
-    keep = [df for df in old if df.height]
+    t = pl.col("candle_begin_time").dt.epoch("ms")
+    stored = pl.read_parquet(io.BytesIO(data)) if data is not None else None
+    old = []
+    if stored is not None and stored.height:
+        # from the tail start on, the tail is what counts (a fold cut short can have left bins here)
+        old.append(stored if w.tail_start is None else stored.filter(t < w.tail_start))
+    if legacy is not None:
+        old.append(pl.read_parquet(io.BytesIO(legacy)))
+    if tail is not None and has_tail:
+        old.append(tail)
     if w.lo is not None or w.hi is not None:
-        t = pl.col("candle_begin_time").dt.epoch("ms")
         inside = (t >= (_I64_MIN if w.lo is None else w.lo)) & (t < (_I64_MAX if w.hi is None else w.hi))
-        keep = [df.filter(~inside) for df in keep]
+        old = [df.filter(~inside) for df in old]
     else:
-        keep = []
-    parts = [df for df in keep if df.height]
+        old = []
+    parts = [df for df in old if df.height]
     if new is not None and new.num_rows:
         parts.append(pl.DataFrame(pl.from_arrow(new)))
     merged = pl.concat(parts).sort("candle_begin_time") if len(parts) > 1 else (parts[0] if parts else None)
-    out = [_Outcome("remove", part.tail_path)] if tail is not None else []
+    out = [_Outcome("remove", part.legacy_tail_path)] if legacy is not None else []
     if merged is None or merged.height == 0:
         return [*out, _Outcome("none" if data is None else "remove", part.path)]
-    if data is not None and tail is None and old[0].equals(merged):
+    if stored is not None and legacy is None and stored.equals(merged):
         return [_Outcome("unchanged", part.path)]
     return [_Outcome("write", part.path, _encode(merged.to_arrow())), *out]
 
@@ -746,23 +940,6 @@ def _remove_file(lfs: LakeFS, rel: str) -> bool:
     return existed
 
 
-# -- manifest ------------------------------------------------------------------------------------
-
-
-def _load_manifest(lfs: LakeFS, trade_type: str, interval: str) -> dict[str, _Series]:
-    doc = read_json(lfs, manifest_path(trade_type, interval))
-    if not isinstance(doc, dict) or doc.get("version") != _MANIFEST_VERSION:
-        return {}
-    return {sym: _Series(**entry) for sym, entry in doc.get("series", {}).items()}
-
-
-def _save_manifest(lfs: LakeFS, trade_type: str, interval: str, manifest: dict[str, _Series]) -> None:
-    fields = [f.name for f in dataclasses.fields(_Series)]
-    series = {s: {f: getattr(st, f) for f in fields} for s, st in sorted(manifest.items())}  # no deep copy
-    doc = {"version": _MANIFEST_VERSION, "series": series}
-    write_json(lfs, manifest_path(trade_type, interval), doc)
-
-
 # -- reading -------------------------------------------------------------------------------------
 
 
@@ -777,7 +954,9 @@ def scan_offsets(
 ) -> pl.LazyFrame:
     """Lazily read the offsets table: columns ``symbol``, ``offset`` and ``OFFSET_SCHEMA``.
 
-    Files outside the offsets, symbols and ``[start, end)`` asked for are never opened.
+    The period files plus the visible bins of the tail, each bin once. The tail (small) is read
+    when this is called, before the period files are listed; period files outside the offsets,
+    symbols and ``[start, end)`` asked for are never opened.
     """
     lfs = to_lakefs(root)
     tdir = table_dir(trade_type, interval)
@@ -788,6 +967,8 @@ def scan_offsets(
             raise ValidationError(f"naive datetime {t!r}: pass a timezone-aware (UTC) datetime")
     lo = None if start is None else int(start.timestamp() * 1000)
     hi = None if end is None else int(end.timestamp() * 1000)
+    columns = ["symbol", "offset", *OFFSET_SCHEMA]
+    tail = offsets_tail.load_state(lfs, trade_type, interval).read_bins(lfs, want_syms, want_offsets, lo, hi)
     files: list[str] = []
     for odir in lfs.listdir(tdir):
         if not odir.startswith("offset=") or (want_offsets is not None and odir[7:] not in want_offsets):
@@ -804,24 +985,25 @@ def scan_offsets(
                 if (hi is not None and part.start_ms >= hi) or (lo is not None and part.end_ms <= lo):
                     continue
                 names = set(lfs.listdir(f"{tdir}/{odir}/{sdir}/{ddir}"))
-                files.extend(
-                    lfs.url(p) for p, f in ((part.path, DATA_FILE), (part.tail_path, TAIL_FILE)) if f in names
-                )
-    columns = ["symbol", "offset", *OFFSET_SCHEMA]
-    if not files:
+                pairs = ((part.path, DATA_FILE), (part.legacy_tail_path, LEGACY_TAIL_FILE))
+                files.extend(lfs.url(p) for p, f in pairs if f in names)
+    parts = [tail.lazy().select(columns)] if tail.height else []
+    if files:
+        lf = pl.scan_parquet(
+            files,
+            hive_partitioning=True,
+            hive_schema=_OFFSETS_HIVE,
+            glob=False,
+            storage_options=lfs.storage_options or None,
+        )
+        if start is not None:
+            lf = lf.filter(pl.col("candle_begin_time") >= start)
+        if end is not None:
+            lf = lf.filter(pl.col("candle_begin_time") < end)
+        parts.insert(0, lf.select(columns))
+    if not parts:
         return pl.LazyFrame(schema={"symbol": pl.String, "offset": pl.String, **OFFSET_SCHEMA})
-    lf = pl.scan_parquet(
-        files,
-        hive_partitioning=True,
-        hive_schema=_OFFSETS_HIVE,
-        glob=False,
-        storage_options=lfs.storage_options or None,
-    )
-    if start is not None:
-        lf = lf.filter(pl.col("candle_begin_time") >= start)
-    if end is not None:
-        lf = lf.filter(pl.col("candle_begin_time") < end)
-    return lf.select(columns)
+    return pl.concat(parts) if len(parts) > 1 else parts[0]
 
 
 def _is_date_dir(name: str) -> bool:
@@ -835,23 +1017,36 @@ def _is_date_dir(name: str) -> bool:
     return True
 
 
-def _fingerprints(
-    df: pl.DataFrame, base: Interval, symbols: Sequence[str]
-) -> dict[str, dict[str, dict[str, int]]]:
-    """Per symbol, per base partition, per UTC day: a fingerprint of the day's rows (values included).
+def _fingerprints(df: pl.DataFrame, base: Interval, symbols: Sequence[str]) -> _Fingerprints:
+    """Per symbol, per base partition: a fingerprint of each UTC day's rows (values included), packed
+    (``pack_days``).
 
-    ``df`` has the series' index in ``symbols`` as ``_sym``. Fingerprints only ever compare with ones
-    this code wrote; a Polars upgrade that changes row hashing makes every day look changed once (a
-    full recompute), never a day look unchanged.
+    ``df`` has the series' index in ``symbols`` as ``_sym``, ordered by series. Fingerprints only ever
+    compare with ones this code wrote; a Polars upgrade that changes row hashing makes every day look
+    changed once (a full recompute), never a day look unchanged.
     """
+    out: _Fingerprints = {}
     if df.height == 0:
-        return {}
+        return out
+    # whole series at a time, about _CHUNK_ROWS rows each: arrays that fresh would cost more in page
+    # faults than in arithmetic (a cold incremental run spent 0.3 s of system time in them)
+    sym = df["_sym"].to_numpy()
+    cuts = [0]
+    for at in np.flatnonzero(np.diff(sym)).tolist():
+        if at + 1 - cuts[-1] >= _CHUNK_ROWS:
+            cuts.append(at + 1)
+    cuts.append(df.height)
+    for a, b in itertools.pairwise(cuts):
+        _fingerprint_rows(df.slice(a, b - a), base, symbols, out)
+    return out
+
+
+def _fingerprint_rows(df: pl.DataFrame, base: Interval, symbols: Sequence[str], out: _Fingerprints) -> None:
     cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
-    period = partition_period(base)
     # integer day numbers, not calendar truncation on every row; rows come ordered by (series, time),
     # so a day's rows are one run and the hashes are summed per run (uint64 sums wrap, as Polars' do)
     code = df["_sym"].to_numpy().astype(np.int64)
-    day = df["candle_begin_time"].dt.epoch("ms").to_numpy() // MS_PER_DAY
+    day = df["candle_begin_time"].to_physical().to_numpy() // MS_PER_DAY  # ms since the epoch
     h = df.select(cols).hash_rows(seed=17).to_numpy()
     key = code * (1 << 32) + day
     if len(key) > 1 and not np.all(key[1:] >= key[:-1]):
@@ -859,19 +1054,20 @@ def _fingerprints(
         code, day, h, key = code[order], day[order], h[order], key[order]
     starts = np.flatnonzero(np.diff(key, prepend=key[0] - 1))
     sums = np.add.reduceat(h, starts)
-    counts = np.diff(np.append(starts, len(key)))
-    rows = zip(code[starts].tolist(), day[starts].tolist(), sums.tolist(), counts.tolist(), strict=True)
-    names: dict[int, tuple[str, str]] = {}
-    out: dict[str, dict[str, dict[str, int]]] = {}
-    for c, d_num, total, n in rows:
-        if d_num not in names:
-            d = dt.date(1970, 1, 1) + dt.timedelta(days=d_num)
-            names[d_num] = (period_floor(period, d).isoformat(), d.isoformat())
-        p, dname = names[d_num]
-        out.setdefault(symbols[c], {}).setdefault(p, {})[dname] = (total ^ (n << 1)) & ((1 << 63) - 1)
-    return out
+    counts = np.diff(np.append(starts, len(key))).astype(np.uint64)
+    prints = ((sums ^ (counts << np.uint64(1))) & np.uint64((1 << 63) - 1)).astype(np.int64)
+    codes, days = code[starts], day[starts]
+    # the base partition of each day, and runs of days of one (series, partition)
+    unit = {"day": "D", "month": "M", "year": "Y"}[partition_period(base)]
+    part = days.astype("datetime64[D]").astype(f"datetime64[{unit}]").astype("datetime64[D]")
+    new = np.ones(len(days), dtype=bool)
+    new[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
+    runs = np.flatnonzero(new).tolist()
+    for a, b in zip(runs, [*runs[1:], len(days)], strict=True):
+        out.setdefault(symbols[int(codes[a])], {})[str(part[a])] = pack_days(days[a:b], prints[a:b])
 
 
+@functools.lru_cache(maxsize=4096)
 def _span(base: Interval, date: str) -> tuple[int, int]:
     """``[start, end)`` in ms of the base partition ``date=<date>``."""
     d = dt.date.fromisoformat(date)

@@ -12,10 +12,10 @@ One file holds one (offset, symbol) series for one period; ``date`` is the perio
 
 Yearly files for 1h keep a 300-symbol lake at 3,600 files per year for all 12 offsets (monthly files
 would be 43,200, and their per-file costs double a full build). So that appending a day does not
-rewrite a year, a period directory may also hold ``tail.parquet``: the series' most recent bins (at
-most about a month of them), which an incremental run rewrites alone and later folds into
-``data.parquet``. The two files of a period never hold the same bin; readers take every
-``*.parquet`` of a period directory (docs/offsets.md has the rules and the measurements).
+rewrite a year, the most recent bins of every series live in the offsets *tail*
+(``offsets_tail/…``, lake/transform/tail.py: a few files of many series each) until a run folds
+them into the period files. Lakes written before the tail kept them in a ``tail.parquet`` per period
+directory; readers still take those, and the next build of the series folds them away.
 Components are validated (trade type, interval, offset name, symbol) before they become a path.
 """
 
@@ -32,8 +32,8 @@ from lake.store.paths import DATA_FILE, period_floor, period_next
 from lake.transform.offsets import format_offset, parse_duration_ms
 
 __all__ = [
+    "LEGACY_TAIL_FILE",
     "TABLE",
-    "TAIL_FILE",
     "OffsetPartition",
     "manifest_path",
     "offsets_period",
@@ -44,9 +44,8 @@ __all__ = [
 ]
 
 TABLE = "offsets"
-# The recent bins of a period, next to its data.parquet: bins opening at or after the series' tail
-# start (kept in the build manifest) live here, so an appended day rewrites a few small files.
-TAIL_FILE = "tail.parquet"
+# The per-period tail of lakes written before lake/transform/tail.py: read, and folded by the next build.
+LEGACY_TAIL_FILE = "tail.parquet"
 _HOUR_MS = 3_600_000
 
 
@@ -102,8 +101,8 @@ class OffsetPartition:
         return f"{self.series_dir}/date={self.date.isoformat()}/{DATA_FILE}"
 
     @property
-    def tail_path(self) -> str:
-        return f"{self.series_dir}/date={self.date.isoformat()}/{TAIL_FILE}"
+    def legacy_tail_path(self) -> str:
+        return f"{self.series_dir}/date={self.date.isoformat()}/{LEGACY_TAIL_FILE}"
 
     @property
     def start_ms(self) -> int:

@@ -13,11 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lake.errors import NotFoundError, ValidationError
+from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines, write_klines
 from lake.store.paths import PartitionKey
 from lake.transform.build import build_offsets, scan_offsets
 from lake.transform.layout import OffsetPartition, manifest_path
 from lake.transform.offsets import offset_plan, resample_offsets
+from lake.transform.tail import list_files, load_state
 from tests.transform.helpers import T0_MS, assert_bins_equal, random_candles
 
 DAY = 288  # 5m candles per day
@@ -103,7 +105,7 @@ def test_append_a_day_recomputes_only_its_neighbourhood(tmp_path: Path) -> None:
     r = build_offsets(tmp_path, "usdt_perp", "1h")
     assert r.base_partitions_changed == 1
     # bins opening from 23:05 of day 3 to the end of day 4: 11 bins crossing midnight + 12×24 of day 4
-    assert r.bins <= 11 + 12 * 24 and r.written == 12
+    assert r.bins <= 11 + 12 * 24 and r.written == 1  # one tail file
     _assert_table(tmp_path, ["ETHUSDT"])
 
 
@@ -228,11 +230,16 @@ def test_scan_offsets_filters(tmp_path: Path) -> None:
         scan_offsets(tmp_path, "usdt_perp", "1h", start=dt.datetime(2024, 1, 1))
 
 
-def _tails(root: Path) -> list[str]:
-    return sorted(p for p in _files(root) if p.endswith("/tail.parquet"))
+def _tail_bins(root: Path, interval: str = "1h") -> pl.DataFrame:
+    lfs = LakeFS(root)
+    return load_state(lfs, "usdt_perp", interval).read_bins(lfs)
 
 
-def test_appended_days_go_to_tail_files_then_fold(tmp_path: Path) -> None:
+def _tail_files(root: Path, interval: str = "1h") -> list[str]:
+    return list_files(LakeFS(root), "usdt_perp", interval)
+
+
+def test_appended_days_go_to_the_tail_then_fold(tmp_path: Path) -> None:
     for d in range(3):
         write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d))
     build_offsets(tmp_path, "usdt_perp", "1h")
@@ -240,43 +247,50 @@ def test_appended_days_go_to_tail_files_then_fold(tmp_path: Path) -> None:
     data = _files(tmp_path)[f"{year}/data.parquet"]
     write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(3, 3))
     r = build_offsets(tmp_path, "usdt_perp", "1h")
-    # an appended day: 12 small tail files, the yearly files untouched
-    assert r.written == 12 and len(_tails(tmp_path)) == 12
+    # an appended day: one tail file with every offset's new bins, the yearly files untouched
+    assert r.written == 1 and len(_tail_files(tmp_path)) == 1 and r.tail_bins == r.bins > 0
     assert _files(tmp_path)[f"{year}/data.parquet"] == data
-    tail = pl.read_parquet(tmp_path / year / "tail.parquet")
-    assert tail["candle_begin_time"].min() >= dt.datetime(2024, 1, 3, 23, 15, tzinfo=dt.UTC)
+    tail = _tail_bins(tmp_path)
+    assert tail["candle_begin_time"].min() >= dt.datetime(2024, 1, 3, 23, 5, tzinfo=dt.UTC)
+    assert set(tail["offset"]) == {f"{5 * i}m" for i in range(12)}
     _assert_table(tmp_path, ["ETHUSDT"])
-    # more days extend the tail (the tail is recomputed whole, the yearly files stay)
+    # more days: one more tail file each (merged with the newest ones no larger), the yearly files stay
     for d in range(4, 8):
         write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d))
-        assert build_offsets(tmp_path, "usdt_perp", "1h").written == 12
+        assert build_offsets(tmp_path, "usdt_perp", "1h").written == 1
+        _assert_table(tmp_path, ["ETHUSDT"])
     assert _files(tmp_path)[f"{year}/data.parquet"] == data
-    _assert_table(tmp_path, ["ETHUSDT"])
+    assert _tail_bins(tmp_path)["candle_begin_time"].min() >= dt.datetime(2024, 1, 3, 23, 5, tzinfo=dt.UTC)
     # a change before the tail folds the tail into the yearly files
     assert _edit_day(tmp_path, "ETHUSDT", 1, pl.int_range(pl.len()) % 5 != 0)
-    build_offsets(tmp_path, "usdt_perp", "1h")
-    assert _tails(tmp_path) == [] and _files(tmp_path)[f"{year}/data.parquet"] != data
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.folded == 1 and _tail_bins(tmp_path).height == 0
+    assert _files(tmp_path)[f"{year}/data.parquet"] != data
     _assert_table(tmp_path, ["ETHUSDT"])
     assert build_offsets(tmp_path, "usdt_perp", "1h").written == 0
+    # the tail files, hidden now, go once nobody can still be reading them
+    hidden = len(_tail_files(tmp_path))
+    assert build_offsets(tmp_path, "usdt_perp", "1h", tail_grace_s=0).removed == hidden > 0
+    assert _tail_files(tmp_path) == []
+    _assert_table(tmp_path, ["ETHUSDT"])
 
 
 def test_tail_folds_when_it_grows_past_its_limit(tmp_path: Path) -> None:
     # 15m files are monthly and their tail reaches at most 8 days
     write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(0, 0))
     build_offsets(tmp_path, "usdt_perp", "15m")
-    seen_tail = False
+    seen_tail = folds = 0
     for d in range(1, 12):
         write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d, hole_rate=0.05))
-        build_offsets(tmp_path, "usdt_perp", "15m")
-        seen_tail |= bool(_tails(tmp_path))
-        if d >= 9:  # the tail from day 1 would span 9+ days: folded, then started afresh
-            assert all(
-                pl.read_parquet(tmp_path / p)["candle_begin_time"].min()
-                >= dt.datetime(2024, 1, 1 + d - 8, tzinfo=dt.UTC)
-                for p in _tails(tmp_path)
-            )
-    assert seen_tail
-    _assert_table(tmp_path, ["ETHUSDT"], "15m")
+        folds += build_offsets(tmp_path, "usdt_perp", "15m").folded
+        tail = _tail_bins(tmp_path, "15m")
+        seen_tail |= tail.height > 0
+        if tail.height:  # never more than 8 days from the tail start to the end of the data
+            assert tail["candle_begin_time"].min() >= dt.datetime(
+                2024, 1, d + 2, tzinfo=dt.UTC
+            ) - dt.timedelta(days=8)
+        _assert_table(tmp_path, ["ETHUSDT"], "15m")
+    assert seen_tail and folds == 1
 
 
 def test_tail_across_a_year_boundary_rebuild_and_views(tmp_path: Path) -> None:
@@ -285,17 +299,21 @@ def test_tail_across_a_year_boundary_rebuild_and_views(tmp_path: Path) -> None:
     start = int(dt.datetime(2024, 12, 30, tzinfo=dt.UTC).timestamp() * 1000)
     write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(1, B, DAY, start_ms=start))
     build_offsets(tmp_path, "usdt_perp", "1h")
-    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(2, B, 2 * DAY, start_ms=start + DAY * B))
+    write_klines(
+        tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(2, B, 2 * DAY, start_ms=start + DAY * B)
+    )
     build_offsets(tmp_path, "usdt_perp", "1h")
-    tails = _tails(tmp_path)
-    assert any("date=2024-01-01" in p for p in tails) and any("date=2025-01-01" in p for p in tails)
+    assert set(_tail_bins(tmp_path)["candle_begin_time"].dt.year()) == {2024, 2025}
     _assert_table(tmp_path, ["BTCUSDT"])
     got = connect(tmp_path).sql('SELECT symbol, "offset", candle_begin_time, close FROM offsets').pl()
     want = _stored(tmp_path).select("symbol", "offset", "candle_begin_time", "close")
     assert got.sort(want.columns).rows() == want.sort(want.columns).rows()
     # a rebuild with another method recomputes everything into the period files
     build_offsets(tmp_path, "usdt_perp", "1h", method="binance", rebuild=True)
-    assert _tails(tmp_path) == []
+    assert _tail_bins(tmp_path).height == 0
+    assert (
+        tmp_path / "offsets/trade_type=usdt_perp/interval=1h/offset=0m/symbol=BTCUSDT/date=2025-01-01"
+    ).exists()
     base = scan_klines(tmp_path, "usdt_perp", "5m", ["BTCUSDT"]).collect()
     want_b = resample_offsets(base, offset_plan("1h", "5m", method="binance"))
     assert_bins_equal(_stored(tmp_path), want_b.sort("symbol", "offset", "candle_begin_time"))

@@ -1,0 +1,101 @@
+"""The build manifest of one offsets table: how each series was built, from which base partitions.
+
+    _meta/offsets/trade_type=<tt>/interval=<T>.json
+
+Per symbol: the base interval, the method, the offsets kept, the change token of every base
+partition used (``LakeFS.mtime_key``) and, per base partition, a fingerprint of each UTC day's rows.
+A changed partition (a month of 5m) is narrowed to the days whose rows changed, so appending a day
+recomputes about a day.
+
+The day fingerprints of a partition are stored packed (base64 of (day number, fingerprint) pairs):
+a JSON object per day made the manifest of 300 symbols × a year 3.9 MB and its load and save
+~0.1 s, as much as everything else an appended day costs; packed, a run decodes only the partitions
+that changed. Version 2 manifests (days as objects, a per-series ``tail_from`` for the per-period
+``tail.parquet`` files of that layout) are read and converted.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lake.binance.intervals import MS_PER_DAY
+from lake.store.fs import LakeFS
+from lake.store.meta import read_json, write_json
+from lake.transform.layout import manifest_path
+
+__all__ = ["Series", "last_day_end", "load_manifest", "pack_days", "save_manifest", "unpack_days"]
+
+VERSION = 3
+_EPOCH = dt.date(1970, 1, 1)
+_REC = np.dtype([("d", "<i4"), ("p", "<i8")])
+
+
+@dataclass(slots=True)
+class Series:
+    """How one series' offsets were built and from which base partition versions."""
+
+    base: str
+    method: str
+    offsets: list[str]
+    partitions: dict[str, str]  # base partition date -> change token
+    days: dict[str, str] = field(default_factory=dict)  # base partition date -> pack_days(...)
+    # from a version 2 manifest: bins from here on (ms) are in that layout's per-period tail.parquet
+    # files, which the series' next run folds into its period files
+    legacy_tail_from: int | None = None
+
+
+def pack_days(days: np.ndarray, prints: np.ndarray) -> str:
+    """Day fingerprints of one base partition (days since the epoch, ascending; fingerprints)."""
+    rec = np.empty(len(days), dtype=_REC)
+    rec["d"], rec["p"] = days, prints
+    return base64.b64encode(rec.tobytes()).decode("ascii")
+
+
+def unpack_days(text: str) -> dict[int, int]:
+    """``pack_days`` reversed: day number → fingerprint."""
+    rec = np.frombuffer(base64.b64decode(text), dtype=_REC)
+    return dict(zip(rec["d"].tolist(), rec["p"].tolist(), strict=True))
+
+
+def last_day_end(text: str) -> int | None:
+    """End (ms) of the last day in ``pack_days`` output, ``None`` when it holds no day."""
+    rec = np.frombuffer(base64.b64decode(text), dtype=_REC)
+    return None if len(rec) == 0 else (int(rec["d"].max()) + 1) * MS_PER_DAY
+
+
+def _from_v2(days: dict[str, dict[str, int]]) -> dict[str, str]:
+    out = {}
+    for part, per_day in days.items():
+        pairs = sorted(((dt.date.fromisoformat(d) - _EPOCH).days, p) for d, p in per_day.items())
+        out[part] = pack_days(
+            np.array([d for d, _ in pairs], np.int64), np.array([p for _, p in pairs], np.int64)
+        )
+    return out
+
+
+def load_manifest(lfs: LakeFS, trade_type: str, interval: str) -> dict[str, Series]:
+    doc = read_json(lfs, manifest_path(trade_type, interval))
+    if not isinstance(doc, dict):
+        return {}
+    series = doc.get("series", {})
+    if doc.get("version") == VERSION:
+        return {sym: Series(**entry) for sym, entry in series.items()}
+    if doc.get("version") == 2:
+        return {
+            sym: Series(
+                e["base"], e["method"], e["offsets"], e["partitions"], _from_v2(e["days"]), e.get("tail_from")
+            )
+            for sym, e in series.items()
+        }
+    return {}  # unknown: everything is recomputed
+
+
+def save_manifest(lfs: LakeFS, trade_type: str, interval: str, manifest: dict[str, Series]) -> None:
+    names = [f.name for f in dataclasses.fields(Series)]
+    series = {s: {f: getattr(st, f) for f in names} for s, st in sorted(manifest.items())}  # no deep copy
+    write_json(lfs, manifest_path(trade_type, interval), {"version": VERSION, "series": series})
