@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import polars as pl
 
 from lake.errors import DataError
@@ -171,8 +172,8 @@ def parse_kline_csv(
     """Parse one archive CSV into rows of the lake schema, checking they open in ``[start_ms, end_ms)``.
 
     One Polars read with the final dtypes, then checks on aggregates (null counts, min/max, strictly
-    increasing open times): the rows are only touched again when the file needs it (µs values,
-    unsorted or repeated rows).
+    increasing open times, on NumPy views): the rows are only touched again when the file needs it
+    (µs values, unsorted or repeated rows).
     """
     header = _has_header(raw)
     if not raw or raw.isspace():
@@ -191,19 +192,22 @@ def parse_kline_csv(
         raise DataError(f"{name}: malformed kline CSV: {exc}") from exc
     if df.height == 0:
         return pl.DataFrame(schema=KLINE_SCHEMA)
-    nulls = df.null_count().row(0)
-    if any(nulls):
-        bad = [c for c, n in zip(df.columns, nulls, strict=True) if n]
+    # The checks run on the open times as a NumPy view and on null counts (metadata): a Polars query
+    # costs ~0.2 ms of fixed overhead, as much as parsing a third of a daily 1m file.
+    bad = [c for c in df.columns if df.get_column(c).null_count()]
+    if bad:
         raise DataError(f"{name}: empty or unparsable values in column(s) {', '.join(bad)}")
     t = pl.col("open_time")
-    lo, hi = df.select(t.min().alias("lo"), t.max().alias("hi")).row(0)
+    opens = df.get_column("open_time").to_numpy()
+    lo, hi = int(opens.min()), int(opens.max())
     if lo >= US_THRESHOLD:  # all µs (spot since 2025): a plain division
-        df = df.with_columns(t // 1000)
+        opens = opens // 1000
     elif hi >= US_THRESHOLD:  # both units in one file: per value
-        df = df.with_columns(pl.when(t >= US_THRESHOLD).then(t // 1000).otherwise(t).alias("open_time"))
-    lo, hi, increasing = df.select(
-        t.min().alias("lo"), t.max().alias("hi"), (t.diff() > 0).all().alias("up")
-    ).row(0)
+        opens = np.where(opens >= US_THRESHOLD, opens // 1000, opens)
+    if lo >= US_THRESHOLD or hi >= US_THRESHOLD:
+        df = df.with_columns(pl.Series("open_time", opens, dtype=pl.Int64))
+        lo, hi = int(opens.min()), int(opens.max())
+    increasing = bool((opens[1:] > opens[:-1]).all())
     if lo < start_ms or hi >= end_ms:
         outside = df.filter((t < start_ms) | (t >= end_ms))
         raise DataError(
@@ -217,10 +221,13 @@ def parse_kline_csv(
                 dup = df.filter(t.is_duplicated())["open_time"][0]
                 raise DataError(f"{name}: conflicting rows for the same open time {dup}")
         df = df.sort("open_time")
-    return df.select(
-        t.cast(_TIME).alias("candle_begin_time"),
-        *(pl.col(a).alias(k) for k, a in _VALUES.items()),
-        pl.lit(source, dtype=pl.String).alias("source"),
+    # Assembled from the parsed columns without a query (a select cost ~0.2 ms per file).
+    return pl.DataFrame(
+        [
+            df.get_column("open_time").cast(_TIME).alias("candle_begin_time"),
+            *(df.get_column(a).alias(k) for k, a in _VALUES.items()),
+            pl.Series("source", [source], dtype=pl.String).new_from_index(0, df.height),
+        ]
     ).set_sorted("candle_begin_time")
 
 
