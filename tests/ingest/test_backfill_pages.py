@@ -55,11 +55,14 @@ def test_subtract_and_missing_ranges() -> None:
     assert subtract_ranges(0, 100, []) == [(0, 100)]
     step = 300_000
     opens = [T0 + i * step for i in (0, 1, 2, 5, 6)]
-    assert missing_ranges(M5, T0, T0 + 10 * step, opens) == [(T0 + 3 * step, T0 + 5 * step),
-                                                             (T0 + 7 * step, T0 + 10 * step)]
+    assert missing_ranges(M5, T0, T0 + 10 * step, opens) == [
+        (T0 + 3 * step, T0 + 5 * step),
+        (T0 + 7 * step, T0 + 10 * step),
+    ]
     # confirmed-empty ranges are not missing; irregular open times fill their slot
-    assert missing_ranges(M5, T0, T0 + 10 * step, [*opens, T0 + 3 * step + 17],
-                          [(T0 + 7 * step, T0 + 10 * step)]) == [(T0 + 4 * step, T0 + 5 * step)]
+    assert missing_ranges(
+        M5, T0, T0 + 10 * step, [*opens, T0 + 3 * step + 17], [(T0 + 7 * step, T0 + 10 * step)]
+    ) == [(T0 + 4 * step, T0 + 5 * step)]
     assert missing_ranges(M5, T0, T0 + 3 * step, []) == [(T0, T0 + 3 * step)]
 
 
@@ -110,3 +113,27 @@ def test_array_path_equals_slot_walk(iv: str, slots: list[int], jitter: list[int
     start, end = base + a * i.ms + 7, base + (a + n) * i.ms
     walk = _slot_ranges(i, start, end, sorted({i.floor(t) for t in opens}))
     assert _slot_ranges_np(i, start, end, opens) == walk
+
+
+def test_missing_ranges_from_arrays_sorted_or_not() -> None:
+    """The planner passes int64 arrays (a year of 1m per symbol): sorted and aligned ones skip the
+    sort, others (the tail appended after the partitions, irregular opens) take it; same ranges."""
+    import numpy as np
+
+    step = M5.ms
+    assert step is not None
+    opens = [T0 + k * step for k in range(200) if k not in (3, 4, 150)]
+    want = missing_ranges(M5, T0, T0 + 210 * step, opens)
+    assert want == [
+        (T0 + 3 * step, T0 + 5 * step),
+        (T0 + 150 * step, T0 + 151 * step),
+        (T0 + 200 * step, T0 + 210 * step),
+    ]
+    arr = np.array(opens, dtype=np.int64)
+    assert missing_ranges(M5, T0, T0 + 210 * step, arr) == want
+    assert missing_ranges(M5, T0, T0 + 210 * step, arr[::-1].copy()) == want
+    shuffled = np.concatenate([arr[100:], arr[:100], arr[:5] + 17])  # repeated slots, unaligned opens
+    assert missing_ranges(M5, T0, T0 + 210 * step, shuffled) == want
+    assert missing_ranges(M5, T0, T0 + 210 * step, arr[:10]) == missing_ranges(
+        M5, T0, T0 + 210 * step, opens[:10]
+    )
