@@ -11,9 +11,13 @@
    Reported: rows/s of each and their ratio (goal ≥ 0.5); also unzip+parse alone and the ingest into a
    lake in memory (``/dev/shm``), which shows what the durable writes to disk cost.
 2. **End to end from the simulator** (a separate ``lake sim`` process): ``--days`` of 1m for
-   ``--symbols`` symbols with ``--source auto`` versus REST only. The REST-only time is measured on
-   a ``--rest-days`` slice and scaled to the full span unless ``--rest-full`` is given; the output
-   field names say which (``rest_only_s_estimated`` vs ``rest_only_s_measured``).
+   ``--symbols`` symbols with ``--source auto`` versus REST only. Binance serves the archive as static
+   files from a CDN, while the simulator builds a zip on its first request; so the simulator is put
+   in static mode (it keeps every zip it builds), a first ``auto`` run builds them (``auto_cold_*``,
+   reported but not the figure), and the timed ``auto`` run, into a new lake, is served the same
+   zips like static files. The REST-only time is measured on a ``--rest-days`` slice and scaled to
+   the full span unless ``--rest-full`` is given; the output field names say which
+   (``rest_only_s_estimated`` vs ``rest_only_s_measured``).
 """
 
 from __future__ import annotations
