@@ -176,13 +176,20 @@ async def test_kill_mid_download_then_rerun(tmp_path: Path) -> None:
         )
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
+        # Killed as soon as a zip was written (a .part file or a final one): the other workers'
+        # downloads are in flight then.
         while proc.returncode is None and loop.time() < deadline:
-            if ddir.exists() and any(".part-" in p.name for p in ddir.rglob("*")):
+            if ddir.exists() and any(".part-" in p.name or p.suffix == ".zip" for p in ddir.rglob("*")):
                 break
             await asyncio.sleep(0.002)
         assert proc.returncode is None, "the run ended before a download was caught in flight"
         proc.send_signal(signal.SIGKILL)
         assert await proc.wait() == -signal.SIGKILL
+        # What a writer killed between creating and renaming its .part file leaves behind (the window
+        # is too short to hit reliably): the rerun must remove it, not trust it.
+        stale = ddir / f"data/spot/daily/klines/ETHUSDT/5m/ETHUSDT-5m-2024-03-07.zip.part-{proc.pid}-0badf00d"
+        stale.parent.mkdir(parents=True, exist_ok=True)
+        stale.write_bytes(b"PK\x03\x04 half a zip")
 
         # Whatever carries a final name was verified before it got that name.
         finals = [p for p in ddir.rglob("*.zip")]

@@ -49,7 +49,6 @@ __all__ = [
 
 log = logging.getLogger("lake.archive")
 
-_CHUNK = 1 << 16
 _PART_RE = re.compile(r"\.part-(\d+)-[0-9a-f]+$")
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
@@ -187,65 +186,74 @@ class Downloader:
 
         return await self._retrying(url, once)
 
-    async def _download_once(self, f: ArchiveFile, part: Path) -> tuple[str, str, str, bytes]:
-        """GET the zip, hashing it as it arrives, into ``part``; returns (sha256, etag, last_modified,
-        the bytes). The bytes that were hashed are the ones returned: nothing is read back from disk."""
+    async def _download_once(self, f: ArchiveFile) -> tuple[bytes, str, str]:
+        """GET the zip; returns (its bytes, etag, last_modified)."""
         url = self.url_of(f.key)
 
-        async def once() -> tuple[str, str, str, bytes]:
+        async def once() -> tuple[bytes, str, str]:
             async with self.session.get(url) as resp:
+                data = await resp.read()
                 if resp.status != 200:
-                    await resp.read()
                     _raise_for_status(resp.status, url)
                     raise UpstreamError(f"{url}: HTTP {resp.status}")
-                h = hashlib.sha256()
-                buf = bytearray()
-                async for chunk in resp.content.iter_chunked(_CHUNK):
-                    h.update(chunk)
-                    buf += chunk
                 length = resp.headers.get("Content-Length")
-                if length is not None and length.isdigit() and int(length) != len(buf):
-                    raise UpstreamError(f"{url}: got {len(buf)} of {length} bytes")
-                data = bytes(buf)
-                # No fsync: a zip is trusted only after its bytes hash to its .CHECKSUM, and a copy
-                # found on disk later is re-hashed first (a torn file after a crash is re-downloaded).
-                await asyncio.to_thread(part.write_bytes, data)
+                if length is not None and length.isdigit() and int(length) != len(data):
+                    raise UpstreamError(f"{url}: got {len(data)} of {length} bytes")
                 self.bytes += len(data)
                 etag = resp.headers.get("ETag", "").strip('"')
-                return h.hexdigest(), etag, resp.headers.get("Last-Modified", ""), data
+                return data, etag, resp.headers.get("Last-Modified", "")
 
         return await self._retrying(url, once)
 
     async def fetch(self, f: ArchiveFile) -> Downloaded:
         """A verified copy of ``f`` on disk (downloaded unless a verified copy is already there)."""
         final = self.path_of(f)
-        await asyncio.to_thread(final.parent.mkdir, parents=True, exist_ok=True)
         mismatches: list[str] = []
         for attempt in range(1, self.checksum_attempts + 1):
             expected = await self.fetch_checksum(f)
             if attempt == 1:
-                on_disk = await asyncio.to_thread(_read_or_none, final)
+                on_disk = await asyncio.to_thread(_prepare, final)
                 if on_disk is not None:
                     have = hashlib.sha256(on_disk).hexdigest()
                     if have == expected:
                         return Downloaded(f, final, have, "", "", len(on_disk), reused=True, data=on_disk)
                     await asyncio.to_thread(_unlink, final)
-            part = final.with_name(f"{final.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-            try:
-                got, etag, last_modified, data = await self._download_once(f, part)
-                if got == expected:
-                    await asyncio.to_thread(os.replace, part, final)
-                    return Downloaded(
-                        f, final, got, etag, last_modified, len(data), attempts=attempt, data=data
-                    )
-            finally:
-                await asyncio.to_thread(_unlink, part)
+            data, etag, last_modified = await self._download_once(f)
+            # Hashed in a thread (hashlib releases the GIL): the event loop keeps serving the other
+            # downloads, and the bytes that were hashed are the ones parsed, nothing is read back.
+            got = await asyncio.to_thread(_keep_if_verified, data, expected, final)
+            if got == expected:
+                return Downloaded(f, final, got, etag, last_modified, len(data), attempts=attempt, data=data)
             mismatches.append(f"got {got[:12]}…, .CHECKSUM says {expected[:12]}…")
             log.warning("%s: SHA-256 mismatch (attempt %d/%d)", f.key, attempt, self.checksum_attempts)
         raise DataError(
             f"{f.key}: SHA-256 does not match its .CHECKSUM after {self.checksum_attempts} downloads "
             f"({'; '.join(mismatches)})"
         )
+
+
+def _prepare(final: Path) -> bytes | None:
+    """Make the zip's directory; the bytes of a zip already there (an earlier run's), if any."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return _read_or_none(final)
+
+
+def _keep_if_verified(data: bytes, expected: str, final: Path) -> str:
+    """The SHA-256 of ``data``; when it is ``expected``, the bytes are written to a ``.part`` file
+    that is then renamed to ``final`` (atomic: an interrupted write never carries the final name).
+
+    No fsync: a zip is trusted only after its bytes hash to its .CHECKSUM, and a copy found on disk
+    later is re-hashed first (a torn file after a crash is downloaded again)."""
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected:
+        return got
+    part = final.with_name(f"{final.name}.part-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        part.write_bytes(data)
+        os.replace(part, final)
+    finally:
+        _unlink(part)
+    return got
 
 
 def _read_or_none(path: Path) -> bytes | None:
