@@ -510,9 +510,8 @@ async def _run_jobs(
                         report.checksum_retries += dl.attempts - 1
                     report.partitions_written += done.partitions
             finally:
-                if not keep_zips:  # ingested, or verified but unusable
-                    for _, dl in got:
-                        await asyncio.to_thread(_unlink_quiet, dl.path)
+                if not keep_zips and got:  # ingested, or verified but unusable
+                    await asyncio.to_thread(_unlink_all, [dl.path for _, dl in got])
                 left[sym] -= len(group)
                 if progress is not None and task is not None:
                     progress.advance(task, len(group), info=f"{downloader.bytes / 1e6:.1f} MB")
@@ -580,9 +579,10 @@ def _record(pf: PlannedFile, got: Downloaded, rows: int) -> FileRecord:
     )
 
 
-def _unlink_quiet(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+def _unlink_all(paths: list[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def _date(ms: int) -> dt.date:
