@@ -184,3 +184,31 @@ def test_write_klines_files_and_filters(tmp_path: Path) -> None:
     )
     part = read_partition(LakeFS(tmp_path), key)
     assert part is not None and part.equals(df.slice(0, 1440))
+
+
+def test_conform_fast_path_accepts_only_what_the_full_checks_accept() -> None:
+    """write_klines' shortcut for rows that already are valid klines: never for a row the full
+    checks would refuse, and the same frame when it applies."""
+    from lake.errors import DataError
+    from lake.store import klines as K
+
+    df = klines(500, seed=5)
+    assert K._conform_fast(df) and K._conform(df).equals(df)
+    mixed = klines(500, seed=5, sources=["rest"] * 250 + ["ws"] * 250)
+    assert not K._conform_fast(mixed) and K._conform(mixed).equals(mixed)  # the full path takes it
+    bad = [
+        df.with_columns(pl.lit(float("inf")).alias("open")),
+        df.with_columns(
+            pl.when(pl.col("trade_num") % 7 == 0).then(float("-inf")).otherwise(pl.col("low")).alias("low")
+        ),
+        df.with_columns(
+            pl.when(pl.col("trade_num") % 5 == 0).then(None).otherwise(pl.col("volume")).alias("volume")
+        ),
+        df.with_columns(pl.lit("x").alias("source")),
+    ]
+    for b in bad:
+        assert not K._conform_fast(b)
+        with pytest.raises(DataError):
+            K._conform(b)
+    assert not K._conform_fast(df.select(list(reversed(KLINE_COLUMNS))))
+    assert K._conform(df.select(list(reversed(KLINE_COLUMNS)))).equals(df)
