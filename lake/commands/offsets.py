@@ -36,6 +36,13 @@ def offsets(
     rebuild: Annotated[
         bool, typer.Option("--rebuild", help="Recompute series built with another base or method.")
     ] = False,
+    fold: Annotated[
+        bool,
+        typer.Option(
+            "--fold",
+            help="Move the tail (recent bins) into the period files now, not when it is a month old.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     root: RootOpt = None,
     config: ConfigOpt = None,
@@ -53,6 +60,7 @@ def offsets(
             method=method,
             symbols=symbols,
             rebuild=rebuild,
+            fold=fold,
             progress=lambda done, total: progress.update(task, completed=done, total=total),
         )
     if json_out:
@@ -62,8 +70,8 @@ def offsets(
         f"{result.trade_type} {result.interval} from {result.base} ({result.method}), "
         f"{len(result.offsets)} offsets: {result.symbols_updated}/{result.symbols} symbols updated, "
         f"{result.base_partitions_changed} base partitions changed, {result.bins} bins, "
-        f"{result.written} files written, {result.unchanged} unchanged, {result.removed} removed "
-        f"in {result.seconds:.1f}s"
+        f"{result.written} files written ({result.tail_bins} bins to the tail, {result.folded} tails "
+        f"folded), {result.unchanged} unchanged, {result.removed} removed in {result.seconds:.1f}s"
     )
 
 

@@ -58,7 +58,7 @@ from lake.transform.layout import (
 from lake.transform.layout import series_dir as offsets_series_dir
 from lake.transform.manifest import (
     Series,
-    last_day_end,
+    last_open,
     load_manifest,
     pack_days,
     save_manifest,
@@ -510,17 +510,25 @@ def _to_read(state: Series | None, tokens: dict[str, str]) -> list[str]:
 
 @dataclass(frozen=True, slots=True)
 class _Rows:
-    """Rows ``[a, b)`` of a frame planning read (kline value columns; ``times``: open times, ms)."""
+    """Rows ``[a, b)`` of a frame planning read, ordered by time (kline value columns; ``times``:
+    open times, ms; ``hashes``: each row's hash as fingerprinted)."""
 
     frame: pl.DataFrame
     times: np.ndarray
+    hashes: np.ndarray
     a: int
     b: int
 
     def since(self, t_ms: int) -> _Rows:
-        return _Rows(
-            self.frame, self.times, self.a + int(np.searchsorted(self.times[self.a : self.b], t_ms)), self.b
-        )
+        at = self.a + int(np.searchsorted(self.times[self.a : self.b], t_ms))
+        return _Rows(self.frame, self.times, self.hashes, at, self.b)
+
+    def fingerprint(self, start_ms: int, last_ms: int) -> int:
+        """The fingerprint of the rows opening in ``[start_ms, last_ms]``, as of a day's rows."""
+        times = self.times[self.a : self.b]
+        i = self.a + int(np.searchsorted(times, start_ms, side="left"))
+        j = self.a + int(np.searchsorted(times, last_ms, side="right"))
+        return _print(int(self.hashes[i:j].sum(dtype=np.uint64)), j - i)
 
 
 def _read_partitions(
@@ -534,8 +542,12 @@ def _read_partitions(
         for s, d in wanted
     ]
     frame = _scan_coded(lfs, paths, list(range(len(paths)))).collect()
+    sym, t = frame["_sym"].to_numpy(), frame["candle_begin_time"].to_physical().to_numpy()
+    if len(t) > 1 and not np.all((sym[1:] > sym[:-1]) | ((sym[1:] == sym[:-1]) & (t[1:] > t[:-1]))):
+        frame = frame.sort("_sym", "candle_begin_time")  # a file not written by lake: rows in order
     keys = [f"{i}" for i in range(len(wanted))]  # one code per partition
-    prints = _fingerprints(frame, base, keys)
+    hashes = np.empty(frame.height, dtype=np.uint64)
+    prints = _fingerprints(frame, base, keys, hashes)
     code = frame["_sym"].to_numpy()
     starts = np.flatnonzero(np.diff(code, prepend=-1)).tolist()
     ends = [*starts[1:], len(code)]
@@ -544,7 +556,7 @@ def _read_partitions(
     out = {}
     for a, b in zip(starts, ends, strict=True):
         s, d = wanted[int(code[a])]
-        out[(s, d)] = (prints.get(keys[int(code[a])], {}).get(d, ""), _Rows(rows, times, a, b))
+        out[(s, d)] = (prints.get(keys[int(code[a])], {}).get(d, ""), _Rows(rows, times, hashes, a, b))
     return out
 
 
@@ -634,8 +646,18 @@ def _plan_series(
             continue
         new, old = unpack_days(new_days), unpack_days(old_days)
         for day in new.keys() | old.keys():
-            if new.get(day) != old.get(day):
-                spans.append((day * MS_PER_DAY, (day + 1) * MS_PER_DAY))
+            n, o = new.get(day), old.get(day)
+            if n is not None and o is not None and n[0] == o[0]:
+                continue
+            start = day * MS_PER_DAY
+            # candles added to a day (a live period): if its rows up to the old last candle are the
+            # old ones, the change starts after it
+            if n is not None and o is not None and stored is not None:
+                (_, new_last), (old_print, old_last) = n, o
+                added = new_last is not None and old_last is not None and new_last > old_last
+                if added and old_last is not None and stored.fingerprint(start, old_last) == old_print:
+                    start = old_last + plan.base_ms
+            spans.append((start, (day + 1) * MS_PER_DAY))
     after = {d: known.get(d, state.days.get(d, "")) for d in tokens}
     end = _data_end(after, plan.base)
     data_end = max(end or 0, old_end or 0) or None
@@ -651,17 +673,17 @@ def _plan_series(
     # A tail run: the change only adds candles after every stored one (an appended day: no stored bin
     # opens at or after lo) or lies inside the tail, and the tail stays within _TAIL_MAX_MS. The bins
     # from lo on go to a new tail layer; the period files (all bins before the tail start) stay.
-    start = tail_start
-    if start is None and old_end is not None and a >= old_end:
-        start = lo
+    tail_from = tail_start
+    if tail_from is None and old_end is not None and a >= old_end:
+        tail_from = lo
     limit = _TAIL_MAX_MS[offsets_period(plan.target)]
     if (
         not fold
         and legacy is None
-        and start is not None
-        and lo >= start
+        and tail_from is not None
+        and lo >= tail_from
         and end is not None
-        and end - start <= limit
+        and end - tail_from <= limit
     ):
         read = [d for d in sorted(tokens) if _span(plan.base, d)[1] > lo]
         w = _Work(symbol, tokens, read, lo, None, len(changed), days=known, tail=True)
@@ -678,13 +700,18 @@ def _plan_series(
 
 
 def _data_end(days: dict[str, str], base: Interval) -> int | None:
-    """End (ms) of the last UTC day holding base candles, from the packed day fingerprints of each
-    base partition (the latest partition decides; one without fingerprints counts to its end);
-    ``None`` when there are none."""
+    """End (ms) of the last base candle (or of its UTC day, when its time is not known), from the
+    packed day fingerprints of each base partition (the latest partition decides; one without
+    fingerprints counts to its end); ``None`` when there are none."""
     if not days:
         return None
-    last = max(days)
-    return (last_day_end(days[last]) if days[last] else None) or _span(base, last)[1]
+    part = max(days)
+    got = last_open(days[part]) if days[part] else None
+    if got is None:
+        return _span(base, part)[1]
+    day, last = got
+    assert base.ms is not None
+    return (day + 1) * MS_PER_DAY if last is None else last + base.ms
 
 
 def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[str, str]:
@@ -1017,9 +1044,12 @@ def _is_date_dir(name: str) -> bool:
     return True
 
 
-def _fingerprints(df: pl.DataFrame, base: Interval, symbols: Sequence[str]) -> _Fingerprints:
-    """Per symbol, per base partition: a fingerprint of each UTC day's rows (values included), packed
-    (``pack_days``).
+def _fingerprints(
+    df: pl.DataFrame, base: Interval, symbols: Sequence[str], hashes: np.ndarray | None = None
+) -> _Fingerprints:
+    """Per symbol, per base partition: a fingerprint of each UTC day's rows (values included) and the
+    open time of its last candle, packed (``pack_days``); ``hashes`` (as long as ``df``), if given,
+    receives each row's hash.
 
     ``df`` has the series' index in ``symbols`` as ``_sym``, ordered by series. Fingerprints only ever
     compare with ones this code wrote; a Polars upgrade that changes row hashing makes every day look
@@ -1037,26 +1067,37 @@ def _fingerprints(df: pl.DataFrame, base: Interval, symbols: Sequence[str]) -> _
             cuts.append(at + 1)
     cuts.append(df.height)
     for a, b in itertools.pairwise(cuts):
-        _fingerprint_rows(df.slice(a, b - a), base, symbols, out)
+        _fingerprint_rows(df.slice(a, b - a), base, symbols, out, None if hashes is None else hashes[a:b])
     return out
 
 
-def _fingerprint_rows(df: pl.DataFrame, base: Interval, symbols: Sequence[str], out: _Fingerprints) -> None:
+def _print(hash_sum: int, rows: int) -> int:
+    """A day's fingerprint from the wrapped uint64 sum of its rows' hashes and their number."""
+    return (hash_sum ^ (rows << 1)) & ((1 << 63) - 1)
+
+
+def _fingerprint_rows(
+    df: pl.DataFrame, base: Interval, symbols: Sequence[str], out: _Fingerprints, hashes: np.ndarray | None
+) -> None:
     cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
     # integer day numbers, not calendar truncation on every row; rows come ordered by (series, time),
     # so a day's rows are one run and the hashes are summed per run (uint64 sums wrap, as Polars' do)
     code = df["_sym"].to_numpy().astype(np.int64)
-    day = df["candle_begin_time"].to_physical().to_numpy() // MS_PER_DAY  # ms since the epoch
+    t = df["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch
+    day = t // MS_PER_DAY
     h = df.select(cols).hash_rows(seed=17).to_numpy()
+    if hashes is not None:
+        hashes[:] = h  # in the rows' order: the fingerprint of a part of a day can be taken later
+    if len(t) > 1 and not np.all((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (t[1:] > t[:-1]))):
+        order = np.lexsort((t, code))  # by series, then time
+        code, t, day, h = code[order], t[order], day[order], h[order]
     key = code * (1 << 32) + day
-    if len(key) > 1 and not np.all(key[1:] >= key[:-1]):
-        order = np.argsort(key, kind="stable")
-        code, day, h, key = code[order], day[order], h[order], key[order]
     starts = np.flatnonzero(np.diff(key, prepend=key[0] - 1))
+    ends = np.append(starts[1:], len(key))
     sums = np.add.reduceat(h, starts)
-    counts = np.diff(np.append(starts, len(key))).astype(np.uint64)
+    counts = (ends - starts).astype(np.uint64)
     prints = ((sums ^ (counts << np.uint64(1))) & np.uint64((1 << 63) - 1)).astype(np.int64)
-    codes, days = code[starts], day[starts]
+    codes, days, lasts = code[starts], day[starts], t[ends - 1]
     # the base partition of each day, and runs of days of one (series, partition)
     unit = {"day": "D", "month": "M", "year": "Y"}[partition_period(base)]
     part = days.astype("datetime64[D]").astype(f"datetime64[{unit}]").astype("datetime64[D]")
@@ -1064,7 +1105,8 @@ def _fingerprint_rows(df: pl.DataFrame, base: Interval, symbols: Sequence[str], 
     new[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
     runs = np.flatnonzero(new).tolist()
     for a, b in zip(runs, [*runs[1:], len(days)], strict=True):
-        out.setdefault(symbols[int(codes[a])], {})[str(part[a])] = pack_days(days[a:b], prints[a:b])
+        packed = pack_days(days[a:b], prints[a:b], lasts[a:b])
+        out.setdefault(symbols[int(codes[a])], {})[str(part[a])] = packed
 
 
 @functools.lru_cache(maxsize=4096)

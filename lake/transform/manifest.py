@@ -7,10 +7,11 @@ partition used (``LakeFS.mtime_key``) and, per base partition, a fingerprint of 
 A changed partition (a month of 5m) is narrowed to the days whose rows changed, so appending a day
 recomputes about a day.
 
-The day fingerprints of a partition are stored packed (base64 of (day number, fingerprint) pairs):
-a JSON object per day made the manifest of 300 symbols × a year 3.9 MB and its load and save
-~0.1 s, as much as everything else an appended day costs; packed, a run decodes only the partitions
-that changed. Version 2 manifests (days as objects, a per-series ``tail_from`` for the per-period
+The day fingerprints of a partition are stored packed (base64 of (day number, fingerprint, open time
+of the day's last candle) records): a JSON object per day made the manifest of 300 symbols × a year
+3.9 MB and its load and save ~0.1 s, as much as everything else an appended day costs; packed, a run
+decodes only the partitions that changed. The last candle of a day tells an append inside a day
+(a live period) from an edit: the day's new rows up to it must have the old fingerprint. Version 2 manifests (days as objects, a per-series ``tail_from`` for the per-period
 ``tail.parquet`` files of that layout) are read and converted.
 """
 
@@ -28,11 +29,12 @@ from lake.store.fs import LakeFS
 from lake.store.meta import read_json, write_json
 from lake.transform.layout import manifest_path
 
-__all__ = ["Series", "last_day_end", "load_manifest", "pack_days", "save_manifest", "unpack_days"]
+__all__ = ["Series", "last_open", "load_manifest", "pack_days", "save_manifest", "unpack_days"]
 
 VERSION = 3
 _EPOCH = dt.date(1970, 1, 1)
-_REC = np.dtype([("d", "<i4"), ("p", "<i8")])
+# day number; fingerprint; open time of the day's last candle, ms after midnight (-1: not known)
+_REC = np.dtype([("d", "<i4"), ("p", "<i8"), ("l", "<i4")])
 
 
 @dataclass(slots=True)
@@ -49,32 +51,41 @@ class Series:
     legacy_tail_from: int | None = None
 
 
-def pack_days(days: np.ndarray, prints: np.ndarray) -> str:
-    """Day fingerprints of one base partition (days since the epoch, ascending; fingerprints)."""
+def pack_days(days: np.ndarray, prints: np.ndarray, lasts: np.ndarray) -> str:
+    """Day fingerprints of one base partition: days since the epoch (ascending), fingerprints, and
+    the open time (ms since the epoch) of each day's last candle (or -1)."""
     rec = np.empty(len(days), dtype=_REC)
     rec["d"], rec["p"] = days, prints
+    rec["l"] = np.where(lasts < 0, -1, lasts - days.astype(np.int64) * MS_PER_DAY)
     return base64.b64encode(rec.tobytes()).decode("ascii")
 
 
-def unpack_days(text: str) -> dict[int, int]:
-    """``pack_days`` reversed: day number → fingerprint."""
+def unpack_days(text: str) -> dict[int, tuple[int, int | None]]:
+    """``pack_days`` reversed: day number → (fingerprint, open time of its last candle or ``None``)."""
     rec = np.frombuffer(base64.b64decode(text), dtype=_REC)
-    return dict(zip(rec["d"].tolist(), rec["p"].tolist(), strict=True))
+    return {
+        d: (p, None if last < 0 else d * MS_PER_DAY + last)
+        for d, p, last in zip(rec["d"].tolist(), rec["p"].tolist(), rec["l"].tolist(), strict=True)
+    }
 
 
-def last_day_end(text: str) -> int | None:
-    """End (ms) of the last day in ``pack_days`` output, ``None`` when it holds no day."""
+def last_open(text: str) -> tuple[int, int | None] | None:
+    """The last day in ``pack_days`` output and the open time of its last candle (``None``: not
+    known); ``None`` when it holds no day."""
     rec = np.frombuffer(base64.b64decode(text), dtype=_REC)
-    return None if len(rec) == 0 else (int(rec["d"].max()) + 1) * MS_PER_DAY
+    if len(rec) == 0:
+        return None
+    i = int(rec["d"].argmax())
+    d, last = int(rec["d"][i]), int(rec["l"][i])
+    return d, None if last < 0 else d * MS_PER_DAY + last
 
 
 def _from_v2(days: dict[str, dict[str, int]]) -> dict[str, str]:
     out = {}
     for part, per_day in days.items():
         pairs = sorted(((dt.date.fromisoformat(d) - _EPOCH).days, p) for d, p in per_day.items())
-        out[part] = pack_days(
-            np.array([d for d, _ in pairs], np.int64), np.array([p for _, p in pairs], np.int64)
-        )
+        days_ = np.array([d for d, _ in pairs], np.int64)
+        out[part] = pack_days(days_, np.array([p for _, p in pairs], np.int64), np.full(len(pairs), -1))
     return out
 
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from lake.commands import offsets as offsets_command
 from lake.errors import ValidationError
 from lake.store.klines import write_klines
-from tests.transform.helpers import random_candles
+from tests.transform.helpers import T0_MS, random_candles
 
 
 def _app() -> typer.Typer:
@@ -30,6 +30,18 @@ def test_build_then_nothing_to_do(tmp_path: Path) -> None:
     assert doc["base"] == "5m" and len(doc["offsets"]) == 12 and doc["written"] == 12
     r = CliRunner().invoke(_app(), args)
     assert r.exit_code == 0 and "0 files written" in r.output
+    # a later day goes to the tail (one file); --fold moves it into the period files
+    write_klines(
+        tmp_path,
+        "usdt_perp",
+        "5m",
+        "BTCUSDT",
+        random_candles(2, 300_000, 288, start_ms=T0_MS + 600 * 300_000),
+    )
+    r = CliRunner().invoke(_app(), [*args, "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["written"] == 1 and json.loads(r.output)["tail_bins"] > 0
+    r = CliRunner().invoke(_app(), [*args, "--fold"])
+    assert r.exit_code == 0 and "1 tails folded" in r.output, r.output
 
 
 def test_invalid_combination_is_a_validation_error(tmp_path: Path) -> None:

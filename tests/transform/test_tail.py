@@ -204,7 +204,17 @@ def _check(root: Path, interval: str) -> None:
 
 _step = st.tuples(
     st.sampled_from(
-        ["append", "append", "rewrite_tail", "holes", "delete_day", "delete_last", "fold", "grace0"]
+        [
+            "append",
+            "append",
+            "append_half",
+            "rewrite_tail",
+            "holes",
+            "delete_day",
+            "delete_last",
+            "fold",
+            "grace0",
+        ]
     ),
     st.integers(0, 2**16),
 )
@@ -227,6 +237,13 @@ def test_builds_with_the_tail_equal_a_rebuild(
         grace = 120.0
         if op == "append":  # the next day (a tail run)
             write_klines(root, "usdt_perp", "5m", sym, _day(seed, days[sym], hole_rate=0.02))
+            days[sym] += 1
+        elif op == "append_half":  # the next day's first half, then (as a live feed) its next hours
+            new = _day(seed, days[sym], hole_rate=0.02)
+            write_klines(root, "usdt_perp", "5m", sym, new.slice(0, new.height // 2))
+            build_offsets(root, "usdt_perp", interval)
+            _check(root, interval)
+            write_klines(root, "usdt_perp", "5m", sym, new.slice(new.height // 2, seed % 50))
             days[sym] += 1
         elif op == "rewrite_tail":  # the last day again, other values (inside the tail)
             write_klines(root, "usdt_perp", "5m", sym, _day(seed, days[sym] - 1, hole_rate=0.05))
@@ -330,7 +347,7 @@ def test_an_older_lakes_tail_files_are_read_then_folded(tmp_path: Path) -> None:
         entry["days"] = {  # version 2 kept each day's fingerprint in an object
             part: {
                 (dt.date(1970, 1, 1) + dt.timedelta(days=d)).isoformat(): p
-                for d, p in unpack_days(packed).items()
+                for d, (p, _) in unpack_days(packed).items()
             }
             for part, packed in entry["days"].items()
         }
@@ -348,3 +365,39 @@ def test_an_older_lakes_tail_files_are_read_then_folded(tmp_path: Path) -> None:
     assert json.loads(mpath.read_text())["version"] == 3
     write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", _day(5, 5))
     assert build_offsets(tmp_path, "usdt_perp", "1h").written == 1  # tail runs again
+
+
+def test_candles_added_inside_a_day_are_a_tail_run(tmp_path: Path) -> None:
+    """What `lake live` does every period: a few candles after the last stored one, mid-day."""
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", _day(0, 0))
+    day1 = _day(1, 1, hole_rate=0.0)
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", day1.slice(0, 100))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+
+    def periods() -> dict[str, tuple[int, int]]:
+        return {k: v for k, v in _snapshot(tmp_path).items() if k.startswith("offsets/")}
+
+    before = periods()
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", day1.slice(100, 50))
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.written == 1 and r.tail_bins > 0 and periods() == before
+    assert_bins_equal(
+        scan_offsets(tmp_path, "usdt_perp", "1h").collect().sort(KEY), _expected(tmp_path, ["AUSDT"])
+    )
+    # after a fold (mid-day), the next candles start a new tail at once
+    assert build_offsets(tmp_path, "usdt_perp", "1h", fold=True).folded == 1
+    before = periods()
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", day1.slice(150, 50))
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.written == 1 and r.tail_bins > 0 and periods() == before
+    assert_bins_equal(
+        scan_offsets(tmp_path, "usdt_perp", "1h").collect().sort(KEY), _expected(tmp_path, ["AUSDT"])
+    )
+    # a changed candle earlier that day, with new ones: not an append, the tail is folded
+    edited = day1.slice(10, 1).with_columns(pl.col("close") * 1.5, pl.col("high") * 1.5)
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", pl.concat([edited, day1.slice(200, 10)]))
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.folded == 1 and periods() != before
+    assert_bins_equal(
+        scan_offsets(tmp_path, "usdt_perp", "1h").collect().sort(KEY), _expected(tmp_path, ["AUSDT"])
+    )
