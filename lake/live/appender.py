@@ -50,7 +50,7 @@ __all__ = ["Appender", "AppenderStats", "KlineWriter", "PartitionCache", "WriteO
 log = logging.getLogger("lake.live.appender")
 
 _NUMERIC_FIELDS = (1, 2, 3, 4, 5, 7, 9, 10)
-_ENCODE_ON_LOOP_ROWS = 5_000  # ~5 ms of encoding: longer batches are encoded in the writer thread
+_INLINE_ROWS = 5_000  # ~7 ms of encoding and I/O: longer batches (catch-up) are written in a thread
 _LOG_FIRST = 5  # bad messages logged in full per reason; the rest only counted
 
 
@@ -297,15 +297,15 @@ class KlineWriter:
         good = dict(rows_by_symbol)
         n_rows = sum(len(rs) for rs in good.values())
         try:
-            if n_rows <= _ENCODE_ON_LOOP_ROWS:
-                # A burst's batches are encoded here, on the event loop, and only the file I/O runs
-                # in a thread. A thread encoding a batch needs the GIL back after every Arrow call,
-                # and while the loop parses the rest of the burst each hand-back waits up to the
-                # interpreter's 5 ms switch interval: ~1.5 ms of work took 10-25 ms that way.
+            if n_rows <= _INLINE_ROWS and self.lfs.is_local:  # (an object store's PUT: in a thread)
+                # A burst's batches are encoded and written right here, on the event loop: ~1.5 ms
+                # of encoding and ~1 ms of file I/O per batch. In a thread the same work took
+                # 5-25 ms: every return from an Arrow call or a syscall needs the GIL back, and
+                # while the loop parses the rest of the burst each hand-back waits up to the
+                # interpreter's 5 ms switch interval. Blocking the loop that long costs less: the
+                # messages wait in the socket meanwhile and are parsed right after.
                 data = encode_tail_rows(good, source)
-                finished = (
-                    None if data is None else await loop.run_in_executor(self._pool, self._write_bytes, data)
-                )
+                finished = None if data is None else self._write_bytes(data)
             else:  # a catch-up page of many symbols: too long to hold the loop for
                 finished = await loop.run_in_executor(self._pool, self._write_rows, good, source)
         except (DataError, ValidationError):  # a bad row somewhere: check per symbol so only its symbol fails

@@ -33,26 +33,64 @@ __all__ = ["PeriodBook", "PeriodState"]
 
 @dataclass
 class PeriodState:
-    """Expected, stored and absent symbols of one period."""
+    """Expected, stored and absent symbols of one period.
+
+    Change the sets through the methods below: they keep the set of missing symbols up to date
+    incrementally. Recomputing it (a difference of three sets) for every stored candle cost
+    O(symbols²) per period, ~20 ms of the event loop when a thousand symbols close at once.
+    """
 
     open_ms: int
     expected: set[str]
     stored: set[str] = field(default_factory=set)
     absent: set[str] = field(default_factory=set)
     repairs: int = 0  # REST repair rounds run for this period
+    _missing: set[str] | None = field(default=None, repr=False, compare=False)
+
+    def _gaps(self) -> set[str]:
+        if self._missing is None:
+            self._missing = self.expected - self.stored - self.absent
+        return self._missing
 
     @property
     def missing(self) -> set[str]:
-        return self.expected - self.stored - self.absent
+        """Expected symbols neither stored nor confirmed absent (a copy)."""
+        return set(self._gaps())
 
     @property
     def complete(self) -> bool:
-        return not self.missing
+        return not self._gaps()
 
     @property
     def ready(self) -> int:
         """Symbols stored or confirmed absent."""
-        return len(self.expected) - len(self.missing)
+        return len(self.expected) - len(self._gaps())
+
+    def note_stored(self, symbol: str) -> bool:
+        """Record ``symbol`` as stored; returns whether that made the period complete."""
+        gaps = self._gaps()
+        self.stored.add(symbol)
+        if symbol in gaps:
+            gaps.discard(symbol)
+            return not gaps
+        return False
+
+    def note_absent(self, symbol: str) -> bool:
+        """Record ``symbol`` as confirmed absent; returns whether that made the period complete."""
+        gaps = self._gaps()
+        self.absent.add(symbol)
+        if symbol in gaps:
+            gaps.discard(symbol)
+            return not gaps
+        return False
+
+    def expect(self, symbol: str) -> None:
+        self.expected.add(symbol)
+        self._missing = None
+
+    def unexpect(self, symbol: str) -> None:
+        self.expected.discard(symbol)
+        self._missing = None
 
 
 class PeriodBook:
@@ -97,13 +135,13 @@ class PeriodBook:
         """Expect ``symbol`` in the registered periods opening at or after ``from_open``."""
         for p, st in self._periods.items():
             if p >= from_open:
-                st.expected.add(symbol)
+                st.expect(symbol)
 
     def drop_symbol(self, symbol: str, from_open: int) -> None:
         """Stop expecting ``symbol`` in the registered periods opening at or after ``from_open``."""
         for p, st in self._periods.items():
             if p >= from_open:
-                st.expected.discard(symbol)
+                st.unexpect(symbol)
 
     # -- progress ----------------------------------------------------------------------------------
     def mark_stored(self, symbol: str, opens: Iterable[int]) -> list[int]:
@@ -113,9 +151,7 @@ class PeriodBook:
             st = self._periods.get(p)
             if st is None or symbol in st.stored:
                 continue
-            was = st.complete
-            st.stored.add(symbol)
-            if not was and st.complete:
+            if st.note_stored(symbol):
                 done.append(p)
         return done
 
@@ -126,9 +162,7 @@ class PeriodBook:
             st = self._periods.get(p)
             if st is None or symbol not in st.expected or symbol in st.stored:
                 continue
-            was = st.complete
-            st.absent.add(symbol)
-            if not was and st.complete:
+            if st.note_absent(symbol):
                 done.append(p)
         return done
 

@@ -402,8 +402,10 @@ class LiveRunner:
 
     # -- the writer (dispatcher) -------------------------------------------------------------------
     async def _writer_loop(self, feed: Feed) -> None:
-        """Drain the appender into tail files. Up to two writes are in flight: candles arriving while
-        one file is being synced to disk go into the next file instead of waiting for it."""
+        """Drain the appender into tail files. Batches of a local lake are written on the event loop
+        itself (``KlineWriter.write``), one after the other; writes that go to a thread (object
+        stores, large batches) may run two at a time, so candles arriving while one file is being
+        uploaded go into the next file instead of waiting for it."""
         retries: Counter[tuple[str, int]] = Counter()
         slots = asyncio.Semaphore(2)
         running: set[asyncio.Task[None]] = set()
@@ -476,19 +478,17 @@ class LiveRunner:
 
     async def _compactor(self, feed: Feed) -> None:
         """Compact every ``compact_every_s``, and after each complete period when offsets are live
-        (they are built from the partitions)."""
+        (they are built from the partitions).
+
+        A due compaction waits for the next period to complete (at most one period): compaction is
+        a thread of Python work, and running during a closing burst it takes the GIL from the event
+        loop in 5 ms slices, which the burst's candles would wait for.
+        """
         while not self._stop.is_set():
-            waits = [
-                asyncio.ensure_future(feed.compact_wake.wait()),
-                asyncio.ensure_future(self._stop.wait()),
-            ]
-            try:
-                await asyncio.wait(
-                    waits, timeout=self.config.compact_every_s, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for w in waits:
-                    w.cancel()
+            woken = await self._wait_any([feed.compact_wake], seconds=self.config.compact_every_s)
+            if not woken and not self._between_bursts(feed):
+                feed.period_done.clear()
+                await self._wait_any([feed.period_done], seconds=max(1.0, self._real_s(feed, feed.iv_ms)))
             if self._stop.is_set():
                 return
             feed.compact_wake.clear()
@@ -497,6 +497,31 @@ class LiveRunner:
             except (LakeError, OSError) as exc:
                 log.error("%s: compaction failed (retried next time): %s", feed.name, exc)
                 self._alert_soon(f"{feed.name}: compaction failed", str(exc), key=f"compact:{feed.name}")
+
+    @staticmethod
+    def _real_s(feed: Feed, ms: float) -> float:
+        """Real seconds of ``ms`` of exchange time (the simulator's clock may run faster)."""
+        return ms / 1000 / max(feed.client.clock.rate, 1e-6)
+
+    def _between_bursts(self, feed: Feed) -> bool:
+        """Whether every registered period is complete and the next boundary is not near (2 s, or a
+        quarter of the period if that is shorter)."""
+        book = feed.book
+        if book is None or book.pending():
+            return False
+        now = feed.now_ms()
+        margin = min(2.0, self._real_s(feed, feed.iv_ms) / 4)
+        return self._real_s(feed, feed.iv.floor(now) + feed.iv_ms - now) > margin
+
+    async def _wait_any(self, events: list[asyncio.Event], seconds: float) -> bool:
+        """Wait for one of ``events`` or the stop, at most ``seconds``; whether one was set."""
+        waits = [asyncio.ensure_future(e.wait()) for e in [*events, self._stop]]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        return any(e.is_set() for e in events)
 
     async def _compact(self, feed: Feed) -> None:
         """Move the tail into the partitions; the live offsets of the moved symbols are rebuilt."""
@@ -548,6 +573,8 @@ class LiveRunner:
             self._alert_soon(f"{feed.name}: write failed for {sym}", err, key=f"write:{feed.name}")
         for p in sorted(set(completed)):
             self._period_ready(feed, p)
+        if completed:
+            feed.period_done.set()
         if completed and feed.offsets is not None:
             feed.compact_wake.set()
         if completed:
@@ -805,6 +832,8 @@ class LiveRunner:
                 completed += feed.book.mark_absent(sym, absent)
         for p in sorted(set(completed)):
             self._period_ready(feed, p)
+        if completed:
+            feed.period_done.set()
         if completed:
             await self._publish(feed)
         if errors:
