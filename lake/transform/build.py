@@ -19,6 +19,7 @@ file-system syncs per batch, not two per file).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import functools
@@ -511,11 +512,11 @@ def _to_read(state: Series | None, tokens: dict[str, str]) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class _Rows:
     """Rows ``[a, b)`` of a frame planning read, ordered by time (kline value columns; ``times``:
-    open times, ms; ``hashes``: each row's hash as fingerprinted)."""
+    open times, ms; ``hashes``: the rows' hashes as fingerprinted, by chunks of whole partitions)."""
 
     frame: pl.DataFrame
     times: np.ndarray
-    hashes: np.ndarray
+    hashes: _Hashes
     a: int
     b: int
 
@@ -528,7 +529,20 @@ class _Rows:
         times = self.times[self.a : self.b]
         i = self.a + int(np.searchsorted(times, start_ms, side="left"))
         j = self.a + int(np.searchsorted(times, last_ms, side="right"))
-        return _print(int(self.hashes[i:j].sum(dtype=np.uint64)), j - i)
+        return _print(self.hashes.sum(i, j), j - i)
+
+
+@dataclass(slots=True)
+class _Hashes:
+    """Row hashes of a frame as chunks (first row, hashes), each a run of whole series."""
+
+    chunks: list[tuple[int, np.ndarray]] = field(default_factory=list)
+
+    def sum(self, i: int, j: int) -> int:
+        """The wrapped uint64 sum of the hashes of rows ``[i, j)`` (rows of one series)."""
+        at = bisect.bisect_right([a for a, _ in self.chunks], i) - 1
+        a, h = self.chunks[at]
+        return int(h[i - a : j - a].sum(dtype=np.uint64))
 
 
 def _read_partitions(
@@ -541,15 +555,15 @@ def _read_partitions(
         lfs.url(PartitionKey("klines", trade_type, base.name, s, dt.date.fromisoformat(d)).path)
         for s, d in wanted
     ]
-    frame = _scan_coded(lfs, paths, list(range(len(paths)))).collect()
-    sym, t = frame["_sym"].to_numpy(), frame["candle_begin_time"].to_physical().to_numpy()
-    if len(t) > 1 and not np.all((sym[1:] > sym[:-1]) | ((sym[1:] == sym[:-1]) & (t[1:] > t[:-1]))):
+    frame = _scan_coded(lfs, paths, list(range(len(paths)))).collect()  # files (codes) in order
+    rising = (pl.col("candle_begin_time").to_physical().diff() > 0) | (pl.col("_sym").diff() != 0)
+    if not frame.select(rising.fill_null(True).all()).item():
         frame = frame.sort("_sym", "candle_begin_time")  # a file not written by lake: rows in order
     keys = [f"{i}" for i in range(len(wanted))]  # one code per partition
-    hashes = np.empty(frame.height, dtype=np.uint64)
+    hashes = _Hashes()
     prints = _fingerprints(frame, base, keys, hashes)
     code = frame["_sym"].to_numpy()
-    starts = np.flatnonzero(np.diff(code, prepend=-1)).tolist()
+    starts = [0, *(np.flatnonzero(code[1:] != code[:-1]) + 1).tolist()]
     ends = [*starts[1:], len(code)]
     rows = frame.drop("_sym")
     times = rows["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch, no copy
@@ -1045,11 +1059,11 @@ def _is_date_dir(name: str) -> bool:
 
 
 def _fingerprints(
-    df: pl.DataFrame, base: Interval, symbols: Sequence[str], hashes: np.ndarray | None = None
+    df: pl.DataFrame, base: Interval, symbols: Sequence[str], hashes: _Hashes | None = None
 ) -> _Fingerprints:
     """Per symbol, per base partition: a fingerprint of each UTC day's rows (values included) and the
-    open time of its last candle, packed (``pack_days``); ``hashes`` (as long as ``df``), if given,
-    receives each row's hash.
+    open time of its last candle, packed (``pack_days``); ``hashes``, if given, receives the rows'
+    hashes.
 
     ``df`` has the series' index in ``symbols`` as ``_sym``, ordered by series. Fingerprints only ever
     compare with ones this code wrote; a Polars upgrade that changes row hashing makes every day look
@@ -1062,12 +1076,14 @@ def _fingerprints(
     # faults than in arithmetic (a cold incremental run spent 0.3 s of system time in them)
     sym = df["_sym"].to_numpy()
     cuts = [0]
-    for at in np.flatnonzero(np.diff(sym)).tolist():
-        if at + 1 - cuts[-1] >= _CHUNK_ROWS:
-            cuts.append(at + 1)
+    for at in (np.flatnonzero(sym[1:] != sym[:-1]) + 1).tolist():
+        if at - cuts[-1] >= _CHUNK_ROWS:
+            cuts.append(at)
     cuts.append(df.height)
     for a, b in itertools.pairwise(cuts):
-        _fingerprint_rows(df.slice(a, b - a), base, symbols, out, None if hashes is None else hashes[a:b])
+        h = _fingerprint_rows(df.slice(a, b - a), base, symbols, out)
+        if hashes is not None:
+            hashes.chunks.append((a, h))
     return out
 
 
@@ -1077,17 +1093,16 @@ def _print(hash_sum: int, rows: int) -> int:
 
 
 def _fingerprint_rows(
-    df: pl.DataFrame, base: Interval, symbols: Sequence[str], out: _Fingerprints, hashes: np.ndarray | None
-) -> None:
+    df: pl.DataFrame, base: Interval, symbols: Sequence[str], out: _Fingerprints
+) -> np.ndarray:
+    """Fingerprints of the rows of whole series into ``out``; returns the rows' hashes (in their order)."""
     cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
     # integer day numbers, not calendar truncation on every row; rows come ordered by (series, time),
     # so a day's rows are one run and the hashes are summed per run (uint64 sums wrap, as Polars' do)
     code = df["_sym"].to_numpy().astype(np.int64)
     t = df["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch
     day = t // MS_PER_DAY
-    h = df.select(cols).hash_rows(seed=17).to_numpy()
-    if hashes is not None:
-        hashes[:] = h  # in the rows' order: the fingerprint of a part of a day can be taken later
+    h = row_hashes = df.select(cols).hash_rows(seed=17).to_numpy()
     if len(t) > 1 and not np.all((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (t[1:] > t[:-1]))):
         order = np.lexsort((t, code))  # by series, then time
         code, t, day, h = code[order], t[order], day[order], h[order]
@@ -1107,6 +1122,7 @@ def _fingerprint_rows(
     for a, b in zip(runs, [*runs[1:], len(days)], strict=True):
         packed = pack_days(days[a:b], prints[a:b], lasts[a:b])
         out.setdefault(symbols[int(codes[a])], {})[str(part[a])] = packed
+    return row_hashes
 
 
 @functools.lru_cache(maxsize=4096)

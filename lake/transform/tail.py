@@ -186,7 +186,8 @@ def _bins_table(bins: pl.DataFrame) -> pa.Table:
 
 
 def encode(layer: Layer) -> bytes:
-    """A tail file: coverage and marker rows in row group 0, then the bins (by symbol, offset, time)."""
+    """A tail file: coverage and marker rows in row group 0, then the bins (ordered by symbol when
+    they fill more than one row group)."""
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(
         sink,
@@ -199,7 +200,9 @@ def encode(layer: Layer) -> bytes:
     ) as writer:
         writer.write_table(_meta_table(layer))
         if layer.bins.height:
-            bins = layer.bins.sort("symbol", "offset", "candle_begin_time")
+            bins = layer.bins
+            if bins.height > _ROW_GROUP:  # ordered by symbol, a reader of some symbols skips row groups
+                bins = bins.sort("symbol", "offset", "candle_begin_time")
             writer.write_table(_bins_table(bins), row_group_size=_ROW_GROUP)
     return bytes(sink.getvalue().to_pybytes())
 
