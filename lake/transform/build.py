@@ -23,7 +23,6 @@ import bisect
 import contextlib
 import datetime as dt
 import functools
-import io
 import itertools
 import os
 import threading
@@ -42,7 +41,7 @@ import pyarrow.parquet as pq
 from lake.binance.intervals import INTERVALS, MS_PER_DAY, Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbols
-from lake.errors import NotFoundError, ValidationError
+from lake.errors import DataError, NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series, to_lakefs
@@ -924,35 +923,57 @@ def _period_files(
     """The new content of one period file (encoded, not written): its old bins outside ``[lo, hi)``
     (and before the tail start, when the series' tail is folded), the tail's bins of the period
     (``tail``: folded; an older lake's ``tail.parquet`` too, then removed), and ``new``."""
-    data, legacy = lfs.read_bytes_or_none(part.path), lfs.read_bytes_or_none(part.legacy_tail_path)
+    stored = _read_period(lfs, part.path)
+    # an older lake's per-period tail: only series with one (or recomputed whole) can have it
+    check_legacy = w.legacy_from is not None or (w.lo is None and w.hi is None)
+    legacy = _read_period(lfs, part.legacy_tail_path) if check_legacy else None
     has_tail = tail is not None and tail.height > 0
-    if data is None and legacy is None and not has_tail and new is not None:  # a new file: no merge
+    if stored is None and legacy is None and not has_tail and new is not None:  # a new file: no merge
         return [_Outcome("write", part.path, _encode(new))]
     t = pl.col("candle_begin_time").dt.epoch("ms")
-    stored = pl.read_parquet(io.BytesIO(data)) if data is not None else None
     old = []
     if stored is not None and stored.height:
         # from the tail start on, the tail is what counts (a fold cut short can have left bins here)
         old.append(stored if w.tail_start is None else stored.filter(t < w.tail_start))
     if legacy is not None:
-        old.append(pl.read_parquet(io.BytesIO(legacy)))
+        old.append(legacy)
     if tail is not None and has_tail:
         old.append(tail)
-    if w.lo is not None or w.hi is not None:
+    if w.lo is None and w.hi is None:
+        old = []  # everything recomputed
+    elif w.lo is None or w.hi is None or w.lo < w.hi:
         inside = (t >= (_I64_MIN if w.lo is None else w.lo)) & (t < (_I64_MAX if w.hi is None else w.hi))
         old = [df.filter(~inside) for df in old]
-    else:
-        old = []
     parts = [df for df in old if df.height]
     if new is not None and new.num_rows:
         parts.append(pl.DataFrame(pl.from_arrow(new)))
-    merged = pl.concat(parts).sort("candle_begin_time") if len(parts) > 1 else (parts[0] if parts else None)
+    merged = pl.concat(parts) if len(parts) > 1 else (parts[0] if parts else None)
+    if merged is not None and len(parts) > 1 and not merged["candle_begin_time"].is_sorted():
+        merged = merged.sort("candle_begin_time")
     out = [_Outcome("remove", part.legacy_tail_path)] if legacy is not None else []
     if merged is None or merged.height == 0:
-        return [*out, _Outcome("none" if data is None else "remove", part.path)]
+        return [*out, _Outcome("none" if stored is None else "remove", part.path)]
     if stored is not None and legacy is None and stored.equals(merged):
         return [_Outcome("unchanged", part.path)]
     return [_Outcome("write", part.path, _encode(merged.to_arrow())), *out]
+
+
+def _read_period(lfs: LakeFS, rel: str) -> pl.DataFrame | None:
+    """One period file, or ``None`` if there is none. Decoded by pyarrow: ~0.9 ms for a 1h year,
+    where Polars took ~2.5 ms on its byte-stream-split columns (a monthly fold decodes 3,600)."""
+    try:
+        if lfs.is_local:
+            table = pq.ParquetFile(lfs.full(rel)).read(use_threads=False)  # callers run in a pool
+        else:
+            with lfs.fs.open(lfs.full(rel), "rb") as f:
+                table = pq.ParquetFile(f).read(use_threads=False)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(
+            f"unreadable offsets file {rel} ({exc}): move it away and run lake offsets again"
+        ) from exc
+    return pl.DataFrame(pl.from_arrow(table))
 
 
 def _encode(table: pa.Table) -> bytes:
