@@ -4,7 +4,10 @@ After the writer stores candles, the feed calls ``note(symbols)``; a background 
 symbols noted meanwhile and runs #6's incremental ``build_offsets`` for them (base = the feed's
 interval, every offset of each target), in a thread. That build recomputes exactly the bins that can
 see a changed base partition and rewrites only files whose content changes, so the table is always
-what ``lake offsets`` would produce from the same klines. A new base candle at ``t`` completes one
+what ``lake offsets`` would produce from the same klines. A closed period only adds candles, so each
+build is a tail run: the new bins of all the noted symbols and offsets go into one new file of the
+offsets tail (lake/transform/tail.py), not a file per (offset, symbol) — 12k of them for 1,015
+symbols and 1h — and about once a month a build folds the tail into the yearly files. A new base candle at ``t`` completes one
 bin per target (the offset whose bins end at ``t + base``); bins still missing their last candle
 are not kept by #6 and appear when it lands.
 """
