@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import fsspec
 import polars as pl
 import pytest
+import s3fs
 
 from lake.query import connect
 from lake.store.fs import LakeFS
@@ -28,8 +29,13 @@ def s3_root() -> Iterator[str]:
         for k, v in S3_ENV.items():
             mp.setenv(k, v)
         mp.setenv("AWS_ENDPOINT_URL", url)
+        # s3fs caches file systems by their arguments: one made for another endpoint must not be reused
+        s3fs.S3FileSystem.clear_instance_cache()
         fsspec.filesystem("s3", skip_instance_cache=True).mkdir("offsets-test")
-        yield f"s3://offsets-test/{uuid.uuid4().hex[:12]}"
+        try:
+            yield f"s3://offsets-test/{uuid.uuid4().hex[:12]}"
+        finally:
+            s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_tail_on_s3(s3_root: str, tmp_path_factory: pytest.TempPathFactory) -> None:
