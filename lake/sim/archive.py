@@ -11,6 +11,11 @@ A daily file appears ``daily_lag_s`` (virtual) after its day ends, a monthly one
 the close of its last candle. No candles, no file. ``ETag`` is a hash of the key and its re-upload count
 (not the MD5 of the body); ``Last-Modified`` is the publication or re-upload time (virtual). Listing
 ``Size`` of a zip is an estimate unless ``list_exact_size`` (building every zip of a page is slow).
+
+Zips are built on their first request and kept in an LRU cache. ``POST /_sim/archive
+{"static": true}`` keeps every zip once built (the real archive is static files on a CDN; the
+benchmarks use it so that building zips is not part of their timing); ``GET /_sim/archive`` reports
+how many zips were built and their CPU time.
 """
 
 from __future__ import annotations
