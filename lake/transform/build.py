@@ -342,8 +342,10 @@ class _Run:
         self, plan: OffsetPlan, batch: list[_Work]
     ) -> tuple[pl.DataFrame, _Fingerprints, pl.DataFrame | None]:
         base = _read_base(self.lfs, self.trade_type, plan, batch)
-        cached = [i for i, w in enumerate(batch) if w.cached is not None]  # fingerprinted at planning
-        rows = base.filter(~pl.col("_sym").is_in(cached)) if cached else base
+        # a tail run's partitions were fingerprinted at planning (or did not change), and are read
+        # from its lo on only
+        tails = [i for i, w in enumerate(batch) if w.tail]
+        rows = base.filter(~pl.col("_sym").is_in(tails)) if tails else base
         prints = _fingerprints(rows, plan.base, [w.symbol for w in batch])
         folds = [w.symbol for w in batch if w.tail_start is not None]
         return base, prints, self.tail.read_bins(self.lfs, folds) if folds else None
@@ -699,10 +701,12 @@ def _plan_series(
         and end - tail_from <= limit
     ):
         read = [d for d in sorted(tokens) if _span(plan.base, d)[1] > lo]
-        w = _Work(symbol, tokens, read, lo, None, len(changed), days=known, tail=True)
-        if all(d in frames for d in read):
-            w.cached = [frames[d].since(lo) for d in read]
-        return w, keys
+        # (each partition read either fingerprinted at planning or unchanged: no fingerprints to take)
+        if all(d in known or tokens[d] == state.partitions.get(d) for d in read):
+            w = _Work(symbol, tokens, read, lo, None, len(changed), days=known, tail=True)
+            if all(d in frames for d in read):
+                w.cached = [frames[d].since(lo) for d in read]
+            return w, keys
     # otherwise the bins of [lo, hi) are merged into the period files, and a tail is folded into them
     read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]
     w = _Work(
@@ -765,29 +769,42 @@ def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[
 
 def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work]) -> pl.DataFrame:
     """The base candles a batch needs: ``_sym`` (the series' index in ``batch``) and the kline value
-    columns, ordered by series then partition."""
+    columns, ordered by series then time. A tail run needs the candles from its ``lo`` on only (its
+    partitions' fingerprints are known from planning), so its files are read with that filter: the
+    month before an appended first of a month costs ~0.1 s instead of ~0.3 s to read."""
     ranges = [(i, r) for i, w in enumerate(batch) if w.cached is not None for r in w.cached if r.b > r.a]
-    cached = []
+    scans = []
     if ranges:  # one concatenation of slices, not a query per series
         rows = pl.concat([r.frame.slice(r.a, r.b - r.a) for _, r in ranges], rechunk=True)
         code = np.repeat(np.array([i for i, _ in ranges], np.uint32), [r.b - r.a for _, r in ranges])
-        cached = [rows.lazy().select(pl.Series("_sym", code, pl.UInt32), pl.all())]
-    files = [
-        (
-            lfs.url(
-                PartitionKey("klines", trade_type, plan.base.name, w.symbol, dt.date.fromisoformat(d)).path
-            ),
-            i,
-        )
-        for i, w in enumerate(batch)
-        if w.cached is None
-        for d in w.read
-    ]
-    scans = cached + ([_scan_coded(lfs, [f for f, _ in files], [i for _, i in files])] if files else [])
+        scans.append(rows.lazy().select(pl.Series("_sym", code, pl.UInt32), pl.all()))
+    for tail in (True, False):
+        files = [
+            (
+                lfs.url(
+                    PartitionKey(
+                        "klines", trade_type, plan.base.name, w.symbol, dt.date.fromisoformat(d)
+                    ).path
+                ),
+                i,
+            )
+            for i, w in enumerate(batch)
+            if w.cached is None and w.tail == tail
+            for d in w.read
+        ]
+        if not files:
+            continue
+        scan = _scan_coded(lfs, [f for f, _ in files], [i for _, i in files])
+        if tail:  # a constant bound, which the reader applies before materialising the other columns
+            lo = min(batch[i].lo or 0 for _, i in files)
+            scan = scan.filter(
+                pl.col("candle_begin_time") >= pl.lit(lo).cast(OFFSET_SCHEMA["candle_begin_time"])
+            )
+        scans.append(scan)
     if not scans:
         return pl.DataFrame(schema={"_sym": pl.UInt32, **OFFSET_SCHEMA}).drop("n_base")
     out = pl.concat(scans).collect()
-    return out if not cached or not files else out.sort("_sym", "candle_begin_time")
+    return out if len(scans) == 1 else out.sort("_sym", "candle_begin_time")
 
 
 def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) -> list[Resampled]:
