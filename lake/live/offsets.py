@@ -7,7 +7,8 @@ see a changed base partition and rewrites only files whose content changes, so t
 what ``lake offsets`` would produce from the same klines. A closed period only adds candles, so each
 build is a tail run: the new bins of all the noted symbols and offsets go into one new file of the
 offsets tail (lake/transform/tail.py), not a file per (offset, symbol) — 12k of them for 1,015
-symbols and 1h — and about once a month a build folds the tail into the yearly files. A new base candle at ``t`` completes one
+symbols and 1h — and a build folds a series' tail into its period files once it spans about a
+month (8 days for targets under 1h, whose files are monthly). A new base candle at ``t`` completes one
 bin per target (the offset whose bins end at ``t + base``); bins still missing their last candle
 are not kept by #6 and appear when it lands.
 """
