@@ -156,6 +156,7 @@ class Feed:
         self.compact_lock = asyncio.Lock()
         self.compact_wake = asyncio.Event()  # set: compact now (live offsets wait for it)
         self.period_done = asyncio.Event()  # set whenever a period becomes complete
+        self.last_compact_s = 0.0  # how long the last compaction took (wall seconds)
         self.check_lock = asyncio.Lock()
         self.published: int | None = None  # the watermark in the file (ms)
         self.closing = False
