@@ -86,17 +86,14 @@ def _describe(exc: BaseException) -> str:
 
 
 def _gc_checkpoint() -> None:
-    """Collect garbage now and exempt every surviving object from later full collections.
+    """Exempt every object alive after the catch-up from later full garbage collections.
 
     A full (generation 2) collection walks every tracked object of the process: with Polars,
     pyarrow, DuckDB and aiohttp loaded that took ~70-100 ms, at whatever moment the allocation
-    counters said, and a closing burst caught by one waited for it. Done between bursts (after the
-    catch-up and after each compaction), the collection still happens, at a harmless moment, and
-    ``gc.freeze`` keeps later automatic ones down to what was allocated since. Unfrozen first, so
-    frozen objects that have become garbage are collected too; unfrozen when the run ends.
+    counters said, and a closing burst caught by one waited for it. Frozen once the catch-up is
+    done, that long-lived heap is no longer walked; later full collections only see what was
+    allocated since. Unfrozen when the run ends.
     """
-    gc.unfreeze()
-    gc.collect()
     gc.freeze()
 
 
@@ -205,7 +202,7 @@ class LiveRunner:
                 finally:
                     await self._shutdown()
         finally:
-            gc.unfreeze()  # (see _gc_checkpoint)
+            gc.unfreeze()  # (frozen by _gc_checkpoint)
             for lk in acquired:
                 lk.release()
             await self.alerter.close()
@@ -514,7 +511,6 @@ class LiveRunner:
             except (LakeError, OSError) as exc:
                 log.error("%s: compaction failed (retried next time): %s", feed.name, exc)
                 self._alert_soon(f"{feed.name}: compaction failed", str(exc), key=f"compact:{feed.name}")
-            _gc_checkpoint()  # between bursts too
 
     @staticmethod
     def _real_s(feed: Feed, ms: float) -> float:
