@@ -113,6 +113,12 @@ class LiveOffsets:
                     symbols=symbols,
                     workers=2,
                 )
+            except asyncio.CancelledError:
+                # Cancelled at shutdown while the build runs on in its thread: the final
+                # build_pending must build these symbols again (after that thread, under the lock),
+                # or the run could end with that build still writing.
+                self._dirty.update(symbols)
+                raise
             except (LakeError, OSError, pl.exceptions.PolarsError) as exc:
                 # PolarsError: a base partition replaced while being scanned (a torn read): retried
                 self.stats.errors += 1

@@ -494,9 +494,10 @@ class LiveRunner:
         """Compact every ``compact_every_s``, and after each complete period when offsets are live
         (they are built from the partitions).
 
-        A due compaction waits for the next period to complete (at most one period): compaction is
-        a thread of Python work, and running during a closing burst it takes the GIL from the event
-        loop in 5 ms slices, which the burst's candles would wait for.
+        A due compaction that could overlap a closing burst (a period still incomplete, or the next
+        boundary near) waits for the next period to complete, at most one period: compaction is a
+        thread of Python work, and during a burst it takes the GIL from the event loop in 5 ms
+        slices, which the burst's candles would wait for.
         """
         while not self._stop.is_set():
             woken = await self._wait_any([feed.compact_wake], seconds=self.config.compact_every_s)
