@@ -24,9 +24,20 @@ import polars as pl
 from lake.errors import DataError
 from lake.schema import KLINE_SCHEMA
 
-__all__ = ["WsKline", "klines_from_rest", "parse_ws_kline"]
+__all__ = ["REST_FLOAT_FIELDS", "WsKline", "klines_from_rest", "parse_ws_kline"]
 
 _REST_FIELDS = 12
+# kline column → its index in a REST row (the row layout of GET /klines), for the float columns
+REST_FLOAT_FIELDS = {
+    "open": 1,
+    "high": 2,
+    "low": 3,
+    "close": 4,
+    "volume": 5,
+    "quote_volume": 7,
+    "taker_buy_base_asset_volume": 9,
+    "taker_buy_quote_asset_volume": 10,
+}
 _FLOATS = (
     "open",
     "high",

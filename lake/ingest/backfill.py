@@ -48,7 +48,7 @@ import numpy as np
 import polars as pl
 
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
-from lake.binance.klines import klines_from_rest
+from lake.binance.klines import REST_FLOAT_FIELDS, klines_from_rest
 from lake.binance.markets import Endpoints, TradeType, get_trade_type
 from lake.binance.symbols import validate_symbol
 from lake.errors import IncompleteError, LakeError, ValidationError
@@ -724,18 +724,6 @@ class _MarketRun:
         )
 
 
-_FLOAT_FIELDS = {
-    "open": 1,
-    "high": 2,
-    "low": 3,
-    "close": 4,
-    "volume": 5,
-    "quote_volume": 7,
-    "taker_buy_base_asset_volume": 9,
-    "taker_buy_quote_asset_volume": 10,
-}
-
-
 def rows_frame(rows: list[list[Any]], source: str = "rest") -> pl.DataFrame:
     """REST kline rows → lake kline frame; a column-wise fast path of ``klines_from_rest`` (same
     result, same parsing of the number strings by Polars), falling back to it on anything unusual."""
@@ -756,9 +744,9 @@ def rows_frame(rows: list[list[Any]], source: str = "rest") -> pl.DataFrame:
             elif name == "source":
                 data[name] = pl.Series(name, [source] * n, dtype=pl.String)
             else:
-                data[name] = pl.Series(name, cols[_FLOAT_FIELDS[name]], dtype=pl.String, strict=True).cast(
-                    pl.Float64, strict=True
-                )
+                data[name] = pl.Series(
+                    name, cols[REST_FLOAT_FIELDS[name]], dtype=pl.String, strict=True
+                ).cast(pl.Float64, strict=True)
         return pl.DataFrame(data)
     except (pl.exceptions.PolarsError, TypeError, ValueError):
         return klines_from_rest(rows, source)

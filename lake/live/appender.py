@@ -36,7 +36,7 @@ import numpy as np
 import polars as pl
 
 from lake.binance.intervals import parse_interval
-from lake.binance.klines import parse_ws_kline
+from lake.binance.klines import REST_FLOAT_FIELDS, parse_ws_kline
 from lake.binance.markets import get_trade_type
 from lake.errors import DataError, LakeError, ValidationError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
@@ -49,7 +49,7 @@ __all__ = ["Appender", "AppenderStats", "KlineWriter", "PartitionCache", "WriteO
 
 log = logging.getLogger("lake.live.appender")
 
-_NUMERIC_FIELDS = (1, 2, 3, 4, 5, 7, 9, 10)
+_NUMERIC_FIELDS = tuple(REST_FLOAT_FIELDS.values())
 _INLINE_ROWS = 5_000  # ~7 ms of encoding and I/O: longer batches (catch-up) are written in a thread
 _LOG_FIRST = 5  # bad messages logged in full per reason; the rest only counted
 

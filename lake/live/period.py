@@ -68,17 +68,15 @@ class PeriodState:
 
     def note_stored(self, symbol: str) -> bool:
         """Record ``symbol`` as stored; returns whether that made the period complete."""
-        gaps = self._gaps()
-        self.stored.add(symbol)
-        if symbol in gaps:
-            gaps.discard(symbol)
-            return not gaps
-        return False
+        return self._settle(symbol, self.stored)
 
     def note_absent(self, symbol: str) -> bool:
         """Record ``symbol`` as confirmed absent; returns whether that made the period complete."""
+        return self._settle(symbol, self.absent)
+
+    def _settle(self, symbol: str, into: set[str]) -> bool:
         gaps = self._gaps()
-        self.absent.add(symbol)
+        into.add(symbol)
         if symbol in gaps:
             gaps.discard(symbol)
             return not gaps

@@ -590,8 +590,6 @@ class LiveRunner:
             self._alert_soon(f"{feed.name}: write failed for {sym}", err, key=f"write:{feed.name}")
         for p in sorted(set(completed)):
             self._period_ready(feed, p)
-        if completed:
-            feed.period_done.set()
         if completed and feed.offsets is not None:
             feed.compact_wake.set()
         if completed:
@@ -600,6 +598,7 @@ class LiveRunner:
 
     def _period_ready(self, feed: Feed, p: int) -> None:
         feed.stats.periods_complete += 1
+        feed.period_done.set()
         src = feed.stats.sources.pop(p, Counter())
         lag = (feed.now_ms() - (p + feed.iv_ms)) / 1000
         detail = ", ".join(f"{k} {v}" for k, v in sorted(src.items()))
@@ -850,8 +849,6 @@ class LiveRunner:
                 completed += feed.book.mark_absent(sym, absent)
         for p in sorted(set(completed)):
             self._period_ready(feed, p)
-        if completed:
-            feed.period_done.set()
         if completed:
             await self._publish(feed)
         if errors:

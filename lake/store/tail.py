@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lake.binance.intervals import parse_interval
-from lake.binance.klines import klines_from_rest
+from lake.binance.klines import REST_FLOAT_FIELDS, klines_from_rest
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
 from lake.errors import DataError
@@ -131,17 +131,6 @@ def write_tail_bytes(root: Root, trade_type: str, interval: str, data: bytes) ->
 
 _TS = pa.timestamp("ms", tz="UTC")
 _STR = pa.large_string()
-# REST row index of each float column (the row layout of GET /klines)
-_FLOAT_FIELDS = {
-    "open": 1,
-    "high": 2,
-    "low": 3,
-    "close": 4,
-    "volume": 5,
-    "quote_volume": 7,
-    "taker_buy_base_asset_volume": 9,
-    "taker_buy_quote_asset_volume": 10,
-}
 _valid_symbols: set[str] = set()
 
 
@@ -186,7 +175,7 @@ def _rows_table(rows_by_symbol: Mapping[str, Sequence[Sequence[Any]]], source: s
         "symbol": pa.array(symbols, _STR),
         "candle_begin_time": pa.array(cols[0], pa.int64()).cast(_TS),
     }
-    for name, i in _FLOAT_FIELDS.items():
+    for name, i in REST_FLOAT_FIELDS.items():
         arrays[name] = pa.array(cols[i], _STR).cast(pa.float64())
     arrays["trade_num"] = pa.array(cols[8], pa.int64())
     arrays["source"] = pa.array([source] * len(rows), _STR)
