@@ -575,18 +575,22 @@ class _MarketRun:
 
     async def _find_first(self, ser: _Series, a: int, b: int) -> int | None:
         """Open time of the first candle in ``[a, b)``, or None: one ``limit=1`` request on spot and
-        USDⓈ-M (ascending from startTime); on COIN-M, which answers the *latest* row of a window of
-        at most 200 days, a scan over such windows and a binary search inside the first non-empty one.
+        USDⓈ-M with ``startTime`` only (documented for spot, relied on by every client for USDⓈ-M:
+        the oldest rows from startTime; how USDⓈ-M picks rows when endTime is set too is not
+        documented, and answering the newest would make the probe find the last candle); on COIN-M,
+        which answers the *latest* row of a window of at most 200 days, a scan over such windows and
+        a binary search inside the first non-empty one.
         """
 
-        async def last_or_first(lo: int, hi: int) -> int | None:
+        async def last_or_first(lo: int, hi: int, *, open_ended: bool = False) -> int | None:
             ser.report.requests += 1
-            rows = await self.client.klines(ser.symbol, self.iv.name, start_ms=lo, end_ms=hi - 1, limit=1)
+            end = None if open_ended else hi - 1
+            rows = await self.client.klines(ser.symbol, self.iv.name, start_ms=lo, end_ms=end, limit=1)
             opens = [int(r[0]) for r in rows if isinstance(r, list) and r and lo <= int(r[0]) < hi]
-            return opens[0] if opens else None
+            return min(opens) if opens else None
 
         if self.market.name != "cm":
-            return await last_or_first(a, b)
+            return await last_or_first(a, b, open_ended=True)
         span = (self.market.kline_max_span_days or 200) * MS_PER_DAY - 1
         w = a
         while w < b:

@@ -213,3 +213,42 @@ async def test_no_time_request_into_a_full_window(tmp_path: Path) -> None:
         assert um.weight > 24  # the job needed more than one window
         assert sim.stats.status_count("um", 429) == 0 and sim.stats.status_count("um", 418) == 0
         assert um.status.get("429", 0) == 0 and um.status.get("418", 0) == 0
+
+
+@pytest.mark.parametrize("um_recent_rows", [False, True])
+async def test_young_usdm_symbol_whatever_order_the_window_is_answered_in(
+    tmp_path: Path, um_recent_rows: bool
+) -> None:
+    # How USDⓈ-M selects rows with both startTime and endTime is undocumented: if it answers the
+    # newest rows (as COIN-M does), a limit=1 probe with both times finds the LAST candle, and the
+    # slots before it would be recorded as confirmed empty. The probe must not depend on it.
+    async with sim_server(um_recent_rows=um_recent_rows) as sim:
+        recent = sim.market.awkward.recent["um"][0]
+        info = sim.market.universe.get("um", recent)
+        assert info is not None
+        rep = await run(sim, tmp_path, ["usdt_perp"], days=50, symbols=[recent])
+        assert_equals_truth(sim, tmp_path, rep, "usdt_perp")
+        ser = rep.series[0]
+        assert ser.status == "short_history" and ser.first_ms == info.first_ms
+        empties = read_empty_ranges(tmp_path, "usdt_perp", "5m", recent)
+        # the slots before the listing, then only maintenance windows (after the listing)
+        assert (empties[0].start_ms, empties[0].end_ms) == (ser.start_ms, info.first_ms)
+        assert all(e.start_ms > info.first_ms for e in empties[1:])
+
+
+async def test_young_coin_m_symbol_found_by_search(tmp_path: Path) -> None:
+    # COIN-M answers the newest rows of a window of at most 200 days: the first candle of a young
+    # symbol is found by a binary search, and nothing before it is fetched twice or lost.
+    async with sim_server() as sim:
+        recent = sim.market.awkward.recent["cm"][0]
+        info = sim.market.universe.get("cm", recent)
+        assert info is not None
+        tt = "coin_perp" if recent.endswith("_PERP") else "coin_deli"
+        rep = await run(sim, tmp_path, [tt], interval="1h", days=120, symbols=[recent])
+        assert [s.symbol for s in rep.series] == [recent]
+        assert_equals_truth(sim, tmp_path, rep, tt, "1h")
+        ser = rep.series[0]
+        assert ser.first_ms == info.first_ms and ser.fetched == ser.written
+        empties = read_empty_ranges(tmp_path, tt, "1h", recent)
+        assert (empties[0].start_ms, empties[0].end_ms) == (ser.start_ms, info.first_ms)
+        assert all(e.start_ms > info.first_ms for e in empties[1:])
