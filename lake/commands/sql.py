@@ -26,7 +26,7 @@ def sql(
     root: RootOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run SQL over the views klines, offsets, exchange_info, funding, coverage, latest, compare."""
+    """Run SQL over the views klines, offsets, exchange_info, funding, coverage, empty_ranges, latest, compare."""
     if fmt not in FORMATS:
         raise ValidationError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     if fmt == "parquet" and output is None:

@@ -34,7 +34,8 @@ from lake.store.tail import tail_feeds, tail_files
 
 __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
-# In dependency order: coverage and latest read klines and intervals, compare reads offsets.
+# In dependency order: coverage reads klines, intervals and empty_ranges, latest klines and intervals,
+# compare offsets.
 VIEWS = (
     "intervals",
     "klines_partitions",
@@ -46,6 +47,7 @@ VIEWS = (
     "exchange_info",
     "funding",
     "watermark",
+    "empty_ranges",
     "coverage",
     "latest",
     "segments",
@@ -90,6 +92,12 @@ _FILE_TABLES = {
         "exchange_info", 3, ".parquet", {**EXCHANGE_INFO_SCHEMA, "trade_type": _S, "date": _S}
     ),
     "funding": _Files("funding", 3, ".parquet", {**FUNDING_SCHEMA, "trade_type": _S, "symbol": _S}),
+    "empty_ranges": _Files(
+        "_meta/empty/klines",
+        3,
+        ".json",
+        {"trade_type": _S, "interval": _S, "symbol": _S, "range_start": _T, "range_end": _T},
+    ),
     "watermark": _Files(
         "_meta/live",
         2,

@@ -12,7 +12,9 @@ from polars.testing import assert_frame_equal
 from lake.query import VIEWS, connect
 from lake.query.connect import glob_escape
 from lake.schema import KLINE_COLUMNS
+from lake.store.coverage import coverage
 from lake.store.klines import write_klines
+from lake.store.meta import EmptyRange, add_empty_ranges
 from lake.store.tables import EXCHANGE_INFO_SCHEMA, write_exchange_info, write_funding
 from lake.transform.build import build_offsets, scan_offsets
 from tests.transform.helpers import T0_MS, random_candles
@@ -98,6 +100,57 @@ def test_coverage_counts_holes(tmp_path: Path) -> None:
     )
     spot = rows[1]
     assert (spot["candles"], spot["expected"], spot["missing"], spot["holes"]) == (3, 4, 1, 1)
+
+
+def test_coverage_tells_exchange_holes_from_missing_data(tmp_path: Path) -> None:
+    """Holes inside a range the exchange confirmed empty count apart (exchange_missing), exactly as
+    lake.store.coverage classifies them; a range that covers only part of a hole does not explain it."""
+    ms5 = 300_000
+    df = random_candles(1, ms5, 200, hole_rate=0.0)
+    t0 = int(df["candle_begin_time"].dt.epoch("ms")[0])
+    holed = df.filter(~pl.int_range(pl.len()).is_in([*range(10, 16), *range(40, 43), 100, 150, 151]))
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", holed)
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", df)
+    write_klines(tmp_path, "usdt_spot", "1M", "ETHUSDT", _monthly([0, 1, 3, 7]))
+    add_empty_ranges(tmp_path, "usdt_perp", "5m", "ETHUSDT", [
+        EmptyRange(t0 + 9 * ms5, t0 + 17 * ms5),    # holds the hole 10-15 (and more)
+        EmptyRange(t0 + 41 * ms5, t0 + 43 * ms5),   # only part of the hole 40-42
+        EmptyRange(t0 + 100 * ms5, t0 + 101 * ms5),  # exactly the hole 100
+        EmptyRange(t0 + 300 * ms5, t0 + 310 * ms5),  # after the last candle
+    ])  # fmt: skip
+    july = int(dt.datetime(2024, 8, 1, tzinfo=dt.UTC).timestamp() * 1000)
+    add_empty_ranges(tmp_path, "usdt_spot", "1M", "ETHUSDT", [
+        EmptyRange(int(dt.datetime(2024, 5, 1, tzinfo=dt.UTC).timestamp() * 1000), july)
+    ])  # fmt: skip
+    con = connect(tmp_path)
+    got = con.sql("SELECT * FROM coverage ORDER BY ALL").pl()
+    rows = {(r["trade_type"], r["interval"], r["symbol"]): r for r in got.to_dicts()}
+    cols = ("candles", "expected", "missing", "exchange_missing", "holes", "largest_hole")
+    assert tuple(rows[("usdt_perp", "5m", "ETHUSDT")][c] for c in cols) == (188, 200, 5, 7, 2, 3)
+    assert tuple(rows[("usdt_perp", "5m", "BTCUSDT")][c] for c in cols) == (200, 200, 0, 0, 0, 0)
+    # months 2 (not explained) and 4-6 (May-July inside the range)
+    assert tuple(rows[("usdt_spot", "1M", "ETHUSDT")][c] for c in cols) == (4, 8, 1, 3, 1, 1)
+    for cov in coverage(tmp_path):
+        row = rows[(cov.trade_type, cov.interval, cov.symbol)]
+        assert (row["missing"], row["exchange_missing"], row["candles"]) == (
+            cov.missing,
+            cov.exchange_missing,
+            cov.rows,
+        )
+        assert row["holes"] == sum(h.kind == "missing" for h in cov.holes)
+    ranges = con.sql("SELECT * FROM empty_ranges ORDER BY ALL").pl()
+    assert ranges.height == 5
+    assert ranges.filter(pl.col("symbol") == "ETHUSDT", pl.col("interval") == "5m")["range_start"].dt.epoch(
+        "ms"
+    ).to_list() == [t0 + k * ms5 for k in (9, 41, 100, 300)]
+
+
+def test_empty_ranges_view_is_empty_on_a_young_lake(tmp_path: Path) -> None:
+    _lake(tmp_path, ("BTCUSDT",), 12)
+    con = connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM empty_ranges").fetchone() == (0,)
+    row = con.execute("SELECT missing, exchange_missing FROM coverage").fetchone()
+    assert row == (0, 0)
 
 
 def _monthly(months: list[int]) -> pl.DataFrame:
