@@ -16,8 +16,11 @@ What every request goes through (``RestClient.get``):
    * 429 → every permit of the market stops (in all processes sharing the budget file) for
      ``Retry-After`` seconds (at least until the next window), then the request is retried;
      ``RateLimitedError`` after ``max_rate_limited`` consecutive 429s;
-   * 418 → logged loudly, the ban is waited out, then retried; ``BannedError`` if the ban is longer
-     than ``max_ban_wait_s``;
+   * 429 without ``Retry-After`` (undocumented for futures) → until the next window, or while the
+     server clock is not synced yet, 0.5 s doubling per repeat (never an immediate resend);
+   * 418 → logged loudly, the ban is waited out (``Retry-After``, else the end the body names:
+     "IP banned until <server ms>", else 2 minutes), then retried; ``BannedError`` if the ban is
+     longer than ``max_ban_wait_s``;
    * 5xx, 403, timeouts, dropped connections, unparsable bodies → retried ``retries`` times with
      capped, jittered exponential backoff, then ``UpstreamError``; an endpoint that has never
      answered gets only ``connect_retries`` retries, so a wrong URL fails within a few seconds;
@@ -34,6 +37,7 @@ import json
 import logging
 import os
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -67,6 +71,7 @@ log = logging.getLogger("lake.ingest.rest")
 
 # /fapi/v1/fundingRate shares a 500 requests / 5 min / IP limit with /fapi/v1/fundingInfo.
 FUNDING_LIMIT = (500, 5 * MINUTE_MS)
+_BANNED_UNTIL = re.compile(r"banned until (\d{10,17})", re.IGNORECASE)
 _INTERVAL_MS = {"SECOND": 1000, "MINUTE": MINUTE_MS, "HOUR": 60 * MINUTE_MS, "DAY": 24 * 60 * MINUTE_MS}
 
 
@@ -480,7 +485,9 @@ class RestClient:
                 else self.clock.real_seconds(retry_after * 1000)
             )
         if status == 418:
-            wait = ra_real if ra_real is not None else 120.0
+            wait = ra_real if ra_real is not None else self._ban_left_s(body)
+            if wait is None:
+                wait = 120.0  # Binance's shortest ban
             log.error(
                 "BANNED (HTTP 418) by %s: %s; waiting %.1fs before resuming", self.base_url, _msg(body), wait
             )
@@ -488,6 +495,10 @@ class RestClient:
                 raise BannedError(f"{what}: IP banned for {wait:.0f}s (HTTP 418) {_msg(body)}", retry_after)
         else:
             wait = max(ra_real or 0.0, window_left)
+            if ra_real is None and not self.clock.synced:
+                # no Retry-After and no idea where the server's window ends: back off (0.5, 1, 2 … 60
+                # s) rather than resend at once (requests sent on after a 429 earn a 418 ban)
+                wait = max(wait, min(60.0, 0.5 * 2.0 ** (n - 1)))
             log.warning(
                 "rate limited (HTTP 429) by %s: %s; all requests paused %.2fs",
                 self.base_url,
@@ -499,6 +510,19 @@ class RestClient:
             raise err(f"{what}: HTTP {status} {n} times in a row; giving up", retry_after)
         gov.pause(wait, f"HTTP {status}")
         self.clock.last_sync_mono = float("-inf")  # re-sync before trusting the window again
+
+    def _ban_left_s(self, body: bytes) -> float | None:
+        """Real seconds until the ban a 418 body announces ("IP banned until <server ms>") ends."""
+        m = _BANNED_UNTIL.search(_code_msg(body)[1])
+        if m is None:
+            return None
+        until = int(m.group(1))
+        if until >= 10**15:  # a server answering in microseconds
+            until //= 1000
+        if self.clock.synced:
+            return self.clock.real_seconds(until - self.clock.now_ms() + self.clock.uncertainty_ms())
+        left = until / 1000.0 - time.time()  # no server clock yet: the local clock stands in for it
+        return left + 1.0 if 0.0 < left <= 4 * 86_400 else None
 
     async def _backoff(self, attempt: int, what: str) -> None:
         self.stats.retries += 1

@@ -107,6 +107,7 @@ class Decision:
     used: int  # weight used in the window after this decision
     retry_after: int | None = None
     window: int | None = None  # start of the weight window (virtual ms)
+    ban_until: int | None = None  # 418: when the ban ends (virtual ms), as the error message says
 
 
 @dataclass
@@ -180,7 +181,8 @@ class WeightLimiter:
             w = self._w[market]
             self._roll(w, now)
             if now < w.ban_until:
-                return Decision(418, w.used, self.retry_after(w.ban_until - now), w.wid * _WINDOW_MS)
+                left = w.ban_until - now
+                return Decision(418, w.used, self.retry_after(left), w.wid * _WINDOW_MS, w.ban_until)
         return None
 
     def reject(self, market: str) -> Decision:
@@ -201,7 +203,7 @@ class WeightLimiter:
             self._roll(w, now)
             start = w.wid * _WINDOW_MS
             if now < w.ban_until:
-                return Decision(418, w.used, self.retry_after(w.ban_until - now), start)
+                return Decision(418, w.used, self.retry_after(w.ban_until - now), start, w.ban_until)
             if w.used + weight <= self.limits[market]:
                 self._charge(w, now, weight)
                 if self.sliding:
@@ -210,7 +212,7 @@ class WeightLimiter:
             if w.after_429 >= cfg.ban_after:
                 dur = min(cfg.ban_base_s * 2**w.ban_level, cfg.ban_max_s) * 1000
                 w.ban_until, w.ban_level = now + int(dur), w.ban_level + 1
-                return Decision(418, w.used, self.retry_after(dur), start)
+                return Decision(418, w.used, self.retry_after(dur), start, w.ban_until)
             w.after_429 += 1
             wait = self._wait_ms(w, now, weight)
             if cfg.count_rejected_weight:

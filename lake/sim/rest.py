@@ -147,7 +147,7 @@ class RestApi:
     def _limited(self, market: str, d: Decision) -> web.Response:
         lim = self.limiter.limits[market]
         if d.status == 418:
-            until = self.clock.now_ms() + (d.retry_after or 0) * 1000
+            until = d.ban_until if d.ban_until is not None else self.clock.now_ms()
             msg = f"Way too much request weight used; IP banned until {until}. Please use WebSocket Streams for live updates to avoid bans."
         else:
             msg = f"Too much request weight used; current limit is {lim} request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API."

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from lake.errors import NotFoundError, UpstreamError
@@ -96,3 +97,48 @@ async def test_client_unreachable_fails_fast() -> None:
         async with RestClient("um", base_url="http://127.0.0.1:9", backoff_base=0.05):
             pass
     assert time.monotonic() - t0 < 5
+
+
+async def test_418_without_retry_after_waits_until_the_ban_in_the_body_ends() -> None:
+    # Retry-After on futures 418s is undocumented. The body says when the ban ends (server ms):
+    # "IP banned until 1741...". Waiting a fixed guess instead (2 minutes) is too long for a short
+    # ban and far too short for a long one (and requests sent while banned extend the ban).
+    from lake.sim.testing import sim_server
+
+    limits = {"spot": 6000, "um": 20, "cm": 2400}
+    # speed 60: the 120 virtual seconds of a first ban are 2 real seconds
+    async with sim_server(speed=60.0, weight_limits=limits, futures_retry_after=False, ban_after=1) as sim:
+        async with RestClient("um", endpoints=sim.endpoints, max_ban_wait_s=30.0, calibrate_s=0.1) as c:
+            url = f"{sim.base_url}/fapi/v1/klines?symbol=BTCUSDT&interval=5m&limit=500"
+            async with aiohttp.ClientSession() as s:
+                codes = []
+                for _ in range(10):  # weight 5 each against 20: four 200s, a 429, then a ban
+                    async with s.get(url) as r:
+                        codes.append(r.status)
+                        assert "Retry-After" not in r.headers
+                    if r.status == 418:
+                        break
+            assert codes[-1] == 418
+            t0 = time.monotonic()
+            rows = await c.klines("BTCUSDT", "5m", limit=3)
+            waited = time.monotonic() - t0
+        assert len(rows) == 3
+        assert c.stats.status[418] == 1 and c.stats.status[200] >= 1
+        assert waited < 10.0  # ~2 s; the fixed guess was 120 s
+        assert sim.stats.status_count("um", 418) == 2  # the raw client's, and the one we learnt from
+
+
+async def test_429_without_retry_after_before_the_clock_is_synced_backs_off() -> None:
+    # A 429 answering the very first (time) request, without Retry-After: the client cannot know
+    # where the server's window ends, and resending at once is what earns a 418 ban.
+    from lake.sim.testing import sim_server
+
+    async with sim_server(futures_retry_after=False) as sim:
+        sim.faults.update({"force_429": 2})
+        t0 = time.monotonic()
+        async with RestClient("um", endpoints=sim.endpoints, calibrate_s=0.05) as c:
+            waited = time.monotonic() - t0
+            assert c.stats.status[429] == 2 and c.governor.stats.pauses == 2
+            assert c.clock.synced
+    assert sim.stats.status_count("um", 429) == 2
+    assert waited >= 1.5  # 0.5 s, then 1 s

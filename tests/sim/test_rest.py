@@ -179,6 +179,21 @@ async def test_retry_after_in_real_seconds(http: aiohttp.ClientSession) -> None:
         assert status == 429 and headers["Retry-After"] == "1"  # 60 virtual s at 60x
 
 
+async def test_ban_message_names_the_ban_end_in_server_time(http: aiohttp.ClientSession) -> None:
+    # "IP banned until <ms>" is server time, whatever the clock speed (Retry-After is real seconds)
+    limits = {"spot": 6000, "um": 5, "cm": 2400}
+    async with sim_server(weight_limits=limits, speed=60.0, ban_after=0) as sim:
+        assert (await klines(http, sim, "um"))[0] == 200
+        before = sim.clock.now_ms()
+        status, headers, body = await klines(http, sim, "um")
+        after = sim.clock.now_ms()
+        assert status == 418 and headers["Retry-After"] == "2"  # 120 virtual s at 60x
+        until = int(body["msg"].split("banned until ")[1].split(".")[0])
+        assert before + 120_000 <= until <= after + 120_000
+        status, _, again = await klines(http, sim, "um")
+        assert status == 418 and again["msg"] == body["msg"]  # the same ban, the same end
+
+
 async def test_rejected_weight_can_count(http: aiohttp.ClientSession) -> None:
     limits = {"spot": 6000, "um": 6, "cm": 2400}
     async with sim_server(weight_limits=limits, count_rejected_weight=True, ban_after=100) as sim:
