@@ -175,9 +175,11 @@ def parse_kline_csv(
     increasing open times, on NumPy views): the rows are only touched again when the file needs it
     (µs values, unsorted or repeated rows).
     """
-    header = _has_header(raw)
     if not raw or raw.isspace():
         return pl.DataFrame(schema=KLINE_SCHEMA)
+    if raw[:1].isspace():  # Polars takes the column count from the first line: a blank one is not a row
+        raw = raw.lstrip()
+    header = _has_header(raw)
     try:
         df = pl.read_csv(
             raw,
@@ -196,7 +198,14 @@ def parse_kline_csv(
     # costs ~0.2 ms of fixed overhead, as much as parsing a third of a daily 1m file.
     bad = [c for c in df.columns if df.get_column(c).null_count()]
     if bad:
-        raise DataError(f"{name}: empty or unparsable values in column(s) {', '.join(bad)}")
+        # A blank line (a trailing "\n\n" or "\r\n\r\n") reads as a row of nulls and holds no candle;
+        # a row with only some fields empty is still an error.
+        df = df.filter(~pl.all_horizontal(pl.all().is_null()))
+        bad = [c for c in df.columns if df.get_column(c).null_count()]
+        if bad:
+            raise DataError(f"{name}: empty or unparsable values in column(s) {', '.join(bad)}")
+        if df.height == 0:
+            return pl.DataFrame(schema=KLINE_SCHEMA)
     t = pl.col("open_time")
     opens = df.get_column("open_time").to_numpy()
     lo, hi = int(opens.min()), int(opens.max())
