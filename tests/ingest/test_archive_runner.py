@@ -157,3 +157,45 @@ def test_groups_interleave_symbols_and_batch_daily_files_by_month() -> None:
     assert all(
         len(g) == 1 for g in _groups([job("AAAUSDT", DAILY, dt.date(2024, 2, 1))], parse_interval("1s"))
     )
+
+
+async def test_irregular_2018_file_and_an_empty_file_are_ingested_and_recorded(tmp_path: Path) -> None:
+    """BTCUSDT-1h-2018-02 with opens off the hour grid (#77) is stored as published, and a futures
+    file holding only its header (CRLF) is recorded with 0 rows; a re-run fetches neither again."""
+    from tests.ingest.test_archive_real_format import IRREGULAR_1H, UM_HEADER
+
+    feb18 = ArchiveFile("spot", MONTHLY, SYM, "1h", dt.date(2018, 2, 1))
+    empty = ArchiveFile("um", DAILY, SYM, "1m", dt.date(2024, 2, 1))
+    async with FakeArchive() as arch:
+        arch.put(feb18.key, zip_bytes(IRREGULAR_1H, "BTCUSDT-1h-2018-02.csv"))
+        arch.put(empty.key, zip_bytes(UM_HEADER + b"\r\n", "BTCUSDT-1m-2024-02-01.csv"))
+        s = settings(tmp_path, arch)
+        rep = await ingest_archive(s, "usdt_spot", "1h", [SYM], feb18.start_ms, feb18.end_ms)
+        assert (rep.files_downloaded, rep.rows, rep.failed) == (1, 5, [])
+        got = scan_klines(s.root, "usdt_spot", "1h", [SYM]).collect().sort("candle_begin_time")
+        assert got["candle_begin_time"].dt.epoch("ms").to_list() == [
+            1518044400000,
+            1518048000000,
+            1518168494789,
+            1518319694789,
+            1518321600000,
+        ]
+        assert got.select("open", "high", "low", "close", "volume").row(2) == (
+            8260.0,
+            8480.0,
+            8050.0,
+            8350.01,
+            1800.38,
+        )
+        assert read_manifest(LakeFS(s.root), "spot", "1h", SYM)[feb18.name].rows == 5
+
+        rep = await ingest_archive(s, "usdt_perp", "1m", [SYM], FEB, FEB + DAY_MS)
+        assert (rep.files_downloaded, rep.rows, rep.failed) == (1, 0, [])
+        assert read_manifest(LakeFS(s.root), "um", "1m", SYM)[empty.name].rows == 0
+
+        before = dict(arch.gets)
+        assert (
+            await ingest_archive(s, "usdt_spot", "1h", [SYM], feb18.start_ms, feb18.end_ms)
+        ).files_planned == 0
+        assert (await ingest_archive(s, "usdt_perp", "1m", [SYM], FEB, FEB + DAY_MS)).files_planned == 0
+        assert arch.gets == before

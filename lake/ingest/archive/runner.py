@@ -163,7 +163,11 @@ def lake_holes(
     lfs: LakeFS, trade_type: str, interval: Interval | str, symbol: str, start_ms: int, end_ms: int
 ) -> list[tuple[int, int]]:
     """Runs of aligned candles in ``[start_ms, end_ms)`` that the lake lacks and that are not recorded
-    as confirmed empty, as half-open ``(start_ms, end_ms)`` ranges of their open times."""
+    as confirmed empty, as half-open ``(start_ms, end_ms)`` ranges of their open times.
+
+    A stored candle whose open time is not aligned (irregular 2018 klines, e.g. open 1518168494789,
+    kept as Binance published it) fills the slot it falls in, as in the REST planner
+    (``lake.ingest.pages.missing_ranges``)."""
     iv = parse_interval(interval)
     if start_ms >= end_ms:
         return []
@@ -174,8 +178,11 @@ def lake_holes(
     spans: list[tuple[int, int]] = []
     if iv.ms is not None:
         step = iv.ms
-        # Stored candles need not be aligned (irregular 2018 klines); holes are between aligned opens.
-        t = pl.concat([pl.Series([first - step]), times, pl.Series([_ceil(end_ms, iv)])])
+        # Stored candles need not be aligned (irregular 2018 klines): each counts for its slot, so holes
+        # are between aligned opens (unfloored, 09:27:00 then 09:28:14.789 made a hole of 09:28).
+        anchor = iv.floor(start_ms)
+        slots = times - (times - anchor) % step
+        t = pl.concat([pl.Series([first - step]), slots, pl.Series([_ceil(end_ms, iv)])])
         gaps = (
             pl.DataFrame({"t": t})
             .with_columns(prev=pl.col("t").shift(1))
@@ -187,7 +194,7 @@ def lake_holes(
             if a < b:
                 spans.append((a, b))
     else:
-        have = set(times.to_list())
+        have = {iv.floor(t) for t in times.to_list()}
         run: list[int] = []
         for o in iv.opens(start_ms, end_ms):
             if o in have:
