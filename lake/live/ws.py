@@ -17,8 +17,9 @@ and is what BMAC used.
   (reset once a connection delivered data); connection attempts per market are limited (300 per
   5 min per IP on spot). Before the 24 h connection lifetime ends, a connection is replaced
   proactively: the new one is opened and subscribed before the old one is closed, so nothing is
-  missed (duplicates are dropped by the appender). Whatever is lost while disconnected is repaired
-  over REST by the period check.
+  missed (duplicates are dropped by the appender). A ``serverShutdown`` event (spot sends it before
+  the server goes away) triggers the same replacement at once; the event is not passed on.
+  Whatever is lost while disconnected is repaired over REST by the period check.
 """
 
 from __future__ import annotations
@@ -146,7 +147,8 @@ class ConnectLimiter:
 class ShardStats:
     connects: int = 0
     drops: int = 0  # connections lost (not closed by us)
-    rotations: int = 0  # proactive replacements before the lifetime limit
+    rotations: int = 0  # proactive replacements (before the lifetime limit, on serverShutdown)
+    shutdowns: int = 0  # serverShutdown events received
     failures: int = 0  # failed connection attempts
     messages: int = 0
     subscribe_msgs: int = 0
@@ -322,26 +324,36 @@ class WsShard:
         return ws
 
     async def _read(self, ws: ClientConnection, deadline: float) -> ClientConnection | None:
-        """Deliver messages until the connection closes (→ None) or it is rotated (→ the new one)."""
+        """Deliver messages until the connection closes (→ None) or it is rotated (→ the new one):
+        before the lifetime limit, or at once when the server announces its shutdown."""
+        shutdown = False
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or shutdown:
                 try:
                     new = await self._open()
                 except (OSError, TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
                     log.warning(
                         "ws %s: proactive reconnect failed (%s); keeping the old connection", self.name, exc
                     )
-                    deadline = time.monotonic() + 60.0
+                    if not shutdown:
+                        deadline = time.monotonic() + 60.0
+                    shutdown = False
                     continue
-                log.info("ws %s: replaced before the connection lifetime limit", self.name)
+                why = "the server announced its shutdown" if shutdown else "the connection lifetime limit"
+                log.info("ws %s: replaced before %s", self.name, why)
                 return new
             try:
                 async with asyncio.timeout(remaining):
                     async for msg in ws:
                         self.stats.messages += 1
+                        if _maybe_shutdown(msg) and _is_shutdown(msg):
+                            self.stats.shutdowns += 1
+                            shutdown = True
+                            break
                         self.on_message(msg, time.perf_counter())
-                return None
+                    else:
+                        return None
             except TimeoutError:
                 continue
 
@@ -373,6 +385,26 @@ class WsShard:
                 await self._send(ws, method, streams[i : i + self.subscribe_batch])
         except ConnectionClosed:
             pass  # the reconnect subscribes the desired set
+
+
+def _maybe_shutdown(msg: str | bytes) -> bool:
+    """A cheap pre-check on the hot path (every kline event passes here)."""
+    return ("serverShutdown" in msg) if isinstance(msg, str) else (b"serverShutdown" in msg)
+
+
+def _is_shutdown(msg: str | bytes) -> bool:
+    """Whether a message is the ``serverShutdown`` event: raw ``{"e": "serverShutdown", "E": …}``,
+    inside a combined-stream envelope (``{"stream", "data"}``) or the WebSocket API's ``{"event"}``."""
+    try:
+        doc = json.loads(msg)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(doc, dict):
+        return False
+    for inner in (doc, doc.get("data"), doc.get("event")):
+        if isinstance(inner, dict) and inner.get("e") == "serverShutdown":
+            return True
+    return False
 
 
 async def _close_quietly(ws: ClientConnection) -> None:
@@ -453,5 +485,6 @@ class WsPool:
             "connects": sum(s.stats.connects for s in self.shards),
             "drops": sum(s.stats.drops for s in self.shards),
             "rotations": sum(s.stats.rotations for s in self.shards),
+            "shutdowns": sum(s.stats.shutdowns for s in self.shards),
             "failures": sum(s.stats.failures for s in self.shards),
         }

@@ -192,8 +192,14 @@ class SimServer:
     def control_faults(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """Apply a ``POST /_sim/faults`` body: knobs plus list/delist/reupload actions."""
         actions = {k: v for k, v in body.items() if k in ("list", "delist", "reupload")}  # in body order
-        self.faults.update({k: v for k, v in body.items() if k not in actions})
         applied: list[dict[str, Any]] = []
+        shutdown = body.get("ws_shutdown")
+        self.faults.update({k: v for k, v in body.items() if k not in actions and k != "ws_shutdown"})
+        if shutdown is not None:
+            if not isinstance(shutdown, dict):
+                raise ValidationError("'ws_shutdown' takes an object {notice_s, market}")
+            self.ws.server_shutdown(float(shutdown.get("notice_s", 0.0)), shutdown.get("market"))
+            applied.append({"action": "ws_shutdown", **shutdown})
         for kind, items in actions.items():
             if not isinstance(items, list):
                 raise ValidationError(f"{kind!r} takes a list of objects")

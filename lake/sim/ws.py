@@ -17,6 +17,10 @@ connection (code 1008): more than the stream cap (1024; COIN-M 200), more incomi
 than allowed (5 spot, 10 futures; text messages only, aiohttp answers pings itself). The server pings
 every ``ws_heartbeat_s`` (aiohttp heartbeat; a missing pong closes the connection after half that).
 ``ws_lifetime_s`` (off by default) closes connections after that much virtual time, like Binance's 24 h.
+``server_shutdown(notice_s)`` (also ``POST /_sim/faults {"ws_shutdown": {"notice_s": …, "market": …}}``)
+sends the ``serverShutdown`` event ``{"e": "serverShutdown", "E": …}`` (unwrapped, also on combined
+streams: UNVERIFIED) and closes the connections ``notice_s`` real seconds later; so does stopping the
+server (spot connections only, no notice).
 Not simulated: connection-attempt limits, ``timeUnit`` URL parameter, non-kline streams (accepted, silent).
 """
 
@@ -77,6 +81,7 @@ class WsHub:
         # events: a client on the same machine measures its latency from the send, not from its own
         # receipt (CLOCK_MONOTONIC is one clock for all processes on Linux)
         self.closing_sent: deque[tuple[str, str, int, float]] = deque(maxlen=200_000)
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def add_routes(self, app: web.Application) -> None:
         for m, base in WS_BASES.items():
@@ -97,6 +102,35 @@ class WsHub:
                 with contextlib.suppress(Exception):
                     await c.ws.send_str(json.dumps({"e": "serverShutdown", "E": self.clock.now_ms()}))
             await c.ws.close(code=1001, message=b"server shutdown")
+
+    def server_shutdown(self, notice_s: float = 0.0, market: str | None = None) -> None:
+        """Announce a shutdown to every open connection (of ``market``): a ``serverShutdown`` event
+        now, the close (1001) ``notice_s`` real seconds later. Connections opened meanwhile stay.
+        Thread-safe (callable from a ``SimHandle``'s caller thread)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            raise RuntimeError("the simulator is not running")
+        conns = [c for c in self.conns if market is None or c.market == market]
+
+        def go() -> None:
+            task = loop.create_task(self._shutdown(conns, notice_s))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        loop.call_soon_threadsafe(go)
+
+    async def _shutdown(self, conns: list[_Conn], notice_s: float) -> None:
+        event = json.dumps({"e": "serverShutdown", "E": self.clock.now_ms()}, separators=(",", ":"))
+        for c in conns:
+            if not c.ws.closed:
+                with contextlib.suppress(Exception):
+                    await c.ws.send_str(event)
+                    self.stats.count("ws", "shutdown_notices")
+        await asyncio.sleep(notice_s)
+        for c in conns:
+            if not c.ws.closed:
+                with contextlib.suppress(Exception):
+                    await c.ws.close(code=1001, message=b"server shutdown")
 
     def _clock_changed(self) -> None:
         loop = self._loop

@@ -275,3 +275,20 @@ async def test_quiet_candles_can_skip_the_closing_event(http: aiohttp.ClientSess
             if v > 0
         ]
         assert quiet not in got and got == traded and len(got) >= 2
+
+
+async def test_server_shutdown_notice_then_close(sim: SimServer, http: aiohttp.ClientSession) -> None:
+    url = f"{sim.endpoints.ws['spot']}/stream?streams=btcusdt@kline_1m"
+    async with http.ws_connect(url) as ws, http.ws_connect(f"{sim.endpoints.ws['um']}/ws") as other:
+        await asyncio.sleep(0.05)
+        body = {"ws_shutdown": {"notice_s": 0.5, "market": "spot"}}
+        async with http.post(f"{sim.base_url}/_sim/faults", json=body) as r:
+            assert r.status == 200
+            assert (await r.json())["applied"] == [
+                {"action": "ws_shutdown", "notice_s": 0.5, "market": "spot"}
+            ]
+        t0 = time.monotonic()
+        assert await recv(ws) == {"e": "serverShutdown", "E": NOW}
+        assert await closed(ws) == 1001 and time.monotonic() - t0 >= 0.4
+        assert not other.closed and await nothing(other)  # only the market announced
+    assert sim.stats.ws["shutdown_notices"] == 1
