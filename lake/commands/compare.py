@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json
-from lake.errors import ValidationError
+from lake.errors import IncompleteError, ValidationError
 from lake.quantclass.compare import compare_quantclass
 
 
@@ -51,6 +51,13 @@ def compare(
             settings, trade_type, interval, reference_dir=reference_dir, save_dir=save_reference
         )
     )
+    if result.symbols == 0:
+        # Nothing compared is not a match: say what is missing instead of printing an empty table.
+        raise IncompleteError(
+            f"nothing to compare: the lake has no {trade_type} {interval} offsets of the "
+            f"{len(result.absent_symbols)} reference symbols; run `lake offsets --type {trade_type} "
+            f"--interval {interval}` first"
+        )
     if output is not None:
         if output.suffix == ".parquet":
             result.detail.write_parquet(output)

@@ -83,7 +83,11 @@ def _config(seed: int, symbols: int, speed: float, start: str | None, history_da
 
 
 async def _serve(config: SimConfig, as_json: bool) -> None:
-    async with SimServer(config) as sim:
+    # The Quantclass-compatible API too, so that `lake compare` works against a standalone simulator
+    # as it does in `lake demo` (the server itself stays free of lake.quantclass).
+    from lake.sim.quantclass import add_quantclass_routes
+
+    async with SimServer(config, extra_routes=add_quantclass_routes) as sim:
         ep = sim.endpoints
         urls = {
             "rest": sim.base_url,
@@ -91,6 +95,7 @@ async def _serve(config: SimConfig, as_json: bool) -> None:
             "archive": ep.archive,
             "archive_list": ep.archive_list,
             "control": f"{sim.base_url}/_sim",
+            "quantclass": ep.quantclass,
             "start": ms_to_iso(sim.clock.now_ms()),
             "speed": sim.clock.speed,
         }
@@ -105,6 +110,7 @@ async def _serve(config: SimConfig, as_json: bool) -> None:
                 print(f"  WS {m:<7} {u}")
             print(f"  Archive    {ep.archive}")
             print(f"  Listing    {ep.archive_list}")
+            print(f"  Quantclass {ep.quantclass}")
             print(f"  Control    {sim.base_url}/_sim/{{info,stats,clock,faults}}")
             print("Ctrl-C to stop.", flush=True)
         stop = asyncio.Event()

@@ -105,3 +105,20 @@ def test_cli(sim: SimHandle, root: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert set(pl.read_csv(out)["column"]) == set(COLUMNS)
     r = CliRunner().invoke(app, ["compare", "--type", "usdt_perp", "--interval", "4h", "--root", str(root)])
     assert r.exception is not None and "1h" in str(r.exception)
+
+
+def test_cli_without_offsets_fails_with_a_hint(sim: SimHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Base candles but no offsets yet: nothing can be compared, which is exit 5 with the command to
+    run, not an empty table and exit 0."""
+    monkeypatch.setenv("LAKE_SIM_URL", sim.base_url)
+    root = tmp_path / "lake"
+    now = sim.market.clock.now_ms()
+    truth = sim.market.truth("usdt_perp", "5m", start=now - 3 * 3_600_000)
+    for (symbol,), part in truth.group_by("symbol"):
+        write_klines(root, "usdt_perp", "5m", str(symbol), part.with_columns(pl.lit("rest").alias("source")))
+    app = typer.Typer()
+    compare_command.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    r = CliRunner().invoke(app, ["compare", "--type", "usdt_perp", "--interval", "1h", "--root", str(root)])
+    assert r.exit_code == 5 or getattr(r.exception, "exit_code", None) == 5, r.output
+    assert "lake offsets --type usdt_perp --interval 1h" in (r.output + str(r.exception))
