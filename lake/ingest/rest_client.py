@@ -16,6 +16,8 @@ What every request goes through (``RestClient.get``):
    * 429 → every permit of the market stops (in all processes sharing the budget file) for
      ``Retry-After`` seconds (at least until the next window), then the request is retried;
      ``RateLimitedError`` after ``max_rate_limited`` consecutive 429s;
+   * 429 → a limit named in its message below the one in use is adopted (exchangeInfo may
+     advertise more than is enforced);
    * 429 without ``Retry-After`` (undocumented for futures) → until the next window, or while the
      server clock is not synced yet, 0.5 s doubling per repeat (never an immediate resend);
    * 418 → logged loudly, the ban is waited out (``Retry-After``, else the end the body names:
@@ -72,6 +74,7 @@ log = logging.getLogger("lake.ingest.rest")
 # /fapi/v1/fundingRate shares a 500 requests / 5 min / IP limit with /fapi/v1/fundingInfo.
 FUNDING_LIMIT = (500, 5 * MINUTE_MS)
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,17})", re.IGNORECASE)
+_WEIGHT_LIMIT = re.compile(r"current limit is (\d+) request weight per (\d+) ([A-Za-z]+)", re.IGNORECASE)
 _INTERVAL_MS = {"SECOND": 1000, "MINUTE": MINUTE_MS, "HOUR": 60 * MINUTE_MS, "DAY": 24 * 60 * MINUTE_MS}
 
 
@@ -494,6 +497,7 @@ class RestClient:
             if wait > self.max_ban_wait_s:
                 raise BannedError(f"{what}: IP banned for {wait:.0f}s (HTTP 418) {_msg(body)}", retry_after)
         else:
+            self._learn_limit(body)
             wait = max(ra_real or 0.0, window_left)
             if ra_real is None and not self.clock.synced:
                 # no Retry-After and no idea where the server's window ends: back off (0.5, 1, 2 … 60
@@ -510,6 +514,24 @@ class RestClient:
             raise err(f"{what}: HTTP {status} {n} times in a row; giving up", retry_after)
         gov.pause(wait, f"HTTP {status}")
         self.clock.last_sync_mono = float("-inf")  # re-sync before trusting the window again
+
+    def _learn_limit(self, body: bytes) -> None:
+        """Adopt the limit a -1003 message names ("current limit is 2400 request weight per 1
+        MINUTE") when it is below the one in use: exchangeInfo may advertise more than the server
+        enforces (COIN-M's docs say 6000 in one place, 2400 in another)."""
+        m = _WEIGHT_LIMIT.search(_code_msg(body)[1])
+        if m is None:
+            return
+        limit, num, unit = int(m.group(1)), int(m.group(2)), m.group(3).upper()
+        gov = self.governor
+        if _INTERVAL_MS.get(unit, 0) * num == gov.window_ms and 0 < limit < gov.limit:
+            log.warning(
+                "%s: the server enforces %d weight per window, not %d: adopting it",
+                self.base_url,
+                limit,
+                gov.limit,
+            )
+            gov.set_limit(limit)
 
     def _ban_left_s(self, body: bytes) -> float | None:
         """Real seconds until the ban a 418 body announces ("IP banned until <server ms>") ends."""

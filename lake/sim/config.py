@@ -8,6 +8,7 @@ here, with the most widely assumed behaviour as the default:
   ``um_recent_rows`` flips it). ``start_in_candle``: whether a startTime inside a candle includes it.
 * ``weight_window``: fixed virtual UTC minute (assumed) or sliding 60 s; ``futures_retry_after``.
 * ``ws_close_quiet``: whether a candle without trades gets its ``x: true`` event.
+* ``advertised_weight_limits``: an exchangeInfo ``rateLimits`` value that is not the enforced limit.
 * ``count_rejected_weight``: whether a request refused with 429 still adds its weight (default no).
 * ``ban_after``: how many requests sent after a 429 in the same window earn a 418 (unpublished).
 * ``list_next_marker``: whether the S3 listing sends ``NextMarker`` when truncated.
@@ -85,6 +86,9 @@ class SimConfig:
     weight_limits: Mapping[str, int] = field(
         default_factory=lambda: _frozen({m.name: m.default_weight_limit for m in MARKETS.values()})
     )
+    # exchangeInfo's REQUEST_WEIGHT limit where it differs from the enforced one (COIN-M's docs say
+    # 6000 in English, 2400 in Chinese: a client trusting the wrong one learns from the 429 message)
+    advertised_weight_limits: Mapping[str, int] = field(default_factory=dict)
     count_rejected_weight: bool = False
     ban_after: int = 5
     ban_base_s: float = 120.0  # virtual seconds; doubles per repeat offence

@@ -283,7 +283,8 @@ class RestApi:
                 infos = [known[s] for s in wanted]
             if q.get("symbolStatus"):
                 infos = [i for i in infos if uni.status(i, now) == q["symbolStatus"]]
-        return _dumps(exchange_info(self.market, market, now, self.limiter.limits[market], infos))
+        limit = self.config.advertised_weight_limits.get(market, self.limiter.limits[market])
+        return _dumps(exchange_info(self.market, market, now, int(limit), infos))
 
     def time(self, request: web.Request, market: str) -> bytes:
         return _dumps({"serverTime": self.clock.now_ms()})

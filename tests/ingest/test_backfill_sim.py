@@ -252,3 +252,19 @@ async def test_young_coin_m_symbol_found_by_search(tmp_path: Path) -> None:
         empties = read_empty_ranges(tmp_path, tt, "1h", recent)
         assert (empties[0].start_ms, empties[0].end_ms) == (ser.start_ms, info.first_ms)
         assert all(e.start_ms > info.first_ms for e in empties[1:])
+
+
+@pytest.mark.slow
+async def test_coin_m_limit_advertised_too_high_is_learnt_from_the_429(tmp_path: Path) -> None:
+    # COIN-M's docs disagree on the weight limit (6000 vs 2400). exchangeInfo saying more than the
+    # server enforces must cost one round of 429s, not a 429 (and a ban) every window: the 429's
+    # message names the limit ("current limit is 2400 request weight per 1 MINUTE").
+    limits = {"spot": 6000, "um": 2400, "cm": 40}
+    async with sim_server(speed=60.0, weight_limits=limits, advertised_weight_limits={"cm": 6000}) as sim:
+        rep = await run(sim, tmp_path, ["coin_perp"], interval="1m", days=8, workers=4)
+        assert_equals_truth(sim, tmp_path, rep, "coin_perp", "1m")
+        cm = rep.markets["cm"]
+        assert cm.weight_limit == 40
+        assert cm.weight > 4 * 40  # several windows
+        refused = sim.stats.status_count("cm", 429) + sim.stats.status_count("cm", 418)
+        assert 1 <= refused <= 4  # the requests in flight when the first 429 came back
