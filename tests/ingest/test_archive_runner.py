@@ -143,16 +143,23 @@ def test_groups_interleave_symbols_and_batch_daily_files_by_month() -> None:
     jobs = [job("AAAUSDT", MONTHLY, dt.date(2024, 1, 1))]
     jobs += [job("AAAUSDT", DAILY, dt.date(2024, 2, d)) for d in range(1, 30)]
     jobs += [job("AAAUSDT", DAILY, dt.date(2024, 3, d)) for d in (1, 2)]
+    jobs += [job("AAAUSDT", DAILY, dt.date(2024, 1, d)) for d in (20, 5)]  # re-uploads within the month
     jobs += [job("BBBUSDT", DAILY, dt.date(2024, 3, d)) for d in (3, 1, 2)]
     out = _groups(jobs, parse_interval("1m"))
     names = [[j.planned.file.label for j in g] for g in out]
     syms = [g[0].planned.file.symbol for g in out]
     assert syms == ["AAAUSDT", "BBBUSDT", "AAAUSDT", "AAAUSDT"]  # the first group of each symbol first
-    assert names[0] == [f"2024-02-{d:02d}" for d in range(1, 30)]  # a month of daily 1m files at once
+    # A monthly file first, then the daily files of its month, in one group (the daily rows win).
+    assert names[0] == ["2024-01", "2024-01-05", "2024-01-20"]
     assert names[1] == ["2024-03-01", "2024-03-02", "2024-03-03"]
-    assert names[2] == ["2024-03-01", "2024-03-02"]
-    assert names[3] == ["2024-01"]  # a monthly file alone
+    assert names[2] == [f"2024-02-{d:02d}" for d in range(1, 30)]  # a month of daily 1m files at once
+    assert names[3] == ["2024-03-01", "2024-03-02"]
     assert sorted(j.planned.file.key for g in out for j in g) == sorted(j.planned.file.key for j in jobs)
+    # With a monthly file its month's daily files join it even past the group size (1 file for 1s).
+    one_s = [job("AAAUSDT", MONTHLY, dt.date(2024, 2, 1))] + [
+        job("AAAUSDT", DAILY, dt.date(2024, 2, d)) for d in (1, 2)
+    ]
+    assert [len(g) for g in _groups(one_s, parse_interval("1s"))] == [3]
     # 1s: a day is 86,400 candles, so one daily file per group
     assert all(
         len(g) == 1 for g in _groups([job("AAAUSDT", DAILY, dt.date(2024, 2, 1))], parse_interval("1s"))
@@ -199,3 +206,35 @@ async def test_irregular_2018_file_and_an_empty_file_are_ingested_and_recorded(t
         ).files_planned == 0
         assert (await ingest_archive(s, "usdt_perp", "1m", [SYM], FEB, FEB + DAY_MS)).files_planned == 0
         assert arch.gets == before
+
+
+async def test_reuploaded_daily_file_wins_over_its_reuploaded_monthly_file(tmp_path: Path) -> None:
+    """Binance re-uploads a month and one of its days; the monthly file can still carry the old rows
+    for that day (binance-public-data #475: monthly spot files disagreeing with daily ones and the API,
+    the daily ones right). The re-uploaded daily file is fetched for exactly that reason, so its rows
+    must be the ones the lake keeps, whatever order the two downloads finish in."""
+    day5 = ArchiveFile("spot", DAILY, SYM, "1m", dt.date(2024, 1, 5))
+    async with FakeArchive() as arch:
+        arch.put(f_jan().key, zip_bytes(csv(list(range(JAN, FEB, MIN_MS)))))
+        arch.put(day5.key, zip_bytes(csv(day_opens(day5.start_ms))))
+        s = settings(tmp_path, arch)
+        await ingest_archive(s, "usdt_spot", "1m", [SYM], day5.start_ms, day5.end_ms)  # the daily file
+        await ingest_archive(s, "usdt_spot", "1m", [SYM], JAN, FEB)  # the monthly file for the rest
+        assert set(read_manifest(LakeFS(s.root), "spot", "1m", SYM)) == {f_jan().name, day5.name}
+
+        stale = "".join(
+            row(t, price=1.0) if day5.start_ms <= t < day5.end_ms else row(t) for t in range(JAN, FEB, MIN_MS)
+        )
+        arch.put(f_jan().key, zip_bytes(stale.encode()), modified="2024-06-09T00:00:00.000Z")
+        fixed = "".join(row(t, price=7.0) for t in day_opens(day5.start_ms))
+        arch.put(day5.key, zip_bytes(fixed.encode()), modified="2024-06-09T00:00:00.000Z")
+        rep = await ingest_archive(s, "usdt_spot", "1m", [SYM], JAN, FEB)
+        assert (rep.files_planned, rep.files_reuploaded) == (2, 2)
+        df = stored(s)
+        assert df.height == 31 * 1440
+        day = df.filter(pl.col("candle_begin_time").dt.day() == 5)
+        assert day["open"].unique().to_list() == [7.0]
+        assert (
+            df.filter(pl.col("candle_begin_time").dt.day() == 4)["open"][0]
+            == 100.0 + (day5.start_ms - DAY_MS) // MIN_MS % 97
+        )

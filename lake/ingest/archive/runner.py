@@ -420,20 +420,29 @@ def _groups(jobs: list[_Job], iv: Interval) -> list[list[_Job]]:
     Groups are interleaved across symbols (the first group of every symbol, then the second, …):
     the two files parsed and written at a time then belong to different series and do not wait for
     each other's series lock.
+
+    A monthly file and the daily files of its month fetched with it (re-uploads: ``plan_series``)
+    form one group, monthly first: the upsert keeps the last row per open time, so the daily rows
+    win whatever order the downloads finish in (a re-uploaded monthly file can still hold a day's
+    old rows, binance-public-data #475; in separate groups the monthly often landed last).
     """
     per_day = max(1, MS_PER_DAY // iv.approx_ms)
     size = max(1, min(31, _GROUP_ROWS // per_day))
     by_symbol: dict[str, list[list[_Job]]] = {}
-    for j in sorted(jobs, key=lambda j: (j.planned.file.symbol, j.planned.file.freq, j.planned.file.period)):
+
+    def order(j: _Job) -> tuple[str, dt.date, bool, dt.date]:
+        f = j.planned.file
+        return f.symbol, month_start(f.period), f.freq == DAILY, f.period
+
+    for j in sorted(jobs, key=order):
         f = j.planned.file
         groups = by_symbol.setdefault(f.symbol, [])
-        last = groups[-1][-1].planned.file if groups else None
+        first = groups[-1][0].planned.file if groups else None
         if (
-            last is not None
+            first is not None
             and f.freq == DAILY
-            and last.freq == DAILY
-            and (last.period.year, last.period.month) == (f.period.year, f.period.month)
-            and len(groups[-1]) < size
+            and month_start(first.period) == month_start(f.period)
+            and (first.freq == MONTHLY or len(groups[-1]) < size)
         ):
             groups[-1].append(j)
         else:
