@@ -5,8 +5,8 @@ precision). REST rows are formatted in bulk with NumPy (``npfmt``) into one byte
 interval, day) plus row offsets, so answering a request is slicing and joining bytes, not ``json.dumps`` per row.
 
 Row layout (12 fields; 0, 6 and 8 are JSON integers): open time, open, high, low, close, volume,
-close time, quote volume, trades, taker-buy volume, taker-buy quote volume, "0". On COIN-M field 5 is
-contracts and field 7 the base-asset volume (that is what ``Candles.v``/``q`` hold there).
+close time, quote volume, trades, taker-buy volume, taker-buy quote volume, "0" (non-zero on
+USDⓈ-M REST, see ``_ignore_nonzero``). On COIN-M field 5 is contracts and field 7 the base-asset volume (that is what ``Candles.v``/``q`` hold there).
 """
 
 from __future__ import annotations
@@ -76,6 +76,12 @@ def dec_str(x: int, d: int, pad: int) -> str:
     return f"{x // p}.{x % p:0{d}d}" + "0" * (pad - d)
 
 
+def _ignore_nonzero(info: SymbolInfo, csv: bool) -> bool:
+    """USDⓈ-M REST rows carry a non-zero last ("ignore") field, as in the docs' example
+    (``"17928899.62484339"``); the simulator repeats the quote volume there. Archive CSVs keep "0"."""
+    return info.market == "um" and not csv
+
+
 def _row_pieces(
     info: SymbolInfo, iv: Interval, c: Candles, micro: bool, csv: bool
 ) -> list[npfmt.Piece | str]:
@@ -92,7 +98,7 @@ def _row_pieces(
         (True, npfmt.dec(c.q, qd, qp)),
         (False, [npfmt.integer(c.n)]),
         (True, npfmt.dec(c.tb, vd, vp)), (True, npfmt.dec(c.tq, qd, qp)),
-        (True, ["0"]),
+        (True, npfmt.dec(c.q, qd, qp) if _ignore_nonzero(info, csv) else ["0"]),
     ]  # fmt: skip
     out: list[npfmt.Piece | str] = [] if csv else ["["]
     for i, (quoted, parts) in enumerate(fields):
@@ -122,7 +128,10 @@ def json_row(info: SymbolInfo, iv: Interval, c: Candles, i: int, *, micro: bool 
     p = [dec_str(int(getattr(c, k)[i]), pd, pp) for k in ("o", "h", "l", "c")]
     v, q = dec_str(int(c.v[i]), vd, vp), dec_str(int(c.q[i]), qd, qp)
     tb, tq = dec_str(int(c.tb[i]), vd, vp), dec_str(int(c.tq[i]), qd, qp)
-    row = f'[{t},"{p[0]}","{p[1]}","{p[2]}","{p[3]}","{v}",{close},"{q}",{int(c.n[i])},"{tb}","{tq}","0"],'
+    ign = q if _ignore_nonzero(info, False) else "0"
+    row = (
+        f'[{t},"{p[0]}","{p[1]}","{p[2]}","{p[3]}","{v}",{close},"{q}",{int(c.n[i])},"{tb}","{tq}","{ign}"],'
+    )
     return row.encode("ascii")
 
 

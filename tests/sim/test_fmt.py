@@ -37,4 +37,6 @@ def test_blocks_match_row_formatter() -> None:
                 blk = json_block(info, iv, c, micro=micro)
                 assert blk.blob == b"".join(json_row(info, iv, c, i, micro=micro) for i in range(len(c)))
             lines = csv_bytes(info, iv, c, micro=False, header=False).decode().splitlines()
-            assert lines[0] == json_row(info, iv, c, 0).decode()[1:-2].replace('"', "")
+            fields = json_row(info, iv, c, 0).decode()[1:-2].replace('"', "").split(",")
+            assert lines[0].split(",") == [*fields[:11], "0"]  # the archive's "ignore" stays 0
+            assert (fields[11] == fields[7]) == (market == "um")  # REST USDⓈ-M: non-zero
