@@ -148,3 +148,28 @@ def test_long_intervals_are_monthly_only(iv: str) -> None:
     plan = plan_series("spot", "BTCUSDT", iv, ms(2024, 1, 1), ms(2024, 3, 5), listed(files), {}, {})
     assert [p.file.name for p in plan.fetch] == [f.name for f in files]
     assert plan.lacking == [(ms(2024, 3, 1), ms(2024, 4, 1))]
+
+
+def test_days_a_verified_monthly_file_left_empty_are_taken_from_daily_files() -> None:
+    """binance-public-data #320: the 2024-01 monthly files of some symbols held only Jan 1-10. The
+    lake then lacks the 11th-31st although the monthly file is verified; each such day with a daily
+    file is fetched from it (the monthly file is not fetched again), a day without one is left."""
+    days = [f for f in daily("BTCUSDT", dt.date(2024, 1, 1), 31) if f.period != dt.date(2024, 1, 20)]
+    files = monthly("BTCUSDT", [(2024, 1)]) + days
+    m = files[0]
+    lst = listed(files)
+    manifest = {
+        m.name: FileRecord(
+            "ab" * 32, lst[m.name].version, lst[m.name + ".CHECKSUM"].version, 14400, m.start_ms, m.end_ms
+        )
+    }
+    lake = {ms(2024, 1, d): UnitState(1440 if d <= 10 else 0, 0) for d in range(1, 32)}
+    plan = plan_series("spot", "BTCUSDT", "1m", ms(2024, 1, 1), ms(2024, 2, 1), lst, lake, manifest)
+    assert [p.file.name for p in plan.fetch] == [
+        f"BTCUSDT-1m-2024-01-{d:02d}.zip" for d in range(11, 32) if d != 20
+    ]
+    assert plan.skipped == 11 and plan.lacking == []
+    # Once those days are in, nothing is fetched again.
+    full = {u: UnitState(0 if u == ms(2024, 1, 20) else 1440, 0) for u in lake}
+    plan = plan_series("spot", "BTCUSDT", "1m", ms(2024, 1, 1), ms(2024, 2, 1), lst, full, manifest)
+    assert plan.fetch == [] and plan.skipped == 31

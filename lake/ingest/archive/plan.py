@@ -11,6 +11,8 @@ Planning works in *units*: days for intervals up to ``1d``, months above. A unit
 lake already holds every candle of it (counting ranges recorded as confirmed empty), or when the file
 that covers it was ingested and verified before and the listing shows it unchanged (a day with a
 maintenance hole stays short of candles forever; the manifest is what says the archive has been read).
+A verified monthly file does not cover a day it left without any candle when that day has a daily
+file: Binance has published truncated monthly files, and the daily one is fetched for that day.
 A file the manifest knows but whose ETag/Last-Modified/Size changed in the listing was re-uploaded by
 Binance and is fetched again whatever the lake holds.
 """
@@ -288,16 +290,22 @@ def plan_series(
             state = lake.get(u0, UnitState(0, 0))
             expected = iv.count(max(u0, start_ms), min(u1, end_ms))
             complete = state.rows + state.empty >= expected
-            if complete or m_verified or (dfile is not None and verified(dfile)):
+            found = entry(dfile) if dfile is not None else None
+            # A verified monthly file covers its days, except a day it left empty while a daily file
+            # exists: Binance has published truncated monthly files (2024-01 held only the 1st-10th
+            # for some symbols, binance-public-data #320); the daily file fills that day.
+            monthly_covers = m_verified and (state.rows > 0 or found is None)
+            if complete or monthly_covers or (dfile is not None and verified(dfile)):
                 plan.skipped += 1
                 continue
             need.append((u0, u1))
-            found = entry(dfile) if dfile is not None else None
             if dfile is None or found is None:
                 no_daily.append((u0, u1))
             else:
                 daily_fetch.append(PlannedFile(dfile, found[0], found[1]))
-        if m_entry is not None and (fetch_monthly or no_daily or len(need) >= monthly_min_days):
+        # A verified, unchanged monthly file is not fetched again: it would fill none of those days.
+        take_monthly = not m_verified and (bool(no_daily) or len(need) >= monthly_min_days)
+        if m_entry is not None and (fetch_monthly or take_monthly):
             reason = "reuploaded" if fetch_monthly else "new"
             plan.fetch.append(PlannedFile(mfile, m_entry[0], m_entry[1], reason))
             # Re-uploaded daily files are still fetched: their days may differ from the monthly file.
