@@ -143,8 +143,10 @@ class Appender:
             if "result" in data and "id" in data:
                 st.control += 1
                 return False
-            if "error" in data:
-                self.control_errors.append(str(data.get("error"))[:200])
+            # An error reply to a control message: {"error": {"code", "msg"}, "id"} (websocket streams)
+            # or flat {"code", "msg", "id"} (spot's documented shape).
+            if "error" in data or ("code" in data and "msg" in data):
+                self.control_errors.append(str(data.get("error", data))[:200])
                 self._bad("error", raw)
                 return False
             self._bad("not_kline", raw)

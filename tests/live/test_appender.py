@@ -71,6 +71,7 @@ def test_closed_candle_buffered_once_updates_ignored() -> None:
         (combined(event(c="nan")), "non_finite"),
         (combined(event(v="inf")), "non_finite"),
         (json.dumps({"error": {"code": 2, "msg": "Invalid request"}, "id": 3}), "error"),
+        (json.dumps({"code": -1121, "msg": "Invalid symbol.", "id": 4}), "error"),
     ],
 )
 def test_bad_messages_counted_never_buffered(raw: str | bytes, reason: str) -> None:
