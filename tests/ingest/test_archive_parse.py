@@ -76,10 +76,14 @@ def test_identical_duplicates_are_kept_once() -> None:
     assert got["candle_begin_time"].is_sorted()
 
 
-def test_conflicting_duplicates_are_an_error() -> None:
-    data = (row(D0) + row(D0, price=5.0)).encode()
-    with pytest.raises(DataError, match="conflicting"):
-        parse(data)
+def test_conflicting_duplicates_keep_the_last_row_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Deduplicated on the open time like the lake's upsert (last wins): one odd file must not fail."""
+    data = (row(D0) + row(D0, price=5.0) + row(D0 + MIN_MS)).encode()
+    with caplog.at_level("WARNING", logger="lake.archive"):
+        got = parse(data)
+    assert got["candle_begin_time"].dt.epoch("ms").to_list() == [D0, D0 + MIN_MS]
+    assert got["open"].to_list() == [5.0, 100.0 + ((D0 + MIN_MS) // MIN_MS) % 97]
+    assert "1 row(s) repeat an open time" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -339,3 +339,25 @@ async def test_directory_pages_continue_after_the_last_prefix() -> None:
     assert listing.pages == 2
     assert asked == ["", f"{base}A0999USDT/"]
     assert listing.prefixes == [f"{base}{s}/" for s in syms]
+
+
+def test_rows_repeating_an_open_time_with_other_values_keep_the_last(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Not a known Binance file, but a repeat whose values differ (a re-formatted volume, a later fix
+    appended) must not fail the day: deduplicated on the open time, the last row kept, a warning."""
+    data = (
+        b"1704067200000,42314.00,42335.80,42289.60,42331.90,289.641,1704067259999,12254068.48160,3360,"
+        b"175.211,7412934.39600,0\r\n"
+        b"1704067260000,42331.90,42353.10,42322.00,42345.60,191.012,1704067319999,8088301.92350,2111,"
+        b"113.508,4806468.01490,0\r\n"
+        b"1704067200000,42314.00,42335.80,42289.60,42331.90,289.700,1704067259999,12256565.10000,3361,"
+        b"175.300,7416700.00000,0\r\n"
+    )
+    with caplog.at_level("WARNING", logger="lake.archive"):
+        df = parse_kline_csv(
+            data, start_ms=ms(2024, 1, 1), end_ms=ms(2024, 1, 2), name="BTCUSDT-1m-2024-01-01"
+        )
+    assert opens(df) == [1704067200000, 1704067260000]
+    assert values(df, 0) == (42314.0, 42335.8, 42289.6, 42331.9, 289.7, 12256565.1, 3361, 175.3, 7416700.0)
+    assert "BTCUSDT-1m-2024-01-01: 1 row(s) repeat an open time with other values" in caplog.text

@@ -9,13 +9,17 @@ microseconds from 2025-01-01, futures ones in milliseconds; each value is conver
     1704067200000,42283.58,42298.62,42261.02,42298.61,35.92724,1704067259999,1519545.0,1327,…,0
     1735689600000000,93576.00,93610.93,93537.50,93610.93,8.21827,1735689659999999,768978.0,2631,…,0
 
-Rows must open inside the file's day (or month): anything else is a ``DataError``, as are conflicting
-rows for one open time. Rows repeated identically (Binance once shipped such a file) are kept once.
+Rows must open inside the file's day (or month): anything else is a ``DataError``. Rows repeated
+identically (Binance once shipped such a file, JUVUSDT-1d-2022-03) are kept once; rows sharing an open
+time with other values are deduplicated on the open time too, the last one kept (as the lake's upsert
+does) with a warning: one odd file must not stop the whole ingest. Open times are kept as published,
+also off the interval's grid (irregular 2018 klines, e.g. 1518168494789).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import zipfile
 import zlib
@@ -80,6 +84,8 @@ _TIME = KLINE_SCHEMA["candle_begin_time"]
 # lake value column -> archive column, in the lake's order
 _VALUES = {_RENAME.get(c, c): c for c in ARCHIVE_COLUMNS if c in _READ_SCHEMA}
 _VALUES = {k: _VALUES[k] for k in KLINE_SCHEMA if k in _VALUES and k != "candle_begin_time"}
+log = logging.getLogger("lake.archive")
+
 US_THRESHOLD = 10**15  # an epoch timestamp this large is in microseconds (ms reach it in year 33658)
 _MAX_CSV_BYTES = 4 << 30  # a member larger than this is not a kline file (zip bomb guard)
 # A zip local file header: signature, then name and extra-field lengths at offsets 26 and 28.
@@ -228,7 +234,12 @@ def parse_kline_csv(
             df = df.unique(maintain_order=True)
             if df["open_time"].n_unique() != df.height:
                 dup = df.filter(t.is_duplicated())["open_time"][0]
-                raise DataError(f"{name}: conflicting rows for the same open time {dup}")
+                n = df.height - df["open_time"].n_unique()
+                log.warning(
+                    "%s: %d row(s) repeat an open time with other values (e.g. %d); the last is kept",
+                    name, n, dup,
+                )  # fmt: skip
+                df = df.unique("open_time", keep="last", maintain_order=True)
         df = df.sort("open_time")
     # Assembled from the parsed columns without a query (a select cost ~0.2 ms per file).
     return pl.DataFrame(

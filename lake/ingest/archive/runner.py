@@ -6,8 +6,8 @@
 Steps per symbol: list its daily and monthly directories (paginated S3 listing), read what the lake
 holds and the manifest, plan (``plan.plan_series``). Then a bounded pool of workers downloads every
 planned file (``download.Downloader``: temp file, SHA-256 against ``.CHECKSUM``, atomic move), parses
-it (``parse.parse_kline_zip``; rows outside the file's period or conflicting duplicates are a
-``DataError``), upserts it with ``write_klines`` and only then records it in the manifest. The daily
+it (``parse.parse_kline_zip``; rows outside the file's period are a ``DataError``, rows repeating an
+open time are deduplicated), upserts it with ``write_klines`` and only then records it in the manifest. The daily
 files of one symbol and month are upserted together, and manifest records are written per symbol in
 batches (``_groups``, ``_run_jobs``). Nothing is written for a file that failed verification. A failed
 file does not stop the others; at the end the run raises one error naming every failed file. Zips
