@@ -207,14 +207,11 @@ class _Grid:
         return out.reshape(self.present.shape)
 
 
-def _layout(sym: np.ndarray, t: np.ndarray, plan: OffsetPlan) -> _Grid:
-    slot, misaligned = np.divmod(t - plan.anchor_ms, plan.base_ms)
-    if misaligned.any():
-        bad = int(t[np.flatnonzero(misaligned)[0]])
-        raise DataError(f"base candle at {bad} ms is not aligned to {plan.base.name}")
+def _layout(sym: np.ndarray, slot: np.ndarray, plan: OffsetPlan) -> _Grid:
+    """The grid of rows at base slots ``slot`` (open time − anchor, in base intervals)."""
     n = plan.n
     j, p = np.divmod(slot, n)
-    new = np.ones(len(t), dtype=bool)
+    new = np.ones(len(slot), dtype=bool)
     new[1:] = (sym[1:] != sym[:-1]) | (j[1:] != j[:-1])
     gid = np.cumsum(new) - 1
     starts = np.flatnonzero(new)
@@ -225,7 +222,7 @@ def _layout(sym: np.ndarray, t: np.ndarray, plan: OffsetPlan) -> _Grid:
     flat = p * groups + gid
     present = np.zeros(n * groups, dtype=bool)
     present[flat] = True
-    if int(np.count_nonzero(present)) != len(t):
+    if int(np.count_nonzero(present)) != len(slot):
         raise DataError("duplicate base candles (same symbol and open time)")
     return _Grid(n, flat, gsym, gj, next_ok, present.reshape(n, groups))
 
@@ -357,7 +354,10 @@ def resample_arrays(
         empty["n_base"] = np.empty(0, dtype=np.int64)
         z = np.empty(0, dtype=np.int64)
         return Resampled(z.astype(np.uint32), z, z, empty)
-    g = _layout(sym, t, plan)
+    slot, off = np.divmod(t - plan.anchor_ms, plan.base_ms)
+    if off.any():
+        return _split_off_grid(sym, t, values, plan, off != 0)
+    g = _layout(sym, slot, plan)
     bins = _kept_bins(g, plan.offsets)
     total = bins[-1].out.stop
     cols = {c: np.empty(total, dtype=np.int64 if c == "trade_num" else np.float64) for c in _VALUE_COLUMNS}
@@ -382,6 +382,75 @@ def resample_arrays(
     which = position[ks]
     start = (g.gj[first_g] * plan.n + ks) * plan.base_ms + plan.anchor_ms
     return Resampled(which, g.gsym[first_g], start, {**cols, "n_base": n_base})
+
+
+def _split_off_grid(
+    sym: np.ndarray, t: np.ndarray, values: dict[str, np.ndarray], plan: OffsetPlan, off_grid: np.ndarray
+) -> Resampled:
+    """Series holding a candle off the base grid go through ``_resample_exact``, the rest the grid.
+
+    Binance's 2018 spot history has runs of candles opening at hh:mm:14.789 and the like
+    (../shared/reference/binance.md, quirk 2); the lake stores them at their own times, and the
+    one-pass grid cannot place them in a slot without changing which bins the seed's rule keeps."""
+    odd = np.isin(sym, np.unique(sym[off_grid]))
+    parts = [_resample_exact(sym[odd], t[odd], {c: v[odd] for c, v in values.items()}, plan)]
+    if not odd.all():
+        rest = ~odd
+        parts.append(resample_arrays(sym[rest], t[rest], {c: v[rest] for c, v in values.items()}, plan))
+    which = np.concatenate([r.which for r in parts])
+    rsym = np.concatenate([r.sym for r in parts])
+    start = np.concatenate([r.start for r in parts])
+    order = np.lexsort((start, rsym, which))
+    columns = {c: np.concatenate([r.columns[c] for r in parts])[order] for c in parts[0].columns}
+    return Resampled(which[order], rsym[order], start[order], columns)
+
+
+def _resample_exact(
+    sym: np.ndarray, t: np.ndarray, values: dict[str, np.ndarray], plan: OffsetPlan
+) -> Resampled:
+    """The seed's rule taken literally, one offset at a time, for candles at any open time: a bin holds
+    the candles opening in ``[start, start + T)`` and is kept when its last candle's end (open + B)
+    minus its first candle's open is at least T; its open time is its first candle's open (pandas'
+    ``first``), which is the bin start unless that candle is off the grid."""
+    b_ms, t_ms = plan.base_ms, plan.target_ms
+    parts: list[Resampled] = []
+    for which, k in enumerate(plan.offsets):
+        origin = plan.anchor_ms + k * b_ms
+        binno = (t - origin) // t_ms
+        cut = np.flatnonzero((sym[1:] != sym[:-1]) | (binno[1:] != binno[:-1])) + 1
+        starts = np.concatenate(([0], cut))  # every bin's rows, kept or not: reduceat needs them all
+        stops = np.concatenate((cut, [len(t)]))
+        keep = t[stops - 1] + b_ms - t[starts] >= t_ms
+        first, last = starts[keep], stops[keep] - 1
+
+        cols: dict[str, np.ndarray] = {
+            "open": values["open"][first],
+            "close": values["close"][last],
+            "high": _reduce(values["high"], starts, keep, np.maximum),
+            "low": _reduce(values["low"], starts, keep, np.minimum),
+            **{c: _reduce(values[c], starts, keep, np.add) for c in SUM_COLUMNS},
+            "n_base": (stops - starts)[keep].astype(np.int64),
+        }
+        if plan.method == "binance":
+            traded = values["volume"] > 0
+            first_traded = _reduce(np.where(traded, np.arange(len(t)), len(t)), starts, keep, np.minimum)
+            use = first_traded < len(t)
+            cols["open"] = np.where(use, values["open"][np.minimum(first_traded, len(t) - 1)], cols["open"])
+            for name, ufunc, fill in (("high", np.maximum, -np.inf), ("low", np.minimum, np.inf)):
+                only = _reduce(np.where(traded, values[name], fill), starts, keep, ufunc)
+                cols[name] = np.where(use, only, cols[name])
+        parts.append(Resampled(np.full(len(first), which, dtype=np.uint32), sym[first], t[first], cols))
+    return Resampled(
+        np.concatenate([r.which for r in parts]),
+        np.concatenate([r.sym for r in parts]),
+        np.concatenate([r.start for r in parts]),
+        {c: np.concatenate([r.columns[c] for r in parts]) for c in parts[0].columns},
+    )
+
+
+def _reduce(a: np.ndarray, starts: np.ndarray, keep: np.ndarray, ufunc: np.ufunc) -> np.ndarray:
+    """``ufunc`` over each run of rows from ``starts[i]`` to the next start, for the kept runs."""
+    return np.asarray(ufunc.reduceat(a, starts))[keep]
 
 
 def _codes(df: pl.DataFrame) -> tuple[pl.Series, np.ndarray, np.ndarray]:

@@ -72,14 +72,14 @@ def binance_resample(df: pl.DataFrame, t_ms: int, b_ms: int, k: int) -> pl.DataF
         start = anchor + (t - anchor) // t_ms * t_ms
         bins.setdefault(start, []).append(r)
     out = []
-    for start, rs in sorted(bins.items()):
+    for _start, rs in sorted(bins.items()):
         first_t = int(rs[0]["candle_begin_time"].timestamp() * 1000)
         last_t = int(rs[-1]["candle_begin_time"].timestamp() * 1000)
-        if first_t != start or last_t + b_ms != start + t_ms:
+        if last_t + b_ms - first_t < t_ms:  # the seed's span rule (on the grid: first and last slot)
             continue
         traded = [r for r in rs if r["volume"] > 0] or rs
         row = {
-            "candle_begin_time": dt.datetime.fromtimestamp(start / 1000, dt.UTC),
+            "candle_begin_time": dt.datetime.fromtimestamp(first_t / 1000, dt.UTC),  # pandas' first
             "open": traded[0]["open"],
             "high": max(r["high"] for r in traded),
             "low": min(r["low"] for r in traded),

@@ -21,6 +21,7 @@ from lake.transform.layout import OffsetPartition, manifest_path
 from lake.transform.offsets import offset_plan, resample_offsets
 from lake.transform.tail import list_files, load_state
 from tests.transform.helpers import T0_MS, assert_bins_equal, random_candles
+from tests.transform.reference import seed_resample
 
 DAY = 288  # 5m candles per day
 B = 300_000
@@ -107,6 +108,29 @@ def test_append_a_day_recomputes_only_its_neighbourhood(tmp_path: Path) -> None:
     # bins opening from 23:05 of day 3 to the end of day 4: 11 bins crossing midnight + 12×24 of day 4
     assert r.bins <= 11 + 12 * 24 and r.written == 1  # one tail file
     _assert_table(tmp_path, ["ETHUSDT"])
+
+
+def test_off_grid_history_builds_and_appends(tmp_path: Path) -> None:
+    """A day with a run of candles opening 14.789 s off the grid (Binance's 2018 spot quirk) builds,
+    by the seed's rule (checked against the seed's pandas code), and later days append to it."""
+    i = pl.int_range(pl.len())
+    odd = _day(1, 0).with_columns(
+        pl.when((i >= 30) & (i < 100)).then(pl.col("candle_begin_time") + dt.timedelta(milliseconds=14_789))
+        .otherwise(pl.col("candle_begin_time"))
+    )  # fmt: skip
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", odd)
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(2, 0))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    _assert_table(tmp_path, ["BTCUSDT", "ETHUSDT"])
+    stored = _stored(tmp_path).filter(pl.col("symbol") == "BTCUSDT")
+    base = scan_klines(tmp_path, "usdt_perp", "5m", ["BTCUSDT"]).collect().drop("symbol")
+    for k in range(12):
+        mine = stored.filter(pl.col("offset") == f"{5 * k}m")
+        assert_bins_equal(mine, seed_resample(base, 3_600_000, B, k))
+    assert (stored["candle_begin_time"].dt.millisecond() == 789).any()  # bins opening off the grid
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", _day(3, 1))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    _assert_table(tmp_path, ["BTCUSDT", "ETHUSDT"])
 
 
 def test_overwrite_and_delete_in_the_middle(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import given, settings
@@ -169,11 +170,63 @@ def test_invalid_combinations(target: str, base: str, offsets: str, message: str
         offset_plan("1h", "5m", method="pandas")
 
 
-def test_misaligned_and_duplicate_rows_are_errors() -> None:
+@settings(max_examples=40, deadline=None)
+@given(
+    pair=st.sampled_from(PAIRS),
+    method=st.sampled_from(["seed", "binance"]),
+    seed=st.integers(0, 2**32 - 1),
+    runs=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 30), st.floats(0.001, 0.999)), max_size=4),
+)
+def test_off_grid_candles_follow_the_seed_rule(
+    pair: tuple[str, str], method: str, seed: int, runs: list[tuple[int, int, float]]
+) -> None:
+    """Runs of candles opening off the base grid (Binance's 2018 hh:mm:14.789 opens) are resampled by
+    the seed's rule itself: a bin is kept when its last candle's end minus its first candle's open is
+    at least T, and opens at its first candle. A second symbol on the grid is resampled alongside."""
+    plan = offset_plan(*pair, method=method)
+    b, n = plan.base_ms, plan.n
+    df = random_candles(seed, b, 4 * n + 7, hole_rate=0.1)
+    shift = np.zeros(df.height, dtype=np.int64)
+    for first, length, frac in runs:
+        shift[first : first + length] = max(1, int(frac * b))  # within the slot: order and uniqueness kept
+    odd = df.with_columns(pl.col("candle_begin_time") + pl.duration(milliseconds=pl.Series(shift)))
+    base = pl.concat([
+        odd.with_columns(pl.lit("ODDUSDT").alias("symbol")),
+        random_candles(seed + 1, b, 3 * n, hole_rate=0.1).with_columns(pl.lit("GRIDUSDT").alias("symbol")),
+    ])  # fmt: skip
+    got = resample_offsets(base, plan)
+    ref = seed_resample if method == "seed" else binance_resample
+    for sym in ("ODDUSDT", "GRIDUSDT"):
+        one = base.filter(pl.col("symbol") == sym).drop("symbol")
+        for k in plan.offsets:
+            mine = got.filter((pl.col("symbol") == sym) & (pl.col("offset") == plan.name(k)))
+            assert_bins_equal(mine, ref(one, plan.target_ms, b, k))
+
+
+def test_off_grid_bin_kept_or_dropped_by_its_span() -> None:
+    """1h from 5m. Hour 0 starts 14.789 s late and ends on the grid: dropped (60 min − 14.789 s). Hour 1
+    is shifted by 14.789 s throughout: its span is a full hour, so it is kept and opens at 01:00:14.789.
+    Hour 2 is on the grid."""
+    df = random_candles(7, 300_000, 36, hole_rate=0.0)
+    i = pl.int_range(pl.len())
+    late = (i == 0) | ((i >= 12) & (i < 24))
+    df = df.with_columns(
+        pl.when(late).then(pl.col("candle_begin_time") + dt.timedelta(milliseconds=14_789))
+        .otherwise(pl.col("candle_begin_time"))
+    )  # fmt: skip
+    out = resample_offsets(df, offset_plan("1h", "5m", offsets=["0m"]))
+    t0 = dt.datetime.fromtimestamp(T0_MS / 1000, dt.UTC)
+    assert out["candle_begin_time"].to_list() == [
+        t0 + dt.timedelta(hours=1, milliseconds=14_789),
+        t0 + dt.timedelta(hours=2),
+    ]
+    assert out["n_base"].to_list() == [12, 12]
+    assert out["open"].to_list() == [df["open"][12], df["open"][24]]
+    assert out["volume"][0] == pytest.approx(df["volume"][12:24].sum(), rel=1e-12)
+
+
+def test_duplicate_rows_are_errors() -> None:
     df = random_candles(3, 300_000, 12, hole_rate=0.0)
-    shifted = df.with_columns(pl.col("candle_begin_time") + dt.timedelta(minutes=1))
-    with pytest.raises(DataError, match="aligned"):
-        resample_offsets(shifted, offset_plan("1h", "5m"))
     with pytest.raises(DataError, match="duplicate"):
         resample_offsets(pl.concat([df, df.head(1)]), offset_plan("1h", "5m"))
 
