@@ -6,23 +6,41 @@
 -- exchange_missing. Every other hole is missing data: holes counts those runs, missing their
 -- candles, largest_hole the longest. The same rule as lake.store.coverage (`lake status`).
 CREATE OR REPLACE VIEW coverage AS
-WITH gaps AS (
+WITH slots AS (
+    -- a candle fills the slot its open time falls in: Binance's 2018 history has candles opening off
+    -- the grid (09:28:14.789), stored as published (1w slots start on Mondays, 1M on the 1st)
     SELECT
         k.trade_type,
         k."interval",
         k.symbol,
         k.candle_begin_time,
-        lag(k.candle_begin_time) OVER w AS prev_open,
         i.ms,
         CASE
             WHEN i.ms IS NOT NULL THEN
-                (epoch_ms(k.candle_begin_time)
-                 - epoch_ms(lag(k.candle_begin_time) OVER w)) // i.ms - 1
-            ELSE date_diff('month', lag(k.candle_begin_time) OVER w, k.candle_begin_time) - 1
-        END AS gap
+                epoch_ms(k.candle_begin_time)
+                - (epoch_ms(k.candle_begin_time) - CASE WHEN k."interval" = '1w' THEN 345600000 ELSE 0 END)
+                % i.ms
+            ELSE epoch_ms(timezone('UTC', date_trunc('month', timezone('UTC', k.candle_begin_time))))
+        END AS slot_ms
     FROM klines AS k
     JOIN intervals AS i USING ("interval")
-    WINDOW w AS (PARTITION BY k.trade_type, k."interval", k.symbol ORDER BY k.candle_begin_time)
+),
+gaps AS (
+    SELECT
+        trade_type,
+        "interval",
+        symbol,
+        candle_begin_time,
+        ms,
+        slot_ms,
+        lag(slot_ms) OVER w AS prev_slot_ms,
+        -- -1 for a second candle in a slot: expected (candles + gaps) still counts slots
+        CASE
+            WHEN ms IS NOT NULL THEN (slot_ms - lag(slot_ms) OVER w) // ms - 1
+            ELSE date_diff('month', make_timestamp(lag(slot_ms) OVER w * 1000), make_timestamp(slot_ms * 1000)) - 1
+        END AS gap
+    FROM slots
+    WINDOW w AS (PARTITION BY trade_type, "interval", symbol ORDER BY candle_begin_time)
 ),
 holes AS (
     -- each hole once, with whether one confirmed-empty range holds all of it (the first missing
@@ -38,11 +56,11 @@ holes AS (
             WHERE e.trade_type = g.trade_type
               AND e."interval" = g."interval"
               AND e.symbol = g.symbol
-              AND e.range_start <= CASE
-                  WHEN g.ms IS NOT NULL THEN g.prev_open + to_milliseconds(g.ms)
-                  ELSE timezone('UTC', timezone('UTC', g.prev_open) + INTERVAL 1 MONTH)  -- UTC months
+              AND epoch_ms(e.range_start) <= CASE
+                  WHEN g.ms IS NOT NULL THEN g.prev_slot_ms + g.ms
+                  ELSE epoch_ms(make_timestamp(g.prev_slot_ms * 1000) + INTERVAL 1 MONTH)  -- naive UTC
               END
-              AND g.candle_begin_time <= e.range_end
+              AND g.slot_ms <= epoch_ms(e.range_end)
         ) AS exchange
     FROM gaps AS g
     WHERE g.gap > 0

@@ -145,6 +145,37 @@ def test_coverage_tells_exchange_holes_from_missing_data(tmp_path: Path) -> None
     ).to_list() == [t0 + k * ms5 for k in (9, 41, 100, 300)]
 
 
+def test_coverage_counts_off_grid_candles_in_their_slot(tmp_path: Path) -> None:
+    """Binance's 2018 history has candles opening off the grid (hh:mm:14.789); each fills the slot it
+    falls in, for the view and lake.store.coverage alike, so only the real hole (2 candles) counts."""
+    m1 = 60_000
+    df = random_candles(4, m1, 60, hole_rate=0.0)
+    i = pl.int_range(pl.len())
+    df = df.with_columns(
+        pl.when((i >= 10) & (i <= 20)).then(pl.col("candle_begin_time") + dt.timedelta(milliseconds=14_789))
+        .otherwise(pl.col("candle_begin_time"))
+    ).filter(~i.is_in([40, 41]))  # fmt: skip
+    write_klines(tmp_path, "usdt_spot", "1m", "BTCUSDT", df)
+    # issue #77's shape in 1h: 08:00, then 09:28:14.789 (the 09:00 slot), then 10:00
+    hours = random_candles(5, 3_600_000, 3, hole_rate=0.0)
+    hours = hours.with_columns(
+        pl.when(pl.int_range(pl.len()) == 1).then(pl.col("candle_begin_time") + dt.timedelta(minutes=28, milliseconds=14_789))
+        .otherwise(pl.col("candle_begin_time"))
+    )  # fmt: skip
+    write_klines(tmp_path, "usdt_spot", "1h", "BTCUSDT", hours)
+    weeks = random_candles(6, 7 * 86_400_000, 5, start_ms=1_704_067_200_000, hole_rate=0.0)  # Mondays
+    write_klines(tmp_path, "usdt_spot", "1w", "BTCUSDT", weeks.filter(pl.int_range(pl.len()) != 2))
+    rows = {r["interval"]: r for r in connect(tmp_path).sql("SELECT * FROM coverage").pl().to_dicts()}
+    cols = ("candles", "expected", "missing", "holes")
+    assert tuple(rows["1m"][c] for c in cols) == (58, 60, 2, 1)
+    assert tuple(rows["1h"][c] for c in cols) == (3, 3, 0, 0)
+    assert tuple(rows["1w"][c] for c in cols) == (4, 5, 1, 1)
+    for cov in coverage(tmp_path):
+        row = rows[cov.interval]
+        assert (cov.rows, cov.expected, cov.missing, len(cov.holes)) == tuple(row[c] for c in cols)
+    assert rows["1m"]["first_open"].timestamp() * 1000 == T0_MS
+
+
 def test_empty_ranges_view_is_empty_on_a_young_lake(tmp_path: Path) -> None:
     _lake(tmp_path, ("BTCUSDT",), 12)
     con = connect(tmp_path)
