@@ -5,7 +5,8 @@ zone, e.g. ``2024-10-08 05:00:00``), ``symbol``, ``open, high, low, close, volum
 trade_num, taker_buy_base_asset_volume, taker_buy_quote_asset_volume`` and ``tag`` (``HasSwap`` /
 ``NoSwap``). Files are named ``<YYYYmmddHHMM>-<spot|swap>_1h<offset>.7z`` with the time in
 Asia/Shanghai. Reading is lenient where real files vary: lines before the header (a disclaimer) are
-skipped, GBK is accepted when the text is not UTF-8, extra columns are ignored.
+skipped, GBK is accepted when the text is not UTF-8, extra columns are ignored, times may carry a
+``T`` or a UTC suffix, and symbols written ``BTC-USDT`` become Binance's ``BTCUSDT``.
 """
 
 from __future__ import annotations
@@ -101,10 +102,13 @@ def read_candles_csv(data: bytes) -> pl.DataFrame:
     try:
         return raw.select(
             pl.col("candle_begin_time")
-            .str.replace(r"(\+00:?00|Z)$", "")
+            .str.strip_chars()
+            .str.replace(r"(\+00:?00|Z| UTC)$", "")
+            .str.replace("T", " ", literal=True)
             .str.to_datetime("%Y-%m-%d %H:%M:%S", time_unit="ms")
             .dt.replace_time_zone("UTC"),
-            pl.col("symbol"),
+            # Binance's spelling: Quantclass's own files elsewhere write BTC-USDT
+            pl.col("symbol").str.strip_chars().str.replace_all(r"[-/]", "").str.to_uppercase(),
             *(pl.col(c).cast(pl.Float64) for c in VALUE_COLUMNS if c != "trade_num"),
             pl.col("trade_num").cast(pl.Float64).cast(pl.Int64),
             (pl.col("tag") if "tag" in raw.columns else pl.lit(None, pl.String)).alias("tag"),

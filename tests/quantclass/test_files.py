@@ -56,6 +56,14 @@ def test_lenient_reading_disclaimer_gbk_and_zone_suffix() -> None:
     assert got["symbol"].to_list() == ["BTCUSDT", "1000SHIBUSDT"]
 
 
+def test_lenient_reading_iso_times_and_dashed_symbols() -> None:
+    csv = write_candles_csv(_frame()).decode()
+    csv = csv.replace("2024-10-08 05:00:00", "2024-10-08T05:00:00Z").replace("BTCUSDT", "BTC-USDT")
+    got = read_candles_csv(csv.replace("\n", "\r\n").encode())
+    assert got["candle_begin_time"][0] == dt.datetime(2024, 10, 8, 5, tzinfo=dt.UTC)
+    assert got["symbol"].to_list() == ["BTCUSDT", "1000SHIBUSDT"]
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
