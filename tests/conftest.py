@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import fsspec
 import pytest
+
+from tests.s3 import S3_ENV, moto_server
 
 
 @pytest.fixture(autouse=True)
@@ -16,3 +20,16 @@ def _isolate_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     # A lake.toml in the working directory of whoever runs the tests must not apply.
     monkeypatch.setenv("LAKE_CONFIG", os.devnull)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """One real S3 endpoint (moto server) for the session, with bucket ``lake-test``; the AWS
+    variables point at it for the whole session."""
+    with moto_server() as url, pytest.MonkeyPatch.context() as mp:
+        for k, v in S3_ENV.items():
+            mp.setenv(k, v)
+        mp.setenv("AWS_ENDPOINT_URL", url)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir("lake-test")
+        yield url

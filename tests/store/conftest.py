@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 
 import fsspec
 import pytest
 
-from tests.s3 import S3_ENV, moto_server
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with moto_server() as url, pytest.MonkeyPatch.context() as mp:
-        for k, v in S3_ENV.items():
-            mp.setenv(k, v)
-        mp.setenv("AWS_ENDPOINT_URL", url)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir("lake-test")
-        yield url
+from tests.s3 import S3_ENV
 
 
 @pytest.fixture(params=["local", "s3"])

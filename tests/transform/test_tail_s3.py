@@ -4,38 +4,24 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 
-import fsspec
 import polars as pl
 import pytest
-import s3fs
 
 from lake.query import connect
 from lake.store.fs import LakeFS
 from lake.store.klines import write_klines
 from lake.transform.build import build_offsets, scan_offsets
 from lake.transform.tail import list_files
-from tests.s3 import S3_ENV, moto_server
 from tests.transform.helpers import assert_bins_equal
 from tests.transform.test_build import _day, _expected
 
 KEY = ["symbol", "offset", "candle_begin_time"]
 
 
-@pytest.fixture(scope="module")
-def s3_root() -> Iterator[str]:
-    with moto_server() as url, pytest.MonkeyPatch.context() as mp:
-        for k, v in S3_ENV.items():
-            mp.setenv(k, v)
-        mp.setenv("AWS_ENDPOINT_URL", url)
-        # s3fs caches file systems by their arguments: one made for another endpoint must not be reused
-        s3fs.S3FileSystem.clear_instance_cache()
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("offsets-test")
-        try:
-            yield f"s3://offsets-test/{uuid.uuid4().hex[:12]}"
-        finally:
-            s3fs.S3FileSystem.clear_instance_cache()
+@pytest.fixture
+def s3_root(s3_endpoint: str) -> str:
+    return f"s3://lake-test/offsets-{uuid.uuid4().hex[:12]}"
 
 
 def test_tail_on_s3(s3_root: str, tmp_path_factory: pytest.TempPathFactory) -> None:
