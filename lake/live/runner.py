@@ -408,11 +408,15 @@ class LiveRunner:
             log.info("%s: new symbols, subscribed and catching up: %s", feed.name, ", ".join(added))
         await feed.pool.update(add=added, remove=removed)
         if added:
-            # the period that just closed is checked for them too; their history before it is caught up
+            # The period that just closed is checked for them too if still pending; their history is
+            # caught up to its end, not its start: once complete it is pruned from the book, and a
+            # listing that began inside it (any interval above 1m, or exchangeInfo showing it a
+            # period late, or a symbol back from a halt) has a candle there whose closing event went
+            # out before the subscription.
             last = feed.book.last_opened
             for sym in added:
                 feed.book.add_symbol(sym, last)
-            self._spawn(self._catchup_new(feed, added, last), f"catch-up new {feed.name}")
+            self._spawn(self._catchup_new(feed, added, last + feed.iv_ms), f"catch-up new {feed.name}")
 
     # -- the writer (dispatcher) -------------------------------------------------------------------
     async def _writer_loop(self, feed: Feed) -> None:

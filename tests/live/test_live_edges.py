@@ -1,0 +1,112 @@
+"""`lake live` edge cases on the simulator: a listing that starts inside a period (5m feed), candles
+without trades and a maintenance window (no closing events, empty REST answers)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from lake.live.runner import LiveConfig, LiveRunner
+from lake.live.watermark import read_watermark
+from lake.settings import Settings
+from lake.sim.server import SimServer
+from lake.sim.testing import sim_server, test_config
+
+from .helpers import M, diff_truth, lake_frame
+
+TT = "usdt_perp"
+
+
+async def _until(cond: Any, within: float) -> None:
+    async with asyncio.timeout(within):
+        while True:
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+
+
+def _assert_truth(sim: SimServer, root: Path, iv: str, symbols: list[str]) -> int:
+    wm = read_watermark(root, TT, iv)
+    assert wm is not None
+    lake = lake_frame(root, TT, iv)
+    start = int(lake["t"].min())
+    truth = sim.market.truth(TT, iv, symbols, start, wm["watermark_ms"] + 1)
+    d = diff_truth(lake.filter(pl.col("t") <= wm["watermark_ms"]), truth)
+    assert d["missing"] == d["extra"] == d["differ"] == 0, d
+    assert lake.select("symbol", "t").is_duplicated().sum() == 0
+    return int(wm["watermark_ms"])
+
+
+async def test_listing_inside_a_period_keeps_its_first_candle(tmp_path: Path) -> None:
+    # A 5m feed: a symbol listed at a minute inside a period has a (partial) 5m candle for that
+    # period, but exchangeInfo only shows it at the refresh after the period closed, when its
+    # closing event has gone out and the period is already complete. Its catch-up must include
+    # that period (the same happens on any interval when exchangeInfo shows a listing a period
+    # late, or a symbol back to TRADING after a halt).
+    iv, p = "5m", 5 * M
+    async with sim_server(test_config(speed=240.0, n_symbols_by_market={"um": 6})) as sim:
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=(iv,), periods=9, grace_s=5.0, history=4),
+        )
+        listed: dict[str, int] = {}
+
+        async def scenario() -> None:
+            feed = runner.feeds[0]
+            await _until(lambda: feed.stats.periods_checked >= 2, 60)
+            # first candle at the second minute of a 5m period
+            await _until(lambda: M // 2 <= sim.clock.now_ms() % p < 2 * M, 60)
+            info = sim.control_faults({"list": [{"market": "um", "symbol": "MIDXUSDT"}]})
+            listed["at"] = info[0]["segments"][-1][0]
+
+        play = asyncio.create_task(scenario())
+        try:
+            summary = await asyncio.wait_for(runner.run(), timeout=120)
+        finally:
+            play.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await play
+        first = listed["at"]
+        assert first % p != 0  # really inside a period
+        wm = _assert_truth(sim, tmp_path, iv, [*live, "MIDXUSDT"])
+        new = lake_frame(tmp_path, TT, iv).filter(pl.col("symbol") == "MIDXUSDT")
+        assert wm >= first - first % p + 2 * p
+        assert new["t"].min() == first - first % p  # the partial period is there
+        assert summary["feeds"][0]["listed"] == 1
+
+
+async def test_quiet_candles_and_a_maintenance_window(tmp_path: Path) -> None:
+    # No closing event for a candle without trades (ws_close_quiet=False: UNVERIFIED on Binance) and
+    # none during a maintenance window, where REST answers nothing: the quiet candles are fetched,
+    # the maintenance slots confirmed empty, and the watermark goes through both.
+    start = 1_742_040_000_000  # TEST_START
+    window = (start + 3 * M, start + 6 * M)
+    cfg = test_config(
+        speed=120.0,
+        n_symbols_by_market={"um": 12},
+        ws_close_quiet=False,
+        zero_volume_rate=0.2,
+        maintenance=(("um", *window),),
+    )
+    async with sim_server(cfg) as sim:
+        assert sim.clock.now_ms() < window[0] - 2 * M
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=10, grace_s=5.0, history=5),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=90)
+        wm = _assert_truth(sim, tmp_path, "1m", live)
+    feed = summary["feeds"][0]
+    assert wm >= window[1] + 2 * M
+    truth = sim.market.truth(TT, "1m", live, window[0] - 2 * M, wm + 1)
+    quiet = truth.filter(pl.col("volume") == 0).height
+    assert quiet > 0 and feed["rest_repaired"] >= quiet
+    assert feed["rest_absent"] == len(live) * 3  # every symbol, the three maintenance minutes
+    lake = lake_frame(tmp_path, TT, "1m")
+    assert lake.filter(pl.col("t").is_between(window[0], window[1] - 1)).height == 0
