@@ -125,7 +125,7 @@ def _drop_local(doc: object) -> object:
 def _views(root: str) -> dict[str, pl.DataFrame]:
     con = connect(root, config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
-        frames = {v: con.sql(f'SELECT * FROM "{v}" ORDER BY ALL').pl() for v in VIEWS}
+        frames = {v: con.view(v).order("ALL").pl() for v in VIEWS}
         loaded = con.sql("SELECT extension_name FROM duckdb_extensions() WHERE loaded").fetchall()
     finally:
         con.close()
