@@ -59,9 +59,13 @@ log = logging.getLogger("lake.live")
 # Periods that closed at least this long ago (server time) are caught up by the start-up backfill,
 # whose answers then count as final (#4's ``settle_ms``); younger ones are tracked live.
 _SETTLE_MS = 60_000
-# A period is repaired over REST only once it closed at least this long ago (server ms), so an
-# empty answer cannot be a candle the exchange has not published yet.
+# A period is repaired over REST only once it closed at least this long ago (server ms).
 _CLOSE_MARGIN_MS = 1_000
+# An empty REST answer proves a slot has no candle only once the slot closed this long ago (server
+# ms): closing events have come ~24 s late (binance.md §6.7) and REST, fed by the same kline engine,
+# may lag as much. A slot written off sooner would also drop its late closing event (the book counts
+# it done), a hole for good.
+_ABSENT_SETTLE_MS = 30_000
 
 
 def _transient(exc: BaseException) -> bool:
@@ -783,6 +787,7 @@ class LiveRunner:
         deadline = period + 2 * feed.iv_ms  # the next boundary's check takes over from there
         attempt = 0
         logged = False
+        settling: set[tuple[str, int]] = set()  # answered empty, too young to be written off yet
         while True:
             if not feed.book.pending(period) or self._stop.is_set():
                 return
@@ -804,11 +809,15 @@ class LiveRunner:
                     len(fetch),
                     f" ({', '.join(fetch[:8])}{' …' if len(fetch) > 8 else ''})" if fetch else "",
                 )
-            ok = await self._repair(feed, todo) if todo else True
+            ok, settling = await self._repair(feed, todo) if todo else (True, set())
             if not feed.book.pending(period) or self._stop.is_set():
                 return
-            still = self._unresolved(feed, period)
-            if still:  # not merely waiting for the writer: REST could not fill them
+            still = {
+                s: left
+                for s, ts in self._unresolved(feed, period).items()
+                if (left := [t for t in ts if (s, t) not in settling])
+            }
+            if still:  # not merely waiting for the writer or for an empty answer to settle
                 attempt += 1
                 text = ", ".join(f"{s} ({len(p)} periods)" for s, p in sorted(still.items())[:10])
                 feed.stats.incomplete_alerts += 1
@@ -819,18 +828,26 @@ class LiveRunner:
                 )
             if feed.now_ms() >= deadline:
                 return
-            pause = (
-                0.05 if not still else min(feed.client.clock.real_seconds(feed.iv_ms / 4), 0.5 * 2**attempt)
-            )
+            if still:
+                pause = min(feed.client.clock.real_seconds(feed.iv_ms / 4), 0.5 * 2**attempt)
+            elif settling:  # asked again once the first of them is old enough (or its candle came)
+                due = min(t for _s, t in settling) + feed.iv_ms + _ABSENT_SETTLE_MS
+                pause = max(0.05, feed.client.clock.real_seconds(due - feed.now_ms()))
+            else:
+                pause = 0.05
             if not await self._sleep(pause):
                 return
 
-    async def _repair(self, feed: Feed, missing: dict[str, list[int]]) -> bool:
-        """Fetch missing (symbol → periods) over REST; store the rows, mark proven-empty slots absent."""
+    async def _repair(self, feed: Feed, missing: dict[str, list[int]]) -> tuple[bool, set[tuple[str, int]]]:
+        """Fetch missing (symbol → periods) over REST; store the rows, mark proven-empty slots absent.
+
+        Returns whether every request succeeded, and the (symbol, open) answered empty that closed
+        less than ``_ABSENT_SETTLE_MS`` ago (still missing: asked again later)."""
         assert feed.book is not None
         if not missing:
-            return True
+            return True, set()
         ranges = {s: (opens[0], opens[-1] + feed.iv_ms) for s, opens in missing.items()}
+        settled = feed.now_ms() - _ABSENT_SETTLE_MS  # as of the requests, not of their answers
         results, errors = await fetch_many(
             feed.client, feed.iv.name, ranges, concurrency=self.config.rest_concurrency
         )
@@ -843,11 +860,13 @@ class LiveRunner:
         stored = await self._store(feed, fetched, "rest")
         feed.stats.rest_repaired += sum(len(fetched[s]) for s in stored)
         completed: list[int] = []
+        settling: set[tuple[str, int]] = set()
         for sym, res in results.items():
             if sym in fetched and sym not in stored:
                 continue  # the write failed: stays missing
             empty = res.empty_opens(feed.iv)
-            absent = [t for t in missing[sym] if t in empty]
+            absent = [t for t in missing[sym] if t in empty and t + feed.iv_ms <= settled]
+            settling.update((sym, t) for t in missing[sym] if t in empty and t + feed.iv_ms > settled)
             if absent:
                 feed.stats.rest_absent += len(absent)
                 completed += feed.book.mark_absent(sym, absent)
@@ -863,7 +882,7 @@ class LiveRunner:
                 len(errors),
                 "; ".join(f"{s}: {e}" for s, e in sorted(errors.items())[:3]),
             )
-        return not errors
+        return not errors, settling
 
     # -- reporting ---------------------------------------------------------------------------------
     def health(self, feed: Feed) -> dict[str, Any]:

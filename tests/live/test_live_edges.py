@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pytest
 
+from lake.ingest.rest_client import RestClient
 from lake.live.runner import LiveConfig, LiveRunner
 from lake.live.watermark import read_watermark
 from lake.settings import Settings
+from lake.sim.config import FaultConfig
 from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
 
@@ -110,3 +113,35 @@ async def test_quiet_candles_and_a_maintenance_window(tmp_path: Path) -> None:
     assert feed["rest_absent"] == len(live) * 3  # every symbol, the three maintenance minutes
     lake = lake_frame(tmp_path, TT, "1m")
     assert lake.filter(pl.col("t").is_between(window[0], window[1] - 1)).height == 0
+
+
+async def test_late_close_after_an_empty_rest_answer_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Binance's closing events have come ~24 s late (binance.md §6.7); when its kline engine lags,
+    # REST may not have the just-closed candle either. An empty answer that young is no proof: the
+    # candle must not be written off as absent (and its late closing event then dropped).
+    lagging = "ETHUSDT"
+    real = RestClient.klines
+
+    async def lagging_klines(self: RestClient, symbol: str, interval: str, **kw: Any) -> list[list[Any]]:
+        rows = await real(self, symbol, interval, **kw)
+        if symbol != lagging:
+            return rows
+        now = self.clock.now_ms()
+        return [r for r in rows if int(r[6]) + 15_000 <= now]  # closed 15 s ago at least
+
+    monkeypatch.setattr(RestClient, "klines", lagging_klines)
+    faults = FaultConfig(ws_close_delay_s=20.0)  # every closing event 20 s late: REST is asked first
+    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6}, faults=faults)) as sim:
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        assert lagging in live
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=8, grace_s=5.0, history=5),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=90)
+        wm = _assert_truth(sim, tmp_path, "1m", live)
+    feed = summary["feeds"][0]
+    assert feed["rest_absent"] == 0
+    assert wm >= int(lake_frame(tmp_path, TT, "1m")["t"].min()) + 10 * M
