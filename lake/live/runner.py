@@ -371,6 +371,10 @@ class LiveRunner:
                 await feed.offsets.build_pending()
             feed.writer.close()
             log.info("%s: stopped; watermark %s", feed.name, iso(feed.published))
+        # alerts raised by the flush above go out before run() closes the alerter's session
+        late = [t for t in self._tasks if not t.done()]
+        if late:
+            await asyncio.wait(late, timeout=self.alerter.timeout + 5.0)
 
     # -- exchangeInfo ------------------------------------------------------------------------------
     async def _snapshot(self, market: str, max_age_ms: int) -> ExchangeSnapshot:
