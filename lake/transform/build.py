@@ -8,7 +8,8 @@ in ``[a − (T − B), b + T − B)``. A change that only appends candles (or li
 new file of the offsets tail (lake/transform/tail.py) and the period files stay as they are. Any other
 change is merged into the period files (``data.parquet``: read, merge, compare, write atomically),
 folding the series' tail into them. A file whose content would not change is not written, so a
-second run writes nothing (docs/offsets.md, "Incremental").
+second run writes nothing (docs/offsets.md, "Incremental"). Planning, which decides per series what
+to recompute, is lake/transform/planning.py.
 
 Work runs in batches of symbols (about ``batch_rows`` base rows each), so memory stays bounded
 whatever the size of the lake, as a pipeline: a reader thread reads and fingerprints the next batch,
@@ -19,10 +20,8 @@ file-system syncs per batch, not two per file).
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime as dt
-import functools
 import itertools
 import os
 import threading
@@ -30,7 +29,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Final, TypeAlias
 
 import numpy as np
@@ -45,26 +44,22 @@ from lake.errors import DataError, NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series, to_lakefs
-from lake.store.paths import DATA_FILE, PartitionKey, partition_end, partition_period, series_dir
+from lake.store.paths import DATA_FILE, PartitionKey, partition_period
 from lake.transform import tail as offsets_tail
 from lake.transform.layout import (
     LEGACY_TAIL_FILE,
     OffsetPartition,
     offsets_period,
-    period_end,
-    period_start,
     table_dir,
 )
 from lake.transform.layout import series_dir as offsets_series_dir
 from lake.transform.manifest import (
     Series,
-    last_open,
     load_manifest,
-    pack_days,
     save_manifest,
-    unpack_days,
 )
 from lake.transform.offsets import OffsetPlan, Resampled, offset_plan, resample_arrays
+from lake.transform.planning import CHUNK_ROWS, Fingerprints, Work, fingerprints, plan_all, scan_coded
 from lake.transform.tail import BIN_SCHEMA, GRACE_S, Layer, TailState, arrow_column
 
 __all__ = ["BuildResult", "build_offsets", "default_base", "scan_offsets"]
@@ -80,15 +75,10 @@ _OFFSETS_HIVE = {
 _SAVE_EVERY_S = 30.0
 _BATCH_SYMBOLS = 32
 _TAIL_BATCH_SYMBOLS = 512
-_PLAN_PARTITIONS = 256  # changed base partitions planning reads in one scan (~2M rows of 5m)
 _FILES = (DATA_FILE, LEGACY_TAIL_FILE)
-# How far a series' tail may reach (from its start to the last base day) before a run folds it into
-# the period files, by the period of those files: about 770 bins per offset and series either way.
-_TAIL_MAX_MS = {"year": 32 * MS_PER_DAY, "month": 8 * MS_PER_DAY}
 # A run writes its tail bins as one file, or one per this many bins (memory stays bounded).
 _LAYER_ROWS = 2_000_000
 _I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
-_CHUNK_ROWS = 100_000
 # period boundaries (ms) for a vectorised "which file period": numpy's calendar casts are ~20× slower
 _YEAR_STARTS = np.arange("1970", "2200", dtype="datetime64[Y]").astype("datetime64[ms]").astype(np.int64)
 _MONTH_STARTS = (
@@ -126,56 +116,6 @@ class BuildResult:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
-
-
-@dataclass(slots=True)
-class _Work:
-    symbol: str
-    tokens: dict[str, str]
-    read: list[str]  # base partition dates to read
-    lo: int | None  # recompute bins opening in [lo, hi); None: unbounded
-    hi: int | None
-    changed: int
-    drop_offsets: list[str] = field(default_factory=list)  # offsets built before a --rebuild
-    days: dict[str, str] = field(default_factory=dict)  # packed day fingerprints known at planning
-    # a tail run: the bins opening in [lo, ∞) go to the tail, the period files stay as they are
-    tail: bool = False
-    # otherwise, the series' tail from here on is folded into its period files: the tail layers from
-    # ``tail_start`` on, and the per-period tail.parquet files of an older lake from ``legacy_from``
-    tail_start: int | None = None
-    legacy_from: int | None = None
-    data_end: int | None = None  # end (ms) of the base data, before or after the run, whichever later
-    # a tail run's base candles from ``lo`` on, when planning read all of them (no second read):
-    # row ranges of planning's frames
-    cached: list[_Rows] | None = None
-
-    @property
-    def fold_from(self) -> int | None:
-        froms = [f for f in (self.tail_start, self.legacy_from) if f is not None]
-        return min(froms) if froms else None
-
-    def periods(self, target: Interval) -> list[dt.date] | None:
-        """The file periods this run may rewrite, or ``None`` for all (a full recompute lists them)."""
-        if self.lo is None or self.data_end is None:
-            return None
-        spans = [(self.lo, self.data_end if self.hi is None else self.hi)]
-        if self.fold_from is not None:
-            spans.append((self.fold_from, self.data_end))
-        out: set[dt.date] = set()
-        for a, b in spans:
-            p = period_start(target, a)
-            while a < b:
-                out.add(p)
-                p = period_end(target, p)
-                a = _day_ms(p)
-        return sorted(out)
-
-    def touches(self, start_ms: int, end_ms: int) -> bool:
-        """Whether this run rewrites files of the period ``[start_ms, end_ms)``."""
-        fold_from = self.fold_from
-        if fold_from is not None and end_ms > fold_from:
-            return True
-        return (self.lo is None or end_ms > self.lo) and (self.hi is None or start_ms < self.hi)
 
 
 def default_base(lfs: LakeFS, trade_type: str, target: Interval, symbols: Sequence[str] | None) -> str:
@@ -236,8 +176,8 @@ def build_offsets(
         if syms is None:
             listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
             syms = sorted(listed | {s for s, st in manifest.items() if st.base == plan.base.name})
-        by_offsets: dict[tuple[int, ...], list[_Work]] = {}
-        for w, ks in _plan_all(lfs, tt.name, plan, syms, manifest, rebuild, fold, tail.starts, workers):
+        by_offsets: dict[tuple[int, ...], list[Work]] = {}
+        for w, ks in plan_all(lfs, tt.name, plan, syms, manifest, rebuild, fold, tail.starts, workers):
             if w is not None:
                 by_offsets.setdefault(ks, []).append(w)
         jobs = [
@@ -302,14 +242,14 @@ class _Run:
         self.layer_parts: list[pl.DataFrame] = []
         self.layer_rows = 0
         self.cover: dict[str, int] = {}
-        self.deferred: list[tuple[OffsetPlan, _Work, dict[str, str]]] = []
+        self.deferred: list[tuple[OffsetPlan, Work, dict[str, str]]] = []
 
-    def execute(self, jobs: list[tuple[OffsetPlan, list[_Work]]], workers: int, grace_s: float) -> None:
+    def execute(self, jobs: list[tuple[OffsetPlan, list[Work]]], workers: int, grace_s: float) -> None:
         total = sum(len(batch) for _, batch in jobs)
         if jobs:
             offsets_tail.ensure_tail(self.lfs, self.trade_type, self.interval)
         last_save = time.monotonic()
-        writes: deque[tuple[OffsetPlan, list[_Work], _Fingerprints, Future[list[_Outcome]]]] = deque()
+        writes: deque[tuple[OffsetPlan, list[Work], Fingerprints, Future[list[_Outcome]]]] = deque()
         with (
             ThreadPoolExecutor(1) as reader,
             ThreadPoolExecutor(1) as writer,
@@ -339,14 +279,14 @@ class _Run:
         self.outcomes["removed"] += offsets_tail.cleanup(self.lfs, state, grace_s)
 
     def _load(
-        self, plan: OffsetPlan, batch: list[_Work]
-    ) -> tuple[pl.DataFrame, _Fingerprints, pl.DataFrame | None]:
+        self, plan: OffsetPlan, batch: list[Work]
+    ) -> tuple[pl.DataFrame, Fingerprints, pl.DataFrame | None]:
         base = _read_base(self.lfs, self.trade_type, plan, batch)
         # a tail run's partitions were fingerprinted at planning (or did not change), and are read
         # from its lo on only
         tails = [i for i, w in enumerate(batch) if w.tail]
         rows = base.filter(~pl.col("_sym").is_in(tails)) if tails else base
-        prints = _fingerprints(rows, plan.base, [w.symbol for w in batch])
+        prints = fingerprints(rows, plan.base, [w.symbol for w in batch])
         folds = [w.symbol for w in batch if w.tail_start is not None]
         return base, prints, self.tail.read_bins(self.lfs, folds) if folds else None
 
@@ -369,7 +309,7 @@ class _Run:
     def _submit(
         self,
         plan: OffsetPlan,
-        batch: list[_Work],
+        batch: list[Work],
         base: pl.DataFrame,
         tail_bins: pl.DataFrame | None,
         pool: ThreadPoolExecutor,
@@ -419,8 +359,8 @@ class _Run:
     def _finish(
         self,
         plan: OffsetPlan,
-        batch: list[_Work],
-        fingerprints: _Fingerprints,
+        batch: list[Work],
+        fingerprints: Fingerprints,
         written: Future[list[_Outcome]],
         total: int,
     ) -> None:
@@ -439,7 +379,7 @@ class _Run:
         if self.progress is not None:
             self.progress(self.done, total)
 
-    def _record(self, plan: OffsetPlan, w: _Work, prints: dict[str, str]) -> None:
+    def _record(self, plan: OffsetPlan, w: Work, prints: dict[str, str]) -> None:
         old = self.manifest.get(w.symbol)
         days = {d: v for d, v in (old.days if old is not None else {}).items() if d in w.tokens}
         days.update(w.days)
@@ -466,292 +406,14 @@ class _Run:
 # -- planning ------------------------------------------------------------------------------------
 
 
-def _plan_all(
-    lfs: LakeFS,
-    trade_type: str,
-    plan: OffsetPlan,
-    syms: list[str],
-    manifest: dict[str, Series],
-    rebuild: bool,
-    fold: bool,
-    tail_starts: dict[str, int],
-    workers: int,
-) -> Iterator[tuple[_Work | None, tuple[int, ...]]]:
-    """Plan every series: list and stat its base partitions, then read the changed ones in scans of
-    about ``_PLAN_PARTITIONS`` partitions and fingerprint their days (not one read each)."""
-    if lfs.is_local:  # a stat is microseconds: threads would only fight over the GIL (~20× slower)
-        tokens = [_base_tokens(lfs, trade_type, plan.base.name, s) for s in syms]
-    else:  # an object store answers in milliseconds: ask in parallel
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            tokens = list(pool.map(lambda s: _base_tokens(lfs, trade_type, plan.base.name, s), syms))
-    names = {k: plan.name(k) for k in range(plan.n)}
-    chunk: list[tuple[str, dict[str, str]]] = []
-    wanted: list[tuple[str, str]] = []
-    for i, (sym, tok) in enumerate(zip(syms, tokens, strict=True)):
-        chunk.append((sym, tok))
-        wanted += [(sym, d) for d in _to_read(manifest.get(sym), tok)]
-        if len(wanted) >= _PLAN_PARTITIONS or i == len(syms) - 1:  # bounded memory
-            read = _read_partitions(lfs, trade_type, plan.base, wanted)
-            for s, t in chunk:
-                yield _plan_series(
-                    plan, names, s, manifest.get(s), rebuild, fold, t, read, tail_starts.get(s)
-                )
-            chunk, wanted = [], []
-
-
-def _to_read(state: Series | None, tokens: dict[str, str]) -> list[str]:
-    """The changed base partitions whose days planning compares (an unchanged series: none)."""
-    if state is None:
-        return []
-    return [
-        d
-        for d, tok in tokens.items()
-        if tok != state.partitions.get(d) and (d in state.days or d not in state.partitions)
-    ]
-
-
-@dataclass(frozen=True, slots=True)
-class _Rows:
-    """Rows ``[a, b)`` of a frame planning read, ordered by time (kline value columns; ``times``:
-    open times, ms; ``hashes``: the rows' hashes as fingerprinted, by chunks of whole partitions)."""
-
-    frame: pl.DataFrame
-    times: np.ndarray
-    hashes: _Hashes
-    a: int
-    b: int
-
-    def since(self, t_ms: int) -> _Rows:
-        at = self.a + int(np.searchsorted(self.times[self.a : self.b], t_ms))
-        return _Rows(self.frame, self.times, self.hashes, at, self.b)
-
-    def fingerprint(self, start_ms: int, last_ms: int) -> int:
-        """The fingerprint of the rows opening in ``[start_ms, last_ms]``, as of a day's rows."""
-        times = self.times[self.a : self.b]
-        i = self.a + int(np.searchsorted(times, start_ms, side="left"))
-        j = self.a + int(np.searchsorted(times, last_ms, side="right"))
-        return _print(self.hashes.sum(i, j), j - i)
-
-
-@dataclass(slots=True)
-class _Hashes:
-    """Row hashes of a frame as chunks (first row, hashes), each a run of whole series."""
-
-    chunks: list[tuple[int, np.ndarray]] = field(default_factory=list)
-
-    def sum(self, i: int, j: int) -> int:
-        """The wrapped uint64 sum of the hashes of rows ``[i, j)`` (rows of one series)."""
-        at = bisect.bisect_right([a for a, _ in self.chunks], i) - 1
-        a, h = self.chunks[at]
-        return int(h[i - a : j - a].sum(dtype=np.uint64))
-
-
-def _read_partitions(
-    lfs: LakeFS, trade_type: str, base: Interval, wanted: list[tuple[str, str]]
-) -> dict[tuple[str, str], tuple[str, _Rows]]:
-    """Packed day fingerprints and rows of base partitions (symbol, date), read in one scan."""
-    if not wanted:
-        return {}
-    paths = [
-        lfs.url(PartitionKey("klines", trade_type, base.name, s, dt.date.fromisoformat(d)).path)
-        for s, d in wanted
-    ]
-    frame = _scan_coded(lfs, paths, list(range(len(paths)))).collect()  # files (codes) in order
-    rising = (pl.col("candle_begin_time").to_physical().diff() > 0) | (pl.col("_sym").diff() != 0)
-    if not frame.select(rising.fill_null(True).all()).item():
-        frame = frame.sort("_sym", "candle_begin_time")  # a file not written by lake: rows in order
-    keys = [f"{i}" for i in range(len(wanted))]  # one code per partition
-    hashes = _Hashes()
-    prints = _fingerprints(frame, base, keys, hashes)
-    code = frame["_sym"].to_numpy()
-    starts = [0, *(np.flatnonzero(code[1:] != code[:-1]) + 1).tolist()]
-    ends = [*starts[1:], len(code)]
-    rows = frame.drop("_sym")
-    times = rows["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch, no copy
-    out = {}
-    for a, b in zip(starts, ends, strict=True):
-        s, d = wanted[int(code[a])]
-        out[(s, d)] = (prints.get(keys[int(code[a])], {}).get(d, ""), _Rows(rows, times, hashes, a, b))
-    return out
-
-
-def _scan_coded(lfs: LakeFS, paths: list[str], codes: list[int]) -> pl.LazyFrame:
-    """One scan of base partition files (in the order given): ``_sym`` (each file's code) and the
-    kline value columns. One multi-file scan reads ~2× faster than a concatenation of scans, and the
-    path column is turned into codes through an enum (a string lookup per row costs as much again)."""
-    columns = [pl.col(c).cast(OFFSET_SCHEMA[c]) for c in OFFSET_SCHEMA if c != "n_base"]
-    return pl.scan_parquet(
-        paths,
-        glob=False,  # exact paths: a root named "data [old]" is not a pattern
-        include_file_paths="_path",
-        storage_options=lfs.storage_options or None,
-    ).select(
-        pl.lit(pl.Series(codes, dtype=pl.UInt32))
-        .gather(pl.col("_path").cast(pl.Enum(paths)).to_physical())
-        .alias("_sym"),
-        *columns,
-    )
-
-
-def _plan_series(
-    plan: OffsetPlan,
-    names: dict[int, str],
-    symbol: str,
-    state: Series | None,
-    rebuild: bool,
-    fold: bool,
-    tokens: dict[str, str],
-    prefetched: dict[tuple[str, str], tuple[str, _Rows]],
-    tail_start: int | None,
-) -> tuple[_Work | None, tuple[int, ...]]:
-    drop: list[str] = []
-    if state is not None and (state.base != plan.base.name or state.method != plan.method or rebuild):
-        if not rebuild:
-            raise ValidationError(
-                f"{symbol} {plan.target.name} offsets were built from {state.base} with method "
-                f"{state.method!r}; pass rebuild to recompute them from {plan.base.name} with {plan.method!r}"
-            )
-        drop = state.offsets
-        state = None
-    legacy = state.legacy_tail_from if state is not None else None
-    ks = set(plan.offsets)
-    if state is not None:  # offsets built before stay maintained
-        by_name = {n: k for k, n in names.items()}
-        ks |= {by_name[n] for n in state.offsets if n in by_name}
-    keys = tuple(sorted(ks))
-    kept = [names[k] for k in keys]
-    if state is None or sorted(state.offsets) != sorted(kept):
-        if not tokens and state is None and not drop:
-            return None, keys
-        drop = [o for o in drop if o not in kept]
-        return _Work(
-            symbol,
-            tokens,
-            sorted(tokens),
-            None,
-            None,
-            len(tokens),
-            drop,
-            tail_start=tail_start,
-            legacy_from=legacy,
-        ), keys
-    changed = [d for d in tokens.keys() | state.partitions.keys() if tokens.get(d) != state.partitions.get(d)]
-    old_end = _data_end(state.days, plan.base)
-    if not changed:
-        if legacy is None and not (fold and tail_start is not None):
-            return None, keys
-        # any run but a tail run folds the series' tail into its period files; this one only that
-        w = _Work(symbol, tokens, [], 0, 0, 0, tail_start=tail_start, legacy_from=legacy)
-        w.data_end = old_end
-        return w, keys
-    spans: list[tuple[int, int]] = []
-    known: dict[str, str] = {}
-    frames: dict[str, _Rows] = {}
-    for d in changed:
-        # a new partition had no rows; one from an old manifest without fingerprints counts as whole
-        old_days = state.days.get(d, None if d in state.partitions else "")
-        if d not in tokens or old_days is None:
-            spans.append(_span(plan.base, d))
-            continue
-        new_days, stored = prefetched.get((symbol, d), ("", None))  # (none: gone since listed)
-        known[d] = new_days
-        if stored is not None:
-            frames[d] = stored
-        if new_days == old_days:
-            continue
-        new, old = unpack_days(new_days), unpack_days(old_days)
-        for day in new.keys() | old.keys():
-            n, o = new.get(day), old.get(day)
-            if n is not None and o is not None and n[0] == o[0]:
-                continue
-            start = day * MS_PER_DAY
-            # candles added to a day (a live period): if its rows up to the old last candle are the
-            # old ones, the change starts after it
-            if n is not None and o is not None and stored is not None:
-                (_, new_last), (old_print, old_last) = n, o
-                added = new_last is not None and old_last is not None and new_last > old_last
-                if added and old_last is not None and stored.fingerprint(start, old_last) == old_print:
-                    start = old_last + plan.base_ms
-            spans.append((start, (day + 1) * MS_PER_DAY))
-    after = {d: known.get(d, state.days.get(d, "")) for d in tokens}
-    end = _data_end(after, plan.base)
-    data_end = max(end or 0, old_end or 0) or None
-    if not spans:  # rewritten with the same rows: only the change tokens move
-        w = _Work(symbol, tokens, [], 0, 0, len(changed), days=known)
-        if legacy is not None or (fold and tail_start is not None):
-            w.tail_start, w.legacy_from, w.data_end = tail_start, legacy, data_end
-        return w, keys
-    a = min(x for x, _ in spans)
-    b = max(y for _, y in spans)
-    reach = plan.target_ms - plan.base_ms
-    lo, hi = a - reach, b
-    # A tail run: the change only adds candles after every stored one (an appended day: no stored bin
-    # opens at or after lo) or lies inside the tail, and the tail stays within _TAIL_MAX_MS. The bins
-    # from lo on go to a new tail layer; the period files (all bins before the tail start) stay.
-    tail_from = tail_start
-    if tail_from is None and old_end is not None and a >= old_end:
-        tail_from = lo
-    limit = _TAIL_MAX_MS[offsets_period(plan.target)]
-    if (
-        not fold
-        and legacy is None
-        and tail_from is not None
-        and lo >= tail_from
-        and end is not None
-        and end - tail_from <= limit
-    ):
-        read = [d for d in sorted(tokens) if _span(plan.base, d)[1] > lo]
-        # (each partition read either fingerprinted at planning or unchanged: no fingerprints to take)
-        if all(d in known or tokens[d] == state.partitions.get(d) for d in read):
-            w = _Work(symbol, tokens, read, lo, None, len(changed), days=known, tail=True)
-            if all(d in frames for d in read):
-                w.cached = [frames[d].since(lo) for d in read]
-            return w, keys
-    # otherwise the bins of [lo, hi) are merged into the period files, and a tail is folded into them
-    read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]
-    w = _Work(
-        symbol, tokens, read, lo, hi, len(changed), days=known, tail_start=tail_start, legacy_from=legacy
-    )
-    w.data_end = data_end
-    return w, keys
-
-
-def _data_end(days: dict[str, str], base: Interval) -> int | None:
-    """End (ms) of the last base candle (or of its UTC day, when its time is not known), from the
-    packed day fingerprints of each base partition (the latest partition decides; one without
-    fingerprints counts to its end); ``None`` when there are none."""
-    if not days:
-        return None
-    part = max(days)
-    got = last_open(days[part]) if days[part] else None
-    if got is None:
-        return _span(base, part)[1]
-    day, last = got
-    assert base.ms is not None
-    return (day + 1) * MS_PER_DAY if last is None else last + base.ms
-
-
-def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[str, str]:
-    """Change token of every stored base partition of one series, by partition date."""
-    sdir = series_dir("klines", trade_type, base, symbol)
-    out: dict[str, str] = {}
-    for name in lfs.listdir(sdir):
-        if not name.startswith("date="):
-            continue
-        token = lfs.mtime_key(f"{sdir}/{name}/{DATA_FILE}")
-        if token is not None:
-            out[name[5:]] = token
-    return out
-
-
-def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[list[_Work]]:
+def _batches(items: list[Work], batch_rows: int, plan: OffsetPlan) -> Iterator[list[Work]]:
     """Groups of series of about ``batch_rows`` base rows (estimated from partition counts, or known
     for a tail run's cached rows), and at most ``_BATCH_SYMBOLS`` series that rewrite period files (a
     batch's encoded files wait in memory for their write). Tail runs write a few small files per
     series, so up to ``_TAIL_BATCH_SYMBOLS`` of them share a batch and its two file-system syncs."""
     days = {"day": 1, "month": 31, "year": 366}[partition_period(plan.base)]
     per_partition = days * MS_PER_DAY // plan.base_ms
-    batch: list[_Work] = []
+    batch: list[Work] = []
     rows = weight = 0
     for w in items:
         batch.append(w)
@@ -767,7 +429,7 @@ def _batches(items: list[_Work], batch_rows: int, plan: OffsetPlan) -> Iterator[
 # -- one batch -----------------------------------------------------------------------------------
 
 
-def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work]) -> pl.DataFrame:
+def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]) -> pl.DataFrame:
     """The base candles a batch needs: ``_sym`` (the series' index in ``batch``) and the kline value
     columns, ordered by series then time. A tail run needs the candles from its ``lo`` on only (its
     partitions' fingerprints are known from planning), so its files are read with that filter: the
@@ -794,7 +456,7 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work
         ]
         if not files:
             continue
-        scan = _scan_coded(lfs, [f for f, _ in files], [i for _, i in files])
+        scan = scan_coded(lfs, [f for f, _ in files], [i for _, i in files])
         if tail:  # a constant bound, which the reader applies before materialising the other columns
             lo = min(batch[i].lo or 0 for _, i in files)
             scan = scan.filter(
@@ -807,9 +469,9 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[_Work
     return out if len(scans) == 1 else out.sort("_sym", "candle_begin_time")
 
 
-def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) -> list[Resampled]:
+def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[Work]) -> list[Resampled]:
     """All offsets of a batch's series, restricted to the bins each series recomputes, in chunks of
-    whole series of about ``_CHUNK_ROWS`` base rows (working arrays that stay in cache and are reused
+    whole series of about ``CHUNK_ROWS`` base rows (working arrays that stay in cache and are reused
     by the allocator, instead of fresh gigabyte-sized ones: ~1.5-8× faster)."""
     sym = base["_sym"].to_numpy().astype(np.int64)
     t = base["candle_begin_time"].dt.epoch("ms").to_numpy()
@@ -823,7 +485,7 @@ def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) ->
     hi = np.array([_I64_MAX if w.hi is None else w.hi for w in batch], dtype=np.int64)
     cuts = [0]
     for at in np.flatnonzero(np.diff(sym)).tolist():
-        if at + 1 - cuts[-1] >= _CHUNK_ROWS:
+        if at + 1 - cuts[-1] >= CHUNK_ROWS:
             cuts.append(at + 1)
     cuts.append(len(t))
     out = []
@@ -842,7 +504,7 @@ def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[_Work]) ->
 
 
 def _split_files(
-    chunks: list[Resampled], plan: OffsetPlan, batch: list[_Work]
+    chunks: list[Resampled], plan: OffsetPlan, batch: list[Work]
 ) -> dict[tuple[str, str], dict[dt.date, pa.Table]]:
     """Bins by (symbol, offset) and file period, as zero-copy slices of Arrow tables (a chunk's bins
     come ordered by offset, symbol and time, and a series is in one chunk)."""
@@ -882,7 +544,7 @@ def _select(r: Resampled, keep: np.ndarray) -> Resampled:
     return Resampled(r.which[keep], r.sym[keep], r.start[keep], {c: v[keep] for c, v in r.columns.items()})
 
 
-def _layer_rows(chunks: list[Resampled], plan: OffsetPlan, batch: list[_Work]) -> pl.DataFrame:
+def _layer_rows(chunks: list[Resampled], plan: OffsetPlan, batch: list[Work]) -> pl.DataFrame:
     """Tail-run bins as rows of a tail file (``BIN_SCHEMA``)."""
     if not chunks:
         return pl.DataFrame(schema=BIN_SCHEMA)
@@ -931,11 +593,10 @@ class _Outcome:
 
 
 _Pending: TypeAlias = "Future[list[_Outcome]] | _Outcome"  # encodings in the pool, or a removal
-_Fingerprints: TypeAlias = dict[str, dict[str, str]]  # symbol -> partition -> packed day prints
 
 
 def _period_files(
-    lfs: LakeFS, part: OffsetPartition, new: pa.Table | None, w: _Work, tail: pl.DataFrame | None
+    lfs: LakeFS, part: OffsetPartition, new: pa.Table | None, w: Work, tail: pl.DataFrame | None
 ) -> list[_Outcome]:
     """The new content of one period file (encoded, not written): its old bins outside ``[lo, hi)``
     (and before the tail start, when the series' tail is folded), the tail's bins of the period
@@ -1097,81 +758,3 @@ def _is_date_dir(name: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _fingerprints(
-    df: pl.DataFrame, base: Interval, symbols: Sequence[str], hashes: _Hashes | None = None
-) -> _Fingerprints:
-    """Per symbol, per base partition: a fingerprint of each UTC day's rows (values included) and the
-    open time of its last candle, packed (``pack_days``); ``hashes``, if given, receives the rows'
-    hashes.
-
-    ``df`` has the series' index in ``symbols`` as ``_sym``, ordered by series. Fingerprints only ever
-    compare with ones this code wrote; a Polars upgrade that changes row hashing makes every day look
-    changed once (a full recompute), never a day look unchanged.
-    """
-    out: _Fingerprints = {}
-    if df.height == 0:
-        return out
-    # whole series at a time, about _CHUNK_ROWS rows each: arrays that fresh would cost more in page
-    # faults than in arithmetic (a cold incremental run spent 0.3 s of system time in them)
-    sym = df["_sym"].to_numpy()
-    cuts = [0]
-    for at in (np.flatnonzero(sym[1:] != sym[:-1]) + 1).tolist():
-        if at - cuts[-1] >= _CHUNK_ROWS:
-            cuts.append(at)
-    cuts.append(df.height)
-    for a, b in itertools.pairwise(cuts):
-        h = _fingerprint_rows(df.slice(a, b - a), base, symbols, out)
-        if hashes is not None:
-            hashes.chunks.append((a, h))
-    return out
-
-
-def _print(hash_sum: int, rows: int) -> int:
-    """A day's fingerprint from the wrapped uint64 sum of its rows' hashes and their number."""
-    return (hash_sum ^ (rows << 1)) & ((1 << 63) - 1)
-
-
-def _fingerprint_rows(
-    df: pl.DataFrame, base: Interval, symbols: Sequence[str], out: _Fingerprints
-) -> np.ndarray:
-    """Fingerprints of the rows of whole series into ``out``; returns the rows' hashes (in their order)."""
-    cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
-    # integer day numbers, not calendar truncation on every row; rows come ordered by (series, time),
-    # so a day's rows are one run and the hashes are summed per run (uint64 sums wrap, as Polars' do)
-    code = df["_sym"].to_numpy().astype(np.int64)
-    t = df["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch
-    day = t // MS_PER_DAY
-    h = row_hashes = df.select(cols).hash_rows(seed=17).to_numpy()
-    if len(t) > 1 and not np.all((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (t[1:] > t[:-1]))):
-        order = np.lexsort((t, code))  # by series, then time
-        code, t, day, h = code[order], t[order], day[order], h[order]
-    key = code * (1 << 32) + day
-    starts = np.flatnonzero(np.diff(key, prepend=key[0] - 1))
-    ends = np.append(starts[1:], len(key))
-    sums = np.add.reduceat(h, starts)
-    counts = (ends - starts).astype(np.uint64)
-    prints = ((sums ^ (counts << np.uint64(1))) & np.uint64((1 << 63) - 1)).astype(np.int64)
-    codes, days, lasts = code[starts], day[starts], t[ends - 1]
-    # the base partition of each day, and runs of days of one (series, partition)
-    unit = {"day": "D", "month": "M", "year": "Y"}[partition_period(base)]
-    part = days.astype("datetime64[D]").astype(f"datetime64[{unit}]").astype("datetime64[D]")
-    new = np.ones(len(days), dtype=bool)
-    new[1:] = (codes[1:] != codes[:-1]) | (part[1:] != part[:-1])
-    runs = np.flatnonzero(new).tolist()
-    for a, b in zip(runs, [*runs[1:], len(days)], strict=True):
-        packed = pack_days(days[a:b], prints[a:b], lasts[a:b])
-        out.setdefault(symbols[int(codes[a])], {})[str(part[a])] = packed
-    return row_hashes
-
-
-@functools.lru_cache(maxsize=4096)
-def _span(base: Interval, date: str) -> tuple[int, int]:
-    """``[start, end)`` in ms of the base partition ``date=<date>``."""
-    d = dt.date.fromisoformat(date)
-    return _day_ms(d), _day_ms(partition_end(base, d))
-
-
-def _day_ms(d: dt.date) -> int:
-    return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC).timestamp() * 1000)
