@@ -190,3 +190,43 @@ async def test_alerts_raised_while_shutting_down_are_delivered(
         await hook.cleanup()
     assert [p["title"] for p in posts] == [f"{TT} 1m: compaction failed for 1 symbols"]
     assert "disk full" in posts[0]["text"] and summary["alerts"]["sent"] == 1
+
+
+async def test_halt_then_trading_again(tmp_path: Path) -> None:
+    # A symbol leaves TRADING for a few minutes (spot BREAK/HALT; here the simulator's CLOSE) and
+    # comes back: unsubscribed meanwhile (the watermark does not wait for it), then caught up from
+    # its last stored candle: no hole, the halted minutes hold no candle.
+    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6})) as sim:
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        halted = live[0]
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=12, grace_s=5.0, history=3),
+        )
+        spans: list[int] = []
+
+        async def scenario() -> None:
+            feed = runner.feeds[0]
+            await _until(lambda: feed.stats.periods_checked >= 2, 60)
+            spans.append(
+                sim.control_faults({"delist": [{"market": "um", "symbol": halted}]})[0]["segments"][-1][1]
+            )
+            await _until(lambda: halted not in feed.live, 60)
+            await _until(lambda: sim.clock.now_ms() >= spans[0] + 2 * M, 60)
+            sim.control_faults({"list": [{"market": "um", "symbol": halted}]})
+
+        play = asyncio.create_task(scenario())
+        try:
+            summary = await asyncio.wait_for(runner.run(), timeout=90)
+        finally:
+            play.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await play
+        wm = _assert_truth(sim, tmp_path, "1m", live)
+        back = sim.market.info("um", halted).segments[-1][0]
+    feed = summary["feeds"][0]
+    assert feed["delisted"] == 1 and feed["listed"] == 1
+    assert wm >= back + 2 * M
+    rows = lake_frame(tmp_path, TT, "1m").filter(pl.col("symbol") == halted)
+    assert rows.filter(pl.col("t").is_between(spans[0], back - 1)).height == 0
+    assert rows.filter(pl.col("t") >= back).height == (wm - back) // M + 1
