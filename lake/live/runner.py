@@ -66,6 +66,7 @@ _CLOSE_MARGIN_MS = 1_000
 # may lag as much. A slot written off sooner would also drop its late closing event (the book counts
 # it done), a hole for good.
 _ABSENT_SETTLE_MS = 30_000
+_REPAIR_PAUSE_MAX_S = 60.0  # the longest pause between two repair rounds of an incomplete period
 
 
 def _transient(exc: BaseException) -> bool:
@@ -833,7 +834,11 @@ class LiveRunner:
             if feed.now_ms() >= deadline:
                 return
             if still:
-                pause = min(feed.client.clock.real_seconds(feed.iv_ms / 4), 0.5 * 2**attempt)
+                # doubling, but at most a minute (or a quarter period, for short intervals): on 1h
+                # and 1d feeds a quarter period alone let an outage's recovery wait 15 min / 6 h
+                pause = min(
+                    feed.client.clock.real_seconds(feed.iv_ms / 4), _REPAIR_PAUSE_MAX_S, 0.5 * 2**attempt
+                )
             elif settling:  # asked again once the first of them is old enough (or its candle came)
                 due = min(t for _s, t in settling) + feed.iv_ms + _ABSENT_SETTLE_MS
                 pause = max(0.05, feed.client.clock.real_seconds(due - feed.now_ms()))
