@@ -26,13 +26,17 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """Start ``moto_server`` and yield its endpoint URL; stopped on exit."""
+def moto_server(env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start ``moto_server`` (with ``env`` added to its environment) and yield its endpoint URL;
+    stopped on exit."""
     port = _free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
     cmd = [exe] if os.path.exists(exe) else [sys.executable, "-m", "moto.server"]
     proc = subprocess.Popen(
-        [*cmd, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [*cmd, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -157,7 +157,9 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
     if not lfs.is_local:
         # DuckDB reads object stores through the lake's own fsspec file system (s3fs …), so no
-        # httpfs extension download is needed and credentials come from the same place.
+        # httpfs extension download is needed and credentials come from the same place. Its
+        # listing cache never expires: dropped here, so a new connection sees new files.
+        lfs.fs.invalidate_cache()
         con.register_filesystem(lfs.fs)
     con.execute("SET VARIABLE lake_root = ?", [glob_escape(lfs.url_root)])
     empty = []

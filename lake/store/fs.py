@@ -12,6 +12,15 @@ one writing machine at a time: the first write of a process takes a *writer leas
 host refuses to write while a live lease is held by someone else. Readers are unaffected.
 Configure S3 access with the standard AWS variables (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` …),
 which s3fs, Polars and DuckDB all read.
+
+s3fs caches listings and never expires them, so a long-running process (``lake live``, a
+notebook) would not see what another process wrote: ``listdir``, ``exists`` and ``mtime_key`` drop
+the cached entries of their path first, and ``lake.connect`` drops the whole cache when it binds
+the views. (Turning the cache off instead makes DuckDB's reads over many files several times
+slower: each file opened lists its directory again.) Store
+failures are translated at this boundary: a missing bucket or refused credentials are a
+``ConfigError`` (exit 2), an unreachable endpoint an ``UpstreamError`` (exit 3), each naming the
+root and never a credential.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import ctypes
 import ctypes.util
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import socket
@@ -33,7 +43,7 @@ from typing import Any
 
 import fsspec
 
-from lake.errors import ConfigError, LockTimeoutError
+from lake.errors import ConfigError, LakeError, LockTimeoutError, UpstreamError
 
 __all__ = ["LEASE_PATH", "LakeFS", "host_id"]
 
@@ -79,6 +89,20 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _botocore_errors() -> tuple[tuple[type[Exception], ...], tuple[type[Exception], ...]]:
+    """(missing-credentials errors, other client errors) of botocore, which s3fs lets through
+    untranslated; empty when botocore is not installed."""
+    try:
+        exc = importlib.import_module("botocore.exceptions")
+    except ImportError:
+        return (), ()
+    return (exc.NoCredentialsError, exc.PartialCredentialsError), (exc.BotoCoreError,)
+
+
+_NO_CREDENTIALS, _CLIENT_ERRORS = _botocore_errors()
+_UNREACHABLE: tuple[type[Exception], ...] = (*_CLIENT_ERRORS, OSError)
 
 
 LEASE_PATH = "_meta/writer-lease.json"
@@ -131,6 +155,7 @@ class LakeFS:
         self.url_root = self.root if self.is_local else f"{self.protocol}://{self.root}"
         self._lease_until = 0.0
         self._lease_mutex = threading.Lock()
+        self._bucket_seen = self.is_local
 
     def __repr__(self) -> str:
         return f"LakeFS({self.url_root!r})"
@@ -150,13 +175,19 @@ class LakeFS:
     def exists(self, rel: str) -> bool:
         if self.is_local:
             return os.path.exists(self.full(rel))
-        return bool(self.fs.exists(self.full(rel)))
+        with self._store_errors():
+            self.fs.invalidate_cache(self.full(rel))
+            found = bool(self.fs.exists(self.full(rel)))
+            if not found:
+                self._check_bucket()
+            return found
 
     def read_bytes(self, rel: str) -> bytes:
         if self.is_local:
             with open(self.full(rel), "rb") as f:
                 return f.read()
-        return bytes(self.fs.cat_file(self.full(rel)))
+        with self._store_errors():
+            return bytes(self.fs.cat_file(self.full(rel)))
 
     def read_bytes_or_none(self, rel: str) -> bytes | None:
         try:
@@ -171,10 +202,13 @@ class LakeFS:
                 return sorted(e.name for e in os.scandir(self.full(rel)))
             except FileNotFoundError:
                 return []
-        try:
-            entries = self.fs.ls(self.full(rel), detail=False)
-        except FileNotFoundError:
-            return []
+        with self._store_errors():
+            try:
+                self.fs.invalidate_cache(self.full(rel))
+                entries = self.fs.ls(self.full(rel), detail=False)
+            except FileNotFoundError:
+                self._check_bucket()
+                return []
         return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def mtime_key(self, rel: str) -> str | None:
@@ -183,7 +217,9 @@ class LakeFS:
             if self.is_local:
                 st = os.stat(self.full(rel))
                 return f"{st.st_mtime_ns}:{st.st_size}"
-            info = self.fs.info(self.full(rel))
+            with self._store_errors():
+                self.fs.invalidate_cache(self.full(rel))
+                info = self.fs.info(self.full(rel))
         except FileNotFoundError:
             return None
         return str(info.get("ETag") or info.get("LastModified") or info.get("mtime")) + f":{info.get('size')}"
@@ -193,8 +229,9 @@ class LakeFS:
         """Replace ``rel`` with ``data`` so that no reader ever sees a partial file."""
         target = self.full(rel)
         if not self.is_local:
-            self._ensure_lease()
-            self.fs.pipe_file(target, data)
+            with self._store_errors():
+                self._ensure_lease()
+                self.fs.pipe_file(target, data)
             return
         directory, name = os.path.split(target)
         tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -255,8 +292,43 @@ class LakeFS:
             if self.is_local:
                 os.unlink(self.full(rel))
             else:
-                self._ensure_lease()
-                self.fs.rm_file(self.full(rel))
+                with self._store_errors():
+                    self._ensure_lease()
+                    self.fs.rm_file(self.full(rel))
+
+    @contextlib.contextmanager
+    def _store_errors(self) -> Iterator[None]:
+        """Translate object-store failures into lake errors naming the root (see module doc);
+        a plain missing object stays a ``FileNotFoundError``."""
+        try:
+            yield
+        except LakeError:
+            raise
+        except FileNotFoundError as exc:
+            self._check_bucket(exc)
+            raise
+        except PermissionError as exc:
+            raise ConfigError(
+                f"lake root {self.url_root}: access denied by the object store ({exc}); check the "
+                "credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the storage options)"
+            ) from exc
+        except _NO_CREDENTIALS as exc:
+            raise ConfigError(f"lake root {self.url_root}: {exc}") from exc
+        except _UNREACHABLE as exc:
+            raise UpstreamError(f"lake root {self.url_root}: cannot reach the object store: {exc}") from exc
+
+    def _check_bucket(self, cause: BaseException | None = None) -> None:
+        """Raise ``ConfigError`` if the root's bucket does not exist (checked until seen once)."""
+        if self._bucket_seen:
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            exists = bool(self.fs.exists(bucket))
+        except FileNotFoundError:
+            exists = False
+        if not exists:
+            raise ConfigError(f"lake root {self.url_root}: bucket {bucket!r} does not exist") from cause
+        self._bucket_seen = True
 
     def _ensure_lease(self) -> None:
         """Refuse to write an object-store lake that another machine is writing (see module doc)."""
