@@ -37,7 +37,7 @@ import polars as pl
 
 from lake.binance.intervals import parse_interval
 from lake.binance.markets import get_trade_type
-from lake.errors import LakeError, NotFoundError
+from lake.errors import ConfigError, LakeError, NotFoundError, ValidationError
 from lake.ingest.backfill import backfill
 from lake.ingest.rest_client import RestClient
 from lake.ingest.universe import ExchangeSnapshot, fetch_exchange_info, universe, write_snapshot
@@ -70,11 +70,14 @@ _REPAIR_PAUSE_MAX_S = 60.0  # the longest pause between two repair rounds of an 
 
 
 def _transient(exc: BaseException) -> bool:
-    """Errors a retry can fix: lake errors (upstream failures, incomplete ranges, lock timeouts) and
-    Polars read errors (a lazy scan meeting a partition that was replaced between its two opens),
-    also when #4's backfill wraps them in an exception group."""
+    """Errors a retry can fix: lake errors (upstream failures, incomplete ranges, lock timeouts, a bad
+    answer) and Polars read errors (a lazy scan meeting a partition that was replaced between its two
+    opens), also when #4's backfill wraps them in an exception group. Not bad settings or input (a
+    bucket gone, credentials refused): retrying those forever would only hide them."""
     if isinstance(exc, BaseExceptionGroup):
         return all(_transient(e) for e in exc.exceptions)
+    if isinstance(exc, (ConfigError, ValidationError, NotFoundError)):
+        return False
     return isinstance(exc, (LakeError, pl.exceptions.PolarsError))
 
 

@@ -221,3 +221,17 @@ async def test_torn_read_in_catchup_is_retried_and_a_bug_is_raised(
         )
         with pytest.raises(RuntimeError, match="a bug"):
             await asyncio.wait_for(runner.run(), timeout=60)
+
+
+def test_catchup_retries_what_a_retry_can_fix_only() -> None:
+    """Upstream trouble, incomplete ranges, bad answers and torn reads are retried by the catch-up;
+    bad settings (a bucket gone, credentials refused) and bad input end the run instead of looping."""
+    from lake.errors import ConfigError, DataError, IncompleteError, ValidationError
+    from lake.live.runner import _transient
+
+    assert _transient(UpstreamError("503")) and _transient(IncompleteError("gaps")) and _transient(DataError("x"))
+    assert _transient(pl.exceptions.ComputeError("torn"))
+    assert not _transient(ConfigError("lake root s3://gone/lake: bucket 'gone' does not exist"))
+    assert not _transient(ValidationError("bad interval")) and not _transient(RuntimeError("bug"))
+    assert _transient(ExceptionGroup("g", [UpstreamError("a"), IncompleteError("b")]))
+    assert not _transient(ExceptionGroup("g", [UpstreamError("a"), ConfigError("b")]))
