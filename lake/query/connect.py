@@ -6,7 +6,9 @@
 The root is bound as a value, never pasted into SQL: ``SET VARIABLE lake_root = ?`` with a prepared
 parameter, and every view reads ``getvariable('lake_root')``. Glob metacharacters in the root are
 escaped (``[`` → ``[[]``) so a directory named ``data [old]`` or ``it's`` still works. Views are bound
-again at each query, so files written after ``connect`` show up.
+again at each query, so files written after ``connect`` show up (locally; on an object store
+s3fs caches listings and a connection may miss objects another process wrote after its first
+query: reconnect, which clears the cache).
 
 ``klines`` includes the candles ``lake live`` keeps in its tail when the tail holds any at
 connect time (the anti-join that makes that exact is not free); a connection opened while no live
