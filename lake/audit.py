@@ -5,13 +5,20 @@ Per (trade type, interval, symbol) the audit reports each hole with one of these
 * ``maintenance`` — exchange-wide: every other symbol of the same trade type and interval that was
   trading around the hole misses the same window (at least two symbols must be trading);
 * ``confirmed_empty`` — the exchange answered "no candles" for it (recorded by backfills);
-* ``segment_break`` — long enough to split the series (delisting and relisting): a hole of at least
-  ``break_days`` (2) days, or of at least ``jump_days`` (1) day with a price jump of ≥ ``jump`` (10%)
-  between the close before and the open after (the rule lostleaf's BHDS uses);
+* ``segment_break`` — inside a gap long enough to split the series (delisting and relisting): between
+  two candles with trades, a gap of at least ``break_days`` (2) days, or of at least ``jump_days`` (1)
+  day with a price jump of ≥ ``jump`` (10%) between the close before and the open after (the rule
+  lostleaf's BHDS uses). Zero-volume candles (a quiet interval, or the "zombie" candles a delisted
+  futures contract keeps producing) do not count as trading, as in lostleaf;
 * ``missing`` — none of the above: data the lake should have and does not. Only these are
   *unexpected*; ``lake audit`` exits non-zero while any remain.
 
-It also counts rows per provenance (``archive`` / ``rest`` / ``ws``) and lists the segments.
+Holes and gaps are measured between slots: a candle fills the slot its open time falls in (some
+2018 candles open off the interval grid), and 1M slots are calendar months.
+
+It also counts rows per provenance (``archive`` / ``rest`` / ``ws``) and zero-volume rows, and lists
+the segments: from the first to the last traded candle of each, so a zombie tail after a delisting
+is in none.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from typing import Any
 
 import polars as pl
 
-from lake.binance.intervals import MS_PER_DAY, parse_interval
+from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.store.coverage import SeriesCoverage, coverage
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines, to_lakefs
@@ -53,6 +60,7 @@ class SeriesAudit:
     sources: dict[str, int] = field(default_factory=dict)
     holes: list[AuditHole] = field(default_factory=list)
     segments: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
+    zero_volume: int = 0  # stored candles without trades (quiet intervals, zombie candles)
 
     @property
     def unexpected(self) -> list[AuditHole]:
@@ -68,6 +76,7 @@ class SeriesAudit:
             "rows": self.rows,
             "expected": self.expected,
             "sources": self.sources,
+            "zero_volume": self.zero_volume,
             "holes": [
                 {
                     "start": h.start,
@@ -109,15 +118,20 @@ def audit(
         for c in wanted:
             a = SeriesAudit(tt, iv_name, c.symbol, c.first, c.last, c.rows, c.expected)
             a.sources = stats["sources"].get(c.symbol, {})
+            a.zero_volume = stats["zero_volume"].get(c.symbol, 0)
             edges = stats["edges"].get(c.symbol, {})
-            seg_start = c.first
+            breaks, a.segments = _segments(
+                iv, stats["traded"].get(c.symbol), break_days=break_days, jump_days=jump_days, jump=jump
+            )
             for h in c.holes:
-                before = edges.get(_ms(h.start) - (iv.ms or 0))
+                brk = next((b for b in breaks if b[0] <= h.start and h.end <= b[1]), None)
+                before = edges.get(iv.floor(_ms(h.start) - 1))  # the slot before the hole
                 after = edges.get(_ms(h.end))
                 jump_v = None
-                if before is not None and after is not None and before[0] > 0:
+                if brk is not None:
+                    jump_v = brk[2]
+                elif before is not None and after is not None and before[0] > 0:
                     jump_v = abs(after[1] / before[0] - 1.0)
-                duration_days = (h.end - h.start).total_seconds() * 1000 / MS_PER_DAY
                 others = [
                     o
                     for o in group
@@ -126,13 +140,8 @@ def audit(
                 exchange_wide = len(others) >= 1 and all(
                     any(oh.start <= h.start and h.end <= oh.end for oh in o.holes) for o in others
                 )
-                if duration_days >= break_days or (
-                    duration_days >= jump_days and jump_v is not None and jump_v >= jump
-                ):
+                if brk is not None:
                     kind = "segment_break"
-                    if seg_start is not None:
-                        a.segments.append((seg_start, h.start))
-                    seg_start = h.end
                 elif exchange_wide:
                     kind = "maintenance"
                 elif h.kind == "exchange":
@@ -140,33 +149,100 @@ def audit(
                 else:
                     kind = "missing"
                 a.holes.append(AuditHole(h.start, h.end, h.missing, kind, jump_v))
-            if seg_start is not None and c.last is not None:
-                a.segments.append((seg_start, iv_end(iv_name, c.last)))
             out.append(a)
     return out
 
 
 def iv_end(iv_name: str, last: dt.datetime) -> dt.datetime:
+    """End of the slot the candle opening at ``last`` fills (off-grid 2018 candles included)."""
     iv = parse_interval(iv_name)
-    return dt.datetime.fromtimestamp(iv.next_open(_ms(last)) / 1000, tz=dt.UTC)
+    return _from_ms(iv.next_open(iv.floor(_ms(last))))
+
+
+def _segments(
+    iv: Interval,
+    traded: tuple[int, int, list[tuple[int, float, int, float]]] | None,
+    *,
+    break_days: float,
+    jump_days: float,
+    jump: float,
+) -> tuple[list[tuple[dt.datetime, dt.datetime, float | None]], list[tuple[dt.datetime, dt.datetime]]]:
+    """Segment breaks ``(start, end, price jump)`` and segments ``[start, end)`` of one series.
+
+    ``traded`` is ``(first slot, last slot, steps)`` over the candles with trades (volume > 0), with
+    ``(previous slot, previous close, slot, open)`` for every step of more than one slot between two
+    of them; zero-volume candles (quiet intervals, a delisted contract's zombie candles) are left
+    out, as lostleaf does.
+    """
+    breaks: list[tuple[dt.datetime, dt.datetime, float | None]] = []
+    segments: list[tuple[dt.datetime, dt.datetime]] = []
+    if traded is None:
+        return breaks, segments
+    first, last, steps = traded
+    seg_start = first
+    for prev, close, cur, open_ in steps:
+        start = iv.next_open(prev)
+        if cur <= start:
+            continue
+        days = (cur - start) / MS_PER_DAY
+        jump_v = abs(open_ / close - 1.0) if close > 0 else None
+        if days >= break_days or (days >= jump_days and jump_v is not None and jump_v >= jump):
+            breaks.append((_from_ms(start), _from_ms(cur), jump_v))
+            segments.append((_from_ms(seg_start), _from_ms(start)))
+            seg_start = cur
+    segments.append((_from_ms(seg_start), _from_ms(iv.next_open(last))))
+    return breaks, segments
+
+
+def _slot(iv: Interval) -> pl.Expr:
+    """The open time (ms) of the slot each candle fills: off-grid 2018 candles fall in the slot they open in."""
+    t = pl.col("candle_begin_time").dt.epoch("ms")
+    if iv.ms is None:
+        return pl.col("candle_begin_time").dt.truncate("1mo").dt.epoch("ms")
+    anchor = iv.floor(0)  # 0, or the Monday before the epoch for 1w
+    return t - (t - anchor) % iv.ms
 
 
 def _series_stats(lfs: LakeFS, tt: str, iv_name: str, syms: list[str]) -> dict[str, Any]:
-    """Per symbol: rows by source, and (close, next open) around every gap, in one scan."""
+    """Per symbol, in one scan: rows by source, zero-volume rows, (close, open) of the stored slots
+    around every gap, and the traded candles around every gap between traded candles."""
     iv = parse_interval(iv_name)
-    lf = scan_klines(lfs, tt, iv_name, syms).select("symbol", "candle_begin_time", "open", "close", "source")
-    df = lf.collect().sort("symbol", "candle_begin_time")
+    lf = scan_klines(lfs, tt, iv_name, syms).select(
+        "symbol", "candle_begin_time", "open", "close", "volume", "source"
+    )
+    df = lf.collect().sort("symbol", "candle_begin_time").with_columns(slot=_slot(iv))
     sources: dict[str, dict[str, int]] = defaultdict(dict)
     for sym, src, n in df.group_by("symbol", "source").len().iter_rows():
         sources[sym][src] = n
-    step = iv.ms or 28 * MS_PER_DAY
-    t = pl.col("candle_begin_time").dt.epoch("ms")
-    gap = (t - t.shift(1).over("symbol") > step) | (t.shift(-1).over("symbol") - t > step)
-    around = df.filter(gap).with_columns(ms=t)
+    zero_volume = dict(df.filter(pl.col("volume") <= 0).group_by("symbol").len().iter_rows())
+
+    s = pl.col("slot")
+    prev, nxt = s.shift(1).over("symbol"), s.shift(-1).over("symbol")
+    step = iv.ms if iv.ms is not None else 0  # 1M: every row (there are few)
     edges: dict[str, dict[int, tuple[float, float]]] = defaultdict(dict)
-    for sym, ms, o, c in around.select("symbol", "ms", "open", "close").iter_rows():
-        edges[sym][ms] = (c, o)
-    return {"sources": sources, "edges": edges}
+    stored = (
+        df.filter(prev.is_null() | nxt.is_null() | (s - prev > step) | (nxt - s > step))
+        .group_by("symbol", "slot", maintain_order=True)
+        .agg(pl.col("close").last(), pl.col("open").first())
+    )
+    for sym, slot, c, o in stored.iter_rows():
+        edges[sym][slot] = (c, o)
+    traded_df = df.filter(pl.col("volume") > 0)
+    traded: dict[str, tuple[int, int, list[tuple[int, float, int, float]]]] = {}
+    for sym, first, last in (
+        traded_df.group_by("symbol").agg(s.min().alias("a"), s.max().alias("b")).iter_rows()
+    ):
+        traded[sym] = (first, last, [])
+    steps = traded_df.with_columns(prev_slot=prev, prev_close=pl.col("close").shift(1).over("symbol")).filter(
+        s - pl.col("prev_slot") > step
+    )
+    for sym, p, c, cur, o in steps.select("symbol", "prev_slot", "prev_close", "slot", "open").iter_rows():
+        traded[sym][2].append((p, c, cur, o))
+    return {"sources": sources, "zero_volume": zero_volume, "edges": edges, "traded": traded}
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 
 
 def _ms(t: dt.datetime) -> int:

@@ -283,3 +283,21 @@ def test_watermark_view_once_a_feed_has_one(tmp_path: Path) -> None:
         .fetchall()
     )
     assert got == [("usdt_perp", "5m", t, 3)]
+
+
+def test_latest_skips_zero_volume_zombie_candles(tmp_path: Path) -> None:
+    # A delisted perp keeps producing zero-volume candles with the last trade's price: they must not
+    # make it look live. latest is its last candle with trades; a symbol still trading is unchanged.
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    start = now - dt.timedelta(minutes=now.minute % 5) - dt.timedelta(minutes=50)
+    for sym, zombies in (("FTTUSDT", 6), ("ETHUSDT", 0)):
+        df = random_candles(
+            4, 300_000, 10, start_ms=int(start.timestamp() * 1000), hole_rate=0.0, zero_rate=0
+        )
+        vol = [1.0] * (10 - zombies) + [0.0] * zombies
+        write_klines(tmp_path, "usdt_perp", "5m", sym, df.with_columns(volume=pl.Series(vol)))
+    rows = connect(tmp_path).sql("SELECT symbol, candle_begin_time FROM latest ORDER BY symbol").fetchall()
+    assert rows == [
+        ("ETHUSDT", start + dt.timedelta(minutes=45)),
+        ("FTTUSDT", start + dt.timedelta(minutes=15)),
+    ]
