@@ -44,3 +44,31 @@ def test_audit_repair_refetches_missing_candles(tmp_path) -> None:
             pl.col("candle_begin_time").is_in(cut.implode()) & (pl.col("symbol") == syms[0])
         )
         assert repaired["source"].to_list() == ["rest"] * 7
+
+
+def test_audit_repair_does_not_refetch_an_exchange_hole_forever(tmp_path) -> None:
+    # One symbol, so a maintenance window cannot be told exchange-wide: the audit calls it missing.
+    # The repair asks the exchange, which has no candles there; the hole is recorded confirmed empty,
+    # the audit passes, and a second --repair finds nothing to refetch.
+    import json
+
+    window = ("um", "2025-03-10T06:00:00", "2025-03-10T07:00:00")
+    with start_sim(maintenance=(window,)) as sim:
+        sym = sim.market.symbols("usdt_perp")[0]
+        truth = sim.market.truth("usdt_perp", "5m", [sym], START, "2025-03-11")
+        write_klines(
+            tmp_path, "usdt_perp", "5m", sym, truth.drop("symbol").with_columns(source=pl.lit("archive"))
+        )
+        base = [sys.executable, "-m", "lake.cli", "audit", "--root", str(tmp_path), "--json"]
+        kinds = []
+        for extra in ([], ["--repair", "--sim-url", sim.base_url], ["--repair", "--sim-url", sim.base_url]):
+            res = subprocess.run([*base, *extra], capture_output=True, text=True, timeout=300)
+            holes = json.loads(res.stdout)["series"][0]["holes"]
+            kinds.append(
+                (res.returncode, [(h["kind"], h["missing"]) for h in holes], "backfill" in res.stderr)
+            )
+    assert kinds == [
+        (1, [("missing", 12)], False),
+        (0, [("confirmed_empty", 12)], True),
+        (0, [("confirmed_empty", 12)], False),
+    ]
