@@ -285,19 +285,24 @@ def test_watermark_view_once_a_feed_has_one(tmp_path: Path) -> None:
     assert got == [("usdt_perp", "5m", t, 3)]
 
 
-def test_latest_skips_zero_volume_zombie_candles(tmp_path: Path) -> None:
-    # A delisted perp keeps producing zero-volume candles with the last trade's price: they must not
-    # make it look live. latest is its last candle with trades; a symbol still trading is unchanged.
+def test_latest_is_the_last_closed_candle_even_without_trades(tmp_path: Path) -> None:
+    """latest is the last closed candle, as the issue defines it, zero-volume ones included: a quiet
+    interval of a trading symbol must not push it back in time. Zero-volume "zombie" candles of a
+    delisted contract show volume 0 there; the segments view and lake audit leave them out."""
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
     start = now - dt.timedelta(minutes=now.minute % 5) - dt.timedelta(minutes=50)
-    for sym, zombies in (("FTTUSDT", 6), ("ETHUSDT", 0)):
+    for sym, quiet in (("FTTUSDT", 6), ("ETHUSDT", 0)):
         df = random_candles(
             4, 300_000, 10, start_ms=int(start.timestamp() * 1000), hole_rate=0.0, zero_rate=0
         )
-        vol = [1.0] * (10 - zombies) + [0.0] * zombies
+        vol = [1.0] * (10 - quiet) + [0.0] * quiet
         write_klines(tmp_path, "usdt_perp", "5m", sym, df.with_columns(volume=pl.Series(vol)))
-    rows = connect(tmp_path).sql("SELECT symbol, candle_begin_time FROM latest ORDER BY symbol").fetchall()
+    rows = (
+        connect(tmp_path)
+        .sql("SELECT symbol, candle_begin_time, volume FROM latest ORDER BY symbol")
+        .fetchall()
+    )
     assert rows == [
-        ("ETHUSDT", start + dt.timedelta(minutes=45)),
-        ("FTTUSDT", start + dt.timedelta(minutes=15)),
+        ("ETHUSDT", start + dt.timedelta(minutes=45), 1.0),
+        ("FTTUSDT", start + dt.timedelta(minutes=45), 0.0),
     ]
