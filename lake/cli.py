@@ -76,6 +76,10 @@ def main(argv: list[str] | None = None) -> None:
     except LakeError as exc:
         typer.echo(f"lake: error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except PermissionError as exc:  # e.g. a lake root or output file the user may not write
+        where = f": {exc.filename}" if exc.filename else ""
+        typer.echo(f"lake: error: permission denied{where}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("lake: interrupted", err=True)
         sys.exit(130)

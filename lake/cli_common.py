@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from lake.errors import ValidationError
+from lake.errors import ConfigError, ValidationError
 from lake.settings import Settings, load_settings
 
 __all__ = [
@@ -18,6 +20,8 @@ __all__ = [
     "JsonOpt",
     "RootOpt",
     "SimUrlOpt",
+    "check_number",
+    "check_output",
     "get_settings",
     "parse_when",
     "print_json",
@@ -57,16 +61,60 @@ def series_filters(
     from lake.binance.markets import get_trade_type
     from lake.binance.symbols import validate_symbols
 
-    if trade_type:
+    if trade_type is not None:  # "" is an unknown trade type, not "no filter"
         get_trade_type(trade_type)
-    if interval:
+    if interval is not None:
         parse_interval(interval)
-    return trade_type, interval, (validate_symbols(symbols) if symbols else None)
+    return trade_type, interval, (validate_symbols(symbols) if symbols is not None else None)
 
 
-def get_settings(config: Path | None = None, **flags: Any) -> Settings:
-    """Settings from defaults < config file < env < these CLI flags (``None`` = flag not given)."""
-    return load_settings(config, **flags)
+def get_settings(config: Path | None = None, *, write: bool = False, **flags: Any) -> Settings:
+    """Settings from defaults < config file < env < these CLI flags (``None`` = flag not given).
+
+    A local root must be a directory (or not exist yet); with ``write`` it (or the directory it will
+    be created in) must also be writable, so such a mistake is one clear error before any work.
+    """
+    settings = load_settings(config, **flags)
+    _check_root(settings.root, write)
+    return settings
+
+
+def _check_root(root: str, write: bool) -> None:
+    if "://" in root and not root.startswith("file://"):
+        return  # object storage: checked by the store itself
+    path = Path(root.removeprefix("file://"))
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"lake root {root} is not a directory")
+    if write:
+        existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
+        if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):
+            raise ConfigError(f"lake root {root} is not writable (no write permission on {existing})")
+
+
+def check_number(name: str, value: float | None, *, minimum: float = 0.0, strict: bool = False) -> None:
+    """Reject NaN, infinities and values below ``minimum`` (or equal to it when ``strict``)."""
+    if value is None:
+        return
+    if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        raise ValidationError(f"{name} must be a number {bound}, got {value!r}")
+
+
+def check_output(name: str, output: Path | None, root: str) -> None:
+    """An output file must be creatable and must not be written into the lake's tables (a stray file
+    there breaks readers): inside the root, only a file with a suffix directly under it is allowed."""
+    if output is None:
+        return
+    if output.is_dir():
+        raise ValidationError(f"{name} {output} is a directory; give a file name")
+    if not output.absolute().parent.is_dir():
+        raise ValidationError(f"{name} {output}: directory {output.absolute().parent} does not exist")
+    if "://" in root and not root.startswith("file://"):
+        return
+    lake_dir = Path(root.removeprefix("file://")).resolve()
+    target = output.resolve()
+    if target.is_relative_to(lake_dir) and (target.parent != lake_dir or not target.suffix):
+        raise ValidationError(f"{name} {output} is inside the lake root {root}; write it elsewhere")
 
 
 _REL = re.compile(r"(\d+)([dhm])")

@@ -11,7 +11,9 @@ Secrets (Quantclass key, webhook secret) are never shown by ``repr`` and never l
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -109,16 +111,33 @@ def _coerce(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
             raise ConfigError(f"setting {key!r} in {origin}: expected {kind}, got {raw!r}") from exc
     if "webhook_kind" in out and out["webhook_kind"] not in ("json", "dingtalk"):
         raise ConfigError(f"webhook_kind must be 'json' or 'dingtalk', got {out['webhook_kind']!r}")
+    if "http_timeout" in out and not (math.isfinite(out["http_timeout"]) and out["http_timeout"] > 0):
+        raise ConfigError(
+            f"setting 'http_timeout' in {origin}: expected seconds > 0, got {values['http_timeout']!r}"
+        )
+    if "max_concurrency" in out and out["max_concurrency"] < 1:
+        raise ConfigError(
+            f"setting 'max_concurrency' in {origin}: expected an int >= 1, got {values['max_concurrency']!r}"
+        )
+    for key, value in out.items():
+        if key.endswith("_url") and value and not _URL.match(value):
+            # A typo here would otherwise surface as retried "transient" errors (exit 3).
+            raise ConfigError(
+                f"setting {key!r} in {origin}: expected an http(s):// or ws(s):// URL, got {value!r}"
+            )
     return replace(base, **out)
 
 
-def _flatten(doc: Mapping[str, Any], path: str) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
+_URL = re.compile(r"^(https?|wss?)://[^/\s]+[^\s]*$")
+
+
+def _flatten(doc: Mapping[str, Any], path: str, flat: dict[str, Any] | None = None) -> dict[str, Any]:
+    flat = {} if flat is None else flat
     for key, value in doc.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, path))
+            _flatten(value, path, flat)
         else:
-            if key in flat:
+            if key in flat:  # also across tables: [a] root = … and [b] root = …
                 raise ConfigError(f"setting {key!r} appears twice in {path}")
             flat[key] = value
     return flat
@@ -146,6 +165,10 @@ def load_settings(
             raise ConfigError(f"config file not found: {p}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {p} is not UTF-8 text") from exc
+        except OSError as exc:  # a directory, no read permission, …
+            raise ConfigError(f"config file {p} cannot be read: {exc.strerror or exc}") from exc
         settings = _coerce(settings, _flatten(doc, str(p)), str(p))
     from_env = {name: env[f"LAKE_{name.upper()}"] for name in _FIELD_TYPES if env.get(f"LAKE_{name.upper()}")}
     settings = _coerce(settings, from_env, "environment")

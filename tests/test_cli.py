@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -80,3 +81,164 @@ def test_compact_moves_the_tail_into_partitions(tmp_path) -> None:
     res = run("compact", "--grace", "0", "--root", str(tmp_path))
     assert res.returncode == 0 and "1 old tail files deleted" in res.stdout
     assert tail_files(LakeFS(tmp_path), "usdt_perp", "1m") == []
+
+
+# -- bad input leaves the lake as it was ----------------------------------------------------------
+
+
+def _snapshot(root) -> dict[str, bytes]:
+    """Every file of the lake but its (empty) lock files and local state."""
+    files = (p for p in sorted(root.rglob("*")) if p.is_file())
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in files
+        if p.relative_to(root).parts[0] not in (".locks", ".state")
+    }
+
+
+@pytest.fixture
+def small_lake(tmp_path):
+    root = tmp_path / "lake"
+    write_klines(root, "usdt_perp", "5m", "BTCUSDT", frame([t0_ms() + i * 300_000 for i in range(24)]))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backfill", "--type", "usdt_perp", "--days", "1e9"], "--days must be at most 36500"),
+        (["backfill", "--type", "usdt_perp", "--days", "nan"], "--days must be a number > 0"),
+        (["backfill", "--type", "usdt_perp", "--days", "0"], "--days must be a number > 0"),
+        (["backfill", "--type", "usdt_perp", "--start", ""], "invalid --start ''"),
+        (
+            ["backfill", "--type", "usdt_perp", "--start", "2024-02-01", "--end", "2024-01-01", "--source", "rest"],
+            "--start 2024-02-01 is not before --end 2024-01-01",
+        ),
+        (["live", "--type", "usdt_perp", "--interval", ""], "--interval is empty"),
+        (["live", "--type", "usdt_perp", "--duration", "nan"], "--duration must be a number > 0"),
+        (["live", "--type", "usdt_perp", "--health-every", "0"], "--health-every must be a number > 0"),
+        (["live", "--type", "usdt_perp", "--exchange-info-every", "-1"], "--exchange-info-every must be"),
+        (["offsets", "--type", "usdt_perp", "--interval", "1M"], "offsets need a fixed-length interval"),
+        (["offsets", "--type", "usdt_perp", "--interval", "1h", "--base", "1m"], "no stored usdt_perp 1m klines"),
+        (["compact", "--grace", "nan"], "--grace must be a number >= 0"),
+        (["status", "--interval", ""], "unknown interval ''"),
+        (["status", "--symbols", ""], "empty symbol list"),
+        (["audit", "--type", ""], "unknown trade type ''"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_one_line_and_leave_the_lake(small_lake, args: list[str], message: str) -> None:
+    before = _snapshot(small_lake)
+    # An unreachable endpoint: every one of these must fail before any request.
+    res = subprocess.run(
+        [sys.executable, "-m", "lake.cli", *args, "--root", str(small_lake)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LAKE_SIM_URL": "http://127.0.0.1:9"},
+    )  # fmt: skip
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.splitlines() == [res.stderr.splitlines()[0]] and message in res.stderr, res.stderr
+    assert _snapshot(small_lake) == before
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "COPY (SELECT 1 AS a) TO '{root}/klines/evil.parquet'",
+        "SELECT 1; COPY klines TO '{root}/klines/evil.csv'",
+        "EXPORT DATABASE '{root}/klines/db'",
+        "ATTACH '{root}/evil.duckdb' AS e",
+        "CREATE TABLE t AS SELECT 1",
+        "SET enable_external_access = false",
+        "PRAGMA enable_profiling",
+    ],
+)
+def test_sql_is_read_only(small_lake, query: str) -> None:
+    before = _snapshot(small_lake)
+    res = run("sql", query.format(root=small_lake), "--root", str(small_lake))
+    assert res.returncode == 2 and "lake sql is read-only" in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stdout == ""
+    assert _snapshot(small_lake) == before
+    ok = run("sql", "DESCRIBE klines", "--root", str(small_lake))  # queries of any shape still run
+    assert ok.returncode == 0 and "candle_begin_time" in ok.stdout
+
+
+def test_sql_output_is_checked_before_running(small_lake, tmp_path) -> None:
+    before = _snapshot(small_lake)
+    for output, message in [
+        (small_lake / "klines" / "x.parquet", "inside the lake root"),
+        (tmp_path / "nodir" / "x.csv", "does not exist"),
+        (small_lake, "is a directory"),
+    ]:
+        res = run(
+            "sql", "SELECT 1", "--format", "parquet", "--output", str(output), "--root", str(small_lake)
+        )
+        assert res.returncode == 2 and message in res.stderr and "Traceback" not in res.stderr, res.stderr
+    assert _snapshot(small_lake) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status"],
+        ["sql", "SELECT 1"],
+        ["offsets", "--type", "usdt_perp", "--interval", "1h"],
+        ["backfill", "--type", "usdt_perp", "--days", "1"],
+        ["live", "--type", "usdt_perp", "--duration", "1"],
+    ],
+)
+def test_root_that_is_a_file(tmp_path, args: list[str]) -> None:
+    root = tmp_path / "lake"
+    root.write_text("not a lake")
+    res = run(*args, "--root", str(root))
+    assert res.returncode == 2 and res.stderr.strip() == f"lake: error: lake root {root} is not a directory"
+    assert root.read_text() == "not a lake"
+
+
+def test_unwritable_root(tmp_path) -> None:
+    root = tmp_path / "ro"
+    root.mkdir()
+    locked = subprocess.run(["chattr", "+i", str(root)], capture_output=True).returncode == 0
+    if not locked:
+        root.chmod(0o555)
+    try:
+        if os.access(root, os.W_OK):
+            pytest.skip("cannot make a directory unwritable here")
+        for args in (
+            ["backfill", "--type", "usdt_perp", "--days", "1"],
+            ["offsets", "--type", "usdt_perp", "--interval", "1h"],
+            ["live", "--type", "usdt_perp", "--duration", "1"],
+        ):
+            res = run(*args, "--root", str(root))
+            assert res.returncode == 2 and "is not writable" in res.stderr, res.stderr
+            assert len(res.stderr.strip().splitlines()) == 1
+        assert run("status", "--root", str(root)).returncode == 0  # reading needs no write permission
+    finally:
+        if locked:
+            subprocess.run(["chattr", "-i", str(root)], check=True)
+        root.chmod(0o755)
+
+
+@pytest.mark.parametrize(
+    ("config", "env", "message"),
+    [
+        ("DIR", {}, "cannot be read"),
+        (b"\xff\xfe", {}, "is not UTF-8"),
+        (b"[a]\nroot = 'x'\n[b]\nroot = 'y'\n", {}, "setting 'root' appears twice"),
+        (None, {"LAKE_MAX_CONCURRENCY": "0"}, "expected an int >= 1"),
+        (None, {"LAKE_HTTP_TIMEOUT": "nan"}, "expected seconds > 0"),
+        (None, {"LAKE_SIM_URL": "notaurl"}, "expected an http(s):// or ws(s):// URL"),
+    ],
+)
+def test_bad_settings_are_exit_2(tmp_path, config: object, env: dict[str, str], message: str) -> None:
+    cfg = tmp_path
+    if isinstance(config, bytes):
+        cfg = tmp_path / "lake.toml"
+        cfg.write_bytes(config)
+    extra = {"LAKE_CONFIG": str(cfg)} if config is not None else {}
+    res = subprocess.run(
+        [sys.executable, "-m", "lake.cli", "backfill", "--type", "usdt_perp", "--days", "1", "--source", "rest",
+         "--root", str(tmp_path / "lake")],
+        capture_output=True, text=True, timeout=120, env={**os.environ, **extra, **env},
+    )  # fmt: skip
+    assert res.returncode == 2 and message in res.stderr, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "lake").exists()

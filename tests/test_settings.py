@@ -37,6 +37,11 @@ def test_secrets_are_not_in_repr() -> None:
         ("root = [", "not valid TOML"),
         ("max_concurrency = 'many'", "expected int"),
         ("webhook_kind = 'x'", "json"),
+        ("[a]\nroot = 'x'\n[b]\nroot = 'y'", "appears twice"),  # across tables too
+        ("http_timeout = 0", "expected seconds > 0"),
+        ("http_timeout = nan", "expected seconds > 0"),
+        ("max_concurrency = 0", "expected an int >= 1"),
+        ("sim_url = 'localhost:8765'", "URL"),
     ],
 )
 def test_bad_config(tmp_path, text: str, match: str) -> None:
@@ -46,3 +51,23 @@ def test_bad_config(tmp_path, text: str, match: str) -> None:
         load_settings(cfg, env={})
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "missing.toml", env={})
+
+
+def test_unreadable_config_is_a_config_error(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load_settings(tmp_path, env={})  # a directory
+    binary = tmp_path / "lake.toml"
+    binary.write_bytes(b"\xff\xfe root = 1")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        load_settings(binary, env={})
+
+
+def test_bad_env_values_are_config_errors() -> None:
+    for env in (
+        {"LAKE_HTTP_TIMEOUT": "-1"},
+        {"LAKE_MAX_CONCURRENCY": "-3"},
+        {"LAKE_REST_URL": "fapi.binance.com"},
+    ):
+        with pytest.raises(ConfigError, match="in environment"):
+            load_settings(env=env)
+    assert load_settings(env={"LAKE_WS_URL": "wss://fstream.binance.com/market"}).ws_url.startswith("wss://")

@@ -16,6 +16,7 @@ from lake.cli_common import (
     RestUrlOpt,
     RootOpt,
     SimUrlOpt,
+    check_number,
     get_settings,
     parse_when,
     print_json,
@@ -29,6 +30,8 @@ _T = TypeVar("_T")
 
 log = logging.getLogger("lake.backfill")
 
+MAX_DAYS = 36_500  # a century: far more than any market's history, still a valid date
+
 
 def backfill_cmd(
     trade_types: Annotated[
@@ -39,7 +42,8 @@ def backfill_cmd(
     ],
     interval: Annotated[str, typer.Option("--interval", help="Kline interval.")] = "5m",
     days: Annotated[
-        float | None, typer.Option("--days", help="The last N days up to the server's now.")
+        float | None,
+        typer.Option("--days", help=f"The last N days up to the server's now (0 < N <= {MAX_DAYS})."),
     ] = None,
     start: Annotated[
         str | None, typer.Option("--start", help="Start (UTC), e.g. 2024-01-01 or 2024-01-01T12:00.")
@@ -82,13 +86,20 @@ def backfill_cmd(
     Examples: ``lake backfill --type usdt_perp --type usdt_spot --days 15``;
     ``lake backfill --type coin_perp --interval 1h --start 2024-01-01 --end 2024-03-01 --funding``.
     """
-    settings = get_settings(config, root=root, rest_url=rest_url, sim_url=sim_url, archive_url=archive_url)
+    settings = get_settings(
+        config, write=True, root=root, rest_url=rest_url, sim_url=sim_url, archive_url=archive_url
+    )
+    check_number("--days", days, strict=True)
+    if days is not None and days > MAX_DAYS:
+        raise ValidationError(f"--days must be at most {MAX_DAYS}, got {days:g}")
     if days is None and start is None:
         raise ValidationError("give --days N or --start DATE")
     if days is not None and (start is not None or end is not None):
         raise ValidationError("--days cannot be combined with --start/--end")
-    t_start = parse_when(start, name="--start") if start else None
-    t_end = parse_when(end, name="--end") if end else None
+    t_start = parse_when(start, name="--start") if start is not None else None
+    t_end = parse_when(end, name="--end") if end is not None else None
+    if t_start is not None and t_end is not None and t_start >= t_end:
+        raise ValidationError(f"--start {start} is not before --end {end}")
     wanted = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
     if symbols is not None and not wanted:
         raise ValidationError("--symbols is empty")

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json
+from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, check_number, get_settings, print_json
 from lake.store.fs import LakeFS
 from lake.store.tail import compact_tail, tail_feeds
 
@@ -28,6 +28,7 @@ def compact(
     restarted, before bulk jobs that read only partitions (``lake offsets``). Safe while ``lake live``
     runs. Exits 1 if some symbol could not be written (its tail files are kept).
     """
+    check_number("--grace", grace)
     settings = get_settings(config, root=root)
     lfs = LakeFS(settings.root)
     out: list[dict[str, Any]] = []

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json
+from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, check_output, get_settings, print_json
 from lake.errors import IncompleteError, ValidationError
 from lake.quantclass.compare import compare_quantclass
 
@@ -46,6 +46,7 @@ def compare(
     if output is not None and output.suffix not in (".parquet", ".csv"):
         raise ValidationError("--output must end with .parquet or .csv")
     settings = get_settings(config, root=root)
+    check_output("--output", output, settings.root)
     result = asyncio.run(
         compare_quantclass(
             settings, trade_type, interval, reference_dir=reference_dir, save_dir=save_reference

@@ -14,6 +14,7 @@ from lake.cli_common import (
     RootOpt,
     SimUrlOpt,
     WsUrlOpt,
+    check_number,
     get_settings,
     print_json,
 )
@@ -81,10 +82,21 @@ def live_cmd(
     exit 0; a restart resumes with no hole. Example:
     ``lake live --type usdt_perp --interval 5m --offsets 1h``.
     """
-    settings = get_settings(config, root=root, sim_url=sim_url, ws_url=ws_url, rest_url=rest_url)
+    settings = get_settings(config, write=True, root=root, sim_url=sim_url, ws_url=ws_url, rest_url=rest_url)
     wanted = _split([symbols]) if symbols is not None else None
     if symbols is not None and not wanted:
         raise ValidationError("--symbols is empty")
+    if intervals is not None and not _split(intervals):
+        raise ValidationError("--interval is empty")
+    # NaN passes every comparison (a NaN --duration never stops): finite values only.
+    check_number("--grace", grace)
+    for name, value in (
+        ("--compact-every", compact_every),
+        ("--duration", duration),
+        ("--health-every", health_every),
+    ):
+        check_number(name, value, strict=True)
+    check_number("--exchange-info-every", exchange_info_every)
     cfg = LiveConfig(
         trade_types=tuple(_split(trade_types)),
         intervals=tuple(_split(intervals)) or ("5m",),

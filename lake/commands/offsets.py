@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json
+from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json, series_filters
+from lake.errors import NotFoundError, ValidationError
 from lake.progress import Progress
 from lake.transform.build import build_offsets
 
@@ -48,9 +49,22 @@ def offsets(
     config: ConfigOpt = None,
 ) -> None:
     """Candles of --interval at every offset of --base, written to the offsets table (only what changed)."""
-    settings = get_settings(config, root=root)
+    from lake.binance.intervals import parse_interval
+
+    settings = get_settings(config, write=True, root=root)
+    series_filters(trade_type, interval, symbols)  # bad names fail before any lock or progress line
+    for name, value in (("--interval", interval), ("--base", base)):
+        if value is not None and parse_interval(value).ms is None:
+            raise ValidationError(f"{name} {value}: offsets need a fixed-length interval (not 1M)")
     with Progress(enabled=False if json_out else None) as progress:
-        task = progress.add(f"{trade_type} {interval} offsets", total=None)
+        tasks: list[int] = []
+
+        def report(done: int, total: int) -> None:
+            # The task starts with the first report, so an early error logs no "done" line.
+            if not tasks:
+                tasks.append(progress.add(f"{trade_type} {interval} offsets", total=None))
+            progress.update(tasks[0], completed=done, total=total)
+
         result = build_offsets(
             settings.root,
             trade_type,
@@ -61,7 +75,13 @@ def offsets(
             symbols=symbols,
             rebuild=rebuild,
             fold=fold,
-            progress=lambda done, total: progress.update(task, completed=done, total=total),
+            progress=report,
+        )
+    if result.symbols == 0:  # an explicit --base (or --symbols) the lake holds nothing of
+        raise NotFoundError(
+            f"no stored {trade_type} {result.base} klines"
+            + (f" of {symbols}" if symbols else "")
+            + f" to build {interval} offsets from"
         )
     if json_out:
         print_json(result.to_dict())

@@ -1,4 +1,10 @@
-"""``lake sql``: query the lake's DuckDB views, or an interactive prompt when no query is given."""
+"""``lake sql``: query the lake's DuckDB views, or an interactive prompt when no query is given.
+
+Read-only: only queries (``SELECT``, ``WITH``, ``FROM``, ``VALUES``, ``DESCRIBE``, ``SHOW``,
+``SUMMARIZE``, ``EXPLAIN``) run. ``COPY … TO``, ``EXPORT``, ``ATTACH``, ``CREATE``, ``INSERT``,
+``INSTALL``/``LOAD``, ``SET``, ``PRAGMA`` and ``CALL`` are refused before anything runs, so a query
+cannot write into the lake (or anywhere else); results are written with ``--output``, outside the lake.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,13 @@ import duckdb
 import polars as pl
 import typer
 
-from lake.cli_common import ConfigOpt, RootOpt, get_settings
+from lake.cli_common import ConfigOpt, RootOpt, check_output, get_settings
 from lake.errors import ValidationError
 from lake.query.connect import VIEWS, connect
 
 FORMATS = ("table", "csv", "json", "parquet")
+# Statement types that only read: DESCRIBE, SHOW and SUMMARIZE parse as SELECT.
+READ_ONLY = frozenset({duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN})
 
 
 def sql(
@@ -22,16 +30,23 @@ def sql(
         str | None, typer.Argument(help="SQL to run; without it, read statements from stdin.")
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet.")] = "table",
-    output: Annotated[Path | None, typer.Option("--output", help="Write the result to this file.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", help="Write the result to this file (not inside the lake).")
+    ] = None,
     root: RootOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run SQL over the views klines, offsets, exchange_info, funding, coverage, empty_ranges, latest, compare."""
+    """Run SQL over the views klines, offsets, exchange_info, funding, coverage, empty_ranges, latest, compare.
+
+    Read-only: queries (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) only; COPY, ATTACH, CREATE,
+    INSERT, INSTALL, SET and other statements that could write are refused (exit 2).
+    """
     if fmt not in FORMATS:
         raise ValidationError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     if fmt == "parquet" and output is None:
         raise ValidationError("--format parquet needs --output FILE")
     settings = get_settings(config, root=root)
+    check_output("--output", output, settings.root)
     con = connect(settings.root)
     try:
         if query is not None:
@@ -44,8 +59,17 @@ def sql(
 
 def _run(con: duckdb.DuckDBPyConnection, query: str, fmt: str, output: Path | None) -> None:
     try:
-        rel = con.sql(query)
-        df = rel.pl() if rel is not None else None
+        statements = con.extract_statements(query)
+        for statement in statements:  # all checked before any runs
+            if statement.type not in READ_ONLY:
+                kind = statement.type.name.lower()
+                raise ValidationError(
+                    f"lake sql is read-only: {kind} statements are not allowed ({statement.query.strip()[:60]!r})"
+                )
+        df = None
+        for statement in statements:
+            rel = con.sql(statement.query)
+            df = rel.pl() if rel is not None else None
     except duckdb.Error as exc:
         raise ValidationError(f"SQL error: {str(exc).splitlines()[0]}") from exc
     if df is None:
