@@ -95,7 +95,7 @@ class Progress:
             self._rich = None
         for task in self._plain.values():
             if not task.finished:
-                self._log(task, final=True)
+                self._log(task, final=True, state="done" if et is None else "stopped")
 
     def add(self, description: str, total: float | None = None, info: str = "") -> int:
         if self._rich is not None:
@@ -147,10 +147,10 @@ class Progress:
         else:
             log.info(text)
 
-    def _log(self, t: _Plain, final: bool = False) -> None:
+    def _log(self, t: _Plain, final: bool = False, state: str = "done") -> None:
         t.last_log = time.monotonic()
         total = f"/{t.total:g}" if t.total is not None else ""
         elapsed = time.monotonic() - t.started
         extra = f" {t.info}" if t.info else ""
-        state = "done" if final else "progress"
+        state = state if final else "progress"
         log.info("%s %s: %g%s%s (%.1fs)", t.description, state, t.done, total, extra, elapsed)

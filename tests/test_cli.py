@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -242,3 +243,34 @@ def test_bad_settings_are_exit_2(tmp_path, config: object, env: dict[str, str], 
     assert res.returncode == 2 and message in res.stderr, res.stderr
     assert len(res.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "lake").exists()
+
+
+def test_plain_progress_says_stopped_not_done_when_a_run_fails(caplog: pytest.LogCaptureFixture) -> None:
+    from lake.progress import Progress
+
+    caplog.set_level(logging.INFO, logger="lake")
+    with pytest.raises(RuntimeError), Progress(enabled=False) as progress:
+        task = progress.add("backfill usdt_perp", total=10)
+        progress.advance(task, 3)
+        raise RuntimeError("upstream gone")
+    assert "backfill usdt_perp stopped: 3/10" in caplog.text and " done:" not in caplog.text
+    with Progress(enabled=False) as progress:
+        progress.add("offsets", total=None)
+    assert "offsets done: 0" in caplog.text
+
+
+def test_a_damaged_partition_file_is_named_with_exit_4(tmp_path) -> None:
+    """A partition file that is not parquet (disk damage, a stray write): lake status and lake sql
+    name it on one line and exit 4 (bad data), without a traceback."""
+    from lake.store.klines import write_klines
+    from tests.transform.helpers import random_candles
+
+    for i, sym in enumerate(("BTCUSDT", "ETHUSDT")):
+        write_klines(tmp_path, "usdt_perp", "5m", sym, random_candles(i, 300_000, 20, hole_rate=0.0))
+    bad = next((tmp_path / "klines").rglob("symbol=BTCUSDT/*/data.parquet"))
+    bad.write_bytes(b"garbage")
+    for args in (["status"], ["sql", "SELECT count(*) FROM klines"]):
+        res = run(*args, "--root", str(tmp_path))
+        assert res.returncode == 4, res.stderr
+        assert "symbol=BTCUSDT/date=" in res.stderr and "Traceback" not in res.stderr
+        assert len(res.stderr.strip().splitlines()) == 1, res.stderr

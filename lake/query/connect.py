@@ -28,6 +28,7 @@ from importlib import resources
 import duckdb
 import polars as pl
 
+from lake.errors import DataError
 from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
 from lake.settings import load_settings
 from lake.store.fs import LakeFS
@@ -148,6 +149,10 @@ def connect(
     con = duckdb.connect(database, config=config or {})
     try:
         register_views(con, root)
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        # a view is bound when created, reading its first file: a damaged file (DuckDB names it)
+        con.close()
+        raise DataError(f"cannot read the lake: {exc}") from exc
     except BaseException:
         con.close()
         raise

@@ -13,10 +13,13 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from lake.binance.intervals import Interval, parse_interval
+from lake.errors import DataError, LakeError
 from lake.store.fs import LakeFS
-from lake.store.klines import list_series, scan_klines, to_lakefs
+from lake.store.klines import list_partitions, list_series, scan_klines, to_lakefs
 from lake.store.meta import read_empty_ranges
 
 __all__ = ["Hole", "SeriesCoverage", "coverage"]
@@ -84,15 +87,36 @@ def coverage(
     out: list[SeriesCoverage] = []
     for (tt, iv_name), syms in sorted(groups.items()):
         ivl = parse_interval(iv_name)
-        times = (
-            scan_klines(lfs, tt, iv_name, syms)
-            .select("symbol", "candle_begin_time")
-            .collect()
-            .sort("symbol", "candle_begin_time")
-        )
+        try:
+            times = (
+                scan_klines(lfs, tt, iv_name, syms)
+                .select("symbol", "candle_begin_time")
+                .collect()
+                .sort("symbol", "candle_begin_time")
+            )
+        except pl.exceptions.PolarsError as exc:
+            raise _unreadable(lfs, tt, iv_name, syms, exc) from exc
         for (sym,), part in times.group_by("symbol", maintain_order=True):
             out.append(_series(lfs, tt, iv_name, str(sym), part["candle_begin_time"], ivl))
     return sorted(out, key=lambda c: (c.trade_type, c.interval, c.symbol))
+
+
+def _unreadable(lfs: LakeFS, tt: str, iv_name: str, syms: list[str], exc: Exception) -> LakeError:
+    """The error for a scan that failed: a ``DataError`` naming the partition files whose parquet
+    footer cannot be read (a damaged file: Polars' message does not name it), else one with
+    Polars' message."""
+    bad = []
+    for sym in syms:
+        for key in list_partitions(lfs, tt, iv_name, sym):
+            try:
+                with lfs.fs.open(lfs.full(key.path), "rb") as f:
+                    pq.read_metadata(f)
+            except (OSError, pa.ArrowException):
+                bad.append(key.path)
+    if not bad:
+        return DataError(f"reading {tt} {iv_name} klines failed: {exc}")
+    shown = ", ".join(bad[:5]) + (" …" if len(bad) > 5 else "")
+    return DataError(f"{len(bad)} unreadable partition file(s) (not parquet): {shown}")
 
 
 def _series(lfs: LakeFS, tt: str, iv_name: str, sym: str, times: pl.Series, iv: Interval) -> SeriesCoverage:

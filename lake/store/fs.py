@@ -200,7 +200,7 @@ class LakeFS:
         if self.is_local:
             try:
                 return sorted(e.name for e in os.scandir(self.full(rel)))
-            except FileNotFoundError:
+            except (FileNotFoundError, NotADirectoryError):  # a stray file where a directory goes
                 return []
         with self._store_errors():
             try:

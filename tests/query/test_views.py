@@ -306,3 +306,12 @@ def test_latest_is_the_last_closed_candle_even_without_trades(tmp_path: Path) ->
         ("ETHUSDT", start + dt.timedelta(minutes=45), 1.0),
         ("FTTUSDT", start + dt.timedelta(minutes=45), 0.0),
     ]
+
+
+def test_a_stray_file_where_a_directory_goes_is_ignored(tmp_path: Path) -> None:
+    """A file dropped at a directory level (klines/notes.txt, a symbol= file) does not break connect."""
+    _lake(tmp_path, ("BTCUSDT",), 12)
+    (tmp_path / "klines" / "notes.txt").write_text("x")
+    (tmp_path / "klines" / "trade_type=usdt_perp" / "interval=5m" / "symbol=JUNK").write_text("x")
+    con = connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM klines_partitions").fetchone() == (12,)
