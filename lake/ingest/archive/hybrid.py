@@ -34,7 +34,7 @@ import aiohttp
 from lake.binance.intervals import MS_PER_DAY, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbols
-from lake.errors import UpstreamError, ValidationError
+from lake.errors import NotFoundError, UpstreamError, ValidationError
 from lake.ingest.archive.runner import ArchiveReport, ingest_archive, list_archive_symbols
 from lake.ingest.archive.symbols import delisted_candidates
 from lake.ingest.backfill import BackfillReport, backfill
@@ -129,6 +129,22 @@ async def archive_backfill(
             if wanted is not None:
                 syms = list(wanted)
                 known = {s.symbol for s in snap.members(tt, trading_only=False)}
+                unknown = [s for s in syms if s not in known]
+                if unknown:
+                    # not in exchangeInfo: a delisted symbol the archive still has, or a typo, which
+                    # must not end as a silent "0 symbols" success
+                    try:
+                        archived = set(
+                            await list_archive_symbols(session, settings.endpoints, tt.market_name)
+                        )
+                    except UpstreamError:
+                        archived = set(unknown)  # the archive part below reports the outage
+                    absent = [s for s in unknown if s not in archived]
+                    if absent:
+                        raise NotFoundError(
+                            f"unknown {tt.name} symbol(s): {', '.join(absent)} "
+                            "(neither in exchangeInfo nor in the archive)"
+                        )
             else:
                 syms = universe(snap, tt).symbols
                 known = set(syms)
