@@ -97,7 +97,7 @@ def check_number(name: str, value: float | None, *, minimum: float = 0.0, strict
         return
     if not math.isfinite(value) or value < minimum or (strict and value == minimum):
         bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-        raise ValidationError(f"{name} must be a number {bound}, got {value!r}")
+        raise ValidationError(f"{name} must be a number {bound}, got {value:g}")
 
 
 def check_output(name: str, output: Path | None, root: str) -> None:

@@ -42,7 +42,7 @@ def one_line_error(res: subprocess.CompletedProcess[str], code: int, message: st
     ("args", "message"),
     [
         (["--type", "usdt_future", "--days", "1"], "unknown trade type 'usdt_future'"),
-        (["--type", "usdt_perp", "--days", "0"], "--days must be a positive number, got 0"),
+        (["--type", "usdt_perp", "--days", "0"], "--days must be a number > 0, got 0"),
         (["--type", "usdt_perp", "--interval", "7m", "--days", "1"], "unknown interval '7m'"),
         (["--type", "usdt_perp", "--days", "1", "--symbols", "../x"], "invalid symbol '../x'"),
     ],
