@@ -7,21 +7,14 @@
 -- candles, largest_hole the longest. The same rule as lake.store.coverage (`lake status`).
 CREATE OR REPLACE VIEW coverage AS
 WITH slots AS (
-    -- a candle fills the slot its open time falls in: Binance's 2018 history has candles opening off
-    -- the grid (09:28:14.789), stored as published (1w slots start on Mondays, 1M on the 1st)
+    -- a candle fills the slot its open time falls in (kline_slot_ms, intervals.sql)
     SELECT
         k.trade_type,
         k."interval",
         k.symbol,
         k.candle_begin_time,
         i.ms,
-        CASE
-            WHEN i.ms IS NOT NULL THEN
-                epoch_ms(k.candle_begin_time)
-                - (epoch_ms(k.candle_begin_time) - CASE WHEN k."interval" = '1w' THEN 345600000 ELSE 0 END)
-                % i.ms
-            ELSE epoch_ms(timezone('UTC', date_trunc('month', timezone('UTC', k.candle_begin_time))))
-        END AS slot_ms
+        kline_slot_ms(k.candle_begin_time, k."interval", i.ms) AS slot_ms
     FROM klines AS k
     JOIN intervals AS i USING ("interval")
 ),

@@ -20,3 +20,14 @@ SELECT * FROM (
         ('1w', 604800000, NULL),
         ('1M', NULL, 1)
 ) AS t("interval", ms, months);
+
+-- kline_slot_ms(t, interval, ms): the open time (ms since the epoch, UTC) of the interval slot a
+-- candle opening at t fills. A candle may open off the grid (Binance's 2018 history has opens at
+-- 09:28:14.789), so holes are counted between slots. 1w slots start on Mondays (1970-01-05 is the
+-- first), 1M slots on the 1st of a UTC month whatever the session's time zone. Used by coverage and
+-- segments.
+CREATE OR REPLACE MACRO kline_slot_ms(t, iv, ms) AS CASE
+    WHEN ms IS NOT NULL THEN
+        epoch_ms(t) - (epoch_ms(t) - CASE WHEN iv = '1w' THEN 345600000 ELSE 0 END) % ms
+    ELSE epoch_ms(timezone('UTC', date_trunc('month', timezone('UTC', t))))
+END;

@@ -19,13 +19,7 @@ WITH slots AS (
         k.close,
         k.volume > 0 AS traded,
         i.ms,
-        CASE
-            WHEN i.ms IS NOT NULL THEN
-                epoch_ms(k.candle_begin_time)
-                - (epoch_ms(k.candle_begin_time) - CASE WHEN k."interval" = '1w' THEN 345600000 ELSE 0 END)
-                % i.ms
-            ELSE epoch_ms(timezone('UTC', date_trunc('month', timezone('UTC', k.candle_begin_time))))
-        END AS slot_ms
+        kline_slot_ms(k.candle_begin_time, k."interval", i.ms) AS slot_ms
     FROM klines AS k
     JOIN intervals AS i USING ("interval")
 ),
