@@ -119,7 +119,7 @@ def small_lake(tmp_path):
         (["live", "--type", "usdt_perp", "--duration", "nan"], "--duration must be a number > 0"),
         (["live", "--type", "usdt_perp", "--health-every", "0"], "--health-every must be a number > 0"),
         (["live", "--type", "usdt_perp", "--exchange-info-every", "-1"], "--exchange-info-every must be"),
-        (["offsets", "--type", "usdt_perp", "--interval", "1M"], "offsets need a fixed-length interval"),
+        (["offsets", "--type", "usdt_perp", "--interval", "1M"], "offsets of 1M are not supported"),
         (["offsets", "--type", "usdt_perp", "--interval", "1h", "--base", "1m"], "no stored usdt_perp 1m klines"),
         (["compact", "--grace", "nan"], "--grace must be a number >= 0"),
         (["status", "--interval", ""], "unknown interval ''"),

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json, series_filters
-from lake.errors import NotFoundError, ValidationError
+from lake.errors import NotFoundError
 from lake.progress import Progress
 from lake.transform.build import build_offsets
 
@@ -49,13 +49,8 @@ def offsets(
     config: ConfigOpt = None,
 ) -> None:
     """Candles of --interval at every offset of --base, written to the offsets table (only what changed)."""
-    from lake.binance.intervals import parse_interval
-
     settings = get_settings(config, write=True, root=root)
-    series_filters(trade_type, interval, symbols)  # bad names fail before any lock or progress line
-    for name, value in (("--interval", interval), ("--base", base)):
-        if value is not None and parse_interval(value).ms is None:
-            raise ValidationError(f"{name} {value}: offsets need a fixed-length interval (not 1M)")
+    series_filters(trade_type, interval, symbols)  # bad names fail before any progress line
     with Progress(enabled=False if json_out else None) as progress:
         tasks: list[int] = []
 

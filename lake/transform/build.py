@@ -58,7 +58,7 @@ from lake.transform.manifest import (
     load_manifest,
     save_manifest,
 )
-from lake.transform.offsets import OffsetPlan, Resampled, offset_plan, resample_arrays
+from lake.transform.offsets import OffsetPlan, Resampled, check_target, offset_plan, resample_arrays
 from lake.transform.planning import CHUNK_ROWS, Fingerprints, Work, fingerprints, plan_all, scan_coded
 from lake.transform.tail import BIN_SCHEMA, GRACE_S, Layer, TailState, arrow_column
 
@@ -121,6 +121,7 @@ class BuildResult:
 def default_base(lfs: LakeFS, trade_type: str, target: Interval, symbols: Sequence[str] | None) -> str:
     """The coarsest stored kline interval that divides ``target`` at least twice (5m for 1h, …)."""
     stored = {iv for tt, iv, sym in list_series(lfs) if tt == trade_type and (not symbols or sym in symbols)}
+    check_target(target)
     assert target.ms is not None
     fits = [
         iv
@@ -166,6 +167,11 @@ def build_offsets(
     tt = get_trade_type(trade_type)
     target = parse_interval(interval, spot=tt.is_spot)
     syms = validate_symbols(symbols) if symbols else None
+    # a bad combination fails before the lock (and its file) is taken
+    if base is not None:
+        offset_plan(target, parse_interval(base, spot=tt.is_spot), offsets, method)
+    else:
+        check_target(target)
     with lfs.lock(table_dir(tt.name, target.name)):
         manifest = load_manifest(lfs, tt.name, target.name)
         tail = offsets_tail.load_state(lfs, tt.name, target.name)  # an unreadable file stops here

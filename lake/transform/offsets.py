@@ -40,6 +40,7 @@ __all__ = [
     "SUM_COLUMNS",
     "OffsetPlan",
     "Resampled",
+    "check_target",
     "format_offset",
     "offset_plan",
     "parse_duration_ms",
@@ -130,6 +131,12 @@ class OffsetPlan:
         return [self.name(k) for k in self.offsets]
 
 
+def check_target(target: Interval) -> None:
+    """Raise ``ValidationError`` for a target interval offsets cannot have (1M)."""
+    if target.ms is None:
+        raise ValidationError("offsets of 1M are not supported: a calendar month is no multiple of a base")
+
+
 def offset_plan(
     target: str | Interval,
     base: str | Interval,
@@ -145,8 +152,8 @@ def offset_plan(
     b = parse_interval(base)
     if method not in METHODS:
         raise ValidationError(f"unknown method {method!r}; valid: {', '.join(METHODS)}")
-    if t.ms is None:
-        raise ValidationError("offsets of 1M are not supported: a calendar month is no multiple of a base")
+    check_target(t)
+    assert t.ms is not None  # (check_target)
     if b.ms is None:
         raise ValidationError("1M cannot be a base interval")
     if b.ms >= t.ms or t.ms % b.ms:

@@ -217,6 +217,15 @@ def test_default_base_and_missing_data(tmp_path: Path) -> None:
         build_offsets(tmp_path, "usdt_perp", "1h", base="1h")
 
 
+def test_bad_combinations_fail_before_the_lock(tmp_path: Path) -> None:
+    """A 1M target or base, or a base that does not divide the target, is refused before the table
+    lock is taken: nothing, not even a lock file, is created."""
+    for interval, base in (("1M", None), ("1M", "1d"), ("1h", "1M"), ("1h", "1h")):
+        with pytest.raises(ValidationError):
+            build_offsets(tmp_path / "lake", "usdt_perp", interval, base=base)
+    assert not (tmp_path / "lake").exists()
+
+
 def test_partition_paths_validate() -> None:
     p = OffsetPartition("usdt_perp", "1h", "15m", "BTCUSDT", dt.date(2024, 1, 1))
     assert (
