@@ -196,11 +196,9 @@ def _segments(
 
 def _slot(iv: Interval) -> pl.Expr:
     """The open time (ms) of the slot each candle fills: off-grid 2018 candles fall in the slot they open in."""
-    t = pl.col("candle_begin_time").dt.epoch("ms")
     if iv.ms is None:
         return pl.col("candle_begin_time").dt.truncate("1mo").dt.epoch("ms")
-    anchor = iv.floor(0)  # 0, or the Monday before the epoch for 1w
-    return t - (t - anchor) % iv.ms
+    return iv.floor_many(pl.col("candle_begin_time").dt.epoch("ms"))
 
 
 def _series_stats(lfs: LakeFS, tt: str, iv_name: str, syms: list[str]) -> dict[str, Any]:

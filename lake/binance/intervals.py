@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
 
 from lake.errors import ValidationError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import polars as pl
 
 __all__ = [
     "INTERVALS",
@@ -24,6 +29,8 @@ MS_PER_HOUR = 3_600_000
 MS_PER_DAY = 86_400_000
 # 1970-01-05 was the first Monday after the epoch; weekly bins are anchored there.
 _MONDAY_ANCHOR_MS = 4 * MS_PER_DAY
+# many open times (ms) at once: a NumPy array, a Polars Series or a Polars expression
+_Opens = TypeVar("_Opens", "np.ndarray", "pl.Series", "pl.Expr")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +73,15 @@ class Interval:
         if self.name == "1w":
             return ts_ms - (ts_ms - _MONDAY_ANCHOR_MS) % self.ms
         return ts_ms - ts_ms % self.ms
+
+    def floor_many(self, opens_ms: _Opens) -> _Opens:
+        """``floor`` of many times at once (a fixed-length interval; not ``1M``): the open of the slot
+        each candle fills. Binance's 2018 history has candles opening off the grid (09:28:14.789);
+        stored as published, each counts for the slot it falls in."""
+        if self.ms is None:
+            raise ValueError("floor_many needs a fixed-length interval, not 1M")
+        anchor = _MONDAY_ANCHOR_MS if self.name == "1w" else 0
+        return opens_ms - (opens_ms - anchor) % self.ms
 
     def next_open(self, open_ms: int) -> int:
         """Open time of the candle after the one opening at ``open_ms``."""

@@ -132,7 +132,6 @@ def _slot_ranges_np(
     """``_slot_ranges`` for a fixed-length interval, on arrays (a year of 1m is 525,600 opens)."""
     ms = interval.ms
     assert ms is not None
-    anchor = interval.floor(0)  # 0, or the Monday before the epoch for 1w
     arr = np.asarray(opens, dtype=np.int64)
     t = interval.floor(start_ms)
     if t < start_ms:
@@ -140,7 +139,7 @@ def _slot_ranges_np(
     # An open time floors into [t, end_ms) exactly when it lies in it (t is aligned), so the window
     # is cut before flooring.
     arr = arr[(arr >= t) & (arr < end_ms)]
-    present = arr - (arr - anchor) % ms
+    present = interval.floor_many(arr)
     # Stored opens come sorted and aligned (one per slot): then the O(n log n) unique is skipped.
     if present.size > 1 and not bool(np.all(present[1:] > present[:-1])):
         present = np.unique(present)

@@ -123,11 +123,9 @@ def _series(lfs: LakeFS, tt: str, iv_name: str, sym: str, times: pl.Series, iv: 
     if times.len() == 0:
         return SeriesCoverage(tt, iv_name, sym, None, None, 0, 0, [])
     ms = times.dt.epoch("ms")
-    # A candle fills the slot its open time falls in: Binance's 2018 history has candles opening off
-    # the grid (09:28:14.789), stored as published; the archive and REST planners count them the same.
+    # A candle fills the slot its open time falls in (off-grid 2018 candles), as the planners count
     if iv.ms is not None:
-        anchor = iv.floor(0)  # 0, or the Monday before the epoch for 1w
-        ms = ms - (ms - anchor) % iv.ms
+        ms = iv.floor_many(ms)
     elif ms.len():
         ms = pl.Series([iv.floor(v) for v in ms.to_list()], dtype=pl.Int64)
     first, last = int(ms[0]), int(ms[-1])

@@ -194,3 +194,19 @@ def test_ws_kline_parses_and_rejects_garbage() -> None:
     for bad in ({"e": "trade"}, {"e": "kline", "k": {"t": 1}}, {"e": "kline", "k": {**ev["k"], "o": "nan?"}}):
         with pytest.raises(DataError):
             parse_ws_kline(bad)
+
+
+def test_floor_many_agrees_with_floor_on_arrays_series_and_expressions() -> None:
+    """Off-grid opens (2018's 09:28:14.789) fall in their slot; weeks start on Mondays."""
+    import numpy as np
+    import polars as pl
+
+    opens = [1518168494789, 1518168480000, 1704067200000, 1704412799999, 0]
+    for name in ("1m", "5m", "1h", "1d", "3d", "1w"):
+        iv = parse_interval(name)
+        want = [iv.floor(t) for t in opens]
+        assert iv.floor_many(np.array(opens, dtype=np.int64)).tolist() == want
+        assert iv.floor_many(pl.Series(opens)).to_list() == want
+        assert pl.select(iv.floor_many(pl.lit(pl.Series(opens)))).to_series().to_list() == want
+    with pytest.raises(ValueError, match="1M"):
+        parse_interval("1M").floor_many(np.array(opens))

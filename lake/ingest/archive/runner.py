@@ -180,8 +180,7 @@ def lake_holes(
         step = iv.ms
         # Stored candles need not be aligned (irregular 2018 klines): each counts for its slot, so holes
         # are between aligned opens (unfloored, 09:27:00 then 09:28:14.789 made a hole of 09:28).
-        anchor = iv.floor(start_ms)
-        slots = times - (times - anchor) % step
+        slots = iv.floor_many(times)
         t = pl.concat([pl.Series([first - step]), slots, pl.Series([_ceil(end_ms, iv)])])
         gaps = (
             pl.DataFrame({"t": t})
