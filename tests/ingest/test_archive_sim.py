@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from lake.errors import DataError, NotFoundError
+from lake.errors import DataError, NotFoundError, UpstreamError
 from lake.ingest.archive.hybrid import archive_backfill
 from lake.ingest.archive.runner import download_dir
 from lake.schema import KLINE_COLUMNS
@@ -262,14 +262,32 @@ async def test_static_archive_serves_every_zip_built_once(tmp_path: Path) -> Non
 
 async def test_unknown_symbol_fails_but_a_delisted_archive_symbol_is_fetched(tmp_path: Path) -> None:
     """--symbols with a name neither exchangeInfo nor the archive knows (a typo) is an error, not a
-    silent success with 0 symbols; a delisted symbol only the archive has is fetched when named."""
+    silent success with 0 symbols; a delisted symbol is fetched when named."""
     async with SimServer(sim_config()) as sim:
         s = settings_for(sim, tmp_path)
-        window = dict(start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), end=dt.datetime(2024, 3, 2, tzinfo=dt.UTC))
+        window = dict(
+            start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), end=dt.datetime(2024, 3, 2, tzinfo=dt.UTC)
+        )
         with pytest.raises(NotFoundError, match="BTCUSDX"):
-            await archive_backfill(LakeFS(s.root), [TT], IV, settings=s, symbols=["BTCUSDX", "BTCUSDT"], **window)
+            await archive_backfill(
+                LakeFS(s.root), [TT], IV, settings=s, symbols=["BTCUSDX", "BTCUSDT"], **window
+            )
         assert not (tmp_path / "lake" / "klines").exists() or lake_frame(s).height == 0
         delisted = sim.market.awkward.delisted["spot"][0]
         res = await archive_backfill(LakeFS(s.root), [TT], IV, settings=s, symbols=[delisted], **window)
         assert res.archive[0].files_downloaded >= 1
         assert lake_frame(s, [delisted]).height > 0
+
+
+async def test_symbol_unknown_to_exchange_info_with_the_archive_listing_down_is_an_error(
+    tmp_path: Path,
+) -> None:
+    """Only the archive could hold a symbol exchangeInfo does not list: with its listing unreachable
+    the run fails (transient) instead of ending with nothing for that symbol and exit 0."""
+    async with SimServer(sim_config()) as sim:
+        s = Settings(root=str(tmp_path / "lake"), sim_url=sim.base_url, archive_list_url="http://127.0.0.1:9")
+        window = dict(
+            start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), end=dt.datetime(2024, 3, 2, tzinfo=dt.UTC)
+        )
+        with pytest.raises(UpstreamError, match="BTCUSDX"):
+            await archive_backfill(LakeFS(s.root), [TT], IV, settings=s, symbols=["BTCUSDX"], **window)

@@ -137,8 +137,13 @@ async def archive_backfill(
                         archived = set(
                             await list_archive_symbols(session, settings.endpoints, tt.market_name)
                         )
-                    except UpstreamError:
-                        archived = set(unknown)  # the archive part below reports the outage
+                    except UpstreamError as exc:
+                        # only the archive could have them (REST skips what exchangeInfo does not
+                        # list): going on would end with nothing for them and exit 0
+                        raise UpstreamError(
+                            f"{tt.name} symbol(s) {', '.join(unknown)} are not in exchangeInfo and the "
+                            f"archive listing is unreachable: {exc}"
+                        ) from exc
                     absent = [s for s in unknown if s not in archived]
                     if absent:
                         raise NotFoundError(
