@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import polars as pl
+from aiohttp import web
 
 from lake.live.watermark import read_watermark
 from lake.query.connect import connect
@@ -183,3 +187,28 @@ class WatermarkAuditor(threading.Thread):
     def stop(self) -> None:
         self.stop_flag.set()
         self.join(timeout=10)
+
+
+@contextlib.asynccontextmanager
+async def webhook(delay_s: float = 0.0) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+    """A real local webhook for alerts: yields (the JSON bodies posted, its URL); each answer comes
+    ``delay_s`` late."""
+    posts: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        posts.append(await request.json())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/alerts", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield posts, f"http://127.0.0.1:{port}/alerts"
+    finally:
+        await runner.cleanup()

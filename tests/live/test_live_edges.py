@@ -10,7 +10,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-from aiohttp import web
 
 from lake.ingest.rest_client import RestClient
 from lake.live.alerts import Alerter
@@ -22,7 +21,7 @@ from lake.sim.config import FaultConfig
 from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
 
-from .helpers import M, diff_truth, lake_frame
+from .helpers import M, diff_truth, lake_frame, webhook
 
 TT = "usdt_perp"
 
@@ -155,20 +154,6 @@ async def test_alerts_raised_while_shutting_down_are_delivered(
 ) -> None:
     # The last compaction (at shutdown) fails: the alert about it must reach the webhook before the
     # alerter's session is closed, not be cancelled with the event loop.
-    posts: list[dict[str, Any]] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        await asyncio.sleep(0.05)  # a webhook a little slower than the shutdown
-        posts.append(await request.json())
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/alerts", handle)
-    hook = web.AppRunner(app)
-    await hook.setup()
-    site = web.TCPSite(hook, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     real = KlineWriter.compact
 
     def compact(self: KlineWriter, grace_s: float) -> Any:
@@ -178,16 +163,17 @@ async def test_alerts_raised_while_shutting_down_are_delivered(
         return res
 
     monkeypatch.setattr(KlineWriter, "compact", compact)
-    try:
-        async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6})) as sim:
-            runner = LiveRunner(
-                Settings(root=str(tmp_path), sim_url=sim.base_url),
-                LiveConfig(trade_types=(TT,), intervals=("1m",), periods=2, grace_s=5.0, history=3),
-                alerter=Alerter(f"http://127.0.0.1:{port}/alerts", "json", min_interval_s=0.0),
-            )
-            summary = await asyncio.wait_for(runner.run(), timeout=60)
-    finally:
-        await hook.cleanup()
+    # a webhook a little slower than the shutdown
+    async with (
+        webhook(delay_s=0.05) as (posts, url),
+        sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6})) as sim,
+    ):
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=2, grace_s=5.0, history=3),
+            alerter=Alerter(url, "json", min_interval_s=0.0),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=60)
     assert [p["title"] for p in posts] == [f"{TT} 1m: compaction failed for 1 symbols"]
     assert "disk full" in posts[0]["text"] and summary["alerts"]["sent"] == 1
 

@@ -11,7 +11,6 @@ from typing import Any
 
 import polars as pl
 import pytest
-from aiohttp import web
 
 from lake.errors import UpstreamError
 from lake.live.alerts import Alerter
@@ -21,7 +20,7 @@ from lake.settings import Settings
 from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
 
-from .helpers import M, diff_truth, lake_frame
+from .helpers import M, diff_truth, lake_frame, webhook
 
 IV = "1m"
 
@@ -49,23 +48,8 @@ async def _until(cond: Any, within: float) -> None:
 
 @pytest.fixture
 async def hook() -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
-    posts: list[dict[str, Any]] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        posts.append(await request.json())
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/alerts", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield posts, f"http://127.0.0.1:{port}/alerts"
-    finally:
-        await runner.cleanup()
+    async with webhook() as posted:
+        yield posted
 
 
 async def test_alert_when_repair_fails_then_recovery(
@@ -229,7 +213,11 @@ def test_catchup_retries_what_a_retry_can_fix_only() -> None:
     from lake.errors import ConfigError, DataError, IncompleteError, ValidationError
     from lake.live.runner import _transient
 
-    assert _transient(UpstreamError("503")) and _transient(IncompleteError("gaps")) and _transient(DataError("x"))
+    assert (
+        _transient(UpstreamError("503"))
+        and _transient(IncompleteError("gaps"))
+        and _transient(DataError("x"))
+    )
     assert _transient(pl.exceptions.ComputeError("torn"))
     assert not _transient(ConfigError("lake root s3://gone/lake: bucket 'gone' does not exist"))
     assert not _transient(ValidationError("bad interval")) and not _transient(RuntimeError("bug"))
