@@ -40,6 +40,9 @@ app = typer.Typer(
 )
 
 _registered = False
+# click's error classes, as typer raises them: recent typer releases vendor click, older ones use it
+_CLICK_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+_USAGE_ERROR: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 
 @app.callback(invoke_without_command=True)
@@ -72,7 +75,17 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging()
     _register()
     try:
-        app(args=argv, prog_name="lake")
+        # standalone_mode=False: click's usage errors come back to us and are printed as one line
+        # like every other error, not as typer's boxed panel (scripts grep stderr).
+        rv = app(args=argv, prog_name="lake", standalone_mode=False)
+    except _CLICK_ERROR as exc:
+        ctx = getattr(exc, "ctx", None) if isinstance(exc, _USAGE_ERROR) else None
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        typer.echo(f"lake: error: {exc.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except typer.Abort:  # Ctrl-C while click was parsing or prompting
+        typer.echo("lake: interrupted", err=True)
+        sys.exit(130)
     except LakeError as exc:
         typer.echo(f"lake: error: {exc}", err=True)
         sys.exit(exc.exit_code)
@@ -83,6 +96,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("lake: interrupted", err=True)
         sys.exit(130)
+    # Without standalone mode an exit code (typer.Exit, or 130 for Ctrl-C) is returned, not raised;
+    # every command returns None.
+    if isinstance(rv, int) and rv:
+        if rv == 130:
+            typer.echo("lake: interrupted", err=True)
+        sys.exit(rv)
 
 
 _register()

@@ -27,6 +27,10 @@ def run(*args: str, env_root: str | None = None) -> subprocess.CompletedProcess[
         (["status", "--interval", "7m"], "unknown interval '7m'; valid: 1s, 1m"),
         (["status", "--type", "usdt_future"], "unknown trade type 'usdt_future'; valid: usdt_spot"),
         (["status", "--symbols", "../etc"], "invalid symbol '../etc'"),
+        # click's own usage errors: one line too, not typer's boxed panel
+        (["status", "--bogus"], "No such option: --bogus"),
+        (["backfill", "--days", "abc"], "Invalid value for '--days'"),
+        (["nosuch"], "No such command 'nosuch'"),
     ],
 )
 def test_user_errors_are_one_line_and_nonzero(tmp_path, args: list[str], message: str) -> None:
