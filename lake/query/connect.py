@@ -7,8 +7,8 @@ The root is bound as a value, never pasted into SQL: ``SET VARIABLE lake_root = 
 parameter, and every view reads ``getvariable('lake_root')``. Glob metacharacters in the root are
 escaped (``[`` → ``[[]``) so a directory named ``data [old]`` or ``it's`` still works. Views are bound
 again at each query, so files written after ``connect`` show up (locally; on an object store
-s3fs caches listings and a connection may miss objects another process wrote after its first
-query: reconnect, which clears the cache).
+a new object shows up in queries started a second after it was written: listings are cached for
+that long).
 
 ``klines`` includes the candles ``lake live`` keeps in its tail when the tail holds any at
 connect time (the anti-join that makes that exact is not free); a connection opened while no live
@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import duckdb
+import fsspec
 import polars as pl
 
 from lake.errors import DataError
@@ -39,6 +40,8 @@ __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
 # In dependency order: coverage reads klines, intervals and empty_ranges, latest klines and intervals,
 # compare offsets.
+_LISTING_TTL_S = 1.0  # how stale an object-store listing a query may see (see register_views)
+
 VIEWS = (
     "intervals",
     "klines_partitions",
@@ -163,11 +166,20 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
     """Bind ``lake_root`` on ``con`` and (re)create every view; returns the file tables still empty."""
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
     if not lfs.is_local:
-        # DuckDB reads object stores through the lake's own fsspec file system (s3fs …), so no
-        # httpfs extension download is needed and credentials come from the same place. Its
-        # listing cache never expires: dropped here, so a new connection sees new files.
-        lfs.fs.invalidate_cache()
-        con.register_filesystem(lfs.fs)
+        # DuckDB reads object stores through an fsspec file system (s3fs …) of the lake's own
+        # settings, so no httpfs extension download is needed and credentials come from the same
+        # place. Its own instance: s3fs's listing cache never expires by default, and a connection
+        # sharing it missed every object written after its first query. Listings here expire after
+        # _LISTING_TTL_S, long enough that a query's opens find the sizes its glob listed (no HEAD
+        # per file), short enough that new files show up in the next query.
+        fs, _ = fsspec.core.url_to_fs(
+            lfs.url_root,
+            skip_instance_cache=True,
+            use_listings_cache=True,
+            listings_expiry_time=_LISTING_TTL_S,
+            **lfs.storage_options,
+        )
+        con.register_filesystem(fs)
     con.execute("SET VARIABLE lake_root = ?", [glob_escape(lfs.url_root)])
     empty = []
     for name in VIEWS:

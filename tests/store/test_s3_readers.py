@@ -1,8 +1,11 @@
 """A lake on a real S3 endpoint is readable from DuckDB (lake.connect) and Polars (scan_klines)."""
 
+import time
+
 import polars as pl
 
 from lake.query.connect import connect
+from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines, write_klines
 from tests.store.helpers import frame, opens, t0_ms
 
@@ -22,3 +25,21 @@ def test_duckdb_and_polars_read_an_s3_lake(lake_root: str) -> None:
     assert cov["missing"].to_list() == [0, 0]
     lazy = scan_klines(lake_root, "usdt_perp", "5m", ["1000SHIBUSDT"]).select(pl.len()).collect()
     assert lazy.item() == 600
+
+
+def test_an_open_connection_sees_files_written_after_its_first_query(lake_root: str) -> None:
+    write_klines(lake_root, "usdt_perp", "5m", "BTCUSDT", frame(opens(t0_ms(), 600)))
+    con = connect(lake_root)
+    try:
+        first = con.sql("SELECT count(*) FROM klines").fetchall()
+        # another writer (a backfill, lake live: another process, so not this process's s3fs
+        # instance and its caches) adds a symbol and a later month of the first one
+        other = LakeFS(lake_root, storage_options={"skip_instance_cache": True})
+        write_klines(other, "usdt_perp", "5m", "ETHUSDT", frame(opens(t0_ms(), 300)))
+        write_klines(other, "usdt_perp", "5m", "BTCUSDT", frame(opens(t0_ms() + 40 * 86_400_000, 10)))
+        time.sleep(1.2)  # object-store listings are cached for a second
+        after = con.sql("SELECT symbol, count(*) FROM klines GROUP BY symbol ORDER BY symbol").fetchall()
+    finally:
+        con.close()
+    assert first == [(600,)]
+    assert after == [("BTCUSDT", 610), ("ETHUSDT", 300)]
