@@ -34,7 +34,7 @@ import polars as pl
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.store.coverage import SeriesCoverage, coverage
 from lake.store.fs import LakeFS
-from lake.store.klines import scan_klines, to_lakefs
+from lake.store.klines import iter_series_batches, to_lakefs
 
 __all__ = ["AuditHole", "SeriesAudit", "audit"]
 
@@ -202,13 +202,20 @@ def _slot(iv: Interval) -> pl.Expr:
 
 
 def _series_stats(lfs: LakeFS, tt: str, iv_name: str, syms: list[str]) -> dict[str, Any]:
-    """Per symbol, in one scan: rows by source, zero-volume rows, (close, open) of the stored slots
-    around every gap, and the traded candles around every gap between traded candles."""
-    iv = parse_interval(iv_name)
-    lf = scan_klines(lfs, tt, iv_name, syms).select(
-        "symbol", "candle_begin_time", "open", "close", "volume", "source"
-    )
-    df = lf.collect().sort("symbol", "candle_begin_time").with_columns(slot=_slot(iv))
+    """Per symbol: rows by source, zero-volume rows, (close, open) of the stored slots around every
+    gap, and the traded candles around every gap between traded candles (series read in batches of
+    bounded size, see ``iter_series_batches``)."""
+    out: dict[str, Any] = {"sources": {}, "zero_volume": {}, "edges": {}, "traded": {}}
+    columns = ["candle_begin_time", "open", "close", "volume", "source"]
+    for _, df in iter_series_batches(lfs, tt, iv_name, syms, columns):
+        for k, v in _batch_stats(df, parse_interval(iv_name)).items():
+            out[k].update(v)
+    return out
+
+
+def _batch_stats(df: pl.DataFrame, iv: Interval) -> dict[str, Any]:
+    """``_series_stats`` of the series in ``df`` (sorted by symbol and open time)."""
+    df = df.with_columns(slot=_slot(iv))
     sources: dict[str, dict[str, int]] = defaultdict(dict)
     for sym, src, n in df.group_by("symbol", "source").len().iter_rows():
         sources[sym][src] = n

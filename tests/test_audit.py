@@ -227,3 +227,26 @@ def test_hole_inside_a_zero_volume_gap_is_a_segment_break(tmp_path) -> None:
     (a,) = audit(tmp_path)
     assert [(h.missing, h.kind, h.price_jump) for h in a.holes] == [(36, "segment_break", 0.0)]
     assert len(a.segments) == 2 and not a.unexpected
+
+
+def test_series_read_in_batches_give_the_same_audit_and_coverage(tmp_path, monkeypatch) -> None:
+    import lake.store.klines as klines
+    from lake.store.coverage import coverage
+
+    build(str(tmp_path))
+    whole = (audit(tmp_path), coverage(tmp_path))
+    batches: list[list[str]] = []
+    real = klines.iter_series_batches
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        for syms, df in real(*args, **kwargs):
+            batches.append(syms)
+            yield syms, df
+
+    monkeypatch.setattr(klines, "BATCH_ROWS", 1)  # every series is a batch of its own
+    monkeypatch.setattr("lake.store.coverage.iter_series_batches", spy)
+    monkeypatch.setattr("lake.audit.iter_series_batches", spy)
+    batched = (audit(tmp_path), coverage(tmp_path))
+    assert batched == whole
+    assert batches[:4] == [["AAAUSDT"], ["BBBUSDT"], ["CCCUSDT"], ["DDDUSDT"]]  # coverage, one at a time
+    assert len(batches) == 12  # audit: coverage of the market, then its own pass; coverage again

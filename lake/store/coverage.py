@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from lake.binance.intervals import Interval, parse_interval
 from lake.errors import DataError, LakeError
 from lake.store.fs import LakeFS
-from lake.store.klines import list_partitions, list_series, scan_klines, to_lakefs
+from lake.store.klines import iter_series_batches, list_partitions, list_series, to_lakefs
 from lake.store.meta import read_empty_ranges
 
 __all__ = ["Hole", "SeriesCoverage", "coverage"]
@@ -87,17 +87,16 @@ def coverage(
     out: list[SeriesCoverage] = []
     for (tt, iv_name), syms in sorted(groups.items()):
         ivl = parse_interval(iv_name)
-        try:
-            times = (
-                scan_klines(lfs, tt, iv_name, syms)
-                .select("symbol", "candle_begin_time")
-                .collect()
-                .sort("symbol", "candle_begin_time")
-            )
-        except pl.exceptions.PolarsError as exc:
-            raise _unreadable(lfs, tt, iv_name, syms, exc) from exc
-        for (sym,), part in times.group_by("symbol", maintain_order=True):
-            out.append(_series(lfs, tt, iv_name, str(sym), part["candle_begin_time"], ivl))
+        batches = iter_series_batches(lfs, tt, iv_name, sorted(syms), ["candle_begin_time"])
+        while True:
+            try:
+                batch = next(batches, None)
+            except pl.exceptions.PolarsError as exc:
+                raise _unreadable(lfs, tt, iv_name, syms, exc) from exc
+            if batch is None:
+                break
+            for (sym,), part in batch[1].group_by("symbol", maintain_order=True):
+                out.append(_series(lfs, tt, iv_name, str(sym), part["candle_begin_time"], ivl))
     return sorted(out, key=lambda c: (c.trade_type, c.interval, c.symbol))
 
 

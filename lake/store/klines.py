@@ -11,7 +11,7 @@ import datetime as dt
 import io
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +40,7 @@ from lake.store.tail import TAIL_SCHEMA, read_tail
 __all__ = [
     "WriteResult",
     "encode_parquet",
+    "iter_series_batches",
     "list_partitions",
     "list_series",
     "read_partition",
@@ -378,6 +379,50 @@ def scan_klines(
         return pl.LazyFrame(schema={"symbol": pl.String, **KLINE_SCHEMA})
     frames = [p.select(columns) for p in parts]
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
+
+
+# Rows one batch of ``iter_series_batches`` reads at most (unless one series alone has more). On 300
+# symbols x 365 days of 5m, 2M rows took `lake status` to a 0.47 GB peak (8M: 1.2 GB; all at once,
+# as before: 2.7 GB) and was no slower than bigger batches.
+BATCH_ROWS = 2_000_000
+_PERIOD_DAYS = {"day": 1, "month": 31, "year": 366}
+
+
+def iter_series_batches(
+    root: str | os.PathLike[str] | LakeFS,
+    trade_type: str,
+    interval: str,
+    symbols: Sequence[str],
+    columns: Sequence[str],
+    *,
+    max_rows: int | None = None,
+) -> Iterator[tuple[list[str], pl.DataFrame]]:
+    """Read whole series of one (trade type, interval) in batches of symbols: ``(symbols, frame)``
+    with ``symbol`` and ``columns``, sorted by symbol and open time, tail included.
+
+    A whole-market pass (coverage, audit) reads series a batch at a time, each batch about
+    ``max_rows`` rows by its partition count (default ``BATCH_ROWS``), instead of every row of the market at once: a
+    market of 1m candles over years is billions of rows, more than any machine's memory.
+    """
+    lfs = to_lakefs(root)
+    iv = parse_interval(interval)
+    limit = BATCH_ROWS if max_rows is None else max_rows
+    per_partition = _PERIOD_DAYS[partition_period(iv)] * 86_400_000 // iv.ms if iv.ms is not None else 12
+    cols = ["symbol", *[c for c in columns if c != "symbol"]]
+    batch: list[str] = []
+    rows = 0
+    for i, sym in enumerate(symbols):
+        n = sum(
+            1
+            for name in lfs.listdir(series_dir("klines", trade_type, interval, sym))
+            if name.startswith("date=")
+        )
+        batch.append(sym)
+        rows += max(n, 1) * per_partition
+        if rows >= limit or i == len(symbols) - 1:
+            frame = scan_klines(lfs, trade_type, interval, batch).select(cols).collect()
+            yield batch, frame.sort("symbol", "candle_begin_time")
+            batch, rows = [], 0
 
 
 def _scan_files(
