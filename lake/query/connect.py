@@ -7,8 +7,7 @@ The root is bound as a value, never pasted into SQL: ``SET VARIABLE lake_root = 
 parameter, and every view reads ``getvariable('lake_root')``. Glob metacharacters in the root are
 escaped (``[`` → ``[[]``) so a directory named ``data [old]`` or ``it's`` still works. Views are bound
 again at each query, so files written after ``connect`` show up (locally; on an object store
-a new object shows up in queries started a second after it was written: listings are cached for
-that long).
+every query lists the files anew).
 
 ``klines`` includes the candles ``lake live`` keeps in its tail when the tail holds any at
 connect time (the anti-join that makes that exact is not free); a connection opened while no live
@@ -22,12 +21,15 @@ fails on a young lake; reconnect (or call ``register_views`` again) once the fil
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import duckdb
 import fsspec
 import polars as pl
+from fsspec.utils import glob_translate
 
 from lake.errors import DataError
 from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
@@ -40,8 +42,6 @@ __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
 # In dependency order: coverage reads klines, intervals and empty_ranges, latest klines and intervals,
 # compare offsets.
-_LISTING_TTL_S = 1.0  # how stale an object-store listing a query may see (see register_views)
-
 VIEWS = (
     "intervals",
     "klines_partitions",
@@ -168,17 +168,8 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
     if not lfs.is_local:
         # DuckDB reads object stores through an fsspec file system (s3fs …) of the lake's own
         # settings, so no httpfs extension download is needed and credentials come from the same
-        # place. Its own instance: s3fs's listing cache never expires by default, and a connection
-        # sharing it missed every object written after its first query. Listings here expire after
-        # _LISTING_TTL_S, long enough that a query's opens find the sizes its glob listed (no HEAD
-        # per file), short enough that new files show up in the next query.
-        fs, _ = fsspec.core.url_to_fs(
-            lfs.url_root,
-            skip_instance_cache=True,
-            use_listings_cache=True,
-            listings_expiry_time=_LISTING_TTL_S,
-            **lfs.storage_options,
-        )
+        # place. Its own instance, whose listing cache is dropped by every glob (see _FreshGlob).
+        fs = _duckdb_filesystem(lfs)
         con.register_filesystem(fs)
     con.execute("SET VARIABLE lake_root = ?", [glob_escape(lfs.url_root)])
     empty = []
@@ -194,6 +185,36 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
         else:
             con.execute(view_sql(name))
     return empty
+
+
+def _duckdb_filesystem(lfs: LakeFS) -> fsspec.AbstractFileSystem:
+    """A new fsspec instance for the lake's object store whose every ``glob`` lists anew.
+
+    DuckDB globs each view's files when a query starts, then opens them. s3fs's listing cache never
+    expires, so a connection sharing it missed every object written after its first query; with an
+    expiry instead, a query outliving it asked S3 for each file's size again as it opened the files
+    (~6 requests per file on moto). Dropped at each glob, a query lists what exists now and finds
+    the sizes of its files in that listing.
+    """
+    fs, _ = fsspec.core.url_to_fs(lfs.url_root, skip_instance_cache=True, **lfs.storage_options)
+    # On the instance: an async file system's sync ``glob`` is an attribute set when it is made.
+    walk_glob = fs.glob
+
+    def glob(path: str, **kwargs: Any) -> Any:
+        fs.invalidate_cache()
+        stripped = fs._strip_protocol(path)
+        parts = stripped.split("/")
+        fixed = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), None)
+        if kwargs or fixed is None or "**" in stripped:
+            return walk_glob(path, **kwargs)
+        # fsspec globs a pattern of fixed depth by listing each directory (a LIST per symbol and
+        # per partition directory); one listing of everything under the pattern's fixed prefix,
+        # matched here, takes a request per 1,000 objects instead.
+        match = re.compile(glob_translate(stripped)).match
+        return sorted(p for p in fs.find("/".join(parts[:fixed])) if match(p))
+
+    fs.glob = glob
+    return fs
 
 
 _PLAIN_KLINES = "CREATE OR REPLACE VIEW klines AS SELECT * FROM klines_partitions"

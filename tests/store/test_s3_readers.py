@@ -43,3 +43,31 @@ def test_an_open_connection_sees_files_written_after_its_first_query(lake_root: 
         con.close()
     assert first == [(600,)]
     assert after == [("BTCUSDT", 610), ("ETHUSDT", 300)]
+
+
+def test_a_query_on_s3_lists_the_prefix_once_and_never_asks_for_sizes(lake_root: str, monkeypatch) -> None:
+    if not lake_root.startswith("s3://"):
+        return  # object stores only
+    import s3fs
+
+    for i in range(12):
+        write_klines(lake_root, "usdt_perp", "5m", f"S{i:02d}USDT", frame(opens(t0_ms(), 600)))
+    calls: dict[str, int] = {}
+    real = s3fs.S3FileSystem._call_s3
+
+    async def counted(self, method, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[method] = calls.get(method, 0) + 1
+        return await real(self, method, *args, **kwargs)
+
+    con = connect(lake_root)
+    try:
+        monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+        for _ in range(2):
+            time.sleep(1.1)  # past any listing-cache expiry
+            calls.clear()
+            assert con.sql("SELECT count(*) FROM klines_partitions").fetchall() == [(7200,)]
+            # one flat listing per glob (DuckDB globs twice per query), not one per directory
+            # (27 for these 12 symbols and their partitions); no HEAD for each file's size
+            assert calls.get("list_objects_v2", 0) <= 2 and calls.get("head_object", 0) == 0, calls
+    finally:
+        con.close()
