@@ -135,6 +135,9 @@ def view_sql(name: str) -> str:
     return (resources.files("lake") / "sql" / f"{name}.sql").read_text(encoding="utf-8")
 
 
+_ESCAPED = re.compile(r"\[[\[*?]\]")  # a metacharacter made literal by glob_escape
+
+
 def glob_escape(path: str) -> str:
     """``path`` with DuckDB glob metacharacters made literal (``[`` ``*`` ``?`` → ``[[]`` ``[*]`` ``[?]``)."""
     return "".join(f"[{c}]" if c in "[*?" else c for c in path)
@@ -204,14 +207,16 @@ def _duckdb_filesystem(lfs: LakeFS) -> fsspec.AbstractFileSystem:
         fs.invalidate_cache()
         stripped = fs._strip_protocol(path)
         parts = stripped.split("/")
-        fixed = next((i for i, p in enumerate(parts) if any(c in p for c in "*?[")), None)
+        # the first component with a wildcard; one of a root escaped by glob_escape is literal
+        fixed = next((i for i, p in enumerate(parts) if any(c in _ESCAPED.sub("", p) for c in "*?[")), None)
         if kwargs or fixed is None or "**" in stripped:
             return walk_glob(path, **kwargs)
         # fsspec globs a pattern of fixed depth by listing each directory (a LIST per symbol and
         # per partition directory); one listing of everything under the pattern's fixed prefix,
         # matched here, takes a request per 1,000 objects instead.
         match = re.compile(glob_translate(stripped)).match
-        return sorted(p for p in fs.find("/".join(parts[:fixed])) if match(p))
+        prefix = _ESCAPED.sub(lambda m: m.group(0)[1], "/".join(parts[:fixed]))
+        return sorted(p for p in fs.find(prefix) if match(p))
 
     fs.glob = glob
     return fs
