@@ -207,8 +207,9 @@ def _series_stats(lfs: LakeFS, tt: str, iv_name: str, syms: list[str]) -> dict[s
     bounded size, see ``iter_series_batches``)."""
     out: dict[str, Any] = {"sources": {}, "zero_volume": {}, "edges": {}, "traded": {}}
     columns = ["candle_begin_time", "open", "close", "volume", "source"]
+    iv = parse_interval(iv_name)
     for _, df in iter_series_batches(lfs, tt, iv_name, syms, columns):
-        for k, v in _batch_stats(df, parse_interval(iv_name)).items():
+        for k, v in _batch_stats(df, iv).items():
             out[k].update(v)
     return out
 

@@ -171,7 +171,7 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
     if not lfs.is_local:
         # DuckDB reads object stores through an fsspec file system (s3fs …) of the lake's own
         # settings, so no httpfs extension download is needed and credentials come from the same
-        # place. Its own instance, whose listing cache is dropped by every glob (see _FreshGlob).
+        # place. Its own instance, which lists afresh at every glob (see _duckdb_filesystem).
         fs = _duckdb_filesystem(lfs)
         con.register_filesystem(fs)
     con.execute("SET VARIABLE lake_root = ?", [glob_escape(lfs.url_root)])

@@ -401,8 +401,9 @@ def iter_series_batches(
     with ``symbol`` and ``columns``, sorted by symbol and open time, tail included.
 
     A whole-market pass (coverage, audit) reads series a batch at a time, each batch about
-    ``max_rows`` rows by its partition count (default ``BATCH_ROWS``), instead of every row of the market at once: a
-    market of 1m candles over years is billions of rows, more than any machine's memory.
+    ``max_rows`` rows (default ``BATCH_ROWS``) as estimated from its partition count, instead of
+    every row of the market at once: a market of 1m candles over years is billions of rows, more
+    than any machine's memory.
     """
     lfs = to_lakefs(root)
     iv = parse_interval(interval)
