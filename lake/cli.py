@@ -79,9 +79,11 @@ def main(argv: list[str] | None = None) -> None:
         # like every other error, not as typer's boxed panel (scripts grep stderr).
         rv = app(args=argv, prog_name="lake", standalone_mode=False)
     except _CLICK_ERROR as exc:
-        ctx = getattr(exc, "ctx", None) if isinstance(exc, _USAGE_ERROR) else None
-        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        typer.echo(f"lake: error: {exc.format_message()}{hint}", err=True)  # type: ignore[attr-defined]
+        message = exc.format_message()  # type: ignore[attr-defined]
+        if message:  # (none: a group run without a command, whose help was printed)
+            ctx = getattr(exc, "ctx", None) if isinstance(exc, _USAGE_ERROR) else None
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            typer.echo(f"lake: error: {message}{hint}", err=True)
         sys.exit(exc.exit_code)  # type: ignore[attr-defined]
     except typer.Abort:  # Ctrl-C while click was parsing or prompting
         typer.echo("lake: interrupted", err=True)

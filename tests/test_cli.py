@@ -278,3 +278,10 @@ def test_a_damaged_partition_file_is_named_with_exit_4(tmp_path) -> None:
         assert res.returncode == 4, res.stderr
         assert "symbol=BTCUSDT/date=" in res.stderr and "Traceback" not in res.stderr
         assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+
+
+def test_no_command_prints_the_help_not_an_error() -> None:
+    res = run()
+    assert res.returncode == 2  # click's code for a group run without a command
+    assert "Usage: lake" in res.stdout and "backfill" in res.stdout
+    assert "error" not in res.stderr, res.stderr
