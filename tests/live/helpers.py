@@ -190,6 +190,34 @@ class WatermarkAuditor(threading.Thread):
 
 
 @contextlib.asynccontextmanager
+async def post_server(path: str, handle: Any) -> AsyncIterator[str]:
+    """A real local HTTP server answering POSTs to ``path`` with ``handle``; yields its URL."""
+    app = web.Application()
+    app.router.add_post(path, handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}{path}"
+    finally:
+        await runner.cleanup()
+
+
+async def run_while(runner: Any, scenario: Any, limit_s: float) -> Any:
+    """``runner.run()`` (at most ``limit_s`` seconds) while the coroutine ``scenario`` plays against it;
+    the scenario is cancelled when the run ends, its errors re-raised."""
+    play = asyncio.create_task(scenario)
+    try:
+        return await asyncio.wait_for(runner.run(), timeout=limit_s)
+    finally:
+        play.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await play
+
+
+@contextlib.asynccontextmanager
 async def webhook(delay_s: float = 0.0) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
     """A real local webhook for alerts: yields (the JSON bodies posted, its URL); each answer comes
     ``delay_s`` late."""
@@ -201,14 +229,5 @@ async def webhook(delay_s: float = 0.0) -> AsyncIterator[tuple[list[dict[str, An
         posts.append(await request.json())
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_post("/alerts", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield posts, f"http://127.0.0.1:{port}/alerts"
-    finally:
-        await runner.cleanup()
+    async with post_server("/alerts", handle) as url:
+        yield posts, url

@@ -15,6 +15,8 @@ from aiohttp import web
 
 from lake.live.alerts import Alerter, dingtalk_sign, redact_url
 
+from .helpers import post_server
+
 
 class Hook:
     def __init__(self) -> None:
@@ -30,17 +32,8 @@ class Hook:
 @pytest.fixture
 async def hook() -> AsyncIterator[tuple[Hook, str]]:
     h = Hook()
-    app = web.Application()
-    app.router.add_post("/hook", h.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield h, f"http://127.0.0.1:{port}/hook"
-    finally:
-        await runner.cleanup()
+    async with post_server("/hook", h.handle) as url:
+        yield h, url
 
 
 async def test_generic_json_post(hook: tuple[Hook, str]) -> None:

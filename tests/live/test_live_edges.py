@@ -4,7 +4,6 @@ without trades and a maintenance window (no closing events, empty REST answers).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from lake.sim.config import FaultConfig
 from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
 
-from .helpers import M, diff_truth, lake_frame, webhook
+from .helpers import M, diff_truth, lake_frame, run_while, webhook
 
 TT = "usdt_perp"
 
@@ -69,13 +68,7 @@ async def test_listing_inside_a_period_keeps_its_first_candle(tmp_path: Path) ->
             info = sim.control_faults({"list": [{"market": "um", "symbol": "MIDXUSDT"}]})
             listed["at"] = info[0]["segments"][-1][0]
 
-        play = asyncio.create_task(scenario())
-        try:
-            summary = await asyncio.wait_for(runner.run(), timeout=120)
-        finally:
-            play.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await play
+        summary = await run_while(runner, scenario(), 120)
         first = listed["at"]
         assert first % p != 0  # really inside a period
         wm = _assert_truth(sim, tmp_path, iv, [*live, "MIDXUSDT"])
@@ -201,13 +194,7 @@ async def test_halt_then_trading_again(tmp_path: Path) -> None:
             await _until(lambda: sim.clock.now_ms() >= spans[0] + 2 * M, 60)
             sim.control_faults({"list": [{"market": "um", "symbol": halted}]})
 
-        play = asyncio.create_task(scenario())
-        try:
-            summary = await asyncio.wait_for(runner.run(), timeout=90)
-        finally:
-            play.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await play
+        summary = await run_while(runner, scenario(), 90)
         wm = _assert_truth(sim, tmp_path, "1m", live)
         back = sim.market.info("um", halted).segments[-1][0]
     feed = summary["feeds"][0]

@@ -4,7 +4,6 @@ COIN-M feeds, a server clock jump, proactive connection rotation with SUBSCRIBE-
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from lake.settings import Settings
 from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
 
-from .helpers import M, diff_truth, lake_frame, webhook
+from .helpers import M, diff_truth, lake_frame, run_while, webhook
 
 IV = "1m"
 
@@ -73,13 +72,7 @@ async def test_alert_when_repair_fails_then_recovery(
             await _until(lambda: any("incomplete after repair" in p["title"] for p in posts), 30)
             sim.faults.update({"rest_error_rate": 0.0})
 
-        play = asyncio.create_task(scenario())
-        try:
-            summary = await asyncio.wait_for(runner.run(), timeout=90)
-        finally:
-            play.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await play
+        summary = await run_while(runner, scenario(), 90)
         feed = summary["feeds"][0]
         assert feed["incomplete_alerts"] >= 1 and feed["repair_failures"] >= 1
         alerts = [p for p in posts if "incomplete after repair" in p["title"]]
@@ -116,13 +109,7 @@ async def test_server_clock_jump(tmp_path: Path) -> None:
             await _until(lambda: feed.stats.periods_checked >= 3, 30)
             sim.clock.advance(7 * M)  # the exchange's clock jumps seven minutes ahead
 
-        play = asyncio.create_task(scenario())
-        try:
-            await asyncio.wait_for(runner.run(), timeout=90)
-        finally:
-            play.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await play
+        await run_while(runner, scenario(), 90)
         wm = _check_truth(sim, tmp_path, "usdt_perp")
         assert wm >= sim.clock.now_ms() - 4 * M  # followed the jump
 
