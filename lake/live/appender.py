@@ -379,14 +379,26 @@ class PartitionCache:
     """The last content this process wrote to each partition, with the file's change token.
 
     Lets ``append_klines`` skip re-reading a partition it wrote itself: under the series lock the
-    token (mtime + size) is compared with the file's; any other writer changes it.
+    token (mtime + size) is compared with the file's; any other writer changes it. Bounded by rows
+    as well as entries, least recently written first out: a day of 1s candles is 86,400 rows
+    (~8 MB), so a whole spot market followed at 1s would otherwise hold gigabytes by the evening.
     """
 
-    def __init__(self, max_entries: int = 4096) -> None:
+    def __init__(self, max_entries: int = 4096, max_rows: int = 4_000_000) -> None:
         self.max_entries = max_entries
+        self.max_rows = max_rows
         self._d: dict[str, tuple[str, pl.DataFrame]] = {}
+        self.rows = 0
         self.hits = 0
         self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def _drop(self, rel: str) -> None:
+        entry = self._d.pop(rel, None)
+        if entry is not None:
+            self.rows -= entry[1].height
 
     def get(self, lfs: LakeFS, rel: str) -> pl.DataFrame | None:
         entry = self._d.get(rel)
@@ -397,16 +409,18 @@ class PartitionCache:
             self.hits += 1
             return df
         self.misses += 1
-        self._d.pop(rel, None)
+        self._drop(rel)
         return None
 
     def put(self, lfs: LakeFS, rel: str, df: pl.DataFrame) -> None:
+        self._drop(rel)  # re-inserted last: the order is the order of writes
         token = lfs.mtime_key(rel)
-        if token is None:
+        if token is None or df.height > self.max_rows:
             return
-        if len(self._d) >= self.max_entries and rel not in self._d:
-            self._d.pop(next(iter(self._d)))
+        while self._d and (len(self._d) >= self.max_entries or self.rows + df.height > self.max_rows):
+            self._drop(next(iter(self._d)))
         self._d[rel] = (token, df)
+        self.rows += df.height
 
 
 def append_klines(

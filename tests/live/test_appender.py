@@ -9,9 +9,10 @@ from typing import Any
 import polars as pl
 import pytest
 
-from lake.live.appender import Appender, KlineWriter
+from lake.binance.klines import klines_from_rest
+from lake.live.appender import Appender, KlineWriter, PartitionCache, append_klines
 from lake.store.fs import LakeFS
-from lake.store.klines import scan_klines
+from lake.store.klines import scan_klines, write_klines
 from lake.store.tail import tail_files
 
 M = 60_000
@@ -150,3 +151,39 @@ async def test_writer_isolates_a_bad_row(tmp_path) -> None:
     finally:
         writer.close()
     assert list(out.stored) == ["BTCUSDT"] and list(out.failed) == ["ETHUSDT"]
+
+
+def test_partition_cache_appends_like_the_upsert_and_stays_within_its_rows(tmp_path) -> None:
+    """Compaction's fast path (append to the partition this process last wrote, from memory) leaves
+    the same partitions as the general upsert, and its cache never holds more rows than allowed."""
+
+    def rows(t0: int, n: int) -> list[list[Any]]:
+        return [
+            [t, str(1 + k), str(2 + k), "0.5", "1.5", "10", t + M - 1, "15", k, "5", "7", "0"]
+            for k, t in enumerate(range(t0, t0 + n * M, M))
+        ]
+
+    day0 = T - T % 86_400_000
+    fast, slow = LakeFS(tmp_path / "fast"), LakeFS(tmp_path / "slow")
+    cache = PartitionCache(max_rows=250)
+    symbols = [f"S{k}USDT" for k in range(4)]
+    for step in range(6):  # 6 compactions of 30 new candles per symbol, each past the stored end
+        for sym in symbols:
+            df = klines_from_rest(rows(day0 + step * 30 * M, 30), "ws")
+            if not append_klines(fast, "usdt_perp", "1m", sym, df, cache):
+                write_klines(fast, "usdt_perp", "1m", sym, df)
+            write_klines(slow, "usdt_perp", "1m", sym, df)
+            assert cache.rows <= 250 and cache.rows == sum(d.height for _t, d in cache._d.values())
+    assert cache.hits > 0  # the fast path ran from memory, not only from re-reads
+    assert len(cache) == 1  # 180 rows per partition: only the last write fits in 250 rows
+    for sym in symbols:
+        a = scan_klines(fast, "usdt_perp", "1m", [sym]).collect()
+        b = scan_klines(slow, "usdt_perp", "1m", [sym]).collect()
+        assert a.height == 180 and a.equals(b)
+    # a partition changed by another writer is re-read, not appended to from a stale copy
+    write_klines(fast, "usdt_perp", "1m", symbols[-1], klines_from_rest(rows(day0, 1), "rest"))
+    assert append_klines(
+        fast, "usdt_perp", "1m", symbols[-1], klines_from_rest(rows(day0 + 180 * M, 1), "ws"), cache
+    )
+    got = scan_klines(fast, "usdt_perp", "1m", [symbols[-1]]).collect()
+    assert got.height == 181 and got["source"].to_list()[:2] == ["rest", "ws"]
