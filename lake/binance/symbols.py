@@ -8,21 +8,27 @@ from lake.errors import ValidationError
 
 __all__ = ["SYMBOL_RE", "validate_symbol", "validate_symbols"]
 
-# ASCII only, on purpose: Unicode look-alikes (Cyrillic 'А', fullwidth 'Ｂ') must not pass.
-SYMBOL_RE = re.compile(r"[A-Z0-9][A-Z0-9_]{0,39}")
+# A-Z, 0-9 and '_', plus CJK unified ideographs: Binance lists Chinese-named symbols (USDⓈ-M
+# 币安人生USDT since October 2025). Nothing else non-ASCII: Unicode look-alikes of Latin letters
+# (Cyrillic 'А', Greek 'Β', fullwidth 'Ｂ') must not pass, and CJK compatibility ideographs
+# (U+F900-U+FAFF) are excluded because NFC normalisation would turn them into other code points.
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff"
+SYMBOL_RE = re.compile(rf"[A-Z0-9{_CJK}][A-Z0-9_{_CJK}]{{0,39}}")
 
 
 def validate_symbol(symbol: object) -> str:
     """Return ``symbol`` if it is a well-formed Binance symbol, else raise ``ValidationError``.
 
-    Accepted: 1–40 characters of ``A-Z``, ``0-9`` and ``_`` (not leading), which covers spot
-    (``BTCUSDT``), perpetuals (``BTCUSD_PERP``) and delivery contracts (``BTCUSDT_250328``).
+    Accepted: 1–40 characters of ``A-Z``, ``0-9``, CJK ideographs and ``_`` (not leading), which
+    covers spot (``BTCUSDT``), perpetuals (``BTCUSD_PERP``, ``币安人生USDT``) and delivery contracts
+    (``BTCUSDT_250328``).
     Lower case is rejected rather than silently upper-cased so that a path is never derived from a
     string other than the one validated.
     """
     if not isinstance(symbol, str) or not SYMBOL_RE.fullmatch(symbol):
         raise ValidationError(
-            f"invalid symbol {symbol!r}: expected 1-40 characters of A-Z, 0-9 and '_' (e.g. BTCUSDT)"
+            f"invalid symbol {symbol!r}: expected 1-40 characters of A-Z, 0-9, CJK ideographs and '_' "
+            "(e.g. BTCUSDT)"
         )
     return symbol
 

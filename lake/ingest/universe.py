@@ -147,9 +147,28 @@ class ExchangeSnapshot:
         out = [
             parse_symbol(s, tt.market)
             for s in self.symbols
-            if tt.accepts(s, trading_only=trading_only) and isinstance(s.get("symbol"), str)
+            if tt.accepts(s, trading_only=trading_only) and _usable_name(self.market, s.get("symbol"))
         ]
         return sorted(out, key=lambda s: s.symbol)
+
+
+_skipped_names: set[tuple[str, str]] = set()
+
+
+def _usable_name(market: str, name: object) -> bool:
+    """Whether an exchangeInfo symbol name can become a path and a URL; a name that cannot is
+    skipped with one warning per process (not every refresh), so one exotic listing never stops a
+    whole-market run."""
+    if not isinstance(name, str):
+        return False
+    try:
+        validate_symbol(name)
+    except ValidationError:
+        if (market, name) not in _skipped_names:
+            _skipped_names.add((market, name))
+            log.warning("%s exchangeInfo: skipping symbol %r (a name lake cannot store safely)", market, name)
+        return False
+    return True
 
 
 async def fetch_exchange_info(client: RestClient) -> ExchangeSnapshot:

@@ -48,8 +48,8 @@ __all__ = ["Archive", "FileMeta"]
 
 _PREFIX = {MARKETS[m].archive_prefix: m for m in MARKETS}  # "data/futures/um" -> "um"
 _KEY = re.compile(
-    r"(data/(?:spot|futures/um|futures/cm))/(daily|monthly)/klines/([A-Z0-9_]+)/([0-9a-z]+)/"
-    r"([A-Z0-9_]+)-([0-9a-z]+)-(\d{4}-\d{2}(?:-\d{2})?)\.zip(\.CHECKSUM)?"
+    r"(data/(?:spot|futures/um|futures/cm))/(daily|monthly)/klines/([^/]+)/([0-9a-z]+)/"
+    r"([^/-]+)-([0-9a-z]+)-(\d{4}-\d{2}(?:-\d{2})?)\.zip(\.CHECKSUM)?"
 )
 
 

@@ -76,6 +76,8 @@ class SimConfig:
 
     # The awkward truths (recent listings, delistings, a relisting, maintenance, illiquid symbols).
     awkward: bool = True
+    # Also list 币安人生USDT on USDⓈ-M, as Binance has since October 2025: a symbol name that is not ASCII.
+    cjk_symbol: bool = False
     recent_listing_days: int = 20
     zero_volume_rate: float = 0.0005  # chance that a minute of an ordinary symbol has no trades
     illiquid_zero_volume_rate: float = 0.08

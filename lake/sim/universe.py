@@ -39,6 +39,7 @@ KNOWN_BASES: dict[str, float] = {
 }  # fmt: skip
 BTC_USD = KNOWN_BASES["BTC"]  # converts BTC-quoted notionals when sizing volumes
 ROLE_POSITIONS = {"illiquid": 2, "recent": 3, "delisted": 4, "relisted": 5}
+CJK_BASE = "币安人生"  # a real USDⓈ-M base asset (2025-10), listed with SimConfig.cjk_symbol
 MAIN_TYPE = {"spot": "usdt_spot", "um": "usdt_perp", "cm": "coin_perp"}
 MAX_LOTS_PER_MINUTE = 10**11  # keeps monthly integer sums far below 2**53
 # Days the generator can produce (see gen.WALK_DAY0 / WALK_DAYS): 2015-01-01 .. 2041-12.
@@ -164,8 +165,11 @@ class Universe:
             n_usdc = max(1, n // 8)
             n_deli = max(1, round(n * 0.3))
             n_usdt = n - n_usdc - n_deli
+            cjk: list[tuple[str, str, str, int | None]] = (
+                [(f"{CJK_BASE}USDT", CJK_BASE, "USDT", None)] if self.config.cjk_symbol else []
+            )
             return [
-                ("usdt_perp", [(f"{b}USDT", b, "USDT", None) for b in bases(n_usdt)]),
+                ("usdt_perp", [(f"{b}USDT", b, "USDT", None) for b in bases(n_usdt)] + cjk),
                 ("usdc_perp", [(f"{b}USDC", b, "USDC", None) for b in bases(n_usdc)]),
                 ("usdt_deli", [(f"{b}USDT_{s}", b, "USDT", d) for b, s, d in self._deliveries(n_deli)]),
             ]

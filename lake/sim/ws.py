@@ -48,7 +48,7 @@ from lake.sim.market import SimMarket
 __all__ = ["WS_BASES", "WsHub"]
 
 WS_BASES = {"spot": "/ws-spot", "um": "/ws-um/market", "cm": "/ws-cm"}
-_KLINE = re.compile(r"([a-z0-9_]+)@kline_(\w+)")
+_KLINE = re.compile(r"([^@/A-Z]+)@kline_(\w+)")  # lowercase symbol (CJK has no case)
 _ID = re.compile(r"[A-Za-z0-9]{1,36}")
 _METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
 

@@ -119,6 +119,9 @@ HOSTILE = [
     "BTC\\USDT",
     "BTC.USDT",
     "%2e%2e",
+    "\uf900USDT",  # a CJK compatibility ideograph (NFC turns it into another code point)
+    "币安人生usdt",
+    "币安人生-USDT",
 ]
 
 
@@ -129,7 +132,7 @@ def test_hostile_symbols_rejected(bad: str) -> None:
 
 
 def test_valid_symbols() -> None:
-    for s in ("BTCUSDT", "BTCUSD_PERP", "BTCUSDT_250328", "1000SHIBUSDT"):
+    for s in ("BTCUSDT", "BTCUSD_PERP", "BTCUSDT_250328", "1000SHIBUSDT", "币安人生USDT"):
         assert validate_symbol(s) == s
     assert validate_symbols("BTCUSDT, ETHUSDT,BTCUSDT") == ["BTCUSDT", "ETHUSDT"]
 

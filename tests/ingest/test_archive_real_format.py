@@ -264,10 +264,19 @@ ZIP = "BTCUSDT-1m-2024-01-01.zip"
         f"{SHA} *{ZIP}\n",  # sha256sum's binary-mode marker
         f"{SHA.upper()}  {ZIP}",
         f"{SHA}\n",  # the hash alone
+        f"{SHA}  data/spot/daily/klines/BTCUSDT/1m/{ZIP}",  # sha256sum run from elsewhere
+        f"{SHA}  /tmp/{ZIP}\n",
     ],
 )
 def test_checksum_variants(body: str) -> None:
     assert parse_checksum(body.encode(), ZIP) == SHA
+
+
+def test_checksum_of_a_cjk_named_file() -> None:
+    name = "币安人生USDT-1m-2025-11-01.zip"
+    assert parse_checksum(f"{SHA}  {name}".encode(), name) == SHA
+    with pytest.raises(DataError, match="names another file"):
+        parse_checksum(f"{SHA}  {name}".encode(), ZIP)
 
 
 @pytest.mark.parametrize(
@@ -277,6 +286,8 @@ def test_checksum_variants(body: str) -> None:
         b"\n",
         f"{SHA[:-1]}  {ZIP}".encode(),
         f"{SHA}  ETHUSDT-1m-2024-01-01.zip".encode(),
+        f"{SHA}  {ZIP}/ETHUSDT-1m-2024-01-01.zip".encode(),
+        b"\xff\xfe" + SHA.encode(),
         b"<html></html>",
     ],
 )

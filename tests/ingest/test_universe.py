@@ -98,3 +98,18 @@ def test_funding_table_upsert_and_gaps(tmp_path: Path) -> None:
     assert funding_gaps(stored, NOW - 1000, NOW + 10**9) == [(NOW - 1000, NOW), (NOW + 2 * 28_800_000 + 1,
                                                                                   NOW + 10**9)]
     assert funding_gaps(stored.clear(), 5, 9) == [(5, 9)]
+
+
+def test_a_name_lake_cannot_store_is_skipped_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    """Binance lists 币安人生USDT (kept); a name that could not become a path (here a look-alike
+    and a traversal) is skipped with one warning, and the rest of the market is still served."""
+    def perp(name: str) -> dict:
+        return {"symbol": name, "status": "TRADING", "contractType": "PERPETUAL", "quoteAsset": "USDT", "filters": []}
+
+    raw = {"symbols": [perp("BTCUSDT"), perp("币安人生USDT"), perp("ВTCUSDT"), perp("../USDT")]}
+    snap = ExchangeSnapshot("um", NOW, raw)
+    assert universe(snap, "usdt_perp").symbols == ["BTCUSDT", "币安人生USDT"]
+    assert universe(snap, "usdt_perp").symbols == ["BTCUSDT", "币安人生USDT"]
+    skipped = [r.getMessage() for r in caplog.records if "skipping symbol" in r.getMessage()]
+    assert len(skipped) == 2 and "'../USDT'" in skipped[1]  # once each, not once per refresh
+    assert snapshot_frame(snap, "usdt_perp")["symbol"].to_list() == ["BTCUSDT", "币安人生USDT"]

@@ -54,15 +54,19 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 
 
 def parse_checksum(text: bytes, name: str) -> str:
-    """The SHA-256 in a ``.CHECKSUM`` body (``"<hex>  <zip name>"``, trailing newline optional)."""
+    """The SHA-256 in a ``.CHECKSUM`` body (``"<hex>  <zip name>"``, trailing newline optional).
+
+    The name is UTF-8 (symbols such as 币安人生USDT) and may carry a directory, as ``sha256sum``
+    prints it when run from elsewhere; only its last component must be the zip's name.
+    """
     try:
-        line = text.decode("ascii").strip()
+        line = text.decode("utf-8").strip()
     except UnicodeDecodeError as exc:
-        raise DataError(f"{name}.CHECKSUM is not ASCII") from exc
+        raise DataError(f"{name}.CHECKSUM is not UTF-8 text") from exc
     parts = line.split()
     if not parts or not _HEX64.fullmatch(parts[0]):
         raise DataError(f"{name}.CHECKSUM is malformed: {line[:120]!r}")
-    if len(parts) > 1 and parts[-1].lstrip("*") != name:
+    if len(parts) > 1 and parts[-1].lstrip("*").replace("\\", "/").rsplit("/", 1)[-1] != name:
         raise DataError(f"{name}.CHECKSUM names another file: {parts[-1][:80]!r}")
     return parts[0].lower()
 

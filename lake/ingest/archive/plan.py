@@ -140,7 +140,8 @@ class ArchiveFile:
         return self.key
 
 
-_NAME_RE = re.compile(r"(?P<sym>[A-Z0-9_]+)-(?P<iv>[0-9a-z]+)-(?P<date>\d{4}-\d{2}(?:-\d{2})?)\.zip")
+# The symbol part is checked by ArchiveFile (validate_symbol), which also admits CJK names.
+_NAME_RE = re.compile(r"(?P<sym>[^/\-]+)-(?P<iv>[0-9a-z]+)-(?P<date>\d{4}-\d{2}(?:-\d{2})?)\.zip")
 
 
 def file_from_name(market: str, freq: str, interval: Interval | str, name: str) -> ArchiveFile | None:
