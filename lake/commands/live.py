@@ -56,7 +56,11 @@ def live_cmd(
         int, typer.Option("--history", help="Candles fetched for a symbol the lake holds nothing of.")
     ] = 1500,
     exchange_info_every: Annotated[
-        int, typer.Option("--exchange-info-every", help="Refresh exchangeInfo every N periods (0: never).")
+        int,
+        typer.Option(
+            "--exchange-info-every",
+            help="Refresh exchangeInfo every N periods, at most once a minute (0: never).",
+        ),
     ] = 1,
     compact_every: Annotated[
         float,

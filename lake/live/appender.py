@@ -97,6 +97,8 @@ class Appender:
         if self.interval.ms is None:
             raise DataError("live feeds need a fixed-length interval (not 1M)")
         self._iv_ms: int = self.interval.ms
+        # 0 for every grid but the week's (Mondays): (t - anchor) % ms is 0 exactly at an open
+        self._anchor: int = self.interval.floor(0) % self._iv_ms
         self.symbols: set[str] = set(symbols)
         self._is_stored = is_stored or (lambda s, t: False)
         self._buffer: dict[tuple[str, int], tuple[tuple[Any, ...], float]] = {}
@@ -177,7 +179,7 @@ class Appender:
             return False
         row = wk.row
         t = row[0]
-        if t % self._iv_ms or row[6] != t + self._iv_ms - 1:
+        if (t - self._anchor) % self._iv_ms or row[6] != t + self._iv_ms - 1:
             self._bad("misaligned", raw)
             return False
         for i in _NUMERIC_FIELDS:

@@ -51,7 +51,10 @@ class LiveConfig:
     periods: int | None = None  # stop after this many period boundaries
     duration_s: float | None = None  # stop after this many real seconds
     history: int = 1500  # candles fetched for a symbol the lake holds nothing of
-    exchange_info_every: int = 1  # refresh exchangeInfo every N periods (0: never)
+    exchange_info_every: int = 1  # refresh exchangeInfo every N periods, at most once a minute (0: never)
+    # ... and at most every this many server seconds: a 1s feed would otherwise fetch it every
+    # second (spot: weight 20 and a multi-megabyte answer each time)
+    exchange_info_min_s: float = 60.0
     writer_threads: int = 8
     compact_every_s: float = 60.0  # real seconds between moves of the tail into the partitions
     tail_grace_s: float = 120.0  # a compacted tail file is deleted this long after (running queries)
@@ -84,6 +87,8 @@ class LiveConfig:
             raise ValidationError("--duration must be > 0")
         if self.history < 0:
             raise ValidationError("--history must be >= 0")
+        if self.exchange_info_every < 0 or self.exchange_info_min_s < 0:
+            raise ValidationError("--exchange-info-every and the minimum refresh gap must be >= 0")
         for i in self.intervals:
             for target in self.offsets:
                 offset_plan(target, i)  # a target must be a whole multiple of the live interval

@@ -770,6 +770,8 @@ class LiveRunner:
         assert feed.book is not None
         cfg = self.config
         n = 0
+        min_gap = int(cfg.exchange_info_min_s * 1000)
+        refreshed = -min_gap
         while not self._stop.is_set():
             if not await self._sleep_until(feed, boundary):
                 return
@@ -787,7 +789,12 @@ class LiveRunner:
             feed.stats.periods_checked += 1
             # After the check, not at the boundary: fetching and parsing exchangeInfo on the event
             # loop while every symbol's closing candle arrives would delay them all.
-            if cfg.exchange_info_every and n % cfg.exchange_info_every == 0:
+            if (
+                cfg.exchange_info_every
+                and n % cfg.exchange_info_every == 0
+                and boundary - refreshed >= min_gap
+            ):
+                refreshed = boundary
                 await self._refresh(feed)
             boundary += feed.iv_ms
 

@@ -187,3 +187,17 @@ def test_partition_cache_appends_like_the_upsert_and_stays_within_its_rows(tmp_p
     )
     got = scan_klines(fast, "usdt_perp", "1m", [symbols[-1]]).collect()
     assert got.height == 181 and got["source"].to_list()[:2] == ["rest", "ws"]
+
+
+def test_weekly_candles_open_on_mondays() -> None:
+    """1w candles open on Monday 00:00 UTC, not on the epoch's Thursday grid; 3d is epoch-aligned."""
+    W, D = 7 * 86_400_000, 86_400_000
+    monday = 1_748_822_400_000  # 2025-06-02, a Monday
+    ap = Appender("usdt_perp", "1w", {"BTCUSDT"})
+    assert ap.feed(combined(event(t=monday, i="1w", T=monday + W - 1)))
+    assert not ap.feed(combined(event(t=monday + D, i="1w", T=monday + D + W - 1)))  # a Tuesday
+    assert ap.stats.bad == {"misaligned": 1} and ap.pending == 1
+    ap3 = Appender("usdt_perp", "3d", {"BTCUSDT"})
+    t3 = monday - monday % (3 * D)
+    assert ap3.feed(combined(event(t=t3, i="3d", T=t3 + 3 * D - 1)))
+    assert not ap3.feed(combined(event(t=t3 + D, i="3d", T=t3 + 4 * D - 1)))

@@ -203,3 +203,35 @@ async def test_halt_then_trading_again(tmp_path: Path) -> None:
     rows = lake_frame(tmp_path, TT, "1m").filter(pl.col("symbol") == halted)
     assert rows.filter(pl.col("t").is_between(spans[0], back - 1)).height == 0
     assert rows.filter(pl.col("t") >= back).height == (wm - back) // M + 1
+
+
+@pytest.mark.parametrize(("min_s", "refreshes"), [(60.0, 6), (180.0, 2)])
+async def test_exchange_info_refresh_is_spaced(tmp_path: Path, min_s: float, refreshes: int) -> None:
+    """exchangeInfo is refreshed after each period's check, but not more often than
+    ``exchange_info_min_s`` (a 1s feed would otherwise fetch spot's multi-megabyte answer every
+    second); the real refresh runs each time (a spy only records when)."""
+    async with sim_server(test_config(speed=240.0, n_symbols_by_market={"um": 4})) as sim:
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(
+                trade_types=(TT,),
+                intervals=("1m",),
+                periods=6,
+                grace_s=2.0,
+                history=2,
+                exchange_info_min_s=min_s,
+            ),
+        )
+        when: list[int] = []
+        refresh = runner._refresh
+
+        async def spy(feed: Any) -> None:
+            when.append(feed.now_ms())
+            await refresh(feed)
+
+        runner._refresh = spy  # type: ignore[method-assign]
+        await asyncio.wait_for(runner.run(), timeout=120)
+    # one per period (6 periods), or one every third period
+    assert len(when) == refreshes
+    if refreshes == 2:
+        assert when[1] - when[0] > 2 * M
