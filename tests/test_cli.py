@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import polars as pl
 import pytest
 
 from lake.store.fs import LakeFS
@@ -154,6 +155,9 @@ def test_bad_values_are_one_line_and_leave_the_lake(small_lake, args: list[str],
         "CREATE TABLE t AS SELECT 1",
         "SET enable_external_access = false",
         "PRAGMA enable_profiling",
+        # EXPLAIN ANALYZE runs the statement it explains
+        "EXPLAIN ANALYZE COPY (SELECT 1 AS a) TO '{root}/klines/evil.parquet'",
+        "explain /* x */ (format json, analyse) CREATE TABLE t AS SELECT 1",
     ],
 )
 def test_sql_is_read_only(small_lake, query: str) -> None:
@@ -164,6 +168,41 @@ def test_sql_is_read_only(small_lake, query: str) -> None:
     assert _snapshot(small_lake) == before
     ok = run("sql", "DESCRIBE klines", "--root", str(small_lake))  # queries of any shape still run
     assert ok.returncode == 0 and "candle_begin_time" in ok.stdout
+
+
+def test_sql_explain_and_pivot(small_lake) -> None:
+    ok = run("sql", "EXPLAIN ANALYZE SELECT count(*) FROM klines", "--root", str(small_lake))
+    # the plan is printed as DuckDB draws it, not squeezed into a table cell
+    assert ok.returncode == 0 and "Total Time" in ok.stdout, ok.stdout
+    assert "explain_value" not in ok.stdout and "…" not in ok.stdout
+    res = run("sql", "PIVOT klines ON symbol USING count(*)", "--root", str(small_lake))
+    assert res.returncode == 2 and "ON col IN (" in res.stderr, res.stderr
+
+
+QUERY_OF_AWKWARD_TYPES = (
+    "SELECT INTERVAL 3 DAY AS span, [1, 2] AS xs, [3] AS xs, {'k': 1} AS st, MAP {'a': 1} AS m, "
+    "'\\xAA'::BLOB AS b, union_value(n := 1) AS u"
+)
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json", "parquet"])
+def test_sql_renders_every_type(small_lake, tmp_path, fmt: str) -> None:
+    """Intervals (a difference of timestamps), nested values, bytes and unions: every format gives
+    a result, never a traceback; repeated column names are made unique."""
+    out = tmp_path / f"r.{fmt}"
+    res = run("sql", QUERY_OF_AWKWARD_TYPES, "--format", fmt, "--output", str(out), "--root", str(small_lake))
+    assert res.returncode == 0 and res.stderr == "", res.stderr
+    if fmt == "parquet":
+        df = pl.read_parquet(out)
+        assert df.columns == ["span", "xs", "xs_1", "st", "m", "b", "u"]
+        assert df["span"].to_list() == ["3 days"] and df["xs"].to_list() == [[1, 2]]
+    elif fmt == "csv":
+        assert out.read_text().splitlines() == ["span,xs,xs_1,st,m,b,u", "3 days,\"[1, 2]\",[3],{'k': 1},{a=1},\\xAA,1"]
+    elif fmt == "json":
+        (row,) = json.loads(out.read_text())
+        assert row == {"span": "3 days", "xs": [1, 2], "xs_1": [3], "st": {"k": 1}, "m": {"a": 1}, "b": "\\xAA", "u": "1"}
+    else:
+        assert "3 days" in out.read_text() and "xs_1" in out.read_text()
 
 
 def test_sql_output_is_checked_before_running(small_lake, tmp_path) -> None:

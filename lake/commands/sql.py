@@ -8,6 +8,7 @@ cannot write into the lake (or anywhere else); results are written with ``--outp
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, TextIO
@@ -57,24 +58,99 @@ def sql(
         con.close()
 
 
+def _analyzed(text: str) -> str | None:
+    """The statement an ``EXPLAIN ANALYZE`` (or ``EXPLAIN (ANALYZE, …)``) runs, else None.
+
+    Plain EXPLAIN only plans, but with ANALYZE DuckDB executes the statement it explains, so
+    ``EXPLAIN ANALYZE COPY … TO`` would write; the explained statement must pass the same check.
+    """
+    toks = duckdb.tokenize(text)
+    words = [
+        (text[pos : toks[i + 1][0] if i + 1 < len(toks) else len(text)].strip().upper(), pos)
+        for i, (pos, kind) in enumerate(toks)
+        if kind != duckdb.token_type.comment
+    ]
+    if not words or words[0][0] != "EXPLAIN" or len(words) < 2:
+        return None
+    word, pos = words[1]
+    if word in ("ANALYZE", "ANALYSE"):
+        return text[pos + len(word) :]
+    if word.startswith("("):
+        depth = 0
+        for j, (w, p) in enumerate(words[1:], start=1):
+            depth += w.count("(") - w.count(")")
+            if depth <= 0:
+                options = {x for x, _p in words[2:j]}
+                return text[p + len(w) :] if options & {"ANALYZE", "ANALYSE"} else None
+    return None
+
+
+def _check_read_only(con: duckdb.DuckDBPyConnection, query: str) -> list[duckdb.Statement]:
+    statements = con.extract_statements(query)
+    for statement in statements:
+        if statement.type not in READ_ONLY:
+            kind = statement.type.name.lower()
+            hint = ""
+            if statement.type == duckdb.StatementType.MULTI and "PIVOT" in statement.query.upper():
+                # DuckDB runs a PIVOT without an IN list as a CREATE TYPE plus the query
+                hint = "; name the pivoted values (PIVOT … ON col IN ('a', 'b') USING …) to make it one query"
+            raise ValidationError(
+                f"lake sql is read-only: {kind} statements are not allowed "
+                f"({statement.query.strip()[:60]!r}){hint}"
+            )
+        if statement.type == duckdb.StatementType.EXPLAIN:
+            inner = _analyzed(statement.query)
+            if inner is not None:
+                _check_read_only(con, inner)
+    return statements
+
+
 def _run(con: duckdb.DuckDBPyConnection, query: str, fmt: str, output: Path | None) -> None:
     try:
-        statements = con.extract_statements(query)
-        for statement in statements:  # all checked before any runs
-            if statement.type not in READ_ONLY:
-                kind = statement.type.name.lower()
-                raise ValidationError(
-                    f"lake sql is read-only: {kind} statements are not allowed ({statement.query.strip()[:60]!r})"
-                )
+        statements = _check_read_only(con, query)  # all checked before any runs
         df = None
         for statement in statements:
             rel = con.sql(statement.query)
-            df = rel.pl() if rel is not None else None
+            df = _portable(rel, fmt).pl() if rel is not None else None
     except duckdb.Error as exc:
         raise ValidationError(f"SQL error: {str(exc).splitlines()[0]}") from exc
     if df is None:
         return
     _render(df, fmt, output)
+
+
+# Types Polars cannot take from DuckDB at all, and types a format cannot hold (nested values in
+# CSV, bytes in JSON): such columns are rendered as DuckDB's own text for them.
+_NO_POLARS = re.compile(r"\b(INTERVAL|UNION|BIGNUM|VARINT|BIT)\b")
+_NOT_IN = {
+    "csv": re.compile(r"\[|\b(STRUCT|MAP|BLOB)\b"),
+    "json": re.compile(r"\bBLOB\b"),
+}
+
+
+def _portable(rel: duckdb.DuckDBPyRelation, fmt: str) -> duckdb.DuckDBPyRelation:
+    """``rel`` with the columns Polars or ``fmt`` cannot take cast to VARCHAR, and repeated column
+    names made unique (``a``, ``a_1``) as Polars needs; ``rel`` itself when nothing needs it."""
+    types = [str(t).upper() for t in rel.types]
+    names: list[str] = []
+    for name in rel.columns:
+        unique, k = name, 0
+        while unique in names:
+            k += 1
+            unique = f"{name}_{k}"
+        names.append(unique)
+    other = _NOT_IN.get(fmt)
+    text = [bool(_NO_POLARS.search(t) or (other and other.search(t))) for t in types]
+    if not any(text) and names == list(rel.columns):
+        return rel
+    cols = [f"c{k}" for k in range(len(names))]
+    exprs = [
+        f'{f"CAST({c} AS VARCHAR)" if as_text else c} AS "{n.replace(chr(34), chr(34) * 2)}"'
+        for c, n, as_text in zip(cols, names, text, strict=True)
+    ]
+    # only generated names (c0, c1, …) and the result's own column names, quoted
+    sql = f"SELECT {', '.join(exprs)} FROM lake_result AS t({', '.join(cols)})"  # noqa: S608
+    return rel.query("lake_result", sql)
 
 
 def _render(df: pl.DataFrame, fmt: str, output: Path | None) -> None:
@@ -86,6 +162,8 @@ def _render(df: pl.DataFrame, fmt: str, output: Path | None) -> None:
         _emit(text, output)
     elif fmt == "json":
         _emit(df.write_json() + "\n", output)
+    elif df.columns == ["explain_key", "explain_value"]:  # a plan: DuckDB's drawing, as drawn
+        _emit("".join(f"{v}\n" for v in df["explain_value"]), output)
     else:
         with pl.Config(tbl_rows=200, tbl_cols=-1, tbl_width_chars=200, fmt_str_lengths=60):
             _emit(f"{df}\n", output)
