@@ -150,7 +150,9 @@ def _portable(rel: duckdb.DuckDBPyRelation, fmt: str) -> duckdb.DuckDBPyRelation
     ]
     # only generated names (c0, c1, …) and the result's own column names, quoted
     sql = f"SELECT {', '.join(exprs)} FROM lake_result AS t({', '.join(cols)})"  # noqa: S608
-    return rel.query("lake_result", sql)
+    out = rel.query("lake_result", sql)
+    assert out is not None  # a SELECT always has a result
+    return out
 
 
 def _render(df: pl.DataFrame, fmt: str, output: Path | None) -> None:
