@@ -14,6 +14,11 @@ candle is in the tail, in a partition, or both, and the result has it exactly on
 only miss a candle if it listed the partitions before a compaction and the tail more than
 ``grace_s`` later, which a query planned in one go never does.
 
+A file compacted more than ``SETTLED_S`` seconds ago is no longer read: its rows are in the
+partitions, and a later write there (a repair, a re-uploaded archive day, a backfill after
+``lake live`` stopped) must not be hidden by the tail's older copy until the file is deleted. The
+seconds of margin cover a query that listed the partitions before that compaction created one.
+
 ``_empty.parquet`` (zero rows) keeps the directory non-empty once a live feed has started, so a
 DuckDB connection opened before the first candle already includes the tail in its view.
 """
@@ -61,6 +66,7 @@ TAIL_TABLE = "klines_tail"
 EMPTY_FILE = "_empty.parquet"
 TAIL_SCHEMA: dict[str, pl.DataType] = {"symbol": pl.String(), **KLINE_SCHEMA}
 _STATE = "_compacted.json"  # {file name: unix time it was compacted}
+SETTLED_S = 10.0  # compacted this long ago: readers skip the file (also in sql/klines_tail.sql)
 _KEY = ["symbol", "candle_begin_time"]
 
 
@@ -242,10 +248,19 @@ def read_tail(
     *,
     names: list[str] | None = None,
 ) -> pl.DataFrame:
-    """Every candle in the tail, one row per (symbol, candle_begin_time) (the later file wins)."""
+    """Every candle in the tail, one row per (symbol, candle_begin_time) (the later file wins).
+
+    Files compacted more than ``SETTLED_S`` ago are skipped (their rows are in the partitions);
+    ``names`` reads exactly those files.
+    """
     lfs = _lfs(root)
     base = tail_dir(trade_type, interval)
-    frames = _read_files(lfs, base, tail_files(lfs, trade_type, interval) if names is None else names)
+    if names is None:
+        # the record before the listing: a file compacted in between is read, which is harmless
+        settled = time.time() - SETTLED_S
+        done = {n for n, t in _load_state(lfs, base).items() if t <= settled}
+        names = [n for n in tail_files(lfs, trade_type, interval) if n not in done]
+    frames = _read_files(lfs, base, names)
     if not frames:
         return pl.DataFrame(schema=TAIL_SCHEMA)
     df = pl.concat(frames, how="vertical")

@@ -4,6 +4,7 @@ version winning; compaction moves them without changing what readers see."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import polars as pl
 import pytest
@@ -129,6 +130,27 @@ def test_tail_contract_local_and_s3(lake_root: str) -> None:
     compact_tail(lfs, TT, IV, grace_s=0)
     assert tail_files(lfs, TT, IV) == []
     assert scan_klines(lfs, TT, IV, tail=False).collect().sort(KEY).equals(want)
+
+
+def test_a_settled_compacted_file_does_not_hide_later_partition_writes(lake_root: str) -> None:
+    """A tail file compacted a while ago stays on disk until its grace time ends (and after
+    ``lake live`` stops, until the next compaction). A correction written to the partition after
+    the compaction (a repair, a re-uploaded archive day, a backfill) is what readers must see."""
+    lfs = LakeFS(lake_root)
+    ensure_tail(lfs, TT, IV)
+    write_tail(lfs, TT, IV, candles("BTCUSDT", [T0, T0 + M], 2.0, "ws"))
+    compact_tail(lfs, TT, IV, grace_s=3600, now=lambda: time.time() - 60)  # compacted a minute ago
+    assert len(tail_files(lfs, TT, IV)) == 1  # kept for running queries
+    write_klines(lfs, TT, IV, "BTCUSDT", candles("BTCUSDT", [T0 + M], 9.0, "rest").drop("symbol"))
+    want = pl.concat([candles("BTCUSDT", [T0], 2.0, "ws"), candles("BTCUSDT", [T0 + M], 9.0, "rest")])
+    assert read_all(lfs).equals(want)
+    assert read_view(lake_root).equals(want)
+    # compacted a moment ago: still read (a query may have listed the partitions before), and it wins
+    write_tail(lfs, TT, IV, candles("BTCUSDT", [T0 + 2 * M], 3.0, "ws"))
+    compact_tail(lfs, TT, IV, grace_s=3600)
+    write_klines(lfs, TT, IV, "BTCUSDT", candles("BTCUSDT", [T0 + 2 * M], 8.0, "rest").drop("symbol"))
+    assert read_all(lfs)["close"].to_list() == [2.0, 9.0, 3.0]
+    assert read_view(lake_root)["close"].to_list() == [2.0, 9.0, 3.0]
 
 
 @pytest.mark.parametrize("symbol", ["../../etc", "btc/usdt", "", "A" * 41])
