@@ -21,7 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from lake.binance.markets import MARKETS
-from lake.errors import LakeError
+from lake.errors import LakeError, ValidationError
 from lake.sim.clock import ms_to_iso, to_ms
 from lake.sim.config import FaultConfig, SimConfig
 from lake.sim.market import SimMarket
@@ -138,8 +138,20 @@ def main(
     sets: Sets = None,
 ) -> None:
     """Without a sub-command: serve (same options as ``serve``)."""
-    if ctx.invoked_subcommand is None:
-        _run_server(_config(seed, symbols, speed, start, history_days, host, port, sets), as_json)
+    if ctx.invoked_subcommand is not None:
+        given = [
+            p.opts[0]
+            for p in ctx.command.params
+            if p.name and getattr(ctx.get_parameter_source(p.name), "name", "") == "COMMANDLINE"
+        ]
+        if given:  # they would be ignored: the sub-command has its own
+            sub = ctx.invoked_subcommand
+            raise ValidationError(
+                f"{', '.join(given)} given before the sub-command {sub!r}, which would ignore them: "
+                f"put a sub-command's options after it (lake sim {sub} --help)"
+            )
+        return
+    _run_server(_config(seed, symbols, speed, start, history_days, host, port, sets), as_json)
 
 
 @sim_app.command()

@@ -235,7 +235,7 @@ def _plan_series(
         if not rebuild:
             raise ValidationError(
                 f"{symbol} {plan.target.name} offsets were built from {state.base} with method "
-                f"{state.method!r}; pass rebuild to recompute them from {plan.base.name} with {plan.method!r}"
+                f"{state.method!r}; pass --rebuild to recompute them from {plan.base.name} with {plan.method!r}"
             )
         drop = state.offsets
         state = None

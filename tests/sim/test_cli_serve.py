@@ -35,3 +35,16 @@ def _check(proc: subprocess.Popen[str]) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_options_before_a_sub_command_are_refused_not_ignored() -> None:
+    """`lake sim --port 1 serve` would serve on the default port with the default clock."""
+    res = subprocess.run(
+        [sys.executable, "-m", "lake.cli", "sim", "--port", "1", "--speed", "0", "serve"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 2 and res.stdout == ""
+    assert res.stderr.strip().splitlines() == [
+        "lake: error: --port, --speed given before the sub-command 'serve', which would ignore them: "
+        "put a sub-command's options after it (lake sim serve --help)"
+    ]
