@@ -91,6 +91,7 @@ class Appender:
         symbols: Iterable[str] = (),
         *,
         is_stored: Callable[[str, int], bool] | None = None,
+        latest_close: Callable[[], int] | None = None,
     ) -> None:
         self.trade_type = get_trade_type(trade_type).name
         self.interval = parse_interval(interval, spot=get_trade_type(trade_type).is_spot)
@@ -101,6 +102,8 @@ class Appender:
         self._anchor: int = self.interval.floor(0) % self._iv_ms
         self.symbols: set[str] = set(symbols)
         self._is_stored = is_stored or (lambda s, t: False)
+        # the latest close time a candle can have by the exchange's clock (plus its uncertainty)
+        self._latest_close = latest_close
         self._buffer: dict[tuple[str, int], tuple[tuple[Any, ...], float]] = {}
         self.stats = AppenderStats()
         self._pending = asyncio.Event()
@@ -153,10 +156,6 @@ class Appender:
                 return False
             self._bad("not_kline", raw)
             return False
-        e = data.get("E")
-        if isinstance(e, int) and e > st.max_event_ms:
-            st.max_event_ms = e
-            st.max_event_mono = time.monotonic()
         k = data.get("k")
         if not isinstance(k, dict):
             self._bad("malformed", raw, "no 'k' object")
@@ -186,6 +185,15 @@ class Appender:
             if not math.isfinite(float(row[i])):
                 self._bad("non_finite", raw)
                 return False
+        if self._latest_close is not None and row[6] > self._latest_close():
+            # "closed" before its close time: never stored (nor taken as a clock reading)
+            self._bad("future", raw)
+            return False
+        # Only a valid closing event, sent after its candle closed, may move the clock (Feed.now_ms)
+        e = data.get("E")
+        if isinstance(e, int) and e > st.max_event_ms and e >= row[6]:
+            st.max_event_ms = e
+            st.max_event_mono = time.monotonic()
         key = (symbol, t)
         if key in self._buffer or self._is_stored(symbol, t):
             st.duplicates += 1

@@ -152,7 +152,9 @@ class Feed:
         self.name = f"{tt.name} {iv.name}"
         self._clients = clients
         self.live: set[str] = set()
-        self.appender = Appender(tt.name, iv.name, is_stored=self._is_stored)
+        self.appender = Appender(
+            tt.name, iv.name, is_stored=self._is_stored, latest_close=self.latest_close_ms
+        )
         self.writer = KlineWriter(lfs, tt.name, iv.name, threads=config.writer_threads)
         self.book: PeriodBook | None = None
         self.pool: WsPool | None = None
@@ -181,17 +183,27 @@ class Feed:
     def client(self) -> RestClient:
         return self._clients[self.tt.market_name]
 
+    def clock_tolerance_ms(self) -> float:
+        """How far the websocket may put the clock ahead of the REST-sampled estimate."""
+        return max(2_000.0, 2 * self.client.clock.uncertainty_ms())
+
+    def latest_close_ms(self) -> int:
+        """The latest close time a closed candle can have now (estimate plus tolerance)."""
+        return int(self.client.clock.now_ms() + self.clock_tolerance_ms())
+
     def now_ms(self) -> int:
         """The exchange's time: the REST-sampled clock (offset and rate from the time endpoint),
-        raised to what the websocket proves: an event stamped ``E`` that arrived ``d`` seconds ago
-        means the server's clock reads at least ``E + rate·d`` now."""
+        raised to what the websocket proves: a closing event stamped ``E`` that arrived ``d``
+        seconds ago means the server's clock reads at least ``E + rate·d`` now. Never more than
+        the tolerance ahead of the estimate: one message with a wrong ``E`` must not make periods
+        look closed before they are (``LiveRunner._check_clock`` re-syncs, then drops it)."""
         clock = self.client.clock
         est = clock.now_ms()
         st = self.appender.stats
         if st.max_event_ms:
             bound = st.max_event_ms + clock.rate * (time.monotonic() - st.max_event_mono) * 1000.0
             if bound > est:
-                return int(bound)
+                return int(min(bound, est + self.clock_tolerance_ms()))
         return int(est)
 
     def _is_stored(self, symbol: str, open_ms: int) -> bool:

@@ -186,14 +186,24 @@ class LiveRunner:
     async def _check_clock(self, feed: Feed) -> None:
         """An event stamped far ahead of the REST-sampled estimate means the server clock jumped (or
         the estimate drifted): re-sync it (``Feed.now_ms`` already follows the events meanwhile)."""
-        ahead = feed.appender.stats.max_event_ms - feed.client.clock.now_ms()
-        if ahead > max(2_000.0, 2 * feed.client.clock.uncertainty_ms()):
+        st = feed.appender.stats
+        ahead = st.max_event_ms - feed.client.clock.now_ms()
+        if ahead > feed.clock_tolerance_ms():
             log.info(
                 "%s: events are %.1fs ahead of the server clock estimate; re-syncing", feed.name, ahead / 1000
             )
             with contextlib.suppress(LakeError):
                 await feed.client.sync_clock()
                 await feed.client.sync_clock()
+            ahead = st.max_event_ms - feed.client.clock.now_ms()
+            if ahead > feed.clock_tolerance_ms():
+                # the exchange's clock does not confirm it: a bad event time, not a clock jump
+                log.warning(
+                    "%s: ignoring websocket event time %.1fs ahead of the exchange's clock",
+                    feed.name,
+                    ahead / 1000,
+                )
+                st.max_event_ms = 0
 
     # -- main --------------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:

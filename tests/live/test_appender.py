@@ -201,3 +201,25 @@ def test_weekly_candles_open_on_mondays() -> None:
     t3 = monday - monday % (3 * D)
     assert ap3.feed(combined(event(t=t3, i="3d", T=t3 + 3 * D - 1)))
     assert not ap3.feed(combined(event(t=t3 + D, i="3d", T=t3 + 4 * D - 1)))
+
+
+def test_event_times_count_only_from_valid_closing_events() -> None:
+    """A message's ``E`` moves the feed's clock only when the message is a valid closing event sent
+    after its candle closed; a candle "closed" after the exchange's time is refused."""
+    latest = {"close": T + M - 1}
+    ap = Appender("usdt_perp", "1m", {"BTCUSDT"}, latest_close=lambda: latest["close"])
+    future_e = T + 3_600_000
+
+    def at(ev: dict, e: int) -> str:
+        return combined({**ev, "E": e})
+
+    no_k = {"stream": "btcusdt@kline_1m", "data": {"e": "kline", "E": future_e, "s": "BTCUSDT"}}
+    assert not ap.feed(json.dumps(no_k))
+    assert ap.stats.bad == {"malformed": 1} and ap.stats.max_event_ms == 0
+    assert not ap.feed(at(event(t=T + M), future_e))  # closes after the exchange's now
+    assert ap.stats.bad == {"malformed": 1, "future": 1} and ap.stats.max_event_ms == 0
+    assert ap.feed(at(event(t=T), T + M + 5))
+    assert ap.stats.max_event_ms == T + M + 5
+    latest["close"] += M
+    assert ap.feed(at(event(t=T + M), T + M - 10))  # stored, but an E before its close moves no clock
+    assert ap.stats.max_event_ms == T + M + 5 and ap.pending == 2

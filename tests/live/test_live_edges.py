@@ -4,6 +4,7 @@ without trades and a maintenance window (no closing events, empty REST answers).
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -235,3 +236,39 @@ async def test_exchange_info_refresh_is_spaced(tmp_path: Path, min_s: float, ref
     assert len(when) == refreshes
     if refreshes == 2:
         assert when[1] - when[0] > 2 * M
+
+
+async def test_a_message_with_a_future_event_time_changes_nothing(tmp_path: Path) -> None:
+    """One frame stamped five minutes ahead (a broken proxy, a bug, a forged frame) and one candle
+    "closed" ahead of time: neither moves the feed's clock, so no period is repaired or published
+    before it closes, and the lake still equals the truth."""
+    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 4})) as sim:
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=7, grace_s=5.0, history=3),
+        )
+        ahead: list[int] = []
+
+        async def scenario() -> None:
+            feed = runner.feeds[0]
+            await _until(lambda: feed.stats.periods_checked >= 2, 60)
+            now = sim.clock.now_ms()
+            sym = sorted(feed.live)[0]
+            t = now - now % M + 2 * M  # a candle two periods from now, "closed"
+            bad = {"e": "kline", "E": now + 5 * M, "s": sym}
+            feed.appender.feed(json.dumps({"stream": f"{sym.lower()}@kline_1m", "data": bad}))
+            forged = {**bad, "k": {"t": t, "T": t + M - 1, "s": sym, "i": "1m", "f": 1, "L": 2, "o": "1",
+                                   "c": "1", "h": "1", "l": "1", "v": "1", "n": 1, "x": True, "q": "1",
+                                   "V": "1", "Q": "1", "B": "0"}}  # fmt: skip
+            feed.appender.feed(json.dumps({"stream": f"{sym.lower()}@kline_1m", "data": forged}))
+            while True:  # the watermark never passes the exchange's last closed period
+                wm = read_watermark(tmp_path, TT, "1m")
+                if wm is not None:
+                    ahead.append(wm["watermark_ms"] + M - sim.clock.now_ms())
+                await asyncio.sleep(0.05)
+
+        summary = await run_while(runner, scenario(), 120)
+        assert summary["feeds"][0]["appender"]["bad"] == {"malformed": 1, "future": 1}
+        assert ahead and max(ahead) <= 0, max(ahead)
+        _assert_truth(sim, tmp_path, "1m", live)
