@@ -168,6 +168,9 @@ class Feed:
         self.published: int | None = None  # the watermark in the file (ms)
         self.closing = False
         self.catchup_done = asyncio.Event()
+        self.pending_catchup: dict[str, int] = {}  # symbol → catch-up start not finished yet
+        self.pending_lock = asyncio.Lock()
+        self.pending_loaded = False
         self.inflight: set[tuple[str, int]] = set()  # (symbol, open) the writer is writing right now
         self.offsets: LiveOffsets | None = None
         if config.offsets:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -25,13 +26,25 @@ from typing import Any
 import polars as pl
 
 from lake.binance.intervals import Interval, parse_interval
+from lake.binance.markets import get_trade_type
+from lake.binance.symbols import validate_symbol
 from lake.errors import LakeError, NotFoundError
 from lake.ingest.pages import answer_gaps, plan_pages
 from lake.ingest.rest_client import RestClient
 from lake.store.fs import LakeFS
 from lake.store.klines import list_partitions, to_lakefs
 
-__all__ = ["FetchResult", "catchup_start", "fetch_closed", "fetch_many", "last_stored"]
+__all__ = [
+    "FetchResult",
+    "catchup_start",
+    "fetch_closed",
+    "fetch_many",
+    "last_stored",
+    "read_pending_catchup",
+    "write_pending_catchup",
+]
+
+PENDING_DIR = "_meta/live_catchup"  # not under _meta/live: the watermark view globs that
 
 log = logging.getLogger("lake.live.repair")
 
@@ -129,6 +142,43 @@ def catchup_start(
     if watermark is not None:
         start = min(start, watermark + iv.ms)
     return start if start < end else None
+
+
+def _pending_path(trade_type: str, interval: str) -> str:
+    tt = get_trade_type(trade_type)
+    return f"{PENDING_DIR}/{tt.name}/{parse_interval(interval, spot=tt.is_spot).name}.json"
+
+
+def read_pending_catchup(lfs: LakeFS, trade_type: str, interval: str) -> dict[str, int]:
+    """Catch-up starts a previous run recorded and did not finish (``{symbol: start ms}``).
+
+    A run stopped during its catch-up has meanwhile stored the newest candles from the websocket,
+    so planning from the last stored candle would skip the history it never fetched.
+    """
+    data = lfs.read_bytes_or_none(_pending_path(trade_type, interval))
+    if data is None:
+        return {}
+    try:
+        raw = json.loads(data)
+    except ValueError:
+        log.warning("%s %s: unreadable pending catch-up record ignored", trade_type, interval)
+        return {}
+    out: dict[str, int] = {}
+    for sym, start in raw.items() if isinstance(raw, dict) else ():
+        try:
+            out[validate_symbol(sym)] = int(start)
+        except (LakeError, TypeError, ValueError):
+            continue
+    return out
+
+
+def write_pending_catchup(lfs: LakeFS, trade_type: str, interval: str, pending: Mapping[str, int]) -> None:
+    """Record the catch-up starts still to do (atomically); no record when nothing is pending."""
+    rel = _pending_path(trade_type, interval)
+    if pending:
+        lfs.write_atomic(rel, json.dumps(dict(sorted(pending.items()))).encode())
+    elif lfs.exists(rel):
+        lfs.remove(rel)
 
 
 def _opens_in(lfs: LakeFS, path: str) -> list[int]:

@@ -44,7 +44,13 @@ from lake.ingest.universe import ExchangeSnapshot, fetch_exchange_info, universe
 from lake.live.alerts import Alerter
 from lake.live.feed import Feed, FeedLock, LiveConfig, iso
 from lake.live.period import PeriodBook
-from lake.live.repair import catchup_start, fetch_many, last_stored
+from lake.live.repair import (
+    catchup_start,
+    fetch_many,
+    last_stored,
+    read_pending_catchup,
+    write_pending_catchup,
+)
 from lake.live.watermark import read_watermark, write_watermark
 from lake.live.ws import ConnectLimiter, WsPool
 from lake.settings import Settings
@@ -701,6 +707,8 @@ class LiveRunner:
         for sym, start in starts.items():
             if start is not None:
                 groups.setdefault(start, []).append(sym)
+                feed.pending_catchup[sym] = start
+        await self._save_pending(feed)
         for start, syms in sorted(groups.items()):
             attempt = 0
             while not self._stop.is_set():
@@ -735,6 +743,10 @@ class LiveRunner:
                     await self._sleep(min(30.0, 0.5 * 2**attempt))
                     continue
                 feed.stats.catchup_rows += report.candles
+                for sym in syms:
+                    if feed.pending_catchup.get(sym) == start:
+                        del feed.pending_catchup[sym]
+                await self._save_pending(feed)
                 break
             else:
                 return False
@@ -763,16 +775,32 @@ class LiveRunner:
     def _catchup_starts(
         self, feed: Feed, symbols: list[str], end: int, wm: int | None
     ) -> dict[str, int | None]:
-        return {
-            sym: catchup_start(
+        if not feed.pending_loaded:
+            # what an earlier run started and never finished; kept for symbols not followed now
+            feed.pending_catchup.update(read_pending_catchup(self.lfs, feed.tt.name, feed.iv.name))
+            feed.pending_loaded = True
+        pending = dict(feed.pending_catchup)
+        out: dict[str, int | None] = {}
+        for sym in symbols:
+            start = catchup_start(
                 feed.iv,
                 end,
                 last=last_stored(self.lfs, feed.tt.name, feed.iv.name, sym),
                 watermark=wm,
                 history=self.config.history,
             )
-            for sym in symbols
-        }
+            earlier = pending.get(sym)
+            if earlier is not None and earlier < end:
+                start = earlier if start is None else min(start, earlier)
+            out[sym] = start
+        return out
+
+    async def _save_pending(self, feed: Feed) -> None:
+        """Persist the feed's unfinished catch-up starts, so a restart resumes them."""
+        async with feed.pending_lock:
+            await asyncio.to_thread(
+                write_pending_catchup, self.lfs, feed.tt.name, feed.iv.name, dict(feed.pending_catchup)
+            )
 
     async def _alarm(self, feed: Feed, boundary: int) -> None:
         """At each period boundary (server time): register the period, after the grace time check it,

@@ -272,3 +272,43 @@ async def test_a_message_with_a_future_event_time_changes_nothing(tmp_path: Path
         assert summary["feeds"][0]["appender"]["bad"] == {"malformed": 1, "future": 1}
         assert ahead and max(ahead) <= 0, max(ahead)
         _assert_truth(sim, tmp_path, "1m", live)
+
+
+async def test_a_first_run_stopped_during_its_catch_up_is_resumed(tmp_path: Path) -> None:
+    """The first run is stopped while its history catch-up is still under way but the websocket has
+    already stored the newest candles. The restart must fetch the history the first run never got
+    (planning from the last stored candle alone would skip it for good)."""
+    cfg = test_config(speed=60.0, n_symbols_by_market={"um": 4}, weight_limits={"spot": 6000, "um": 40, "cm": 2400})
+    async with sim_server(cfg) as sim:
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        settings = Settings(root=str(tmp_path), sim_url=sim.base_url)
+
+        def runner(periods: int) -> LiveRunner:
+            return LiveRunner(
+                settings,
+                LiveConfig(trade_types=(TT,), intervals=("1m",), periods=periods, grace_s=3.0, history=6000),
+            )
+
+        first = runner(50)
+        started = sim.clock.now_ms()
+
+        async def stop_mid_catchup() -> None:
+            feed = first.feeds[0]
+            await _until(lambda: feed.writer.writes >= 1, 90)  # the websocket stored candles
+            assert not feed.catchup_done.is_set()
+            first.stop("test: stopped during the catch-up")
+
+        await run_while(first, stop_mid_catchup(), 120)
+        assert read_watermark(tmp_path, TT, "1m") is None
+        pending = tmp_path / "_meta" / "live_catchup" / TT / "1m.json"
+        assert set(json.loads(pending.read_text())) == set(live)  # what the first run owes
+        await asyncio.wait_for(runner(2).run(), timeout=180)
+        assert not pending.exists()  # done: nothing owed
+        wm = _assert_truth(sim, tmp_path, "1m", live)
+        lake = lake_frame(tmp_path, TT, "1m")
+        first_open = started - started % M - 6100 * M  # before the history's first candle
+        for sym in live:  # the whole history the first run was asked for, not only the newest candles
+            got = lake.filter((pl.col("symbol") == sym) & (pl.col("t") <= wm))
+            want = sim.market.truth(TT, "1m", [sym], first_open, wm + 1)
+            assert got.height == want.height > 5900, sym
+            assert got["t"].min() == want["candle_begin_time"].dt.epoch("ms").min(), sym
