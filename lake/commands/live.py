@@ -40,7 +40,10 @@ def live_cmd(
     ] = None,
     offsets: Annotated[
         list[str] | None,
-        typer.Option("--offsets", help="Keep these all-offset intervals current too (e.g. 1h; repeatable)."),
+        typer.Option(
+            "--offsets",
+            help="Keep these all-offset intervals current too (e.g. 1h; repeatable), each from the coarsest --interval dividing it.",
+        ),
     ] = None,
     grace: Annotated[
         float,

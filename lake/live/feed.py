@@ -89,9 +89,28 @@ class LiveConfig:
             raise ValidationError("--history must be >= 0")
         if self.exchange_info_every < 0 or self.exchange_info_min_s < 0:
             raise ValidationError("--exchange-info-every and the minimum refresh gap must be >= 0")
+        for target in self.offsets:
+            self.offset_base(target)  # some live interval must divide every target
+
+    def offset_base(self, target: str) -> str:
+        """The live interval a ``--offsets`` target is built from: the coarsest one it is a whole
+        multiple of (``lake offsets``' default base too). One base per target: the offsets table
+        keeps a target's bins from a single base, so two feeds building it would fight."""
+        fits: list[tuple[int, str]] = []
+        errors: list[str] = []
         for i in self.intervals:
-            for target in self.offsets:
-                offset_plan(target, i)  # a target must be a whole multiple of the live interval
+            try:
+                plan = offset_plan(target, i)
+            except ValidationError as exc:
+                errors.append(str(exc))
+                continue
+            fits.append((plan.base.ms or 0, i))
+        if not fits:
+            unique = list(dict.fromkeys(errors))
+            raise ValidationError(
+                unique[0] if len(unique) == 1 else f"--offsets {target}: " + "; ".join(unique)
+            )
+        return max(fits)[1]
 
 
 class FeedLock:
@@ -173,12 +192,13 @@ class Feed:
         self.pending_loaded = False
         self.inflight: set[tuple[str, int]] = set()  # (symbol, open) the writer is writing right now
         self.offsets: LiveOffsets | None = None
-        if config.offsets:
+        targets = tuple(t for t in config.offsets if config.offset_base(t) == iv.name)
+        if targets:
             self.offsets = LiveOffsets(
                 lfs,
                 tt.name,
                 iv.name,
-                config.offsets,
+                targets,
                 on_error=lambda title, text: alert(title, text, f"offsets:{self.name}"),
             )
 

@@ -11,6 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
+from lake.errors import ValidationError
 from lake.ingest.rest_client import RestClient
 from lake.live.alerts import Alerter
 from lake.live.appender import KlineWriter
@@ -312,3 +313,20 @@ async def test_a_first_run_stopped_during_its_catch_up_is_resumed(tmp_path: Path
             want = sim.market.truth(TT, "1m", [sym], first_open, wm + 1)
             assert got.height == want.height > 5900, sym
             assert got["t"].min() == want["candle_begin_time"].dt.epoch("ms").min(), sym
+
+
+def test_each_live_offsets_target_has_one_base() -> None:
+    """With several live intervals, a target is built by the coarsest one that divides it (as
+    `lake offsets` picks its default base): two feeds building the same target from different bases
+    made every build of one of them fail."""
+    cfg = LiveConfig(trade_types=(TT,), intervals=("1m", "5m"), offsets=("1h", "3m", "15m"))
+    assert [cfg.offset_base(t) for t in cfg.offsets] == ["5m", "1m", "5m"]
+    runner = LiveRunner(Settings(root="/nonexistent-lake", sim_url="http://127.0.0.1:9"), cfg)
+    assert {f.name: f.offsets.targets if f.offsets else [] for f in runner.feeds} == {
+        f"{TT} 1m": ["3m"],
+        f"{TT} 5m": ["1h", "15m"],
+    }
+    with pytest.raises(ValidationError, match="7m"):
+        LiveConfig(trade_types=(TT,), intervals=("1m", "5m"), offsets=("7m",))
+    with pytest.raises(ValidationError):
+        LiveConfig(trade_types=(TT,), intervals=("5m",), offsets=("3m",))  # not a multiple of 5m
