@@ -30,7 +30,7 @@ import gc
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 import polars as pl
@@ -56,6 +56,7 @@ from lake.live.ws import ConnectLimiter, WsPool
 from lake.settings import Settings
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series
+from lake.store.meta import EmptyRange, add_empty_ranges
 from lake.store.tail import ensure_tail
 
 __all__ = ["LiveConfig", "LiveRunner", "run_live"]
@@ -795,6 +796,10 @@ class LiveRunner:
             out[sym] = start
         return out
 
+    def _record_empty(self, feed: Feed, proven: Mapping[str, list[EmptyRange]]) -> None:
+        for sym, ranges in proven.items():
+            add_empty_ranges(self.lfs, feed.tt.name, feed.iv.name, sym, ranges)
+
     async def _save_pending(self, feed: Feed) -> None:
         """Persist the feed's unfinished catch-up starts, so a restart resumes them."""
         async with feed.pending_lock:
@@ -943,6 +948,7 @@ class LiveRunner:
         feed.stats.rest_repaired += sum(len(fetched[s]) for s in stored)
         completed: list[int] = []
         settling: set[tuple[str, int]] = set()
+        proven: dict[str, list[EmptyRange]] = {}
         for sym, res in results.items():
             if sym in fetched and sym not in stored:
                 continue  # the write failed: stays missing
@@ -952,6 +958,14 @@ class LiveRunner:
             if absent:
                 feed.stats.rest_absent += len(absent)
                 completed += feed.book.mark_absent(sym, absent)
+                proven[sym] = [EmptyRange(t, t + feed.iv_ms) for t in absent]
+        if proven:
+            # as the backfill does: coverage, status and the next catch-up then know these slots
+            # are empty on the exchange, not holes of the lake
+            try:
+                await asyncio.to_thread(self._record_empty, feed, proven)
+            except LakeError as exc:
+                log.warning("%s: could not record confirmed-empty slots: %s", feed.name, exc)
         for p in sorted(set(completed)):
             self._period_ready(feed, p)
         if completed:

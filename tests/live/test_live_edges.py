@@ -17,10 +17,12 @@ from lake.live.alerts import Alerter
 from lake.live.appender import KlineWriter
 from lake.live.runner import LiveConfig, LiveRunner
 from lake.live.watermark import read_watermark
+from lake.query.connect import connect
 from lake.settings import Settings
 from lake.sim.config import FaultConfig
 from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
+from lake.store.meta import read_empty_ranges
 
 from .helpers import M, diff_truth, lake_frame, run_while, webhook
 
@@ -110,6 +112,20 @@ async def test_quiet_candles_and_a_maintenance_window(tmp_path: Path) -> None:
     assert feed["rest_absent"] == len(live) * 3  # every symbol, the three maintenance minutes
     lake = lake_frame(tmp_path, TT, "1m")
     assert lake.filter(pl.col("t").is_between(window[0], window[1] - 1)).height == 0
+    # recorded as confirmed empty, as a backfill does: status and the coverage view show no hole
+    for sym in live:
+        assert any(
+            r.start_ms <= window[0] and window[1] <= r.end_ms
+            for r in read_empty_ranges(tmp_path, TT, "1m", sym)
+        )
+    con = connect(tmp_path)
+    try:
+        holes = con.execute(
+            "SELECT sum(missing) FROM coverage WHERE trade_type = ? AND interval = '1m'", [TT]
+        )
+        assert holes.fetchall() == [(0,)]
+    finally:
+        con.close()
 
 
 async def test_late_close_after_an_empty_rest_answer_is_kept(
@@ -279,7 +295,9 @@ async def test_a_first_run_stopped_during_its_catch_up_is_resumed(tmp_path: Path
     """The first run is stopped while its history catch-up is still under way but the websocket has
     already stored the newest candles. The restart must fetch the history the first run never got
     (planning from the last stored candle alone would skip it for good)."""
-    cfg = test_config(speed=60.0, n_symbols_by_market={"um": 4}, weight_limits={"spot": 6000, "um": 40, "cm": 2400})
+    cfg = test_config(
+        speed=60.0, n_symbols_by_market={"um": 4}, weight_limits={"spot": 6000, "um": 40, "cm": 2400}
+    )
     async with sim_server(cfg) as sim:
         live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
         settings = Settings(root=str(tmp_path), sim_url=sim.base_url)
