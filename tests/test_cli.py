@@ -130,6 +130,8 @@ def small_lake(tmp_path):
         (["status", "--interval", ""], "unknown interval ''"),
         (["status", "--symbols", ""], "empty symbol list"),
         (["audit", "--type", ""], "unknown trade type ''"),
+        (["backfill", "--type", "usdt_perp", "--interval", "1m", "--interval", "1h", "--days", "1"],
+         "one --interval per backfill run (got 1m, 1h)"),
     ],
 )  # fmt: skip
 def test_bad_values_are_one_line_and_leave_the_lake(small_lake, args: list[str], message: str) -> None:

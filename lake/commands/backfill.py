@@ -40,7 +40,9 @@ def backfill_cmd(
             "--type", help="Trade type (repeat for several; they run concurrently), e.g. usdt_perp."
         ),
     ],
-    interval: Annotated[str, typer.Option("--interval", help="Kline interval.")] = "5m",
+    intervals: Annotated[
+        list[str] | None, typer.Option("--interval", help="Kline interval (one per run; default 5m).")
+    ] = None,
     days: Annotated[
         float | None,
         typer.Option("--days", help=f"The last N days up to the server's now (0 < N <= {MAX_DAYS})."),
@@ -86,6 +88,11 @@ def backfill_cmd(
     Examples: ``lake backfill --type usdt_perp --type usdt_spot --days 15``;
     ``lake backfill --type coin_perp --interval 1h --start 2024-01-01 --end 2024-03-01 --funding``.
     """
+    if intervals and len(intervals) > 1:  # a plain option would silently keep only the last one
+        raise ValidationError(
+            f"one --interval per backfill run (got {', '.join(intervals)}): run it once per interval"
+        )
+    interval = intervals[0] if intervals else "5m"
     settings = get_settings(
         config, write=True, root=root, rest_url=rest_url, sim_url=sim_url, archive_url=archive_url
     )
