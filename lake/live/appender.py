@@ -64,6 +64,7 @@ class AppenderStats:
     bad: Counter[str] = field(default_factory=Counter)
     max_event_ms: int = 0  # highest event time (E) seen: server time at send
     max_event_mono: float = 0.0  # time.monotonic() when that event arrived
+    ahead_hint_ms: int = 0  # highest time of a refused "future" candle (asks for a clock re-sync)
     last_message_mono: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -104,6 +105,7 @@ class Appender:
         self._is_stored = is_stored or (lambda s, t: False)
         # the latest close time a candle can have by the exchange's clock (plus its uncertainty)
         self._latest_close = latest_close
+        self._held: list[tuple[str | bytes, float]] = []
         self._buffer: dict[tuple[str, int], tuple[tuple[Any, ...], float]] = {}
         self.stats = AppenderStats()
         self._pending = asyncio.Event()
@@ -126,10 +128,20 @@ class Appender:
                 text,
             )
 
-    def feed(self, raw: str | bytes, recv: float | None = None) -> bool:
+    def wake(self) -> None:
+        """Tell the writer that candles are waiting."""
+        self._pending.set()
+
+    def retry_held(self) -> int:
+        """Feed again the candles held as "closed in the future" (after a clock re-sync): those that
+        have closed by the corrected clock are buffered, the rest refused. Returns how many were."""
+        held, self._held = self._held, []
+        return sum(self.feed(raw, recv, retry=True) for raw, recv in held)
+
+    def feed(self, raw: str | bytes, recv: float | None = None, *, retry: bool = False) -> bool:
         """Handle one message; returns whether a closed candle was buffered."""
         st = self.stats
-        st.messages += 1
+        st.messages += not retry
         recv = time.perf_counter() if recv is None else recv
         st.last_message_mono = recv
         try:
@@ -186,8 +198,15 @@ class Appender:
                 self._bad("non_finite", raw)
                 return False
         if self._latest_close is not None and row[6] > self._latest_close():
-            # "closed" before its close time: never stored (nor taken as a clock reading)
-            self._bad("future", raw)
+            # "closed" after the exchange's time as we know it: never stored nor taken as a clock
+            # reading, but a reason to re-sync the clock (LiveRunner._check_clock); if the clock
+            # was behind, the period check fetches the candle over REST once it has closed
+            e = data.get("E")
+            st.ahead_hint_ms = max(st.ahead_hint_ms, e if isinstance(e, int) else row[6])
+            if retry or len(self._held) >= _MAX_HELD:
+                self._bad("future", raw)
+            else:  # held until the clock is re-synced (retry_held), then stored or refused
+                self._held.append((raw, recv))
             return False
         # Only a valid closing event, sent after its candle closed, may move the clock (Feed.now_ms)
         e = data.get("E")
@@ -377,6 +396,7 @@ class KlineWriter:
         return out
 
 
+_MAX_HELD = 20_000  # "future" candles kept for a re-check after a clock re-sync
 _FLOAT_COLUMNS = [c for c, t in KLINE_SCHEMA.items() if t == pl.Float64()]
 
 

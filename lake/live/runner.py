@@ -194,7 +194,8 @@ class LiveRunner:
         """An event stamped far ahead of the REST-sampled estimate means the server clock jumped (or
         the estimate drifted): re-sync it (``Feed.now_ms`` already follows the events meanwhile)."""
         st = feed.appender.stats
-        ahead = st.max_event_ms - feed.client.clock.now_ms()
+        ahead = max(st.max_event_ms, st.ahead_hint_ms) - feed.client.clock.now_ms()
+        st.ahead_hint_ms = 0
         if ahead > feed.clock_tolerance_ms():
             log.info(
                 "%s: events are %.1fs ahead of the server clock estimate; re-syncing", feed.name, ahead / 1000
@@ -211,6 +212,8 @@ class LiveRunner:
                     ahead / 1000,
                 )
                 st.max_event_ms = 0
+            if feed.appender.retry_held():  # candles that had closed after all: to the writer
+                feed.appender.wake()
 
     # -- main --------------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:

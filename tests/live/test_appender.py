@@ -216,10 +216,16 @@ def test_event_times_count_only_from_valid_closing_events() -> None:
     no_k = {"stream": "btcusdt@kline_1m", "data": {"e": "kline", "E": future_e, "s": "BTCUSDT"}}
     assert not ap.feed(json.dumps(no_k))
     assert ap.stats.bad == {"malformed": 1} and ap.stats.max_event_ms == 0
-    assert not ap.feed(at(event(t=T + M), future_e))  # closes after the exchange's now
+    assert not ap.feed(at(event(t=T + M), future_e))  # closes after the exchange's now: held
+    assert ap.stats.bad == {"malformed": 1} and ap.stats.ahead_hint_ms == future_e
+    assert ap.retry_held() == 0  # the re-synced clock does not confirm it: refused
     assert ap.stats.bad == {"malformed": 1, "future": 1} and ap.stats.max_event_ms == 0
+    assert not ap.feed(at(event(t=T + 2 * M), T + 3 * M + 5))
+    latest["close"] += 2 * M  # the clock was behind: after the re-sync the candle has closed
+    assert ap.retry_held() == 1 and ap.pending == 1 and ap.stats.bad["future"] == 1
+    latest["close"] -= 2 * M
     assert ap.feed(at(event(t=T), T + M + 5))
-    assert ap.stats.max_event_ms == T + M + 5
+    assert ap.stats.max_event_ms == T + 3 * M + 5  # from the held candle accepted above
     latest["close"] += M
     assert ap.feed(at(event(t=T + M), T + M - 10))  # stored, but an E before its close moves no clock
-    assert ap.stats.max_event_ms == T + M + 5 and ap.pending == 2
+    assert ap.stats.max_event_ms == T + 3 * M + 5 and ap.pending == 3
