@@ -141,9 +141,10 @@ class Appender:
     def feed(self, raw: str | bytes, recv: float | None = None, *, retry: bool = False) -> bool:
         """Handle one message; returns whether a closed candle was buffered."""
         st = self.stats
-        st.messages += not retry
         recv = time.perf_counter() if recv is None else recv
-        st.last_message_mono = recv
+        if not retry:  # a held message fed again is no new traffic
+            st.messages += 1
+            st.last_message_mono = recv
         try:
             msg = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -198,9 +199,9 @@ class Appender:
                 self._bad("non_finite", raw)
                 return False
         if self._latest_close is not None and row[6] > self._latest_close():
-            # "closed" after the exchange's time as we know it: never stored nor taken as a clock
-            # reading, but a reason to re-sync the clock (LiveRunner._check_clock); if the clock
-            # was behind, the period check fetches the candle over REST once it has closed
+            # "closed" after the exchange's time as we know it: not stored nor taken as a clock
+            # reading yet, but a reason to re-sync the clock (LiveRunner._check_clock), after
+            # which it is fed again (retry_held)
             e = data.get("E")
             st.ahead_hint_ms = max(st.ahead_hint_ms, e if isinstance(e, int) else row[6])
             if retry or len(self._held) >= _MAX_HELD:

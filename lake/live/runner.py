@@ -212,8 +212,10 @@ class LiveRunner:
                     ahead / 1000,
                 )
                 st.max_event_ms = 0
-            if feed.appender.retry_held():  # candles that had closed after all: to the writer
-                feed.appender.wake()
+        # After any re-sync: held "future" candles that have closed by now go to the writer, the
+        # others are refused (a candle held while the estimate then caught up never stays held).
+        if feed.appender.retry_held():
+            feed.appender.wake()
 
     # -- main --------------------------------------------------------------------------------------
     async def run(self) -> dict[str, Any]:
