@@ -36,7 +36,7 @@ from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
 from lake.settings import load_settings
 from lake.store.fs import LakeFS
 from lake.store.tables import EXCHANGE_INFO_SCHEMA, FUNDING_SCHEMA
-from lake.store.tail import tail_feeds, tail_files
+from lake.store.tail import SETTLED_S, tail_feeds, tail_files
 
 __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
@@ -175,6 +175,7 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
         fs = _duckdb_filesystem(lfs)
         con.register_filesystem(fs)
     con.execute("SET VARIABLE lake_root = ?", [glob_escape(lfs.url_root)])
+    con.execute("SET VARIABLE tail_settled_s = ?", [SETTLED_S])
     empty = []
     for name in VIEWS:
         spec = _FILE_TABLES.get(name)

@@ -3,15 +3,15 @@
 -- a short while after compaction; the `klines` view counts it once.
 --
 -- Files: klines_tail/trade_type=<tt>/interval=<iv>/<ns>-<pid>-<rand>.parquet (symbol is a column).
--- A file recorded in its directory's _compacted.json ({file: unix time}) more than 10 s ago
--- (SETTLED_S) is skipped: its candles are in the partitions, where a later write must not be hidden
+-- A file recorded in its directory's _compacted.json ({file: unix time}) more than
+-- getvariable('tail_settled_s') seconds ago (lake.store.tail.SETTLED_S) is skipped: its candles are in the partitions, where a later write must not be hidden
 -- by this older copy until the file is deleted.
 CREATE OR REPLACE VIEW klines_tail AS
 WITH compacted AS (
     SELECT regexp_replace(b.filename, '[^/]*$', '') || f.name AS path
     FROM read_blob(getvariable('lake_root') || '/klines_tail/*/*/_compacted.json') AS b,
         unnest(json_keys(decode(b.content))) AS f(name)
-    WHERE epoch(now()) - (decode(b.content)::JSON ->> f.name)::DOUBLE > 10
+    WHERE epoch(now()) - (decode(b.content)::JSON ->> f.name)::DOUBLE > getvariable('tail_settled_s')
 )
 SELECT
     trade_type,

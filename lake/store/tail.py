@@ -48,6 +48,7 @@ from lake.store.fs import LakeFS
 
 __all__ = [
     "EMPTY_FILE",
+    "SETTLED_S",
     "TAIL_SCHEMA",
     "TAIL_TABLE",
     "CompactResult",
@@ -66,7 +67,7 @@ TAIL_TABLE = "klines_tail"
 EMPTY_FILE = "_empty.parquet"
 TAIL_SCHEMA: dict[str, pl.DataType] = {"symbol": pl.String(), **KLINE_SCHEMA}
 _STATE = "_compacted.json"  # {file name: unix time it was compacted}
-SETTLED_S = 10.0  # compacted this long ago: readers skip the file (also in sql/klines_tail.sql)
+SETTLED_S = 10.0  # compacted this long ago: readers skip the file (bound for sql/klines_tail.sql)
 _KEY = ["symbol", "candle_begin_time"]
 
 
