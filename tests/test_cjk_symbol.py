@@ -13,7 +13,6 @@ import polars as pl
 
 from lake.ingest.archive.hybrid import archive_backfill
 from lake.live.runner import LiveConfig, LiveRunner
-from lake.live.watermark import read_watermark
 from lake.query.connect import connect
 from lake.schema import KLINE_COLUMNS
 from lake.settings import Settings
@@ -22,7 +21,7 @@ from lake.sim.universe import CJK_BASE
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines
 
-from .live.helpers import diff_truth, lake_frame
+from .live.helpers import assert_equals_truth, lake_frame
 
 TT = "usdt_perp"
 CJK = f"{CJK_BASE}USDT"
@@ -67,13 +66,8 @@ async def test_live_follows_the_cjk_symbol_over_websockets(tmp_path: Path) -> No
             LiveConfig(trade_types=(TT,), intervals=("1m",), periods=4, grace_s=5.0, history=3),
         )
         summary = await asyncio.wait_for(runner.run(), timeout=120)
-        wm = read_watermark(tmp_path, TT, "1m")
-        assert wm is not None
-        lake = lake_frame(tmp_path, TT, "1m")
-        truth = sim.market.truth(TT, "1m", live, int(lake["t"].min()), wm["watermark_ms"] + 1)
-        d = diff_truth(lake.filter(pl.col("t") <= wm["watermark_ms"]), truth)
-        assert d["missing"] == d["extra"] == d["differ"] == 0, d
-        mine = lake.filter(pl.col("symbol") == CJK)
+        assert_equals_truth(sim, tmp_path, TT, "1m", live)
+        mine = lake_frame(tmp_path, TT, "1m").filter(pl.col("symbol") == CJK)
         # its closed candles of the live periods came from its websocket stream, not only REST
         assert "ws" in set(mine["source"]), mine["source"].value_counts()
         assert summary["feeds"][0]["appender"]["bad"] == {}  # no message of it was refused

@@ -88,6 +88,19 @@ TORN = (
 )
 
 
+def assert_equals_truth(sim: Any, root: str | Path, tt: str, iv: str, symbols: list[str]) -> int:
+    """Every stored candle up to the watermark equals the simulator's truth for ``symbols``, none
+    twice; returns the watermark (ms)."""
+    wm = read_watermark(root, tt, iv)
+    assert wm is not None
+    lake = lake_frame(root, tt, iv)
+    truth = sim.market.truth(tt, iv, symbols, int(lake["t"].min()), wm["watermark_ms"] + 1)
+    d = diff_truth(lake.filter(pl.col("t") <= wm["watermark_ms"]), truth)
+    assert d["missing"] == d["extra"] == d["differ"] == 0, d
+    assert lake.select("symbol", "t").is_duplicated().sum() == 0
+    return int(wm["watermark_ms"])
+
+
 class DuckReader(threading.Thread):
     """Queries the ``klines`` view of ``lake.connect`` in a loop, as a notebook would; counts queries,
     errors, and results holding a candle twice (the tail and the partitions must add up exactly).

@@ -20,11 +20,10 @@ from lake.live.watermark import read_watermark
 from lake.query.connect import connect
 from lake.settings import Settings
 from lake.sim.config import FaultConfig
-from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
 from lake.store.meta import read_empty_ranges
 
-from .helpers import M, diff_truth, lake_frame, run_while, webhook
+from .helpers import M, assert_equals_truth, lake_frame, run_while, webhook
 
 TT = "usdt_perp"
 
@@ -35,18 +34,6 @@ async def _until(cond: Any, within: float) -> None:
             if cond():
                 return
             await asyncio.sleep(0.01)
-
-
-def _assert_truth(sim: SimServer, root: Path, iv: str, symbols: list[str]) -> int:
-    wm = read_watermark(root, TT, iv)
-    assert wm is not None
-    lake = lake_frame(root, TT, iv)
-    start = int(lake["t"].min())
-    truth = sim.market.truth(TT, iv, symbols, start, wm["watermark_ms"] + 1)
-    d = diff_truth(lake.filter(pl.col("t") <= wm["watermark_ms"]), truth)
-    assert d["missing"] == d["extra"] == d["differ"] == 0, d
-    assert lake.select("symbol", "t").is_duplicated().sum() == 0
-    return int(wm["watermark_ms"])
 
 
 async def test_listing_inside_a_period_keeps_its_first_candle(tmp_path: Path) -> None:
@@ -75,7 +62,7 @@ async def test_listing_inside_a_period_keeps_its_first_candle(tmp_path: Path) ->
         summary = await run_while(runner, scenario(), 120)
         first = listed["at"]
         assert first % p != 0  # really inside a period
-        wm = _assert_truth(sim, tmp_path, iv, [*live, "MIDXUSDT"])
+        wm = assert_equals_truth(sim, tmp_path, TT, iv, [*live, "MIDXUSDT"])
         new = lake_frame(tmp_path, TT, iv).filter(pl.col("symbol") == "MIDXUSDT")
         assert wm >= first - first % p + 2 * p
         assert new["t"].min() == first - first % p  # the partial period is there
@@ -103,7 +90,7 @@ async def test_quiet_candles_and_a_maintenance_window(tmp_path: Path) -> None:
             LiveConfig(trade_types=(TT,), intervals=("1m",), periods=10, grace_s=5.0, history=5),
         )
         summary = await asyncio.wait_for(runner.run(), timeout=90)
-        wm = _assert_truth(sim, tmp_path, "1m", live)
+        wm = assert_equals_truth(sim, tmp_path, TT, "1m", live)
     feed = summary["feeds"][0]
     assert wm >= window[1] + 2 * M
     truth = sim.market.truth(TT, "1m", live, window[0] - 2 * M, wm + 1)
@@ -154,7 +141,7 @@ async def test_late_close_after_an_empty_rest_answer_is_kept(
             LiveConfig(trade_types=(TT,), intervals=("1m",), periods=8, grace_s=5.0, history=5),
         )
         summary = await asyncio.wait_for(runner.run(), timeout=90)
-        wm = _assert_truth(sim, tmp_path, "1m", live)
+        wm = assert_equals_truth(sim, tmp_path, TT, "1m", live)
     feed = summary["feeds"][0]
     assert feed["rest_absent"] == 0
     assert wm >= int(lake_frame(tmp_path, TT, "1m")["t"].min()) + 10 * M
@@ -213,7 +200,7 @@ async def test_halt_then_trading_again(tmp_path: Path) -> None:
             sim.control_faults({"list": [{"market": "um", "symbol": halted}]})
 
         summary = await run_while(runner, scenario(), 90)
-        wm = _assert_truth(sim, tmp_path, "1m", live)
+        wm = assert_equals_truth(sim, tmp_path, TT, "1m", live)
         back = sim.market.info("um", halted).segments[-1][0]
     feed = summary["feeds"][0]
     assert feed["delisted"] == 1 and feed["listed"] == 1
@@ -288,7 +275,7 @@ async def test_a_message_with_a_future_event_time_changes_nothing(tmp_path: Path
         summary = await run_while(runner, scenario(), 120)
         assert summary["feeds"][0]["appender"]["bad"] == {"malformed": 1, "future": 1}
         assert ahead and max(ahead) <= 0, max(ahead)
-        _assert_truth(sim, tmp_path, "1m", live)
+        assert_equals_truth(sim, tmp_path, TT, "1m", live)
 
 
 async def test_a_first_run_stopped_during_its_catch_up_is_resumed(tmp_path: Path) -> None:
@@ -323,7 +310,7 @@ async def test_a_first_run_stopped_during_its_catch_up_is_resumed(tmp_path: Path
         assert set(json.loads(pending.read_text())) == set(live)  # what the first run owes
         await asyncio.wait_for(runner(2).run(), timeout=180)
         assert not pending.exists()  # done: nothing owed
-        wm = _assert_truth(sim, tmp_path, "1m", live)
+        wm = assert_equals_truth(sim, tmp_path, TT, "1m", live)
         lake = lake_frame(tmp_path, TT, "1m")
         first_open = started - started % M - 6100 * M  # before the history's first candle
         for sym in live:  # the whole history the first run was asked for, not only the newest candles
