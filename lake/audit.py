@@ -4,7 +4,8 @@ Per (trade type, interval, symbol) the audit reports each hole with one of these
 
 * ``maintenance`` — exchange-wide: every other symbol of the same trade type and interval that was
   trading around the hole misses the same window (at least two symbols must be trading);
-* ``confirmed_empty`` — the exchange answered "no candles" for it (recorded by backfills);
+* ``confirmed_empty`` — the exchange answered "no candles" for it (recorded by backfills and by
+  ``lake live``);
 * ``segment_break`` — inside a gap long enough to split the series (delisting and relisting): between
   two candles with trades, a gap of at least ``break_days`` (2) days, or of at least ``jump_days`` (1)
   day with a price jump of ≥ ``jump`` (10%) between the close before and the open after (the rule
@@ -12,6 +13,14 @@ Per (trade type, interval, symbol) the audit reports each hole with one of these
   futures contract keeps producing) do not count as trading, as in lostleaf;
 * ``missing`` — none of the above: data the lake should have and does not. Only these are
   *unexpected*; ``lake audit`` exits non-zero while any remain.
+
+A hole is only called expected on evidence that the exchange has no candles there, never on its
+shape alone: the range was answered empty over REST or by ``lake live`` (``lake.store.meta``), or,
+for ``maintenance`` and ``segment_break``, it lies inside archive files that were ingested (the
+exchange's own published days lack those rows; ``lake.ingest.archive.manifest``). A hole nobody
+asked the exchange about — two backfills with a gap between them, a day an archive-only run could
+not get — is ``missing`` however much it looks like maintenance or a delisting, so ``lake audit``
+fails on it and ``--repair`` fetches it (REST then confirms it empty, or fills it).
 
 Holes and gaps are measured between slots: a candle fills the slot its open time falls in (some
 2018 candles open off the interval grid), and 1M slots are calendar months.
@@ -32,6 +41,8 @@ from typing import Any
 import polars as pl
 
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
+from lake.binance.markets import get_trade_type
+from lake.ingest.archive.manifest import read_manifest
 from lake.store.coverage import SeriesCoverage, coverage
 from lake.store.fs import LakeFS
 from lake.store.klines import iter_series_batches, to_lakefs
@@ -120,6 +131,7 @@ def audit(
             a.sources = stats["sources"].get(c.symbol, {})
             a.zero_volume = stats["zero_volume"].get(c.symbol, 0)
             edges = stats["edges"].get(c.symbol, {})
+            archived: list[tuple[int, int]] | None = None  # read when a hole needs it
             breaks, a.segments = _segments(
                 iv, stats["traded"].get(c.symbol), break_days=break_days, jump_days=jump_days, jump=jump
             )
@@ -140,17 +152,40 @@ def audit(
                 exchange_wide = len(others) >= 1 and all(
                     any(oh.start <= h.start and h.end <= oh.end for oh in o.holes) for o in others
                 )
-                if brk is not None:
+                confirmed = h.kind == "exchange"
+                if not confirmed and (brk is not None or exchange_wide):
+                    if archived is None:
+                        archived = _archived_spans(lfs, tt, iv_name, c.symbol)
+                    published = _inside(archived, _ms(h.start), _ms(h.end))
+                else:
+                    published = False
+                if brk is not None and (confirmed or published):
                     kind = "segment_break"
-                elif exchange_wide:
+                elif exchange_wide and (confirmed or published):
                     kind = "maintenance"
-                elif h.kind == "exchange":
+                elif confirmed:
                     kind = "confirmed_empty"
                 else:
                     kind = "missing"
                 a.holes.append(AuditHole(h.start, h.end, h.missing, kind, jump_v))
             out.append(a)
     return out
+
+
+def _archived_spans(lfs: LakeFS, tt: str, iv_name: str, symbol: str) -> list[tuple[int, int]]:
+    """The periods ``[start_ms, end_ms)`` of the archive files ingested for the series, merged."""
+    records = read_manifest(lfs, get_trade_type(tt).market_name, iv_name, symbol)
+    out: list[tuple[int, int]] = []
+    for a, b in sorted((r.start_ms, r.end_ms) for r in records.values()):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _inside(spans: list[tuple[int, int]], a: int, b: int) -> bool:
+    return any(s <= a and b <= e for s, e in spans)
 
 
 def iv_end(iv_name: str, last: dt.datetime) -> dt.datetime:

@@ -13,9 +13,17 @@ from tests.store.helpers import frame, t0_ms
 S = 300_000
 
 
-def build(root: str) -> None:
+def confirm(
+    root: str, sym: str, first: int, end: int, tt: str = "usdt_perp", iv: str = "5m", step: int = S
+) -> None:
+    """Record slots ``[first, end)`` (indexes from ``t0_ms()``) as answered empty by the exchange."""
+    add_empty_ranges(root, tt, iv, sym, [EmptyRange(t0_ms() + first * step, t0_ms() + end * step)])
+
+
+def build(root: str, evidence: bool = True) -> None:
     # 100..110: maintenance for every symbol. AAA: delisted for ~2 days (600 candles).
     # BBB: 3 candles really missing. CCC: a 1-day hole with a 50% price jump; DDD: 5 candles confirmed empty.
+    # With ``evidence`` the exchange answered every hole but BBB's empty (as a backfill records).
     plan = {
         "AAAUSDT": set(range(300, 900)),
         "BBBUSDT": {500, 501, 502},
@@ -35,7 +43,12 @@ def build(root: str) -> None:
                 ]
             )
         write_klines(root, "usdt_perp", "5m", sym, df)
-    add_empty_ranges(root, "usdt_perp", "5m", "DDDUSDT", [EmptyRange(t0_ms() + 700 * S, t0_ms() + 705 * S)])
+    confirm(root, "DDDUSDT", 700, 705)
+    if evidence:
+        for sym in plan:
+            confirm(root, sym, 100, 110)
+        confirm(root, "AAAUSDT", 300, 900)
+        confirm(root, "CCCUSDT", 1000, 1300)
 
 
 def test_audit_classifies_every_hole(tmp_path) -> None:
@@ -52,6 +65,53 @@ def test_audit_classifies_every_hole(tmp_path) -> None:
     assert [len(a.segments) for a in report.values()] == [2, 1, 2, 1]
     assert report["DDDUSDT"].sources == {"ws": 1485}
     assert report["AAAUSDT"].sources == {"archive": 890}
+
+
+def test_holes_nobody_asked_about_are_missing_however_they_look(tmp_path) -> None:
+    # The same lake, but no backfill ever asked the exchange about the shared window or the long gaps
+    # (two backfills with a hole between them look exactly like this): all of it is missing, so
+    # audit fails and --repair fetches it. The audit used to call them maintenance / segment breaks.
+    build(str(tmp_path), evidence=False)
+    report = {a.symbol: a for a in audit(tmp_path)}
+    kinds = {s: [(h.kind, h.missing) for h in a.holes] for s, a in report.items()}
+    assert kinds == {
+        "AAAUSDT": [("missing", 10), ("missing", 600)],
+        "BBBUSDT": [("missing", 10), ("missing", 3)],
+        "CCCUSDT": [("missing", 10), ("missing", 300)],
+        "DDDUSDT": [("missing", 10), ("confirmed_empty", 5)],
+    }
+    # Segments still follow the shape of the data (the split is real whatever the evidence).
+    assert [len(a.segments) for a in report.values()] == [2, 1, 2, 1]
+
+
+def test_archive_files_are_evidence_for_maintenance_and_breaks_only(tmp_path) -> None:
+    # Ingested archive files spanning a hole: the exchange published those days without the rows.
+    # That makes a shared window maintenance and a long gap a segment break, but a hole of one
+    # symbol inside an archive day stays missing (archive days do lack rows REST has).
+    from lake.ingest.archive.manifest import record_files
+    from lake.ingest.archive.plan import FileRecord
+    from lake.store.fs import LakeFS
+
+    build(str(tmp_path), evidence=False)
+    day = 288 * S
+    for sym in ("AAAUSDT", "BBBUSDT", "CCCUSDT"):
+        recs = [
+            (
+                f"{sym}-5m-{i}.zip",
+                FileRecord("0" * 64, "v", "c", 288, t0_ms() + i * day, t0_ms() + (i + 1) * day),
+                {},
+            )
+            for i in range(6)
+        ]
+        record_files(LakeFS(str(tmp_path)), "um", "5m", sym, recs)
+    report = {a.symbol: a for a in audit(tmp_path)}
+    kinds = {s: [(h.kind, h.missing) for h in a.holes] for s, a in report.items()}
+    assert kinds == {
+        "AAAUSDT": [("maintenance", 10), ("segment_break", 600)],
+        "BBBUSDT": [("maintenance", 10), ("missing", 3)],
+        "CCCUSDT": [("maintenance", 10), ("segment_break", 300)],
+        "DDDUSDT": [("missing", 10), ("confirmed_empty", 5)],
+    }
 
 
 def test_audit_cli_exit_code_and_json(tmp_path) -> None:
@@ -131,6 +191,10 @@ def test_off_grid_2018_candle_after_an_outage(tmp_path) -> None:
     after = [off] + [ms(2018, 2, 9, 9, 29) + i * M for i in range(60)]
     write_klines(tmp_path, "usdt_spot", "1m", "BTCUSDT", traded(before + after, [100.0] * 180 + [150.0] * 61))
     write_klines(tmp_path, "usdt_spot", "1m", "ETHUSDT", traded(before + after, [10.0] * 241))
+    for sym in ("BTCUSDT", "ETHUSDT"):  # as a backfill records the outage
+        add_empty_ranges(
+            tmp_path, "usdt_spot", "1m", sym, [EmptyRange(ms(2018, 2, 8, 3), ms(2018, 2, 9, 9, 28))]
+        )
     report = {a.symbol: a for a in audit(tmp_path)}
     hole = (dt.datetime(2018, 2, 8, 3, tzinfo=UTC), dt.datetime(2018, 2, 9, 9, 28, tzinfo=UTC), 1828)
     assert [(h.start, h.end, h.missing, h.kind, h.price_jump) for h in report["BTCUSDT"].holes] == [
@@ -166,6 +230,9 @@ def test_off_grid_candle_does_not_shift_the_break_threshold(tmp_path) -> None:
     before = [ms(2018, 2, 8, 8, 28) + i * M for i in range(60)]
     after = [1518168494789] + [ms(2018, 2, 9, 9, 29) + i * M for i in range(9)]
     write_klines(tmp_path, "usdt_spot", "1m", "BTCUSDT", traded(before + after, [100.0] * 60 + [150.0] * 10))
+    add_empty_ranges(
+        tmp_path, "usdt_spot", "1m", "BTCUSDT", [EmptyRange(ms(2018, 2, 8, 9, 28), ms(2018, 2, 9, 9, 28))]
+    )
     (a,) = audit(tmp_path)
     assert [(h.missing, h.kind) for h in a.holes] == [(1440, "segment_break")]
     assert [(s[1], s[4]) for s in segments_view(str(tmp_path))] == [(0, 60), (1, 10)]
@@ -180,6 +247,7 @@ def test_monthly_series_is_not_split_by_31_day_months(tmp_path) -> None:
         open=pl.Series([100.0, 150, 100, 150, 100, 150, 200]), close=pl.Series([100.0] * 7)
     )
     write_klines(tmp_path, "usdt_spot", "1M", "ETHUSDT", df)
+    add_empty_ranges(tmp_path, "usdt_spot", "1M", "ETHUSDT", [EmptyRange(ms(2020, 7, 1), ms(2020, 8, 1))])
     (a,) = audit(tmp_path)
     assert [(h.start, h.end, h.missing, h.kind, h.price_jump) for h in a.holes] == [
         (dt.datetime(2020, 7, 1, tzinfo=UTC), dt.datetime(2020, 8, 1, tzinfo=UTC), 1, "segment_break", 1.0)
@@ -224,6 +292,7 @@ def test_hole_inside_a_zero_volume_gap_is_a_segment_break(tmp_path) -> None:
     t = [base + i * H for i in range(48)] + [base + i * H for i in range(84, 108)]
     vol = [5.0] * 24 + [0.0] * 24 + [5.0] * 24
     write_klines(tmp_path, "usdt_perp", "1h", "FTTBUSD", traded(t, [2.0] * 72, vol))
+    add_empty_ranges(tmp_path, "usdt_perp", "1h", "FTTBUSD", [EmptyRange(base + 48 * H, base + 84 * H)])
     (a,) = audit(tmp_path)
     assert [(h.missing, h.kind, h.price_jump) for h in a.holes] == [(36, "segment_break", 0.0)]
     assert len(a.segments) == 2 and not a.unexpected

@@ -72,3 +72,76 @@ def test_audit_repair_does_not_refetch_an_exchange_hole_forever(tmp_path) -> Non
         (0, [("confirmed_empty", 12)], True),
         (0, [("confirmed_empty", 12)], False),
     ]
+
+
+def _audit_kinds(root, sim_url: str | None = None) -> tuple[int, dict[str, list[tuple[str, int]]]]:
+    import json
+
+    cmd = [sys.executable, "-m", "lake.cli", "audit", "--root", str(root), "--json"]
+    if sim_url:
+        cmd += ["--repair", "--sim-url", sim_url]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    doc = json.loads(res.stdout)
+    return res.returncode, {
+        s["symbol"]: [(h["kind"], h["missing"]) for h in s["holes"]] for s in doc["series"]
+    }
+
+
+def test_gap_between_two_backfills_is_missing_not_maintenance(tmp_path) -> None:
+    # Two REST backfills of every symbol with a day between them that nobody asked for: the hole is
+    # shared by all symbols and a day long, so by its shape alone the audit called it maintenance
+    # and exited 0 (and --repair skipped it). Now it is missing until the exchange is asked.
+    window = ("um", "2025-03-10T06:00:00", "2025-03-10T07:00:00")
+    with start_sim(maintenance=(window,)) as sim:
+        syms = ",".join(sim.market.symbols("usdt_perp")[:3])
+        base = [
+            sys.executable,
+            "-m",
+            "lake.cli",
+            "backfill",
+            "--root",
+            str(tmp_path),
+            "--sim-url",
+            sim.base_url,
+        ]
+        base += ["--type", "usdt_perp", "--source", "rest", "--symbols", syms]
+        for a, b in (("2025-03-10", "2025-03-11"), ("2025-03-12", "2025-03-13")):
+            res = subprocess.run(
+                [*base, "--start", a, "--end", b], capture_output=True, text=True, timeout=300
+            )
+            assert res.returncode == 0, res.stderr
+        code, kinds = _audit_kinds(tmp_path)
+        assert code == 1
+        assert set(map(tuple, kinds.values())) == {(("maintenance", 12), ("missing", 288))}
+        code, kinds = _audit_kinds(tmp_path, sim.base_url)
+        assert code == 0
+        assert set(map(tuple, kinds.values())) == {(("maintenance", 12),)}
+        truth = sim.market.truth("usdt_perp", "5m", syms.split(","), "2025-03-10", "2025-03-13")
+    got = scan_klines(tmp_path, "usdt_perp", "5m").collect().sort("symbol", "candle_begin_time")
+    assert got.drop("source").equals(
+        truth.sort("symbol", "candle_begin_time").select(got.drop("source").columns)
+    )
+
+
+def test_archive_only_ingest_calls_maintenance_maintenance(tmp_path) -> None:
+    # An archive-only run never asks REST: the window all symbols' archive days lack is maintenance
+    # on the archive's evidence, and the audit passes.
+    window = ("um", "2025-03-10T06:00:00", "2025-03-10T07:00:00")
+    with start_sim(maintenance=(window,)) as sim:
+        syms = ",".join(sim.market.symbols("usdt_perp")[:3])
+        cmd = [
+            sys.executable,
+            "-m",
+            "lake.cli",
+            "backfill",
+            "--root",
+            str(tmp_path),
+            "--sim-url",
+            sim.base_url,
+        ]
+        cmd += ["--type", "usdt_perp", "--source", "archive", "--symbols", syms]
+        cmd += ["--start", "2025-03-09", "--end", "2025-03-12"]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    code, kinds = _audit_kinds(tmp_path)
+    assert (code, set(map(tuple, kinds.values()))) == (0, {(("maintenance", 12),)})
