@@ -393,8 +393,10 @@ class _MarketRun:
         unknown_symbols: str,
         pool: ThreadPoolExecutor,
         progress: Progress | None,
+        skip: Mapping[str, Mapping[str, Sequence[tuple[int, int]]]] | None = None,
     ) -> None:
         self.client = client
+        self.skip = skip or {}
         self.market = client.market
         self.root = root
         self.tts = tts
@@ -461,6 +463,7 @@ class _MarketRun:
             stored = await self._io(_stored_opens, self.root, tt.name, self.iv, uni.symbols, s, e)
             for sym in uni.symbols:
                 empties = await self._io(_empties, self.root, tt.name, self.iv.name, sym, s, e, self.recheck)
+                empties = sorted([*empties, *self.skip.get(tt.name, {}).get(sym, ())])
                 opens = stored.get(sym, _NO_OPENS)
                 rep = SeriesReport(tt.name, self.iv.name, sym, s, e)
                 if len(opens):
@@ -845,6 +848,7 @@ async def backfill(
     unknown_symbols: str = "error",
     write_threads: int = 2,
     client_options: Mapping[str, Any] | None = None,
+    skip: Mapping[str, Mapping[str, Sequence[tuple[int, int]]]] | None = None,
 ) -> BackfillReport:
     """Fill ``[start, end)`` (or the last ``days``) of ``interval`` klines for ``trade_types``.
 
@@ -852,7 +856,10 @@ async def backfill(
     universe. ``unknown_symbols="error"`` raises ``NotFoundError`` naming symbols exchangeInfo does
     not list; ``"skip"`` logs and skips them. ``clients`` maps market name → an open ``RestClient``
     to reuse (not closed here); other markets get a client built from ``settings`` (or from
-    ``endpoints``/``state_dir``). Trade types run concurrently, one client per market.
+    ``endpoints``/``state_dir``). Trade types run concurrently, one client per market. ``skip``
+    (``{trade_type: {symbol: [(start_ms, end_ms), …]}}``) leaves those ranges alone this run
+    (not fetched, not recorded): ``--source auto`` passes the days of archive files that failed
+    verification, which must stay out of the lake until the archive is right.
 
     Returns a ``BackfillReport``; raises ``IncompleteError`` (with ``.missing``, and the report as
     ``.report``) when any range could not be fetched.
@@ -908,6 +915,7 @@ async def backfill(
                     unknown_symbols=unknown_symbols,
                     pool=pool,
                     progress=progress,
+                    skip=skip,
                 )
             )
         async with asyncio.TaskGroup() as tg:

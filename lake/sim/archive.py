@@ -262,6 +262,9 @@ class Archive:
                 f"<Message>The specified key does not exist.</Message><Key>{escape(key)}</Key></Error>"
             )
             return web.Response(status=404, text=body, content_type="application/xml")
+        if not is_ck and self.faults.is_unserved(f.key):
+            self.stats.count("archive", "status_503")
+            return web.Response(status=503, text="Service Unavailable")
         if is_ck:
             data = self.checksum_text(f).encode()
         else:

@@ -56,6 +56,7 @@ class FaultConfig:
     rest_hang_s: float = 30.0
     force_429: int = 0  # the next N REST calls (any market) get 429
     corrupt_zips: tuple[str, ...] = ()
+    unserved_zips: tuple[str, ...] = ()  # listed, but every GET of the zip answers 503
     wrong_checksums: Mapping[str, int | None] = field(default_factory=dict)  # file -> heal after N zip GETs
     missing_days: tuple[str, ...] = ()
     seed: int = 0  # seeds the fault RNG (which calls fail), independent of the market seed

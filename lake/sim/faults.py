@@ -4,7 +4,7 @@ JSON shape (``GET /_sim/faults``; ``POST`` accepts any subset of the same keys):
 
     {"ws_drop_every_s": null, "ws_close_delay_s": 0.0, "ws_skip_close_symbols": [],
      "rest_error_rate": 0.0, "rest_error_status": 503, "rest_hang_rate": 0.0, "rest_hang_s": 30.0,
-     "force_429": 0, "corrupt_zips": [], "wrong_checksums": {"<zip key or name>": null | heal_after_n},
+     "force_429": 0, "corrupt_zips": [], "unserved_zips": [], "wrong_checksums": {"<zip key or name>": null | heal_after_n},
      "missing_days": ["BTCUSDT/2024-01-01", "um/ETHUSDT/2024-01-02"], "seed": 0}
 
 Which REST calls fail is drawn from a ``random.Random(seed)``, so a run is reproducible.
@@ -23,7 +23,7 @@ from lake.sim.config import FaultConfig
 __all__ = ["Faults"]
 
 _FLOATS = ("ws_close_delay_s", "rest_error_rate", "rest_hang_rate", "rest_hang_s")
-_SETS = ("ws_skip_close_symbols", "corrupt_zips", "missing_days")
+_SETS = ("ws_skip_close_symbols", "corrupt_zips", "unserved_zips", "missing_days")
 
 
 class Faults:
@@ -41,6 +41,7 @@ class Faults:
         self.rest_hang_s = float(cfg.rest_hang_s)
         self.force_429 = int(cfg.force_429)
         self.corrupt_zips: set[str] = set(cfg.corrupt_zips)
+        self.unserved_zips: set[str] = set(cfg.unserved_zips)
         self.wrong_checksums: dict[str, int | None] = dict(cfg.wrong_checksums)
         self.missing_days: set[str] = set(cfg.missing_days)
         self.seed = cfg.seed
@@ -76,6 +77,9 @@ class Faults:
 
     def is_corrupt(self, key: str) -> bool:
         return self._matches(self.corrupt_zips, key) is not None
+
+    def is_unserved(self, key: str) -> bool:
+        return self._matches(self.unserved_zips, key) is not None
 
     def checksum_is_wrong(self, key: str) -> bool:
         with self._lock:

@@ -109,24 +109,57 @@ async def test_auto_archive_then_rest_equals_truth(tmp_path: Path) -> None:
 
 
 async def test_persistent_checksum_mismatch_fails_and_leaves_the_lake_untouched(tmp_path: Path) -> None:
+    # The bad file's day stays out of the lake (REST included) and the run fails naming it, but only
+    # after everything else is done: the other symbol's days, the day the archive lacks (REST) and
+    # the days up to now that the archive has not published yet. It used to stop before REST.
     bad = "BTCUSDT-5m-2024-03-02.zip"
-    async with SimServer(sim_config(wrong_checksums={bad: None})) as sim:
+    faults = {"wrong_checksums": {bad: None}, "missing_days": ("ETHUSDT/2024-03-03",)}
+    async with SimServer(sim_config(**faults)) as sim:
         s = settings_for(sim, tmp_path)
+        run = dict(settings=s, start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), symbols=["BTCUSDT", "ETHUSDT"])
         with pytest.raises(DataError, match=bad):
-            await archive_backfill(
-                LakeFS(s.root), [TT], IV, settings=s, start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
-                end=dt.datetime(2024, 3, 3, tzinfo=dt.UTC), symbols=["BTCUSDT"], source="auto",
-            )  # fmt: skip
+            await archive_backfill(LakeFS(s.root), [TT], IV, source="auto", **run)  # type: ignore[arg-type]
         got = lake_frame(s)
-        assert got.filter(pl.col("candle_begin_time").dt.day() == 2).height == 0, "nothing of the bad day"
+        want = truth(sim, ["BTCUSDT", "ETHUSDT"], run["start"])  # type: ignore[arg-type]
+        day2 = (pl.col("symbol") == "BTCUSDT") & (
+            pl.col("candle_begin_time").dt.date() == dt.date(2024, 3, 2)
+        )
+        assert got.filter(day2).height == 0, "nothing of the bad day"
+        cols = ["symbol", *[c for c in KLINE_COLUMNS if c != "source"]]
+        assert got.select(cols).equals(want.filter(~day2).select(cols)), "everything else is in"
+        eth3 = got.filter((pl.col("symbol") == "ETHUSDT") & (pl.col("candle_begin_time").dt.day() == 3))
+        assert eth3["source"].unique().to_list() == ["rest"]
         assert not list(download_dir(s).rglob("*.zip*")), "no zip or partial download left"
+        (cov,) = coverage(s.root, TT, IV, ["BTCUSDT"])
+        assert [(h.start, h.kind, h.missing) for h in cov.holes if h.kind == "missing"] == [
+            (dt.datetime(2024, 3, 2, tzinfo=dt.UTC), "missing", 288)
+        ], "the bad day is not recorded as empty"
         # Once Binance fixes the checksum, the next run heals the day.
         sim.control_faults({"wrong_checksums": {}})
-        await archive_backfill(
-            LakeFS(s.root), [TT], IV, settings=s, start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC),
-            end=dt.datetime(2024, 3, 3, tzinfo=dt.UTC), symbols=["BTCUSDT"], source="archive",
-        )  # fmt: skip
-        assert lake_frame(s).height == 2 * 288
+        again = await archive_backfill(LakeFS(s.root), [TT], IV, source="auto", **run)  # type: ignore[arg-type]
+        assert again.archive[0].files_downloaded == 1
+        assert (
+            lake_frame(s).select(cols).equals(truth(sim, ["BTCUSDT", "ETHUSDT"], run["start"]).select(cols))
+        )  # type: ignore[arg-type]
+
+
+async def test_archive_file_that_cannot_be_downloaded_is_filled_over_rest(tmp_path: Path) -> None:
+    # A listed file the archive never serves (503 on every attempt) is a missed shortcut, not bad
+    # data: ``auto`` fills its day over REST and succeeds; ``archive`` alone fails naming it.
+    gone = "ETHUSDT-5m-2024-03-02.zip"
+    async with SimServer(sim_config(unserved_zips=(gone,))) as sim:
+        s = settings_for(sim, tmp_path)
+        run = dict(settings=s, start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), symbols=["ETHUSDT"])
+        with pytest.raises(DataError, match=gone):
+            await archive_backfill(LakeFS(s.root), [TT], IV, source="archive", **run)  # type: ignore[arg-type]
+        res = await archive_backfill(LakeFS(s.root), [TT], IV, source="auto", **run)  # type: ignore[arg-type]
+        assert len(res.archive[0].failed) == 1
+        got = lake_frame(s)
+        cols = ["symbol", *[c for c in KLINE_COLUMNS if c != "source"]]
+        want = truth(sim, ["ETHUSDT"], run["start"])  # type: ignore[arg-type]
+        assert got.select(cols).equals(want.select(cols))
+        day2 = got.filter(pl.col("candle_begin_time").dt.date() == dt.date(2024, 3, 2))
+        assert day2.height > 0 and day2["source"].unique().to_list() == ["rest"]
 
 
 async def test_corrupt_zip_fails_loudly(tmp_path: Path) -> None:

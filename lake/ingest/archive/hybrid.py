@@ -34,7 +34,7 @@ import aiohttp
 from lake.binance.intervals import MS_PER_DAY, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbols
-from lake.errors import NotFoundError, UpstreamError, ValidationError
+from lake.errors import DataError, NotFoundError, UpstreamError, ValidationError
 from lake.ingest.archive.runner import ArchiveReport, ingest_archive, list_archive_symbols
 from lake.ingest.archive.symbols import delisted_candidates
 from lake.ingest.backfill import BackfillReport, backfill
@@ -91,8 +91,9 @@ async def archive_backfill(
 ) -> HybridResult:
     """Archive first, then (``auto``) REST for whatever the lake still lacks; see the module doc.
 
-    Raises what the parts raise: ``DataError`` naming archive files that failed verification (the
-    REST part is then not run), ``IncompleteError`` from the REST part.
+    Raises ``DataError`` naming archive files that failed verification: with ``auto`` after the REST
+    part has filled everything else (their days are left out of the lake, REST included);
+    ``IncompleteError`` from the REST part.
     """
     if source not in ("archive", "auto"):
         raise ValidationError(f"source must be 'archive' or 'auto' here, got {source!r}")
@@ -170,6 +171,7 @@ async def archive_backfill(
                 rep = await ingest_archive(
                     settings, tt.name, iv.name, syms, lo, hi,
                     keep_zips=keep_zips, progress=progress, session=session, concurrency=concurrency,
+                    raise_on_failure=source == "archive",
                 )  # fmt: skip
             except UpstreamError as exc:
                 if source == "archive":
@@ -183,13 +185,35 @@ async def archive_backfill(
             rest_symbols[tt.name] = [s for s in syms if s in known]
         if source == "archive":
             return result
+        # A file that failed verification (wrong checksum, corrupt zip, bad rows) keeps its days out
+        # of the lake, REST included: the run fails on it below, after everything else is done. A
+        # file that could not be downloaded is only a missed shortcut: REST fills its days.
+        bad: dict[str, dict[str, list[tuple[int, int]]]] = {}
+        for rep in result.archive:
+            for sym, a, b, is_bad, _ in rep.failed_units:
+                if is_bad:
+                    bad.setdefault(rep.trade_type, {}).setdefault(sym, []).append((a, b))
+            unavailable = [u for u in rep.failed_units if not u[3]]
+            if unavailable:
+                log.warning(
+                    "%s: %d archive file(s) could not be downloaded; REST fills their days",
+                    rep.trade_type,
+                    len(unavailable),
+                )
         result.rest = await backfill(
             root, [t.name for t in tts], iv.name,
             start=start if start is not None else None, end=end, days=days,
             symbols={k: v for k, v in rest_symbols.items()} if (wanted is not None or include_delisted) else None,
             funding=funding, recheck=recheck, settings=settings, clients=clients, progress=progress,
-            unknown_symbols="skip",
+            unknown_symbols="skip", skip=bad,
         )  # fmt: skip
+        if bad:
+            names = [u[4] for rep in result.archive for u in rep.failed_units if u[3]]
+            raise DataError(
+                f"archive ingest failed for {len(names)} file(s); nothing was written for their days "
+                "(everything else is done; rerun once the archive is fixed, or fill them with "
+                "--source rest): " + "; ".join(names[:20]) + (" …" if len(names) > 20 else "")
+            )
         return result
     finally:
         for c in clients.values():

@@ -100,6 +100,9 @@ class ArchiveReport:
     lacking: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # per symbol [start, end) planned
     failed: list[str] = field(default_factory=list)
+    # per failed file: (symbol, start_ms, end_ms, bad, message) — ``bad``: the file itself is wrong
+    # (checksum, corrupt zip, bad rows), not merely unavailable
+    failed_units: list[tuple[str, int, int, bool, str]] = field(default_factory=list)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -323,12 +326,15 @@ async def ingest_archive(
     checksum_attempts: int = 3,
     monthly_min_days: int = MONTHLY_MIN_DAYS,
     windows: Mapping[str, tuple[int | None, int | None]] | None = None,
+    raise_on_failure: bool = True,
 ) -> ArchiveReport:
     """Ingest the archive files the lake lacks for ``symbols`` in ``[start_ms, end_ms)``.
 
     ``start_ms``/``end_ms`` default to each symbol's first/last archive file; ``windows`` overrides
-    them per symbol. Raises ``DataError`` (corrupt zip, checksum mismatch after retries, bad rows) or
-    ``UpstreamError``/``NotFoundError`` after every other file was processed, naming the failed files.
+    them per symbol. A file that fails (corrupt zip, checksum mismatch after retries, bad rows, not
+    downloadable) does not stop the others; after every file was processed, a ``DataError`` names
+    the failed files. With ``raise_on_failure=False`` they are only reported (``failed``,
+    ``failed_units``), for a caller that goes on (``--source auto``).
     """
     t0 = time.monotonic()
     tt = get_trade_type(trade_type)
@@ -398,7 +404,7 @@ async def ingest_archive(
         if own_session:
             await session.close()
     report.seconds = time.monotonic() - t0
-    if report.failed:
+    if report.failed and raise_on_failure:
         raise DataError(
             f"archive ingest failed for {len(report.failed)} file(s); nothing was written for them: "
             + "; ".join(report.failed[:20])
@@ -491,7 +497,10 @@ async def _run_jobs(
 
     def failed(pf: PlannedFile, exc: LakeError) -> None:
         log.error("archive file %s failed: %s", pf.file.key, exc)
-        report.failed.append(f"{pf.file.key}: {exc}")
+        msg = f"{pf.file.key}: {exc}"
+        report.failed.append(msg)
+        f = pf.file
+        report.failed_units.append((f.symbol, f.start_ms, f.end_ms, isinstance(exc, DataError), msg))
 
     async def worker() -> None:
         while True:
