@@ -24,12 +24,14 @@ import polars as pl
 import pytest
 
 from lake.cli import main
-from lake.live.watermark import read_watermark
+from lake.live.watermark import read_watermark, read_watermarks
 from lake.query.connect import VIEWS, connect
 from lake.sim.testing import start_sim
+from lake.store.fs import LakeFS
 
 NAME = "lake data [v1] it's+ü"
 REST = ("--type", "usdt_perp", "--interval", "5m", "--start", "2025-03-06", "--end", "2025-03-10")
+LIVE_SYMBOLS = ("BTCUSDT", "ETHUSDT")  # a --symbols run: its watermark is its own, not the feed's
 REST_SYMBOLS = ("--symbols", "BTCUSDT,SOLUSDT")  # SOLUSDT lists on 2025-03-08T08:00: empty before
 ARCHIVE = ("--type", "usdt_spot", "--interval", "1h", "--start", "2025-01-01", "--end", "2025-03-01")
 LIVE_FROM = 1_742_040_000_000  # 2025-03-15T12:00Z, the simulator's frozen start
@@ -66,7 +68,7 @@ def _pipeline(root: str) -> None:
 
 def _live(root: str, sim) -> None:  # type: ignore[no-untyped-def]
     """``lake live`` on 1m for two symbols while the frozen clock is moved on by two minutes."""
-    args = ["live", "--type", "usdt_perp", "--interval", "1m", "--symbols", "BTCUSDT,ETHUSDT", "--history", "10"]
+    args = ["live", "--type", "usdt_perp", "--interval", "1m", "--symbols", ",".join(LIVE_SYMBOLS), "--history", "10"]
     args += ["--grace", "0", "--duration", "2", "--root", root, "--sim-url", sim.base_url]
     done: list[object] = []
 
@@ -83,11 +85,11 @@ def _live(root: str, sim) -> None:  # type: ignore[no-untyped-def]
     th.start()
     try:
         deadline = time.monotonic() + 30
-        while read_watermark(root, "usdt_perp", "1m") is None:
+        while read_watermark(root, "usdt_perp", "1m", LIVE_SYMBOLS) is None:
             assert time.monotonic() < deadline and th.is_alive(), "lake live made no watermark"
             time.sleep(0.05)
         sim.clock.advance(120_000)
-        while read_watermark(root, "usdt_perp", "1m")["watermark_ms"] < LIVE_FROM + 60_000:  # type: ignore[index]
+        while read_watermark(root, "usdt_perp", "1m", LIVE_SYMBOLS)["watermark_ms"] < LIVE_FROM + 60_000:  # type: ignore[index]
             assert time.monotonic() < deadline and th.is_alive(), "the closed candles did not arrive"
             time.sleep(0.05)
     finally:
@@ -176,7 +178,11 @@ def test_both_roots_give_the_same_views(lakes: tuple[str, str]) -> None:
     # 1h bins at 12 offsets over 4 days of BTCUSDT and 40 hours of SOLUSDT (partial edge bins kept)
     assert local["offsets"].height == 1610
     assert local["latest"].height == local["coverage"].height == 6
-    assert local["coverage"]["missing"].sum() == 0 and local["watermark"].height == 1
+    # live followed only LIVE_SYMBOLS: the feed-wide watermark (the view) stays empty, its own is there
+    assert local["coverage"]["missing"].sum() == 0 and local["watermark"].height == 0
+    for root in lakes:
+        (sub,) = read_watermarks(LakeFS(root), subsets=True)
+        assert sub["scope"] == list(LIVE_SYMBOLS) and sub["watermark_ms"] >= LIVE_FROM + 60_000
 
 
 def test_rerun_changes_nothing(lakes: tuple[str, str]) -> None:

@@ -36,7 +36,11 @@ def live_cmd(
     ] = None,
     symbols: Annotated[
         str | None,
-        typer.Option("--symbols", help="Only these symbols (comma-separated); default: all TRADING."),
+        typer.Option(
+            "--symbols",
+            help="Only these symbols (comma-separated); default: all TRADING. Such a run publishes "
+            "its own watermark, not the feed's.",
+        ),
     ] = None,
     offsets: Annotated[
         list[str] | None,

@@ -71,7 +71,9 @@ def status(
                     f"[{h.start:%Y-%m-%d %H:%M}, {h.end:%Y-%m-%d %H:%M})"
                 )
     for line in extra.get("watermarks", []):
-        console.print(f"live watermark {line['trade_type']} {line['interval']}: {line['watermark']}")
+        scope = line.get("scope")
+        only = f" (only {', '.join(map(str, scope))})" if isinstance(scope, list) else ""
+        console.print(f"live watermark {line['trade_type']} {line['interval']}{only}: {line['watermark']}")
 
 
 def _live_status(lfs: LakeFS) -> dict[str, list[dict[str, object]]]:
@@ -79,7 +81,7 @@ def _live_status(lfs: LakeFS) -> dict[str, list[dict[str, object]]]:
         from lake.live.watermark import read_watermarks
     except ImportError:
         return {}
-    return {"watermarks": read_watermarks(lfs)}
+    return {"watermarks": read_watermarks(lfs, subsets=True)}
 
 
 def register(app: typer.Typer) -> None:

@@ -260,7 +260,8 @@ class LiveRunner:
         if not feed.live:
             raise NotFoundError(f"{feed.name}: no TRADING symbols to follow")
         feed.appender.symbols.update(feed.live)
-        old = await asyncio.to_thread(read_watermark, self.lfs, feed.tt.name, feed.iv.name)
+        # a --symbols run keeps its own watermark: it says nothing of the symbols it does not follow
+        old = await asyncio.to_thread(read_watermark, self.lfs, feed.tt.name, feed.iv.name, cfg.symbols)
         old_wm = old.get("watermark_ms") if old else None
         feed.published = old_wm if isinstance(old_wm, int) else None
         now = feed.now_ms()
@@ -683,6 +684,7 @@ class LiveRunner:
                 wm,
                 symbols=len(feed.live),
                 updated_at_ms=feed.now_ms(),
+                scope=self.config.symbols,
             )
             feed.published = wm
 

@@ -6,6 +6,8 @@
 -- exchange's (server) time of the update.
 --
 -- Files: _meta/live/<trade_type>/<interval>.json (one JSON object each, replaced atomically).
+-- A `lake live --symbols …` run speaks only for its symbols: its watermark is kept apart
+-- (_meta/live/<trade_type>/subsets/, see `lake status`) and is not in this view.
 --
 --   SELECT k.* FROM klines k JOIN watermark w USING (trade_type, "interval")
 --   WHERE k.candle_begin_time <= w.watermark;          -- only complete periods
