@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from lake.errors import ConfigError, ValidationError
+from lake.errors import ConfigError, NotFoundError, ValidationError
 from lake.settings import Settings, load_settings
 
 __all__ = [
@@ -68,23 +68,28 @@ def series_filters(
     return trade_type, interval, (validate_symbols(symbols) if symbols is not None else None)
 
 
-def get_settings(config: Path | None = None, *, write: bool = False, **flags: Any) -> Settings:
+def get_settings(
+    config: Path | None = None, *, write: bool = False, must_exist: bool = False, **flags: Any
+) -> Settings:
     """Settings from defaults < config file < env < these CLI flags (``None`` = flag not given).
 
     A local root must be a directory (or not exist yet); with ``write`` it (or the directory it will
-    be created in) must also be writable, so such a mistake is one clear error before any work.
+    be created in) must also be writable; with ``must_exist`` (commands that only read or tidy a lake)
+    it must exist, so a mistyped root is one clear error instead of an empty report.
     """
     settings = load_settings(config, **flags)
-    _check_root(settings.root, write)
+    _check_root(settings.root, write, must_exist)
     return settings
 
 
-def _check_root(root: str, write: bool) -> None:
+def _check_root(root: str, write: bool, must_exist: bool = False) -> None:
     if "://" in root and not root.startswith("file://"):
         return  # object storage: checked by the store itself
     path = Path(root.removeprefix("file://"))
     if path.exists() and not path.is_dir():
         raise ConfigError(f"lake root {root} is not a directory")
+    if must_exist and not path.exists():
+        raise NotFoundError(f"no lake at {root}: the directory does not exist (check --root / LAKE_ROOT)")
     if write:
         existing = next((p for p in (path, *path.absolute().parents) if p.exists()), None)
         if existing is not None and (not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK)):

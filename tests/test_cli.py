@@ -43,6 +43,18 @@ def test_user_errors_are_one_line_and_nonzero(tmp_path, args: list[str], message
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("cmd", [["status"], ["audit"], ["sql", "SELECT count(*) FROM klines"], ["compact"]])
+def test_a_mistyped_root_is_an_error_not_an_empty_lake(tmp_path, cmd: list[str]) -> None:
+    # Reading commands used to report an empty lake (exit 0) for a root that does not exist, and
+    # must not create it either.
+    missing = tmp_path / "lake-dat"
+    res = run(*cmd, "--root", str(missing))
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert f"no lake at {missing}" in res.stderr and not missing.exists()
+    missing.mkdir()  # an empty lake that exists is fine
+    assert run(*cmd, "--root", str(missing)).returncode == 0
+
+
 def test_bad_config_file_is_a_clear_error(tmp_path) -> None:
     cfg = tmp_path / "lake.toml"
     cfg.write_text("rooot = 'x'\n")

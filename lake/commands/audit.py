@@ -32,7 +32,7 @@ def audit_cmd(
 
     Exits with code 1 while unexpected (missing) holes remain.
     """
-    settings = get_settings(config, write=repair, root=root, sim_url=sim_url)
+    settings = get_settings(config, write=repair, must_exist=True, root=root, sim_url=sim_url)
     trade_type, interval, syms = series_filters(trade_type, interval, symbols)
     lfs = LakeFS(settings.root)
     report = audit(lfs, trade_type, interval, syms)

@@ -29,7 +29,7 @@ def compact(
     runs. Exits 1 if some symbol could not be written (its tail files are kept).
     """
     check_number("--grace", grace)
-    settings = get_settings(config, root=root)
+    settings = get_settings(config, must_exist=True, root=root)
     lfs = LakeFS(settings.root)
     out: list[dict[str, Any]] = []
     for tt, iv in tail_feeds(lfs):

@@ -45,7 +45,7 @@ def compare(
         raise ValidationError(f"unknown reference {reference!r}; valid: quantclass")
     if output is not None and output.suffix not in (".parquet", ".csv"):
         raise ValidationError("--output must end with .parquet or .csv")
-    settings = get_settings(config, root=root)
+    settings = get_settings(config, must_exist=True, root=root)
     check_output("--output", output, settings.root)
     result = asyncio.run(
         compare_quantclass(

@@ -46,7 +46,7 @@ def sql(
         raise ValidationError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     if fmt == "parquet" and output is None:
         raise ValidationError("--format parquet needs --output FILE")
-    settings = get_settings(config, root=root)
+    settings = get_settings(config, must_exist=True, root=root)
     check_output("--output", output, settings.root)
     con = connect(settings.root)
     try:

@@ -25,7 +25,7 @@ def status(
     config: ConfigOpt = None,
 ) -> None:
     """Coverage per (trade type, interval, symbol): first/last candle, rows, expected rows and holes."""
-    settings = get_settings(config, root=root)
+    settings = get_settings(config, must_exist=True, root=root)
     trade_type, interval, syms = series_filters(trade_type, interval, symbols)
     lfs = LakeFS(settings.root)
     cov = coverage(lfs, trade_type, interval, syms)

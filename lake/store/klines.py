@@ -320,12 +320,14 @@ def scan_klines(
     trade_type: str,
     interval: str,
     symbols: str | Sequence[str] | None = None,
-    start: dt.datetime | None = None,
-    end: dt.datetime | None = None,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
     *,
     tail: bool = True,
 ) -> pl.LazyFrame:
     """Lazily read klines of one (trade type, interval), optionally for some symbols and ``[start, end)``.
+
+    ``start``/``end``: aware datetimes, dates or ISO strings (UTC unless they carry an offset).
 
     Partitions outside the symbols and time range are never opened. The frame has a ``symbol``
     column followed by the kline columns, sorted per partition (not globally). With ``tail`` (the
@@ -444,12 +446,32 @@ def _scan_files(
     return lf.select(["symbol", *KLINE_COLUMNS])
 
 
-def _utc(t: dt.datetime | None) -> dt.datetime | None:
+TimeLike = dt.datetime | dt.date | str
+
+
+def as_utc(t: TimeLike | None, *, name: str = "time") -> dt.datetime | None:
+    """A query bound as an aware UTC datetime: an aware datetime, a date (its midnight UTC) or an ISO
+    string (``2025-05-01``, ``2025-05-01T12:00``; UTC unless it carries an offset, as on the CLI).
+    A naive datetime is refused: Python would read it as local time."""
     if t is None:
         return None
+    if isinstance(t, str):
+        try:
+            t = dt.datetime.fromisoformat(t.strip())
+        except ValueError as exc:
+            raise ValidationError(f"invalid {name} {t!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM") from exc
+        return t.replace(tzinfo=dt.UTC) if t.tzinfo is None else t.astimezone(dt.UTC)
+    if not isinstance(t, dt.datetime):
+        if isinstance(t, dt.date):
+            return dt.datetime(t.year, t.month, t.day, tzinfo=dt.UTC)
+        raise ValidationError(f"{name} must be a datetime, a date or an ISO string, got {type(t).__name__}")
     if t.tzinfo is None:
         raise ValidationError(f"naive datetime {t!r}: pass a timezone-aware (UTC) datetime")
     return t.astimezone(dt.UTC)
+
+
+def _utc(t: TimeLike | None) -> dt.datetime | None:
+    return as_utc(t)
 
 
 def _ms(d: dt.date) -> int:

@@ -43,7 +43,7 @@ from lake.binance.symbols import validate_symbols
 from lake.errors import DataError, NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
-from lake.store.klines import list_series, to_lakefs
+from lake.store.klines import TimeLike, as_utc, list_series, to_lakefs
 from lake.store.paths import DATA_FILE, PartitionKey, partition_period
 from lake.transform import tail as offsets_tail
 from lake.transform.layout import (
@@ -58,7 +58,14 @@ from lake.transform.manifest import (
     load_manifest,
     save_manifest,
 )
-from lake.transform.offsets import OffsetPlan, Resampled, check_target, offset_plan, resample_arrays
+from lake.transform.offsets import (
+    OffsetPlan,
+    Resampled,
+    check_target,
+    offset_plan,
+    parse_duration_ms,
+    resample_arrays,
+)
 from lake.transform.planning import CHUNK_ROWS, Fingerprints, Work, fingerprints, plan_all, scan_coded
 from lake.transform.tail import BIN_SCHEMA, GRACE_S, Layer, TailState, arrow_column
 
@@ -698,28 +705,37 @@ def scan_offsets(
     interval: str,
     offsets: str | Sequence[str] | None = None,
     symbols: str | Sequence[str] | None = None,
-    start: dt.datetime | None = None,
-    end: dt.datetime | None = None,
+    start: TimeLike | None = None,
+    end: TimeLike | None = None,
 ) -> pl.LazyFrame:
     """Lazily read the offsets table: columns ``symbol``, ``offset`` and ``OFFSET_SCHEMA``.
 
     The period files plus the visible bins of the tail, each bin once. The tail (small) is read
     when this is called, before the period files are listed; period files outside the offsets,
-    symbols and ``[start, end)`` asked for are never opened.
+    symbols and ``[start, end)`` asked for are never opened. ``start``/``end``: aware datetimes,
+    dates or ISO strings (UTC). An offset the table does not hold is a ``NotFoundError`` naming
+    those it has (an empty frame would look like missing data).
     """
     lfs = to_lakefs(root)
     tdir = table_dir(trade_type, interval)
     want_offsets = None if offsets is None else set([offsets] if isinstance(offsets, str) else offsets)
     want_syms = None if symbols is None else set(validate_symbols(symbols))
-    for t in (start, end):
-        if t is not None and t.tzinfo is None:
-            raise ValidationError(f"naive datetime {t!r}: pass a timezone-aware (UTC) datetime")
+    start, end = as_utc(start, name="start"), as_utc(end, name="end")
     lo = None if start is None else int(start.timestamp() * 1000)
     hi = None if end is None else int(end.timestamp() * 1000)
     columns = ["symbol", "offset", *OFFSET_SCHEMA]
     tail = offsets_tail.load_state(lfs, trade_type, interval).read_bins(lfs, want_syms, want_offsets, lo, hi)
     files: list[str] = []
-    for odir in lfs.listdir(tdir):
+    odirs = lfs.listdir(tdir)
+    if want_offsets is not None:
+        have = {d[7:] for d in odirs if d.startswith("offset=")} | set(tail["offset"].unique().to_list())
+        unknown = sorted(want_offsets - have)
+        if unknown and have:
+            raise NotFoundError(
+                f"offset(s) {', '.join(unknown)} not in the {trade_type} {interval} offsets table; it holds "
+                + ", ".join(sorted(have, key=_offset_sort_key))
+            )
+    for odir in odirs:
         if not odir.startswith("offset=") or (want_offsets is not None and odir[7:] not in want_offsets):
             continue
         for sdir in lfs.listdir(f"{tdir}/{odir}"):
@@ -753,6 +769,13 @@ def scan_offsets(
     if not parts:
         return pl.LazyFrame(schema={"symbol": pl.String, "offset": pl.String, **OFFSET_SCHEMA})
     return pl.concat(parts) if len(parts) > 1 else parts[0]
+
+
+def _offset_sort_key(name: str) -> tuple[int, str]:
+    try:
+        return parse_duration_ms(name), name
+    except ValidationError:
+        return 0, name
 
 
 def _is_date_dir(name: str) -> bool:

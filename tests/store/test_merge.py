@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lake.errors import DataError
+from lake.errors import DataError, ValidationError
 from lake.store.klines import scan_klines, write_klines
 from tests.store.conftest import parquet_files
 from tests.store.helpers import frame, t0_ms
@@ -84,3 +84,16 @@ def test_scan_prunes_by_symbol_and_time(lake_root: str) -> None:
     assert df.height == 144
     assert df.columns[0] == "symbol"
     assert scan_klines(tmp_path, "usdt_perp", "1h").collect().height == 0
+    # the same bounds as ISO strings (UTC, like the CLI's) or a date; a naive datetime stays refused
+    same = scan_klines(
+        tmp_path, "usdt_perp", "5m", "BBBUSDT", start="2024-01-02T12:00", end=dt.date(2024, 1, 3)
+    )
+    assert same.collect().equals(df)
+    offset = scan_klines(
+        tmp_path, "usdt_perp", "5m", "BBBUSDT", start="2024-01-02T14:00+02:00", end="2024-01-03"
+    )
+    assert offset.collect().equals(df)
+    with pytest.raises(ValidationError, match="naive"):
+        scan_klines(tmp_path, "usdt_perp", "5m", start=dt.datetime(2024, 1, 2))
+    with pytest.raises(ValidationError, match="invalid time '2024-13-01'"):
+        scan_klines(tmp_path, "usdt_perp", "5m", start="2024-13-01")

@@ -261,6 +261,22 @@ def test_scan_offsets_filters(tmp_path: Path) -> None:
     assert scan_offsets(tmp_path, "usdt_perp", "4h").collect().height == 0
     with pytest.raises(ValidationError, match="naive"):
         scan_offsets(tmp_path, "usdt_perp", "1h", start=dt.datetime(2024, 1, 1))
+    # ISO strings and dates are UTC bounds, like the CLI's; an offset the table lacks is an error
+    # naming those it has (it used to be an empty frame, which reads as missing data).
+    same = scan_offsets(
+        tmp_path, "usdt_perp", "1h", ["0m", "30m"], "BUSDT", start="2024-01-01T06:00", end="2024-01-01 08:00"
+    )
+    assert same.select(rows.columns).collect().sort("offset", "candle_begin_time").equals(rows)
+    whole = scan_offsets(
+        tmp_path, "usdt_perp", "1h", "0m", start=dt.date(2024, 1, 1), end="2024-01-02"
+    ).collect()
+    assert whole.height == scan_offsets(tmp_path, "usdt_perp", "1h", "0m").collect().height > 0
+    with pytest.raises(
+        NotFoundError, match=r"7m not in the usdt_perp 1h offsets table; it holds 0m, 5m, 10m"
+    ):
+        scan_offsets(tmp_path, "usdt_perp", "1h", ["0m", "7m"])
+    with pytest.raises(ValidationError, match="invalid start"):
+        scan_offsets(tmp_path, "usdt_perp", "1h", start="yesterday")
 
 
 def _tail_bins(root: Path, interval: str = "1h") -> pl.DataFrame:
