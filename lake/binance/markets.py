@@ -176,7 +176,7 @@ class TradeType:
 
     @property
     def is_perpetual(self) -> bool:
-        return self.contract_types == frozenset({"PERPETUAL"})
+        return self.contract_types == _PERP
 
     def accepts(self, info: Mapping[str, object], *, trading_only: bool = True) -> bool:
         """Whether one raw exchangeInfo symbol entry belongs to this trade type.
@@ -193,7 +193,9 @@ class TradeType:
         return True
 
 
-_PERP = frozenset({"PERPETUAL"})
+# A perpetual being delisted is PERPETUAL_DELIVERING until it settles (binance.md §3): still the
+# same symbol of the same trade type, with klines and funding to fetch up to its end.
+_PERP = frozenset({"PERPETUAL", "PERPETUAL_DELIVERING"})
 
 TRADE_TYPES: Mapping[str, TradeType] = MappingProxyType(
     {

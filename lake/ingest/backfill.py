@@ -259,6 +259,9 @@ def resolve_range(
         start_ms = _to_ms(start, "start")
         assert start_ms is not None
         s = start_ms
+    # Binance has nothing before 2017, and a negative startTime (--days 36500) is not a value its
+    # API documents: start at the epoch at the earliest.
+    s = max(s, 0)
     first = interval.floor(s)
     s = first if first >= s else interval.next_open(first)
     return s, max(s, e)

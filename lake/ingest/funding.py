@@ -67,19 +67,31 @@ def funding_gaps(stored: pl.DataFrame, start_ms: int, end_ms: int) -> list[tuple
 
 
 async def fetch_funding(client: RestClient, symbol: str, start_ms: int, end_ms: int) -> pl.DataFrame:
-    """Every funding row of ``symbol`` with ``start_ms ≤ fundingTime < end_ms``."""
+    """Every funding row of ``symbol`` with ``start_ms ≤ fundingTime < end_ms``.
+
+    A full page is either the oldest or the newest ``FUNDING_PAGE`` rows of the window asked for:
+    Binance documents neither for COIN-M (its klines answer the newest). Either way the page is a
+    contiguous run ``[lo, hi]`` of the window's rows, so both sides of it are asked next (the side
+    the order left empty costs one empty answer per full page): nothing is lost in either order.
+    """
     frames: list[pl.DataFrame] = []
-    cursor = start_ms
-    while cursor < end_ms:
-        rows = await client.funding_rate(symbol, start_ms=cursor, end_ms=end_ms - 1, limit=FUNDING_PAGE)
+    todo = [(start_ms, end_ms)]
+    while todo:
+        a, b = todo.pop()
+        if a >= b:
+            continue
+        rows = await client.funding_rate(symbol, start_ms=a, end_ms=b - 1, limit=FUNDING_PAGE)
         if not rows:
-            break
+            continue
         df = funding_frame(rows)
         frames.append(df)
-        last = int(df["funding_time"].dt.epoch("ms").max())  # type: ignore[arg-type]
-        if len(rows) < FUNDING_PAGE or last + 1 <= cursor:
-            break
-        cursor = last + 1
+        if len(rows) < FUNDING_PAGE:
+            continue
+        ms = df["funding_time"].dt.epoch("ms")
+        lo, hi = int(ms.min()), int(ms.max())  # type: ignore[arg-type]
+        # both windows are strictly smaller than [a, b), even if the server ignored the bounds
+        todo.append((hi + 1, b))
+        todo.append((a, min(lo, b)))
     if not frames:
         return pl.DataFrame(schema=FUNDING_SCHEMA)
     out = pl.concat(frames)

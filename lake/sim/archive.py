@@ -263,8 +263,9 @@ class Archive:
             )
             return web.Response(status=404, text=body, content_type="application/xml")
         if not is_ck and self.faults.is_unserved(f.key):
-            self.stats.count("archive", "status_503")
-            return web.Response(status=503, text="Service Unavailable")
+            status = self.faults.unserved_status
+            self.stats.count("archive", f"status_{status}")
+            return web.Response(status=status, text="unavailable")
         if is_ck:
             data = self.checksum_text(f).encode()
         else:

@@ -56,7 +56,8 @@ class FaultConfig:
     rest_hang_s: float = 30.0
     force_429: int = 0  # the next N REST calls (any market) get 429
     corrupt_zips: tuple[str, ...] = ()
-    unserved_zips: tuple[str, ...] = ()  # listed, but every GET of the zip answers 503
+    unserved_zips: tuple[str, ...] = ()  # listed, but every GET of the zip answers unserved_status
+    unserved_status: int = 503  # 403: CloudFront's WAF block
     wrong_checksums: Mapping[str, int | None] = field(default_factory=dict)  # file -> heal after N zip GETs
     missing_days: tuple[str, ...] = ()
     seed: int = 0  # seeds the fault RNG (which calls fail), independent of the market seed
@@ -103,6 +104,9 @@ class SimConfig:
     start_in_candle: bool = False  # a startTime inside a candle includes that candle (UNVERIFIED)
     weight_window: str = "fixed"  # "fixed": the virtual UTC minute; "sliding": the last 60 s (UNVERIFIED)
     futures_retry_after: bool = True  # send Retry-After on futures 429/418 too (UNVERIFIED)
+    # Markets whose /fundingRate answers the NEWEST `limit` rows of [startTime, endTime] (Binance does
+    # not document the order for COIN-M); by default the oldest, as USDⓈ-M does.
+    funding_newest_first: tuple[str, ...] = ()
 
     # Websocket
     ws_intermediate: bool = True  # x:false updates

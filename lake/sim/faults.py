@@ -4,7 +4,7 @@ JSON shape (``GET /_sim/faults``; ``POST`` accepts any subset of the same keys):
 
     {"ws_drop_every_s": null, "ws_close_delay_s": 0.0, "ws_skip_close_symbols": [],
      "rest_error_rate": 0.0, "rest_error_status": 503, "rest_hang_rate": 0.0, "rest_hang_s": 30.0,
-     "force_429": 0, "corrupt_zips": [], "unserved_zips": [], "wrong_checksums": {"<zip key or name>": null | heal_after_n},
+     "force_429": 0, "corrupt_zips": [], "unserved_zips": [], "unserved_status": 503, "wrong_checksums": {"<zip key or name>": null | heal_after_n},
      "missing_days": ["BTCUSDT/2024-01-01", "um/ETHUSDT/2024-01-02"], "seed": 0}
 
 Which REST calls fail is drawn from a ``random.Random(seed)``, so a run is reproducible.
@@ -42,6 +42,7 @@ class Faults:
         self.force_429 = int(cfg.force_429)
         self.corrupt_zips: set[str] = set(cfg.corrupt_zips)
         self.unserved_zips: set[str] = set(cfg.unserved_zips)
+        self.unserved_status = int(cfg.unserved_status)
         self.wrong_checksums: dict[str, int | None] = dict(cfg.wrong_checksums)
         self.missing_days: set[str] = set(cfg.missing_days)
         self.seed = cfg.seed

@@ -309,7 +309,8 @@ class RestApi:
         lo = start if start is not None else 0
         hi = min(end if end is not None else now, now)
         perps = [i for i in infos if i.contract_type == "PERPETUAL"]
-        found = _funding_slots(perps, lo, hi, limit, newest=start is None)
+        newest = start is None or market in self.config.funding_newest_first
+        found = _funding_slots(perps, lo, hi, limit, newest=newest)
         by_symbol: dict[str, list[int]] = {}
         for t, sym in found:
             by_symbol.setdefault(sym, []).append(t)

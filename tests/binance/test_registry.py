@@ -85,8 +85,13 @@ def test_trade_type_filters() -> None:
     assert perp.accepts({"status": "TRADING", "quoteAsset": "USDT", "contractType": "PERPETUAL"})
     assert not perp.accepts({"status": "TRADING", "quoteAsset": "USDT", "contractType": "CURRENT_QUARTER"})
     assert not perp.accepts({"status": "SETTLING", "quoteAsset": "USDT", "contractType": "PERPETUAL"})
+    # a perpetual being delisted (binance.md §3): still usdt_perp, funding included; not a delivery
+    delivering = {"status": "TRADING", "quoteAsset": "USDT", "contractType": "PERPETUAL_DELIVERING"}
+    assert perp.accepts(delivering) and perp.is_perpetual
+    assert not get_trade_type("usdt_deli").accepts(delivering)
     coin = get_trade_type("coin_perp")
     assert coin.accepts({"contractStatus": "TRADING", "quoteAsset": "USD", "contractType": "PERPETUAL"})
+    assert coin.accepts({"contractStatus": "TRADING", "quoteAsset": "USD", "contractType": "PERPETUAL_DELIVERING"})
     assert not coin.accepts({"status": "TRADING", "quoteAsset": "USD", "contractType": "PERPETUAL"})
     spot = get_trade_type("btc_spot")
     assert spot.accepts({"status": "TRADING", "quoteAsset": "BTC"})

@@ -143,14 +143,18 @@ async def test_persistent_checksum_mismatch_fails_and_leaves_the_lake_untouched(
         )  # type: ignore[arg-type]
 
 
-async def test_archive_file_that_cannot_be_downloaded_is_filled_over_rest(tmp_path: Path) -> None:
-    # A listed file the archive never serves (503 on every attempt) is a missed shortcut, not bad
-    # data: ``auto`` fills its day over REST and succeeds; ``archive`` alone fails naming it.
+@pytest.mark.parametrize("status", [503, 403])
+async def test_archive_file_that_cannot_be_downloaded_is_filled_over_rest(
+    tmp_path: Path, status: int
+) -> None:
+    # A listed file the archive never serves (503, or 403: CloudFront's WAF block) is a missed
+    # shortcut, not bad data: ``auto`` fills its day over REST and succeeds; ``archive`` alone
+    # fails naming it. A 403 used to count as a bad file: its day was kept out of the lake.
     gone = "ETHUSDT-5m-2024-03-02.zip"
-    async with SimServer(sim_config(unserved_zips=(gone,))) as sim:
+    async with SimServer(sim_config(unserved_zips=(gone,), unserved_status=status)) as sim:
         s = settings_for(sim, tmp_path)
         run = dict(settings=s, start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), symbols=["ETHUSDT"])
-        with pytest.raises(DataError, match=gone):
+        with pytest.raises(UpstreamError, match=gone):
             await archive_backfill(LakeFS(s.root), [TT], IV, source="archive", **run)  # type: ignore[arg-type]
         res = await archive_backfill(LakeFS(s.root), [TT], IV, source="auto", **run)  # type: ignore[arg-type]
         assert len(res.archive[0].failed) == 1

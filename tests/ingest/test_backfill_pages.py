@@ -91,6 +91,8 @@ def test_resolve_range_caps_at_the_forming_candle() -> None:
     assert s == T0 + 300_000 and e == T0 + 7 * 300_000
     s, e = resolve_range(M5, now, start=now + MS_PER_DAY)
     assert s == e  # nothing to do for a start in the future
+    s, e = resolve_range(M5, now, days=36500)  # 100 years back: never a negative startTime
+    assert s == 0 and e == T0 + 7 * 300_000
 
 
 @settings(max_examples=200, deadline=None)

@@ -268,3 +268,25 @@ async def test_coin_m_limit_advertised_too_high_is_learnt_from_the_429(tmp_path:
         assert cm.weight > 4 * 40  # several windows
         refused = sim.stats.status_count("cm", 429) + sim.stats.status_count("cm", 418)
         assert 1 <= refused <= 4  # the requests in flight when the first 429 came back
+
+
+@pytest.mark.parametrize("newest_first", [False, True])
+async def test_funding_pages_complete_whichever_end_a_full_page_comes_from(
+    tmp_path: Path, newest_first: bool
+) -> None:
+    # Binance does not document whether COIN-M's fundingRate answers the oldest or the newest 1000
+    # rows of a window (its klines answer the newest). 500 days of 8h funding need two full pages:
+    # with newest-first answers, paging forward from the first page's last row lost the older ~170
+    # days. Both orders must give every row.
+    from lake.ingest.funding import fetch_funding
+    from lake.ingest.rest_client import RestClient
+
+    async with sim_server(history_days=600, funding_newest_first=("cm",) if newest_first else ()) as sim:
+        info = next(i for i in sim.market.universe.symbols["cm"].values() if i.contract_type == "PERPETUAL")
+        end = sim.clock.now_ms() // FUNDING_MS * FUNDING_MS
+        start = max(end - 500 * 86_400_000, -(-info.first_ms // FUNDING_MS) * FUNDING_MS)
+        async with RestClient("cm", endpoints=sim.endpoints, state_dir=tmp_path, **FAST) as client:  # type: ignore[arg-type]
+            got = await fetch_funding(client, info.symbol, start, end)
+        want = [t for t in range(start, end, FUNDING_MS) if info.listed_at(t)]
+        assert len(want) > 1000
+        assert got["funding_time"].dt.epoch("ms").to_list() == want

@@ -273,9 +273,11 @@ def _unlink(path: Path) -> None:
 
 
 def _raise_for_status(status: int, url: str) -> None:
-    """Raise the terminal error for a non-retryable status; return for retryable ones."""
+    """Raise the terminal error for a non-retryable status; return for retryable ones.
+
+    Only 404 is final. Any other status says the file is not being served right now (403 is
+    CloudFront's WAF block, 5xx an outage), never that its content is wrong: it is retried and then
+    raised as ``UpstreamError``, so ``--source auto`` fills the file's days over REST instead of
+    keeping them out of the lake as it does for a file that fails verification (``DataError``)."""
     if status == 404:
         raise NotFoundError(f"{url}: HTTP 404 (listed but not served)")
-    if status >= 500 or status in (408, 429):
-        return
-    raise DataError(f"{url}: HTTP {status}")

@@ -189,8 +189,8 @@ async def fetch_listing(
 ) -> Listing:
     """List everything under ``prefix`` (with ``delimiter=/``) from the bucket at ``list_url``.
 
-    Transient failures (5xx, timeouts, dropped connections) are retried ``retries`` times with
-    exponential backoff, then raised as ``UpstreamError``.
+    Transient failures (5xx, 403 WAF blocks, timeouts, dropped connections) are retried ``retries``
+    times with exponential backoff, then raised as ``UpstreamError``.
     """
 
     async def fetch_page(marker: str) -> bytes:
@@ -207,7 +207,9 @@ async def fetch_listing(
                         return body
                     if resp.status == 404:
                         raise NotFoundError(f"archive listing {url}: HTTP 404")
-                    if resp.status < 500 and resp.status not in (408, 429):
+                    # 403: a WAF block (binance.md), retried like an outage; other 4xx say the
+                    # request itself is wrong
+                    if resp.status < 500 and resp.status not in (403, 408, 429):
                         raise DataError(f"archive listing {url}: HTTP {resp.status} {body[:200]!r}")
                     last = UpstreamError(f"archive listing {url}: HTTP {resp.status}")
             except LakeError:

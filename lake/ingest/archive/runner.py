@@ -32,7 +32,7 @@ import polars as pl
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.binance.markets import Endpoints, get_trade_type
 from lake.binance.symbols import validate_symbols
-from lake.errors import DataError, LakeError, ValidationError
+from lake.errors import DataError, LakeError, UpstreamError, ValidationError
 from lake.ingest.archive.download import Downloaded, Downloader, clean_partials
 from lake.ingest.archive.listing import ListEntry, fetch_listing, symbols_from_prefixes
 from lake.ingest.archive.manifest import read_manifest, record_files
@@ -405,7 +405,9 @@ async def ingest_archive(
             await session.close()
     report.seconds = time.monotonic() - t0
     if report.failed and raise_on_failure:
-        raise DataError(
+        # bad data (exit 4) if any file failed verification, else an upstream failure (exit 3)
+        bad = any(u[3] for u in report.failed_units) or len(report.failed_units) < len(report.failed)
+        raise (DataError if bad else UpstreamError)(
             f"archive ingest failed for {len(report.failed)} file(s); nothing was written for them: "
             + "; ".join(report.failed[:20])
             + (" …" if len(report.failed) > 20 else "")

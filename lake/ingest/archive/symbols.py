@@ -30,7 +30,7 @@ def name_matches_trade_type(symbol: str, trade_type: str | TradeType) -> bool:
     if tt.is_spot:
         assert tt.quote_asset is not None
         return "_" not in symbol and symbol.endswith(tt.quote_asset) and len(symbol) > len(tt.quote_asset)
-    if tt.contract_types == frozenset({"PERPETUAL"}):
+    if tt.is_perpetual:
         if tt.market_name == "cm":
             return symbol.endswith("USD_PERP") and len(symbol) > len("USD_PERP")
         assert tt.quote_asset is not None
