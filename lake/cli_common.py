@@ -48,7 +48,19 @@ WsUrlOpt = Annotated[
 ]
 ArchiveUrlOpt = Annotated[
     str | None,
-    typer.Option("--archive-url", help="Archive (data.binance.vision) base URL (env LAKE_ARCHIVE_URL)."),
+    typer.Option(
+        "--archive-url",
+        help="Archive (data.binance.vision) base URL for the files (env LAKE_ARCHIVE_URL); the "
+        "listing is --archive-list-url.",
+    ),
+]
+ArchiveListUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--archive-list-url",
+        help="S3 bucket URL the archive is listed from (env LAKE_ARCHIVE_LIST_URL; default: "
+        "data.binance.vision's bucket).",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON output.")]
 

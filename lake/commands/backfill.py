@@ -10,6 +10,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from lake.cli_common import (
+    ArchiveListUrlOpt,
     ArchiveUrlOpt,
     ConfigOpt,
     JsonOpt,
@@ -82,6 +83,7 @@ def backfill_cmd(
         bool, typer.Option("--keep-zips", help="Keep verified archive zips after ingest.")
     ] = False,
     archive_url: ArchiveUrlOpt = None,
+    archive_list_url: ArchiveListUrlOpt = None,
 ) -> None:
     """Backfill klines over REST for one or more trade types (only what the lake lacks).
 
@@ -94,7 +96,13 @@ def backfill_cmd(
         )
     interval = intervals[0] if intervals else "5m"
     settings = get_settings(
-        config, write=True, root=root, rest_url=rest_url, sim_url=sim_url, archive_url=archive_url
+        config,
+        write=True,
+        root=root,
+        rest_url=rest_url,
+        sim_url=sim_url,
+        archive_url=archive_url,
+        archive_list_url=archive_list_url,
     )
     check_number("--days", days, strict=True)
     if days is not None and days > MAX_DAYS:

@@ -19,7 +19,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lake.binance.intervals import parse_interval
+from lake.binance.intervals import Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol, validate_symbols
 from lake.errors import DataError, ValidationError
@@ -209,6 +209,8 @@ def write_klines(
     interval: str,
     symbol: str,
     df: pl.DataFrame,
+    *,
+    replace_archive: Sequence[tuple[int, int]] = (),
 ) -> WriteResult:
     """Upsert kline rows of one series into the lake.
 
@@ -217,38 +219,52 @@ def write_klines(
     file by file (``LakeFS.write_atomic_many``: one disk sync for the batch, not one per file).
     Safe to call from several threads or processes at once. Partitions the rows do not change are
     not rewritten.
+
+    ``replace_archive``: half-open ``[start_ms, end_ms)`` ranges whose stored ``source = archive``
+    rows are dropped first, so that ``df`` replaces them rather than merging with them (a
+    re-uploaded archive file that removed or moved a candle). Rows from REST or websockets stay.
     """
     lfs = to_lakefs(root)
     tt = get_trade_type(trade_type)
     iv = parse_interval(interval, spot=tt.is_spot)
     validate_symbol(symbol)
-    if df.height == 0:
+    if df.height == 0 and not replace_archive:
         return WriteResult()
     rows = _sorted_unique(_conform(df))
-    times = rows["candle_begin_time"]
-    p_first = partition_start(iv, _dt_ms(times[0]))
-    p_last = partition_start(iv, _dt_ms(times[-1]))
-    parts: list[tuple[dt.date, int, int]] = []  # (partition date, first row, row count)
-    if p_first == p_last:
-        parts.append((p_first, 0, rows.height))
-    else:  # the rows are sorted: each partition is a slice between two partition starts
-        period = partition_period(iv)
-        starts = [p_first]
-        while starts[-1] < p_last:
-            starts.append(period_next(period, starts[-1]))
-        bounds = pl.Series([_ms(d) for d in starts[1:]], dtype=pl.Int64).cast(times.dtype)
-        cuts = [0, *times.search_sorted(bounds, side="left").to_list(), rows.height]
-        parts.extend(
-            (pdate, lo, hi - lo) for pdate, lo, hi in zip(starts, cuts, cuts[1:], strict=False) if hi > lo
-        )
+    parts = _partition_slices(iv, rows)
+    if replace_archive:
+        have = {d for d, _, _ in parts}
+        for a, b in replace_archive:
+            for key in list_partitions(lfs, tt.name, iv.name, symbol, _from_ms(a), _from_ms(b)):
+                if key.date not in have:
+                    parts.append((key.date, 0, 0))
+                    have.add(key.date)
+        parts.sort()
     written, unchanged, added = 0, 0, 0
     encode_slice: Callable[[int, int], bytes] | None = None  # set up once, for all new partitions
+    removed: list[str] = []
     with lfs.lock(series_dir("klines", tt.name, iv.name, symbol)):
         pending: list[tuple[str, bytes]] = []
         for pdate, lo, n in parts:
             key = PartitionKey("klines", tt.name, iv.name, symbol, pdate)
             part = rows.slice(lo, n)
-            merged, n_added = _merge(read_partition(lfs, key), part)
+            old = read_partition(lfs, key)
+            if replace_archive and old is not None:
+                kept = _drop_archive(old, replace_archive)
+                if kept.height < old.height:
+                    if kept.height == 0 and part.height == 0:
+                        removed.append(key.path)
+                        written += 1
+                        continue
+                    replaced = _sorted_unique(pl.concat([kept.select(KLINE_COLUMNS), part], how="vertical"))
+                    pending.append((key.path, encode_parquet(replaced)))
+                    written += 1
+                    added += replaced.height - old.height
+                    continue
+            if part.height == 0:
+                unchanged += 1
+                continue
+            merged, n_added = _merge(old, part)
             if merged is None:
                 unchanged += 1
                 continue
@@ -262,7 +278,42 @@ def write_klines(
             written += 1
             added += n_added
         lfs.write_atomic_many(pending)
+        for path in removed:
+            lfs.remove(path)
     return WriteResult(written, unchanged, rows.height, added)
+
+
+def _drop_archive(old: pl.DataFrame, ranges: Sequence[tuple[int, int]]) -> pl.DataFrame:
+    t = pl.col("candle_begin_time").dt.epoch("ms")
+    inside = pl.any_horizontal([(t >= a) & (t < b) for a, b in ranges])
+    return old.filter(~(inside & (pl.col("source") == "archive")))
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+
+
+def _partition_slices(iv: Interval, rows: pl.DataFrame) -> list[tuple[dt.date, int, int]]:
+    """(partition date, first row, row count) of sorted ``rows``."""
+    parts: list[tuple[dt.date, int, int]] = []
+    if rows.height == 0:
+        return parts
+    times = rows["candle_begin_time"]
+    p_first = partition_start(iv, _dt_ms(times[0]))
+    p_last = partition_start(iv, _dt_ms(times[-1]))
+    if p_first == p_last:
+        parts.append((p_first, 0, rows.height))
+    else:  # the rows are sorted: each partition is a slice between two partition starts
+        period = partition_period(iv)
+        starts = [p_first]
+        while starts[-1] < p_last:
+            starts.append(period_next(period, starts[-1]))
+        bounds = pl.Series([_ms(d) for d in starts[1:]], dtype=pl.Int64).cast(times.dtype)
+        cuts = [0, *times.search_sorted(bounds, side="left").to_list(), rows.height]
+        parts.extend(
+            (pdate, lo, hi - lo) for pdate, lo, hi in zip(starts, cuts, cuts[1:], strict=False) if hi > lo
+        )
+    return parts
 
 
 def list_series(root: str | os.PathLike[str] | LakeFS) -> list[tuple[str, str, str]]:

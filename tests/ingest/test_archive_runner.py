@@ -83,6 +83,36 @@ async def test_ingest_rerun_and_reupload(tmp_path: Path) -> None:
         assert (download_dir(s) / f_daily(2).key).exists(), "--keep-zips keeps the verified zip"
 
 
+async def test_reupload_that_removes_or_moves_rows_replaces_the_old_ones(tmp_path: Path) -> None:
+    # Feb 2 first published with a spurious off-grid candle (opening 14.789 s into 09:28, next to
+    # the 09:28 one); the re-upload drops it and also drops the 10:00 candle. The upsert kept both old
+    # rows next to the new file's. A REST row inside the day (an earlier repair) stays.
+    day2 = FEB + DAY_MS
+    odd = day2 + 9 * 3_600_000 + 28 * MIN_MS + 14_789
+    gone = day2 + 10 * 3_600_000
+    async with FakeArchive() as arch:
+        arch.put(f_daily(2).key, zip_bytes(csv(sorted([*day_opens(day2), odd]))))
+        s = settings(tmp_path, arch)
+        await ingest_archive(s, "usdt_spot", "1m", [SYM], day2, day2 + DAY_MS)
+        assert stored(s).height == 1441
+        from lake.store.klines import write_klines
+
+        rest_row = stored(s).filter(pl.col("candle_begin_time").dt.epoch("ms") == gone)
+        write_klines(
+            s.root, "usdt_spot", "1m", SYM, rest_row.drop("symbol").with_columns(source=pl.lit("rest"))
+        )
+        kept = [t for t in day_opens(day2) if t != gone]
+        arch.put(f_daily(2).key, zip_bytes(csv(kept)), modified="2024-06-09T00:00:00.000Z")
+        rep = await ingest_archive(s, "usdt_spot", "1m", [SYM], day2, day2 + DAY_MS)
+        assert rep.files_reuploaded == 1
+        df = stored(s)
+        assert df["candle_begin_time"].dt.epoch("ms").to_list() == day_opens(day2)  # no off-grid row
+        assert df.filter(pl.col("source") == "rest")["candle_begin_time"].dt.epoch("ms").to_list() == [gone]
+        # and the same re-upload once more changes nothing
+        again = await ingest_archive(s, "usdt_spot", "1m", [SYM], day2, day2 + DAY_MS)
+        assert again.files_planned == 0 and stored(s).equals(df)
+
+
 async def test_checksum_mismatch_heals_on_retry(tmp_path: Path) -> None:
     async with FakeArchive() as arch:
         fill(arch)

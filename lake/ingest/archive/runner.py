@@ -565,6 +565,9 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
     on its own so that only the bad one fails."""
     out = _Ingested([])
     frames: list[pl.DataFrame] = []
+    # A re-uploaded file replaces what the old one put in its period: a candle it removed or moved
+    # (an off-grid 2018 open time corrected) must not survive next to the new rows.
+    replaces: list[list[tuple[int, int]]] = []
     for pf, dl in items:
         f = pf.file
         try:
@@ -574,22 +577,27 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
             continue
         out.files.append((df.height, None))
         frames.append(df)
+        replaces.append([(f.start_ms, f.end_ms)] if pf.reason == "reuploaded" else [])
     if not frames:
         return out
     f0 = items[0][0].file
     try:
-        res = write_klines(lfs, trade_type, f0.interval, f0.symbol, pl.concat(frames, how="vertical"))
+        res = write_klines(
+            lfs, trade_type, f0.interval, f0.symbol, pl.concat(frames, how="vertical"),
+            replace_archive=[r for rs in replaces for r in rs],
+        )  # fmt: skip
         out.partitions = res.partitions_written
         return out
     except DataError:
         pass
-    it = iter(frames)
+    it = iter(zip(frames, replaces, strict=True))
     for i, (rows, err) in enumerate(out.files):
         if err is not None:
             continue
+        frame, replace = next(it)
         try:
             out.partitions += write_klines(
-                lfs, trade_type, f0.interval, f0.symbol, next(it)
+                lfs, trade_type, f0.interval, f0.symbol, frame, replace_archive=replace
             ).partitions_written
         except DataError as exc:
             out.files[i] = (rows, exc)
