@@ -156,6 +156,7 @@ class LiveRunner:
         self._limiters: dict[str, ConnectLimiter] = {}
         self._started_mono = 0.0
         self._ws_alerted: dict[str, float] = {}
+        self._ws_refused: dict[str, int] = {}
         self.stop_reason = ""
         self.failure: BaseException | None = None  # the first task that died: re-raised by run()
 
@@ -366,6 +367,15 @@ class LiveRunner:
             return
         now = time.monotonic()
         for shard in feed.pool.shards:
+            refused = shard.stats.refused
+            if refused > self._ws_refused.get(shard.name, 0):
+                self._ws_refused[shard.name] = refused
+                self._alert_soon(
+                    f"{feed.name}: websocket {shard.name} subscription refused",
+                    f"{refused} refused so far, reconnecting; last: {shard.stats.last_error or '-'}",
+                    key=f"ws-refused:{shard.name}",
+                    level="warning",
+                )
             down = shard.stats.down_since
             if down is None or now - down <= self.config.ws_down_alert_s or not shard.desired:
                 continue

@@ -150,6 +150,7 @@ class ShardStats:
     rotations: int = 0  # proactive replacements (before the lifetime limit, on serverShutdown)
     shutdowns: int = 0  # serverShutdown events received
     failures: int = 0  # failed connection attempts
+    refused: int = 0  # error replies to our SUBSCRIBE / UNSUBSCRIBE (each costs a reconnect)
     messages: int = 0
     subscribe_msgs: int = 0
     last_error: str = ""
@@ -198,6 +199,11 @@ class WsShard:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+
+    def _refused_since(self, before: int) -> bool:
+        """A connection that got messages but had a control message refused still backs off: a
+        server that refuses every SUBSCRIBE must not be reconnected to in a tight loop."""
+        return self.stats.refused > before
 
     def __repr__(self) -> str:
         return f"WsShard({self.name}, {len(self.desired)} streams)"
@@ -269,6 +275,7 @@ class WsShard:
             if down is not None and self.stats.connects > 1:
                 log.info("ws %s: reconnected after %.2fs down", self.name, time.monotonic() - down)
             got_before = self.stats.messages
+            refused_before = self.stats.refused
             try:
                 ready = await self._read(ws, self.stats.connected_since + self.lifetime_s)
                 if ready is None and not self._stopping:
@@ -292,7 +299,7 @@ class WsShard:
                 self.stats.rotations += 1
                 attempt = 0
                 continue
-            if self.stats.messages > got_before:
+            if self.stats.messages > got_before and not self._refused_since(refused_before):
                 attempt = 0
             if self._stopping:
                 break
@@ -352,6 +359,14 @@ class WsShard:
                             shutdown = True
                             break
                         self.on_message(msg, time.perf_counter())
+                        if _maybe_error(msg) and _is_error_reply(msg):
+                            # A refused SUBSCRIBE would leave its streams silent for the connection's
+                            # life (the period check then fetches them over REST every period): start
+                            # over on a new connection, which subscribes the whole desired set.
+                            self.stats.refused += 1
+                            self.stats.last_error = f"control message refused: {str(msg)[:200]}"
+                            log.warning("ws %s: %s; reconnecting", self.name, self.stats.last_error)
+                            return None
                     else:
                         return None
             except TimeoutError:
@@ -390,6 +405,20 @@ class WsShard:
 def _maybe_shutdown(msg: str | bytes) -> bool:
     """A cheap pre-check on the hot path (every kline event passes here)."""
     return ("serverShutdown" in msg) if isinstance(msg, str) else (b"serverShutdown" in msg)
+
+
+def _maybe_error(msg: str | bytes) -> bool:
+    """A cheap pre-check on the hot path: kline events never hold the word."""
+    return ('"error"' in msg) if isinstance(msg, str) else (b'"error"' in msg)
+
+
+def _is_error_reply(msg: str | bytes) -> bool:
+    """Whether a message is an error reply to a control message: ``{"error": {...}, "id": N}``."""
+    try:
+        doc = json.loads(msg)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(doc, dict) and "error" in doc and "id" in doc and "stream" not in doc
 
 
 def _is_shutdown(msg: str | bytes) -> bool:
@@ -487,4 +516,5 @@ class WsPool:
             "rotations": sum(s.stats.rotations for s in self.shards),
             "shutdowns": sum(s.stats.shutdowns for s in self.shards),
             "failures": sum(s.stats.failures for s in self.shards),
+            "refused": sum(s.stats.refused for s in self.shards),
         }

@@ -58,3 +58,38 @@ async def test_server_shutdown_moves_to_a_new_connection_before_the_old_closes()
         assert not any("serverShutdown" in m for m in got)
         assert shard.stats.drops == 0 and shard.stats.connects == 2 and shard.stats.failures == 0
         assert sim.stats.ws["shutdown_notices"] == 1
+
+
+async def test_a_refused_subscribe_reconnects_and_subscribes_again() -> None:
+    # Binance answers a control message it rejects with {"error": {...}, "id": N}. The shard used to
+    # ignore it: the streams it carried stayed silent for the connection's life (up to 23.5 h), every
+    # period fetched them over REST. Now the shard reconnects (with backoff) and subscribes again.
+    # A real websockets server in Binance's format: the first SUBSCRIBE is refused, later ones pass.
+    from websockets.asyncio.server import serve
+
+    subscribes: list[list[str]] = []
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        async for raw in ws:
+            req = json.loads(raw)
+            subscribes.append(req["params"])
+            if len(subscribes) == 1:
+                await ws.send(json.dumps({"error": {"code": 2, "msg": "Invalid request"}, "id": req["id"]}))
+                continue
+            await ws.send(json.dumps({"result": None, "id": req["id"]}))
+            for stream in req["params"]:
+                k = {"t": NOW, "T": NOW + MIN - 1, "s": stream.split("@")[0].upper(), "x": True}
+                await ws.send(json.dumps({"stream": stream, "data": {"e": "kline", "E": NOW + MIN, "k": k}}))
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        got: list[str] = []
+        streams = ["btcusdt@kline_1m", "ethusdt@kline_1m"]
+        shard = WsShard("um#0", f"ws://127.0.0.1:{port}", streams, lambda m, t: got.append(m), url_streams=1)
+        shard.start()
+        try:
+            await until(lambda: any("ethusdt@kline_1m" in m and '"kline"' in m for m in got))
+        finally:
+            await shard.stop()
+    assert subscribes == [["ethusdt@kline_1m"], ["ethusdt@kline_1m"]]  # the URL carries btcusdt
+    assert shard.stats.refused == 1 and shard.stats.connects == 2
