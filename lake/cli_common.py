@@ -155,4 +155,18 @@ def _default(o: object) -> object:
 
 
 def print_json(obj: object) -> None:
-    typer.echo(json.dumps(obj, default=_default, indent=None, separators=(",", ":")))
+    """One line of standard JSON: NaN and infinities (a relative error against a zero reference)
+    become ``null``, as JavaScript's ``JSON.stringify`` writes them; strict parsers refuse them."""
+    typer.echo(
+        json.dumps(_finite(obj), default=_default, indent=None, separators=(",", ":"), allow_nan=False)
+    )
+
+
+def _finite(obj: object) -> object:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj

@@ -338,3 +338,14 @@ def test_no_command_prints_the_help_not_an_error() -> None:
     assert res.returncode == 2  # click's code for a group run without a command
     assert "Usage: lake" in res.stdout and "backfill" in res.stdout
     assert "error" not in res.stderr, res.stderr
+
+
+def test_json_output_is_standard_json(capsys: pytest.CaptureFixture[str]) -> None:
+    # `lake compare --json` printed Infinity (a relative error against a zero reference), which
+    # strict JSON parsers refuse: non-finite numbers are null.
+    from lake.cli_common import print_json
+
+    print_json({"volume": float("inf"), "rows": [float("nan"), 1.5, (2, -float("inf"))], "n": 3})
+    out = capsys.readouterr().out.strip()
+    assert out == '{"volume":null,"rows":[null,1.5,[2,null]],"n":3}'
+    assert json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard {c}"))["n"] == 3

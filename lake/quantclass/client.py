@@ -9,9 +9,10 @@
 Asia/Shanghai). The key and the UUID are secrets: they are never logged and never appear in an
 error message (URLs are reported without their query string).
 
-Errors: 401/403 → ``ConfigError`` (bad key or UUID), 404 → ``NotFoundError``, 429 →
-``RateLimitedError``, 5xx/timeouts/dropped connections → retried with capped jittered backoff, then
-``UpstreamError``; an unexpected body → ``DataError``.
+Errors: 401/403 → ``ConfigError`` (bad key or UUID), 404 → ``NotFoundError``; 429 (after its
+Retry-After, at most 60 s), 5xx, timeouts and dropped connections are retried with capped jittered
+backoff, then raised (``RateLimitedError``, ``UpstreamError``); an unexpected body → ``DataError``
+(an error the API answers with HTTP 200, ``{"code", "msg"}``, with its message, secrets masked).
 """
 
 from __future__ import annotations
@@ -108,13 +109,27 @@ class QuantclassClient:
         body = await self._get(
             f"{self.base_url}{API_PATH}", params={"offset": offset, "uuid": self._uuid}, api=True
         )
+        doc = _json(body)
+        if isinstance(doc, dict) and not isinstance(doc.get("data"), dict):
+            # an error answered with HTTP 200 ({"code": …, "msg": …}): say what the server said
+            said = doc.get("msg") or doc.get("message") or doc.get("code")
+            if said is not None:
+                raise DataError(
+                    f"the Quantclass API refused offset {offset}: {self._redact(str(said))[:200]}"
+                )
         try:
-            doc = _json(body)
             data = doc["data"]
             ts = dt.datetime.strptime(str(data["ts"]), "%Y%m%d%H%M").replace(tzinfo=SHANGHAI)
             return LatestFiles(offset, str(data["spot"]), str(data["swap"]), ts)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"unexpected Quantclass API answer for offset {offset}: {exc!r}") from exc
+
+    def _redact(self, text: str) -> str:
+        """``text`` with the key and UUID masked (a server or proxy may echo them back)."""
+        for secret in (self._key, self._uuid):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     async def download(self, url: str) -> bytes:
         """The bytes of one file (a signed URL from ``latest``)."""
@@ -139,10 +154,13 @@ class QuantclassClient:
                     error = _http_error(resp.status, shown, resp.headers.get("Retry-After"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = UpstreamError(f"GET {shown} failed: {type(exc).__name__}")
-            if not isinstance(error, UpstreamError) or attempt == self._retries:
+            if not isinstance(error, (UpstreamError, RateLimitedError)) or attempt == self._retries:
                 raise error
-            log.warning("GET %s: %s; retrying in %.1fs", shown, error, delay)
-            await asyncio.sleep(delay * (0.5 + random.random()))
+            wait = delay * (0.5 + random.random())
+            if isinstance(error, RateLimitedError) and error.retry_after is not None:
+                wait = min(max(wait, error.retry_after), 60.0)
+            log.warning("GET %s: %s; retrying in %.1fs", shown, error, wait)
+            await asyncio.sleep(wait)
             delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")
 
@@ -166,4 +184,5 @@ def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
     except ValueError as exc:
-        raise DataError(f"the Quantclass API answered no JSON: {body[:80]!r}") from exc
+        # not the body itself: an error page may echo the request, key and UUID included
+        raise DataError(f"the Quantclass API answered no JSON ({len(body)} bytes)") from exc

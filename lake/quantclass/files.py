@@ -96,25 +96,38 @@ def read_candles_csv(data: bytes) -> pl.DataFrame:
         raw = pl.read_csv(io.StringIO(text), infer_schema=False)
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"unreadable Quantclass CSV: {exc}") from exc
+    raw = raw.rename({c: c.strip() for c in raw.columns if c != c.strip()})  # "a, b" headers
     missing = [c for c in CSV_COLUMNS if c not in raw.columns and c != "tag"]
     if missing:
         raise DataError(f"Quantclass CSV lacks columns: {', '.join(missing)}")
+    t = (
+        pl.col("candle_begin_time")
+        .str.strip_chars()
+        .str.replace(r"(\+00:?00|Z| UTC)$", "")
+        .str.replace("T", " ", literal=True)
+    )
     try:
-        return raw.select(
-            pl.col("candle_begin_time")
-            .str.strip_chars()
-            .str.replace(r"(\+00:?00|Z| UTC)$", "")
-            .str.replace("T", " ", literal=True)
-            .str.to_datetime("%Y-%m-%d %H:%M:%S", time_unit="ms")
-            .dt.replace_time_zone("UTC"),
+        out = raw.select(
+            # with or without seconds and fractions of a second
+            pl.coalesce(
+                t.str.to_datetime("%Y-%m-%d %H:%M:%S%.f", time_unit="ms", strict=False),
+                t.str.to_datetime("%Y-%m-%d %H:%M", time_unit="ms", strict=False),
+            )
+            .dt.replace_time_zone("UTC")
+            .alias("candle_begin_time"),
             # Binance's spelling: Quantclass's own files elsewhere write BTC-USDT
             pl.col("symbol").str.strip_chars().str.replace_all(r"[-/]", "").str.to_uppercase(),
-            *(pl.col(c).cast(pl.Float64) for c in VALUE_COLUMNS if c != "trade_num"),
-            pl.col("trade_num").cast(pl.Float64).cast(pl.Int64),
+            *(pl.col(c).str.strip_chars().cast(pl.Float64) for c in VALUE_COLUMNS if c != "trade_num"),
+            pl.col("trade_num").str.strip_chars().cast(pl.Float64).cast(pl.Int64),
             (pl.col("tag") if "tag" in raw.columns else pl.lit(None, pl.String)).alias("tag"),
         ).select(CSV_COLUMNS)
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"malformed Quantclass CSV values: {exc}") from exc
+    bad = out["candle_begin_time"].is_null() & raw["candle_begin_time"].is_not_null()
+    if bad.any():
+        first = raw["candle_begin_time"].filter(bad)[0]
+        raise DataError(f"malformed Quantclass CSV values: unparsable candle_begin_time {first!r}")
+    return out
 
 
 def encode_archive(csv: bytes, arcname: str) -> bytes:

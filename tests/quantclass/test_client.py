@@ -22,6 +22,7 @@ class Server:
     def __init__(self) -> None:
         self.status = 200
         self.fail_times = 0
+        self.busy = 0
         self.calls = 0
         self.seen: list[tuple[str | None, str | None]] = []
         self.url = ""
@@ -34,8 +35,16 @@ class Server:
             return web.Response(status=503)
         if self.status != 200:
             return web.Response(status=self.status, text="no")
-        if request.query.get("offset") == "bad":
-            return web.Response(text="<html>")
+        if request.query.get("offset") == "bad":  # an error page echoing the request
+            return web.Response(
+                text=f"<html>uuid={request.query.get('uuid')} key={request.headers.get('api-key')}"
+            )
+        if request.query.get("offset") == "refused":  # an error answered with HTTP 200
+            return web.json_response({"code": 4001, "msg": f"no such user {request.query.get('uuid')}"})
+        if request.query.get("offset") == "busy":
+            self.busy += 1
+            if self.busy == 1:
+                return web.Response(status=429, headers={"Retry-After": "0"})
         files = f"{self.url}/files"
         return web.json_response(
             {
@@ -113,8 +122,14 @@ async def test_unexpected_body_and_unreachable_server(
     server: Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with QuantclassClient(server.url, KEY, UUID) as qc:
-        with pytest.raises(DataError, match="no JSON"):
+        with pytest.raises(DataError, match="no JSON") as info:
             await qc.latest("bad")
+        assert KEY not in str(info.value) and UUID not in str(info.value)  # the page echoed both
+        with pytest.raises(DataError, match=r"refused offset refused: no such user \*\*\*") as info:
+            await qc.latest("refused")
+        assert UUID not in str(info.value)
+        await qc.latest("busy")  # a 429 is waited out and retried
+    assert server.busy == 2
     monkeypatch.setattr("lake.quantclass.client.asyncio.sleep", _no_sleep)
     async with QuantclassClient("http://127.0.0.1:9", KEY, UUID, retries=1) as qc:
         with pytest.raises(UpstreamError):

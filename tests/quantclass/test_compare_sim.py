@@ -107,7 +107,9 @@ def test_cli(sim: SimHandle, root: Path, tmp_path: Path, monkeypatch: pytest.Mon
     assert r.exception is not None and "1h" in str(r.exception)
 
 
-def test_cli_without_offsets_fails_with_a_hint(sim: SimHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_without_offsets_fails_with_a_hint(
+    sim: SimHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Base candles but no offsets yet: nothing can be compared, which is exit 5 with the command to
     run, not an empty table and exit 0."""
     monkeypatch.setenv("LAKE_SIM_URL", sim.base_url)

@@ -64,6 +64,18 @@ def test_lenient_reading_iso_times_and_dashed_symbols() -> None:
     assert got["symbol"].to_list() == ["BTCUSDT", "1000SHIBUSDT"]
 
 
+def test_lenient_reading_spaced_header_and_times_without_seconds_or_with_fractions() -> None:
+    csv = write_candles_csv(_frame()).decode()
+    header, first, second = csv.splitlines()[:3]
+    spaced = ", ".join(header.split(","))
+    first = first.replace("2024-10-08 05:00:00", "2024-10-08 05:00")
+    second = second.replace("2024-10-08 05:00:00", "2024-10-08 05:00:00.000")
+    got = read_candles_csv("\n".join([spaced, first, second]).encode())
+    assert_frame_equal(got, read_candles_csv(csv.encode()), check_exact=True)
+    with pytest.raises(DataError, match="unparsable candle_begin_time '2024-10-08 5h'"):
+        read_candles_csv(csv.replace("2024-10-08 05:00:00", "2024-10-08 5h", 1).encode())
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
