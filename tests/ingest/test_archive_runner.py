@@ -285,3 +285,47 @@ async def test_days_missing_from_a_truncated_monthly_file_come_from_daily_files(
         assert (rep.files_downloaded, rep.rows, rep.units_skipped) == (21, 21 * 1440, 10)
         assert stored(s)["candle_begin_time"].dt.epoch("ms").to_list() == list(range(JAN, FEB, MIN_MS))
         assert (await ingest_archive(s, "usdt_spot", "1m", [SYM], JAN, FEB)).files_planned == 0
+        # Binance re-uploads the (still truncated) monthly file with corrected prices: its rows
+        # replace the archive rows of Jan 1-10 only; the days the daily files filled stay.
+        fixed = "".join(row(t, price=3.0) for t in range(JAN, JAN + 10 * DAY_MS, MIN_MS))
+        arch.put(f_jan().key, zip_bytes(fixed.encode()), modified="2024-06-09T00:00:00.000Z")
+        rep = await ingest_archive(s, "usdt_spot", "1m", [SYM], JAN, FEB)
+        assert (rep.files_planned, rep.files_reuploaded) == (1, 1)
+        df = stored(s)
+        assert df["candle_begin_time"].dt.epoch("ms").to_list() == list(range(JAN, FEB, MIN_MS))
+        first10 = df["candle_begin_time"].dt.epoch("ms") < JAN + 10 * DAY_MS
+        assert df.filter(first10)["open"].unique().to_list() == [3.0]
+        assert df.filter(~first10)["open"].to_list() == [
+            100.0 + (t // MIN_MS) % 97 for t in range(JAN + 10 * DAY_MS, FEB, MIN_MS)
+        ]
+
+
+async def test_rows_whose_record_a_crash_lost_are_fetched_again_so_reuploads_are_seen(tmp_path: Path) -> None:
+    # A kill between writing a file's rows and recording it in the manifest: the day is complete, so
+    # the plan skipped it for good, and a later re-upload of that file was never noticed (the lake
+    # kept the old values). Now archive rows without a record get their file fetched again once.
+    from lake.ingest.archive.manifest import manifest_path
+    from lake.store.meta import read_json, write_json
+
+    async with FakeArchive() as arch:
+        fill(arch)
+        s = settings(tmp_path, arch)
+        await ingest_archive(s, "usdt_spot", "1m", [SYM], FEB, FEB + 3 * DAY_MS)
+        lfs = LakeFS(s.root)
+        rel = manifest_path("spot", "1m", SYM)
+        doc = read_json(lfs, rel)
+        assert isinstance(doc, dict)
+        del doc["files"][f_daily(2).name]  # the crash
+        write_json(lfs, rel, doc)
+        rep = await ingest_archive(s, "usdt_spot", "1m", [SYM], FEB, FEB + 3 * DAY_MS)
+        assert (rep.files_planned, rep.files_downloaded, rep.units_skipped) == (1, 1, 2)
+        assert f_daily(2).name in read_manifest(lfs, "spot", "1m", SYM)
+        assert stored(s).height == 3 * 1440
+        fixed = "".join(row(t, price=7.0) for t in day_opens(FEB + DAY_MS)).encode()
+        arch.put(f_daily(2).key, zip_bytes(fixed), modified="2024-06-09T00:00:00.000Z")
+        rep = await ingest_archive(s, "usdt_spot", "1m", [SYM], FEB, FEB + 3 * DAY_MS)
+        assert rep.files_reuploaded == 1
+        day2 = stored(s).filter(pl.col("candle_begin_time").dt.day() == 2)
+        assert day2["open"].unique().to_list() == [7.0]
+        # and once recorded, nothing is fetched again
+        assert (await ingest_archive(s, "usdt_spot", "1m", [SYM], FEB, FEB + 3 * DAY_MS)).files_planned == 0

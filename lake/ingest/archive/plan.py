@@ -177,12 +177,16 @@ class FileRecord:
 
 @dataclass(frozen=True, slots=True)
 class PlannedFile:
-    """A file to fetch, with its listing entries and why it is fetched (``new`` or ``reuploaded``)."""
+    """A file to fetch, with its listing entries and why it is fetched: ``new``, ``reuploaded``, or
+    ``unrecorded`` (its rows are in the lake but its manifest record was lost to a crash, so a later
+    re-upload could not be detected). ``replace``: ranges whose stored archive rows the file's rows
+    replace rather than merge with (a re-upload may remove or move a candle)."""
 
     file: ArchiveFile
     entry: ListEntry
     checksum_entry: ListEntry | None
     reason: str = "new"
+    replace: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +195,7 @@ class UnitState:
 
     rows: int  # stored candles opening in the unit
     empty: int  # candles of the unit inside ranges recorded as confirmed empty
+    archive: int = 0  # stored candles of the unit with source = archive
 
 
 @dataclass(slots=True)
@@ -229,6 +234,21 @@ def _changed(rec: FileRecord, entry: ListEntry, checksum: ListEntry | None) -> b
     if entry.version != rec.zip_version:
         return True
     return checksum is not None and rec.checksum_version != "" and checksum.version != rec.checksum_version
+
+
+def _minus(span: tuple[int, int], cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``span`` without the (sorted, disjoint) ``cuts``."""
+    out: list[tuple[int, int]] = []
+    a, b = span
+    for c0, c1 in sorted(cuts):
+        if c1 <= a or c0 >= b:
+            continue
+        if c0 > a:
+            out.append((a, c0))
+        a = max(a, c1)
+    if a < b:
+        out.append((a, b))
+    return out
 
 
 def plan_series(
@@ -281,12 +301,18 @@ def plan_series(
         need: list[tuple[int, int]] = []
         daily_fetch: list[PlannedFile] = []
         no_daily: list[tuple[int, int]] = []
+        daily_owned: list[tuple[int, int]] = []  # days whose archive rows a daily file put there
+        unrecorded = False
         for u0, u1 in month_units:
             dfile = ArchiveFile(market, DAILY, symbol, iv.name, _date(u0)) if daily_ok else None
+            if dfile is not None and dfile.name in manifest:
+                daily_owned.append((dfile.start_ms, dfile.end_ms))
             if dfile is not None and reuploaded(dfile):
                 found = entry(dfile)
                 assert found is not None
-                daily_fetch.append(PlannedFile(dfile, found[0], found[1], "reuploaded"))
+                daily_fetch.append(
+                    PlannedFile(dfile, found[0], found[1], "reuploaded", ((dfile.start_ms, dfile.end_ms),))
+                )
                 continue
             state = lake.get(u0, UnitState(0, 0))
             expected = iv.count(max(u0, start_ms), min(u1, end_ms))
@@ -296,19 +322,32 @@ def plan_series(
             # exists: Binance has published truncated monthly files (2024-01 held only the 1st-10th
             # for some symbols, binance-public-data #320); the daily file fills that day.
             monthly_covers = m_verified and (state.rows > 0 or found is None)
-            if complete or monthly_covers or (dfile is not None and verified(dfile)):
+            if monthly_covers or (dfile is not None and verified(dfile)):
                 plan.skipped += 1
                 continue
+            if complete and state.archive == 0:
+                plan.skipped += 1
+                continue
+            if complete:
+                # Archive rows no record accounts for: a crash between writing a file's rows and
+                # recording it. Fetched again (an upsert that changes nothing) so that the record
+                # exists and a later re-upload is noticed.
+                unrecorded = True
             need.append((u0, u1))
             if dfile is None or found is None:
                 no_daily.append((u0, u1))
             else:
-                daily_fetch.append(PlannedFile(dfile, found[0], found[1]))
+                daily_fetch.append(
+                    PlannedFile(dfile, found[0], found[1], "unrecorded" if complete else "new")
+                )
         # A verified, unchanged monthly file is not fetched again: it would fill none of those days.
         take_monthly = not m_verified and (bool(no_daily) or len(need) >= monthly_min_days)
         if m_entry is not None and (fetch_monthly or take_monthly):
-            reason = "reuploaded" if fetch_monthly else "new"
-            plan.fetch.append(PlannedFile(mfile, m_entry[0], m_entry[1], reason))
+            reason = "reuploaded" if fetch_monthly else ("unrecorded" if unrecorded else "new")
+            # A re-uploaded monthly file replaces its archive rows, except on days a daily file
+            # filled (a truncated monthly file, see above): those stay the daily file's.
+            replace = tuple(_minus((mfile.start_ms, mfile.end_ms), daily_owned)) if fetch_monthly else ()
+            plan.fetch.append(PlannedFile(mfile, m_entry[0], m_entry[1], reason, replace))
             # Re-uploaded daily files are still fetched: their days may differ from the monthly file.
             plan.fetch.extend(p for p in daily_fetch if p.reason == "reuploaded")
             continue

@@ -138,27 +138,48 @@ def _times(lfs: LakeFS, tt: str, iv: Interval, symbol: str, start_ms: int, end_m
     return df["candle_begin_time"].dt.epoch("ms").sort()
 
 
+def _times_and_archive(
+    lfs: LakeFS, tt: str, iv: Interval, symbol: str, start_ms: int, end_ms: int
+) -> tuple[pl.Series, pl.Series]:
+    """Sorted open times (ms) of the stored candles, and whether each came from the archive."""
+    start = dt.datetime.fromtimestamp(start_ms / 1000, tz=dt.UTC)
+    end = dt.datetime.fromtimestamp(end_ms / 1000, tz=dt.UTC)
+    df = (
+        scan_klines(lfs, tt, iv.name, [symbol], start, end)
+        .select(
+            pl.col("candle_begin_time").dt.epoch("ms").alias("t"), (pl.col("source") == "archive").alias("a")
+        )
+        .collect()
+        .sort("t")
+    )
+    return df["t"], df["a"]
+
+
 def lake_units(
     lfs: LakeFS, trade_type: str, interval: Interval | str, symbol: str, start_ms: int, end_ms: int
 ) -> dict[int, UnitState]:
-    """Per planning unit in ``[start_ms, end_ms)``: stored candles and candles recorded as confirmed empty."""
+    """Per planning unit in ``[start_ms, end_ms)``: stored candles, candles recorded as confirmed
+    empty, and stored candles that came from the archive."""
     iv = parse_interval(interval)
     us = units(iv, start_ms, end_ms)
     if not us:
         return {}
     lo, hi = us[0][0], us[-1][1]
-    times = _times(lfs, trade_type, iv, symbol, lo, hi)
+    times, archive = _times_and_archive(lfs, trade_type, iv, symbol, lo, hi)
     counts: dict[int, int] = {}
+    from_archive: dict[int, int] = {}
     if times.len():
         bounds = pl.Series([u[0] for u in us], dtype=pl.Int64)
         idx = bounds.search_sorted(times, side="right") - 1
-        vc = idx.value_counts()
-        counts = {int(us[int(i)][0]): int(n) for i, n in vc.iter_rows()}
+        per_unit = pl.DataFrame({"i": idx, "a": archive}).group_by("i").agg(pl.len(), pl.col("a").sum())
+        for i, n, a in per_unit.iter_rows():
+            counts[int(us[int(i)][0])] = int(n)
+            from_archive[int(us[int(i)][0])] = int(a)
     empties = read_empty_ranges(lfs, trade_type, iv.name, symbol)
     out: dict[int, UnitState] = {}
     for u0, u1 in us:
         empty = sum(iv.count(max(r.start_ms, u0), min(r.end_ms, u1)) for r in empties if r.start_ms < u1)
-        out[u0] = UnitState(counts.get(u0, 0), empty)
+        out[u0] = UnitState(counts.get(u0, 0), empty, from_archive.get(u0, 0))
     return out
 
 
@@ -577,7 +598,7 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
             continue
         out.files.append((df.height, None))
         frames.append(df)
-        replaces.append([(f.start_ms, f.end_ms)] if pf.reason == "reuploaded" else [])
+        replaces.append(list(pf.replace))
     if not frames:
         return out
     f0 = items[0][0].file
