@@ -12,7 +12,7 @@ import sys
 
 import typer
 
-from lake.errors import LakeError
+from lake.errors import DataError, LakeError
 from lake.progress import setup_logging
 
 __all__ = ["app", "main"]
@@ -98,12 +98,42 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("lake: interrupted", err=True)
         sys.exit(130)
+    except Exception as exc:
+        if not _is_read_error(exc):
+            raise
+        # A damaged or foreign file in the lake (truncated parquet, another table's schema) surfaced
+        # from Polars, pyarrow or DuckDB: one line and the bad-data exit code, not a traceback.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        typer.echo(
+            f"lake: error: a file in the lake cannot be read as klines ({type(exc).__name__}: {first}); "
+            "'lake status' names unreadable partition files",
+            err=True,
+        )
+        sys.exit(DataError.exit_code)
     # Without standalone mode an exit code (typer.Exit, or 130 for Ctrl-C) is returned, not raised;
     # every command returns None.
     if isinstance(rv, int) and rv:
         if rv == 130:
             typer.echo("lake: interrupted", err=True)
         sys.exit(rv)
+
+
+def _is_read_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a reader's complaint about file contents (not a bug in lake)."""
+    mods = {c.__module__.split(".")[0] for c in type(exc).__mro__}
+    if "polars" in mods:
+        import polars as pl
+
+        return isinstance(exc, (pl.exceptions.ComputeError, pl.exceptions.SchemaError))
+    if "pyarrow" in mods:
+        import pyarrow as pa
+
+        return isinstance(exc, pa.ArrowInvalid)
+    if "duckdb" in mods:
+        import duckdb
+
+        return isinstance(exc, (duckdb.IOException, duckdb.InvalidInputException, duckdb.BinderException))
+    return False
 
 
 _register()

@@ -69,6 +69,10 @@ class DataError(TerminalError):
     exit_code = 4
 
 
+class UnreadableJsonError(DataError, ValueError):
+    """A JSON state file in the lake is not valid JSON (also a ``ValueError`` for older callers)."""
+
+
 class NotFoundError(TerminalError):
     """Something named by the user or expected upstream does not exist."""
 

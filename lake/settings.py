@@ -105,6 +105,8 @@ def _coerce(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
                 out[key] = int(raw)
             elif kind in ("float", float):
                 out[key] = float(raw)
+            elif isinstance(raw, (list, dict, bool)):  # a TOML array or table where text belongs
+                raise TypeError(f"not a string: {raw!r}")
             else:
                 out[key] = str(raw)
         except (TypeError, ValueError) as exc:

@@ -211,10 +211,21 @@ def test_sql_renders_every_type(small_lake, tmp_path, fmt: str) -> None:
         assert df.columns == ["span", "xs", "xs_1", "st", "m", "b", "u"]
         assert df["span"].to_list() == ["3 days"] and df["xs"].to_list() == [[1, 2]]
     elif fmt == "csv":
-        assert out.read_text().splitlines() == ["span,xs,xs_1,st,m,b,u", "3 days,\"[1, 2]\",[3],{'k': 1},{a=1},\\xAA,1"]
+        assert out.read_text().splitlines() == [
+            "span,xs,xs_1,st,m,b,u",
+            "3 days,\"[1, 2]\",[3],{'k': 1},{a=1},\\xAA,1",
+        ]
     elif fmt == "json":
         (row,) = json.loads(out.read_text())
-        assert row == {"span": "3 days", "xs": [1, 2], "xs_1": [3], "st": {"k": 1}, "m": {"a": 1}, "b": "\\xAA", "u": "1"}
+        assert row == {
+            "span": "3 days",
+            "xs": [1, 2],
+            "xs_1": [3],
+            "st": {"k": 1},
+            "m": {"a": 1},
+            "b": "\\xAA",
+            "u": "1",
+        }
     else:
         assert "3 days" in out.read_text() and "xs_1" in out.read_text()
 
@@ -349,3 +360,47 @@ def test_json_output_is_standard_json(capsys: pytest.CaptureFixture[str]) -> Non
     out = capsys.readouterr().out.strip()
     assert out == '{"volume":null,"rows":[null,1.5,[2,null]],"n":3}'
     assert json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard {c}"))["n"] == 3
+
+
+def _two_days(root) -> None:  # type: ignore[no-untyped-def]
+    write_klines(root, "usdt_perp", "5m", "ETHUSDT", frame([t0_ms() + i * 300_000 for i in range(576)]))
+
+
+def test_damaged_and_foreign_files_in_the_lake_are_one_line_errors(tmp_path) -> None:
+    # A truncated partition or another table's file under klines/ made offsets/backfill print a
+    # 100-line Polars traceback (exit 1); a stray date=garbage directory crashed offsets.
+    from lake.store.klines import list_partitions
+
+    _two_days(tmp_path)
+    series = tmp_path / "klines/trade_type=usdt_perp/interval=5m/symbol=ETHUSDT"
+    (series / "date=garbage").mkdir()
+    offsets = ["offsets", "--type", "usdt_perp", "--interval", "1h", "--root", str(tmp_path)]
+    assert run(*offsets).returncode == 0, "a stray directory is skipped"
+    part = tmp_path / list_partitions(tmp_path, "usdt_perp", "5m", "ETHUSDT")[0].path
+    part.write_bytes(part.read_bytes()[:-100])  # truncated
+    for args in ([*offsets, "--rebuild"], ["status", "--root", str(tmp_path)]):
+        res = run(*args)
+        assert res.returncode == 4, res.stderr
+        assert "Traceback" not in res.stderr and res.stderr.count("lake: error:") == 1, res.stderr
+
+
+def test_damaged_json_state_is_rebuilt_not_a_traceback(tmp_path) -> None:
+    # _meta files are caches of what the exchange answered or what was built: a damaged one is
+    # ignored with a warning (and rewritten by the next run), not a JSONDecodeError traceback.
+    opens = [t0_ms() + i * 300_000 for i in range(576) if not 100 <= i < 110]
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", frame(opens))
+    empty = tmp_path / "_meta/empty/klines/trade_type=usdt_perp/interval=5m/symbol=ETHUSDT.json"
+    empty.parent.mkdir(parents=True)
+    empty.write_text("{not json")
+    res = run("status", "--root", str(tmp_path), "--json")
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "ignoring damaged confirmed-empty record" in res.stderr
+    assert json.loads(res.stdout)["series"][0]["missing"] == 10
+    offsets = ["offsets", "--type", "usdt_perp", "--interval", "1h", "--root", str(tmp_path)]
+    assert run(*offsets).returncode == 0
+    damaged = list(tmp_path.glob("_meta/offsets/**/*.json"))
+    assert damaged
+    for m in damaged:
+        m.write_text("")  # damaged offsets manifest: everything is rebuilt
+    res = run(*offsets)
+    assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr

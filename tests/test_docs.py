@@ -8,7 +8,9 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_cli_reference_is_current() -> None:
-    assert (ROOT / "docs" / "cli.md").read_text() == render(), "regenerate: python -m lake.clidoc > docs/cli.md"
+    assert (ROOT / "docs" / "cli.md").read_text() == render(), (
+        "regenerate: python -m lake.clidoc > docs/cli.md"
+    )
 
 
 def test_ci_runs_the_readme_commands() -> None:

@@ -68,7 +68,17 @@ def _pipeline(root: str) -> None:
 
 def _live(root: str, sim) -> None:  # type: ignore[no-untyped-def]
     """``lake live`` on 1m for two symbols while the frozen clock is moved on by two minutes."""
-    args = ["live", "--type", "usdt_perp", "--interval", "1m", "--symbols", ",".join(LIVE_SYMBOLS), "--history", "10"]
+    args = [
+        "live",
+        "--type",
+        "usdt_perp",
+        "--interval",
+        "1m",
+        "--symbols",
+        ",".join(LIVE_SYMBOLS),
+        "--history",
+        "10",
+    ]
     args += ["--grace", "0", "--duration", "2", "--root", root, "--sim-url", sim.base_url]
     done: list[object] = []
 

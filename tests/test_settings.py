@@ -42,6 +42,8 @@ def test_secrets_are_not_in_repr() -> None:
         ("http_timeout = nan", "expected seconds > 0"),
         ("max_concurrency = 0", "expected an int >= 1"),
         ("sim_url = 'localhost:8765'", "URL"),
+        ("root = [1, 2]", "setting 'root' in .*expected str"),  # it made a directory named '[1, 2]'
+        ("root = true", "expected str"),
     ],
 )
 def test_bad_config(tmp_path, text: str, match: str) -> None:

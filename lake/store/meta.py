@@ -8,11 +8,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 
+from lake.errors import UnreadableJsonError
 from lake.store.fs import LakeFS
 from lake.store.paths import series_dir
+
+log = logging.getLogger("lake.store")
 
 __all__ = [
     "EmptyRange",
@@ -33,8 +37,14 @@ class EmptyRange:
 
 
 def read_json(lfs: LakeFS, rel: str) -> object | None:
+    """The document at ``rel``, ``None`` if there is none; ``UnreadableJsonError`` names a damaged one."""
     data = lfs.read_bytes_or_none(rel)
-    return None if data is None else json.loads(data)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except ValueError as exc:  # also UnicodeDecodeError
+        raise UnreadableJsonError(f"{rel} in the lake is not valid JSON ({exc})") from exc
 
 
 def write_json(lfs: LakeFS, rel: str, obj: object) -> None:
@@ -61,10 +71,17 @@ def read_empty_ranges(
     root: LakeFS | str | os.PathLike[str], trade_type: str, interval: str, symbol: str
 ) -> list[EmptyRange]:
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
-    doc = read_json(lfs, _empty_path(trade_type, interval, symbol))
-    if not isinstance(doc, list):
+    rel = _empty_path(trade_type, interval, symbol)
+    try:
+        doc = read_json(lfs, rel)
+        if not isinstance(doc, list):
+            return []
+        return [EmptyRange(int(a), int(b)) for a, b in doc]
+    except (UnreadableJsonError, TypeError, ValueError) as exc:
+        # Only a cache of what the exchange answered: without it those slots are asked again (and
+        # the file rewritten), never wrongly reported complete.
+        log.warning("ignoring damaged confirmed-empty record %s: %s", rel, exc)
         return []
-    return [EmptyRange(int(a), int(b)) for a, b in doc]
 
 
 def add_empty_ranges(

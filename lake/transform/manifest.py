@@ -20,14 +20,18 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as dt
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from lake.binance.intervals import MS_PER_DAY
+from lake.errors import UnreadableJsonError
 from lake.store.fs import LakeFS
 from lake.store.meta import read_json, write_json
 from lake.transform.layout import manifest_path
+
+log = logging.getLogger("lake.offsets")
 
 __all__ = ["Series", "last_open", "load_manifest", "pack_days", "save_manifest", "unpack_days"]
 
@@ -90,7 +94,11 @@ def _from_v2(days: dict[str, dict[str, int]]) -> dict[str, str]:
 
 
 def load_manifest(lfs: LakeFS, trade_type: str, interval: str) -> dict[str, Series]:
-    doc = read_json(lfs, manifest_path(trade_type, interval))
+    try:
+        doc = read_json(lfs, manifest_path(trade_type, interval))
+    except UnreadableJsonError as exc:  # damaged: everything is rebuilt, which is always right
+        log.warning("ignoring damaged offsets manifest: %s", exc)
+        return {}
     if not isinstance(doc, dict):
         return {}
     series = doc.get("series", {})

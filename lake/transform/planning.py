@@ -362,12 +362,22 @@ def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[s
     sdir = series_dir("klines", trade_type, base, symbol)
     out: dict[str, str] = {}
     for name in lfs.listdir(sdir):
-        if not name.startswith("date="):
+        if not _is_date_dir(name):  # a stray directory is not a partition (the readers skip it too)
             continue
         token = lfs.mtime_key(f"{sdir}/{name}/{DATA_FILE}")
         if token is not None:
             out[name[5:]] = token
     return out
+
+
+def _is_date_dir(name: str) -> bool:
+    if not name.startswith("date=") or len(name) != 15:
+        return False
+    try:
+        dt.date.fromisoformat(name[5:])
+    except ValueError:
+        return False
+    return True
 
 
 def fingerprints(

@@ -91,7 +91,9 @@ def test_trade_type_filters() -> None:
     assert not get_trade_type("usdt_deli").accepts(delivering)
     coin = get_trade_type("coin_perp")
     assert coin.accepts({"contractStatus": "TRADING", "quoteAsset": "USD", "contractType": "PERPETUAL"})
-    assert coin.accepts({"contractStatus": "TRADING", "quoteAsset": "USD", "contractType": "PERPETUAL_DELIVERING"})
+    assert coin.accepts(
+        {"contractStatus": "TRADING", "quoteAsset": "USD", "contractType": "PERPETUAL_DELIVERING"}
+    )
     assert not coin.accepts({"status": "TRADING", "quoteAsset": "USD", "contractType": "PERPETUAL"})
     spot = get_trade_type("btc_spot")
     assert spot.accepts({"status": "TRADING", "quoteAsset": "BTC"})

@@ -76,8 +76,9 @@ class FakeExchange:
             ra = self.retry_after_s if self.retry_after_s is not None else (60_000 - now % 60_000) / 1000
             headers["Retry-After"] = str(int(ra + 0.999))
             self.statuses[429] += 1
-            return web.json_response({"code": -1003, "msg": "Too much request weight used"}, status=429,
-                                     headers=headers)
+            return web.json_response(
+                {"code": -1003, "msg": "Too much request weight used"}, status=429, headers=headers
+            )
         if request.path.endswith("/klines") and self.fail_next > 0:
             self.fail_next -= 1
             self.statuses[503] += 1
@@ -96,15 +97,28 @@ class FakeExchange:
             {
                 "serverTime": self.now_ms(),
                 "rateLimits": [
-                    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
-                     "limit": self.limit}
+                    {
+                        "rateLimitType": "REQUEST_WEIGHT",
+                        "interval": "MINUTE",
+                        "intervalNum": 1,
+                        "limit": self.limit,
+                    }
                 ],
                 "symbols": [
-                    {"symbol": s, "status": "TRADING", "quoteAsset": "USDT", "baseAsset": s[:-4],
-                     "contractType": "PERPETUAL", "marginAsset": "USDT", "onboardDate": self.listed_ms,
-                     "filters": [{"filterType": "PRICE_FILTER", "tickSize": "0.10"},
-                                 {"filterType": "LOT_SIZE", "stepSize": "0.001"},
-                                 {"filterType": "MIN_NOTIONAL", "notional": "5"}]}
+                    {
+                        "symbol": s,
+                        "status": "TRADING",
+                        "quoteAsset": "USDT",
+                        "baseAsset": s[:-4],
+                        "contractType": "PERPETUAL",
+                        "marginAsset": "USDT",
+                        "onboardDate": self.listed_ms,
+                        "filters": [
+                            {"filterType": "PRICE_FILTER", "tickSize": "0.10"},
+                            {"filterType": "LOT_SIZE", "stepSize": "0.001"},
+                            {"filterType": "MIN_NOTIONAL", "notional": "5"},
+                        ],
+                    }
                     for s in self.symbols
                 ],
             }
@@ -124,8 +138,22 @@ class FakeExchange:
         rows = []
         while t <= end and len(rows) < limit and t + step <= self.now_ms():
             p = 100 + (t // step) % 7 + len(sym)
-            rows.append([t, str(p), str(p + 1), str(p - 1), str(p), "10.0", t + step - 1, "1000.0", 5,
-                         "4.0", "400.0", "0"])
+            rows.append(
+                [
+                    t,
+                    str(p),
+                    str(p + 1),
+                    str(p - 1),
+                    str(p),
+                    "10.0",
+                    t + step - 1,
+                    "1000.0",
+                    5,
+                    "4.0",
+                    "400.0",
+                    "0",
+                ]
+            )
             t += step
         return web.Response(body=json.dumps(rows).encode(), content_type="application/json")
 

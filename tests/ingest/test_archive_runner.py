@@ -329,3 +329,19 @@ async def test_rows_whose_record_a_crash_lost_are_fetched_again_so_reuploads_are
         assert day2["open"].unique().to_list() == [7.0]
         # and once recorded, nothing is fetched again
         assert (await ingest_archive(s, "usdt_spot", "1m", [SYM], FEB, FEB + 3 * DAY_MS)).files_planned == 0
+
+
+async def test_a_damaged_manifest_is_rebuilt_not_a_traceback(tmp_path: Path) -> None:
+    from lake.ingest.archive.manifest import manifest_path
+
+    async with FakeArchive() as arch:
+        fill(arch)
+        s = settings(tmp_path, arch)
+        lfs = LakeFS(s.root)
+        await ingest_archive(s, "usdt_spot", "1m", [SYM], FEB, FEB + 3 * DAY_MS)
+        (Path(s.root) / manifest_path("spot", "1m", SYM)).write_text("")  # a crash of another tool
+        assert read_manifest(lfs, "spot", "1m", SYM) == {}
+        rep = await ingest_archive(s, "usdt_spot", "1m", [SYM], FEB, FEB + 3 * DAY_MS)
+        assert rep.files_downloaded == 3  # its archive rows are unrecorded: fetched once more
+        assert set(read_manifest(lfs, "spot", "1m", SYM)) == {f_daily(d).name for d in (1, 2, 3)}
+        assert stored(s).height == 3 * 1440

@@ -25,9 +25,12 @@ def lake_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "lake.cli", "backfill", "--source", "rest", *args]
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(lake_cmd(*args), capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        lake_cmd(*args), capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}
+    )
 
 
 def one_line_error(res: subprocess.CompletedProcess[str], code: int, message: str) -> None:
@@ -53,7 +56,9 @@ def test_input_errors_are_one_line(tmp_path: Path, args: list[str], message: str
 
 def test_unreachable_endpoint_fails_fast(tmp_path: Path) -> None:
     t0 = time.monotonic()
-    res = run("--type", "usdt_perp", "--days", "1", "--root", str(tmp_path), "--rest-url", "http://127.0.0.1:9")
+    res = run(
+        "--type", "usdt_perp", "--days", "1", "--root", str(tmp_path), "--rest-url", "http://127.0.0.1:9"
+    )
     one_line_error(res, 3, "cannot reach http://127.0.0.1:9/fapi/v1/time")
     assert time.monotonic() - t0 < 15
 
@@ -73,11 +78,34 @@ def test_archive_list_url_flag_moves_the_listing(tmp_path: Path) -> None:
 
 def test_unknown_symbol_names_it_and_json_summary(tmp_path: Path) -> None:
     with start_sim() as sim:
-        res = run("--type", "usdt_perp", "--days", "1", "--symbols", "BTCUSDT,NOPEUSDT",
-                  "--root", str(tmp_path), "--sim-url", sim.base_url)
+        res = run(
+            "--type",
+            "usdt_perp",
+            "--days",
+            "1",
+            "--symbols",
+            "BTCUSDT,NOPEUSDT",
+            "--root",
+            str(tmp_path),
+            "--sim-url",
+            sim.base_url,
+        )
         one_line_error(res, 2, "unknown usdt_perp symbol: NOPEUSDT")
-        res = run("--type", "usdt_perp", "--type", "usdt_spot", "--days", "1", "--symbols", "BTCUSDT,ETHUSDT",
-                  "--root", str(tmp_path), "--sim-url", sim.base_url, "--json")
+        res = run(
+            "--type",
+            "usdt_perp",
+            "--type",
+            "usdt_spot",
+            "--days",
+            "1",
+            "--symbols",
+            "BTCUSDT,ETHUSDT",
+            "--root",
+            str(tmp_path),
+            "--sim-url",
+            sim.base_url,
+            "--json",
+        )
         assert res.returncode == 0, res.stderr
         doc = json.loads(res.stdout)
         assert doc["symbols"] == 4 and doc["candles"] == 4 * 288 and doc["missing"] == []
@@ -97,8 +125,19 @@ def _equal_truth(sim: object, root: Path, tt: str, iv: str, start_ms: int, end_m
 def test_sigkill_at_random_points_then_rerun_completes(tmp_path: Path) -> None:
     rng = random.Random(4)
     with start_sim(weight_limits=LIMITS_BIG) as sim:
-        args = ("--type", "usdt_perp", "--interval", "1m", "--days", "12", "--root", str(tmp_path),
-                "--sim-url", sim.base_url, "--json")
+        args = (
+            "--type",
+            "usdt_perp",
+            "--interval",
+            "1m",
+            "--days",
+            "12",
+            "--root",
+            str(tmp_path),
+            "--sim-url",
+            sim.base_url,
+            "--json",
+        )
         killed = 0
         for _ in range(3):
             proc = subprocess.Popen(lake_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -129,9 +168,23 @@ def test_two_processes_share_one_budget(tmp_path: Path) -> None:
         env = {"LAKE_STATE_DIR": str(tmp_path / "state")}
         procs = [
             subprocess.Popen(
-                lake_cmd("--type", "usdt_perp", "--interval", "1m", "--days", "10", "--root", str(tmp_path / f"r{i}"),
-                         "--sim-url", sim.base_url, "--json"),
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+                lake_cmd(
+                    "--type",
+                    "usdt_perp",
+                    "--interval",
+                    "1m",
+                    "--days",
+                    "10",
+                    "--root",
+                    str(tmp_path / f"r{i}"),
+                    "--sim-url",
+                    sim.base_url,
+                    "--json",
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, **env},
             )
             for i in range(2)
         ]

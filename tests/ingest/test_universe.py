@@ -14,34 +14,76 @@ from lake.ingest.universe import ExchangeSnapshot, parse_symbol, snapshot_frame,
 from lake.store.tables import read_funding, scan_exchange_info, write_funding
 
 SPOT = {
-    "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000}],
+    "rateLimits": [
+        {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000}
+    ],
     "symbols": [
-        {"symbol": "BTCUSDT", "status": "TRADING", "baseAsset": "BTC", "quoteAsset": "USDT",
-         "filters": [{"filterType": "PRICE_FILTER", "minPrice": "0.01", "tickSize": "0.01000000"},
-                     {"filterType": "LOT_SIZE", "stepSize": "0.00001000"},
-                     {"filterType": "NOTIONAL", "minNotional": "5.00000000"}]},
+        {
+            "symbol": "BTCUSDT",
+            "status": "TRADING",
+            "baseAsset": "BTC",
+            "quoteAsset": "USDT",
+            "filters": [
+                {"filterType": "PRICE_FILTER", "minPrice": "0.01", "tickSize": "0.01000000"},
+                {"filterType": "LOT_SIZE", "stepSize": "0.00001000"},
+                {"filterType": "NOTIONAL", "minNotional": "5.00000000"},
+            ],
+        },
         {"symbol": "ETHBTC", "status": "TRADING", "baseAsset": "ETH", "quoteAsset": "BTC", "filters": []},
         {"symbol": "OLDUSDT", "status": "BREAK", "baseAsset": "OLD", "quoteAsset": "USDT", "filters": []},
     ],
 }
 UM = {
     "symbols": [
-        {"symbol": "BTCUSDT", "status": "TRADING", "contractType": "PERPETUAL", "quoteAsset": "USDT",
-         "baseAsset": "BTC", "marginAsset": "USDT", "onboardDate": 1569398400000, "deliveryDate": 4133404800000,
-         "pair": "BTCUSDT",
-         "filters": [{"filterType": "MIN_NOTIONAL", "notional": "100"},
-                     {"filterType": "PRICE_FILTER", "tickSize": "0.10"}]},
-        {"symbol": "BTCUSDT_250328", "status": "TRADING", "contractType": "CURRENT_QUARTER",
-         "quoteAsset": "USDT", "deliveryDate": 1743148800000, "filters": []},
-        {"symbol": "ZZZUSDT", "status": "SETTLING", "contractType": "PERPETUAL", "quoteAsset": "USDT", "filters": []},
+        {
+            "symbol": "BTCUSDT",
+            "status": "TRADING",
+            "contractType": "PERPETUAL",
+            "quoteAsset": "USDT",
+            "baseAsset": "BTC",
+            "marginAsset": "USDT",
+            "onboardDate": 1569398400000,
+            "deliveryDate": 4133404800000,
+            "pair": "BTCUSDT",
+            "filters": [
+                {"filterType": "MIN_NOTIONAL", "notional": "100"},
+                {"filterType": "PRICE_FILTER", "tickSize": "0.10"},
+            ],
+        },
+        {
+            "symbol": "BTCUSDT_250328",
+            "status": "TRADING",
+            "contractType": "CURRENT_QUARTER",
+            "quoteAsset": "USDT",
+            "deliveryDate": 1743148800000,
+            "filters": [],
+        },
+        {
+            "symbol": "ZZZUSDT",
+            "status": "SETTLING",
+            "contractType": "PERPETUAL",
+            "quoteAsset": "USDT",
+            "filters": [],
+        },
     ]
 }
 CM = {
     "symbols": [
-        {"symbol": "BTCUSD_PERP", "contractStatus": "TRADING", "contractType": "PERPETUAL", "quoteAsset": "USD",
-         "contractSize": 100, "filters": []},
-        {"symbol": "BTCUSD_250328", "contractStatus": "TRADING", "contractType": "CURRENT_QUARTER",
-         "quoteAsset": "USD", "filters": []},
+        {
+            "symbol": "BTCUSD_PERP",
+            "contractStatus": "TRADING",
+            "contractType": "PERPETUAL",
+            "quoteAsset": "USD",
+            "contractSize": 100,
+            "filters": [],
+        },
+        {
+            "symbol": "BTCUSD_250328",
+            "contractStatus": "TRADING",
+            "contractType": "CURRENT_QUARTER",
+            "quoteAsset": "USD",
+            "filters": [],
+        },
     ]
 }
 NOW = 1_735_000_000_000
@@ -75,9 +117,13 @@ def test_universe_rules() -> None:
 def test_exchange_info_table_keeps_distinct_snapshots(tmp_path: Path) -> None:
     um = ExchangeSnapshot("um", NOW, UM)
     assert write_snapshot(tmp_path, um, ["usdt_perp", "usdt_deli"]) == ["usdt_perp", "usdt_deli"]
-    assert write_snapshot(tmp_path, ExchangeSnapshot("um", NOW + 60_000, UM), ["usdt_perp"]) == []  # unchanged
+    assert (
+        write_snapshot(tmp_path, ExchangeSnapshot("um", NOW + 60_000, UM), ["usdt_perp"]) == []
+    )  # unchanged
     changed = {"symbols": [dict(UM["symbols"][0], status="SETTLING"), *UM["symbols"][1:]]}
-    assert write_snapshot(tmp_path, ExchangeSnapshot("um", NOW + 120_000, changed), ["usdt_perp"]) == ["usdt_perp"]
+    assert write_snapshot(tmp_path, ExchangeSnapshot("um", NOW + 120_000, changed), ["usdt_perp"]) == [
+        "usdt_perp"
+    ]
     df = scan_exchange_info(tmp_path, "usdt_perp")
     assert df["snapshot_time"].n_unique() == 2
     assert set(df["symbol"]) == {"BTCUSDT", "ZZZUSDT"}
@@ -87,24 +133,40 @@ def test_exchange_info_table_keeps_distinct_snapshots(tmp_path: Path) -> None:
 
 
 def test_funding_table_upsert_and_gaps(tmp_path: Path) -> None:
-    rows = [{"symbol": "BTCUSDT", "fundingTime": NOW + i * 28_800_000, "fundingRate": "0.0001",
-             "markPrice": "" if i == 0 else "42000.1"} for i in range(3)]
+    rows = [
+        {
+            "symbol": "BTCUSDT",
+            "fundingTime": NOW + i * 28_800_000,
+            "fundingRate": "0.0001",
+            "markPrice": "" if i == 0 else "42000.1",
+        }
+        for i in range(3)
+    ]
     df = funding_frame(rows)
     assert df["mark_price"].null_count() == 1
     assert write_funding(tmp_path, "usdt_perp", "BTCUSDT", df) == 3
     assert write_funding(tmp_path, "usdt_perp", "BTCUSDT", df) == 0
     stored = read_funding(tmp_path, "usdt_perp", "BTCUSDT")
     assert stored.height == 3 and stored.schema["funding_time"] == pl.Datetime("ms", "UTC")
-    assert funding_gaps(stored, NOW - 1000, NOW + 10**9) == [(NOW - 1000, NOW), (NOW + 2 * 28_800_000 + 1,
-                                                                                  NOW + 10**9)]
+    assert funding_gaps(stored, NOW - 1000, NOW + 10**9) == [
+        (NOW - 1000, NOW),
+        (NOW + 2 * 28_800_000 + 1, NOW + 10**9),
+    ]
     assert funding_gaps(stored.clear(), 5, 9) == [(5, 9)]
 
 
 def test_a_name_lake_cannot_store_is_skipped_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
     """Binance lists 币安人生USDT (kept); a name that could not become a path (here a look-alike
     and a traversal) is skipped with one warning, and the rest of the market is still served."""
+
     def perp(name: str) -> dict:
-        return {"symbol": name, "status": "TRADING", "contractType": "PERPETUAL", "quoteAsset": "USDT", "filters": []}
+        return {
+            "symbol": name,
+            "status": "TRADING",
+            "contractType": "PERPETUAL",
+            "quoteAsset": "USDT",
+            "filters": [],
+        }
 
     raw = {"symbols": [perp("BTCUSDT"), perp("币安人生USDT"), perp("ВTCUSDT"), perp("../USDT")]}
     snap = ExchangeSnapshot("um", NOW, raw)

@@ -12,7 +12,9 @@ from lake.store.klines import scan_klines, write_klines
 from tests.store.helpers import frame, opens, t0_ms
 
 
-def test_second_host_is_refused_while_lease_is_live(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_host_is_refused_while_lease_is_live(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     lake_root = f"s3://lake-test/{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("LAKE_HOST_ID", "host-a")

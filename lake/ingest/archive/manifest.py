@@ -20,11 +20,13 @@ file's period (``runner`` checks), so deleting partitions by hand never leaves a
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable
 
 from lake.binance.intervals import parse_interval
 from lake.binance.markets import get_market
 from lake.binance.symbols import validate_symbol
+from lake.errors import UnreadableJsonError
 from lake.ingest.archive.plan import FileRecord
 from lake.store.fs import LakeFS
 from lake.store.meta import read_json, write_json
@@ -32,6 +34,7 @@ from lake.store.meta import read_json, write_json
 __all__ = ["manifest_path", "read_manifest", "record_files"]
 
 VERSION = 1
+log = logging.getLogger("lake.archive")
 
 
 def manifest_path(market: str, interval: str, symbol: str) -> str:
@@ -44,7 +47,11 @@ def _lock_name(market: str, interval: str, symbol: str) -> str:
 
 
 def _load(lfs: LakeFS, rel: str) -> dict[str, dict[str, object]]:
-    doc = read_json(lfs, rel)
+    try:
+        doc = read_json(lfs, rel)
+    except UnreadableJsonError as exc:  # damaged: its files are checked against the lake again
+        log.warning("ignoring damaged archive manifest: %s", exc)
+        return {}
     if not isinstance(doc, dict) or not isinstance(doc.get("files"), dict):
         return {}
     return {str(k): v for k, v in doc["files"].items() if isinstance(v, dict)}
