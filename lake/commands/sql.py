@@ -32,7 +32,11 @@ def sql(
     ] = None,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json or parquet.")] = "table",
     output: Annotated[
-        Path | None, typer.Option("--output", help="Write the result to this file (not inside the lake).")
+        Path | None,
+        typer.Option(
+            "--output",
+            help="Write the result to this file (not into the lake's tables or _meta; a file directly under the root is allowed).",
+        ),
     ] = None,
     root: RootOpt = None,
     config: ConfigOpt = None,
