@@ -7,10 +7,12 @@ import json
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from lake.errors import ConfigError, NotFoundError, ValidationError
 from lake.settings import Settings, load_settings
@@ -152,6 +154,12 @@ def _default(o: object) -> object:
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def report_console() -> Console:
+    """The console command reports print to: the terminal's width on a TTY; piped or redirected,
+    wide enough that table cells are not cut to ``usdt_…`` (rich's default there is 80 columns)."""
+    return Console() if sys.stdout.isatty() else Console(width=240)
 
 
 def print_json(obj: object) -> None:

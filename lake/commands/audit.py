@@ -5,11 +5,19 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from lake.audit import SeriesAudit, audit
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, SimUrlOpt, get_settings, print_json, series_filters
+from lake.cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    RootOpt,
+    SimUrlOpt,
+    get_settings,
+    print_json,
+    report_console,
+    series_filters,
+)
 from lake.store.fs import LakeFS
 
 
@@ -55,7 +63,7 @@ def audit_cmd(
 
 
 def _render(report: list[SeriesAudit], root: str) -> None:
-    console = Console()
+    console = report_console()
     table = Table(title=f"audit {root}")
     for col in (
         "type",

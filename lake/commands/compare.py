@@ -7,10 +7,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, check_output, get_settings, print_json
+from lake.cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    RootOpt,
+    check_output,
+    get_settings,
+    print_json,
+    report_console,
+)
 from lake.errors import IncompleteError, ValidationError
 from lake.quantclass.compare import compare_quantclass
 
@@ -64,10 +71,15 @@ def compare(
             result.detail.write_parquet(output)
         else:
             result.detail.write_csv(output)
+    # No candle in common (the reference covers hours the lake has no offsets for yet) is not a
+    # match either: an all "-" table with exit 0 read as success.
+    none_matched = result.matched == 0
     if json_out:
         print_json(result.to_dict())
+        if none_matched:
+            raise IncompleteError(_none_matched(result.reference_rows, trade_type, interval))
         return
-    console = Console()
+    console = report_console()
     table = Table(title=f"{trade_type} {interval} vs Quantclass: max |ours / theirs − 1|")
     table.add_column("column")
     table.add_column("max relative error", justify="right")
@@ -83,6 +95,16 @@ def compare(
         console.print(f"{len(result.absent_symbols)} reference symbols not in the lake: {shown}")
     if output is not None:
         console.print(f"detail written to {output}")
+    if none_matched:
+        raise IncompleteError(_none_matched(result.reference_rows, trade_type, interval))
+
+
+def _none_matched(rows: int, trade_type: str, interval: str) -> str:
+    return (
+        f"none of the {rows} reference candles is in the lake's {trade_type} {interval} offsets "
+        "(their hours are not in the lake yet: backfill or let `lake live` run up to them, then "
+        "`lake offsets`)"
+    )
 
 
 def register(app: typer.Typer) -> None:

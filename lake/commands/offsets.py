@@ -5,9 +5,16 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json, series_filters
+from lake.cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    RootOpt,
+    get_settings,
+    print_json,
+    report_console,
+    series_filters,
+)
 from lake.errors import NotFoundError
 from lake.progress import Progress
 from lake.transform.build import build_offsets
@@ -81,7 +88,7 @@ def offsets(
     if json_out:
         print_json(result.to_dict())
         return
-    Console().print(
+    report_console().print(
         f"{result.trade_type} {result.interval} from {result.base} ({result.method}), "
         f"{len(result.offsets)} offsets: {result.symbols_updated}/{result.symbols} symbols updated, "
         f"{result.base_partitions_changed} base partitions changed, {result.bins} bins, "

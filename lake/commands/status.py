@@ -5,10 +5,17 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, get_settings, print_json, series_filters
+from lake.cli_common import (
+    ConfigOpt,
+    JsonOpt,
+    RootOpt,
+    get_settings,
+    print_json,
+    report_console,
+    series_filters,
+)
 from lake.store.coverage import coverage
 from lake.store.fs import LakeFS
 
@@ -33,7 +40,7 @@ def status(
     if json_out:
         print_json({"root": lfs.url_root, "series": [c.to_dict() for c in cov], **extra})
         return
-    console = Console()
+    console = report_console()
     if not cov:
         console.print(f"no klines under {lfs.url_root}")
     table = Table(title=f"lake {lfs.url_root}")

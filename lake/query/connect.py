@@ -31,7 +31,7 @@ import fsspec
 import polars as pl
 from fsspec.utils import glob_translate
 
-from lake.errors import DataError
+from lake.errors import DataError, NotFoundError
 from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
 from lake.settings import load_settings
 from lake.store.fs import LakeFS
@@ -40,7 +40,7 @@ from lake.store.tail import SETTLED_S, tail_feeds, tail_files
 
 __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
-# In dependency order: coverage reads klines, intervals and empty_ranges, latest klines and intervals,
+# In dependency order: coverage reads klines, intervals and empty_ranges, latest klines,
 # compare offsets.
 VIEWS = (
     "intervals",
@@ -149,9 +149,15 @@ def connect(
     database: str = ":memory:",
     config: dict[str, str | bool | int | float | list[str]] | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the lake's views (``VIEWS``) registered; ``root`` defaults to settings."""
+    """A DuckDB connection with the lake's views (``VIEWS``) registered; ``root`` defaults to settings.
+
+    A local root that does not exist is a ``NotFoundError`` (a mistyped path, or a notebook started
+    in another directory, would otherwise give empty views)."""
     if root is None:
         root = load_settings().root
+    lfs = root if isinstance(root, LakeFS) else LakeFS(root)
+    if lfs.is_local and not os.path.isdir(lfs.full("")):
+        raise NotFoundError(f"no lake at {lfs.url_root}: the directory does not exist")
     con = duckdb.connect(database, config=config or {})
     try:
         register_views(con, root)

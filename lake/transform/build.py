@@ -713,8 +713,9 @@ def scan_offsets(
     The period files plus the visible bins of the tail, each bin once. The tail (small) is read
     when this is called, before the period files are listed; period files outside the offsets,
     symbols and ``[start, end)`` asked for are never opened. ``start``/``end``: aware datetimes,
-    dates or ISO strings (UTC). An offset the table does not hold is a ``NotFoundError`` naming
-    those it has (an empty frame would look like missing data).
+    dates or ISO strings (UTC). An offset the table does not hold (or offsets asked of a table not
+    built yet) is a ``NotFoundError`` naming those it has: an empty frame would look like missing
+    data. Without ``offsets``, a table not built yet is an empty frame.
     """
     lfs = to_lakefs(root)
     tdir = table_dir(trade_type, interval)
@@ -734,6 +735,11 @@ def scan_offsets(
             raise NotFoundError(
                 f"offset(s) {', '.join(unknown)} not in the {trade_type} {interval} offsets table; it holds "
                 + ", ".join(sorted(have, key=_offset_sort_key))
+            )
+        if unknown:
+            raise NotFoundError(
+                f"no {trade_type} {interval} offsets in the lake yet: run "
+                f"`lake offsets --type {trade_type} --interval {interval}`"
             )
     for odir in odirs:
         if not odir.startswith("offset=") or (want_offsets is not None and odir[7:] not in want_offsets):

@@ -124,3 +124,23 @@ def test_cli_without_offsets_fails_with_a_hint(
     r = CliRunner().invoke(app, ["compare", "--type", "usdt_perp", "--interval", "1h", "--root", str(root)])
     assert r.exit_code == 5 or getattr(r.exception, "exit_code", None) == 5, r.output
     assert "lake offsets --type usdt_perp --interval 1h" in (r.output + str(r.exception))
+
+
+def test_cli_with_no_candle_in_common_fails(
+    sim: SimHandle, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offsets of hours the reference does not cover (the README tour after `lake live` stopped):
+    an all "-" table with exit 0 read as success; now exit 5 saying why."""
+    monkeypatch.setenv("LAKE_SIM_URL", sim.base_url)
+    root = tmp_path / "lake"
+    now = sim.market.clock.now_ms()
+    truth = sim.market.truth("usdt_perp", "5m", start=now - 30 * 3_600_000, end=now - 20 * 3_600_000)
+    for (symbol,), part in truth.group_by("symbol"):
+        write_klines(root, "usdt_perp", "5m", str(symbol), part.with_columns(pl.lit("rest").alias("source")))
+    build_offsets(root, "usdt_perp", "1h")
+    app = typer.Typer()
+    compare_command.register(app)
+    app.command("noop", hidden=True)(lambda: None)
+    r = CliRunner().invoke(app, ["compare", "--type", "usdt_perp", "--interval", "1h", "--root", str(root)])
+    assert getattr(r.exception, "exit_code", None) == 5, r.output
+    assert "none of the" in str(r.exception) and "reference candles is in the lake" in str(r.exception)

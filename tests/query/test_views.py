@@ -190,14 +190,17 @@ def _monthly(months: list[int]) -> pl.DataFrame:
     return base.with_columns(pl.Series("candle_begin_time", opens).dt.cast_time_unit("ms"))
 
 
-def test_latest_is_the_last_closed_candle(tmp_path: Path) -> None:
+def test_latest_is_the_newest_stored_candle_whatever_the_local_clock(tmp_path: Path) -> None:
+    # lake stores closed candles only (backfills stop before the forming one, live keeps x=true), so
+    # latest needs no clock. It used to drop candles closing after the local now(): with the
+    # simulator's clock ahead of this machine's (the README tour), latest stayed hours behind.
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-    start = now - dt.timedelta(minutes=now.minute % 5) - dt.timedelta(minutes=50)
+    start = now - dt.timedelta(minutes=now.minute % 5) + dt.timedelta(hours=3)  # "the exchange's" time
     df = random_candles(3, 300_000, 11, start_ms=int(start.timestamp() * 1000), hole_rate=0.0)
-    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", df)  # the last one is still forming
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", df)
     row = connect(tmp_path).sql("SELECT * FROM latest").pl().to_dicts()
-    assert len(row) == 1 and row[0]["candle_begin_time"] == start + dt.timedelta(minutes=45)
-    assert row[0]["close"] == df["close"][9]
+    assert len(row) == 1 and row[0]["candle_begin_time"] == start + dt.timedelta(minutes=50)
+    assert row[0]["close"] == df["close"][10]
 
 
 def test_exchange_info_and_funding_appear_when_written(tmp_path: Path) -> None:
@@ -315,3 +318,12 @@ def test_a_stray_file_where_a_directory_goes_is_ignored(tmp_path: Path) -> None:
     (tmp_path / "klines" / "trade_type=usdt_perp" / "interval=5m" / "symbol=JUNK").write_text("x")
     con = connect(tmp_path)
     assert con.execute("SELECT count(*) FROM klines_partitions").fetchone() == (12,)
+
+
+def test_connect_refuses_a_root_that_does_not_exist(tmp_path: Path) -> None:
+    # A notebook started in notebooks/ with the default "lake-data" got empty views and no error.
+    from lake.errors import NotFoundError
+
+    with pytest.raises(NotFoundError, match="no lake at"):
+        connect(tmp_path / "lake-dat")
+    connect(tmp_path).close()  # an empty lake that exists is fine

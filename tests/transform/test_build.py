@@ -277,6 +277,8 @@ def test_scan_offsets_filters(tmp_path: Path) -> None:
         scan_offsets(tmp_path, "usdt_perp", "1h", ["0m", "7m"])
     with pytest.raises(ValidationError, match="invalid start"):
         scan_offsets(tmp_path, "usdt_perp", "1h", start="yesterday")
+    with pytest.raises(NotFoundError, match="no usdt_perp 4h offsets in the lake yet"):
+        scan_offsets(tmp_path, "usdt_perp", "4h", offsets=["0m"])
 
 
 def _tail_bins(root: Path, interval: str = "1h") -> pl.DataFrame:
