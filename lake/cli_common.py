@@ -124,6 +124,8 @@ def check_output(name: str, output: Path | None, root: str) -> None:
     there breaks readers): inside the root, only a file with a suffix directly under it is allowed."""
     if output is None:
         return
+    if re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", str(output)):  # Path() folded s3://b/x to s3:/b/x
+        raise ValidationError(f"{name} must be a local file path, got {str(output).replace(':/', '://', 1)}")
     if output.is_dir():
         raise ValidationError(f"{name} {output} is a directory; give a file name")
     if not output.absolute().parent.is_dir():

@@ -109,5 +109,9 @@ class UpstreamError(TransientError):
     """The exchange (or simulator) failed: 5xx, timeout, dropped connection."""
 
 
+class StoreUnreachableError(UpstreamError):
+    """The lake's own object store (not an exchange endpoint) cannot be reached."""
+
+
 class LockTimeoutError(TransientError):
     """A partition lock could not be acquired in time."""

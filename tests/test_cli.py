@@ -32,6 +32,9 @@ def run(*args: str, env_root: str | None = None) -> subprocess.CompletedProcess[
         (["status", "--bogus"], "No such option: --bogus"),
         (["backfill", "--days", "abc"], "Invalid value for '--days'"),
         (["nosuch"], "No such command 'nosuch'"),
+        # a repeated --type silently built only the last one
+        (["offsets", "--type", "usdt_perp", "--type", "usdt_spot", "--interval", "1h"], "one --type per"),
+        (["sql", "SELECT 1", "--output", "s3://bucket/out.csv"], "must be a local file path, got s3://"),
     ],
 )
 def test_user_errors_are_one_line_and_nonzero(tmp_path, args: list[str], message: str) -> None:
@@ -404,3 +407,20 @@ def test_damaged_json_state_is_rebuilt_not_a_traceback(tmp_path) -> None:
         m.write_text("")  # damaged offsets manifest: everything is rebuilt
     res = run(*offsets)
     assert res.returncode == 0 and "Traceback" not in res.stderr, res.stderr
+
+
+def test_error_line_and_torn_read() -> None:
+    # DuckDB wraps a Python traceback from an fsspec file system: the message's first line was all
+    # `lake sql` printed ("SQL error: Traceback (most recent call last):").
+    import duckdb
+
+    from lake.query.connect import error_line, torn_read
+
+    wrapped = duckdb.Error(
+        'Traceback (most recent call last):\n  File "x.py", line 1\n'
+        "FileNotFoundError: The specified key does not exist."
+    )
+    assert error_line(wrapped) == "FileNotFoundError: The specified key does not exist."
+    assert torn_read(wrapped)
+    binder = duckdb.BinderException('Binder Error: Referenced column "nope" not found')
+    assert error_line(binder) == 'Binder Error: Referenced column "nope" not found' and not torn_read(binder)

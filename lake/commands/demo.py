@@ -12,10 +12,18 @@ from lake.demo import demo_options, run_demo
 
 def demo(
     root: RootOpt = None,
-    plot: Annotated[str | None, typer.Option("--plot", help="Where to write the PNG chart (default lake-demo.png).")] = None,
-    symbols: Annotated[int | None, typer.Option("--symbols", help="Simulated symbols per market (default 30).")] = None,
-    days: Annotated[int | None, typer.Option("--days", help="Days of history to backfill (default 7).")] = None,
-    periods: Annotated[int | None, typer.Option("--periods", help="Live 5m periods to run (default 3).")] = None,
+    plot: Annotated[
+        str | None, typer.Option("--plot", help="Where to write the PNG chart (default lake-demo.png).")
+    ] = None,
+    symbols: Annotated[
+        int | None, typer.Option("--symbols", help="Simulated symbols per market (default 30).")
+    ] = None,
+    days: Annotated[
+        int | None, typer.Option("--days", help="Days of history to backfill (default 7).")
+    ] = None,
+    periods: Annotated[
+        int | None, typer.Option("--periods", help="Live 5m periods to run (default 3).")
+    ] = None,
 ) -> None:
     """Run the pipeline offline: simulator → archive + REST backfill → live (with a dropped connection
     repaired) → 1h offsets → comparison with the simulated Quantclass reference → coverage → chart.

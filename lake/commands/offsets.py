@@ -15,13 +15,15 @@ from lake.cli_common import (
     report_console,
     series_filters,
 )
-from lake.errors import NotFoundError
+from lake.errors import NotFoundError, ValidationError
 from lake.progress import Progress
 from lake.transform.build import build_offsets
 
 
 def offsets(
-    trade_type: Annotated[str, typer.Option("--type", help="Trade type, e.g. usdt_perp.")],
+    trade_types: Annotated[
+        list[str], typer.Option("--type", help="Trade type, e.g. usdt_perp (one per run).")
+    ],
     interval: Annotated[str, typer.Option("--interval", help="Target interval, e.g. 1h.")],
     base: Annotated[
         str | None,
@@ -56,6 +58,11 @@ def offsets(
     config: ConfigOpt = None,
 ) -> None:
     """Candles of --interval at every offset of --base, written to the offsets table (only what changed)."""
+    if len(trade_types) > 1:  # a plain option silently kept only the last one
+        raise ValidationError(
+            f"one --type per offsets run (got {', '.join(trade_types)}): run it once per trade type"
+        )
+    trade_type = trade_types[0]
     settings = get_settings(config, write=True, root=root)
     series_filters(trade_type, interval, symbols)  # bad names fail before any progress line
     with Progress(enabled=False if json_out else None) as progress:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -158,17 +159,65 @@ def connect(
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
     if lfs.is_local and not os.path.isdir(lfs.full("")):
         raise NotFoundError(f"no lake at {lfs.url_root}: the directory does not exist")
-    con = duckdb.connect(database, config=config or {})
-    try:
-        register_views(con, root)
-    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
-        # a view is bound when created, reading its first file: a damaged file (DuckDB names it)
-        con.close()
-        raise DataError(f"cannot read the lake: {exc}") from exc
-    except BaseException:
-        con.close()
-        raise
-    return con
+    for attempt in range(4):
+        con = duckdb.connect(database, config=config or {})
+        try:
+            register_views(con, root)
+        except duckdb.Error as exc:
+            con.close()
+            if torn_read(exc) and attempt < 3:
+                # a file replaced or deleted between listing and reading (compaction while
+                # `lake live` runs, much likelier on an object store): list again
+                time.sleep(0.05 * 2**attempt)
+                continue
+            if torn_read(exc) or isinstance(exc, (duckdb.IOException, duckdb.InvalidInputException)):
+                # a view is bound when created, reading its first file: a damaged file (DuckDB names it)
+                raise DataError(f"cannot read the lake: {exc}") from exc
+            raise
+        except BaseException:
+            con.close()
+            raise
+        return con
+    raise AssertionError("unreachable")
+
+
+# What DuckDB says when a file it listed was replaced or deleted before it read it: on a local disk
+# (a partition replaced between its footer and page reads, a tail file deleted) and through an
+# fsspec object store (the key gone, or its ETag changed: FileExpired).
+_TORN = (
+    "FileNotFoundError",
+    "FileExpired",
+    "No such file",
+    "specified key does not exist",
+    "TProtocolException",
+    "Could not read enough bytes",
+    "don't know what type",
+    "Invalid thrift",
+    "out of specification",
+)
+
+
+def torn_read(exc: BaseException) -> bool:
+    """Whether a DuckDB error looks like the race with a concurrent rewrite (docs/architecture.md):
+    worth running the read-only query again. A damaged file fails the same way every time, so
+    callers retry a few times, then report it as bad data."""
+    if not isinstance(exc, duckdb.Error) or isinstance(
+        exc, (duckdb.CatalogException, duckdb.BinderException, duckdb.ParserException)
+    ):
+        return False  # the query's own mistakes
+    text = str(exc)
+    return any(t in text for t in _TORN)
+
+
+def error_line(exc: BaseException) -> str:
+    """The line of an error message that says what went wrong (DuckDB wraps Python tracebacks from
+    fsspec file systems: their first line is "Traceback …")."""
+    lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].startswith("Traceback") or (len(lines) > 1 and lines[0].endswith(":")):
+        return lines[-1][:300]
+    return lines[0][:300]
 
 
 def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] | LakeFS) -> list[str]:

@@ -43,7 +43,7 @@ from typing import Any
 
 import fsspec
 
-from lake.errors import ConfigError, LakeError, LockTimeoutError, UpstreamError
+from lake.errors import ConfigError, LakeError, LockTimeoutError, StoreUnreachableError
 
 __all__ = ["LEASE_PATH", "LakeFS", "host_id"]
 
@@ -315,7 +315,9 @@ class LakeFS:
         except _NO_CREDENTIALS as exc:
             raise ConfigError(f"lake root {self.url_root}: {exc}") from exc
         except _UNREACHABLE as exc:
-            raise UpstreamError(f"lake root {self.url_root}: cannot reach the object store: {exc}") from exc
+            raise StoreUnreachableError(
+                f"lake root {self.url_root}: cannot reach the object store: {exc}"
+            ) from exc
 
     def _check_bucket(self, cause: BaseException | None = None) -> None:
         """Raise ``ConfigError`` if the root's bucket does not exist (checked until seen once)."""

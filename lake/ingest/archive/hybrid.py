@@ -34,7 +34,7 @@ import aiohttp
 from lake.binance.intervals import MS_PER_DAY, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbols
-from lake.errors import DataError, NotFoundError, UpstreamError, ValidationError
+from lake.errors import DataError, NotFoundError, StoreUnreachableError, UpstreamError, ValidationError
 from lake.ingest.archive.runner import ArchiveReport, ingest_archive, list_archive_symbols
 from lake.ingest.archive.symbols import delisted_candidates
 from lake.ingest.backfill import BackfillReport, backfill
@@ -174,8 +174,8 @@ async def archive_backfill(
                     raise_on_failure=source == "archive",
                 )  # fmt: skip
             except UpstreamError as exc:
-                if source == "archive":
-                    raise
+                if source == "archive" or isinstance(exc, StoreUnreachableError):
+                    raise  # (the lake's own store down is not the archive: REST cannot help)
                 # The archive is a shortcut: REST below fills whatever it did not deliver.
                 log.warning("archive unavailable for %s (%s); REST fills the whole window", tt.name, exc)
                 rep = ArchiveReport(tt.name, iv.name, list(syms), failed=[str(exc)])
