@@ -29,6 +29,7 @@ __all__ = [
     "DATA_FILE",
     "PERIODS",
     "PartitionKey",
+    "is_date_dir",
     "partition_end",
     "partition_period",
     "partition_start",
@@ -43,6 +44,18 @@ _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 PERIODS = ("day", "month", "year")
+
+
+def is_date_dir(name: str) -> bool:
+    """``date=YYYY-MM-DD`` with a real date: anything else in a series directory (a stray
+    ``date=garbage``) is not a partition, and every reader skips it."""
+    if not name.startswith("date=") or len(name) != 15:
+        return False
+    try:
+        dt.date.fromisoformat(name[5:])
+    except ValueError:
+        return False
+    return True
 
 
 def partition_period(interval: Interval) -> str:

@@ -44,7 +44,7 @@ from lake.errors import DataError, NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
 from lake.store.klines import TimeLike, as_utc, list_series, to_lakefs
-from lake.store.paths import DATA_FILE, PartitionKey, partition_period
+from lake.store.paths import DATA_FILE, PartitionKey, is_date_dir, partition_period
 from lake.transform import tail as offsets_tail
 from lake.transform.layout import (
     LEGACY_TAIL_FILE,
@@ -355,7 +355,7 @@ class _Run:
                 old = olds.get((w.symbol, name), {})
                 if known is None:
                     sdir = offsets_series_dir(tt, iv, name, w.symbol)
-                    listed = {dt.date.fromisoformat(e[5:]) for e in lfs.listdir(sdir) if _is_date_dir(e)}
+                    listed = {dt.date.fromisoformat(e[5:]) for e in lfs.listdir(sdir) if is_date_dir(e)}
                 else:
                     listed = set(known)
                 for p in sorted(listed | new.keys() | old.keys()):
@@ -365,7 +365,7 @@ class _Run:
             for name in w.drop_offsets:
                 sdir = offsets_series_dir(tt, iv, name, w.symbol)
                 for e in lfs.listdir(sdir):
-                    if _is_date_dir(e):
+                    if is_date_dir(e):
                         futures.extend(_Outcome("remove", f"{sdir}/{e}/{f}") for f in _FILES)
         return futures
 
@@ -748,7 +748,7 @@ def scan_offsets(
             if not sdir.startswith("symbol=") or (want_syms is not None and sdir[7:] not in want_syms):
                 continue
             for ddir in lfs.listdir(f"{tdir}/{odir}/{sdir}"):
-                if not _is_date_dir(ddir):
+                if not is_date_dir(ddir):
                     continue
                 part = OffsetPartition(
                     trade_type, interval, odir[7:], sdir[7:], dt.date.fromisoformat(ddir[5:])
@@ -782,14 +782,3 @@ def _offset_sort_key(name: str) -> tuple[int, str]:
         return parse_duration_ms(name), name
     except ValidationError:
         return 0, name
-
-
-def _is_date_dir(name: str) -> bool:
-    """``date=YYYY-MM-DD`` (anything else in a series directory is ignored)."""
-    if not name.startswith("date=") or len(name) != 15:
-        return False
-    try:
-        dt.date.fromisoformat(name[5:])
-    except ValueError:
-        return False
-    return True

@@ -27,7 +27,14 @@ from lake.binance.intervals import MS_PER_DAY, Interval
 from lake.errors import ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
-from lake.store.paths import DATA_FILE, PartitionKey, partition_end, partition_period, series_dir
+from lake.store.paths import (
+    DATA_FILE,
+    PartitionKey,
+    is_date_dir,
+    partition_end,
+    partition_period,
+    series_dir,
+)
 from lake.transform.layout import offsets_period, period_end, period_start
 from lake.transform.manifest import Series, last_open, pack_days, unpack_days
 from lake.transform.offsets import OffsetPlan
@@ -362,22 +369,12 @@ def _base_tokens(lfs: LakeFS, trade_type: str, base: str, symbol: str) -> dict[s
     sdir = series_dir("klines", trade_type, base, symbol)
     out: dict[str, str] = {}
     for name in lfs.listdir(sdir):
-        if not _is_date_dir(name):  # a stray directory is not a partition (the readers skip it too)
+        if not is_date_dir(name):  # a stray directory is not a partition (the readers skip it too)
             continue
         token = lfs.mtime_key(f"{sdir}/{name}/{DATA_FILE}")
         if token is not None:
             out[name[5:]] = token
     return out
-
-
-def _is_date_dir(name: str) -> bool:
-    if not name.startswith("date=") or len(name) != 15:
-        return False
-    try:
-        dt.date.fromisoformat(name[5:])
-    except ValueError:
-        return False
-    return True
 
 
 def fingerprints(
