@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import logging
 import os
 from collections.abc import Mapping
@@ -28,11 +27,12 @@ import polars as pl
 from lake.binance.intervals import Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
-from lake.errors import LakeError, NotFoundError
+from lake.errors import LakeError, NotFoundError, UnreadableJsonError
 from lake.ingest.pages import answer_gaps, plan_pages
 from lake.ingest.rest_client import RestClient
 from lake.store.fs import LakeFS
 from lake.store.klines import list_partitions, to_lakefs
+from lake.store.meta import read_json, write_json
 
 __all__ = [
     "FetchResult",
@@ -155,12 +155,9 @@ def read_pending_catchup(lfs: LakeFS, trade_type: str, interval: str) -> dict[st
     A run stopped during its catch-up has meanwhile stored the newest candles from the websocket,
     so planning from the last stored candle would skip the history it never fetched.
     """
-    data = lfs.read_bytes_or_none(_pending_path(trade_type, interval))
-    if data is None:
-        return {}
     try:
-        raw = json.loads(data)
-    except ValueError:
+        raw = read_json(lfs, _pending_path(trade_type, interval))
+    except UnreadableJsonError:
         log.warning("%s %s: unreadable pending catch-up record ignored", trade_type, interval)
         return {}
     out: dict[str, int] = {}
@@ -176,7 +173,7 @@ def write_pending_catchup(lfs: LakeFS, trade_type: str, interval: str, pending: 
     """Record the catch-up starts still to do (atomically); no record when nothing is pending."""
     rel = _pending_path(trade_type, interval)
     if pending:
-        lfs.write_atomic(rel, json.dumps(dict(sorted(pending.items()))).encode())
+        write_json(lfs, rel, dict(pending))
     elif lfs.exists(rel):
         lfs.remove(rel)
 
