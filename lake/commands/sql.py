@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Annotated, TextIO
 
@@ -19,8 +18,8 @@ import polars as pl
 import typer
 
 from lake.cli_common import ConfigOpt, RootOpt, check_output, get_settings
-from lake.errors import DataError, ValidationError
-from lake.query.connect import VIEWS, connect, error_line, torn_read
+from lake.errors import ValidationError
+from lake.query.connect import VIEWS, connect, error_line, retry_torn
 
 FORMATS = ("table", "csv", "json", "parquet")
 # Statement types that only read: DESCRIBE, SHOW and SUMMARIZE parse as SELECT.
@@ -116,22 +115,18 @@ def _run(con: duckdb.DuckDBPyConnection, query: str, fmt: str, output: Path | No
         statements = _check_read_only(con, query)  # all checked before any runs
     except duckdb.Error as exc:
         raise ValidationError(f"SQL error: {error_line(exc)}") from exc
-    for attempt in range(4):
-        try:
-            df = None
-            for statement in statements:
-                rel = con.sql(statement.query)
-                df = _portable(rel, fmt).pl() if rel is not None else None
-            break
-        except duckdb.Error as exc:
-            # Read-only, so running it again is safe: a file replaced under the query (compaction
-            # while `lake live` runs) is listed afresh by the next attempt.
-            if torn_read(exc) and attempt < 3:
-                time.sleep(0.05 * 2**attempt)
-                continue
-            if torn_read(exc):  # every attempt: a damaged file, not the race
-                raise DataError(f"cannot read the lake: {error_line(exc)}") from exc
-            raise ValidationError(f"SQL error: {error_line(exc)}") from exc
+
+    def run() -> pl.DataFrame | None:
+        df = None
+        for statement in statements:
+            rel = con.sql(statement.query)
+            df = _portable(rel, fmt).pl() if rel is not None else None
+        return df
+
+    try:
+        df = retry_torn(run)  # read-only, so a torn read is simply run again
+    except duckdb.Error as exc:
+        raise ValidationError(f"SQL error: {error_line(exc)}") from exc
     if df is None:
         return
     _render(df, fmt, output)

@@ -23,9 +23,10 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import fsspec
@@ -159,25 +160,40 @@ def connect(
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
     if lfs.is_local and not os.path.isdir(lfs.full("")):
         raise NotFoundError(f"no lake at {lfs.url_root}: the directory does not exist")
-    for attempt in range(4):
+
+    def attempt() -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(database, config=config or {})
         try:
             register_views(con, root)
-        except duckdb.Error as exc:
-            con.close()
-            if torn_read(exc) and attempt < 3:
-                # a file replaced or deleted between listing and reading (compaction while
-                # `lake live` runs, much likelier on an object store): list again
-                time.sleep(0.05 * 2**attempt)
-                continue
-            if torn_read(exc) or isinstance(exc, (duckdb.IOException, duckdb.InvalidInputException)):
-                # a view is bound when created, reading its first file: a damaged file (DuckDB names it)
-                raise DataError(f"cannot read the lake: {exc}") from exc
-            raise
         except BaseException:
             con.close()
             raise
         return con
+
+    try:
+        return retry_torn(attempt)
+    except (duckdb.IOException, duckdb.InvalidInputException) as exc:
+        # a view is bound when created, reading its first file: a damaged file (DuckDB names it)
+        raise DataError(f"cannot read the lake: {exc}") from exc
+
+
+_R = TypeVar("_R")
+
+
+def retry_torn(run: Callable[[], _R], attempts: int = 4) -> _R:
+    """``run()``, again (with a short backoff) while DuckDB fails with a torn read: a file replaced
+    or deleted between its listing and its reading (compaction while ``lake live`` runs, much
+    likelier on an object store). Only for reads, which are safe to repeat. A torn read on every
+    attempt is a damaged file: ``DataError``. Other DuckDB errors propagate at once."""
+    for k in range(attempts):
+        try:
+            return run()
+        except duckdb.Error as exc:
+            if not torn_read(exc):
+                raise
+            if k == attempts - 1:
+                raise DataError(f"cannot read the lake: {error_line(exc)}") from exc
+            time.sleep(0.05 * 2**k)
     raise AssertionError("unreachable")
 
 
