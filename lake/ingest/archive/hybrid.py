@@ -190,10 +190,10 @@ async def archive_backfill(
         # file that could not be downloaded is only a missed shortcut: REST fills its days.
         bad: dict[str, dict[str, list[tuple[int, int]]]] = {}
         for rep in result.archive:
-            for sym, a, b, is_bad, _ in rep.failed_units:
-                if is_bad:
-                    bad.setdefault(rep.trade_type, {}).setdefault(sym, []).append((a, b))
-            unavailable = [u for u in rep.failed_units if not u[3]]
+            for f in rep.failed_files:
+                if f.bad:
+                    bad.setdefault(rep.trade_type, {}).setdefault(f.symbol, []).append((f.start_ms, f.end_ms))
+            unavailable = [f for f in rep.failed_files if not f.bad]
             if unavailable:
                 log.warning(
                     "%s: %d archive file(s) could not be downloaded; REST fills their days",
@@ -208,7 +208,7 @@ async def archive_backfill(
             unknown_symbols="skip", skip=bad,
         )  # fmt: skip
         if bad:
-            names = [u[4] for rep in result.archive for u in rep.failed_units if u[3]]
+            names = [f.message for rep in result.archive for f in rep.failed_files if f.bad]
             raise DataError(
                 f"archive ingest failed for {len(names)} file(s); nothing was written for their days "
                 "(everything else is done; rerun once the archive is fixed, or fill them with "

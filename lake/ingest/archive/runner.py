@@ -80,6 +80,18 @@ def download_dir(settings: Settings) -> Path:
     return settings.state_path / "downloads"
 
 
+@dataclass(frozen=True, slots=True)
+class FailedFile:
+    """An archive file that failed; ``bad``: the file itself is wrong (checksum, corrupt zip, bad
+    rows), not merely unavailable (HTTP errors, timeouts)."""
+
+    symbol: str
+    start_ms: int
+    end_ms: int
+    bad: bool
+    message: str
+
+
 @dataclass
 class ArchiveReport:
     """What one archive ingest did."""
@@ -100,9 +112,8 @@ class ArchiveReport:
     lacking: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # per symbol [start, end) planned
     failed: list[str] = field(default_factory=list)
-    # per failed file: (symbol, start_ms, end_ms, bad, message) — ``bad``: the file itself is wrong
-    # (checksum, corrupt zip, bad rows), not merely unavailable
-    failed_units: list[tuple[str, int, int, bool, str]] = field(default_factory=list)
+    failed_files: list[FailedFile] = field(default_factory=list)  # every entry of ``failed`` but a
+    # failure before any file (the archive unreachable)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,24 +142,25 @@ class ArchiveReport:
 # --------------------------------------------------------------------------------------------------
 
 
-def _times(lfs: LakeFS, tt: str, iv: Interval, symbol: str, start_ms: int, end_ms: int) -> pl.Series:
+def _window(lfs: LakeFS, tt: str, iv: Interval, symbol: str, start_ms: int, end_ms: int) -> pl.LazyFrame:
+    """The stored candles of one series opening in ``[start_ms, end_ms)``, with ``t``: open ms."""
     start = dt.datetime.fromtimestamp(start_ms / 1000, tz=dt.UTC)
     end = dt.datetime.fromtimestamp(end_ms / 1000, tz=dt.UTC)
-    df = scan_klines(lfs, tt, iv.name, [symbol], start, end).select("candle_begin_time").collect()
-    return df["candle_begin_time"].dt.epoch("ms").sort()
+    lf = scan_klines(lfs, tt, iv.name, [symbol], start, end)
+    return lf.with_columns(t=pl.col("candle_begin_time").dt.epoch("ms"))
+
+
+def _times(lfs: LakeFS, tt: str, iv: Interval, symbol: str, start_ms: int, end_ms: int) -> pl.Series:
+    return _window(lfs, tt, iv, symbol, start_ms, end_ms).select("t").collect()["t"].sort()
 
 
 def _times_and_archive(
     lfs: LakeFS, tt: str, iv: Interval, symbol: str, start_ms: int, end_ms: int
 ) -> tuple[pl.Series, pl.Series]:
     """Sorted open times (ms) of the stored candles, and whether each came from the archive."""
-    start = dt.datetime.fromtimestamp(start_ms / 1000, tz=dt.UTC)
-    end = dt.datetime.fromtimestamp(end_ms / 1000, tz=dt.UTC)
     df = (
-        scan_klines(lfs, tt, iv.name, [symbol], start, end)
-        .select(
-            pl.col("candle_begin_time").dt.epoch("ms").alias("t"), (pl.col("source") == "archive").alias("a")
-        )
+        _window(lfs, tt, iv, symbol, start_ms, end_ms)
+        .select("t", a=pl.col("source") == "archive")
         .collect()
         .sort("t")
     )
@@ -355,7 +367,7 @@ async def ingest_archive(
     them per symbol. A file that fails (corrupt zip, checksum mismatch after retries, bad rows, not
     downloadable) does not stop the others; after every file was processed, a ``DataError`` names
     the failed files. With ``raise_on_failure=False`` they are only reported (``failed``,
-    ``failed_units``), for a caller that goes on (``--source auto``).
+    ``failed_files``), for a caller that goes on (``--source auto``).
     """
     t0 = time.monotonic()
     tt = get_trade_type(trade_type)
@@ -427,7 +439,7 @@ async def ingest_archive(
     report.seconds = time.monotonic() - t0
     if report.failed and raise_on_failure:
         # bad data (exit 4) if any file failed verification, else an upstream failure (exit 3)
-        bad = any(u[3] for u in report.failed_units) or len(report.failed_units) < len(report.failed)
+        bad = any(f.bad for f in report.failed_files) or len(report.failed_files) < len(report.failed)
         raise (DataError if bad else UpstreamError)(
             f"archive ingest failed for {len(report.failed)} file(s); nothing was written for them: "
             + "; ".join(report.failed[:20])
@@ -523,7 +535,9 @@ async def _run_jobs(
         msg = f"{pf.file.key}: {exc}"
         report.failed.append(msg)
         f = pf.file
-        report.failed_units.append((f.symbol, f.start_ms, f.end_ms, isinstance(exc, DataError), msg))
+        report.failed_files.append(
+            FailedFile(f.symbol, f.start_ms, f.end_ms, isinstance(exc, DataError), msg)
+        )
 
     async def worker() -> None:
         while True:
