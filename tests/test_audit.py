@@ -51,11 +51,14 @@ def build(root: str, evidence: bool = True) -> None:
         confirm(root, "CCCUSDT", 1000, 1300)
 
 
+def kinds(report: dict) -> dict[str, list[tuple[str, int]]]:  # type: ignore[type-arg]
+    return {s: [(h.kind, h.missing) for h in a.holes] for s, a in report.items()}
+
+
 def test_audit_classifies_every_hole(tmp_path) -> None:
     build(str(tmp_path))
     report = {a.symbol: a for a in audit(tmp_path)}
-    kinds = {s: [(h.kind, h.missing) for h in a.holes] for s, a in report.items()}
-    assert kinds == {
+    assert kinds(report) == {
         "AAAUSDT": [("maintenance", 10), ("segment_break", 600)],
         "BBBUSDT": [("maintenance", 10), ("missing", 3)],
         "CCCUSDT": [("maintenance", 10), ("segment_break", 300)],
@@ -73,8 +76,7 @@ def test_holes_nobody_asked_about_are_missing_however_they_look(tmp_path) -> Non
     # audit fails and --repair fetches it. The audit used to call them maintenance / segment breaks.
     build(str(tmp_path), evidence=False)
     report = {a.symbol: a for a in audit(tmp_path)}
-    kinds = {s: [(h.kind, h.missing) for h in a.holes] for s, a in report.items()}
-    assert kinds == {
+    assert kinds(report) == {
         "AAAUSDT": [("missing", 10), ("missing", 600)],
         "BBBUSDT": [("missing", 10), ("missing", 3)],
         "CCCUSDT": [("missing", 10), ("missing", 300)],
@@ -105,8 +107,7 @@ def test_archive_files_are_evidence_for_maintenance_and_breaks_only(tmp_path) ->
         ]
         record_files(LakeFS(str(tmp_path)), "um", "5m", sym, recs)
     report = {a.symbol: a for a in audit(tmp_path)}
-    kinds = {s: [(h.kind, h.missing) for h in a.holes] for s, a in report.items()}
-    assert kinds == {
+    assert kinds(report) == {
         "AAAUSDT": [("maintenance", 10), ("segment_break", 600)],
         "BBBUSDT": [("maintenance", 10), ("missing", 3)],
         "CCCUSDT": [("maintenance", 10), ("segment_break", 300)],

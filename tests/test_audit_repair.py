@@ -87,6 +87,14 @@ def _audit_kinds(root, sim_url: str | None = None) -> tuple[int, dict[str, list[
     }
 
 
+def _backfill(
+    root, sim_url: str, source: str, syms: str, start: str, end: str
+) -> subprocess.CompletedProcess[str]:  # type: ignore[no-untyped-def]
+    cmd = [sys.executable, "-m", "lake.cli", "backfill", "--root", str(root), "--sim-url", sim_url]
+    cmd += ["--type", "usdt_perp", "--source", source, "--symbols", syms, "--start", start, "--end", end]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
 def test_gap_between_two_backfills_is_missing_not_maintenance(tmp_path) -> None:
     # Two REST backfills of every symbol with a day between them that nobody asked for: the hole is
     # shared by all symbols and a day long, so by its shape alone the audit called it maintenance
@@ -94,21 +102,8 @@ def test_gap_between_two_backfills_is_missing_not_maintenance(tmp_path) -> None:
     window = ("um", "2025-03-10T06:00:00", "2025-03-10T07:00:00")
     with start_sim(maintenance=(window,)) as sim:
         syms = ",".join(sim.market.symbols("usdt_perp")[:3])
-        base = [
-            sys.executable,
-            "-m",
-            "lake.cli",
-            "backfill",
-            "--root",
-            str(tmp_path),
-            "--sim-url",
-            sim.base_url,
-        ]
-        base += ["--type", "usdt_perp", "--source", "rest", "--symbols", syms]
         for a, b in (("2025-03-10", "2025-03-11"), ("2025-03-12", "2025-03-13")):
-            res = subprocess.run(
-                [*base, "--start", a, "--end", b], capture_output=True, text=True, timeout=300
-            )
+            res = _backfill(tmp_path, sim.base_url, "rest", syms, a, b)
             assert res.returncode == 0, res.stderr
         code, kinds = _audit_kinds(tmp_path)
         assert code == 1
@@ -129,19 +124,7 @@ def test_archive_only_ingest_calls_maintenance_maintenance(tmp_path) -> None:
     window = ("um", "2025-03-10T06:00:00", "2025-03-10T07:00:00")
     with start_sim(maintenance=(window,)) as sim:
         syms = ",".join(sim.market.symbols("usdt_perp")[:3])
-        cmd = [
-            sys.executable,
-            "-m",
-            "lake.cli",
-            "backfill",
-            "--root",
-            str(tmp_path),
-            "--sim-url",
-            sim.base_url,
-        ]
-        cmd += ["--type", "usdt_perp", "--source", "archive", "--symbols", syms]
-        cmd += ["--start", "2025-03-09", "--end", "2025-03-12"]
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        res = _backfill(tmp_path, sim.base_url, "archive", syms, "2025-03-09", "2025-03-12")
         assert res.returncode == 0, res.stderr
     code, kinds = _audit_kinds(tmp_path)
     assert (code, set(map(tuple, kinds.values()))) == (0, {(("maintenance", 12),)})
