@@ -31,16 +31,18 @@ from typing import Any, TypeVar
 import duckdb
 import fsspec
 import polars as pl
+import pyarrow as pa
 from fsspec.utils import glob_translate
 
-from lake.errors import DataError, NotFoundError
+from lake.errors import DataError, LakeError, NotFoundError
 from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
 from lake.settings import load_settings
 from lake.store.fs import LakeFS
+from lake.store.schema_files import schema_file
 from lake.store.tables import EXCHANGE_INFO_SCHEMA, FUNDING_SCHEMA
 from lake.store.tail import SETTLED_S, tail_feeds, tail_files
 
-__all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
+__all__ = ["VIEWS", "connect", "damaged_file", "glob_escape", "register_views", "view_sql"]
 
 # In dependency order: coverage reads klines, intervals and empty_ranges, latest klines,
 # compare offsets.
@@ -210,7 +212,15 @@ _TORN = (
     "don't know what type",
     "Invalid thrift",
     "out of specification",
+    "Prefetch registered for bytes outside file",
 )
+# What DuckDB says of a file that is not parquet at all: damage, not a race.
+_DAMAGED = ("too small to be a Parquet file", "No magic bytes found")
+
+
+def damaged_file(exc: BaseException) -> bool:
+    """Whether a DuckDB error says a file it read is damaged (bad data, not a bad query)."""
+    return isinstance(exc, duckdb.Error) and (torn_read(exc) or any(t in str(exc) for t in _DAMAGED))
 
 
 def torn_read(exc: BaseException) -> bool:
@@ -254,12 +264,47 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
             # No candles in a live tail: the partitions alone. The anti-join with even an empty
             # tail costs a full scan ~80% more (DuckDB hashes every row's key regardless).
             con.execute(_PLAIN_KLINES)
-        elif spec is not None and not _has_files(lfs, spec):
+            continue
+        first = _first_file(lfs, spec) if spec is not None else None
+        if spec is not None and first is None:
             con.execute(_empty_view(name, spec.columns))
             empty.append(name)
+        elif name in _VIEW_TABLE and (
+            not lfs.is_local or not _schema_file_ready(lfs, _VIEW_TABLE[name], first)
+        ):
+            # An object store gets no torn-read guard (lake.store.swap is local), and listing the
+            # schema file would cost a request per query.
+            con.execute(_SCHEMA_LINE.sub("", view_sql(name)))
         else:
             con.execute(view_sql(name))
     return empty
+
+
+# The views that list their table's schema file first (lake.store.schema_files), by table.
+_VIEW_TABLE = {
+    "klines_partitions": "klines",
+    "klines_tail": "klines_tail",
+    "offsets_partitions": "offsets",
+    "offsets_tail": "offsets_tail",
+    "exchange_info": "exchange_info",
+    "funding": "funding",
+}
+_SCHEMA_LINE = re.compile(r"\n[^\n]*/_meta/schema/[^\n]*")
+
+
+def _schema_file_ready(lfs: LakeFS, table: str, first: str | None) -> bool:
+    """Whether ``table``'s schema file exists, creating it from the data file ``first`` if need be.
+    A lake written before schema files existed, opened read-only, has none: its views list the
+    data files alone (and a rewrite of the first one can tear a query, as before)."""
+    if lfs.exists(schema_file(table)):
+        return True
+    if first is None:
+        return False
+    try:
+        lfs.ensure_schema_file(table, lfs.read_bytes(first))
+    except (OSError, LakeError, ValueError, pa.ArrowException):
+        return False
+    return True
 
 
 def _duckdb_filesystem(lfs: LakeFS) -> fsspec.AbstractFileSystem:
@@ -307,18 +352,18 @@ def _empty_view(name: str, columns: dict[str, pl.DataType]) -> str:
     return f'CREATE OR REPLACE VIEW "{name}" AS SELECT {cols} WHERE false'
 
 
-def _has_files(lfs: LakeFS, spec: _Files) -> bool:
-    """Whether the view has at least one file to read (the walk stops at the first)."""
+def _first_file(lfs: LakeFS, spec: _Files) -> str | None:
+    """A file the view reads (the walk stops at the first), or None when it has none."""
 
-    def walk(rel: str, level: int) -> bool:
+    def walk(rel: str, level: int) -> str | None:
         for entry in lfs.listdir(rel):
             if entry.startswith("."):
                 continue
             if level == spec.depth:
                 if entry.endswith(spec.suffix):
-                    return True
-            elif walk(f"{rel}/{entry}", level + 1):
-                return True
-        return False
+                    return f"{rel}/{entry}"
+            elif (found := walk(f"{rel}/{entry}", level + 1)) is not None:
+                return found
+        return None
 
     return walk(spec.directory, 1)

@@ -5,7 +5,10 @@
 CREATE OR REPLACE VIEW exchange_info AS
 SELECT *
 FROM read_parquet(
-    getvariable('lake_root') || '/exchange_info/*/*/*.parquet',
+    [
+        getvariable('lake_root') || '/_meta/schema/exchange_info/trade_type=_/date=_/schema.parquet',  -- first: see lake/store/schema_files.py
+        getvariable('lake_root') || '/exchange_info/*/*/*.parquet'
+    ],
     hive_partitioning = true,
     hive_types = {'trade_type': VARCHAR, 'date': VARCHAR}
 );

@@ -5,7 +5,10 @@
 CREATE OR REPLACE VIEW funding AS
 SELECT *
 FROM read_parquet(
-    getvariable('lake_root') || '/funding/*/*/*.parquet',
+    [
+        getvariable('lake_root') || '/_meta/schema/funding/trade_type=_/symbol=_/schema.parquet',  -- first: see lake/store/schema_files.py
+        getvariable('lake_root') || '/funding/*/*/*.parquet'
+    ],
     hive_partitioning = true,
     hive_types = {'trade_type': VARCHAR, 'symbol': VARCHAR}
 );

@@ -22,7 +22,10 @@ SELECT
     taker_buy_quote_asset_volume,
     source
 FROM read_parquet(
-    getvariable('lake_root') || '/klines/*/*/*/*/*.parquet',
+    [
+        getvariable('lake_root') || '/_meta/schema/klines/trade_type=_/interval=_/symbol=_/date=_/schema.parquet',  -- first: see lake/store/schema_files.py
+        getvariable('lake_root') || '/klines/*/*/*/*/*.parquet'
+    ],
     hive_partitioning = true,
     hive_types = {'trade_type': VARCHAR, 'interval': VARCHAR, 'symbol': VARCHAR, 'date': VARCHAR}
 );

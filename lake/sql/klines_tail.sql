@@ -29,7 +29,10 @@ SELECT
     taker_buy_quote_asset_volume,
     source
 FROM read_parquet(
-    getvariable('lake_root') || '/klines_tail/*/*/*.parquet',
+    [
+        getvariable('lake_root') || '/_meta/schema/klines_tail/trade_type=_/interval=_/schema.parquet',  -- first: see lake/store/schema_files.py
+        getvariable('lake_root') || '/klines_tail/*/*/*.parquet'
+    ],
     hive_partitioning = true,
     hive_types = {'trade_type': VARCHAR, 'interval': VARCHAR},
     filename = true

@@ -23,7 +23,10 @@ SELECT
     taker_buy_quote_asset_volume,
     n_base
 FROM read_parquet(
-    getvariable('lake_root') || '/offsets/*/*/*/*/*/*.parquet',
+    [
+        getvariable('lake_root') || '/_meta/schema/offsets/trade_type=_/interval=_/offset=_/symbol=_/date=_/schema.parquet',  -- first: see lake/store/schema_files.py
+        getvariable('lake_root') || '/offsets/*/*/*/*/*/*.parquet'
+    ],
     hive_partitioning = true,
     hive_types = {
         'trade_type': VARCHAR, 'interval': VARCHAR, 'offset': VARCHAR, 'symbol': VARCHAR, 'date': VARCHAR

@@ -12,7 +12,10 @@ CREATE OR REPLACE VIEW offsets_tail AS
 WITH tail_rows AS MATERIALIZED (
     SELECT *
     FROM read_parquet(
-        getvariable('lake_root') || '/offsets_tail/*/*/*.parquet',
+        [
+            getvariable('lake_root') || '/_meta/schema/offsets_tail/trade_type=_/interval=_/schema.parquet',  -- first: see lake/store/schema_files.py
+            getvariable('lake_root') || '/offsets_tail/*/*/*.parquet'
+        ],
         hive_partitioning = true,
         hive_types = {'trade_type': VARCHAR, 'interval': VARCHAR},
         filename = true

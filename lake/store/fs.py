@@ -2,7 +2,8 @@
 
 Writes are atomic in one helper: on a local disk the bytes go to a hidden temp file in the target
 directory, are fsynced, then ``os.replace``d over the target (readers see the old file or the new
-one, never half of one). On object stores (``s3://``) a single PUT is already all-or-nothing, so the
+one, never half of one); a parquet file is swapped under file leases so that a query between its
+two opens of the file is not torn (``lake.store.swap``). On object stores (``s3://``) a single PUT is already all-or-nothing, so the
 object is written in one request.
 
 Locks serialise writers of one series across threads and processes of one machine with ``flock``
@@ -44,8 +45,13 @@ from typing import Any
 import fsspec
 
 from lake.errors import ConfigError, LakeError, LockTimeoutError, StoreUnreachableError
+from lake.store.schema_files import schema_bytes, schema_file, table_of
+from lake.store.swap import replace_many, replace_parquet
 
 __all__ = ["LEASE_PATH", "LakeFS", "host_id"]
+
+_SCHEMAS_MADE: set[tuple[str, str]] = set()  # (root, table) whose schema file exists
+_schemas_lock = threading.Lock()
 
 
 def _load_syncfs() -> Any:
@@ -228,6 +234,7 @@ class LakeFS:
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Replace ``rel`` with ``data`` so that no reader ever sees a partial file."""
         target = self.full(rel)
+        self._schema_first(rel, data)
         if not self.is_local:
             with self._store_errors():
                 self._ensure_lease()
@@ -242,7 +249,10 @@ class LakeFS:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, target)
+            if target.endswith(".parquet"):
+                replace_parquet(tmp, target)  # readers may be between their two opens of it
+            else:
+                os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -264,6 +274,8 @@ class LakeFS:
             for rel, data in items:
                 self.write_atomic(rel, data)
             return
+        for rel, data in items:
+            self._schema_first(rel, data)
         staged: list[tuple[str, str]] = []
         try:
             tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -279,13 +291,62 @@ class LakeFS:
                     os.close(fd)
             _syncfs(staged[0][0])
             for tmp, target in staged:
-                os.replace(tmp, target)
+                if not target.endswith(".parquet"):
+                    os.replace(tmp, target)
+            replace_many([(tmp, target) for tmp, target in staged if target.endswith(".parquet")])
             _syncfs(staged[0][1])
         except BaseException:
             for tmp, _ in staged:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
             raise
+
+    def create_once(self, rel: str, data: bytes) -> bool:
+        """Create ``rel`` with ``data`` unless it exists (it is never replaced); True if created."""
+        target = self.full(rel)
+        if not self.is_local:
+            with self._store_errors():
+                if self.fs.exists(target):
+                    return False
+                self._ensure_lease()
+                self.fs.pipe_file(target, data)
+            return True
+        directory, name = os.path.split(target)
+        tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        fd = _create(tmp, directory)
+        try:
+            try:
+                _write_all(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, target)  # unlike rename, fails if another process created it first
+            except FileExistsError:
+                return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return True
+
+    def ensure_schema_file(self, table: str, data: bytes) -> None:
+        """Create ``table``'s schema file (``lake.store.schema_files``) from the parquet file
+        ``data`` of that table, if it does not exist yet."""
+        key = (self.url_root, table)
+        if key in _SCHEMAS_MADE:
+            return
+        with _schemas_lock:
+            if key in _SCHEMAS_MADE:
+                return
+            rel = schema_file(table)
+            if not self.exists(rel):
+                self.create_once(rel, schema_bytes(data))
+            _SCHEMAS_MADE.add(key)
+
+    def _schema_first(self, rel: str, data: bytes) -> None:
+        table = table_of(rel)
+        if table is not None:
+            self.ensure_schema_file(table, data)
 
     def remove(self, rel: str) -> None:
         with contextlib.suppress(FileNotFoundError):

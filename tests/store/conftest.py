@@ -23,8 +23,9 @@ def lake_root(request: pytest.FixtureRequest, tmp_path) -> str:
 
 
 def parquet_files(root: str) -> list[str]:
+    """The lake's data files (not the views' schema files under ``_meta/``)."""
     fs, path = fsspec.core.url_to_fs(root)
     try:
-        return sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+        return sorted(p for p in fs.find(path) if p.endswith(".parquet") and "/_meta/" not in p)
     except FileNotFoundError:
         return []

@@ -1,0 +1,59 @@
+"""Schema files: one zero-row parquet file per table that the views list first.
+
+When DuckDB plans a query over a glob it reads the footer of the first file, closes it, and reuses
+that footer when it scans the file later. If that file was rewritten in between, the scan reads the
+new file at the old footer's offsets and fails (a torn read that file leases cannot prevent, since
+no handle is open at the time: ``lake.store.swap``). So each view reads a list whose first entry is
+a file that never changes:
+
+    _meta/schema/<table>/<key>=_/…/schema.parquet       (the table's hive keys, each ``_``)
+
+It holds no rows and the schema of the table's files (taken from the first file written), and is
+created once, never replaced (``LakeFS.create_once``). Its hive values ``_`` never show up in
+results, having no rows.
+"""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow.parquet as pq
+
+__all__ = ["TABLE_KEYS", "schema_bytes", "schema_file", "table_of"]
+
+# Each file-backed view's table: its hive keys (the directory levels above the files).
+TABLE_KEYS: dict[str, tuple[str, ...]] = {
+    "klines": ("trade_type", "interval", "symbol", "date"),
+    "klines_tail": ("trade_type", "interval"),
+    "offsets": ("trade_type", "interval", "offset", "symbol", "date"),
+    "offsets_tail": ("trade_type", "interval"),
+    "exchange_info": ("trade_type", "date"),
+    "funding": ("trade_type", "symbol"),
+}
+
+
+def schema_file(table: str) -> str:
+    """The schema file of ``table``, relative to the lake root."""
+    keys = "/".join(f"{k}=_" for k in TABLE_KEYS[table])
+    return f"_meta/schema/{table}/{keys}/schema.parquet"
+
+
+def table_of(rel: str) -> str | None:
+    """The table a data file belongs to (``rel`` relative to the root), or None for other files."""
+    if not rel.endswith(".parquet"):
+        return None
+    parts = rel.strip("/").split("/")
+    keys = TABLE_KEYS.get(parts[0])
+    if keys is None or len(parts) != len(keys) + 2:
+        return None
+    if any(not p.startswith(f"{k}=") for k, p in zip(keys, parts[1:], strict=False)):
+        return None
+    return parts[0]
+
+
+def schema_bytes(data: bytes) -> bytes:
+    """A zero-row parquet file with the schema of the parquet file ``data``."""
+    schema = pq.read_schema(io.BytesIO(data))
+    buf = io.BytesIO()
+    pq.write_table(schema.empty_table(), buf)
+    return buf.getvalue()
