@@ -7,7 +7,7 @@ A writer process rewrites every partition of a small lake (``write_klines`` of o
 series, round after round) while this process queries the ``klines`` view of ``lake.connect`` in a
 loop. Two phases in the same run: the writer with ``LAKE_NO_LEASES=1`` (plain ``os.replace``, what
 lake did before ``lake.store.swap``) and with file leases (the default). Printed: queries, failed
-queries and their share per phase, rewrites per second, the swap counters of the guarded writer, and
+queries and their share per phase, partition files rewritten per second, the swap counters of the guarded writer, and
 ``failed_ratio_guarded_vs_plain`` (0 when the guarded phase had no failure).
 """
 
@@ -35,24 +35,24 @@ import sys, time
 from lake.store import swap
 from lake.store.klines import write_klines
 from bench._lake import synthetic_klines
-root, series, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+root, series, seconds, n = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 rows = [synthetic_klines(i, 1_704_067_200_000, 8000, holes=False) for i in range(series)]
-n, writes, end = 4000, 0, time.monotonic() + seconds
+writes, end = 0, time.monotonic() + seconds
 while time.monotonic() < end:
     for i, df in enumerate(rows):
         write_klines(root, "usdt_perp", "5m", f"S{i:03d}USDT", df.head(n))
         writes += 1
     n += 1
-print(writes, swap.STATS["guarded"], swap.STATS["busy"], swap.STATS["reverted"], swap.STATS["forced"])
+print(n, writes, swap.STATS["guarded"], swap.STATS["busy"], swap.STATS["reverted"], swap.STATS["forced"], swap.STATS["plain"])
 """
 
 
-def _phase(root: str, series: int, seconds: float, leases: bool) -> dict[str, object]:
+def _phase(root: str, series: int, seconds: float, leases: bool, start: int) -> tuple[dict[str, object], int]:
     env = {**os.environ}
     if not leases:
         env["LAKE_NO_LEASES"] = "1"
     writer = subprocess.Popen(
-        [sys.executable, "-c", _WRITER, root, str(series), str(seconds)],
+        [sys.executable, "-c", _WRITER, root, str(series), str(seconds), str(start)],
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -70,19 +70,20 @@ def _phase(root: str, series: int, seconds: float, leases: bool) -> dict[str, ob
             kinds[kind] = kinds.get(kind, 0) + 1
         queries += 1
     out = writer.communicate()[0].split()
-    writes, guarded, busy, reverted, forced = (int(x) for x in out)
+    end, writes, guarded, busy, reverted, forced, plain = (int(x) for x in out)
     con.close()
     return {
         "queries": queries,
+        "files_rewritten_per_s": round(writes / seconds, 1),
         "failed": failed,
         "failed_share": round(failed / max(queries, 1), 5),
-        "rewrites_per_s": round(writes / seconds, 1),
         "swaps_guarded": guarded,
         "swaps_busy": busy,
         "swaps_reverted": reverted,
         "swaps_forced": forced,
+        "swaps_plain": plain,
         "kinds": kinds,
-    }
+    }, end
 
 
 def main() -> None:
@@ -95,8 +96,9 @@ def main() -> None:
             df = synthetic_klines(i, START_MS, 8000, holes=False).head(4000)
             write_klines(tmp, "usdt_perp", "5m", f"S{i:03d}USDT", df)
         t0 = time.time()
-        plain = _phase(tmp, args.series, args.seconds, leases=False)
-        guarded = _phase(tmp, args.series, args.seconds, leases=True)
+        # each phase appends candles after the previous one's, so every write rewrites a file
+        plain, end = _phase(tmp, args.series, args.seconds, leases=False, start=4000)
+        guarded, _ = _phase(tmp, args.series, args.seconds, leases=True, start=end)
     share_p, share_g = float(plain["failed_share"]), float(guarded["failed_share"])  # type: ignore[arg-type]
     print(
         json.dumps(
