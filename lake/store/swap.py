@@ -107,12 +107,20 @@ def _try_swap(tmp: str, target: str) -> bool:
             os.replace(tmp, target)
             _count("plain")
             return True
-        _lease(new)  # the temp file is open nowhere else
+        try:
+            _lease(new)  # the temp file is normally open nowhere else
+            new_leased = True
+        except OSError:
+            new_leased = False
         directory, name = os.path.split(target)
         keep = os.path.join(directory, f".{name}.tmp-old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         os.link(target, keep)
-        os.rename(tmp, target)
-        if _broken(old) and not _broken(new):
+        try:
+            os.rename(tmp, target)
+        except BaseException:
+            os.unlink(keep)
+            raise
+        if _broken(old) and not (new_leased and _broken(new)):
             # A reader opened the old file during the swap: give it back the old file under the
             # target name before it is unblocked, and keep the new bytes under tmp for a retry.
             os.link(target, tmp)
