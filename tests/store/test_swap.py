@@ -31,8 +31,11 @@ def _leases_work() -> bool:
 
     if not sys.platform.startswith("linux"):
         return False
-    with tempfile.NamedTemporaryFile() as f:
-        fd = os.open(f.name, os.O_RDONLY)
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "probe")
+        with open(path, "wb"):
+            pass
+        fd = os.open(path, os.O_RDONLY)
         try:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
