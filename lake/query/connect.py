@@ -32,6 +32,7 @@ import duckdb
 import fsspec
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 from fsspec.utils import glob_translate
 
 from lake.errors import DataError, LakeError, NotFoundError
@@ -213,6 +214,8 @@ _TORN = (
     "Invalid thrift",
     "out of specification",
     "Prefetch registered for bytes outside file",
+    "invalid TType",
+    "Could not convert Timestamp(",  # garbage bytes decoded as a timestamp
 )
 # What DuckDB says of a file that is not parquet at all: damage, not a race.
 _DAMAGED = ("too small to be a Parquet file", "No magic bytes found")
@@ -296,15 +299,19 @@ def _schema_file_ready(lfs: LakeFS, table: str, first: str | None) -> bool:
     """Whether ``table``'s schema file exists, creating it from the data file ``first`` if need be.
     A lake written before schema files existed, opened read-only, has none: its views list the
     data files alone (and a rewrite of the first one can tear a query, as before)."""
-    if lfs.exists(schema_file(table)):
-        return True
-    if first is None:
-        return False
     try:
-        lfs.ensure_schema_file(table, lfs.read_bytes(first))
+        if not lfs.exists(schema_file(table)):
+            if first is None:
+                return False
+            lfs.ensure_schema_file(table, lfs.read_bytes(first))
+        if first is None:
+            return True
+        # A schema file of other columns (the table's files changed since it was made) would make
+        # the view fail to bind: such a view lists the data files alone.
+        made = pq.read_schema(lfs.full(schema_file(table)))
+        return bool(made.equals(pq.read_schema(lfs.full(first)), check_metadata=False))
     except (OSError, LakeError, ValueError, pa.ArrowException):
         return False
-    return True
 
 
 def _duckdb_filesystem(lfs: LakeFS) -> fsspec.AbstractFileSystem:

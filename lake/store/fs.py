@@ -2,9 +2,9 @@
 
 Writes are atomic in one helper: on a local disk the bytes go to a hidden temp file in the target
 directory, are fsynced, then ``os.replace``d over the target (readers see the old file or the new
-one, never half of one); a parquet file is swapped under file leases so that a query between its
-two opens of the file is not torn (``lake.store.swap``). On object stores (``s3://``) a single PUT is already all-or-nothing, so the
-object is written in one request.
+one, never half of one); a parquet file is swapped under file leases, which spares most queries
+caught between their two opens of the file (``lake.store.swap``). On object stores (``s3://``) a
+single PUT is already all-or-nothing, so the object is written in one request.
 
 Locks serialise writers of one series across threads and processes of one machine with ``flock``
 on a local lock file. Object stores give no cross-machine lock, so a lake on an object store has

@@ -7,7 +7,7 @@ fails ("TProtocolException", "Could not read enough bytes", "Prefetch registered
 file") or, in principle, decodes the wrong bytes. Measured with ``bench/torn_reads``: ~4% of queries
 over 40 files rewritten continuously.
 
-On Linux a *write lease* (``fcntl(F_SETLEASE, F_WRLCK)``) closes that window:
+On Linux a *write lease* (``fcntl(F_SETLEASE, F_WRLCK)``) narrows that window:
 
 1. The lease is granted only while nobody else has the file open, so a reader between its two opens
    (its first handle still open) makes the writer wait and try again.
@@ -22,10 +22,14 @@ long is past its second open (both handles are taken back to back) and keeps rea
 file system or process where leases are not available (not Linux, NFS, files owned by another
 user) falls back to ``os.replace`` for good, once, with a debug log line.
 
-What this does not cover: DuckDB keeps the footer it read while *planning* a query for the first
-file of a glob and reuses it without holding the file open, so the views put a never-rewritten
-schema file first in their file lists (``lake.store.paths.schema_file``). Deleting a file a query
-has listed and not yet opened is a different race (the tail's, see ``lake.store.tail``).
+What this does not cover: a reader that looked the name up just before the rename and reaches the
+lease check only after the leases are released (a preempted reader); two readers that open the old
+and the new file during one swap (the swap stands, the one on the old file can tear); Polars, which
+closes the file between its metadata and data reads. DuckDB also keeps the footer it read while
+*planning* a query for the first file of a glob and reuses it without holding the file open, so the
+views put a never-rewritten schema file first in their file lists (``lake.store.schema_files``).
+Deleting a file a query has listed and not yet opened is a different race (the tail's, see
+``lake.store.tail``). Measured effect: BENCHMARKS.md, ``torn_reads``.
 """
 
 from __future__ import annotations
