@@ -106,9 +106,9 @@ class DuckReader(threading.Thread):
     errors, and results holding a candle twice (the tail and the partitions must add up exactly).
 
     ``torn`` counts queries that failed because a partition file was atomically replaced between
-    DuckDB's two opens of it (footer, then pages: see docs/architecture.md); on Linux the swaps are
-    guarded by file leases and none should happen. ``gone`` counts queries that listed a tail file the compactor deleted
-    before DuckDB opened it. Such a query is retried (twice at most) and only counts as an error if
+    DuckDB's two opens of it (footer, then pages: see docs/architecture.md); on Linux file leases
+    prevent most of them (lake.store.swap). ``gone`` counts queries that listed a tail file the
+    compactor deleted before DuckDB opened it. Such a query is retried (twice at most) and only counts as an error if
     the retries fail too (the rates are reported). Every other failure is an error.
     """
 
