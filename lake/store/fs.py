@@ -324,6 +324,10 @@ class LakeFS:
                 os.link(tmp, target)  # unlike rename, fails if another process created it first
             except FileExistsError:
                 return False
+            except OSError:  # no hard links here (FAT, some FUSE mounts): check, then rename
+                if os.path.exists(target):
+                    return False
+                os.replace(tmp, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

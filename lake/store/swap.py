@@ -118,7 +118,14 @@ def _try_swap(tmp: str, target: str) -> bool:
             new_leased = False
         directory, name = os.path.split(target)
         keep = os.path.join(directory, f".{name}.tmp-old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-        os.link(target, keep)
+        try:
+            os.link(target, keep)
+        except OSError as exc:  # a file system without hard links (FAT, some FUSE mounts)
+            _supported = False
+            log.debug("no hard links (%s): parquet files are replaced plainly", exc)
+            os.replace(tmp, target)
+            _count("plain")
+            return True
         try:
             os.rename(tmp, target)
         except BaseException:

@@ -232,3 +232,22 @@ def test_a_lock_free_reader_thread_sees_old_or_new(tmp_path) -> None:
     done.set()
     t.join()
     assert errors == []
+
+
+def test_a_file_system_without_hard_links_still_takes_writes(tmp_path, monkeypatch) -> None:
+    """FAT and some FUSE mounts grant leases but no hard links: writes fall back to renames."""
+
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    import lake.store.fs as fs_module
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(swap, "_supported", swap._supported)  # restored after the test
+    fs_module._SCHEMAS_MADE.clear()
+    df = random_candles(5, 300_000, 600, hole_rate=0.0)
+    write_klines(tmp_path, "usdt_perp", "5m", "AAAUSDT", df.head(300))
+    write_klines(tmp_path, "usdt_perp", "5m", "AAAUSDT", df)  # a rewrite of the existing partition
+    assert (tmp_path / schema_file("klines")).exists()
+    assert lake.scan_klines(str(tmp_path), "usdt_perp", "5m").collect().height == 600
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temp file left behind
