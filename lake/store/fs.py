@@ -344,7 +344,11 @@ class LakeFS:
                 return
             rel = schema_file(table)
             if not self.exists(rel):
-                self.create_once(rel, schema_bytes(data))
+                try:
+                    made = schema_bytes(data)
+                except (ValueError, OSError):  # not parquet (pyarrow's errors are ValueErrors)
+                    return  # the next parquet file of the table makes it
+                self.create_once(rel, made)
             _SCHEMAS_MADE.add(key)
 
     def _schema_first(self, rel: str, data: bytes) -> None:
