@@ -18,8 +18,8 @@ import polars as pl
 import typer
 
 from lake.cli_common import ConfigOpt, RootOpt, check_output, get_settings
-from lake.errors import DataError, ValidationError
-from lake.query.connect import VIEWS, connect, damaged_file, error_line, retry_torn
+from lake.errors import ValidationError
+from lake.query.connect import VIEWS, connect, error_line, retry_torn
 
 FORMATS = ("table", "csv", "json", "parquet")
 # Statement types that only read: DESCRIBE, SHOW and SUMMARIZE parse as SELECT.
@@ -126,8 +126,6 @@ def _run(con: duckdb.DuckDBPyConnection, query: str, fmt: str, output: Path | No
     try:
         df = retry_torn(run)  # read-only, so a torn read is simply run again
     except duckdb.Error as exc:
-        if damaged_file(exc):
-            raise DataError(f"cannot read the lake: {error_line(exc)}") from exc
         raise ValidationError(f"SQL error: {error_line(exc)}") from exc
     if df is None:
         return

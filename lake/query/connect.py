@@ -43,7 +43,7 @@ from lake.store.schema_files import schema_file
 from lake.store.tables import EXCHANGE_INFO_SCHEMA, FUNDING_SCHEMA
 from lake.store.tail import SETTLED_S, tail_feeds, tail_files
 
-__all__ = ["VIEWS", "connect", "damaged_file", "glob_escape", "register_views", "view_sql"]
+__all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
 # In dependency order: coverage reads klines, intervals and empty_ranges, latest klines,
 # compare offsets.
@@ -216,14 +216,9 @@ _TORN = (
     "Prefetch registered for bytes outside file",
     "invalid TType",
     "Could not convert Timestamp(",  # garbage bytes decoded as a timestamp
+    "too small to be a Parquet file",  # a file caught mid-swap, or damaged (then every retry fails)
+    "No magic bytes found",
 )
-# What DuckDB says of a file that is not parquet at all: damage, not a race.
-_DAMAGED = ("too small to be a Parquet file", "No magic bytes found")
-
-
-def damaged_file(exc: BaseException) -> bool:
-    """Whether a DuckDB error says a file it read is damaged (bad data, not a bad query)."""
-    return isinstance(exc, duckdb.Error) and (torn_read(exc) or any(t in str(exc) for t in _DAMAGED))
 
 
 def torn_read(exc: BaseException) -> bool:
@@ -272,8 +267,10 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
         if spec is not None and first is None:
             con.execute(_empty_view(name, spec.columns))
             empty.append(name)
-        elif name in _VIEW_TABLE and (
-            not lfs.is_local or not _schema_file_ready(lfs, _VIEW_TABLE[name], first)
+        elif (
+            first is not None
+            and name in _VIEW_TABLE
+            and (not lfs.is_local or not _schema_file_ready(lfs, _VIEW_TABLE[name], first))
         ):
             # An object store gets no torn-read guard (lake.store.swap is local), and listing the
             # schema file would cost a request per query.
@@ -295,19 +292,13 @@ _VIEW_TABLE = {
 _SCHEMA_LINE = re.compile(r"\n[^\n]*/_meta/schema/[^\n]*")
 
 
-def _schema_file_ready(lfs: LakeFS, table: str, first: str | None) -> bool:
-    """Whether ``table``'s schema file exists, creating it from the data file ``first`` if need be.
-    A lake written before schema files existed, opened read-only, has none: its views list the
-    data files alone (and a rewrite of the first one can tear a query, as before)."""
+def _schema_file_ready(lfs: LakeFS, table: str, first: str) -> bool:
+    """Whether ``table``'s schema file exists and matches the data file ``first`` (made from it if
+    missing). A lake written before schema files existed, opened read-only, has none, and a schema
+    file of other columns would make the view fail to bind: such views list the data files alone."""
     try:
         if not lfs.exists(schema_file(table)):
-            if first is None:
-                return False
             lfs.ensure_schema_file(table, lfs.read_bytes(first))
-        if first is None:
-            return True
-        # A schema file of other columns (the table's files changed since it was made) would make
-        # the view fail to bind: such a view lists the data files alone.
         made = pq.read_schema(lfs.full(schema_file(table)))
         return bool(made.equals(pq.read_schema(lfs.full(first)), check_metadata=False))
     except (OSError, LakeError, ValueError, pa.ArrowException):

@@ -85,10 +85,19 @@ def _release(fd: int) -> None:
     os.close(fd)
 
 
+def _give_up(tmp: str, target: str, why: OSError) -> bool:
+    """Replace plainly, and from now on in this process: the guard cannot work here."""
+    global _supported
+    _supported = False
+    log.debug("no lease-guarded swaps here (%s): parquet files are replaced plainly", why)
+    os.replace(tmp, target)
+    _count("plain")
+    return True
+
+
 def _try_swap(tmp: str, target: str) -> bool:
     """One attempt: True when ``tmp`` is now ``target``, False when a reader was in the way (``tmp``
     is still there)."""
-    global _supported
     try:
         old = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -106,11 +115,7 @@ def _try_swap(tmp: str, target: str) -> bool:
             if exc.errno in _BUSY:
                 _count("busy")
                 return False
-            _supported = False  # EINVAL (no lease support), EACCES (not the owner): for good
-            log.debug("file leases unavailable (%s): parquet files are replaced plainly", exc)
-            os.replace(tmp, target)
-            _count("plain")
-            return True
+            return _give_up(tmp, target, exc)  # EINVAL (no lease support), EACCES (not the owner)
         try:
             _lease(new)  # the temp file is normally open nowhere else
             new_leased = True
@@ -121,11 +126,7 @@ def _try_swap(tmp: str, target: str) -> bool:
         try:
             os.link(target, keep)
         except OSError as exc:  # a file system without hard links (FAT, some FUSE mounts)
-            _supported = False
-            log.debug("no hard links (%s): parquet files are replaced plainly", exc)
-            os.replace(tmp, target)
-            _count("plain")
-            return True
+            return _give_up(tmp, target, exc)
         try:
             os.rename(tmp, target)
         except BaseException:
