@@ -59,16 +59,23 @@ print(os.fstat(fd).st_ino == os.fstat(fd2).st_ino, flush=True)
 """
 
 
-def test_a_file_held_open_is_not_replaced_until_its_reader_is_done(tmp_path) -> None:
-    """A reader between its two opens holds the first: the swap waits, so both opens see one file."""
+def _held(tmp_path: Path, seconds: str) -> tuple[Path, Path, subprocess.Popen[str]]:
+    """``data.parquet`` ("old") held open by a reader process for ``seconds`` before its second
+    open, and its replacement ("new") in a temp file."""
     target = tmp_path / "data.parquet"
     target.write_bytes(b"old")
     holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(target), "0.4"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _HOLDER, str(target), seconds], stdout=subprocess.PIPE, text=True
     )
     assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
     tmp = tmp_path / ".data.parquet.tmp-1"
     tmp.write_bytes(b"new")
+    return target, tmp, holder
+
+
+def test_a_file_held_open_is_not_replaced_until_its_reader_is_done(tmp_path) -> None:
+    """A reader between its two opens holds the first: the swap waits, so both opens see one file."""
+    target, tmp, holder = _held(tmp_path, "0.4")
     busy = swap.STATS["busy"]
     t0 = time.monotonic()
     swap.replace_parquet(str(tmp), str(target))
@@ -81,14 +88,7 @@ def test_a_file_held_open_is_not_replaced_until_its_reader_is_done(tmp_path) -> 
 
 
 def test_a_reader_holding_a_file_past_the_wait_does_not_stop_the_writer(tmp_path) -> None:
-    target = tmp_path / "data.parquet"
-    target.write_bytes(b"old")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(target), "3"], stdout=subprocess.PIPE, text=True
-    )
-    assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-    tmp = tmp_path / ".data.parquet.tmp-1"
-    tmp.write_bytes(b"new")
+    target, tmp, holder = _held(tmp_path, "3")
     forced = swap.STATS["forced"]
     swap.replace_parquet(str(tmp), str(target), wait_s=0.3)
     assert target.read_bytes() == b"new" and swap.STATS["forced"] == forced + 1
