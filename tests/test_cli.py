@@ -94,13 +94,13 @@ def test_compact_moves_the_tail_into_partitions(tmp_path) -> None:
     feeds = json.loads(res.stdout)["feeds"]
     assert feeds == [
         {"trade_type": "usdt_perp", "interval": "1m", "files_compacted": 1, "candles": 5, "symbols": 1,
-         "files_deleted": 0, "failed": {}}
+         "files_retired": 0, "failed": {}}
     ]  # fmt: skip
     assert scan_klines(tmp_path, "usdt_perp", "1m", tail=False).collect().equals(before)
     assert scan_klines(tmp_path, "usdt_perp", "1m").collect().equals(before)
-    assert len(tail_files(LakeFS(tmp_path), "usdt_perp", "1m")) == 1  # deleted only after --grace
+    assert len(tail_files(LakeFS(tmp_path), "usdt_perp", "1m")) == 1  # retired only after --grace
     res = run("compact", "--grace", "0", "--root", str(tmp_path))
-    assert res.returncode == 0 and "1 old tail files deleted" in res.stdout
+    assert res.returncode == 0 and "1 old tail files retired" in res.stdout
     assert tail_files(LakeFS(tmp_path), "usdt_perp", "1m") == []
 
 

@@ -15,7 +15,8 @@ def compact(
     grace: Annotated[
         float,
         typer.Option(
-            "--grace", help="Delete compacted tail files this many seconds after (running queries)."
+            "--grace",
+            help="Retire compacted tail files (empty them for reuse) this many seconds after (running queries).",
         ),
     ] = 120.0,
     json_out: JsonOpt = False,
@@ -41,7 +42,7 @@ def compact(
                 "files_compacted": res.files_compacted,
                 "candles": res.rows,
                 "symbols": len(res.symbols),
-                "files_deleted": res.files_deleted,
+                "files_retired": res.files_retired,
                 "failed": res.failed,
             }
         )
@@ -53,7 +54,7 @@ def compact(
         if not json_out:
             typer.echo(
                 f"{r['trade_type']} {r['interval']}: {r['files_compacted']} tail files, {r['candles']} candles "
-                f"of {r['symbols']} symbols moved; {r['files_deleted']} old tail files deleted"
+                f"of {r['symbols']} symbols moved; {r['files_retired']} old tail files retired"
             )
         for sym, err in r["failed"].items():
             typer.echo(f"lake compact: {r['trade_type']} {r['interval']} {sym}: {err}", err=True)

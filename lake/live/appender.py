@@ -294,7 +294,7 @@ class KlineWriter:
         self.compactions = 0
         self.compacted_rows = 0
         self.partition_writes = 0
-        self.tail_files_deleted = 0
+        self.tail_files_retired = 0
         self.cache = PartitionCache()
         self._moved: set[str] = set()  # symbols compacted since take_compacted()
         self._moved_lock = threading.Lock()
@@ -384,7 +384,7 @@ class KlineWriter:
         )
         self.compactions += 1
         self.compacted_rows += res.rows
-        self.tail_files_deleted += res.files_deleted
+        self.tail_files_retired += res.files_retired
         with self._moved_lock:
             self._moved.update(res.symbols)
         return res

@@ -618,12 +618,12 @@ class LiveRunner:
             feed.offsets.note(moved)
         if res.files_compacted:
             log.debug(
-                "%s: compacted %d tail files (%d candles, %d symbols), deleted %d",
+                "%s: compacted %d tail files (%d candles, %d symbols), retired %d",
                 feed.name,
                 res.files_compacted,
                 res.rows,
                 len(res.symbols),
-                res.files_deleted,
+                res.files_retired,
             )
 
     async def _flush(self, feed: Feed) -> None:
@@ -1010,7 +1010,7 @@ class LiveRunner:
             "write_errors": feed.writer.errors,
             "compactions": feed.writer.compactions,
             "partition_writes": feed.writer.partition_writes,
-            "tail_files_deleted": feed.writer.tail_files_deleted,
+            "tail_files_retired": feed.writer.tail_files_retired,
             "pending_periods": len(pend),
             "watermark": iso(feed.published),
             "server_time": iso(feed.now_ms()),

@@ -20,6 +20,7 @@ fails on a young lake; reconnect (or call ``register_views`` again) once the fil
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -41,7 +42,7 @@ from lake.settings import load_settings
 from lake.store.fs import LakeFS
 from lake.store.schema_files import schema_file
 from lake.store.tables import EXCHANGE_INFO_SCHEMA, FUNDING_SCHEMA
-from lake.store.tail import SETTLED_S, tail_feeds, tail_files
+from lake.store.tail import SETTLED_S, tail_feeds, tail_files, upgrade_tail
 
 __all__ = ["VIEWS", "connect", "glob_escape", "register_views", "view_sql"]
 
@@ -253,6 +254,12 @@ def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] 
         # place. Its own instance, which lists afresh at every glob (see _duckdb_filesystem).
         fs = _duckdb_filesystem(lfs)
         con.register_filesystem(fs)
+    if lfs.is_local:
+        for tt, iv in tail_feeds(lfs):
+            # Tail files of an older lake lack the tail_seq column the view orders by. On a
+            # read-only lake they stay so, and the view fails naming one.
+            with contextlib.suppress(LakeError, OSError):
+                upgrade_tail(lfs, tt, iv)
     con.execute("SET VARIABLE lake_root = ?", [glob_escape(lfs.url_root)])
     con.execute("SET VARIABLE tail_settled_s = ?", [SETTLED_S])
     empty = []

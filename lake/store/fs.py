@@ -231,8 +231,10 @@ class LakeFS:
         return str(info.get("ETag") or info.get("LastModified") or info.get("mtime")) + f":{info.get('size')}"
 
     # -- writing -------------------------------------------------------------------------------
-    def write_atomic(self, rel: str, data: bytes) -> None:
-        """Replace ``rel`` with ``data`` so that no reader ever sees a partial file."""
+    def write_atomic(self, rel: str, data: bytes, *, guard: bool = True) -> None:
+        """Replace ``rel`` with ``data`` so that no reader ever sees a partial file. ``guard=False``
+        skips the torn-read guard of parquet files (``lake.store.swap``) for replacements that
+        cannot tear a read (see ``lake.store.tail``)."""
         target = self.full(rel)
         self._schema_first(rel, data)
         if not self.is_local:
@@ -249,7 +251,7 @@ class LakeFS:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if target.endswith(".parquet"):
+            if guard and target.endswith(".parquet"):
                 replace_parquet(tmp, target)  # readers may be between their two opens of it
             else:
                 os.replace(tmp, target)

@@ -32,10 +32,15 @@ TABLE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
+# A table whose files gained a column gets a new schema directory: the old schema file stays as it
+# was (it is never replaced) and a new one is made from a file with the column.
+_SCHEMA_DIR = {"klines_tail": "klines_tail.v2"}  # v2: tail_seq (lake.store.tail)
+
+
 def schema_file(table: str) -> str:
     """The schema file of ``table``, relative to the lake root."""
     keys = "/".join(f"{k}=_" for k in TABLE_KEYS[table])
-    return f"_meta/schema/{table}/{keys}/schema.parquet"
+    return f"_meta/schema/{_SCHEMA_DIR.get(table, table)}/{keys}/schema.parquet"
 
 
 def table_of(rel: str) -> str | None:

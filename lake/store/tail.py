@@ -6,18 +6,29 @@ the live writer stores each batch of closed candles, every symbol at once, as on
 
     klines_tail/trade_type=<tt>/interval=<iv>/<ns>-<pid>-<rand>.parquet    (symbol + kline columns)
 
-A tail file is never rewritten. Later, off the hot path, ``compact_tail`` upserts its rows into
-the partitions (``lake.store.klines.write_klines``) and records it as compacted; only
-``grace_s`` seconds after that is the file deleted. Readers (``scan_klines`` and the DuckDB
-``klines`` view) take every partition row whose key is **not** in the tail, plus the tail: a
-candle is in the tail, in a partition, or both, and the result has it exactly once. A reader can
-only miss a candle if it listed the partitions before a compaction and the tail more than
-``grace_s`` later, which a query planned in one go never does.
+Later, off the hot path, ``compact_tail`` upserts a tail file's rows into the partitions
+(``lake.store.klines.write_klines``) and records it as compacted. Readers (``scan_klines`` and the
+DuckDB ``klines`` view) take every partition row whose key is **not** in the tail, plus the tail: a
+candle is in the tail, in a partition, or both, and the result has it exactly once.
 
 A file compacted more than ``SETTLED_S`` seconds ago is no longer read: its rows are in the
 partitions, and a later write there (a repair, a re-uploaded archive day, a backfill after
-``lake live`` stopped) must not be hidden by the tail's older copy until the file is deleted. The
-seconds of margin cover a query that listed the partitions before that compaction created one.
+``lake live`` stopped) must not be hidden by the tail's older copy. The seconds of margin cover a
+query that listed the partitions before that compaction created one.
+
+**Files are retired, not deleted.** A query lists the tail files when it starts and opens them
+later; a file deleted in between fails the query (``No such file``). So ``grace_s`` after its
+compaction a file is *retired*: its bytes are kept and a parquet footer without row groups is
+appended (a *stub*: zero rows, same name). DuckDB opens a parquet file twice (footer, then pages,
+``lake.store.swap``); a reader that read the old footer finds the same pages at the same offsets in
+the stub, so retiring never tears a read, and no lease is needed. A later tail write reuses a stub
+that was retired at least ``WAIT_S`` seconds ago (a reader of a stub reads no pages, so replacing
+it cannot tear a read either; the wait covers a reader still between its two opens of the file
+before it was retired). Names are therefore reused, and the order of tail files is the
+``tail_seq`` column (nanoseconds at encoding), not the name; the compaction record names a file's
+contents as ``<name>#<tail_seq>``. On an object store retired files are deleted, as are stubs
+beyond ``MAX_STUBS`` (a burst of catch-up files would otherwise leave hundreds for every query to
+open).
 
 ``_empty.parquet`` (zero rows) keeps the directory non-empty once a live feed has started, so a
 DuckDB connection opened before the first candle already includes the tail in its view.
@@ -42,12 +53,15 @@ from lake.binance.intervals import parse_interval
 from lake.binance.klines import REST_FLOAT_FIELDS, klines_from_rest
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
-from lake.errors import DataError
+from lake.errors import DataError, LockTimeoutError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA
 from lake.store.fs import LakeFS
+from lake.store.swap import WAIT_S
 
 __all__ = [
     "EMPTY_FILE",
+    "MAX_STUBS",
+    "SEQ",
     "SETTLED_S",
     "TAIL_SCHEMA",
     "TAIL_TABLE",
@@ -59,6 +73,7 @@ __all__ = [
     "tail_dir",
     "tail_feeds",
     "tail_files",
+    "upgrade_tail",
     "write_tail",
     "write_tail_bytes",
 ]
@@ -66,8 +81,11 @@ __all__ = [
 TAIL_TABLE = "klines_tail"
 EMPTY_FILE = "_empty.parquet"
 TAIL_SCHEMA: dict[str, pl.DataType] = {"symbol": pl.String(), **KLINE_SCHEMA}
-_STATE = "_compacted.json"  # {file name: unix time it was compacted}
+SEQ = "tail_seq"  # in every tail file: when it was encoded (ns); the later file wins a candle
+FILE_SCHEMA: dict[str, pl.DataType] = {**TAIL_SCHEMA, SEQ: pl.Int64()}
+_STATE = "_compacted.json"  # {"<file name>#<tail_seq>": unix time it was compacted}
 SETTLED_S = 10.0  # compacted this long ago: readers skip the file (bound for sql/klines_tail.sql)
+MAX_STUBS = 64  # retired files kept for reuse per tail directory; more are deleted
 _KEY = ["symbol", "candle_begin_time"]
 
 
@@ -104,23 +122,40 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
         raise DataError("tail rows with a null symbol or candle_begin_time")
     for s in out["symbol"].unique().to_list():
         validate_symbol(s)
-    return out.sort(_KEY)
+    return out.sort(_KEY).with_columns(pl.lit(time.time_ns(), pl.Int64()).alias(SEQ))
+
+
+_STUB: bytes | None = None
+
+
+def _stub() -> bytes:
+    """A parquet file without rows (the directory's ``_empty.parquet``); its bytes after the leading
+    magic number are the footer appended to a retired file."""
+    global _STUB
+    if _STUB is None:
+        _STUB = _encode(pl.DataFrame(schema=FILE_SCHEMA))
+    return _STUB
+
+
+def _stub_footer() -> bytes:
+    return _stub()[4:]
 
 
 def ensure_tail(root: Root, trade_type: str, interval: str) -> None:
-    """Create the tail directory with its zero-row marker file (idempotent)."""
+    """Create the tail directory with its zero-row marker file, and bring files written by an older
+    version of lake up to date (``upgrade_tail``); idempotent."""
     lfs = _lfs(root)
     rel = f"{tail_dir(trade_type, interval)}/{EMPTY_FILE}"
     if not lfs.exists(rel):
-        lfs.write_atomic(rel, _encode(pl.DataFrame(schema=TAIL_SCHEMA)))
+        lfs.write_atomic(rel, _stub())
+    upgrade_tail(lfs, trade_type, interval)
 
 
 def write_tail(root: Root, trade_type: str, interval: str, df: pl.DataFrame) -> str | None:
-    """Store closed candles of any number of symbols as one new tail file; returns its path.
+    """Store closed candles of any number of symbols as one tail file; returns its path.
 
-    ``df`` has a ``symbol`` column and the kline columns. The file is written atomically under a
-    name that sorts after every earlier one (nanosecond clock, then pid), so when two tail files
-    hold the same candle the later one wins.
+    ``df`` has a ``symbol`` column and the kline columns. The file gets the ``tail_seq`` of this
+    moment, so when two tail files hold the same candle the later one wins.
     """
     if df.height == 0:
         return None
@@ -128,10 +163,26 @@ def write_tail(root: Root, trade_type: str, interval: str, df: pl.DataFrame) -> 
 
 
 def write_tail_bytes(root: Root, trade_type: str, interval: str, data: bytes) -> str:
-    """Store an encoded tail file (from ``encode_tail_rows``) atomically as a new file; its path."""
+    """Store an encoded tail file (from ``encode_tail_rows``) atomically; its path.
+
+    The name of a file retired a while ago (a stub) is reused when there is one, else the file gets
+    a new name."""
     lfs = _lfs(root)
+    base = tail_dir(trade_type, interval)
+    if lfs.is_local:
+        try:
+            # One writer at a time takes a stub; the compactor holds this lock while it deletes
+            # surplus stubs. Busy: a new name, rather than waiting on the hot path.
+            with lfs.lock(f"{base}/stubs", timeout=0):
+                stubs = _stubs(lfs, base, limit=1, retired_before=time.time() - WAIT_S)
+                if stubs:
+                    rel = f"{base}/{stubs[0]}"
+                    lfs.write_atomic(rel, data, guard=False)  # a stub's readers read no pages
+                    return rel
+        except LockTimeoutError:
+            pass
     name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:6]}.parquet"
-    rel = f"{tail_dir(trade_type, interval)}/{name}"
+    rel = f"{base}/{name}"
     lfs.write_atomic(rel, data)
     return rel
 
@@ -164,6 +215,7 @@ def encode_tail_rows(rows_by_symbol: Mapping[str, Sequence[Sequence[Any]]], sour
         table = None
     if table is None:
         return _encode(_conform(rows_frame(rows_by_symbol, source)))
+    table = table.append_column(SEQ, pa.array([time.time_ns()] * table.num_rows, pa.int64()))
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="NONE", use_dictionary=["symbol", "source"], store_schema=False)
     return bytes(sink.getvalue())
@@ -202,12 +254,56 @@ def rows_frame(rows_by_symbol: Mapping[str, Sequence[Sequence[Any]]], source: st
     return klines_from_rest(rows, source=source).with_columns(pl.Series("symbol", symbols, dtype=pl.String))
 
 
+def _is_stub(path: str, size: int) -> bool:
+    footer = _stub_footer()
+    if size < len(footer) + 4:
+        return False
+    with open(path, "rb") as f:
+        f.seek(size - len(footer))
+        return f.read() == footer
+
+
+def _data_names(
+    lfs: LakeFS, base: str, stubs_wanted: int | None = None, retired_before: float | None = None
+) -> list[tuple[str, bool]]:
+    """(name, is a stub) of the tail files in ``base``, in name order (the marker excluded); with
+    ``stubs_wanted``, only stubs (retired before ``retired_before``), no more than that many."""
+    if not lfs.is_local:  # (no stubs there: files are deleted)
+        names = [n for n in lfs.listdir(base) if n.endswith(".parquet") and n[:1].isdigit()]
+        return [] if stubs_wanted is not None else [(n, False) for n in names]
+    out = []
+    try:
+        entries = sorted(os.scandir(lfs.full(base)), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for e in entries:
+        if not (e.name.endswith(".parquet") and e.name[:1].isdigit()):
+            continue
+        try:
+            st = e.stat()
+            is_stub = _is_stub(e.path, st.st_size)
+        except FileNotFoundError:
+            continue
+        if stubs_wanted is None:
+            out.append((e.name, is_stub))
+        elif is_stub and (retired_before is None or st.st_mtime < retired_before):
+            out.append((e.name, True))
+            if len(out) >= stubs_wanted:
+                break
+    return out
+
+
+def _stubs(
+    lfs: LakeFS, base: str, limit: int | None = None, retired_before: float | None = None
+) -> list[str]:
+    wanted = limit if limit is not None else 1 << 30
+    return [n for n, _ in _data_names(lfs, base, stubs_wanted=wanted, retired_before=retired_before)]
+
+
 def tail_files(root: Root, trade_type: str, interval: str) -> list[str]:
-    """Names of the tail's data files, oldest first (the zero-row marker excluded)."""
+    """Names of the tail's files holding candles, in name order (marker and stubs excluded)."""
     lfs = _lfs(root)
-    return [
-        n for n in lfs.listdir(tail_dir(trade_type, interval)) if n.endswith(".parquet") and n[:1].isdigit()
-    ]
+    return [n for n, is_stub in _data_names(lfs, tail_dir(trade_type, interval)) if not is_stub]
 
 
 def tail_feeds(root: Root) -> list[tuple[str, str]]:
@@ -223,22 +319,52 @@ def tail_feeds(root: Root) -> list[tuple[str, str]]:
     return out
 
 
-def _read_files(lfs: LakeFS, base: str, names: Iterable[str]) -> list[pl.DataFrame]:
-    frames = []
+def _name_seq(name: str) -> int:
+    """The ``tail_seq`` of a file written before tail files had one: its name's nanoseconds."""
+    try:
+        return int(name.split("-", 1)[0])
+    except ValueError:
+        return 0
+
+
+def _frame(data: bytes, name: str) -> pl.DataFrame:
+    df = pl.read_parquet(io.BytesIO(data))
+    if SEQ not in df.columns:
+        df = df.with_columns(pl.lit(_name_seq(name), pl.Int64()).alias(SEQ))
+    return df.select(list(FILE_SCHEMA))
+
+
+def _read_files(lfs: LakeFS, base: str, names: Iterable[str]) -> dict[str, pl.DataFrame]:
+    """Each file's rows with its ``tail_seq`` column, by name (files gone since the listing skipped)."""
+    frames = {}
     for n in names:
         data = lfs.read_bytes_or_none(f"{base}/{n}")
         if data is None:
-            # Deleted since the listing: it was compacted at least grace_s ago, so its rows are
-            # in the partitions the caller reads.
+            # Deleted since the listing (only where files cannot be retired): it was compacted at
+            # least grace_s ago, so its rows are in the partitions the caller reads.
             continue
         try:
-            frames.append(pl.read_parquet(io.BytesIO(data)).select(list(TAIL_SCHEMA)))
+            frames[n] = _frame(data, n)
         except pl.exceptions.PolarsError as exc:
             raise DataError(
                 f"unreadable tail file {base}/{n} ({exc}); nothing was changed: move the file away "
                 "and run lake live or lake backfill again to refetch its candles"
             ) from exc
     return frames
+
+
+def _seq_of(df: pl.DataFrame, name: str) -> int:
+    return int(df[SEQ][0]) if df.height else -1
+
+
+def _newest_last(frames: Iterable[pl.DataFrame]) -> pl.DataFrame:
+    """The rows of several tail files, one per (symbol, candle_begin_time): the highest
+    ``tail_seq`` wins (then the later name, as the files were given in name order)."""
+    frames = list(frames)
+    if not frames:
+        return pl.DataFrame(schema=TAIL_SCHEMA)
+    df = pl.concat(frames, how="vertical").sort(SEQ, maintain_order=True)
+    return df.unique(_KEY, keep="last", maintain_order=True).sort(_KEY).select(list(TAIL_SCHEMA))
 
 
 def read_tail(
@@ -256,18 +382,19 @@ def read_tail(
     """
     lfs = _lfs(root)
     base = tail_dir(trade_type, interval)
+    settled: set[str] = set()
     if names is None:
         # the record before the listing: a file compacted in between is read, which is harmless
-        settled = time.time() - SETTLED_S
-        done = {n for n, t in _load_state(lfs, base).items() if t <= settled}
-        names = [n for n in tail_files(lfs, trade_type, interval) if n not in done]
-    frames = _read_files(lfs, base, names)
-    if not frames:
-        return pl.DataFrame(schema=TAIL_SCHEMA)
-    df = pl.concat(frames, how="vertical")
+        cutoff = time.time() - SETTLED_S
+        settled = {k for k, t in _load_state(lfs, base).items() if t <= cutoff}
+        names = tail_files(lfs, trade_type, interval)
+    frames = [
+        df for n, df in _read_files(lfs, base, names).items() if _state_key(n, _seq_of(df, n)) not in settled
+    ]
+    df = _newest_last(frames)
     if symbols is not None:
         df = df.filter(pl.col("symbol").is_in(list(symbols)))
-    return df.unique(_KEY, keep="last", maintain_order=True).sort(_KEY)
+    return df
 
 
 @dataclass
@@ -277,11 +404,16 @@ class CompactResult:
     files_compacted: int = 0
     rows: int = 0
     symbols: list[str] = field(default_factory=list)
-    files_deleted: int = 0
+    files_retired: int = 0  # compacted files emptied for reuse (or deleted where that is not possible)
     failed: dict[str, str] = field(default_factory=dict)  # symbol → error (its files are kept)
 
 
+def _state_key(name: str, seq: int) -> str:
+    return f"{name}#{seq}"
+
+
 def _load_state(lfs: LakeFS, base: str) -> dict[str, float]:
+    """{"<name>#<tail_seq>": unix time compacted}; an older record's bare names get their seq."""
     data = lfs.read_bytes_or_none(f"{base}/{_STATE}")
     if data is None:
         return {}
@@ -289,7 +421,54 @@ def _load_state(lfs: LakeFS, base: str) -> dict[str, float]:
         state = json.loads(data)
     except ValueError:
         return {}  # a lost state only means compacting some files again (an upsert, a no-op)
-    return {str(k): float(v) for k, v in state.items()} if isinstance(state, dict) else {}
+    if not isinstance(state, dict):
+        return {}
+    return {(k if "#" in k else _state_key(k, _name_seq(k))): float(v) for k, v in state.items()}
+
+
+def upgrade_tail(root: Root, trade_type: str, interval: str) -> int:
+    """Give tail files written before tail files had a ``tail_seq`` column that column (from their
+    name), so the ``klines_tail`` view can read them; how many were rewritten. Local lakes only:
+    on an object store such files are left as they are."""
+    lfs = _lfs(root)
+    if not lfs.is_local:
+        return 0
+    base = tail_dir(trade_type, interval)
+    done = 0
+    for n in tail_files(lfs, trade_type, interval):
+        try:
+            names = pq.read_schema(lfs.full(f"{base}/{n}")).names
+        except (OSError, pa.ArrowException):
+            continue  # gone, or damaged (reported by the readers)
+        if SEQ in names:
+            continue
+        with lfs.lock(f"{base}/compact"):
+            data = lfs.read_bytes_or_none(f"{base}/{n}")
+            if data is None or SEQ in pq.read_schema(io.BytesIO(data)).names:
+                continue
+            lfs.write_atomic(f"{base}/{n}", _encode(_frame(data, n)))
+            done += 1
+    return done
+
+
+def _retire(lfs: LakeFS, base: str, name: str, seq: int) -> bool:
+    """Turn the compacted file ``name`` into a stub (module doc) if it still holds the contents
+    ``seq``, or delete it on an object store; whether it was retired."""
+    rel = f"{base}/{name}"
+    if not lfs.is_local:
+        lfs.remove(rel)
+        return True
+    data = lfs.read_bytes_or_none(rel)
+    if data is None or data.endswith(_stub_footer()):
+        return False
+    try:
+        current = _seq_of(_frame(data, name), name)
+    except pl.exceptions.PolarsError:
+        return False  # damaged since: readers report it; keep it for the user to inspect
+    if current != seq:
+        return False  # refilled already (a crash between retiring and recording it): new candles
+    lfs.write_atomic(rel, data + _stub_footer(), guard=False)  # the old pages stay where they were
+    return True
 
 
 def compact_tail(
@@ -301,7 +480,7 @@ def compact_tail(
     write: Callable[[str, pl.DataFrame], None] | None = None,
     now: Callable[[], float] = time.time,
 ) -> CompactResult:
-    """Upsert every not-yet-compacted tail file into the partitions; delete files compacted long ago.
+    """Upsert every not-yet-compacted tail file into the partitions; retire files compacted long ago.
 
     ``write(symbol, rows)`` stores one symbol's rows (kline columns); the default is
     ``write_klines``. A symbol whose write fails keeps its files un-compacted for the next call.
@@ -321,16 +500,12 @@ def compact_tail(
     out = CompactResult()
     with lfs.lock(f"{base}/compact"):
         state = _load_state(lfs, base)
-        names = tail_files(lfs, tt, iv)
-        state = {n: t for n, t in state.items() if n in names}  # forget files already deleted
-        todo = [n for n in names if n not in state]
+        frames = _read_files(lfs, base, tail_files(lfs, tt, iv))
+        current = {_state_key(n, _seq_of(df, n)): df for n, df in frames.items()}
+        state = {k: t for k, t in state.items() if k in current}  # forget retired contents
+        todo = [k for k in current if k not in state]
         if todo:
-            frames = _read_files(lfs, base, todo)
-            df = (
-                pl.concat(frames, how="vertical").unique(_KEY, keep="last", maintain_order=True).sort(_KEY)
-                if frames
-                else pl.DataFrame(schema=TAIL_SCHEMA)
-            )
+            df = _newest_last(current[k] for k in todo)
             for (sym,), part in df.partition_by("symbol", as_dict=True, maintain_order=True).items():
                 try:
                     write(str(sym), part.select(KLINE_COLUMNS))
@@ -341,13 +516,28 @@ def compact_tail(
                 out.rows += part.height
             if not out.failed:
                 stamp = now()
-                for n in todo:
-                    state[n] = stamp
+                for k in todo:
+                    state[k] = stamp
                 out.files_compacted = len(todo)
         cutoff = now() - grace_s
-        for n in [n for n, t in state.items() if t <= cutoff]:
-            lfs.remove(f"{base}/{n}")
-            del state[n]
-            out.files_deleted += 1
+        for k in [k for k, t in state.items() if t <= cutoff]:
+            name, seq = k.rsplit("#", 1)
+            if _retire(lfs, base, name, int(seq)):
+                out.files_retired += 1
+            del state[k]
         lfs.write_atomic(f"{base}/{_STATE}", json.dumps(state, sort_keys=True).encode())
+        if lfs.is_local:
+            _trim_stubs(lfs, base)
     return out
+
+
+def _trim_stubs(lfs: LakeFS, base: str) -> None:
+    """Delete stubs beyond ``MAX_STUBS`` (a burst of catch-up files would otherwise leave hundreds
+    of empty files for every query to open); the newest names go first."""
+    try:
+        with lfs.lock(f"{base}/stubs", timeout=5.0):
+            stubs = _stubs(lfs, base)
+            for n in stubs[MAX_STUBS:]:
+                lfs.remove(f"{base}/{n}")
+    except LockTimeoutError:
+        pass

@@ -4,6 +4,7 @@ version winning; compaction moves them without changing what readers see."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import time
 
 import polars as pl
@@ -103,7 +104,7 @@ def test_each_candle_once_tail_wins_before_and_after_compaction(tmp_path_factory
 
     files = tail_files(lfs, TT, IV)
     res = compact_tail(lfs, TT, IV, grace_s=0)  # grace over: the tail files go
-    assert res.files_compacted == 0 and res.files_deleted == len(files)
+    assert res.files_compacted == 0 and res.files_retired == len(files)
     assert tail_files(lfs, TT, IV) == []
     assert read_all(root).equals(want)
     assert read_view(root).equals(want)
@@ -174,7 +175,7 @@ def test_a_failed_symbol_keeps_its_tail_files(tmp_path) -> None:
         write_klines(lfs, TT, IV, sym, rows)
 
     res = compact_tail(lfs, TT, IV, grace_s=0, write=flaky)
-    assert res.failed.keys() == {"BBBUSDT"} and res.files_compacted == 0 and res.files_deleted == 0
+    assert res.failed.keys() == {"BBBUSDT"} and res.files_compacted == 0 and res.files_retired == 0
     assert len(tail_files(lfs, TT, IV)) == 1
     assert read_all(tmp_path).height == 2
     res = compact_tail(lfs, TT, IV, grace_s=0)  # next time it works; then the grace (0) is over
@@ -243,7 +244,10 @@ def test_fast_tail_encoding_equals_the_general_conversion(batch) -> None:
     fast = pl.read_parquet(io.BytesIO(data))
     general = pl.read_parquet(io.BytesIO(_encode(_conform(rows_frame(batch, "ws")))))
     assert fast.schema == general.schema
-    assert fast.equals(general)
+    # the same rows; tail_seq is the moment each was encoded, one value per file
+    assert fast.drop("tail_seq").equals(general.drop("tail_seq"))
+    assert fast["tail_seq"].n_unique() == general["tail_seq"].n_unique() == 1
+    assert fast["tail_seq"][0] <= general["tail_seq"][0]
     assert fast.height == sum(len(rs) for rs in batch.values())
 
 
@@ -265,3 +269,128 @@ def test_fast_tail_encoding_falls_back_and_rejects_like_the_general_one() -> Non
         encode_tail_rows({"BTCUSDT": [row[:5]]}, "ws")
     with pytest.raises(ValidationError):
         encode_tail_rows({"../etc": [row]}, "ws")
+
+
+# -- retired files: emptied and reused, never deleted while leases work ---------------------------
+
+
+def _names(root, tt=TT, iv=IV) -> list[str]:
+    from lake.store.tail import tail_dir
+
+    d = os.path.join(str(root), tail_dir(tt, iv))
+    return sorted(n for n in os.listdir(d) if n[:1].isdigit())
+
+
+def _age(root, seconds: float = 10.0) -> None:
+    """Make the tail's stubs look retired ``seconds`` ago (only those are reused)."""
+    from lake.store.tail import tail_dir
+
+    d = os.path.join(str(root), tail_dir(TT, IV))
+    t = time.time() - seconds
+    for n in os.listdir(d):
+        os.utime(os.path.join(d, n), (t, t))
+
+
+def test_retired_files_stay_as_stubs_and_their_names_are_reused(tmp_path) -> None:
+    """A query lists the tail files before it opens them: a retired file keeps its name (zero rows)
+    and a later tail write takes that name instead of a new one."""
+    lfs = LakeFS(tmp_path)
+    ensure_tail(lfs, TT, IV)
+    first = write_tail(lfs, TT, IV, candles("BTCUSDT", [T0, T0 + M], 2.0, "ws"))
+    assert first is not None
+    before = (tmp_path / first).read_bytes()
+    compact_tail(lfs, TT, IV, grace_s=3600)
+    res = compact_tail(lfs, TT, IV, grace_s=0)
+    assert res.files_retired == 1 and res.files_compacted == 0
+    names = _names(tmp_path)
+    assert names == [first.rsplit("/", 1)[1]]  # still there: a stub
+    stub = (tmp_path / first).read_bytes()
+    assert stub.startswith(before)  # the old pages where they were, for a reader of the old footer
+    assert pl.read_parquet(tmp_path / first).height == 0
+    import duckdb
+
+    con = duckdb.connect()
+    assert con.execute("SELECT count(*) FROM read_parquet(?)", [str(tmp_path / first)]).fetchall() == [(0,)]
+    con.close()
+    assert tail_files(lfs, TT, IV) == []
+    want = candles("BTCUSDT", [T0, T0 + M], 2.0, "ws")
+    assert read_all(str(tmp_path)).equals(want) and read_view(str(tmp_path)).equals(want)
+
+    fresh = write_tail(lfs, TT, IV, candles("BTCUSDT", [T0 + 2 * M], 3.0, "ws"))
+    assert fresh != first  # retired a moment ago: a reader may still be between its two opens
+    _age(tmp_path)
+    again = write_tail(lfs, TT, IV, candles("BTCUSDT", [T0 + 3 * M], 3.0, "ws"))
+    assert again == first and len(_names(tmp_path)) == 2  # the stub's name, no new file
+    assert tail_files(lfs, TT, IV) == sorted(n.rsplit("/", 1)[1] for n in (first, fresh))
+    want = pl.concat([want, candles("BTCUSDT", [T0 + 2 * M, T0 + 3 * M], 3.0, "ws")])
+    assert read_all(str(tmp_path)).equals(want) and read_view(str(tmp_path)).equals(want)
+    res = compact_tail(lfs, TT, IV, grace_s=3600)  # the refilled contents are new: compacted
+    assert res.files_compacted == 2 and res.rows == 2
+    assert scan_klines(tmp_path, TT, IV, tail=False).collect().sort(KEY).equals(want)
+
+
+def test_a_reused_name_does_not_decide_which_file_wins(tmp_path) -> None:
+    """With names reused, the later write is the higher tail_seq, not the later name."""
+    from lake.store.tail import encode_tail_rows, write_tail_bytes
+
+    lfs = LakeFS(tmp_path)
+    a = write_tail(lfs, TT, IV, candles("BTCUSDT", [T0], 1.0, "ws"))
+    b = write_tail(lfs, TT, IV, candles("BTCUSDT", [T0 + M], 1.0, "ws"))
+    assert a is not None and b is not None and a < b
+    compact_tail(lfs, TT, IV, grace_s=3600)
+    compact_tail(lfs, TT, IV, grace_s=0)
+    _age(tmp_path)
+    row = [T0 + 5 * M, "1", "2", "0.5", "{}", "10", T0 + 6 * M - 1, "15", 3, "5", "7", "0"]
+    older = encode_tail_rows({"BTCUSDT": [[*row[:4], "5", *row[5:]]]}, "ws")
+    newer = encode_tail_rows({"BTCUSDT": [[*row[:4], "6", *row[5:]]]}, "ws")
+    assert older is not None and newer is not None
+    assert write_tail_bytes(lfs, TT, IV, newer) == a  # the newer candle gets the lower name
+    assert write_tail_bytes(lfs, TT, IV, older) == b
+    assert read_tail(lfs, TT, IV)["close"].to_list() == [6.0]
+    got = read_view(str(tmp_path))
+    assert got.filter(pl.col("candle_begin_time").dt.epoch("ms") == T0 + 5 * M)["close"].to_list() == [6.0]
+    assert got.height == 3 and read_all(str(tmp_path)).equals(got)
+    compact_tail(lfs, TT, IV, grace_s=3600)
+    assert scan_klines(tmp_path, TT, IV, tail=False).collect().sort(KEY).equals(got)
+
+
+def test_surplus_stubs_are_deleted(tmp_path) -> None:
+    from lake.store.tail import MAX_STUBS
+
+    lfs = LakeFS(tmp_path)
+    for i in range(MAX_STUBS + 6):  # no stub yet: each write makes a new file
+        assert write_tail(lfs, TT, IV, candles("BTCUSDT", [T0 + i * M], 1.0, "ws")) is not None
+    assert len(tail_files(lfs, TT, IV)) == MAX_STUBS + 6
+    compact_tail(lfs, TT, IV, grace_s=3600)
+    res = compact_tail(lfs, TT, IV, grace_s=0)
+    assert res.files_retired == MAX_STUBS + 6
+    assert len(_names(tmp_path)) == MAX_STUBS and tail_files(lfs, TT, IV) == []
+    assert scan_klines(tmp_path, TT, IV).collect().height == MAX_STUBS + 6
+
+
+def test_tail_files_of_an_older_lake_are_upgraded(tmp_path) -> None:
+    """Tail files and compaction records written before tail_seq existed: named by write time, the
+    record keyed by name. lake.connect and the compactor give the files the column."""
+    import json
+
+    from lake.store.tail import _conform, _encode, tail_dir
+
+    lfs = LakeFS(tmp_path)
+    d = tmp_path / tail_dir(TT, IV)
+    d.mkdir(parents=True)
+    old = [
+        ("00000000000000000001-1-aaaaaa.parquet", candles("BTCUSDT", [T0, T0 + M], 2.0, "ws")),
+        ("00000000000000000002-1-bbbbbb.parquet", candles("BTCUSDT", [T0 + M], 3.0, "ws")),
+    ]
+    for name, df in old:
+        (d / name).write_bytes(_encode(_conform(df).drop("tail_seq")))
+    (d / "_compacted.json").write_text(json.dumps({}))
+    want = pl.concat([candles("BTCUSDT", [T0], 2.0, "ws"), candles("BTCUSDT", [T0 + M], 3.0, "ws")])
+    assert read_all(str(tmp_path)).equals(want)  # Polars: the name gives the order
+    assert read_view(str(tmp_path)).equals(want)  # connect upgraded the files
+    assert pl.read_parquet(d / old[1][0])["tail_seq"].to_list() == [2]
+    compact_tail(lfs, TT, IV, grace_s=3600)
+    assert scan_klines(tmp_path, TT, IV, tail=False).collect().sort(KEY).equals(want)
+    # a record of the old form (bare names) still means: compacted
+    (d / "_compacted.json").write_text(json.dumps({n: 1.0 for n, _ in old}))
+    assert compact_tail(lfs, TT, IV, grace_s=3600).files_compacted == 0
