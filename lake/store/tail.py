@@ -435,6 +435,13 @@ def upgrade_tail(root: Root, trade_type: str, interval: str) -> int:
         return 0
     base = tail_dir(trade_type, interval)
     done = 0
+    try:
+        marker_ok = SEQ in pq.read_schema(lfs.full(f"{base}/{EMPTY_FILE}")).names
+    except (OSError, pa.ArrowException):
+        marker_ok = True  # none (ensure_tail makes it) or damaged (reported by the readers)
+    if not marker_ok:
+        lfs.write_atomic(f"{base}/{EMPTY_FILE}", _stub())  # zero rows: nothing to tear
+        done += 1
     for n in tail_files(lfs, trade_type, interval):
         try:
             names = pq.read_schema(lfs.full(f"{base}/{n}")).names

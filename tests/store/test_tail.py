@@ -382,13 +382,14 @@ def test_tail_files_of_an_older_lake_are_upgraded(tmp_path) -> None:
         ("00000000000000000001-1-aaaaaa.parquet", candles("BTCUSDT", [T0, T0 + M], 2.0, "ws")),
         ("00000000000000000002-1-bbbbbb.parquet", candles("BTCUSDT", [T0 + M], 3.0, "ws")),
     ]
-    for name, df in old:
+    for name, df in [*old, ("_empty.parquet", candles("BTCUSDT", [], 1.0))]:
         (d / name).write_bytes(_encode(_conform(df).drop("tail_seq")))
     (d / "_compacted.json").write_text(json.dumps({}))
     want = pl.concat([candles("BTCUSDT", [T0], 2.0, "ws"), candles("BTCUSDT", [T0 + M], 3.0, "ws")])
     assert read_all(str(tmp_path)).equals(want)  # Polars: the name gives the order
     assert read_view(str(tmp_path)).equals(want)  # connect upgraded the files
     assert pl.read_parquet(d / old[1][0])["tail_seq"].to_list() == [2]
+    assert "tail_seq" in pl.read_parquet(d / "_empty.parquet").columns
     compact_tail(lfs, TT, IV, grace_s=3600)
     assert scan_klines(tmp_path, TT, IV, tail=False).collect().sort(KEY).equals(want)
     # a record of the old form (bare names) still means: compacted
