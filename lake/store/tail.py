@@ -41,7 +41,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,9 +174,10 @@ def write_tail_bytes(root: Root, trade_type: str, interval: str, data: bytes) ->
             # One writer at a time takes a stub; the compactor holds this lock while it deletes
             # surplus stubs. Busy: a new name, rather than waiting on the hot path.
             with lfs.lock(f"{base}/stubs", timeout=0):
-                stubs = _stubs(lfs, base, limit=1, retired_before=time.time() - WAIT_S)
-                if stubs:
-                    rel = f"{base}/{stubs[0]}"
+                cutoff = time.time() - WAIT_S
+                stub = next((n for n, is_stub, t in _entries(lfs, base) if is_stub and t < cutoff), None)
+                if stub is not None:
+                    rel = f"{base}/{stub}"
                     lfs.write_atomic(rel, data, guard=False)  # a stub's readers read no pages
                     return rel
         except LockTimeoutError:
@@ -263,47 +264,32 @@ def _is_stub(path: str, size: int) -> bool:
         return f.read() == footer
 
 
-def _data_names(
-    lfs: LakeFS, base: str, stubs_wanted: int | None = None, retired_before: float | None = None
-) -> list[tuple[str, bool]]:
-    """(name, is a stub) of the tail files in ``base``, in name order (the marker excluded); with
-    ``stubs_wanted``, only stubs (retired before ``retired_before``), no more than that many."""
-    if not lfs.is_local:  # (no stubs there: files are deleted)
-        names = [n for n in lfs.listdir(base) if n.endswith(".parquet") and n[:1].isdigit()]
-        return [] if stubs_wanted is not None else [(n, False) for n in names]
-    out = []
+def _entries(lfs: LakeFS, base: str) -> Iterator[tuple[str, bool, float]]:
+    """(name, is a stub, mtime) of the tail files in ``base``, in name order (the marker excluded),
+    read lazily so a caller after one stub stops early. On an object store: no stubs, no mtime."""
+    if not lfs.is_local:
+        for n in lfs.listdir(base):
+            if n.endswith(".parquet") and n[:1].isdigit():
+                yield n, False, 0.0
+        return
     try:
         entries = sorted(os.scandir(lfs.full(base)), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return
     for e in entries:
         if not (e.name.endswith(".parquet") and e.name[:1].isdigit()):
             continue
         try:
             st = e.stat()
-            is_stub = _is_stub(e.path, st.st_size)
+            yield e.name, _is_stub(e.path, st.st_size), st.st_mtime
         except FileNotFoundError:
             continue
-        if stubs_wanted is None:
-            out.append((e.name, is_stub))
-        elif is_stub and (retired_before is None or st.st_mtime < retired_before):
-            out.append((e.name, True))
-            if len(out) >= stubs_wanted:
-                break
-    return out
-
-
-def _stubs(
-    lfs: LakeFS, base: str, limit: int | None = None, retired_before: float | None = None
-) -> list[str]:
-    wanted = limit if limit is not None else 1 << 30
-    return [n for n, _ in _data_names(lfs, base, stubs_wanted=wanted, retired_before=retired_before)]
 
 
 def tail_files(root: Root, trade_type: str, interval: str) -> list[str]:
     """Names of the tail's files holding candles, in name order (marker and stubs excluded)."""
     lfs = _lfs(root)
-    return [n for n, is_stub in _data_names(lfs, tail_dir(trade_type, interval)) if not is_stub]
+    return [n for n, is_stub, _ in _entries(lfs, tail_dir(trade_type, interval)) if not is_stub]
 
 
 def tail_feeds(root: Root) -> list[tuple[str, str]]:
@@ -353,7 +339,7 @@ def _read_files(lfs: LakeFS, base: str, names: Iterable[str]) -> dict[str, pl.Da
     return frames
 
 
-def _seq_of(df: pl.DataFrame, name: str) -> int:
+def _seq_of(df: pl.DataFrame) -> int:
     return int(df[SEQ][0]) if df.height else -1
 
 
@@ -389,7 +375,7 @@ def read_tail(
         settled = {k for k, t in _load_state(lfs, base).items() if t <= cutoff}
         names = tail_files(lfs, trade_type, interval)
     frames = [
-        df for n, df in _read_files(lfs, base, names).items() if _state_key(n, _seq_of(df, n)) not in settled
+        df for n, df in _read_files(lfs, base, names).items() if _state_key(n, _seq_of(df)) not in settled
     ]
     df = _newest_last(frames)
     if symbols is not None:
@@ -434,14 +420,12 @@ def upgrade_tail(root: Root, trade_type: str, interval: str) -> int:
     if not lfs.is_local:
         return 0
     base = tail_dir(trade_type, interval)
-    done = 0
     try:
-        marker_ok = SEQ in pq.read_schema(lfs.full(f"{base}/{EMPTY_FILE}")).names
+        if SEQ in pq.read_schema(lfs.full(f"{base}/{EMPTY_FILE}")).names:
+            return 0  # written or upgraded by this version (the marker is upgraded last)
     except (OSError, pa.ArrowException):
-        marker_ok = True  # none (ensure_tail makes it) or damaged (reported by the readers)
-    if not marker_ok:
-        lfs.write_atomic(f"{base}/{EMPTY_FILE}", _stub())  # zero rows: nothing to tear
-        done += 1
+        return 0  # no marker: written by this version (older ones made it first); damaged: readers say
+    done = 0
     for n in tail_files(lfs, trade_type, interval):
         try:
             names = pq.read_schema(lfs.full(f"{base}/{n}")).names
@@ -455,7 +439,8 @@ def upgrade_tail(root: Root, trade_type: str, interval: str) -> int:
                 continue
             lfs.write_atomic(f"{base}/{n}", _encode(_frame(data, n)))
             done += 1
-    return done
+    lfs.write_atomic(f"{base}/{EMPTY_FILE}", _stub())  # zero rows: nothing to tear
+    return done + 1
 
 
 def _retire(lfs: LakeFS, base: str, name: str, seq: int) -> bool:
@@ -469,7 +454,7 @@ def _retire(lfs: LakeFS, base: str, name: str, seq: int) -> bool:
     if data is None or data.endswith(_stub_footer()):
         return False
     try:
-        current = _seq_of(_frame(data, name), name)
+        current = _seq_of(_frame(data, name))
     except pl.exceptions.PolarsError:
         return False  # damaged since: readers report it; keep it for the user to inspect
     if current != seq:
@@ -508,7 +493,7 @@ def compact_tail(
     with lfs.lock(f"{base}/compact"):
         state = _load_state(lfs, base)
         frames = _read_files(lfs, base, tail_files(lfs, tt, iv))
-        current = {_state_key(n, _seq_of(df, n)): df for n, df in frames.items()}
+        current = {_state_key(n, _seq_of(df)): df for n, df in frames.items()}
         state = {k: t for k, t in state.items() if k in current}  # forget retired contents
         todo = [k for k in current if k not in state]
         if todo:
@@ -543,8 +528,8 @@ def _trim_stubs(lfs: LakeFS, base: str) -> None:
     of empty files for every query to open); the newest names go first."""
     try:
         with lfs.lock(f"{base}/stubs", timeout=5.0):
-            stubs = _stubs(lfs, base)
+            stubs = [n for n, is_stub, _ in _entries(lfs, base) if is_stub]
             for n in stubs[MAX_STUBS:]:
                 lfs.remove(f"{base}/{n}")
     except LockTimeoutError:
-        pass
+        pass  # writers busy with stubs: the next compaction trims
