@@ -51,7 +51,7 @@ from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.binance.klines import REST_FLOAT_FIELDS, klines_from_rest
 from lake.binance.markets import Endpoints, TradeType, get_trade_type
 from lake.binance.symbols import validate_symbol
-from lake.errors import IncompleteError, LakeError, ValidationError
+from lake.errors import IncompleteError, LakeError, NotFoundError, ValidationError
 from lake.ingest.funding import sync_funding
 from lake.ingest.pages import Page, answer_gaps, missing_ranges, plan_pages
 from lake.ingest.rest_client import RestClient
@@ -412,6 +412,7 @@ class _MarketRun:
         self.workers = workers
         self.abort_after = abort_after
         self.unknown_symbols = unknown_symbols
+        self.claimed: set[str] = set()  # whitelisted symbols a trade type of this market lists
         self.flush_partitions = 8
         self.pool = pool
         self.progress = progress
@@ -445,14 +446,15 @@ class _MarketRun:
         record_until = max(s, min(e, self.iv.floor(now - self.settle_ms)))
         for tt in self.tts:
             wanted = self.symbols.get(tt.name)
-            if wanted is not None and self.unknown_symbols == "skip":
+            if wanted is not None and self.unknown_symbols in ("skip", "shared"):
                 known = {x.symbol for x in snap.members(tt, trading_only=False)}
                 skipped = [x for x in wanted if x not in known]
-                if skipped:
+                if skipped and self.unknown_symbols == "skip":
                     log.warning(
                         "%s: skipping symbols unknown to exchangeInfo: %s", tt.name, ", ".join(skipped)
                     )
                 wanted = [x for x in wanted if x in known]
+                self.claimed.update(wanted)
             uni: Universe = universe(snap, tt, wanted)
             log.info(
                 "%s %s: %d symbols, %s → %s (server now %s)",
@@ -489,11 +491,15 @@ class _MarketRun:
                 self.progress.update(self.tasks[tt.name], completed=self.done_by_tt[tt.name])
 
     # -- fetching --------------------------------------------------------------------------------
-    async def run(self) -> None:
+    async def prepare(self) -> None:
+        """Plan the market's series (exchangeInfo, the stored candles); nothing is fetched yet."""
         self.weight0, self.requests0 = self.client.stats.weight, self.client.stats.requests
         self.status0 = dict(self.client.stats.status)
         self.t0_server = self.client.clock.now_ms()
         await self.plan()
+
+    async def run(self) -> None:
+        """Fetch and store what ``prepare`` planned."""
         ticker = asyncio.create_task(self._tick())
         try:
             async with asyncio.TaskGroup() as tg:
@@ -855,9 +861,10 @@ async def backfill(
 ) -> BackfillReport:
     """Fill ``[start, end)`` (or the last ``days``) of ``interval`` klines for ``trade_types``.
 
-    ``symbols``: a whitelist for every trade type, or ``{trade_type: [...]}``; default the TRADING
-    universe. ``unknown_symbols="error"`` raises ``NotFoundError`` naming symbols exchangeInfo does
-    not list; ``"skip"`` logs and skips them. ``clients`` maps market name → an open ``RestClient``
+    ``symbols``: a whitelist, or ``{trade_type: [...]}``; default the TRADING universe. A whitelist
+    given with several trade types is shared: each trade type takes the symbols it lists, and only a
+    symbol none of them lists is unknown. ``unknown_symbols="error"`` raises ``NotFoundError`` naming
+    the unknown symbols before anything is fetched; ``"skip"`` logs and skips them. ``clients`` maps market name → an open ``RestClient``
     to reuse (not closed here); other markets get a client built from ``settings`` (or from
     ``endpoints``/``state_dir``). Trade types run concurrently, one client per market. ``skip``
     (``{trade_type: {symbol: [(start_ms, end_ms), …]}}``) leaves those ranges alone this run
@@ -881,6 +888,8 @@ async def backfill(
             per_tt[tt.name] = None if got is None else [validate_symbol(x) for x in got]
         else:
             per_tt[tt.name] = [validate_symbol(x) for x in symbols]
+    # a plain whitelist with several trade types is shared: each takes the symbols it lists
+    shared = symbols is not None and not isinstance(symbols, Mapping) and len(tts) > 1
     by_market: dict[str, list[TradeType]] = {}
     for tt in tts:
         by_market.setdefault(tt.market_name, []).append(tt)
@@ -915,12 +924,25 @@ async def backfill(
                     settle_ms=settle_ms,
                     workers=n,
                     abort_after=abort_after,
-                    unknown_symbols=unknown_symbols,
+                    unknown_symbols="shared" if shared else unknown_symbols,
                     pool=pool,
                     progress=progress,
                     skip=skip,
                 )
             )
+        async with asyncio.TaskGroup() as tg:
+            for r in runs:
+                tg.create_task(r.prepare())
+        if shared:
+            # one whitelist for several trade types: each took the symbols it lists; a symbol none
+            # of them lists is a typo (or of another type), an error before anything is fetched
+            claimed = set().union(*(r.claimed for r in runs))
+            absent = [x for x in dict.fromkeys(symbols or ()) if validate_symbol(x) not in claimed]
+            if absent and unknown_symbols == "error":
+                names = ", ".join(t.name for t in tts)
+                raise NotFoundError(f"unknown {names} symbol(s): {', '.join(absent)}")
+            if absent:
+                log.warning("skipping symbols no trade type lists: %s", ", ".join(absent))
         async with asyncio.TaskGroup() as tg:
             for r in runs:
                 tg.create_task(r.run())

@@ -326,5 +326,37 @@ async def test_symbol_unknown_to_exchange_info_with_the_archive_listing_down_is_
         window = dict(
             start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), end=dt.datetime(2024, 3, 2, tzinfo=dt.UTC)
         )
-        with pytest.raises(UpstreamError, match="BTCUSDX"):
+        # (a name of the trade type's shape: one that cannot be a USDT pair fails without the archive)
+        with pytest.raises(UpstreamError, match="OLDCOINUSDT"):
+            await archive_backfill(LakeFS(s.root), [TT], IV, settings=s, symbols=["OLDCOINUSDT"], **window)
+        with pytest.raises(NotFoundError, match="BTCUSDX"):
             await archive_backfill(LakeFS(s.root), [TT], IV, settings=s, symbols=["BTCUSDX"], **window)
+
+
+async def test_a_whitelist_over_several_trade_types_files_each_symbol_under_its_own(tmp_path: Path) -> None:
+    """`-t usdt_spot -t btc_spot --symbols BTCUSDT,ETHBTC`: each pair lands under the trade type that
+    lists it (the archive part used to ingest both under both, since the market's archive has both);
+    a symbol of the market that none of the requested types lists is an error before anything runs."""
+    async with SimServer(sim_config()) as sim:
+        s = settings_for(sim, tmp_path)
+        window = dict(
+            start=dt.datetime(2024, 3, 1, tzinfo=dt.UTC), end=dt.datetime(2024, 3, 2, tzinfo=dt.UTC)
+        )
+        res = await archive_backfill(
+            LakeFS(s.root), ["usdt_spot", "btc_spot"], "1d", settings=s,
+            symbols=["BTCUSDT", "ETHBTC"], source="archive", **window,
+        )  # fmt: skip
+        assert {r.trade_type: r.symbols for r in res.archive} == {
+            "usdt_spot": ["BTCUSDT"],
+            "btc_spot": ["ETHBTC"],
+        }
+        kl = tmp_path / "lake" / "klines"
+        stored = sorted((p.parents[3].name, p.parents[1].name) for p in kl.rglob("data.parquet"))
+        assert stored == [
+            ("trade_type=btc_spot", "symbol=ETHBTC"),
+            ("trade_type=usdt_spot", "symbol=BTCUSDT"),
+        ]
+        with pytest.raises(NotFoundError, match="ETHBTC"):
+            await archive_backfill(
+                LakeFS(s.root), ["usdt_spot"], "1d", settings=s, symbols=["ETHBTC"], **window
+            )

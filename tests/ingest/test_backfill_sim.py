@@ -137,6 +137,25 @@ async def test_unknown_symbol_is_named(tmp_path: Path) -> None:
         assert [s.symbol for s in rep.series] == ["BTCUSDT"]
 
 
+async def test_a_whitelist_is_shared_by_several_trade_types(tmp_path: Path) -> None:
+    """`-t usdt_spot -t btc_spot -t usdt_perp --symbols BTCUSDT,ETHBTC`: each trade type takes the
+    symbols it lists (BTCUSDT is both a spot pair and a perpetual); a symbol none lists is named
+    before anything is fetched."""
+    async with sim_server() as sim:
+        tts = ["usdt_spot", "btc_spot", "usdt_perp"]
+        with pytest.raises(NotFoundError, match="NOPEUSDT"):
+            await run(sim, tmp_path, tts, days=1, symbols=["BTCUSDT", "NOPEUSDT"])
+        assert not (tmp_path / "klines").exists()
+        rep = await run(sim, tmp_path, tts, days=1, symbols=["BTCUSDT", "ETHBTC"])
+        assert sorted((s.trade_type, s.symbol) for s in rep.series) == [
+            ("btc_spot", "ETHBTC"),
+            ("usdt_perp", "BTCUSDT"),
+            ("usdt_spot", "BTCUSDT"),
+        ]
+        for tt in tts:
+            assert_equals_truth(sim, tmp_path, rep, tt)
+
+
 async def test_5xx_bursts_lose_nothing(tmp_path: Path) -> None:
     async with sim_server() as sim:
         sim.faults.update({"rest_error_rate": 0.3, "seed": 7})

@@ -32,11 +32,11 @@ from typing import Any
 import aiohttp
 
 from lake.binance.intervals import MS_PER_DAY, parse_interval
-from lake.binance.markets import get_trade_type
+from lake.binance.markets import TradeType, get_trade_type
 from lake.binance.symbols import validate_symbols
 from lake.errors import DataError, NotFoundError, StoreUnreachableError, UpstreamError, ValidationError
 from lake.ingest.archive.runner import ArchiveReport, ingest_archive, list_archive_symbols
-from lake.ingest.archive.symbols import delisted_candidates
+from lake.ingest.archive.symbols import delisted_candidates, name_matches_trade_type
 from lake.ingest.backfill import BackfillReport, backfill
 from lake.ingest.rest_client import RestClient
 from lake.ingest.universe import fetch_exchange_info, universe
@@ -116,6 +116,23 @@ async def archive_backfill(
     )
     try:
         rest_symbols: dict[str, list[str]] = {}
+        planned: list[tuple[TradeType, list[str], int, int]] = []  # (trade type, symbols, lo, hi)
+        claimed: set[str] = set()
+        archived: dict[str, set[str]] = {}  # market -> symbols its archive lists (fetched on need)
+
+        async def archive_names(market: str, unknown: list[str]) -> set[str]:
+            if market not in archived:
+                try:
+                    archived[market] = set(await list_archive_symbols(session, settings.endpoints, market))
+                except UpstreamError as exc:
+                    # only the archive could have them (REST skips what exchangeInfo does not list):
+                    # going on would end with nothing for them and exit 0
+                    raise UpstreamError(
+                        f"symbol(s) {', '.join(unknown)} are not in exchangeInfo and the {market} archive "
+                        f"listing is unreachable: {exc}"
+                    ) from exc
+            return archived[market]
+
         for tt in tts:
             client = clients.get(tt.market_name)
             if client is None:
@@ -127,37 +144,24 @@ async def archive_backfill(
             closed_end = iv.floor(now)
             hi = closed_end if end_ms is None else min(end_ms, closed_end)
             lo = start_ms if start_ms is not None else hi - int((days or 0) * MS_PER_DAY)
+            raw = {str(s.get("symbol")): s for s in snap.symbols}
             if wanted is not None:
-                syms = list(wanted)
+                # A whitelist is shared by the trade types: each takes the symbols it lists, so that
+                # `-t usdt_spot -t btc_spot --symbols BTCUSDT,ETHBTC` files each pair under its own
+                # type. A symbol exchangeInfo no longer lists at all (delisted; the archive may still
+                # have it) goes to the trade types its name fits, if their archive lists it.
                 known = {s.symbol for s in snap.members(tt, trading_only=False)}
-                unknown = [s for s in syms if s not in known]
-                if unknown:
-                    # not in exchangeInfo: a delisted symbol the archive still has, or a typo, which
-                    # must not end as a silent "0 symbols" success
-                    try:
-                        archived = set(
-                            await list_archive_symbols(session, settings.endpoints, tt.market_name)
-                        )
-                    except UpstreamError as exc:
-                        # only the archive could have them (REST skips what exchangeInfo does not
-                        # list): going on would end with nothing for them and exit 0
-                        raise UpstreamError(
-                            f"{tt.name} symbol(s) {', '.join(unknown)} are not in exchangeInfo and the "
-                            f"archive listing is unreachable: {exc}"
-                        ) from exc
-                    absent = [s for s in unknown if s not in archived]
-                    if absent:
-                        raise NotFoundError(
-                            f"unknown {tt.name} symbol(s): {', '.join(absent)} "
-                            "(neither in exchangeInfo nor in the archive)"
-                        )
+                gone = [
+                    s for s in wanted if s not in known and s not in raw and name_matches_trade_type(s, tt)
+                ]
+                listed = await archive_names(tt.market_name, gone) if gone else set()
+                syms = [s for s in wanted if s in known or (s in gone and s in listed)]
             else:
                 syms = universe(snap, tt).symbols
                 known = set(syms)
                 if include_delisted:
-                    listed = await list_archive_symbols(session, settings.endpoints, tt.market_name)
-                    raw = {str(s.get("symbol")): s for s in snap.symbols}
-                    extra = [s for s in delisted_candidates(listed, tt, raw) if s not in syms]
+                    listed_all = await list_archive_symbols(session, settings.endpoints, tt.market_name)
+                    extra = [s for s in delisted_candidates(listed_all, tt, raw) if s not in syms]
                     if extra:
                         log.info(
                             "%s: adding %d delisted archive symbol(s): %s",
@@ -167,6 +171,18 @@ async def archive_backfill(
                         )
                     syms += extra
                     known |= {s for s in extra if s in raw}
+            claimed.update(syms)
+            planned.append((tt, syms, lo, hi))
+            rest_symbols[tt.name] = [s for s in syms if s in known]
+        if wanted is not None:
+            absent = [s for s in wanted if s not in claimed]
+            if absent:
+                types = ", ".join(t.name for t in tts)
+                raise NotFoundError(
+                    f"unknown {types} symbol(s): {', '.join(absent)} "
+                    "(neither in exchangeInfo nor in the archive for the trade type)"
+                )
+        for tt, syms, lo, hi in planned:
             try:
                 rep = await ingest_archive(
                     settings, tt.name, iv.name, syms, lo, hi,
@@ -182,7 +198,6 @@ async def archive_backfill(
             result.archive.append(rep)
             if progress is not None:
                 progress.message(_summary(rep))
-            rest_symbols[tt.name] = [s for s in syms if s in known]
         if source == "archive":
             return result
         # A file that failed verification (wrong checksum, corrupt zip, bad rows) keeps its days out
