@@ -3,9 +3,11 @@
 ``/fapi/v1/fundingRate`` and ``/dapi/v1/fundingRate`` answer ascending rows
 ``{symbol, fundingTime, fundingRate, markPrice}`` for ``startTime..endTime`` (inclusive), at most
 ``limit`` (1000) per request. USDⓈ-M requests also pass the separate 500-per-5-minutes limiter
-(``RestClient.funding_governor``). Funding times are irregular (8h, 4h or 1h apart), so
-completeness is judged by the edges: a run fetches what lies before the first and after the last
-stored funding time within ``[start, end)``.
+(``RestClient.funding_governor``). Funding times are irregular (8h, 4h or 1h apart, and a symbol's
+interval changes over time), so there is no grid to check against: a run fetches what lies before
+the first and after the last stored funding time within ``[start, end)``, and every stored gap that
+cannot be one funding interval (``funding_gaps``). A gap the exchange really has (a trading halt)
+costs one request per run.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from lake.binance.markets import get_trade_type
@@ -49,18 +52,32 @@ def funding_frame(rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
     )
 
 
+MAX_FUNDING_INTERVAL_MS = 8 * 3_600_000  # the longest funding interval Binance uses
+_SLACK_MS = 60_000  # funding times are a few ms off the hour at times
+
+
 def funding_gaps(stored: pl.DataFrame, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
-    """Ranges of ``[start_ms, end_ms)`` to fetch given the stored rows (before first, after last)."""
+    """Ranges of ``[start_ms, end_ms)`` to fetch given the stored rows: before the first, after the
+    last, and between two stored funding times that cannot be consecutive, i.e. further apart than
+    the longest funding interval (8h), or at least 1.5× the spacing of their neighbours (a 1h or 4h
+    symbol missing rows; a symbol moving from 4h to 8h funding is not a gap by this rule)."""
     inside = stored.filter(
         (pl.col("funding_time").dt.epoch("ms") >= start_ms) & (pl.col("funding_time").dt.epoch("ms") < end_ms)
     )
     if inside.height == 0:
         return [(start_ms, end_ms)] if start_ms < end_ms else []
-    ms = inside["funding_time"].dt.epoch("ms")
-    first, last = int(ms.min()), int(ms.max())  # type: ignore[arg-type]
+    ms = np.unique(inside["funding_time"].dt.epoch("ms").to_numpy())
+    first, last = int(ms[0]), int(ms[-1])
     out: list[tuple[int, int]] = []
     if first > start_ms:
         out.append((start_ms, first))
+    d = np.diff(ms)
+    if len(d):
+        ref = np.zeros(len(d), dtype=np.int64)  # the larger neighbouring spacing (0: none)
+        ref[1:] = d[:-1]
+        ref[:-1] = np.maximum(ref[:-1], d[1:])
+        suspect = (d > MAX_FUNDING_INTERVAL_MS + _SLACK_MS) | ((ref > 0) & (d * 2 >= ref * 3))
+        out += [(int(ms[i]) + 1, int(ms[i + 1])) for i in np.flatnonzero(suspect)]
     if last + 1 < end_ms:
         out.append((last + 1, end_ms))
     return out

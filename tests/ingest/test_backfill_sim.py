@@ -18,7 +18,7 @@ from lake.sim.testing import sim_server
 from lake.store.coverage import coverage
 from lake.store.klines import scan_klines
 from lake.store.meta import read_empty_ranges
-from lake.store.tables import read_funding, scan_exchange_info
+from lake.store.tables import funding_path, read_funding, scan_exchange_info
 
 FAST = {"backoff_base": 0.02, "calibrate_s": 0.1}
 
@@ -105,6 +105,15 @@ async def test_coin_m_equals_truth_with_funding(tmp_path: Path) -> None:
         assert rep.funding_rows == total > 0
         again = await run(sim, tmp_path, ["coin_perp"], days=3, funding=True)
         assert again.funding_rows == 0
+        # a hole inside the stored rows (not at either edge) is found and filled
+        sym = rep.series[0].symbol
+        path = tmp_path / funding_path("coin_perp", sym)
+        full = pl.read_parquet(path)
+        assert full.height >= 6
+        pl.concat([full.head(2), full.tail(full.height - 5)]).write_parquet(path)
+        healed = await run(sim, tmp_path, ["coin_perp"], days=3, funding=True)
+        assert healed.funding_rows == 3
+        assert read_funding(tmp_path, "coin_perp", sym).equals(full)
 
 
 async def test_short_history_and_delisted_symbols(tmp_path: Path) -> None:

@@ -155,6 +155,26 @@ def test_funding_table_upsert_and_gaps(tmp_path: Path) -> None:
     assert funding_gaps(stored.clear(), 5, 9) == [(5, 9)]
 
 
+def test_funding_gaps_inside_the_stored_rows() -> None:
+    """Holes between stored funding times: wider than 8h, or ≥ 1.5× the neighbouring spacing (a 1h
+    symbol missing rows); a change of funding interval (1h → 4h → 8h) is not a hole."""
+    h = 3_600_000
+
+    def frame(times: list[int]) -> pl.DataFrame:
+        return funding_frame([{"fundingTime": t, "fundingRate": "0.0001"} for t in times])
+
+    eight = [NOW + i * 8 * h for i in range(6)]
+    assert funding_gaps(frame(eight), NOW, eight[-1] + 1) == []
+    holed = [t for i, t in enumerate(eight) if i not in (2, 3)]  # 24h between two stored rows
+    assert funding_gaps(frame(holed), NOW, eight[-1] + 1) == [(eight[1] + 1, eight[4])]
+    hourly = [NOW + i * h for i in range(10) if i not in (4, 5)]  # 3h between 1h rows
+    assert funding_gaps(frame(hourly), NOW, NOW + 9 * h + 1) == [(NOW + 3 * h + 1, NOW + 6 * h)]
+    changing = [NOW, NOW + h, NOW + 2 * h, NOW + 6 * h, NOW + 10 * h, NOW + 18 * h, NOW + 26 * h]
+    assert funding_gaps(frame(changing), NOW, NOW + 26 * h + 1) == []
+    two = [NOW, NOW + 9 * h]  # no neighbours: only the 8h bound applies
+    assert funding_gaps(frame(two), NOW, NOW + 9 * h + 1) == [(NOW + 1, NOW + 9 * h)]
+
+
 def test_a_name_lake_cannot_store_is_skipped_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
     """Binance lists 币安人生USDT (kept); a name that could not become a path (here a look-alike
     and a traversal) is skipped with one warning, and the rest of the market is still served."""
