@@ -13,9 +13,11 @@ and is what BMAC used.
   under the market's incoming-message limit (5/s spot, 10/s futures, counting pings).
 * **Changes.** New listings are subscribed on a connection with room (else a new one); delisted
   symbols are unsubscribed. Each shard keeps the set it *should* carry, so a reconnect restores it.
-* **Reconnects.** A dropped connection reconnects after a capped, jittered exponential backoff
-  (reset once a connection delivered data); connection attempts per market are limited (300 per
-  5 min per IP on spot). Before the 24 h connection lifetime ends, a connection is replaced
+* **Reconnects.** A dropped connection reconnects after a capped, jittered exponential backoff,
+  reset only by a connection that delivered data and stayed up ``stable_s`` (a server that accepts
+  and soon closes again is not hammered); a handshake refused with 429/418 waits its
+  ``Retry-After`` (at least a minute). Connection attempts per market are limited per process (300
+  per 5 min per IP on spot: run one ``lake live`` per market and IP, or lower the limit). Before the 24 h connection lifetime ends, a connection is replaced
   proactively: the new one is opened and subscribed before the old one is closed, so nothing is
   missed (duplicates are dropped by the appender). A ``serverShutdown`` event (spot sends it before
   the server goes away) triggers the same replacement at once; the event is not passed on.
@@ -36,7 +38,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 __all__ = [
     "ConnectLimiter",
@@ -174,6 +176,7 @@ class WsShard:
         lifetime_s: float = 23.5 * 3600,
         backoff_base: float = 0.2,
         backoff_cap: float = 30.0,
+        stable_s: float = 1.0,
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         limiter: ConnectLimiter | None = None,
@@ -188,6 +191,7 @@ class WsShard:
         self.lifetime_s = lifetime_s
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
+        self.stable_s = stable_s
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval
         self.limiter = limiter or ConnectLimiter()
@@ -199,6 +203,7 @@ class WsShard:
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._carried: dict[ClientConnection, set[str]] = {}  # streams a new connection was opened with
 
     def _refused_since(self, before: int) -> bool:
         """A connection that got messages but had a control message refused still backs off: a
@@ -257,7 +262,9 @@ class WsShard:
                     attempt += 1
                     self.stats.failures += 1
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                    delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
+                    delay = max(
+                        backoff_delay(attempt, self.backoff_base, self.backoff_cap), _told_to_wait(exc)
+                    )
                     log.warning(
                         "ws %s: connect failed (%s); retry %d in %.2fs",
                         self.name,
@@ -268,6 +275,7 @@ class WsShard:
                     await asyncio.sleep(delay)
                     continue
             self._ws = ws
+            carried = self._carried.pop(ws, set())
             self.stats.connected_since = time.monotonic()
             down = self.stats.down_since
             self.stats.down_since = None
@@ -277,6 +285,7 @@ class WsShard:
             got_before = self.stats.messages
             refused_before = self.stats.refused
             try:
+                await self._resync(ws, carried)
                 ready = await self._read(ws, self.stats.connected_since + self.lifetime_s)
                 if ready is None and not self._stopping:
                     self.stats.drops += 1
@@ -299,7 +308,12 @@ class WsShard:
                 self.stats.rotations += 1
                 attempt = 0
                 continue
-            if self.stats.messages > got_before and not self._refused_since(refused_before):
+            up = time.monotonic() - (self.stats.connected_since or 0.0)
+            if (
+                self.stats.messages > got_before
+                and up >= self.stable_s
+                and not self._refused_since(refused_before)
+            ):
                 attempt = 0
             if self._stopping:
                 break
@@ -328,7 +342,17 @@ class WsShard:
         except BaseException:
             await _close_quietly(ws)
             raise
+        self._carried[ws] = set(streams)
         return ws
+
+    async def _resync(self, ws: ClientConnection, carried: set[str]) -> None:
+        """Streams (un)subscribed while ``ws`` was being opened went nowhere (``_change`` had no
+        connection, or the one being replaced): bring ``ws`` to the desired set. Called once ``ws``
+        is the current connection, so later changes reach it directly."""
+        extra, gone = sorted(self.desired - carried), sorted(carried - self.desired)
+        for method, streams in (("SUBSCRIBE", extra), ("UNSUBSCRIBE", gone)):
+            for i in range(0, len(streams), self.subscribe_batch):
+                await self._send(ws, method, streams[i : i + self.subscribe_batch])
 
     async def _read(self, ws: ClientConnection, deadline: float) -> ClientConnection | None:
         """Deliver messages until the connection closes (→ None) or it is rotated (→ the new one):
@@ -408,17 +432,34 @@ def _maybe_shutdown(msg: str | bytes) -> bool:
 
 
 def _maybe_error(msg: str | bytes) -> bool:
-    """A cheap pre-check on the hot path: kline events never hold the word."""
-    return ('"error"' in msg) if isinstance(msg, str) else (b'"error"' in msg)
+    """A cheap pre-check on the hot path: kline events hold neither key."""
+    if isinstance(msg, str):
+        return '"error"' in msg or '"code"' in msg
+    return b'"error"' in msg or b'"code"' in msg
 
 
 def _is_error_reply(msg: str | bytes) -> bool:
-    """Whether a message is an error reply to a control message: ``{"error": {...}, "id": N}``."""
+    """Whether a message is an error reply to a control message: ``{"error": {"code", "msg"},
+    "id": N}`` as Binance sends it, or the flat ``{"code", "msg", "id"}`` of its API docs' examples."""
     try:
         doc = json.loads(msg)
     except (ValueError, UnicodeDecodeError):
         return False
-    return isinstance(doc, dict) and "error" in doc and "id" in doc and "stream" not in doc
+    if not isinstance(doc, dict) or "id" not in doc or "stream" in doc:
+        return False
+    return "error" in doc or ("code" in doc and "msg" in doc and "result" not in doc)
+
+
+def _told_to_wait(exc: BaseException) -> float:
+    """Seconds a refused handshake asks us to wait: HTTP 429 (too many connection attempts) or 418
+    (banned) with their ``Retry-After``, at least a minute; 0 for other failures."""
+    if not isinstance(exc, InvalidStatus) or exc.response.status_code not in (418, 429):
+        return 0.0
+    raw = exc.response.headers.get("Retry-After", "")
+    try:
+        return max(60.0, float(raw))
+    except ValueError:
+        return 60.0
 
 
 def _is_shutdown(msg: str | bytes) -> bool:

@@ -93,3 +93,101 @@ async def test_a_refused_subscribe_reconnects_and_subscribes_again() -> None:
             await shard.stop()
     assert subscribes == [["ethusdt@kline_1m"], ["ethusdt@kline_1m"]]  # the URL carries btcusdt
     assert shard.stats.refused == 1 and shard.stats.connects == 2
+
+
+async def test_a_server_that_accepts_then_closes_is_not_hammered() -> None:
+    """A server that accepts, sends one message and closes (a policy close): the backoff used to be
+    reset by that one message, so the shard reconnected every ~0.15 s (33 times in 5 s in a review).
+    Only a connection that stayed up ``stable_s`` resets it now."""
+    from websockets.asyncio.server import serve
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        await ws.send(json.dumps({"result": None, "id": 0}))
+        await ws.close(1008, "go away")
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        shard = WsShard("spot#0", f"ws://127.0.0.1:{port}", ["btcusdt@kline_1m"], lambda m, t: None)
+        shard.start()
+        try:
+            await asyncio.sleep(3.0)
+        finally:
+            await shard.stop()
+    # backoff 0.1-0.2, 0.2-0.4, 0.4-0.8, 0.8-1.6, 1.6-3.2 s after each close: at most 6 in 3 s
+    assert 3 <= shard.stats.connects <= 6, shard.stats
+
+
+async def test_a_handshake_refused_with_429_waits_its_retry_after() -> None:
+    """HTTP 429 on the upgrade (too many connection attempts from this IP) is not retried in the
+    usual fraction of a second: the shard waits Retry-After (at least a minute)."""
+    from websockets.asyncio.server import serve
+
+    requests = 0
+
+    def refuse(connection, request):  # type: ignore[no-untyped-def]
+        nonlocal requests
+        requests += 1
+        response = connection.respond(429, "slow down\n")
+        response.headers["Retry-After"] = "90"
+        return response
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, process_request=refuse) as server:
+        port = server.sockets[0].getsockname()[1]
+        shard = WsShard("spot#0", f"ws://127.0.0.1:{port}", ["btcusdt@kline_1m"], lambda m, t: None)
+        shard.start()
+        try:
+            await asyncio.sleep(1.5)
+        finally:
+            await shard.stop()
+    assert requests == 1 and shard.stats.failures == 1
+    assert "429" in shard.stats.last_error
+
+
+async def test_a_stream_subscribed_while_the_connection_opens_is_not_lost() -> None:
+    """subscribe() during the handshake found no connection to send on (or the one being replaced),
+    and the new connection was opened with the older set: the stream stayed silent for the
+    connection's life (23.5 h). The shard now brings a new connection to the desired set."""
+    from websockets.asyncio.server import serve
+
+    subscribes: list[list[str]] = []
+    paths: list[str] = []
+
+    async def slow(connection, request):  # type: ignore[no-untyped-def]
+        paths.append(request.path)
+        await asyncio.sleep(0.5)
+        return None
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        async for raw in ws:
+            req = json.loads(raw)
+            subscribes.append(req["params"])
+            await ws.send(json.dumps({"result": None, "id": req["id"]}))
+
+    async with serve(handler, "127.0.0.1", 0, process_request=slow) as server:
+        port = server.sockets[0].getsockname()[1]
+        shard = WsShard("um#0", f"ws://127.0.0.1:{port}", ["btcusdt@kline_1m"], lambda m, t: None)
+        shard.start()
+        try:
+            await until(lambda: len(paths) == 1)
+            await shard.subscribe(["ethusdt@kline_1m"])  # mid-handshake
+            assert await shard.wait_connected(5.0)
+            await until(lambda: subscribes == [["ethusdt@kline_1m"]])
+        finally:
+            await shard.stop()
+    assert paths == ["/stream?streams=btcusdt@kline_1m"] and shard.stats.connects == 1
+
+
+def test_error_replies_in_both_shapes_are_recognised() -> None:
+    from lake.live.ws import _is_error_reply, _maybe_error
+
+    for msg in (
+        '{"error": {"code": 2, "msg": "Invalid request"}, "id": 3}',
+        '{"code": 2, "msg": "bad", "id": 3}',
+    ):
+        assert _maybe_error(msg) and _is_error_reply(msg)
+        assert _maybe_error(msg.encode()) and _is_error_reply(msg.encode())
+    for msg in ('{"result": null, "id": 3}', '{"stream": "x", "data": {"e": "kline"}}'):
+        assert not _is_error_reply(msg)
