@@ -214,6 +214,9 @@ def budget_path(state_dir: str | os.PathLike[str], name: str, base_url: str) -> 
     return Path(state_dir) / f"budget-{safe}-{digest}.json"
 
 
+LEARNED_TTL_S = 86_400.0  # how long a limit learned from a 429 overrides exchangeInfo
+
+
 class _State:
     """Window reservations and pause, in memory or in a locked JSON file."""
 
@@ -355,14 +358,41 @@ class WeightGovernor:
         return max(1, self.limit - math.ceil(res))
 
     def set_limit(self, limit: int, window_ms: int | None = None) -> None:
-        """Adopt the limit read from exchangeInfo ``rateLimits``."""
+        """Adopt the limit read from exchangeInfo ``rateLimits``, unless a 429 showed (in any process
+        sharing the state, within ``LEARNED_TTL_S``) that the server enforces less (``learn_limit``)."""
         if limit <= 0:
             raise ValueError(f"weight limit must be positive, got {limit}")
+        learned = self._learned(window_ms or self.window_ms)
+        if learned is not None and learned < limit:
+            log.info(
+                "%s: exchangeInfo says %d weight per window, a 429 showed %d: keeping %d",
+                self.name,
+                limit,
+                learned,
+                learned,
+            )
+            limit = learned
         if limit != self.limit or (window_ms and window_ms != self.window_ms):
             log.debug("%s: weight limit %s per %s ms", self.name, limit, window_ms or self.window_ms)
         self.limit = int(limit)
         if window_ms:
             self.window_ms = int(window_ms)
+
+    def learn_limit(self, limit: int) -> None:
+        """Adopt ``limit``, which the server enforces (its 429 said so) below what exchangeInfo
+        advertised (COIN-M's documented limit is 6000 in one place and 2400 in another), and record
+        it in the shared state, so that other processes and later runs start from it."""
+        with self._state.edit() as st:
+            st["enforced_limit"] = {"limit": int(limit), "window_ms": self.window_ms, "at": time.time()}
+        self.set_limit(limit)
+
+    def _learned(self, window_ms: int) -> int | None:
+        with self._state.edit() as st:
+            got = st.get("enforced_limit")
+        if not isinstance(got, dict) or got.get("window_ms") != window_ms:
+            return None
+        fresh = time.time() - float(got.get("at", 0.0)) < LEARNED_TTL_S
+        return int(got["limit"]) if fresh and isinstance(got.get("limit"), int) and got["limit"] > 0 else None
 
     def close(self) -> None:
         self._state.close()

@@ -531,7 +531,7 @@ class RestClient:
                 limit,
                 gov.limit,
             )
-            gov.set_limit(limit)
+            gov.learn_limit(limit)
 
     def _ban_left_s(self, body: bytes) -> float | None:
         """Real seconds until the ban a 418 body announces ("IP banned until <server ms>") ends."""

@@ -296,6 +296,21 @@ async def test_coin_m_limit_advertised_too_high_is_learnt_from_the_429(tmp_path:
         assert cm.weight > 4 * 40  # several windows
         refused = sim.stats.status_count("cm", 429) + sim.stats.status_count("cm", 418)
         assert 1 <= refused <= 4  # the requests in flight when the first 429 came back
+        # the learnt limit is kept in the shared budget state: a later run (new clients, as a new
+        # process would have) starts from it instead of paying for exchangeInfo's figure again
+        again = await backfill(
+            tmp_path / "second",
+            ["coin_perp"],
+            "1m",
+            days=8,
+            workers=4,
+            endpoints=sim.endpoints,  # type: ignore[arg-type]
+            state_dir=tmp_path / ".state",
+            client_options=FAST,
+        )
+        assert again.markets["cm"].weight_limit == 40
+        assert again.markets["cm"].weight > 4 * 40
+        assert sim.stats.status_count("cm", 429) + sim.stats.status_count("cm", 418) == refused
 
 
 @pytest.mark.parametrize("newest_first", [False, True])
