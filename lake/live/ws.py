@@ -18,8 +18,8 @@ and is what BMAC used.
   and soon closes again is not hammered); a handshake refused with 429/418 waits its
   ``Retry-After`` (at least a minute). Connection attempts per market are limited per process (300
   per 5 min per IP on spot: run one ``lake live`` per market and IP, or lower the limit). Before the 24 h connection lifetime ends, a connection is replaced
-  proactively: the new one is opened and subscribed before the old one is closed, so nothing is
-  missed (duplicates are dropped by the appender). A ``serverShutdown`` event (spot sends it before
+  proactively: the new one is opened and subscribed, then the old one is read for ``overlap_s``
+  more before it is closed, so nothing is missed (duplicates are dropped by the appender). A ``serverShutdown`` event (spot sends it before
   the server goes away) triggers the same replacement at once; the event is not passed on.
   Whatever is lost while disconnected is repaired over REST by the period check.
 """
@@ -177,6 +177,7 @@ class WsShard:
         backoff_base: float = 0.2,
         backoff_cap: float = 30.0,
         stable_s: float = 1.0,
+        overlap_s: float = 2.0,
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         limiter: ConnectLimiter | None = None,
@@ -192,6 +193,7 @@ class WsShard:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.stable_s = stable_s
+        self.overlap_s = overlap_s
         self.open_timeout = open_timeout
         self.ping_interval = ping_interval
         self.limiter = limiter or ConnectLimiter()
@@ -373,6 +375,7 @@ class WsShard:
                     continue
                 why = "the server announced its shutdown" if shutdown else "the connection lifetime limit"
                 log.info("ws %s: replaced before %s", self.name, why)
+                await self._drain(ws)
                 return new
             try:
                 async with asyncio.timeout(remaining):
@@ -395,6 +398,21 @@ class WsShard:
                         return None
             except TimeoutError:
                 continue
+
+    async def _drain(self, ws: ClientConnection) -> None:
+        """Deliver what the replaced connection still carries for ``overlap_s`` (or until the server
+        closes it): the new one's streams beyond the URL start only once their SUBSCRIBE is
+        processed, and events already buffered here would otherwise be dropped with it. The new
+        connection's events wait meanwhile; duplicates are dropped by the appender."""
+        try:
+            async with asyncio.timeout(self.overlap_s):
+                async for msg in ws:
+                    self.stats.messages += 1
+                    if _maybe_shutdown(msg) and _is_shutdown(msg):
+                        continue
+                    self.on_message(msg, time.perf_counter())
+        except (TimeoutError, ConnectionClosed):
+            pass
 
     # -- subscriptions -----------------------------------------------------------------------------
     async def _send(self, ws: ClientConnection, method: str, params: Sequence[str]) -> None:

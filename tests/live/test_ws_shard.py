@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Callable
+
+from websockets.exceptions import ConnectionClosed
 
 from lake.live.ws import WsShard
 from lake.sim.clock import to_ms
@@ -45,8 +48,10 @@ async def test_server_shutdown_moves_to_a_new_connection_before_the_old_closes()
             sim.clock.advance(MIN)
             await until(lambda: len(closing_opens(got)) == 1)
             sim.ws.server_shutdown(notice_s=1.0, market="spot")
-            await until(lambda: shard.stats.connects == 2 and len(sim.ws.conns) == 1)
-            assert shard.stats.rotations == 1
+            # (the old connection is read until the server closes it, then the new one takes over)
+            await until(
+                lambda: shard.stats.connects == 2 and len(sim.ws.conns) == 1 and shard.stats.rotations == 1
+            )
             sim.clock.advance(MIN)
             await until(lambda: len(closing_opens(got)) == 2)
             await asyncio.sleep(1.2)  # past the notice: the server closes what it announced
@@ -191,3 +196,50 @@ def test_error_replies_in_both_shapes_are_recognised() -> None:
         assert _maybe_error(msg.encode()) and _is_error_reply(msg.encode())
     for msg in ('{"result": null, "id": 3}', '{"stream": "x", "data": {"e": "kline"}}'):
         assert not _is_error_reply(msg)
+
+
+async def test_a_replaced_connection_is_read_until_the_overlap_ends() -> None:
+    """Proactive replacement (the 24 h limit, here 0.5 s): the old connection used to be closed as
+    soon as the new one was subscribed, dropping what it still carried (events the new one's
+    streams would only deliver once their SUBSCRIBE was processed). It is read for overlap_s more."""
+    from websockets.asyncio.server import serve
+
+    second_open = asyncio.Event()
+    sent_after: list[int] = []
+    conns = 0
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        nonlocal conns
+        conns += 1
+        if conns > 1:
+            second_open.set()
+            await ws.wait_closed()
+            return
+        seq = 0
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                seq += 1
+                if second_open.is_set():
+                    sent_after.append(seq)
+                await ws.send(json.dumps({"stream": "btcusdt@kline_1m", "data": {"e": "kline", "seq": seq}}))
+                await asyncio.sleep(0.02)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        got: list[int] = []
+        shard = WsShard(
+            "um#0",
+            f"ws://127.0.0.1:{port}",
+            ["btcusdt@kline_1m"],
+            lambda m, t: got.append(json.loads(m)["data"]["seq"]),
+            lifetime_s=0.5,
+            overlap_s=0.6,
+        )
+        shard.start()
+        try:
+            await until(lambda: shard.stats.rotations >= 1)
+        finally:
+            await shard.stop()
+    delivered_late = [s for s in sent_after if s in set(got)]
+    assert len(delivered_late) >= 10, (len(sent_after), len(delivered_late))
+    assert got == sorted(got)
