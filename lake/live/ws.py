@@ -405,7 +405,8 @@ class WsShard:
         processed, and events already buffered here would otherwise be dropped with it. The new
         connection's events wait meanwhile; duplicates are dropped by the appender."""
         try:
-            async with asyncio.timeout(self.overlap_s):
+            # (a quarter of the lifetime at most: tests rotate every second or two)
+            async with asyncio.timeout(min(self.overlap_s, self.lifetime_s / 4)):
                 async for msg in ws:
                     self.stats.messages += 1
                     if _maybe_shutdown(msg) and _is_shutdown(msg):

@@ -199,7 +199,7 @@ def test_error_replies_in_both_shapes_are_recognised() -> None:
 
 
 async def test_a_replaced_connection_is_read_until_the_overlap_ends() -> None:
-    """Proactive replacement (the 24 h limit, here 0.5 s): the old connection used to be closed as
+    """Proactive replacement (the 24 h limit, here 1 s): the old connection used to be closed as
     soon as the new one was subscribed, dropping what it still carried (events the new one's
     streams would only deliver once their SUBSCRIBE was processed). It is read for overlap_s more."""
     from websockets.asyncio.server import serve
@@ -232,8 +232,8 @@ async def test_a_replaced_connection_is_read_until_the_overlap_ends() -> None:
             f"ws://127.0.0.1:{port}",
             ["btcusdt@kline_1m"],
             lambda m, t: got.append(json.loads(m)["data"]["seq"]),
-            lifetime_s=0.5,
-            overlap_s=0.6,
+            lifetime_s=1.0,
+            overlap_s=0.6,  # (capped at a quarter of the lifetime: 0.25 s)
         )
         shard.start()
         try:
@@ -241,5 +241,5 @@ async def test_a_replaced_connection_is_read_until_the_overlap_ends() -> None:
         finally:
             await shard.stop()
     delivered_late = [s for s in sent_after if s in set(got)]
-    assert len(delivered_late) >= 10, (len(sent_after), len(delivered_late))
+    assert len(delivered_late) >= 5, (len(sent_after), len(delivered_late))
     assert got == sorted(got)
