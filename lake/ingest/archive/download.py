@@ -2,8 +2,8 @@
 file, then moved.
 
 A zip is held in memory while it is hashed and parsed (the bytes hashed are the bytes parsed, none
-is read back): a few MB for a month of 1m candles, ~100 MB for a month of spot ``1s``. With
-``concurrency`` downloads (8) and two files parsed at a time that bounds memory at about 1–2 GB in
+is read back): a few MB for a month of 1m candles, tens of MB for a month of spot ``1s`` (2.7M rows). With
+``concurrency`` downloads (8) and two files parsed at a time, memory stays in the low GB even in
 the worst case (1s); the CSV is parsed whole and written per day partition.
 
 Download directory layout (never inside the parquet tree)::
