@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,6 +60,7 @@ class AppenderStats:
     updates: int = 0  # x: false
     closed: int = 0  # x: true accepted into the buffer
     duplicates: int = 0  # x: true for a candle already buffered or stored
+    superseded: int = 0  # x: true that replaces a just-repaired REST candle with other values
     control: int = 0  # replies to SUBSCRIBE / UNSUBSCRIBE
     bad: Counter[str] = field(default_factory=Counter)
     max_event_ms: int = 0  # highest event time (E) seen: server time at send
@@ -73,6 +74,7 @@ class AppenderStats:
             "updates": self.updates,
             "closed": self.closed,
             "duplicates": self.duplicates,
+            "superseded": self.superseded,
             "control": self.control,
             "bad": dict(self.bad),
         }
@@ -92,6 +94,7 @@ class Appender:
         symbols: Iterable[str] = (),
         *,
         is_stored: Callable[[str, int], bool] | None = None,
+        supersedes: Callable[[str, int, Sequence[Any]], bool] | None = None,
         latest_close: Callable[[], int] | None = None,
     ) -> None:
         self.trade_type = get_trade_type(trade_type).name
@@ -103,6 +106,7 @@ class Appender:
         self._anchor: int = self.interval.floor(0) % self._iv_ms
         self.symbols: set[str] = set(symbols)
         self._is_stored = is_stored or (lambda s, t: False)
+        self._supersedes = supersedes or (lambda s, t, row: False)
         # the latest close time a candle can have by the exchange's clock (plus its uncertainty)
         self._latest_close = latest_close
         self._held: list[tuple[str | bytes, float]] = []
@@ -215,9 +219,11 @@ class Appender:
             st.max_event_ms = e
             st.max_event_mono = time.monotonic()
         key = (symbol, t)
-        if key in self._buffer or self._is_stored(symbol, t):
+        if key in self._buffer or (self._is_stored(symbol, t) and not self._supersedes(symbol, t, row)):
             st.duplicates += 1
             return False
+        if self._is_stored(symbol, t):
+            st.superseded += 1  # written again: the later tail file wins
         self._buffer[key] = (row, recv)
         st.closed += 1
         self._pending.set()

@@ -14,9 +14,10 @@ import fcntl
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from lake.binance.intervals import Interval, parse_interval
 from lake.binance.markets import TradeType, get_trade_type
@@ -172,8 +173,16 @@ class Feed:
         self._clients = clients
         self.live: set[str] = set()
         self.appender = Appender(
-            tt.name, iv.name, is_stored=self._is_stored, latest_close=self.latest_close_ms
+            tt.name,
+            iv.name,
+            is_stored=self._is_stored,
+            supersedes=self._supersedes,
+            latest_close=self.latest_close_ms,
         )
+        # candles repaired over REST within seconds of their close, by (symbol, open): a closing
+        # event can come ~24 s late (binance.md §6.7), and if REST answered before the exchange's
+        # kline was final, that event's values are the right ones (LiveRunner._repair fills this)
+        self.recent_rest: dict[tuple[str, int], Sequence[Any]] = {}
         self.writer = KlineWriter(lfs, tt.name, iv.name, threads=config.writer_threads)
         self.book: PeriodBook | None = None
         self.pool: WsPool | None = None
@@ -231,3 +240,11 @@ class Feed:
 
     def _is_stored(self, symbol: str, open_ms: int) -> bool:
         return self.book is not None and self.book.is_stored(symbol, open_ms)
+
+    def _supersedes(self, symbol: str, open_ms: int, row: Sequence[Any]) -> bool:
+        """Whether a closing event's ``row`` should replace the stored candle: one REST repaired just
+        after its close, with other values."""
+        rest = self.recent_rest.pop((symbol, open_ms), None)
+        if rest is None:
+            return False
+        return any(float(rest[i]) != float(row[i]) for i in (1, 2, 3, 4, 5, 7, 8, 9, 10))

@@ -963,6 +963,15 @@ class LiveRunner:
                 fetched[sym] = rows
         stored = await self._store(feed, fetched, "rest")
         feed.stats.rest_repaired += sum(len(fetched[s]) for s in stored)
+        # a closing event that comes late for a candle REST gave soon after its close may carry
+        # other (final) values: remembered until _ABSENT_SETTLE_MS after the close (Feed._supersedes)
+        young = feed.now_ms() - _ABSENT_SETTLE_MS - feed.iv_ms
+        for key in [k for k in feed.recent_rest if k[1] < young]:
+            del feed.recent_rest[key]
+        for sym in stored:
+            for r in fetched[sym]:
+                if int(r[0]) >= young:
+                    feed.recent_rest[(sym, int(r[0]))] = r
         completed: list[int] = []
         settling: set[tuple[str, int]] = set()
         proven: dict[str, list[EmptyRange]] = {}

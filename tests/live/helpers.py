@@ -76,6 +76,7 @@ def diff_truth(lake: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
         "differ": differ.height,
         "missing_rows": missing.head(5).to_dicts(),
         "extra_rows": extra.head(5).to_dicts(),
+        "differ_rows": differ.select(key).head(5).to_dicts(),
     }
 
 

@@ -23,7 +23,7 @@ from lake.sim.config import FaultConfig
 from lake.sim.testing import sim_server, test_config
 from lake.store.meta import read_empty_ranges
 
-from .helpers import M, assert_equals_truth, lake_frame, run_while, webhook
+from .helpers import M, assert_equals_truth, diff_truth, lake_frame, run_while, webhook
 
 TT = "usdt_perp"
 
@@ -145,6 +145,48 @@ async def test_late_close_after_an_empty_rest_answer_is_kept(
     feed = summary["feeds"][0]
     assert feed["rest_absent"] == 0
     assert wm >= int(lake_frame(tmp_path, TT, "1m")["t"].min()) + 10 * M
+
+
+async def test_a_late_close_replaces_a_provisional_rest_candle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A closing event ~20 s late: the period check repairs the candle over REST first. If REST
+    # answered before the exchange's kline was final (here: volumes halved while the candle closed
+    # less than 15 s ago), the late closing event's values must win, not be dropped as a duplicate.
+    real = RestClient.klines
+
+    async def provisional_klines(self: RestClient, symbol: str, interval: str, **kw: Any) -> list[list[Any]]:
+        rows = await real(self, symbol, interval, **kw)
+        now = self.clock.now_ms()
+        out = []
+        for r in rows:
+            if int(r[6]) + 15_000 > now:
+                r = list(r)
+                for i in (5, 7, 9, 10):
+                    r[i] = repr(float(r[i]) / 2)
+            out.append(r)
+        return out
+
+    monkeypatch.setattr(RestClient, "klines", provisional_klines)
+    faults = FaultConfig(ws_close_delay_s=20.0)  # every closing event 20 s late: REST is asked first
+    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6}, faults=faults)) as sim:
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=8, grace_s=5.0, history=5),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=90)
+        wm = read_watermark(tmp_path, TT, "1m")
+        assert wm is not None
+        # (the last period's closing events may come after the run stopped: its REST values stay)
+        lake = lake_frame(tmp_path, TT, "1m").filter(pl.col("t") < wm["watermark_ms"])
+        truth = sim.market.truth(TT, "1m", live, int(lake["t"].min()), wm["watermark_ms"])
+        d = diff_truth(lake, truth)
+        assert d["missing"] == d["extra"] == d["differ"] == 0, d
+        assert lake.height >= 6 * 6
+    feed = summary["feeds"][0]
+    assert feed["rest_repaired"] > 0
+    assert feed["appender"]["superseded"] > 0
 
 
 async def test_alerts_raised_while_shutting_down_are_delivered(
