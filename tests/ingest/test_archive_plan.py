@@ -173,3 +173,31 @@ def test_days_a_verified_monthly_file_left_empty_are_taken_from_daily_files() ->
     full = {u: UnitState(0 if u == ms(2024, 1, 20) else 1440, 0) for u in lake}
     plan = plan_series("spot", "BTCUSDT", "1m", ms(2024, 1, 1), ms(2024, 2, 1), lst, full, manifest)
     assert plan.fetch == [] and plan.skipped == 31
+
+
+def test_delisted_candidates_by_name_include_settled_perpetuals() -> None:
+    """The archive keeps the history of a settled perpetual whose name a new listing reused under
+    <name>SETTLED (BNXUSDTSETTLED; twice reused: AERGOUSDTSETTLEDSETTLED). --include-delisted
+    takes it as a series of its own; exchangeInfo's own entries are classified by exchangeInfo."""
+    from lake.ingest.archive.symbols import delisted_candidates, name_matches_trade_type
+
+    listed = [
+        "BNXUSDTSETTLED",
+        "AERGOUSDTSETTLEDSETTLED",
+        "BTCUSDT",
+        "USDTSETTLED",
+        "SETTLED",
+        "BTCUSDCSETTLED",
+    ]
+    trading = {
+        "BTCUSDT": {
+            "symbol": "BTCUSDT",
+            "status": "TRADING",
+            "contractType": "PERPETUAL",
+            "quoteAsset": "USDT",
+        }
+    }
+    assert delisted_candidates(listed, "usdt_perp", trading) == ["AERGOUSDTSETTLEDSETTLED", "BNXUSDTSETTLED"]
+    assert delisted_candidates(listed, "usdc_perp", trading) == ["BTCUSDCSETTLED"]
+    assert not name_matches_trade_type("BNXUSDTSETTLED", "usdt_spot")
+    assert not name_matches_trade_type("BTCUSDT_250328SETTLED", "usdt_perp")

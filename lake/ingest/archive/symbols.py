@@ -5,7 +5,11 @@ The archive lists every symbol that ever traded, with no metadata. A symbol exch
 is classified by its name, the way Binance forms them:
 
     spot        <BASE><QUOTE>                 quote suffix: BTCUSDT, ETHBTC, SOLUSDC
-    usdt_perp   <BASE>USDT, no underscore     BTCUSDT (and usdc_perp: BTCUSDC)
+    usdt_perp   <BASE>USDT, no underscore     BTCUSDT (and usdc_perp: BTCUSDC); also
+                <BASE>USDTSETTLED             the history of a settled perpetual whose name was
+                                              reused by a new listing (BNXUSDTSETTLED; the suffix
+                                              repeats for a second reuse: AERGOUSDTSETTLEDSETTLED),
+                                              kept as a series of its own
     usdt_deli   <BASE>USDT_<YYMMDD>           BTCUSDT_250328
     coin_perp   <BASE>USD_PERP                BTCUSD_PERP
     coin_deli   <BASE>USD_<YYMMDD>            BTCUSD_250328
@@ -22,6 +26,7 @@ from lake.binance.markets import DELIVERY_CONTRACT_TYPES, TradeType, get_trade_t
 __all__ = ["delisted_candidates", "name_matches_trade_type"]
 
 _DELIVERY_RE = re.compile(r"[A-Z0-9]+_\d{6}")
+_SETTLED = "SETTLED"
 
 
 def name_matches_trade_type(symbol: str, trade_type: str | TradeType) -> bool:
@@ -34,6 +39,8 @@ def name_matches_trade_type(symbol: str, trade_type: str | TradeType) -> bool:
         if tt.market_name == "cm":
             return symbol.endswith("USD_PERP") and len(symbol) > len("USD_PERP")
         assert tt.quote_asset is not None
+        while symbol.endswith(_SETTLED) and len(symbol) > len(_SETTLED):
+            symbol = symbol[: -len(_SETTLED)]
         return "_" not in symbol and symbol.endswith(tt.quote_asset) and len(symbol) > len(tt.quote_asset)
     if tt.contract_types == DELIVERY_CONTRACT_TYPES:
         if not _DELIVERY_RE.fullmatch(symbol):
