@@ -238,6 +238,7 @@ class LiveRunner:
                     self._snapshot_lock[market] = asyncio.Lock()
                     self._limiters[market] = ConnectLimiter(250 if market == "spot" else 1000, 300.0)
                 try:
+                    await self._check_whitelist()
                     for feed in self.feeds:
                         await self._start_feed(feed)
                     await self._supervise()
@@ -441,8 +442,33 @@ class LiveRunner:
             return snap
 
     def _trading(self, feed: Feed, snap: ExchangeSnapshot) -> set[str]:
-        uni = universe(snap, feed.tt, self.config.symbols)
+        wanted = self.config.symbols
+        if wanted is not None and self._shared_whitelist:
+            # one --symbols list for several trade types: each takes the symbols it lists
+            # (_check_whitelist has made sure every symbol belongs to one of them)
+            listed = {x.symbol for x in snap.members(feed.tt, trading_only=False)}
+            wanted = tuple(x for x in wanted if x in listed)
+        uni = universe(snap, feed.tt, wanted)
         return {s for s in uni.symbols if uni.info[s].status == "TRADING"}
+
+    @property
+    def _shared_whitelist(self) -> bool:
+        return len({f.tt.name for f in self.feeds}) > 1
+
+    async def _check_whitelist(self) -> None:
+        """With ``--symbols`` and several trade types, a symbol none of them lists is an error (a
+        typo), named before anything starts."""
+        wanted = self.config.symbols
+        if wanted is None or not self._shared_whitelist:
+            return
+        claimed: set[str] = set()
+        for feed in self.feeds:
+            snap = await self._snapshot(feed.tt.market_name, max_age_ms=60_000)
+            claimed |= {x.symbol for x in snap.members(feed.tt, trading_only=False)}
+        absent = [x for x in wanted if x not in claimed]
+        if absent:
+            types = ", ".join(sorted({f.tt.name for f in self.feeds}))
+            raise NotFoundError(f"unknown {types} symbol(s): {', '.join(absent)}")
 
     async def _refresh(self, feed: Feed) -> None:
         assert feed.book is not None and feed.pool is not None

@@ -24,8 +24,10 @@ from .helpers import M, diff_truth, lake_frame, run_while, webhook
 IV = "1m"
 
 
-def _check_truth(sim: SimServer, root: Path, tt: str, symbols: list[str] | None = None) -> int:
-    wm = read_watermark(root, tt, IV)
+def _check_truth(
+    sim: SimServer, root: Path, tt: str, symbols: list[str] | None = None, scope: list[str] | None = None
+) -> int:
+    wm = read_watermark(root, tt, IV, scope)
     assert wm is not None, f"no watermark for {tt}"
     lake = lake_frame(root, tt, IV)
     syms = symbols or sorted(lake["symbol"].unique())
@@ -210,3 +212,30 @@ def test_catchup_retries_what_a_retry_can_fix_only() -> None:
     assert not _transient(ValidationError("bad interval")) and not _transient(RuntimeError("bug"))
     assert _transient(ExceptionGroup("g", [UpstreamError("a"), IncompleteError("b")]))
     assert not _transient(ExceptionGroup("g", [UpstreamError("a"), ConfigError("b")]))
+
+
+async def test_a_symbols_whitelist_is_shared_by_several_trade_types(tmp_path: Path) -> None:
+    """`lake live -t usdt_spot -t btc_spot --symbols BTCUSDT,ETHBTC` follows each pair in the trade
+    type that lists it (it used to fail: BTCUSDT is no btc_spot symbol); a symbol none of them lists
+    is named before anything starts."""
+    from lake.errors import NotFoundError
+
+    async with sim_server(test_config(speed=60.0)) as sim:
+        settings = Settings(root=str(tmp_path), sim_url=sim.base_url)
+        types = ("usdt_spot", "btc_spot")
+        with pytest.raises(NotFoundError, match="NOPEUSDT"):
+            await LiveRunner(
+                settings,
+                LiveConfig(trade_types=types, intervals=(IV,), periods=1, symbols=["BTCUSDT", "NOPEUSDT"]),
+            ).run()
+        runner = LiveRunner(
+            settings,
+            LiveConfig(
+                trade_types=types, intervals=(IV,), periods=2, history=3, symbols=["BTCUSDT", "ETHBTC"]
+            ),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=60)
+        assert {f["feed"]: f["live"] for f in summary["feeds"]} == {"usdt_spot 1m": 1, "btc_spot 1m": 1}
+        # (a --symbols run keeps a watermark of its own, under the list it was given)
+        _check_truth(sim, tmp_path, "usdt_spot", ["BTCUSDT"], scope=["BTCUSDT", "ETHBTC"])
+        _check_truth(sim, tmp_path, "btc_spot", ["ETHBTC"], scope=["BTCUSDT", "ETHBTC"])
