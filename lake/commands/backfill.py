@@ -56,7 +56,11 @@ def backfill_cmd(
     ] = None,
     symbols: Annotated[
         str | None,
-        typer.Option("--symbols", help="Only these symbols (comma-separated); default: all TRADING."),
+        typer.Option(
+            "--symbols",
+            help="Only these symbols (comma-separated); default: all TRADING. With several --type, "
+            "each type takes the symbols it lists.",
+        ),
     ] = None,
     funding: Annotated[
         bool, typer.Option("--funding", help="Also fill the funding table (perpetuals).")

@@ -38,8 +38,8 @@ def live_cmd(
         str | None,
         typer.Option(
             "--symbols",
-            help="Only these symbols (comma-separated); default: all TRADING. Such a run publishes "
-            "its own watermark, not the feed's.",
+            help="Only these symbols (comma-separated); default: all TRADING. With several --type, "
+            "each type takes the symbols it lists. Such a run publishes its own watermark, not the feed's.",
         ),
     ] = None,
     offsets: Annotated[
