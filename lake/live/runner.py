@@ -39,6 +39,7 @@ from lake.binance.intervals import parse_interval
 from lake.binance.markets import get_trade_type
 from lake.errors import ConfigError, LakeError, NotFoundError, ValidationError
 from lake.ingest.backfill import backfill
+from lake.ingest.governor import budget_path
 from lake.ingest.rest_client import RestClient
 from lake.ingest.universe import ExchangeSnapshot, fetch_exchange_info, universe, write_snapshot
 from lake.live.alerts import Alerter
@@ -236,7 +237,16 @@ class LiveRunner:
                     client = RestClient.from_settings(self.settings, market, **self.client_options)
                     self.clients[market] = await stack.enter_async_context(client)
                     self._snapshot_lock[market] = asyncio.Lock()
-                    self._limiters[market] = ConnectLimiter(250 if market == "spot" else 1000, 300.0)
+                    # attempts per IP: shared with the other processes on this lake's state dir
+                    self._limiters[market] = ConnectLimiter(
+                        250 if market == "spot" else 1000,
+                        300.0,
+                        state_file=budget_path(
+                            self.settings.state_path,
+                            f"ws-connects-{market}",
+                            self.settings.endpoints.ws[market],
+                        ),
+                    )
                 try:
                     await self._check_whitelist()
                     for feed in self.feeds:

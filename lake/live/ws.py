@@ -16,8 +16,8 @@ and is what BMAC used.
 * **Reconnects.** A dropped connection reconnects after a capped, jittered exponential backoff,
   reset only by a connection that delivered data and stayed up ``stable_s`` (a server that accepts
   and soon closes again is not hammered); a handshake refused with 429/418 waits its
-  ``Retry-After`` (at least a minute). Connection attempts per market are limited per process (300
-  per 5 min per IP on spot: run one ``lake live`` per market and IP, or lower the limit). Before the 24 h connection lifetime ends, a connection is replaced
+  ``Retry-After`` (at least a minute). Connection attempts per market are limited (300 per 5 min
+  per IP on spot) in a file of the state directory, shared by the processes using it. Before the 24 h connection lifetime ends, a connection is replaced
   proactively: the new one is opened and subscribed, then the old one is read for ``overlap_s``
   more before it is closed, so nothing is missed (duplicates are dropped by the appender). A ``serverShutdown`` event (spot sends it before
   the server goes away) triggers the same replacement at once; the event is not passed on.
@@ -28,14 +28,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
+import os
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
@@ -125,24 +128,58 @@ class ShardPlan:
 
 
 class ConnectLimiter:
-    """At most ``limit`` connection attempts per ``window_s`` (shared by a market's shards)."""
+    """At most ``limit`` connection attempts per ``window_s`` (shared by a market's shards).
 
-    def __init__(self, limit: int = 250, window_s: float = 300.0) -> None:
+    With ``state_file`` the attempts are counted in that file (wall-clock times, under an ``fcntl``
+    lock), so every process using it shares the limit: the exchange counts attempts per IP (300 per
+    5 min on spot), and two ``lake live`` processes (one per interval, say) would otherwise each
+    allow the full limit. A file that cannot be read counts as no attempts (the limit is a guard).
+    """
+
+    def __init__(self, limit: int = 250, window_s: float = 300.0, state_file: Path | None = None) -> None:
         self.limit = limit
         self.window_s = window_s
+        self.state_file = state_file
         self._times: deque[float] = deque()
 
     async def acquire(self) -> None:
         while True:
-            now = time.monotonic()
-            while self._times and now - self._times[0] > self.window_s:
-                self._times.popleft()
-            if len(self._times) < self.limit:
-                self._times.append(now)
+            wait = self._try() if self.state_file is None else await asyncio.to_thread(self._try_shared)
+            if wait <= 0:
                 return
-            wait = self.window_s - (now - self._times[0]) + 0.01
             log.warning("websocket connection attempts at the limit; waiting %.1fs", wait)
             await asyncio.sleep(wait)
+
+    def _try(self) -> float:
+        """Take an attempt (→ 0) or say how long to wait."""
+        now = time.monotonic()
+        while self._times and now - self._times[0] > self.window_s:
+            self._times.popleft()
+        if len(self._times) < self.limit:
+            self._times.append(now)
+            return 0.0
+        return self.window_s - (now - self._times[0]) + 0.01
+
+    def _try_shared(self) -> float:
+        assert self.state_file is not None
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.state_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            now = time.time()
+            try:
+                raw = json.loads(os.pread(fd, 1 << 20, 0) or b"[]")
+                times = sorted(float(t) for t in raw if now - float(t) <= self.window_s)
+            except (ValueError, TypeError):
+                times = []
+            if len(times) >= self.limit:
+                return self.window_s - (now - times[0]) + 0.01
+            data = json.dumps([*times, now]).encode()
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+            return 0.0
+        finally:
+            os.close(fd)  # (releases the lock)
 
 
 @dataclass

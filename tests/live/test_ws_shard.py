@@ -243,3 +243,25 @@ async def test_a_replaced_connection_is_read_until_the_overlap_ends() -> None:
     delivered_late = [s for s in sent_after if s in set(got)]
     assert len(delivered_late) >= 5, (len(sent_after), len(delivered_late))
     assert got == sorted(got)
+
+
+async def test_connection_attempts_are_limited_across_processes_sharing_a_state_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The exchange counts connection attempts per IP: limiters on one state file (two `lake live`
+    processes, one per interval) share the limit; a damaged file counts as no attempts."""
+    import time
+
+    from lake.live.ws import ConnectLimiter
+
+    state = tmp_path / "ws-connects.json"
+    a = ConnectLimiter(3, 0.5, state_file=state)
+    b = ConnectLimiter(3, 0.5, state_file=state)
+    t0 = time.monotonic()
+    for lim in (a, b, a):
+        await lim.acquire()
+    assert time.monotonic() - t0 < 0.3
+    await b.acquire()  # the fourth attempt waits for the first to leave the window
+    assert time.monotonic() - t0 >= 0.45
+    state.write_text("not json")
+    t1 = time.monotonic()
+    await a.acquire()
+    assert time.monotonic() - t1 < 0.3
