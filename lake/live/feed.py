@@ -143,6 +143,7 @@ class FeedStats:
     periods_checked: int = 0
     periods_complete: int = 0
     rest_repaired: int = 0  # candles stored from REST by the period check
+    rest_reconfirmed: int = 0  # of those, given within 30 s of their close and changed when asked again
     rest_absent: int = 0  # (symbol, period) the exchange has no candle for
     catchup_rows: int = 0
     repair_failures: int = 0
@@ -181,7 +182,8 @@ class Feed:
         )
         # candles repaired over REST within seconds of their close, by (symbol, open): a closing
         # event can come ~24 s late (binance.md §6.7), and if REST answered before the exchange's
-        # kline was final, that event's values are the right ones (LiveRunner._repair fills this)
+        # kline was final, that event's values are the right ones; without one, REST is asked
+        # again once the candle is 30 s old (LiveRunner._repair fills this, _reconfirm empties it)
         self.recent_rest: dict[tuple[str, int], Sequence[Any]] = {}
         self.writer = KlineWriter(lfs, tt.name, iv.name, threads=config.writer_threads)
         self.book: PeriodBook | None = None
@@ -245,6 +247,9 @@ class Feed:
         """Whether a closing event's ``row`` should replace the stored candle: one REST repaired just
         after its close, with other values."""
         rest = self.recent_rest.pop((symbol, open_ms), None)
-        if rest is None:
-            return False
-        return any(float(rest[i]) != float(row[i]) for i in (1, 2, 3, 4, 5, 7, 8, 9, 10))
+        return rest is not None and candle_differs(rest, row)
+
+
+def candle_differs(a: Sequence[Any], b: Sequence[Any]) -> bool:
+    """Whether two REST-layout kline rows of one candle differ in any value."""
+    return any(float(a[i]) != float(b[i]) for i in (1, 2, 3, 4, 5, 7, 8, 9, 10))

@@ -43,7 +43,7 @@ from lake.ingest.governor import budget_path
 from lake.ingest.rest_client import RestClient
 from lake.ingest.universe import ExchangeSnapshot, fetch_exchange_info, universe, write_snapshot
 from lake.live.alerts import Alerter
-from lake.live.feed import Feed, FeedLock, LiveConfig, iso
+from lake.live.feed import Feed, FeedLock, LiveConfig, candle_differs, iso
 from lake.live.period import PeriodBook
 from lake.live.repair import (
     catchup_start,
@@ -918,8 +918,42 @@ class LiveRunner:
                 out[sym] = left
         return out
 
+    async def _reconfirm(self, feed: Feed) -> None:
+        """Ask REST again for the candles it gave within ``_ABSENT_SETTLE_MS`` of their close, once
+        they are that old, unless their closing event replaced them meanwhile; a changed answer is
+        written (a later write wins). The reference's advice: close by the clock, then reconcile
+        over REST. A failed request leaves them for the next period's check."""
+        due_before = feed.now_ms() - _ABSENT_SETTLE_MS - feed.iv_ms  # opens of candles now settled
+        due: dict[str, list[int]] = {}
+        for sym, t in list(feed.recent_rest):
+            if t <= due_before:
+                due.setdefault(sym, []).append(t)
+        if not due:
+            return
+        ranges = {s: (min(ts), max(ts) + feed.iv_ms) for s, ts in due.items()}
+        results, errors = await fetch_many(
+            feed.client, feed.iv.name, ranges, concurrency=self.config.rest_concurrency
+        )
+        changed: dict[str, list[list[Any]]] = {}
+        for sym, res in results.items():
+            for r in res.rows:
+                old = feed.recent_rest.get((sym, int(r[0])))
+                if old is not None and candle_differs(old, r):
+                    changed.setdefault(sym, []).append(r)
+        for sym, ts in due.items():
+            if sym not in errors:
+                for t in ts:
+                    feed.recent_rest.pop((sym, t), None)
+        if changed:
+            n = sum(len(v) for v in changed.values())
+            log.info("%s: %d candle(s) REST gave early changed since; rewritten", feed.name, n)
+            stored = await self._store(feed, changed, "rest")
+            feed.stats.rest_reconfirmed += sum(len(changed[s]) for s in stored)
+
     async def _check_locked(self, feed: Feed, period: int) -> None:
         assert feed.book is not None
+        if feed.recent_rest:
+            await self._reconfirm(feed)
         deadline = period + 2 * feed.iv_ms  # the next boundary's check takes over from there
         attempt = 0
         logged = False
@@ -991,23 +1025,33 @@ class LiveRunner:
         results, errors = await fetch_many(
             feed.client, feed.iv.name, ranges, concurrency=self.config.rest_concurrency
         )
-        # candles the websocket delivered while the requests were in flight are not written again
+        # candles the websocket delivered while the requests were in flight (stored, buffered or
+        # being written) are not written again: a REST row written after them would win over them
         fetched: dict[str, list[list[Any]]] = {}
         for sym, res in results.items():
-            rows = [r for r in res.rows if not feed.book.is_stored(sym, int(r[0]))]
+            rows = [
+                r
+                for r in res.rows
+                if not feed.book.is_stored(sym, int(r[0]))
+                and not feed.appender.holds(sym, int(r[0]))
+                and (sym, int(r[0])) not in feed.inflight
+            ]
             if rows:
                 fetched[sym] = rows
-        stored = await self._store(feed, fetched, "rest")
-        feed.stats.rest_repaired += sum(len(fetched[s]) for s in stored)
-        # a closing event that comes late for a candle REST gave soon after its close may carry
-        # other (final) values: remembered until _ABSENT_SETTLE_MS after the close (Feed._supersedes)
+        # A closing event that comes late for a candle REST gave soon after its close may carry
+        # other (final) values: remembered until _ABSENT_SETTLE_MS after the close (Feed._supersedes).
+        # Registered before the store, which marks the candles stored and may then wait (the
+        # watermark write): an event arriving meanwhile must find them.
         young = feed.now_ms() - _ABSENT_SETTLE_MS - feed.iv_ms
-        for key in [k for k in feed.recent_rest if k[1] < young]:
-            del feed.recent_rest[key]
-        for sym in stored:
-            for r in fetched[sym]:
+        for sym, rows in fetched.items():
+            for r in rows:
                 if int(r[0]) >= young:
                     feed.recent_rest[(sym, int(r[0]))] = r
+        stored = await self._store(feed, fetched, "rest")
+        for sym in fetched.keys() - set(stored):  # not written: nothing to supersede
+            for r in fetched[sym]:
+                feed.recent_rest.pop((sym, int(r[0])), None)
+        feed.stats.rest_repaired += sum(len(fetched[s]) for s in stored)
         completed: list[int] = []
         settling: set[tuple[str, int]] = set()
         proven: dict[str, list[EmptyRange]] = {}

@@ -144,7 +144,19 @@ class ConnectLimiter:
 
     async def acquire(self) -> None:
         while True:
-            wait = self._try() if self.state_file is None else await asyncio.to_thread(self._try_shared)
+            if self.state_file is None:
+                wait = self._try()
+            else:
+                try:
+                    wait = await asyncio.to_thread(self._try_shared)
+                except OSError as exc:  # not writable (another user's, disk full): count here only
+                    log.warning(
+                        "websocket attempt counter %s unusable (%s); counting in this process",
+                        self.state_file,
+                        exc,
+                    )
+                    self.state_file = None
+                    continue
             if wait <= 0:
                 return
             log.warning("websocket connection attempts at the limit; waiting %.1fs", wait)
@@ -412,7 +424,12 @@ class WsShard:
                     continue
                 why = "the server announced its shutdown" if shutdown else "the connection lifetime limit"
                 log.info("ws %s: replaced before %s", self.name, why)
-                await self._drain(ws)
+                try:
+                    await self._drain(ws)
+                except BaseException:  # stopped meanwhile: the new connection is nobody's
+                    self._carried.pop(new, None)
+                    await _close_quietly(new)
+                    raise
                 return new
             try:
                 async with asyncio.timeout(remaining):

@@ -77,6 +77,9 @@ def diff_truth(lake: pl.DataFrame, truth: pl.DataFrame) -> dict[str, Any]:
         "missing_rows": missing.head(5).to_dicts(),
         "extra_rows": extra.head(5).to_dicts(),
         "differ_rows": differ.select(key).head(5).to_dicts(),
+        "differ_src": lake.join(differ.select(key), on=key).select(*key, "source").head(5).to_dicts()
+        if "source" in lake.columns
+        else None,
     }
 
 

@@ -265,3 +265,49 @@ async def test_connection_attempts_are_limited_across_processes_sharing_a_state_
     t1 = time.monotonic()
     await a.acquire()
     assert time.monotonic() - t1 < 0.3
+
+
+async def test_stop_while_a_replaced_connection_drains_closes_both() -> None:
+    """Stopped during the overlap after a proactive replacement: the new connection, not yet the
+    current one, used to stay open (review)."""
+    from websockets.asyncio.server import serve
+
+    open_conns: set[object] = set()
+
+    async def handler(ws):  # type: ignore[no-untyped-def]
+        open_conns.add(ws)
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    await ws.send(
+                        json.dumps({"stream": "btcusdt@kline_1m", "data": {"e": "kline", "seq": 0}})
+                    )
+                    await asyncio.sleep(0.02)
+        finally:
+            open_conns.discard(ws)
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        shard = WsShard(
+            "um#0",
+            f"ws://127.0.0.1:{port}",
+            ["btcusdt@kline_1m"],
+            lambda m, t: None,
+            lifetime_s=4.0,
+            overlap_s=1.0,
+        )
+        shard.start()
+        await until(lambda: shard.stats.connects == 2)
+        await asyncio.sleep(0.2)  # inside the drain (1 s)
+        await shard.stop()
+        await until(lambda: not open_conns, limit_s=3.0)
+    assert shard.stats.rotations == 0 and not shard._carried
+
+
+async def test_an_unusable_attempt_counter_file_falls_back_to_counting_in_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lake.live.ws import ConnectLimiter
+
+    lim = ConnectLimiter(2, 1.0, state_file=tmp_path)  # a directory: cannot be opened for writing
+    await asyncio.wait_for(lim.acquire(), 1.0)
+    assert lim.state_file is None
+    await asyncio.wait_for(lim.acquire(), 1.0)
