@@ -74,6 +74,7 @@ _CLOSE_MARGIN_MS = 1_000
 # may lag as much. A slot written off sooner would also drop its late closing event (the book counts
 # it done), a hole for good.
 _ABSENT_SETTLE_MS = 30_000
+_RECONFIRM_TRIES = 5  # period checks that ask again for a young REST candle before giving up
 _REPAIR_PAUSE_MAX_S = 60.0  # the longest pause between two repair rounds of an incomplete period
 _FULL_GC_EVERY_S = 30.0  # full collections after the catch-up: one at most this often, between bursts
 
@@ -924,9 +925,12 @@ class LiveRunner:
         written (a later write wins). The reference's advice: close by the clock, then reconcile
         over REST. A failed request leaves them for the next period's check."""
         due_before = feed.now_ms() - _ABSENT_SETTLE_MS - feed.iv_ms  # opens of candles now settled
+        give_up = due_before - _RECONFIRM_TRIES * feed.iv_ms  # (a symbol REST keeps failing for)
         due: dict[str, list[int]] = {}
         for sym, t in list(feed.recent_rest):
-            if t <= due_before:
+            if t < give_up:
+                del feed.recent_rest[(sym, t)]
+            elif t <= due_before:
                 due.setdefault(sym, []).append(t)
         if not due:
             return
