@@ -116,7 +116,7 @@ class BuildResult:
     bins: int = 0  # bins recomputed
     written: int = 0  # files written (period files and tail files)
     unchanged: int = 0  # files recomputed but identical, not written
-    removed: int = 0  # files deleted (bins that no longer exist, tail files no longer needed)
+    removed: int = 0  # files deleted (bins that no longer exist), tail files retired or deleted
     tail_bins: int = 0  # bins written to the tail
     folded: int = 0  # series whose tail was folded into their period files
     seconds: float = 0.0

@@ -26,8 +26,9 @@ and then writes a marker). So every bin is in exactly one place, and the newest 
 Row group 0 of a file holds its coverage and marker rows, the bins follow, so a writer learns a
 file's coverage from its footer and a few kilobytes. Layers are merged as they accumulate (the
 newest files while no larger than what is being written, as a binary counter: at most about
-log2(runs) files), and a file whose rows are all hidden by newer ones is deleted ``grace_s`` after
-it became hidden, so a query that listed it a moment before can still read it.
+log2(runs) files), and a file whose rows are all hidden by newer ones is taken out ``grace_s`` after
+it became hidden, so a query that listed it a moment before can still read it: on a local disk it is
+retired in place (zero rows; ``cleanup``), on an object store deleted.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ __all__ = [
     "BIN_SCHEMA",
     "EMPTY_FILE",
     "GRACE_S",
+    "KEEP_STUBS",
+    "MAX_STUBS",
     "TAIL_TABLE",
     "Layer",
     "TailState",
@@ -72,6 +75,8 @@ __all__ = [
 TAIL_TABLE = "offsets_tail"
 EMPTY_FILE = "_empty.parquet"
 GRACE_S = 120.0
+MAX_STUBS = 64  # retired (zero-row) tail files kept per directory before a batch is deleted
+KEEP_STUBS = 16  # ... down to this many
 _TIME = pl.Datetime("ms", "UTC")
 # the bins of a layer: series keys and the offsets columns
 BIN_SCHEMA: dict[str, pl.DataType] = {"symbol": pl.String(), "offset": pl.String(), **OFFSET_SCHEMA}
@@ -469,21 +474,54 @@ def write_markers(lfs: LakeFS, directory: str, after: Iterable[str], symbols: It
 
 
 def cleanup(lfs: LakeFS, state: TailState, grace_s: float = GRACE_S, now_ns: int | None = None) -> int:
-    """Delete the tail files hidden for at least ``grace_s``; how many were deleted. (A marker is
-    needed while an older layer of its symbol exists, so deleting layers can free markers too.)"""
+    """Take out the tail files hidden for at least ``grace_s``; how many were taken out. (A marker
+    is needed while an older layer of its symbol exists, so taking out layers can free markers too.)
+
+    On a local disk a file is *retired*, not deleted: it keeps its name and bytes and gets a footer
+    without row groups appended (zero rows). A query lists the tail files when it starts and opens
+    them later; a file deleted in between fails it ("No such file"), while a retired one gives it the
+    old pages at their offsets or no rows. Retired files are deleted in one batch once more than
+    ``MAX_STUBS`` are there (down to ``KEEP_STUBS``): one such race per batch instead of one per
+    file. On an object store hidden files are deleted.
+    """
     now = time.time_ns() if now_ns is None else now_ns
+    stubs = [n for n, m, b in zip(state.names, state.metas, state.bins, strict=True) if not m and not b]
+    if stubs:  # (already without rows: out of the rule, kept only for readers)
+        keep = [i for i, n in enumerate(state.names) if n not in set(stubs)]
+        state = _subset(state, keep)
     removed = 0
     while True:
         gone = [i for i, t in enumerate(state.hidden) if t is not None and now - t >= grace_s * 1e9]
         if not gone:
-            return removed
+            break
         for i in gone:
-            lfs.remove(state.path(i))
+            if lfs.is_local and _retire(lfs, state.path(i)):
+                stubs.append(state.names[i])
+            else:
+                lfs.remove(state.path(i))
         removed += len(gone)
-        keep = [i for i in range(len(state.names)) if i not in set(gone)]
-        state = resolve(
-            state.directory,
-            [state.names[i] for i in keep],
-            [state.metas[i] for i in keep],
-            [state.bins[i] for i in keep],
-        )
+        state = _subset(state, [i for i in range(len(state.names)) if i not in set(gone)])
+    if len(stubs) > MAX_STUBS:
+        for n in sorted(stubs)[: len(stubs) - KEEP_STUBS]:
+            lfs.remove(f"{state.directory}/{n}")
+    return removed
+
+
+def _subset(state: TailState, keep: list[int]) -> TailState:
+    return resolve(
+        state.directory,
+        [state.names[i] for i in keep],
+        [state.metas[i] for i in keep],
+        [state.bins[i] for i in keep],
+    )
+
+
+def _retire(lfs: LakeFS, rel: str) -> bool:
+    """Append a zero-row footer to a tail file (see ``cleanup``); False if it is gone."""
+    try:
+        data = lfs.read_bytes(rel)
+    except FileNotFoundError:
+        return False
+    # the old bytes stay at their offsets, so this replacement cannot tear a read: no lease
+    lfs.write_atomic(rel, data + _empty_bytes()[4:], guard=False)
+    return True

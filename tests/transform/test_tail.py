@@ -156,7 +156,11 @@ def test_visible_tail_is_the_replay_in_polars_and_duckdb(
         check(_replay([*layers, new]))
         cleanup(lfs, load_state(lfs, "usdt_perp", "1h"), grace_s=0)
         check(_replay([*layers, new]))
-        assert all(h is None for h in load_state(lfs, "usdt_perp", "1h").hidden)
+        after = load_state(lfs, "usdt_perp", "1h")  # what is hidden was retired in place: no rows
+        assert all(
+            h is None or (not m and not b)
+            for h, m, b in zip(after.hidden, after.metas, after.bins, strict=True)
+        )
 
 
 def test_hidden_files_stay_for_the_grace_time(tmp_path: Path) -> None:
@@ -401,3 +405,43 @@ def test_candles_added_inside_a_day_are_a_tail_run(tmp_path: Path) -> None:
     assert_bins_equal(
         scan_offsets(tmp_path, "usdt_perp", "1h").collect().sort(KEY), _expected(tmp_path, ["AUSDT"])
     )
+
+
+def test_hidden_files_are_retired_in_place_and_trimmed_in_batches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hidden tail file is not deleted (a query that listed it an instant before would fail with
+    "No such file"): it keeps its name and its bytes as a prefix and reads as zero rows in Polars and
+    DuckDB. Retired files are deleted in a batch once more than MAX_STUBS pile up."""
+    import lake.transform.tail as tail_mod
+
+    monkeypatch.setattr(tail_mod, "MAX_STUBS", 3)
+    monkeypatch.setattr(tail_mod, "KEEP_STUBS", 1)
+    lfs = LakeFS(tmp_path)
+    directory = tail_dir("usdt_perp", "1h")
+    names: list[str] = []
+    retired: list[str] = []
+    for k in range(5):  # each new version of AUSDT's layer hides the previous file
+        names.append(new_name(names))
+        rel = f"{directory}/{names[-1]}"
+        lfs.write_atomic(rel, encode(_layer([("AUSDT", False, 0, {("0m", k + 1)})], k)))
+        before = {n: (tmp_path / directory / n).read_bytes() for n in names}
+        state = load_state(lfs, "usdt_perp", "1h")
+        assert cleanup(lfs, state, grace_s=0) == (1 if k else 0)
+        if k:
+            retired.append(names[-2])
+        left = list_files(lfs, "usdt_perp", "1h")
+        if len(retired) > 3:  # the batch: the oldest retired files go, KEEP_STUBS of them stay
+            assert left == [retired[-1], names[-1]]
+            retired = retired[-1:]
+        else:
+            assert left == names[-len(retired) - 1 :]
+            for n in retired:
+                data = (tmp_path / directory / n).read_bytes()
+                assert (
+                    data.startswith(before[n][:-8]) and pl.read_parquet(tmp_path / directory / n).height == 0
+                )
+        assert _as_set(load_state(lfs, "usdt_perp", "1h").read_bins(lfs)) == {
+            ("AUSDT", "0m", T0_MS + (k + 1) * HOUR, float(k))
+        }
+        assert _as_set(_duckdb_tail(tmp_path)) == {("AUSDT", "0m", T0_MS + (k + 1) * HOUR, float(k))}
