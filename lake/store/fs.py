@@ -231,6 +231,14 @@ class LakeFS:
         return str(info.get("ETag") or info.get("LastModified") or info.get("mtime")) + f":{info.get('size')}"
 
     # -- writing -------------------------------------------------------------------------------
+    def retire_parquet(self, rel: str, data: bytes, empty: bytes) -> None:
+        """Make the parquet file ``rel``, whose bytes are ``data``, read as zero rows without
+        deleting it: ``data`` followed by the footer of ``empty`` (a zero-row parquet file of the
+        same schema, whose leading magic number is dropped) replaces it. A query that listed the
+        file and opens it later finds it; one that read the old footer finds the old pages at their
+        offsets; so the replacement cannot tear a read and needs no lease (``lake.store.tail``)."""
+        self.write_atomic(rel, data + empty[4:], guard=False)
+
     def write_atomic(self, rel: str, data: bytes, *, guard: bool = True) -> None:
         """Replace ``rel`` with ``data`` so that no reader ever sees a partial file. ``guard=False``
         skips the torn-read guard of parquet files (``lake.store.swap``) for replacements that

@@ -459,7 +459,7 @@ def _retire(lfs: LakeFS, base: str, name: str, seq: int) -> bool:
         return False  # damaged since: readers report it; keep it for the user to inspect
     if current != seq:
         return False  # refilled already (a crash between retiring and recording it): new candles
-    lfs.write_atomic(rel, data + _stub_footer(), guard=False)  # the old pages stay where they were
+    lfs.retire_parquet(rel, data, _stub())
     return True
 
 

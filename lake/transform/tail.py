@@ -33,6 +33,7 @@ retired in place (zero rows; ``cleanup``), on an object store deleted.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import time
@@ -212,6 +213,7 @@ def encode(layer: Layer) -> bytes:
     return bytes(sink.getvalue().to_pybytes())
 
 
+@functools.cache
 def _empty_bytes() -> bytes:
     sink = pa.BufferOutputStream()
     pq.write_table(_ARROW_SCHEMA.empty_table(), sink, store_schema=False)
@@ -517,11 +519,9 @@ def _subset(state: TailState, keep: list[int]) -> TailState:
 
 
 def _retire(lfs: LakeFS, rel: str) -> bool:
-    """Append a zero-row footer to a tail file (see ``cleanup``); False if it is gone."""
-    try:
-        data = lfs.read_bytes(rel)
-    except FileNotFoundError:
+    """Retire a tail file in place (see ``cleanup``); False if it is gone."""
+    data = lfs.read_bytes_or_none(rel)
+    if data is None:
         return False
-    # the old bytes stay at their offsets, so this replacement cannot tear a read: no lease
-    lfs.write_atomic(rel, data + _empty_bytes()[4:], guard=False)
+    lfs.retire_parquet(rel, data, _empty_bytes())
     return True
