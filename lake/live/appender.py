@@ -219,10 +219,13 @@ class Appender:
             st.max_event_ms = e
             st.max_event_mono = time.monotonic()
         key = (symbol, t)
-        if key in self._buffer or (self._is_stored(symbol, t) and not self._supersedes(symbol, t, row)):
+        if key in self._buffer:
             st.duplicates += 1
             return False
         if self._is_stored(symbol, t):
+            if not self._supersedes(symbol, t, row):
+                st.duplicates += 1
+                return False
             st.superseded += 1  # written again: the later tail file wins
         self._buffer[key] = (row, recv)
         st.closed += 1
