@@ -64,6 +64,7 @@ __all__ = [
     "GovernorStats",
     "Permit",
     "ServerClock",
+    "StateFile",
     "WeightGovernor",
     "budget_path",
 ]
@@ -217,8 +218,9 @@ def budget_path(state_dir: str | os.PathLike[str], name: str, base_url: str) -> 
 LEARNED_TTL_S = 86_400.0  # how long a limit learned from a 429 overrides exchangeInfo
 
 
-class _State:
-    """Window reservations and pause, in memory or in a locked JSON file."""
+class StateFile:
+    """A small JSON document shared by processes, in memory or in a locked file: the governor's window
+    reservations and pause, the websocket connection attempts (``lake.live.ws.ConnectLimiter``)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -331,7 +333,7 @@ class WeightGovernor:
         self.window_ms = int(window_ms)
         self.limit = int(limit)
         self.reserve = reserve
-        self._state = _State(Path(state_file) if state_file is not None else None)
+        self._state = StateFile(Path(state_file) if state_file is not None else None)
         self._fifo = asyncio.Lock()
         self._external: dict[int, int] = {}  # window → weight used outside our reservations
         self._rtt_avg = 2 * latency_s

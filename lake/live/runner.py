@@ -248,6 +248,7 @@ class LiveRunner:
                             self.settings.endpoints.ws[market],
                         ),
                     )
+                    stack.callback(self._limiters[market].close)
                 try:
                     await self._check_whitelist()
                     for feed in self.feeds:

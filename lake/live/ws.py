@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import itertools
 import json
 import logging
-import os
 import random
 import time
 from collections import deque
@@ -42,6 +40,8 @@ from pathlib import Path
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from lake.ingest.governor import StateFile
 
 __all__ = [
     "ConnectLimiter",
@@ -130,10 +130,11 @@ class ShardPlan:
 class ConnectLimiter:
     """At most ``limit`` connection attempts per ``window_s`` (shared by a market's shards).
 
-    With ``state_file`` the attempts are counted in that file (wall-clock times, under an ``fcntl``
-    lock), so every process using it shares the limit: the exchange counts attempts per IP (300 per
-    5 min on spot), and two ``lake live`` processes (one per interval, say) would otherwise each
-    allow the full limit. A file that cannot be read counts as no attempts (the limit is a guard).
+    With ``state_file`` the attempts are counted in that file (wall-clock times; a
+    ``lake.ingest.governor.StateFile``, like the REST weight budget), so every process using it
+    shares the limit: the exchange counts attempts per IP (300 per 5 min on spot), and two
+    ``lake live`` processes (one per interval, say) would otherwise each allow the full limit. A
+    file that cannot be used (another user's, a full disk) falls back to counting in this process.
     """
 
     def __init__(self, limit: int = 250, window_s: float = 300.0, state_file: Path | None = None) -> None:
@@ -141,21 +142,35 @@ class ConnectLimiter:
         self.window_s = window_s
         self.state_file = state_file
         self._times: deque[float] = deque()
+        self._shared: StateFile | None = None
+        if state_file is not None:
+            try:
+                self._shared = StateFile(state_file)
+            except OSError as exc:
+                self._unusable(exc)
+
+    def _unusable(self, exc: OSError) -> None:
+        log.warning(
+            "websocket attempt counter %s unusable (%s); counting in this process", self.state_file, exc
+        )
+        self.state_file = None
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
+    def close(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
 
     async def acquire(self) -> None:
         while True:
-            if self.state_file is None:
+            if self._shared is None:
                 wait = self._try()
             else:
                 try:
-                    wait = await asyncio.to_thread(self._try_shared)
-                except OSError as exc:  # not writable (another user's, disk full): count here only
-                    log.warning(
-                        "websocket attempt counter %s unusable (%s); counting in this process",
-                        self.state_file,
-                        exc,
-                    )
-                    self.state_file = None
+                    wait = await asyncio.to_thread(self._try_shared, self._shared)
+                except OSError as exc:
+                    self._unusable(exc)
                     continue
             if wait <= 0:
                 return
@@ -172,26 +187,20 @@ class ConnectLimiter:
             return 0.0
         return self.window_s - (now - self._times[0]) + 0.01
 
-    def _try_shared(self) -> float:
-        assert self.state_file is not None
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.state_file, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+    def _try_shared(self, shared: StateFile) -> float:
+        with shared.edit() as st:
             now = time.time()
-            try:
-                raw = json.loads(os.pread(fd, 1 << 20, 0) or b"[]")
-                times = sorted(float(t) for t in raw if now - float(t) <= self.window_s)
-            except (ValueError, TypeError):
-                times = []
+            got = st.get("ws_attempts")
+            times = sorted(
+                float(t)
+                for t in (got if isinstance(got, list) else [])
+                if isinstance(t, int | float) and now - t <= self.window_s
+            )
+            st["ws_attempts"] = times
             if len(times) >= self.limit:
                 return self.window_s - (now - times[0]) + 0.01
-            data = json.dumps([*times, now]).encode()
-            os.pwrite(fd, data, 0)
-            os.ftruncate(fd, len(data))
+            times.append(now)
             return 0.0
-        finally:
-            os.close(fd)  # (releases the lock)
 
 
 @dataclass
