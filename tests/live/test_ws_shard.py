@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Callable
+from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
@@ -100,6 +101,18 @@ async def test_a_refused_subscribe_reconnects_and_subscribes_again() -> None:
     assert shard.stats.refused == 1 and shard.stats.connects == 2
 
 
+async def _run_for(server: Any, seconds: float) -> WsShard:
+    """A one-stream shard against a local websockets ``server``, run for ``seconds``, then stopped."""
+    port = server.sockets[0].getsockname()[1]
+    shard = WsShard("spot#0", f"ws://127.0.0.1:{port}", ["btcusdt@kline_1m"], lambda m, t: None)
+    shard.start()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await shard.stop()
+    return shard
+
+
 async def test_a_server_that_accepts_then_closes_is_not_hammered() -> None:
     """A server that accepts, sends one message and closes (a policy close): the backoff used to be
     reset by that one message, so the shard reconnected every ~0.15 s (33 times in 5 s in a review).
@@ -111,13 +124,7 @@ async def test_a_server_that_accepts_then_closes_is_not_hammered() -> None:
         await ws.close(1008, "go away")
 
     async with serve(handler, "127.0.0.1", 0) as server:
-        port = server.sockets[0].getsockname()[1]
-        shard = WsShard("spot#0", f"ws://127.0.0.1:{port}", ["btcusdt@kline_1m"], lambda m, t: None)
-        shard.start()
-        try:
-            await asyncio.sleep(3.0)
-        finally:
-            await shard.stop()
+        shard = await _run_for(server, 3.0)
     # backoff 0.1-0.2, 0.2-0.4, 0.4-0.8, 0.8-1.6, 1.6-3.2 s after each close: at most 6 in 3 s
     assert 3 <= shard.stats.connects <= 6, shard.stats
 
@@ -140,13 +147,7 @@ async def test_a_handshake_refused_with_429_waits_its_retry_after() -> None:
         await ws.wait_closed()
 
     async with serve(handler, "127.0.0.1", 0, process_request=refuse) as server:
-        port = server.sockets[0].getsockname()[1]
-        shard = WsShard("spot#0", f"ws://127.0.0.1:{port}", ["btcusdt@kline_1m"], lambda m, t: None)
-        shard.start()
-        try:
-            await asyncio.sleep(1.5)
-        finally:
-            await shard.stop()
+        shard = await _run_for(server, 1.5)
     assert requests == 1 and shard.stats.failures == 1
     assert "429" in shard.stats.last_error
 
