@@ -447,13 +447,13 @@ class _MarketRun:
         for tt in self.tts:
             wanted = self.symbols.get(tt.name)
             if wanted is not None and self.unknown_symbols in ("skip", "shared"):
-                known = {x.symbol for x in snap.members(tt, trading_only=False)}
-                skipped = [x for x in wanted if x not in known]
+                listed = snap.listed(tt, wanted)
+                skipped = sorted(set(wanted) - set(listed), key=wanted.index)
                 if skipped and self.unknown_symbols == "skip":
                     log.warning(
                         "%s: skipping symbols unknown to exchangeInfo: %s", tt.name, ", ".join(skipped)
                     )
-                wanted = [x for x in wanted if x in known]
+                wanted = listed
                 self.claimed.update(wanted)
             uni: Universe = universe(snap, tt, wanted)
             log.info(

@@ -151,6 +151,12 @@ class ExchangeSnapshot:
         ]
         return sorted(out, key=lambda s: s.symbol)
 
+    def listed(self, trade_type: str | TradeType, symbols: Iterable[str]) -> list[str]:
+        """The ``symbols`` that ``trade_type`` lists (in any status), in their order: a whitelist
+        shared by several trade types is split with it."""
+        names = {s.symbol for s in self.members(trade_type, trading_only=False)}
+        return [s for s in symbols if s in names]
+
 
 _skipped_names: set[tuple[str, str]] = set()
 

@@ -458,8 +458,7 @@ class LiveRunner:
         if wanted is not None and self._shared_whitelist:
             # one --symbols list for several trade types: each takes the symbols it lists
             # (_check_whitelist has made sure every symbol belongs to one of them)
-            listed = {x.symbol for x in snap.members(feed.tt, trading_only=False)}
-            wanted = tuple(x for x in wanted if x in listed)
+            wanted = tuple(snap.listed(feed.tt, wanted))
         uni = universe(snap, feed.tt, wanted)
         return {s for s in uni.symbols if uni.info[s].status == "TRADING"}
 
@@ -476,7 +475,7 @@ class LiveRunner:
         claimed: set[str] = set()
         for feed in self.feeds:
             snap = await self._snapshot(feed.tt.market_name, max_age_ms=60_000)
-            claimed |= {x.symbol for x in snap.members(feed.tt, trading_only=False)}
+            claimed.update(snap.listed(feed.tt, wanted))
         absent = [x for x in wanted if x not in claimed]
         if absent:
             types = ", ".join(sorted({f.tt.name for f in self.feeds}))

@@ -150,7 +150,7 @@ async def archive_backfill(
                 # `-t usdt_spot -t btc_spot --symbols BTCUSDT,ETHBTC` files each pair under its own
                 # type. A symbol exchangeInfo no longer lists at all (delisted; the archive may still
                 # have it) goes to the trade types its name fits, if their archive lists it.
-                known = {s.symbol for s in snap.members(tt, trading_only=False)}
+                known = set(snap.listed(tt, wanted))
                 gone = [
                     s for s in wanted if s not in known and s not in raw and name_matches_trade_type(s, tt)
                 ]
