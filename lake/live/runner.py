@@ -927,10 +927,19 @@ class LiveRunner:
         due_before = feed.now_ms() - _ABSENT_SETTLE_MS - feed.iv_ms  # opens of candles now settled
         give_up = due_before - _RECONFIRM_TRIES * feed.iv_ms  # (a symbol REST keeps failing for)
         due: dict[str, list[int]] = {}
-        for sym, t in list(feed.recent_rest):
-            if t < give_up:
-                del feed.recent_rest[(sym, t)]
-            elif t <= due_before:
+        stale = [k for k in feed.recent_rest if k[1] < give_up]
+        if stale:
+            log.warning(
+                "%s: REST did not answer again for %d early candle(s) (e.g. %s %s); kept as first given",
+                feed.name,
+                len(stale),
+                stale[0][0],
+                iso(stale[0][1]),
+            )
+            for k in stale:
+                del feed.recent_rest[k]
+        for sym, t in feed.recent_rest:
+            if t <= due_before:
                 due.setdefault(sym, []).append(t)
         if not due:
             return
