@@ -1,4 +1,4 @@
-"""A small parquet writer for one kline partition: plain pages, one row group, written from NumPy.
+"""A small parquet writer for one kline partition: plain pages, written from NumPy.
 
 Why: a 1m day file holds 1,440 rows, and the archive ingest writes one per day (6,776 files for 20
 symbols × a year). pyarrow's writer costs ~0.5 ms per such file, ~0.2 ms of it fixed (column writers,
@@ -16,20 +16,33 @@ and DuckDB and compare data and statistics with pyarrow's own files.
 
 Layout of a file::
 
-    PAR1 | per column: [dictionary page] data page | FileMetaData (Thrift compact) | u32 length | PAR1
+    PAR1 | row group: per column [dictionary page] data page | [a second row group, the same] |
+    FileMetaData (Thrift compact) | u32 length | PAR1
+
+A file of rows spanning more than ``RECENT_DAYS`` UTC days has two row groups (its last days apart),
+and one spanning several days carries their fingerprints in its key-value metadata
+(``lake.store.dayprints``).
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from lake.binance.intervals import MS_PER_DAY
 from lake.schema import KLINE_SCHEMA
+from lake.store.dayprints import META_KEY, partition_prints, row_hashes
 
-__all__ = ["PlainKlines", "encode_plain"]
+__all__ = ["RECENT_DAYS", "PlainKlines", "encode_plain"]
+
+# The last UTC days of a file longer than this are a row group of their own: a month of 5m is
+# rewritten when a day is appended, and what reads it next (an offsets build, a query for the latest
+# candles) wants the newest rows; with the row group's statistics it skips the rest of the month.
+RECENT_DAYS = 2
 
 _MAGIC = b"PAR1"
 _CREATED_BY = "lake plain kline writer (parquet format 2.6)"
@@ -287,7 +300,11 @@ class PlainKlines:
     """Kline rows prepared once (NumPy views of their columns, the ``source`` dictionary) so that
     slices of them are encoded cheaply: ``PlainKlines.of(df).encode(lo, n)``."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], words: list[bytes], codes: np.ndarray) -> None:
+    def __init__(
+        self, frame: pl.DataFrame, arrays: dict[str, np.ndarray], words: list[bytes], codes: np.ndarray
+    ) -> None:
+        self._frame = frame
+        self._hashes: np.ndarray | None = None
         self.arrays = arrays
         self.words = words  # the sorted distinct sources
         self.codes = codes  # per row, its source's index in ``words``
@@ -305,17 +322,54 @@ class PlainKlines:
         src = df.get_column("source")
         first, last = src.min(), src.max()
         if first == last:  # the common case (one source per write), without hashing every row
-            return cls(arrays, [str(first).encode()], np.zeros(df.height, dtype=np.int64))
+            return cls(df, arrays, [str(first).encode()], np.zeros(df.height, dtype=np.int64))
         values = src.unique().sort()
         codes = values.search_sorted(src).to_numpy().astype(np.int64)
-        return cls(arrays, [v.encode() for v in values.to_list()], codes)
+        return cls(df, arrays, [v.encode() for v in values.to_list()], codes)
 
     def encode(self, lo: int = 0, n: int | None = None) -> bytes:
-        """The parquet bytes of rows ``[lo, lo + n)`` (all rows from ``lo`` by default)."""
+        """The parquet bytes of rows ``[lo, lo + n)`` (all rows from ``lo`` by default).
+
+        Rows spanning several UTC days also get their day fingerprints in the footer
+        (``lake.store.dayprints``), and rows spanning more than two days are two row groups: the
+        last two days apart from the rest (see ``RECENT_DAYS``)."""
         n = len(self.codes) - lo if n is None else n
         if n <= 0:
             raise ValueError("no rows to encode")
+        times = self.arrays["candle_begin_time"][lo : lo + n]
+        first_day, last_day = int(times[0]) // MS_PER_DAY, int(times[-1]) // MS_PER_DAY
+        meta: list[bytes] = []
+        if last_day > first_day:
+            prints = partition_prints(times, self.hashes()[lo : lo + n])
+            meta.append(_Struct().binary(1, META_KEY.encode()).binary(2, prints.encode()).end())
+        cuts = [lo, lo + n]
+        if last_day - first_day >= RECENT_DAYS:
+            cuts.insert(1, lo + int(np.searchsorted(times, (last_day - RECENT_DAYS + 1) * MS_PER_DAY)))
         out = bytearray(_MAGIC)
+        groups = [self._row_group(out, a, b - a) for a, b in itertools.pairwise(cuts)]
+        footer = _Struct()
+        footer.buf += _FOOTER_HEAD
+        footer.last = 2
+        footer.i64(3, n).list_struct(4, groups)
+        if meta:
+            footer.list_struct(5, meta)
+        footer.binary(6, _CREATED_BY.encode())
+        footer.list_struct(7, [_COLUMN_ORDER] * len(_COLUMNS))
+        data = footer.end()
+        out += data
+        out += _U32.pack(len(data))
+        out += _MAGIC
+        return bytes(out)
+
+    def hashes(self) -> np.ndarray:
+        """The rows' hashes for their day fingerprints, computed once for every slice."""
+        if self._hashes is None:
+            self._hashes = row_hashes(self._frame)
+        return self._hashes
+
+    def _row_group(self, out: bytearray, lo: int, n: int) -> bytes:
+        """Appends the column chunks of rows ``[lo, lo + n)`` to ``out``; returns the RowGroup."""
+        start = len(out)
         chunks: list[bytes] = []
         total = 0
         levels = _def_levels(n)
@@ -355,19 +409,16 @@ class PlainKlines:
             total += raw_size
             tail = _chunk_tail(codec, n, raw_size, len(out) - offset, data_offset, dict_offset, lo_b, hi_b)
             chunks.append(_CHUNK_HEAD[name] + tail)
-        row_group = (
-            _Struct().list_struct(1, chunks).i64(2, total).i64(3, n).i64(5, 4).i64(6, len(out) - 4).end()
+        # RowGroup {1: columns, 2: total_byte_size, 3: num_rows, 5: file_offset, 6: total_compressed_size}
+        return (
+            _Struct()
+            .list_struct(1, chunks)
+            .i64(2, total)
+            .i64(3, n)
+            .i64(5, start)
+            .i64(6, len(out) - start)
+            .end()
         )
-        footer = _Struct()
-        footer.buf += _FOOTER_HEAD
-        footer.last = 2
-        footer.i64(3, n).list_struct(4, [row_group]).binary(6, _CREATED_BY.encode())
-        footer.list_struct(7, [_COLUMN_ORDER] * len(_COLUMNS))
-        meta = footer.end()
-        out += meta
-        out += _U32.pack(len(meta))
-        out += _MAGIC
-        return bytes(out)
 
 
 # FileMetaData fields 1-2: version 2 (format 2.x) and the schema.

@@ -66,7 +66,7 @@ from lake.transform.offsets import (
     parse_duration_ms,
     resample_arrays,
 )
-from lake.transform.planning import CHUNK_ROWS, Fingerprints, Work, fingerprints, plan_all, scan_coded
+from lake.transform.planning import CHUNK_ROWS, Fingerprints, Tally, Work, fingerprints, plan_all, scan_coded
 from lake.transform.tail import BIN_SCHEMA, GRACE_S, Layer, TailState, arrow_column
 
 __all__ = ["BuildResult", "build_offsets", "default_base", "scan_offsets"]
@@ -119,6 +119,7 @@ class BuildResult:
     removed: int = 0  # files deleted (bins that no longer exist), tail files retired or deleted
     tail_bins: int = 0  # bins written to the tail
     folded: int = 0  # series whose tail was folded into their period files
+    base_rows_read: int = 0  # base candles read (planning and computing together)
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, object]:
@@ -190,7 +191,8 @@ def build_offsets(
             listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
             syms = sorted(listed | {s for s, st in manifest.items() if st.base == plan.base.name})
         by_offsets: dict[tuple[int, ...], list[Work]] = {}
-        for w, ks in plan_all(lfs, tt.name, plan, syms, manifest, rebuild, fold, tail.starts, workers):
+        tally = Tally()
+        for w, ks in plan_all(lfs, tt.name, plan, syms, manifest, rebuild, fold, tail.starts, workers, tally):
             if w is not None:
                 by_offsets.setdefault(ks, []).append(w)
         jobs = [
@@ -220,6 +222,7 @@ def build_offsets(
         removed=run.outcomes["removed"],
         tail_bins=run.tail_bins,
         folded=run.folded,
+        base_rows_read=tally.rows + run.rows_read,
         seconds=time.perf_counter() - started,
     )
 
@@ -245,6 +248,7 @@ class _Run:
         self.bins = 0
         self.tail_bins = 0
         self.folded = 0
+        self.rows_read = 0  # base candles read here (planning counts its own)
         self.outcomes: Counter[str] = Counter()
         self.dirty = False
         self.done = 0
@@ -295,6 +299,9 @@ class _Run:
         self, plan: OffsetPlan, batch: list[Work]
     ) -> tuple[pl.DataFrame, Fingerprints, pl.DataFrame | None]:
         base = _read_base(self.lfs, self.trade_type, plan, batch)
+        self.rows_read += base.height - sum(
+            r.b - r.a for w in batch if w.cached is not None for r in w.cached
+        )
         # a tail run's partitions were fingerprinted at planning (or did not change), and are read
         # from its lo on only
         tails = [i for i, w in enumerate(batch) if w.tail]

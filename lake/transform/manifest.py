@@ -17,7 +17,6 @@ decodes only the partitions that changed. The last candle of a day tells an appe
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import datetime as dt
 import logging
@@ -25,8 +24,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lake.binance.intervals import MS_PER_DAY
 from lake.errors import UnreadableJsonError
+from lake.store.dayprints import last_open, pack_days, unpack_days
 from lake.store.fs import LakeFS
 from lake.store.meta import read_json, write_json
 from lake.transform.layout import manifest_path
@@ -37,8 +36,6 @@ __all__ = ["Series", "last_open", "load_manifest", "pack_days", "save_manifest",
 
 VERSION = 3
 _EPOCH = dt.date(1970, 1, 1)
-# day number; fingerprint; open time of the day's last candle, ms after midnight (-1: not known)
-_REC = np.dtype([("d", "<i4"), ("p", "<i8"), ("l", "<i4")])
 
 
 @dataclass(slots=True)
@@ -53,35 +50,6 @@ class Series:
     # from a version 2 manifest: bins from here on (ms) are in that layout's per-period tail.parquet
     # files, which the series' next run folds into its period files
     legacy_tail_from: int | None = None
-
-
-def pack_days(days: np.ndarray, prints: np.ndarray, lasts: np.ndarray) -> str:
-    """Day fingerprints of one base partition: days since the epoch (ascending), fingerprints, and
-    the open time (ms since the epoch) of each day's last candle (or -1)."""
-    rec = np.empty(len(days), dtype=_REC)
-    rec["d"], rec["p"] = days, prints
-    rec["l"] = np.where(lasts < 0, -1, lasts - days.astype(np.int64) * MS_PER_DAY)
-    return base64.b64encode(rec.tobytes()).decode("ascii")
-
-
-def unpack_days(text: str) -> dict[int, tuple[int, int | None]]:
-    """``pack_days`` reversed: day number → (fingerprint, open time of its last candle or ``None``)."""
-    rec = np.frombuffer(base64.b64decode(text), dtype=_REC)
-    return {
-        d: (p, None if last < 0 else d * MS_PER_DAY + last)
-        for d, p, last in zip(rec["d"].tolist(), rec["p"].tolist(), rec["l"].tolist(), strict=True)
-    }
-
-
-def last_open(text: str) -> tuple[int, int | None] | None:
-    """The last day in ``pack_days`` output and the open time of its last candle (``None``: not
-    known); ``None`` when it holds no day."""
-    rec = np.frombuffer(base64.b64decode(text), dtype=_REC)
-    if len(rec) == 0:
-        return None
-    i = int(rec["d"].argmax())
-    d, last = int(rec["d"][i]), int(rec["l"][i])
-    return d, None if last < 0 else d * MS_PER_DAY + last
 
 
 def _from_v2(days: dict[str, dict[str, int]]) -> dict[str, str]:

@@ -26,6 +26,7 @@ import polars as pl
 from lake.binance.intervals import MS_PER_DAY, Interval
 from lake.errors import ValidationError
 from lake.schema import OFFSET_SCHEMA
+from lake.store.dayprints import day_prints, footer_prints, last_open, pack_days, row_hashes, unpack_days
 from lake.store.fs import LakeFS
 from lake.store.paths import (
     DATA_FILE,
@@ -36,10 +37,10 @@ from lake.store.paths import (
     series_dir,
 )
 from lake.transform.layout import offsets_period, period_end, period_start
-from lake.transform.manifest import Series, last_open, pack_days, unpack_days
+from lake.transform.manifest import Series
 from lake.transform.offsets import OffsetPlan
 
-__all__ = ["CHUNK_ROWS", "Fingerprints", "Work", "fingerprints", "plan_all", "scan_coded"]
+__all__ = ["CHUNK_ROWS", "Fingerprints", "Tally", "Work", "fingerprints", "plan_all", "scan_coded"]
 
 _PLAN_PARTITIONS = 256  # changed base partitions planning reads in one scan (~2M rows of 5m)
 # How far a series' tail may reach (from its start to the last base day) before a run folds it into
@@ -47,6 +48,13 @@ _PLAN_PARTITIONS = 256  # changed base partitions planning reads in one scan (~2
 _TAIL_MAX_MS = {"year": 32 * MS_PER_DAY, "month": 8 * MS_PER_DAY}
 Fingerprints: TypeAlias = dict[str, dict[str, str]]  # symbol -> partition -> packed day prints
 CHUNK_ROWS = 100_000
+
+
+@dataclass(slots=True)
+class Tally:
+    """Base candles planning read (all its reads together)."""
+
+    rows: int = 0
 
 
 @dataclass(slots=True)
@@ -109,6 +117,7 @@ def plan_all(
     fold: bool,
     tail_starts: dict[str, int],
     workers: int,
+    tally: Tally | None = None,
 ) -> Iterator[tuple[Work | None, tuple[int, ...]]]:
     """Plan every series: list and stat its base partitions, then read the changed ones in scans of
     about ``_PLAN_PARTITIONS`` partitions and fingerprint their days (not one read each)."""
@@ -124,7 +133,9 @@ def plan_all(
         chunk.append((sym, tok))
         wanted += [(sym, d) for d in _to_read(manifest.get(sym), tok)]
         if len(wanted) >= _PLAN_PARTITIONS or i == len(syms) - 1:  # bounded memory
-            read = _read_partitions(lfs, trade_type, plan.base, wanted)
+            read = _read_partitions(lfs, trade_type, plan, wanted, manifest, workers)
+            if tally is not None:
+                tally.rows += sum(r.b - r.a for _, r in read.values() if r is not None)
             for s, t in chunk:
                 yield _plan_series(
                     plan, names, s, manifest.get(s), rebuild, fold, t, read, tail_starts.get(s)
@@ -180,32 +191,106 @@ class _Hashes:
 
 
 def _read_partitions(
-    lfs: LakeFS, trade_type: str, base: Interval, wanted: list[tuple[str, str]]
-) -> dict[tuple[str, str], tuple[str, _Rows]]:
-    """Packed day fingerprints and rows of base partitions (symbol, date), read in one scan."""
+    lfs: LakeFS,
+    trade_type: str,
+    plan: OffsetPlan,
+    wanted: list[tuple[str, str]],
+    manifest: dict[str, Series],
+    workers: int,
+) -> dict[tuple[str, str], tuple[str, _Rows | None]]:
+    """Packed day fingerprints of changed base partitions (symbol, date), and their rows as far as
+    planning needs them.
+
+    A partition whose footer has its day fingerprints (``lake.store.dayprints``: the klines writer
+    stores them) is read from its first changed day on only, less the reach of a bin: enough to tell
+    an append inside a day from an edit, and to feed a tail run. The klines writer keeps a file's
+    last days in a row group of their own, so an appended day reads about two days of the month.
+    The others are read whole and fingerprinted here."""
     if not wanted:
         return {}
-    paths = [
-        lfs.url(PartitionKey("klines", trade_type, base.name, s, dt.date.fromisoformat(d)).path)
-        for s, d in wanted
-    ]
-    frame = scan_coded(lfs, paths, list(range(len(paths)))).collect()  # files (codes) in order
+    paths = {
+        sd: lfs.url(
+            PartitionKey("klines", trade_type, plan.base.name, sd[0], dt.date.fromisoformat(sd[1])).path
+        )
+        for sd in wanted
+    }
+    if lfs.is_local:
+        footers = [_footer(lfs, paths[sd]) for sd in wanted]
+    else:
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            footers = list(pool.map(lambda sd: _footer(lfs, paths[sd]), wanted))
+    reach = plan.target_ms - plan.base_ms
+    out: dict[tuple[str, str], tuple[str, _Rows | None]] = {}
+    whole: list[tuple[str, str]] = []
+    cuts: dict[int, list[tuple[str, str]]] = {}
+    for sd, prints in zip(wanted, footers, strict=True):
+        if prints is None:
+            whole.append(sd)
+            continue
+        state = manifest.get(sd[0])
+        first = _first_change(prints, state.days.get(sd[1], "") if state is not None else "")
+        out[sd] = (prints, None)
+        if first is not None:
+            cuts.setdefault(first * MS_PER_DAY - reach, []).append(sd)
+    for cut, group in sorted(cuts.items()):
+        since = pl.col("candle_begin_time") >= pl.lit(cut).cast(OFFSET_SCHEMA["candle_begin_time"])
+        scan = scan_coded(lfs, [paths[sd] for sd in group], list(range(len(group))))
+        for sd, rows in _split_rows(scan.filter(since).collect(), group).items():
+            out[sd] = (out[sd][0], rows)
+    if whole:
+        frame = scan_coded(lfs, [paths[sd] for sd in whole], list(range(len(whole)))).collect()
+        keys = [f"{i}" for i in range(len(whole))]  # one code per partition
+        hashes = _Hashes()
+        frame = _ordered(frame)
+        found = fingerprints(frame, plan.base, keys, hashes)
+        for sd, rows in _split_rows(frame, whole, hashes).items():
+            out[sd] = (found.get(keys[whole.index(sd)], {}).get(sd[1], ""), rows)
+    return out
+
+
+def _footer(lfs: LakeFS, url: str) -> str | None:
+    """The day fingerprints in a base partition's footer (``None``: none, or not readable now; the
+    partition is then read whole, which reports a real problem)."""
+    try:
+        if lfs.is_local:
+            return footer_prints(url)
+        with lfs.fs.open(url, "rb") as f:
+            return footer_prints(f)
+    except Exception:  # any failure falls back to reading the rows
+        return None
+
+
+def _first_change(new: str, old: str) -> int | None:
+    """The first day (number) whose fingerprint differs between two packed sets, or ``None``."""
+    n, o = unpack_days(new), unpack_days(old) if old else {}
+    changed = [d for d in n.keys() | o.keys() if n.get(d, (None,))[0] != o.get(d, (None,))[0]]
+    return min(changed) if changed else None
+
+
+def _ordered(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows by (``_sym``, time), as the lake writes them (a file not written by lake is sorted)."""
     rising = (pl.col("candle_begin_time").to_physical().diff() > 0) | (pl.col("_sym").diff() != 0)
     if not frame.select(rising.fill_null(True).all()).item():
-        frame = frame.sort("_sym", "candle_begin_time")  # a file not written by lake: rows in order
-    keys = [f"{i}" for i in range(len(wanted))]  # one code per partition
-    hashes = _Hashes()
-    prints = fingerprints(frame, base, keys, hashes)
+        frame = frame.sort("_sym", "candle_begin_time")
+    return frame
+
+
+def _split_rows(
+    frame: pl.DataFrame, keys: list[tuple[str, str]], hashes: _Hashes | None = None
+) -> dict[tuple[str, str], _Rows]:
+    """The rows of each partition (``_sym``: its index in ``keys``) of one read, with their hashes
+    (computed here unless given)."""
+    if frame.height == 0:
+        return {}
+    if hashes is None:
+        frame = _ordered(frame)
+        hashes = _Hashes([(0, row_hashes(frame))])
     code = frame["_sym"].to_numpy()
     starts = [0, *(np.flatnonzero(code[1:] != code[:-1]) + 1).tolist()]
     ends = [*starts[1:], len(code)]
     rows = frame.drop("_sym")
     times = rows["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch, no copy
-    out = {}
-    for a, b in zip(starts, ends, strict=True):
-        s, d = wanted[int(code[a])]
-        out[(s, d)] = (prints.get(keys[int(code[a])], {}).get(d, ""), _Rows(rows, times, hashes, a, b))
-    return out
+    return {keys[int(code[a])]: _Rows(rows, times, hashes, a, b) for a, b in zip(starts, ends, strict=True)}
 
 
 def scan_coded(lfs: LakeFS, paths: list[str], codes: list[int]) -> pl.LazyFrame:
@@ -234,7 +319,7 @@ def _plan_series(
     rebuild: bool,
     fold: bool,
     tokens: dict[str, str],
-    prefetched: dict[tuple[str, str], tuple[str, _Rows]],
+    prefetched: dict[tuple[str, str], tuple[str, _Rows | None]],
     tail_start: int | None,
 ) -> tuple[Work | None, tuple[int, ...]]:
     drop: list[str] = []
@@ -408,20 +493,19 @@ def fingerprints(
 
 def _print(hash_sum: int, rows: int) -> int:
     """A day's fingerprint from the wrapped uint64 sum of its rows' hashes and their number."""
-    return (hash_sum ^ (rows << 1)) & ((1 << 63) - 1)
+    return int(day_prints(np.array([hash_sum], np.uint64), np.array([rows], np.uint64))[0])
 
 
 def _fingerprint_rows(
     df: pl.DataFrame, base: Interval, symbols: Sequence[str], out: Fingerprints
 ) -> np.ndarray:
     """Fingerprints of the rows of whole series into ``out``; returns the rows' hashes (in their order)."""
-    cols = [c for c in OFFSET_SCHEMA if c != "n_base"]
     # integer day numbers, not calendar truncation on every row; rows come ordered by (series, time),
     # so a day's rows are one run and the hashes are summed per run (uint64 sums wrap, as Polars' do)
     code = df["_sym"].to_numpy().astype(np.int64)
     t = df["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch
     day = t // MS_PER_DAY
-    h = row_hashes = df.select(cols).hash_rows(seed=17).to_numpy()
+    h = hashed = row_hashes(df)
     if len(t) > 1 and not np.all((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (t[1:] > t[:-1]))):
         order = np.lexsort((t, code))  # by series, then time
         code, t, day, h = code[order], t[order], day[order], h[order]
@@ -429,8 +513,7 @@ def _fingerprint_rows(
     starts = np.flatnonzero(np.diff(key, prepend=key[0] - 1))
     ends = np.append(starts[1:], len(key))
     sums = np.add.reduceat(h, starts)
-    counts = (ends - starts).astype(np.uint64)
-    prints = ((sums ^ (counts << np.uint64(1))) & np.uint64((1 << 63) - 1)).astype(np.int64)
+    prints = day_prints(sums, ends - starts)
     codes, days, lasts = code[starts], day[starts], t[ends - 1]
     # the base partition of each day, and runs of days of one (series, partition)
     unit = {"day": "D", "month": "M", "year": "Y"}[partition_period(base)]
@@ -441,7 +524,7 @@ def _fingerprint_rows(
     for a, b in zip(runs, [*runs[1:], len(days)], strict=True):
         packed = pack_days(days[a:b], prints[a:b], lasts[a:b])
         out.setdefault(symbols[int(codes[a])], {})[str(part[a])] = packed
-    return row_hashes
+    return hashed
 
 
 @functools.lru_cache(maxsize=4096)

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store import parquet_plain as pp
+from lake.store.dayprints import footer_prints, partition_prints, row_hashes, unpack_days
 from lake.store.klines import _encode_table, encode_parquet, read_partition, write_klines
 from lake.store.parquet_plain import PlainKlines, encode_plain
 
@@ -50,13 +51,15 @@ def _duckdb(path: Path) -> pl.DataFrame:
     return df.with_columns(t)
 
 
-def _stats(path: Path) -> list[tuple[object, object, int | None]]:
-    rg = pq.ParquetFile(path).metadata.row_group(0)
+def _stats(path: Path, group: int | None = None) -> list[tuple[object, object, int | None]]:
+    """Per column: min, max and null count of one row group, or over all of them."""
+    meta = pq.ParquetFile(path).metadata
+    groups = range(meta.num_row_groups) if group is None else [group]
     out = []
-    for i in range(rg.num_columns):
-        s = rg.column(i).statistics
-        assert s is not None and s.has_min_max
-        out.append((s.min, s.max, s.null_count))
+    for i in range(meta.num_columns):
+        stats = [meta.row_group(g).column(i).statistics for g in groups]
+        assert all(s is not None and s.has_min_max for s in stats)
+        out.append((min(s.min for s in stats), max(s.max for s in stats), sum(s.null_count for s in stats)))
     return out
 
 
@@ -82,6 +85,54 @@ def _check(df: pl.DataFrame, tmp_path: Path) -> None:
 @pytest.mark.parametrize("n", [1, 2, 499, 1440, 44_640])
 def test_readers_get_what_pyarrow_writes(n: int, tmp_path: Path) -> None:
     _check(klines(n, seed=n), tmp_path)
+
+
+def test_last_days_are_a_row_group_with_day_fingerprints(tmp_path: Path) -> None:
+    """Rows over four UTC days: the last two are a row group of their own, whose statistics are
+    pyarrow's for those rows, so a reader filtering on time skips the rest; the footer carries the
+    four days' fingerprints (one day's file carries none)."""
+    df = klines(3 * 1440 + 5, seed=3)
+    data = encode_plain(df)
+    assert data is not None
+    ours, theirs = tmp_path / "plain.parquet", tmp_path / "pyarrow.parquet"
+    ours.write_bytes(data)
+    meta = pq.ParquetFile(ours).metadata
+    assert [meta.row_group(g).num_rows for g in range(meta.num_row_groups)] == [2880, 1445]
+    for g, part in enumerate([df.head(2880), df.tail(1445)]):
+        theirs.write_bytes(_encode_table(part.to_arrow(compat_level=pl.CompatLevel.newest())))
+        for (lo, hi, nulls), (lo2, hi2, nulls2) in zip(_stats(ours, g), _stats(theirs), strict=True):
+            assert (lo == lo2 or (lo == 0 and lo2 == 0)) and (hi == hi2 or (hi == 0 and hi2 == 0))
+            assert nulls == nulls2 == 0
+    assert pl.read_parquet(ours).equals(df)
+    assert _duckdb(ours).equals(df)
+    recent = pl.col("candle_begin_time") >= pl.lit(T0 + 2 * 86_400_000).cast(
+        KLINE_SCHEMA["candle_begin_time"]
+    )
+    assert pl.scan_parquet(ours).filter(recent).collect().equals(df.tail(1445))
+
+    packed = footer_prints(ours)
+    assert packed is not None
+    times = df["candle_begin_time"].to_physical().to_numpy()
+    assert packed == partition_prints(times, row_hashes(df))
+    days = unpack_days(packed)
+    day0 = T0 // 86_400_000
+    assert sorted(days) == [day0, day0 + 1, day0 + 2, day0 + 3]
+    assert days[day0 + 3][1] == T0 + (3 * 1440 + 4) * 60_000  # the day's last open time
+    # one value changed on day 1: only that day's fingerprint moves
+    edited = df.with_columns(
+        pl.when(pl.int_range(pl.len()) == 2000)
+        .then(pl.col("close") + 1)
+        .otherwise(pl.col("close"))
+        .alias("close")
+    )
+    data2 = encode_plain(edited)
+    assert data2 is not None
+    moved = unpack_days(footer_prints(io.BytesIO(data2)) or "")
+    assert [d for d in days if days[d] != moved[d]] == [day0 + 1]
+    one_day = encode_plain(df.head(1440))
+    assert one_day is not None
+    assert footer_prints(io.BytesIO(one_day)) is None
+    assert pq.ParquetFile(io.BytesIO(one_day)).metadata.num_row_groups == 1
 
 
 def test_mixed_sources_and_slices(tmp_path: Path) -> None:

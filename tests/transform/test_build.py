@@ -110,6 +110,34 @@ def test_append_a_day_recomputes_only_its_neighbourhood(tmp_path: Path) -> None:
     _assert_table(tmp_path, ["ETHUSDT"])
 
 
+@pytest.mark.parametrize("footer", [True, False])
+def test_an_appended_day_is_read_from_its_month_alone(tmp_path: Path, footer: bool) -> None:
+    """The month file's footer has its days' fingerprints (the klines writer puts them there), so an
+    appended day is read from 55 minutes before it: 11 + 288 candles, not the month. A file written
+    by another tool has none: the changed month is read whole, and the result is the same."""
+    for d in range(6):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d, hole_rate=0.0))
+    part = tmp_path / PartitionKey.for_candle("klines", "usdt_perp", "5m", "ETHUSDT", T0_MS).path
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(99, 6, hole_rate=0.0))
+    if not footer:
+        pl.read_parquet(part).write_parquet(part)
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.base_partitions_changed == 1 and r.written == 1
+    assert r.base_rows_read == (11 + DAY if footer else 7 * DAY)
+    _assert_table(tmp_path, ["ETHUSDT"])
+    # a candle of day 2 changed (inside the month): planning reads from 55 minutes before day 2 on,
+    # then the merge into the period files reads the month
+    edited = _day(2, 2, hole_rate=0.0).slice(5, 1).with_columns(pl.col("close") * 1.01)
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", edited)
+    if not footer:
+        pl.read_parquet(part).write_parquet(part)
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.base_partitions_changed == 1 and r.folded == 1
+    assert r.base_rows_read == (11 + 5 * DAY if footer else 7 * DAY) + 7 * DAY
+    _assert_table(tmp_path, ["ETHUSDT"])
+
+
 def test_off_grid_history_builds_and_appends(tmp_path: Path) -> None:
     """A day with a run of candles opening 14.789 s off the grid (Binance's 2018 spot quirk) builds,
     by the seed's rule (checked against the seed's pandas code), and later days append to it."""
