@@ -18,6 +18,7 @@ makes every day look changed once (a full recompute), never a changed day look u
 from __future__ import annotations
 
 import base64
+import os
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from lake.binance.intervals import MS_PER_DAY
 from lake.schema import KLINE_COLUMNS
 
 __all__ = [
+    "CREATED_BY",
     "HASHED_COLUMNS",
     "META_KEY",
     "day_prints",
@@ -39,6 +41,7 @@ __all__ = [
 ]
 
 META_KEY = "lake.day_prints.v1"
+CREATED_BY = "lake plain kline writer (parquet format 2.6)"  # lake.store.parquet_plain's files
 HASHED_COLUMNS = [c for c in KLINE_COLUMNS if c != "source"]
 _SEED = 17
 # day number; fingerprint; open time of the day's last candle, ms after midnight (-1: not known)
@@ -100,16 +103,65 @@ def last_open(text: str) -> tuple[int, int | None] | None:
 def footer_prints(source: Any) -> str | None:
     """The packed day fingerprints the klines writer stored in a parquet file's footer, or ``None``
     (a file of one day, or one written by something else). ``source``: a path or a binary file
-    object; only the footer is read."""
-    import pyarrow.parquet as pq
+    object; only the footer is read.
 
-    meta = pq.read_metadata(source).metadata
-    value = meta.get(META_KEY.encode()) if meta else None
-    if value is None:
+    Only lake's own kline writer (``lake.store.parquet_plain``) stores them, always as the single
+    key-value pair of the footer, followed by its ``created_by``. So the footer is searched for
+    exactly those bytes of the Thrift compact encoding (field 5, a list of one KeyValue struct whose
+    key is ``META_KEY``; then field 6): no generic parse of the row groups before them, which costs
+    more than the rest of an offsets run's planning for an appended day (~0.1 ms a file)."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as f:
+            return footer_prints(f)
+    source.seek(0, os.SEEK_END)
+    size = source.tell()
+    if size < 12:
         return None
-    text = value.decode("ascii")
+    source.seek(size - 8)
+    tail = source.read(8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length + 12 > size:
+        return None
+    source.seek(size - 8 - length)
+    footer = source.read(length)
+    at = footer.rfind(_KV_HEAD)
+    if at < 0:
+        return None
+    value, end = _binary(footer, at + len(_KV_HEAD))
+    if value is None or footer[end : end + len(_KV_END)] != _KV_END:
+        return None
     try:
+        text = value.decode("ascii")
         rec = base64.b64decode(text, validate=True)
     except ValueError:
         return None
     return text if len(rec) % _REC.itemsize == 0 else None
+
+
+def _binary(buf: bytes, at: int) -> tuple[bytes | None, int]:
+    """A Thrift compact binary at ``buf[at:]`` (varint length, bytes) and the offset after it."""
+    n = shift = 0
+    while at < len(buf):
+        b = buf[at]
+        at += 1
+        n |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return (buf[at : at + n], at + n) if at + n <= len(buf) else (None, at)
+        shift += 7
+    return None, at
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+# FileMetaData field 5 (delta 1 from field 4, a list: 0x19) of one struct (0x1c); KeyValue field 1
+# (binary: 0x18) = META_KEY; field 2 (0x18) = the value, read by ``_binary``; then the end of the
+# struct (0x00) and FileMetaData field 6 (0x18), created_by, as the plain writer writes it.
+_KV_HEAD = b"\x19\x1c\x18" + _varint(len(META_KEY)) + META_KEY.encode() + b"\x18"
+_KV_END = b"\x00\x18" + _varint(len(CREATED_BY)) + CREATED_BY.encode()

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from lake.binance.intervals import MS_PER_DAY
 from lake.schema import KLINE_SCHEMA
-from lake.store.dayprints import META_KEY, partition_prints, row_hashes
+from lake.store.dayprints import CREATED_BY, META_KEY, partition_prints, row_hashes
 
 __all__ = ["RECENT_DAYS", "PlainKlines", "encode_plain"]
 
@@ -45,7 +45,7 @@ __all__ = ["RECENT_DAYS", "PlainKlines", "encode_plain"]
 RECENT_DAYS = 2
 
 _MAGIC = b"PAR1"
-_CREATED_BY = "lake plain kline writer (parquet format 2.6)"
+_CREATED_BY = CREATED_BY
 
 # parquet.thrift enums
 _INT64, _DOUBLE, _BYTE_ARRAY = 2, 5, 6

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store import parquet_plain as pp
-from lake.store.dayprints import footer_prints, partition_prints, row_hashes, unpack_days
+from lake.store.dayprints import META_KEY, footer_prints, partition_prints, row_hashes, unpack_days
 from lake.store.klines import _encode_table, encode_parquet, read_partition, write_klines
 from lake.store.parquet_plain import PlainKlines, encode_plain
 
@@ -112,6 +112,12 @@ def test_last_days_are_a_row_group_with_day_fingerprints(tmp_path: Path) -> None
 
     packed = footer_prints(ours)
     assert packed is not None
+    assert pq.read_metadata(ours).metadata == {META_KEY.encode(): packed.encode()}  # a real parser agrees
+    # only lake's writer is trusted to store them: the same pair written by pyarrow is not read
+    foreign = pq.read_table(ours).replace_schema_metadata({META_KEY: packed})
+    pq.write_table(foreign, theirs)
+    assert pq.read_metadata(theirs).metadata[META_KEY.encode()] == packed.encode()
+    assert footer_prints(theirs) is None
     times = df["candle_begin_time"].to_physical().to_numpy()
     assert packed == partition_prints(times, row_hashes(df))
     days = unpack_days(packed)
