@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -111,19 +112,17 @@ def footer_prints(source: Any) -> str | None:
     key is ``META_KEY``; then field 6): no generic parse of the row groups before them, which costs
     more than the rest of an offsets run's planning for an appended day (~0.1 ms a file)."""
     if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as f:
-            return footer_prints(f)
-    source.seek(0, os.SEEK_END)
-    size = source.tell()
-    if size < 12:
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            footer = _footer(size, lambda n, at: os.pread(fd, n, at))
+        finally:
+            os.close(fd)
+    else:
+        size = source.seek(0, os.SEEK_END)
+        footer = _footer(size, lambda n, at: (source.seek(at), source.read(n))[1])
+    if footer is None:
         return None
-    source.seek(size - 8)
-    tail = source.read(8)
-    length = int.from_bytes(tail[:4], "little")
-    if tail[4:] != b"PAR1" or length + 12 > size:
-        return None
-    source.seek(size - 8 - length)
-    footer = source.read(length)
     at = footer.rfind(_KV_HEAD)
     if at < 0:
         return None
@@ -136,6 +135,17 @@ def footer_prints(source: Any) -> str | None:
     except ValueError:
         return None
     return text if len(rec) % _REC.itemsize == 0 else None
+
+
+def _footer(size: int, read: Callable[[int, int], bytes]) -> bytes | None:
+    """The FileMetaData bytes of a parquet file of ``size`` bytes; ``read(n, at)`` reads its bytes."""
+    if size < 12:
+        return None
+    tail = read(8, size - 8)
+    length = int.from_bytes(tail[:4], "little")
+    if tail[4:] != b"PAR1" or length + 12 > size:
+        return None
+    return read(length, size - 8 - length)
 
 
 def _binary(buf: bytes, at: int) -> tuple[bytes | None, int]:

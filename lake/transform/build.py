@@ -66,7 +66,16 @@ from lake.transform.offsets import (
     parse_duration_ms,
     resample_arrays,
 )
-from lake.transform.planning import CHUNK_ROWS, Fingerprints, Tally, Work, fingerprints, plan_all, scan_coded
+from lake.transform.planning import (
+    CHUNK_ROWS,
+    Fingerprints,
+    Tally,
+    Work,
+    base_footers,
+    fingerprints,
+    plan_all,
+    scan_coded,
+)
 from lake.transform.tail import BIN_SCHEMA, GRACE_S, Layer, TailState, arrow_column
 
 __all__ = ["BuildResult", "build_offsets", "default_base", "scan_offsets"]
@@ -298,15 +307,27 @@ class _Run:
     def _load(
         self, plan: OffsetPlan, batch: list[Work]
     ) -> tuple[pl.DataFrame, Fingerprints, pl.DataFrame | None]:
+        # The day fingerprints a series' files carry (lake.store.dayprints) spare hashing its rows,
+        # read before the rows: should a file change in between, the manifest records the older
+        # fingerprints and the next run recomputes, never the other way round. (Locally only: on
+        # an object store a request per file costs more than hashing.)
+        footed: dict[int, dict[str, str]] = {}
+        if self.lfs.is_local:
+            for i, w in enumerate(batch):
+                if not w.tail and w.read:
+                    got = base_footers(self.lfs, self.trade_type, plan.base, w.symbol, w.read)
+                    if got is not None:
+                        footed[i] = got
         base = _read_base(self.lfs, self.trade_type, plan, batch)
         self.rows_read += base.height - sum(
             r.b - r.a for w in batch if w.cached is not None for r in w.cached
         )
         # a tail run's partitions were fingerprinted at planning (or did not change), and are read
         # from its lo on only
-        tails = [i for i, w in enumerate(batch) if w.tail]
-        rows = base.filter(~pl.col("_sym").is_in(tails)) if tails else base
+        skip = [i for i, w in enumerate(batch) if w.tail] + list(footed)
+        rows = base.filter(~pl.col("_sym").is_in(skip)) if skip else base
         prints = fingerprints(rows, plan.base, [w.symbol for w in batch])
+        prints.update({batch[i].symbol: got for i, got in footed.items()})
         folds = [w.symbol for w in batch if w.tail_start is not None]
         return base, prints, self.tail.read_bins(self.lfs, folds) if folds else None
 

@@ -40,7 +40,16 @@ from lake.transform.layout import offsets_period, period_end, period_start
 from lake.transform.manifest import Series
 from lake.transform.offsets import OffsetPlan
 
-__all__ = ["CHUNK_ROWS", "Fingerprints", "Tally", "Work", "fingerprints", "plan_all", "scan_coded"]
+__all__ = [
+    "CHUNK_ROWS",
+    "Fingerprints",
+    "Tally",
+    "Work",
+    "base_footers",
+    "fingerprints",
+    "plan_all",
+    "scan_coded",
+]
 
 _PLAN_PARTITIONS = 256  # changed base partitions planning reads in one scan (~2M rows of 5m)
 # How far a series' tail may reach (from its start to the last base day) before a run folds it into
@@ -245,6 +254,21 @@ def _read_partitions(
         found = fingerprints(frame, plan.base, keys, hashes)
         for sd, rows in _split_rows(frame, whole, hashes).items():
             out[sd] = (found.get(keys[whole.index(sd)], {}).get(sd[1], ""), rows)
+    return out
+
+
+def base_footers(
+    lfs: LakeFS, trade_type: str, base: Interval, symbol: str, dates: Sequence[str]
+) -> dict[str, str] | None:
+    """The day fingerprints in the footers of one series' base partitions, by date; ``None`` unless
+    every one of them has them."""
+    out = {}
+    for d in dates:
+        url = lfs.url(PartitionKey("klines", trade_type, base.name, symbol, dt.date.fromisoformat(d)).path)
+        got = _footer(lfs, url)
+        if got is None:
+            return None
+        out[d] = got
     return out
 
 
