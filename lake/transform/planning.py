@@ -173,10 +173,15 @@ class _Rows:
     hashes: _Hashes
     a: int
     b: int
+    from_ms: int | None = None  # the partition's rows from here on only (None: all of them)
 
     def since(self, t_ms: int) -> _Rows:
         at = self.a + int(np.searchsorted(self.times[self.a : self.b], t_ms))
-        return _Rows(self.frame, self.times, self.hashes, at, self.b)
+        return _Rows(self.frame, self.times, self.hashes, at, self.b, self.from_ms)
+
+    def covers(self, t_ms: int) -> bool:
+        """Whether these are all of the partition's rows opening at or after ``t_ms``."""
+        return self.from_ms is None or self.from_ms <= t_ms
 
     def fingerprint(self, start_ms: int, last_ms: int) -> int:
         """The fingerprint of the rows opening in ``[start_ms, last_ms]``, as of a day's rows."""
@@ -244,7 +249,7 @@ def _read_partitions(
     for cut, group in sorted(cuts.items()):
         since = pl.col("candle_begin_time") >= pl.lit(cut).cast(OFFSET_SCHEMA["candle_begin_time"])
         scan = scan_coded(lfs, [paths[sd] for sd in group], list(range(len(group))))
-        for sd, rows in _split_rows(scan.filter(since).collect(), group).items():
+        for sd, rows in _split_rows(scan.filter(since).collect(), group, cut).items():
             out[sd] = (out[sd][0], rows)
     if whole:
         frame = scan_coded(lfs, [paths[sd] for sd in whole], list(range(len(whole)))).collect()
@@ -252,7 +257,7 @@ def _read_partitions(
         hashes = _Hashes()
         frame = _ordered(frame)
         found = fingerprints(frame, plan.base, keys, hashes)
-        for sd, rows in _split_rows(frame, whole, hashes).items():
+        for sd, rows in _split_rows(frame, whole, None, hashes).items():
             out[sd] = (found.get(keys[whole.index(sd)], {}).get(sd[1], ""), rows)
     return out
 
@@ -300,10 +305,13 @@ def _ordered(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _split_rows(
-    frame: pl.DataFrame, keys: list[tuple[str, str]], hashes: _Hashes | None = None
+    frame: pl.DataFrame,
+    keys: list[tuple[str, str]],
+    from_ms: int | None = None,
+    hashes: _Hashes | None = None,
 ) -> dict[tuple[str, str], _Rows]:
-    """The rows of each partition (``_sym``: its index in ``keys``) of one read, with their hashes
-    (computed here unless given)."""
+    """The rows of each partition (``_sym``: its index in ``keys``) of one read, from ``from_ms`` on
+    (``None``: all), with their hashes (computed here unless given)."""
     if frame.height == 0:
         return {}
     if hashes is None:
@@ -314,7 +322,10 @@ def _split_rows(
     ends = [*starts[1:], len(code)]
     rows = frame.drop("_sym")
     times = rows["candle_begin_time"].to_physical().to_numpy()  # ms since the epoch, no copy
-    return {keys[int(code[a])]: _Rows(rows, times, hashes, a, b) for a, b in zip(starts, ends, strict=True)}
+    return {
+        keys[int(code[a])]: _Rows(rows, times, hashes, a, b, from_ms)
+        for a, b in zip(starts, ends, strict=True)
+    }
 
 
 def scan_coded(lfs: LakeFS, paths: list[str], codes: list[int]) -> pl.LazyFrame:
@@ -446,7 +457,9 @@ def _plan_series(
         # (each partition read either fingerprinted at planning or unchanged: no fingerprints to take)
         if all(d in known or tokens[d] == state.partitions.get(d) for d in read):
             w = Work(symbol, tokens, read, lo, None, len(changed), days=known, tail=True)
-            if all(d in frames for d in read):
+            # planning's rows serve only if they hold every row the run needs: a partition read from
+            # its own first changed day on may start after lo (two changed months of one series)
+            if all(d in frames and frames[d].covers(max(lo, _span(plan.base, d)[0])) for d in read):
                 w.cached = [frames[d].since(lo) for d in read]
             return w, keys
     # otherwise the bins of [lo, hi) are merged into the period files, and a tail is folded into them

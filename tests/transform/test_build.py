@@ -206,6 +206,77 @@ def test_incremental_equals_rebuild(
     _assert_table(root, syms, interval)
 
 
+def test_a_tail_run_over_two_changed_months(tmp_path: Path) -> None:
+    """One run sees a candle of Jan 31 edited and Feb 5 appended, inside a tail that spans the month
+    boundary. February's file is read from its own first changed day on, which is after the run's
+    first bin: those rows must be read again, not taken as all there is (the bins of Feb 1-4 were
+    lost, and stayed lost, found by review)."""
+    for d in range(29):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d, hole_rate=0.0))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(29, 29, hole_rate=0.0))
+    assert build_offsets(tmp_path, "usdt_perp", "1h").tail_bins > 0  # Jan 30 starts the tail
+    for d in range(30, 35):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d, hole_rate=0.0))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    write_klines(
+        tmp_path,
+        "usdt_perp",
+        "5m",
+        "ETHUSDT",
+        _day(30, 30, hole_rate=0.0).slice(5, 1).with_columns(pl.col("close") * 1.01),
+    )
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(35, 35, hole_rate=0.0))
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.base_partitions_changed == 2 and r.tail_bins > 0
+    _assert_table(tmp_path, ["ETHUSDT"])
+    assert build_offsets(tmp_path, "usdt_perp", "1h").symbols_updated == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    runs=st.lists(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["day", "candle", "part", "outside"]),
+                st.integers(27, 35),
+                st.integers(0, 2**16),
+            ),
+            min_size=1,
+            max_size=3,
+        ),
+        min_size=1,
+        max_size=3,
+    ),
+)
+def test_changes_across_a_month_boundary_equal_a_rebuild(
+    tmp_path_factory: pytest.TempPathFactory, runs: list[list[tuple[str, int, int]]]
+) -> None:
+    """Several changes to the January and February files of a series between two runs (whole days,
+    single candles, parts of a day, an edit by another tool that leaves no day fingerprints): after
+    every run the offsets equal a rebuild."""
+    root = tmp_path_factory.mktemp("lake")
+    for d in range(26, 29):
+        write_klines(root, "usdt_perp", "5m", "AUSDT", _day(d, d, hole_rate=0.0))
+    build_offsets(root, "usdt_perp", "1h")
+    for d in range(29, 33):  # Jan 30 to Feb 2: a tail over the month boundary
+        write_klines(root, "usdt_perp", "5m", "AUSDT", _day(d, d, hole_rate=0.0))
+    build_offsets(root, "usdt_perp", "1h")
+    for changes in runs:
+        for op, day, seed in changes:
+            rows = _day(seed, day, hole_rate=0.0)
+            if op == "day":
+                write_klines(root, "usdt_perp", "5m", "AUSDT", rows)
+            elif op == "candle":
+                write_klines(root, "usdt_perp", "5m", "AUSDT", rows.slice(seed % DAY, 1))
+            elif op == "part":
+                write_klines(root, "usdt_perp", "5m", "AUSDT", rows.slice(0, 1 + seed % DAY))
+            else:
+                _edit_day(root, "AUSDT", day, pl.int_range(pl.len()) % 5 != seed % 5)
+        build_offsets(root, "usdt_perp", "1h")
+        _assert_table(root, ["AUSDT"])
+
+
 def test_subset_of_offsets_and_symbols_then_more(tmp_path: Path) -> None:
     for s in ("AUSDT", "BUSDT"):
         write_klines(tmp_path, "usdt_perp", "5m", s, _day(len(s), 0))
