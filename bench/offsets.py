@@ -61,7 +61,16 @@ def _phase(name: str, root: Path, workers: int) -> dict[str, object]:
         extra: dict[str, object] = {"files": len(files), "columns": out.width}
     elif name in ("ours", "fold"):
         r = build_offsets(root, TRADE_TYPE, TARGET, base=BASE, workers=workers, fold=name == "fold")
-        keep = ("bins", "written", "unchanged", "removed", "base_partitions_changed", "tail_bins", "folded")
+        keep = (
+            "bins",
+            "written",
+            "unchanged",
+            "removed",
+            "base_partitions_changed",
+            "tail_bins",
+            "folded",
+            "base_rows_read",
+        )
         extra = {k: v for k, v in r.to_dict().items() if k in keep}
     elif name == "seed":
         from bench._seed_baseline import seed_resample_lake
@@ -162,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             1,
         ),
         "incremental_files_written": incremental["written"],
+        "incremental_base_rows_read": incremental["base_rows_read"],
         "incremental_peak_gib": round(float(incremental["peak_gib"]), 2),  # type: ignore[arg-type]
         "noop_rerun_s": round(float(noop["seconds"]), 2),  # type: ignore[arg-type]
         "noop_files_written": noop["written"],
