@@ -313,11 +313,13 @@ class _Run:
         # an object store a request per file costs more than hashing.)
         footed: dict[int, dict[str, str]] = {}
         if self.lfs.is_local:
-            for i, w in enumerate(batch):
-                if not w.tail and w.read:
-                    got = base_footers(self.lfs, self.trade_type, plan.base, w.symbol, w.read)
-                    if got is not None:
-                        footed[i] = got
+            full = [i for i, w in enumerate(batch) if not w.tail and w.read]
+            series = [(batch[i].symbol, batch[i].read) for i in full]
+            for i, got in zip(
+                full, base_footers(self.lfs, self.trade_type, plan.base, series, 4), strict=True
+            ):
+                if got is not None:
+                    footed[i] = got
         base = _read_base(self.lfs, self.trade_type, plan, batch)
         self.rows_read += base.height - sum(
             r.b - r.a for w in batch if w.cached is not None for r in w.cached

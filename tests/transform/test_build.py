@@ -12,10 +12,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from lake.binance.intervals import parse_interval
 from lake.errors import NotFoundError, ValidationError
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines, write_klines
 from lake.store.paths import PartitionKey
+from lake.transform import planning
 from lake.transform.build import build_offsets, scan_offsets
 from lake.transform.layout import OffsetPartition, manifest_path
 from lake.transform.offsets import offset_plan, resample_offsets
@@ -25,6 +27,7 @@ from tests.transform.reference import seed_resample
 
 DAY = 288  # 5m candles per day
 B = 300_000
+B5M = parse_interval("5m")
 
 
 def _day(seed: int, day: int, **kw: object) -> pl.DataFrame:
@@ -275,6 +278,30 @@ def test_changes_across_a_month_boundary_equal_a_rebuild(
                 _edit_day(root, "AUSDT", day, pl.int_range(pl.len()) % 5 != seed % 5)
         build_offsets(root, "usdt_perp", "1h")
         _assert_table(root, ["AUSDT"])
+
+
+def test_footers_read_by_threads_equal_one_by_one(tmp_path: Path) -> None:
+    """Above 64 files, footers are read by a few threads (a cold page cache costs a wait per file);
+    the answers are the same, in order: fingerprints, or None for a file of another writer or a
+    missing file."""
+    lfs = LakeFS(str(tmp_path))
+    urls = []
+    for i in range(70):
+        sym = f"S{i:03d}USDT"
+        write_klines(
+            tmp_path, "usdt_perp", "5m", sym, pl.concat([_day(i, 0), _day(i + 1, 1), _day(i + 2, 2)])
+        )
+        urls.append(lfs.url(PartitionKey.for_candle("klines", "usdt_perp", "5m", sym, T0_MS).path))
+    for u in urls[10:15]:
+        pl.read_parquet(u).write_parquet(u)  # another writer: no fingerprints
+    urls.append(str(tmp_path / "missing.parquet"))
+    one_by_one = [planning._footer(lfs, u) for u in urls]
+    assert sum(p is None for p in one_by_one) == 6
+    assert planning.read_footers(lfs, urls, 4) == one_by_one
+    got = planning.base_footers(
+        lfs, "usdt_perp", B5M, [("S000USDT", ["2024-01-01"]), ("S010USDT", ["2024-01-01"])], 4
+    )
+    assert got == [{"2024-01-01": one_by_one[0]}, None]
 
 
 def test_subset_of_offsets_and_symbols_then_more(tmp_path: Path) -> None:
