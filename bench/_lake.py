@@ -25,7 +25,6 @@ from lake.schema import KLINE_SCHEMA
 from lake.store.dayprints import CREATED_BY, META_KEY
 from lake.store.fs import LakeFS
 from lake.store.klines import encode_parquet, read_partition, write_klines
-from lake.store.parquet_plain import RECENT_DAYS
 from lake.store.paths import PartitionKey
 
 __all__ = ["BENCH_START", "append_day", "ensure_lake", "remove_days", "symbol_names", "synthetic_klines"]
@@ -36,7 +35,7 @@ WORK = Path(__file__).resolve().parent / "_work"
 BENCH_START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 STEP_MS = 300_000
 PER_DAY = 288
-FORMAT = f"{CREATED_BY}; {META_KEY}; recent row group {RECENT_DAYS} days"
+FORMAT = f"{CREATED_BY}; {META_KEY}"
 
 
 def symbol_names(count: int) -> list[str]:

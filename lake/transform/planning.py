@@ -219,9 +219,8 @@ def _read_partitions(
 
     A partition whose footer has its day fingerprints (``lake.store.dayprints``: the klines writer
     stores them) is read from its first changed day on only, less the reach of a bin: enough to tell
-    an append inside a day from an edit, and to feed a tail run. The klines writer keeps a file's
-    last days in a row group of their own, so an appended day reads about two days of the month.
-    The others are read whole and fingerprinted here."""
+    an append inside a day from an edit, and to feed a tail run (the reader filters on time before
+    it materialises the other columns). The others are read whole and fingerprinted here."""
     if not wanted:
         return {}
     paths = {
