@@ -5,7 +5,7 @@ and each symbol has a few holes (maintenance-like gaps), so the benchmark exerci
 real data. Generation is cached: a lake is built once per (symbols, days) under ``bench/_work/``, and
 again when the klines file format changes (``FORMAT``): a lake cached by an older writer would
 measure that writer's files (until 2026-11-23 the offsets benchmark read files of an earlier writer,
-Arrow schema embedded: their bare scan took 2.7–3.3 s where the files lake writes now take 1.3–1.7 s).
+Arrow schema embedded: their bare scan took 2.7–3.3 s where the files lake writes now take 1.2–1.9 s).
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ Layout of a file::
 A file of rows spanning several UTC days carries their fingerprints in its key-value metadata
 (``lake.store.dayprints``). It stays one row group: a second one holding a month file's last two
 days (so that an incremental offsets build could skip the rest of the month) made full scans of the
-lake 12–18% slower in Polars and DuckDB (measured on 300 symbols × a year of 5m, 2026-11-23).
+lake 12–18% slower in Polars and DuckDB (1,800 cached files of 300 symbols × six months of 5m, and
+the whole 3,600-file year; 2026-11-23, BENCHMARKS.md).
 """
 
 from __future__ import annotations

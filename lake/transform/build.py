@@ -312,7 +312,7 @@ class _Run:
         # fingerprints and the next run recomputes, never the other way round. (Locally only: on
         # an object store a request per file costs more than hashing.)
         footed: dict[int, dict[str, str]] = {}
-        if self.lfs.is_local:
+        if self.lfs.is_local and partition_period(plan.base) != "day":  # a day's file has none
             full = [i for i, w in enumerate(batch) if not w.tail and w.read]
             series = [(batch[i].symbol, batch[i].read) for i in full]
             for i, got in zip(
@@ -423,10 +423,20 @@ class _Run:
             self.progress(self.done, total)
 
     def _record(self, plan: OffsetPlan, w: Work, prints: dict[str, str]) -> None:
+        """Enter a series in the manifest: its change tokens and day fingerprints as planned.
+
+        A run that recomputes every bin (``lo`` is None) records the fingerprints of the rows it
+        read. One that recomputes only ``[lo, hi)`` planned that range from the partitions as
+        planning saw them, and may have read them later, after another writer changed a day outside
+        the range: it records what planning saw (or the manifest's record of a partition whose token
+        had not changed), so that the next run finds such a change. Its own reads count only for
+        partitions with no such record, whose bins it recomputed whole."""
         old = self.manifest.get(w.symbol)
-        days = {d: v for d, v in (old.days if old is not None else {}).items() if d in w.tokens}
+        days = dict(prints)
+        if w.lo is not None and old is not None:
+            days.update({d: v for d, v in old.days.items() if w.tokens.get(d) == old.partitions.get(d)})
         days.update(w.days)
-        days.update(prints)
+        days = {d: v for d, v in days.items() if d in w.tokens}
         self.manifest[w.symbol] = Series(plan.base.name, plan.method, plan.names, w.tokens, days)
         self.dirty = True
 

@@ -17,6 +17,7 @@ from lake.errors import NotFoundError, ValidationError
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines, write_klines
 from lake.store.paths import PartitionKey
+from lake.transform import build as build_mod
 from lake.transform import planning
 from lake.transform.build import build_offsets, scan_offsets
 from lake.transform.layout import OffsetPartition, manifest_path
@@ -278,6 +279,37 @@ def test_changes_across_a_month_boundary_equal_a_rebuild(
                 _edit_day(root, "AUSDT", day, pl.int_range(pl.len()) % 5 != seed % 5)
         build_offsets(root, "usdt_perp", "1h")
         _assert_table(root, ["AUSDT"])
+
+
+@pytest.mark.parametrize("footer", [True, False])
+def test_a_write_between_planning_and_reading_is_found_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, footer: bool
+) -> None:
+    """Another writer edits day 1 after planning saw only day 4 change and before the run reads the
+    month: the run recomputes around day 4 only, so the manifest must not take day 1 as seen (it
+    did, from the rows the run read, and day 1's bins stayed stale for good; found by review)."""
+    for d in range(6):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d, hole_rate=0.0))
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    day4 = _day(4, 4, hole_rate=0.0).slice(7, 1).with_columns(pl.col("close") * 1.5)
+    write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", day4)
+    planned = build_mod.plan_all
+
+    def racing(*a: object, **k: object) -> object:
+        out = list(planned(*a, **k))  # type: ignore[arg-type]
+        day1 = _day(1, 1, hole_rate=0.0).slice(40, 1).with_columns(pl.col("close") * 3)
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", day1)
+        if not footer:
+            part = tmp_path / PartitionKey.for_candle("klines", "usdt_perp", "5m", "ETHUSDT", T0_MS).path
+            pl.read_parquet(part).write_parquet(part)
+        yield from out
+
+    monkeypatch.setattr(build_mod, "plan_all", racing)
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    monkeypatch.setattr(build_mod, "plan_all", planned)
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.symbols_updated == 1 and r.bins > 0
+    _assert_table(tmp_path, ["ETHUSDT"])
 
 
 def test_footers_read_by_threads_equal_one_by_one(tmp_path: Path) -> None:
