@@ -41,7 +41,7 @@ from lake.binance.markets import get_trade_type
 from lake.errors import DataError, LakeError, ValidationError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store.fs import LakeFS
-from lake.store.klines import encode_parquet, read_partition, write_klines
+from lake.store.klines import day_prints, encode_parquet, read_partition, write_klines
 from lake.store.paths import PartitionKey, series_dir
 from lake.store.tail import CompactResult, compact_tail, encode_tail_rows, write_tail_bytes
 
@@ -503,7 +503,8 @@ def append_klines(
         if stored_last is None or int(stored_last.timestamp() * 1000) >= first:
             return False
         merged = pl.concat([old, df], how="vertical")
-        lfs.write_atomic(key.path, encode_parquet(merged))
+        iv = parse_interval(interval, spot=get_trade_type(trade_type).is_spot)
+        lfs.write_atomic(key.path, encode_parquet(merged, prints=day_prints(iv)))
         if cache is not None:
             cache.put(lfs, key.path, merged)
     return True

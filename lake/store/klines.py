@@ -39,6 +39,7 @@ from lake.store.tail import TAIL_SCHEMA, read_tail
 
 __all__ = [
     "WriteResult",
+    "day_prints",
     "encode_parquet",
     "iter_series_batches",
     "list_partitions",
@@ -129,11 +130,12 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
-def encode_parquet(df: pl.DataFrame) -> bytes:
+def encode_parquet(df: pl.DataFrame, *, prints: bool | None = None) -> bytes:
     """The bytes of ``df`` as the lake stores every table file (parquet, LZ4, with statistics).
 
     Kline partitions (the kline columns, no nulls) are written by ``lake.store.parquet_plain``, ~3x
-    cheaper per file than pyarrow for the same logical file; everything else as follows.
+    cheaper per file than pyarrow for the same logical file, with the rows' day fingerprints in the
+    footer when ``prints`` (see ``PlainKlines.encode``; ``day_prints``); everything else as follows.
 
     Written with pyarrow from a zero-copy Arrow view of the frame. The lake's files are small (a day
     of 1m is 1,440 rows), so the fixed cost per file decides: per 1m day file Polars' writer with zstd
@@ -144,15 +146,21 @@ def encode_parquet(df: pl.DataFrame) -> bytes:
     the types from the parquet logical types (Polars and DuckDB read the same types as from Polars'
     own writer).
     """
-    data = encode_plain(df)
+    data = encode_plain(df, prints=prints)
     return data if data is not None else _encode_table(df.to_arrow(compat_level=pl.CompatLevel.newest()))
 
 
-def _slice_encoder(rows: pl.DataFrame) -> Callable[[int, int], bytes]:
+def day_prints(iv: Interval) -> bool:
+    """Whether the partition files of ``iv`` carry day fingerprints: those longer than a day, so that
+    an offsets build learns which of their days changed from the footer."""
+    return partition_period(iv) != "day"
+
+
+def _slice_encoder(rows: pl.DataFrame, prints: bool) -> Callable[[int, int], bytes]:
     """Encodes partitions that are slices ``(first row, count)`` of ``rows``, preparing the rows once."""
     plain = PlainKlines.of(rows)
     if plain is not None:
-        return plain.encode
+        return lambda lo, n: plain.encode(lo, n, prints=prints)
     table = rows.to_arrow(compat_level=pl.CompatLevel.newest())  # zero-copy slices below
     return lambda lo, n: _encode_table(table.slice(lo, n))
 
@@ -232,6 +240,7 @@ def write_klines(
         return WriteResult()
     rows = _sorted_unique(_conform(df))
     parts = _partition_slices(iv, rows)
+    prints = day_prints(iv)
     if replace_archive:
         have = {d for d, _, _ in parts}
         for a, b in replace_archive:
@@ -257,7 +266,7 @@ def write_klines(
                         written += 1
                         continue
                     replaced = _sorted_unique(pl.concat([kept.select(KLINE_COLUMNS), part], how="vertical"))
-                    pending.append((key.path, encode_parquet(replaced)))
+                    pending.append((key.path, encode_parquet(replaced, prints=prints)))
                     written += 1
                     added += replaced.height - old.height
                     continue
@@ -270,10 +279,10 @@ def write_klines(
                 continue
             if merged is part:  # a new partition: its bytes come from a slice of the rows
                 if encode_slice is None:
-                    encode_slice = _slice_encoder(rows)
+                    encode_slice = _slice_encoder(rows, prints)
                 data = encode_slice(lo, n)
             else:
-                data = encode_parquet(merged)
+                data = encode_parquet(merged, prints=prints)
             pending.append((key.path, data))
             written += 1
             added += n_added

@@ -322,20 +322,21 @@ class PlainKlines:
         codes = values.search_sorted(src).to_numpy().astype(np.int64)
         return cls(df, arrays, [v.encode() for v in values.to_list()], codes)
 
-    def encode(self, lo: int = 0, n: int | None = None) -> bytes:
+    def encode(self, lo: int = 0, n: int | None = None, *, prints: bool | None = None) -> bytes:
         """The parquet bytes of rows ``[lo, lo + n)`` (all rows from ``lo`` by default).
 
-        Rows spanning several UTC days also get their day fingerprints in the footer
-        (``lake.store.dayprints``)."""
+        ``prints``: whether the footer gets the rows' day fingerprints (``lake.store.dayprints``);
+        by default when they span several UTC days. The klines store asks for them in every file of
+        a partition longer than a day, its first day's included."""
         n = len(self.codes) - lo if n is None else n
         if n <= 0:
             raise ValueError("no rows to encode")
         times = self.arrays["candle_begin_time"][lo : lo + n]
         first_day, last_day = int(times[0]) // MS_PER_DAY, int(times[-1]) // MS_PER_DAY
         meta: list[bytes] = []
-        if last_day > first_day:
-            prints = partition_prints(times, self.hashes()[lo : lo + n])
-            meta.append(_Struct().binary(1, META_KEY.encode()).binary(2, prints.encode()).end())
+        if prints if prints is not None else last_day > first_day:
+            packed = partition_prints(times, self.hashes()[lo : lo + n])
+            meta.append(_Struct().binary(1, META_KEY.encode()).binary(2, packed.encode()).end())
         out = bytearray(_MAGIC)
         group = self._row_group(out, lo, n)
         footer = _Struct()
@@ -416,8 +417,9 @@ class PlainKlines:
 _FOOTER_HEAD = _Struct().i32(1, 2).list_struct(2, _SCHEMA).buf
 
 
-def encode_plain(df: pl.DataFrame) -> bytes | None:
+def encode_plain(df: pl.DataFrame, *, prints: bool | None = None) -> bytes | None:
     """The parquet bytes of kline rows ``df``, or ``None`` when this writer does not support them
-    (other columns or dtypes, nulls, no rows): then encode with pyarrow."""
+    (other columns or dtypes, nulls, no rows): then encode with pyarrow. ``prints``: see
+    ``PlainKlines.encode``."""
     prepared = PlainKlines.of(df)
-    return None if prepared is None else prepared.encode()
+    return None if prepared is None else prepared.encode(prints=prints)

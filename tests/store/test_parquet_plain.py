@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store import parquet_plain as pp
 from lake.store.dayprints import META_KEY, footer_prints, partition_prints, row_hashes, unpack_days
+from lake.store.fs import LakeFS
 from lake.store.klines import _encode_table, encode_parquet, read_partition, write_klines
 from lake.store.parquet_plain import PlainKlines, encode_plain
+from lake.store.paths import PartitionKey
 
 T0 = 1_704_067_200_000  # 2024-01-01
 
@@ -126,6 +128,28 @@ def test_files_of_several_days_carry_day_fingerprints(tmp_path: Path) -> None:
     assert one_day is not None
     assert footer_prints(io.BytesIO(one_day)) is None
     assert pq.ParquetFile(io.BytesIO(one_day)).metadata.num_row_groups == 1
+    # asked for (the klines store does for partitions longer than a day): one day's fingerprint
+    asked = encode_plain(df.head(1440), prints=True)
+    assert asked is not None
+    assert unpack_days(footer_prints(io.BytesIO(asked)) or "") == {day0: days[day0]}
+    assert footer_prints(io.BytesIO(encode_plain(df, prints=False) or b"")) is None
+
+
+def test_the_store_puts_fingerprints_in_files_longer_than_a_day(tmp_path: Path) -> None:
+    """Every file of a 5m month carries them, its first day's included; a 1m day file none."""
+    df = klines(3 * 1440, seed=5)
+    for iv, step, n in (("5m", 300_000, 288), ("1m", 60_000, 1440)):
+        rows = df.head(n).with_columns(
+            pl.Series("candle_begin_time", T0 + step * np.arange(n, dtype=np.int64)).cast(
+                KLINE_SCHEMA["candle_begin_time"]
+            )
+        )
+        write_klines(tmp_path, "usdt_perp", iv, "AUSDT", rows)  # one day
+        path = tmp_path / PartitionKey.for_candle("klines", "usdt_perp", iv, "AUSDT", T0).path
+        got = footer_prints(path)
+        assert (got is not None) == (iv == "5m")
+        if got is not None:
+            assert list(unpack_days(got)) == [T0 // 86_400_000]
 
 
 def test_mixed_sources_and_slices(tmp_path: Path) -> None:
@@ -220,8 +244,6 @@ def test_write_klines_files_and_filters(tmp_path: Path) -> None:
         pl.col("candle_begin_time").dt.epoch("ms").is_between(lo, hi, closed="left")
     )
     assert lazy.collect().equals(want)
-    from lake.store.fs import LakeFS
-    from lake.store.paths import PartitionKey
 
     key = PartitionKey(
         "klines", "usdt_perp", "1m", "BTCUSDT", pl.Series([T0]).cast(pl.Datetime("ms")).dt.date()[0]
