@@ -254,8 +254,9 @@ def _read_partitions(
         hashes = _Hashes()
         frame = _ordered(frame)
         found = fingerprints(frame, plan.base, keys, hashes)
+        code = {sd: keys[i] for i, sd in enumerate(whole)}
         for sd, rows in _split_rows(frame, whole, None, hashes).items():
-            out[sd] = (found.get(keys[whole.index(sd)], {}).get(sd[1], ""), rows)
+            out[sd] = (found.get(code[sd], {}).get(sd[1], ""), rows)
     return out
 
 
@@ -284,7 +285,7 @@ def base_footers(
 def read_footers(lfs: LakeFS, urls: Sequence[str], workers: int) -> list[str | None]:
     """The day fingerprints in the footers of parquet files (``_footer``), read by a few threads:
     a footer not in the page cache (or on an object store) is a wait of its own, which a single
-    thread would pay file after file (3,600 of them cost a cold full build ~3 s)."""
+    thread would pay file after file (3,600 of them: 0.8–1.2 s from disk, 0.28 s on 8 threads)."""
     if len(urls) < 64:
         return [_footer(lfs, u) for u in urls]
     threads = _FOOTER_THREADS if lfs.is_local else max(_FOOTER_THREADS, workers)
