@@ -98,7 +98,8 @@ def offsets(
     report_console().print(
         f"{result.trade_type} {result.interval} from {result.base} ({result.method}), "
         f"{len(result.offsets)} offsets: {result.symbols_updated}/{result.symbols} symbols updated, "
-        f"{result.base_partitions_changed} base partitions changed, {result.bins} bins, "
+        f"{result.base_partitions_changed} base partitions changed ({result.base_rows_read} candles "
+        f"read), {result.bins} bins, "
         f"{result.written} files written ({result.tail_bins} bins to the tail, {result.folded} tails "
         f"folded), {result.unchanged} unchanged, {result.removed} removed in {result.seconds:.1f}s"
     )

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from lake.commands import offsets as offsets_command
 from lake.errors import ValidationError
-from lake.store.klines import write_klines
+from lake.store.klines import scan_klines, write_klines
 from tests.transform.helpers import T0_MS, random_candles
 
 
@@ -28,8 +28,10 @@ def test_build_then_nothing_to_do(tmp_path: Path) -> None:
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc["base"] == "5m" and len(doc["offsets"]) == 12 and doc["written"] == 12
+    stored = scan_klines(tmp_path, "usdt_perp", "5m").collect().height
+    assert doc["base_rows_read"] == stored > 0
     r = CliRunner().invoke(_app(), args)
-    assert r.exit_code == 0 and "0 files written" in r.output
+    assert r.exit_code == 0 and "0 files written" in r.output and "(0 candles read)" in r.output
     # a later day goes to the tail (one file); --fold moves it into the period files
     write_klines(
         tmp_path,
