@@ -18,8 +18,9 @@ Layout of a file::
 
     PAR1 | per column: [dictionary page] data page | FileMetaData (Thrift compact) | u32 length | PAR1
 
-A file of rows spanning several UTC days carries their fingerprints in its key-value metadata
-(``lake.store.dayprints``). It stays one row group: a second one holding a month file's last two
+A file can carry the fingerprints of its rows' UTC days in its key-value metadata
+(``lake.store.dayprints``; the klines store asks for them in partitions longer than a day, and by
+default a file spanning several days gets them). It stays one row group: a second one holding a month file's last two
 days (so that an incremental offsets build could skip the rest of the month) made full scans of the
 lake 12–18% slower in Polars and DuckDB (1,800 cached files of 300 symbols × six months of 5m, and
 the whole 3,600-file year; 2026-11-23, BENCHMARKS.md).
