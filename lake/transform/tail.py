@@ -489,8 +489,8 @@ def cleanup(lfs: LakeFS, state: TailState, grace_s: float = GRACE_S, now_ns: int
     now = time.time_ns() if now_ns is None else now_ns
     stubs = [n for n, m, b in zip(state.names, state.metas, state.bins, strict=True) if not m and not b]
     if stubs:  # (already without rows: out of the rule, kept only for readers)
-        keep = [i for i, n in enumerate(state.names) if n not in set(stubs)]
-        state = _subset(state, keep)
+        retired = set(stubs)
+        state = _subset(state, [i for i, n in enumerate(state.names) if n not in retired])
     removed = 0
     while True:
         gone = [i for i, t in enumerate(state.hidden) if t is not None and now - t >= grace_s * 1e9]
@@ -502,7 +502,8 @@ def cleanup(lfs: LakeFS, state: TailState, grace_s: float = GRACE_S, now_ns: int
             else:
                 lfs.remove(state.path(i))
         removed += len(gone)
-        state = _subset(state, [i for i in range(len(state.names)) if i not in set(gone)])
+        out = set(gone)
+        state = _subset(state, [i for i in range(len(state.names)) if i not in out])
     if len(stubs) > MAX_STUBS:
         for n in sorted(stubs)[: len(stubs) - KEEP_STUBS]:
             lfs.remove(f"{state.directory}/{n}")
