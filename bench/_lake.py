@@ -22,9 +22,10 @@ import numpy as np
 import polars as pl
 
 from lake.schema import KLINE_SCHEMA
-from lake.store.dayprints import CREATED_BY, META_KEY
+from lake.store.dayprints import META_KEY
 from lake.store.fs import LakeFS
 from lake.store.klines import encode_parquet, read_partition, write_klines
+from lake.store.parquet_plain import CREATED_BY
 from lake.store.paths import PartitionKey
 
 __all__ = ["BENCH_START", "append_day", "ensure_lake", "remove_days", "symbol_names", "synthetic_klines"]

@@ -26,8 +26,9 @@ import polars as pl
 from lake.binance.intervals import MS_PER_DAY, Interval
 from lake.errors import ValidationError
 from lake.schema import OFFSET_SCHEMA
-from lake.store.dayprints import day_prints, footer_prints, last_open, pack_days, row_hashes, unpack_days
+from lake.store.dayprints import day_prints, last_open, pack_days, row_hashes, unpack_days
 from lake.store.fs import LakeFS
+from lake.store.parquet_plain import footer_prints
 from lake.store.paths import (
     DATA_FILE,
     PartitionKey,

@@ -15,10 +15,10 @@ from hypothesis import strategies as st
 
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store import parquet_plain as pp
-from lake.store.dayprints import META_KEY, footer_prints, partition_prints, row_hashes, unpack_days
+from lake.store.dayprints import META_KEY, partition_prints, row_hashes, unpack_days
 from lake.store.fs import LakeFS
 from lake.store.klines import _encode_table, encode_parquet, read_partition, write_klines
-from lake.store.parquet_plain import PlainKlines, encode_plain
+from lake.store.parquet_plain import PlainKlines, encode_plain, footer_prints
 from lake.store.paths import PartitionKey
 
 T0 = 1_704_067_200_000  # 2024-01-01
