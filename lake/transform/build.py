@@ -307,13 +307,15 @@ class _Run:
     def _load(
         self, plan: OffsetPlan, batch: list[Work]
     ) -> tuple[pl.DataFrame, Fingerprints, pl.DataFrame | None]:
-        # The day fingerprints a series' files carry (lake.store.dayprints) spare hashing its rows,
-        # read before the rows: should a file change in between, the manifest records the older
-        # fingerprints and the next run recomputes, never the other way round. (Locally only: on
-        # an object store a request per file costs more than hashing.)
+        # Series whose fingerprints _record takes from planning or the manifest need neither footers
+        # nor hashing. For the others, the day fingerprints their files carry (lake.store.dayprints)
+        # spare hashing the rows, read before the rows: should a file change in between, the
+        # manifest records the older fingerprints and the next run recomputes, never the other way
+        # round. (Locally only: on an object store a request per file costs more than hashing.)
+        known = {i for i, w in enumerate(batch) if not w.tail and set(w.read) <= self._planned(w).keys()}
         footed: dict[int, dict[str, str]] = {}
         if self.lfs.is_local and partition_period(plan.base) != "day":  # a day's file has none
-            full = [i for i, w in enumerate(batch) if not w.tail and w.read]
+            full = [i for i, w in enumerate(batch) if not w.tail and w.read and i not in known]
             series = [(batch[i].symbol, batch[i].read) for i in full]
             for i, got in zip(
                 full, base_footers(self.lfs, self.trade_type, plan.base, series, 4), strict=True
@@ -326,7 +328,7 @@ class _Run:
         )
         # a tail run's partitions were fingerprinted at planning (or did not change), and are read
         # from its lo on only
-        skip = [i for i, w in enumerate(batch) if w.tail] + list(footed)
+        skip = [i for i, w in enumerate(batch) if w.tail] + sorted(known) + list(footed)
         rows = base.filter(~pl.col("_sym").is_in(skip)) if skip else base
         prints = fingerprints(rows, plan.base, [w.symbol for w in batch])
         prints.update({batch[i].symbol: got for i, got in footed.items()})
@@ -431,14 +433,19 @@ class _Run:
         the range: it records what planning saw (or the manifest's record of a partition whose token
         had not changed), so that the next run finds such a change. Its own reads count only for
         partitions with no such record, whose bins it recomputed whole."""
-        old = self.manifest.get(w.symbol)
-        days = dict(prints)
-        if w.lo is not None and old is not None:
-            days.update({d: v for d, v in old.days.items() if w.tokens.get(d) == old.partitions.get(d)})
-        days.update(w.days)
-        days = {d: v for d, v in days.items() if d in w.tokens}
+        days = {d: v for d, v in {**prints, **self._planned(w)}.items() if d in w.tokens}
         self.manifest[w.symbol] = Series(plan.base.name, plan.method, plan.names, w.tokens, days)
         self.dirty = True
+
+    def _planned(self, w: Work) -> dict[str, str]:
+        """The day fingerprints ``_record`` takes for ``w`` without its rows: planning's, and the
+        manifest's of partitions whose token had not changed; none for a run recomputing every bin."""
+        old = self.manifest.get(w.symbol)
+        if w.lo is None or old is None:
+            return dict(w.days)
+        days = {d: v for d, v in old.days.items() if w.tokens.get(d) == old.partitions.get(d)}
+        days.update(w.days)
+        return days
 
     def _flush_layer(self) -> None:
         """Write the tail runs' bins so far as one tail file, then enter their series."""
