@@ -28,7 +28,15 @@ from lake.store.klines import encode_parquet, read_partition, write_klines
 from lake.store.parquet_plain import CREATED_BY
 from lake.store.paths import PartitionKey
 
-__all__ = ["BENCH_START", "append_day", "ensure_lake", "remove_days", "symbol_names", "synthetic_klines"]
+__all__ = [
+    "BENCH_START",
+    "WORK",
+    "append_day",
+    "ensure_lake",
+    "remove_days",
+    "symbol_names",
+    "synthetic_klines",
+]
 
 WORK = Path(__file__).resolve().parent / "_work"
 # 2024 is a leap year: 365 days plus the appended day stay in one calendar year (the worst case

@@ -15,7 +15,8 @@ are the CPU seconds of the timed call (all threads, user + system), which the ma
 disturbs much less than the wall clock. The base files are read once before the measurements (their
 bytes, in the parent), so that the scan, which runs first, and the build find the same warm page
 cache: this VM empties it when idle, and a cold scan made the build look 3.3× the scan instead of
-4.6–11.8×. Prints ONE JSON line. ``--symbols``/``--days`` make a
+4.6–11.8×. Tables left by an earlier run are deleted a minute before the measurements, not just
+before them (see ``TRASH``). Prints ONE JSON line. ``--symbols``/``--days`` make a
 smaller lake for quick runs; ``--skip-seed`` skips (b). The machine is shared: the JSON carries the
 load average before and after.
 """
@@ -31,11 +32,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import polars as pl
 
-from bench._lake import PER_DAY, append_day, ensure_lake, remove_days
+from bench._lake import PER_DAY, WORK, append_day, ensure_lake, remove_days
 
 TRADE_TYPE, BASE, TARGET = "usdt_perp", "5m", "1h"
 
@@ -123,10 +125,32 @@ def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:
     return doc
 
 
+# The offsets tables of a previous run are moved here and deleted after the measurements. This VM's
+# ext4 has no journal, so a new inode skips every inode freed in the last 60 s (5 min while its
+# inode-table block is dirty; ext4's recently_deleted()): right after deleting the ~11k files and
+# directories of a build, creating a build's directories and files cost ~0.3-0.5 ms each, and
+# perf put a quarter of the build's samples in that search. A harness artifact, not the build's.
+TRASH = WORK / "trash"
+_SETTLE_S = 60.0
+
+
 def _clean(root: Path, symbols: int, days: int) -> None:
+    TRASH.mkdir(parents=True, exist_ok=True)
     for table in ("offsets", "offsets_tail", "_meta/offsets"):
-        shutil.rmtree(root / table, ignore_errors=True)
+        if (root / table).exists():
+            os.rename(root / table, TRASH / uuid.uuid4().hex)
     remove_days(root, symbols, days)
+
+
+def _empty_trash(*, settle: bool) -> None:
+    """Delete what ``_clean`` moved away; with ``settle``, wait until new inodes no longer pay for it."""
+    if not TRASH.exists() or not any(TRASH.iterdir()):
+        return
+    shutil.rmtree(TRASH, ignore_errors=True)
+    os.sync()  # a clean inode-table block is "recent" for 60 s, a dirty one for 300
+    if settle:
+        print(f"deleted an earlier run's tables; waiting {_SETTLE_S:.0f} s", file=sys.stderr)
+        time.sleep(_SETTLE_S)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     root = ensure_lake(args.symbols, args.days, log=False)
     _clean(root, args.symbols, args.days)
+    _empty_trash(settle=True)
     warm_s = _warm(root)
     try:
         scan = _run_child("scan", root, args.workers)
@@ -158,6 +183,7 @@ def main(argv: list[str] | None = None) -> None:
         fold = _run_child("fold", root, args.workers)
     finally:
         _clean(root, args.symbols, args.days)
+        _empty_trash(settle=False)
     result = {
         "bench": "offsets",
         "command": f"python -m bench.offsets --symbols {args.symbols} --days {args.days}"

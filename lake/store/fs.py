@@ -38,7 +38,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,11 @@ from lake.errors import ConfigError, LakeError, LockTimeoutError, StoreUnreachab
 from lake.store.schema_files import schema_bytes, schema_file, table_of
 from lake.store.swap import replace_many, replace_parquet
 
-__all__ = ["LEASE_PATH", "LakeFS", "host_id"]
+__all__ = ["LEASE_PATH", "LakeFS", "Payload", "host_id"]
+
+# A file's new content: bytes, or a view of an encoder's buffer, written as it is (copying a large
+# table's files into bytes first costs a second copy, into freshly allocated pages).
+Payload = bytes | memoryview
 
 _SCHEMAS_MADE: set[tuple[str, str]] = set()  # (root, table) whose schema file exists
 _schemas_lock = threading.Lock()
@@ -91,7 +95,7 @@ def _create(tmp: str, directory: str) -> int:
         return os.open(tmp, flags, 0o666)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data: Payload) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
@@ -239,7 +243,7 @@ class LakeFS:
         offsets; so the replacement cannot tear a read and needs no lease (``lake.store.tail``)."""
         self.write_atomic(rel, data + empty[4:], guard=False)
 
-    def write_atomic(self, rel: str, data: bytes, *, guard: bool = True) -> None:
+    def write_atomic(self, rel: str, data: Payload, *, guard: bool = True) -> None:
         """Replace ``rel`` with ``data`` so that no reader ever sees a partial file. ``guard=False``
         skips the torn-read guard of parquet files (``lake.store.swap``) for replacements that
         cannot tear a read (see ``lake.store.tail``)."""
@@ -248,7 +252,7 @@ class LakeFS:
         if not self.is_local:
             with self._store_errors():
                 self._ensure_lease()
-                self.fs.pipe_file(target, data)
+                self.fs.pipe_file(target, bytes(data))
             return
         directory, name = os.path.split(target)
         tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -273,7 +277,7 @@ class LakeFS:
         finally:
             os.close(dir_fd)
 
-    def write_atomic_many(self, items: list[tuple[str, bytes]]) -> None:
+    def write_atomic_many(self, items: Sequence[tuple[str, Payload]]) -> None:
         """Replace several files, each atomically, paying for durability once per batch.
 
         Locally every temp file is written first, the file system is synced once, then the files
@@ -319,7 +323,7 @@ class LakeFS:
                 if self.fs.exists(target):
                     return False
                 self._ensure_lease()
-                self.fs.pipe_file(target, data)
+                self.fs.pipe_file(target, bytes(data))
             return True
         directory, name = os.path.split(target)
         tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -343,7 +347,7 @@ class LakeFS:
                 os.unlink(tmp)
         return True
 
-    def ensure_schema_file(self, table: str, data: bytes) -> None:
+    def ensure_schema_file(self, table: str, data: Payload) -> None:
         """Create ``table``'s schema file (``lake.store.schema_files``) from the parquet file
         ``data`` of that table, if it does not exist yet."""
         key = (self.url_root, table)
@@ -361,7 +365,7 @@ class LakeFS:
                 self.create_once(rel, made)
             _SCHEMAS_MADE.add(key)
 
-    def _schema_first(self, rel: str, data: bytes) -> None:
+    def _schema_first(self, rel: str, data: Payload) -> None:
         table = table_of(rel)
         if table is not None:
             self.ensure_schema_file(table, data)

@@ -56,7 +56,7 @@ def table_of(rel: str) -> str | None:
     return parts[0]
 
 
-def schema_bytes(data: bytes) -> bytes:
+def schema_bytes(data: bytes | memoryview) -> bytes:
     """A zero-row parquet file with the schema of the parquet file ``data``."""
     schema = pq.read_schema(io.BytesIO(data))
     buf = io.BytesIO()

@@ -42,7 +42,7 @@ from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbols
 from lake.errors import DataError, NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
-from lake.store.fs import LakeFS
+from lake.store.fs import LakeFS, Payload
 from lake.store.klines import TimeLike, as_utc, list_series, to_lakefs
 from lake.store.paths import DATA_FILE, PartitionKey, is_date_dir, partition_period
 from lake.transform import tail as offsets_tail
@@ -649,7 +649,7 @@ class _Outcome:
 
     kind: str
     rel: str
-    data: bytes = b""
+    data: Payload = b""
 
 
 _Pending: TypeAlias = "Future[list[_Outcome]] | _Outcome"  # encodings in the pool, or a removal
@@ -717,8 +717,9 @@ def _read_period(lfs: LakeFS, rel: str) -> pl.DataFrame | None:
     return pl.DataFrame(pl.from_arrow(table))
 
 
-def _encode(table: pa.Table) -> bytes:
-    """One offsets file: a single row group, no dictionaries (prices rarely repeat), ``_ENCODINGS``."""
+def _encode(table: pa.Table) -> memoryview:
+    """One offsets file: a single row group, no dictionaries (prices rarely repeat), ``_ENCODINGS``.
+    A view of the encoder's buffer, written as it is (no copy into a ``bytes``)."""
     buf = pa.BufferOutputStream()
     pq.write_table(
         table,
@@ -729,7 +730,7 @@ def _encode(table: pa.Table) -> bytes:
         write_statistics=True,
         store_schema=False,
     )
-    return bytes(buf.getvalue().to_pybytes())
+    return memoryview(buf.getvalue())
 
 
 def _remove_file(lfs: LakeFS, rel: str) -> bool:
