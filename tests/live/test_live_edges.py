@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 import pytest
 
-from lake.errors import ValidationError
+from lake.errors import UpstreamError, ValidationError
 from lake.ingest.rest_client import RestClient
 from lake.live.alerts import Alerter
 from lake.live.appender import KlineWriter
@@ -207,6 +207,57 @@ async def test_a_provisional_rest_candle_is_replaced(
     assert feed["appender"]["superseded"] > 0
     if skip:
         assert feed["rest_reconfirmed"] >= 5  # BTCUSDT's candles, all from REST
+
+
+async def test_a_provisional_rest_candle_rest_never_confirms_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # BTCUSDT's closing events never come, REST answers its candles before they are final (volumes
+    # halved), and every later request for a candle it answered that way fails. The period checks
+    # ask again for five periods, then give up with a warning: the first answer stays, nothing
+    # else is lost, and the run neither hangs nor fails.
+    real = RestClient.klines
+    given: set[int] = set()  # open times REST answered provisionally
+
+    async def klines(self: RestClient, symbol: str, interval: str, **kw: Any) -> list[list[Any]]:
+        if symbol == "BTCUSDT" and kw.get("start_ms") in given:
+            raise UpstreamError("REST down for BTCUSDT (test)")
+        rows = await real(self, symbol, interval, **kw)
+        now = self.clock.now_ms()
+        out = []
+        for r in rows:
+            if symbol == "BTCUSDT" and int(r[6]) + 15_000 > now:
+                r = list(r)
+                for i in (5, 7, 9, 10):
+                    r[i] = repr(float(r[i]) / 2)
+                given.add(int(r[0]))
+            out.append(r)
+        return out
+
+    monkeypatch.setattr(RestClient, "klines", klines)
+    faults = FaultConfig(ws_skip_close_symbols=("BTCUSDT",))
+    caplog.set_level("WARNING", logger="lake.live")
+    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6}, faults=faults)) as sim:
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=14, grace_s=5.0, history=5),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=90)
+        wm = read_watermark(tmp_path, TT, "1m")
+        assert wm is not None
+        lake = lake_frame(tmp_path, TT, "1m").filter(pl.col("t") < wm["watermark_ms"])
+        truth = sim.market.truth(TT, "1m", live, int(lake["t"].min()), wm["watermark_ms"])
+        d = diff_truth(lake, truth)
+        assert d["missing"] == d["extra"] == 0, d
+        # every difference is a provisional BTCUSDT candle, kept as REST first gave it
+        kept = lake.filter(pl.col("symbol") == "BTCUSDT", pl.col("t").is_in(list(given)))
+        assert 0 < d["differ"] <= kept.height, d
+        assert {r["symbol"] for r in d["differ_rows"]} == {"BTCUSDT"}
+    feed = summary["feeds"][0]
+    assert feed["rest_reconfirmed"] == 0
+    assert feed["rest_repaired"] >= len(given) > 0
+    assert any("REST did not answer again" in r.getMessage() for r in caplog.records)
 
 
 async def test_alerts_raised_while_shutting_down_are_delivered(
