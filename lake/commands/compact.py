@@ -8,6 +8,7 @@ import typer
 
 from lake.cli_common import ConfigOpt, JsonOpt, RootOpt, check_number, get_settings, print_json
 from lake.store.fs import LakeFS
+from lake.store.litter import sweep_temps
 from lake.store.tail import compact_tail, tail_feeds
 
 
@@ -19,6 +20,14 @@ def compact(
             help="Retire compacted tail files (empty them for reuse) this many seconds after (running queries).",
         ),
     ] = 120.0,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep",
+            help="Also remove the hidden temp files writers killed mid-write left anywhere in the lake "
+            "(walks the whole lake).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
     root: RootOpt = None,
     config: ConfigOpt = None,
@@ -28,6 +37,9 @@ def compact(
     Readers see the same candles before and after; useful after a live feed was killed and not
     restarted, before bulk jobs that read only partitions (``lake offsets``). Safe while ``lake live``
     runs. Exits 1 if some symbol could not be written (its tail files are kept).
+
+    ``--sweep`` removes the temp files (``.<name>.tmp-<pid>-…``) of writers that were killed: those
+    of processes no longer running here, written 10 minutes ago or more, and any a day old.
     """
     check_number("--grace", grace)
     settings = get_settings(config, must_exist=True, root=root)
@@ -46,10 +58,23 @@ def compact(
                 "failed": res.failed,
             }
         )
+    swept = sweep_temps(lfs) if sweep else None
     if json_out:
-        print_json({"root": lfs.url_root, "feeds": out})
+        doc: dict[str, Any] = {"root": lfs.url_root, "feeds": out}
+        if swept is not None:
+            doc["temp_files"] = {
+                "removed": swept.removed,
+                "kept": swept.kept,
+                "bytes_freed": swept.bytes_freed,
+            }
+        print_json(doc)
     elif not out:
         typer.echo(f"no tail under {lfs.url_root}")
+    if swept is not None and not json_out:
+        typer.echo(
+            f"temp files of killed writers: {swept.removed} removed ({swept.bytes_freed:,} bytes)"
+            + (f", {swept.kept} kept (their writers may still run)" if swept.kept else "")
+        )
     for r in out:
         if not json_out:
             typer.echo(

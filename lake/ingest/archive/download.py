@@ -42,6 +42,7 @@ import aiohttp
 
 from lake.errors import DataError, LakeError, NotFoundError, UpstreamError
 from lake.ingest.archive.plan import ArchiveFile
+from lake.store.litter import pid_alive
 
 _T = TypeVar("_T")
 
@@ -85,18 +86,6 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def clean_partials(directory: Path) -> int:
     """Remove ``.part`` files left by processes that no longer run; returns how many."""
     removed = 0
@@ -105,7 +94,7 @@ def clean_partials(directory: Path) -> int:
     for dirpath, _dirs, files in os.walk(directory):
         for f in files:
             m = _PART_RE.search(f)
-            if m and not _pid_alive(int(m.group(1))):
+            if m and not pid_alive(int(m.group(1))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(dirpath, f))
                     removed += 1
