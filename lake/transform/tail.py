@@ -84,8 +84,10 @@ BIN_SCHEMA: dict[str, pl.DataType] = {"symbol": pl.String(), "offset": pl.String
 _ARROW_TIME = pa.timestamp("ms", "UTC")
 _ARROW_SCHEMA = pa.schema(
     [
-        pa.field("symbol", pa.string(), nullable=False),
-        pa.field("offset", pa.string()),
+        # large_string: the type Polars exports, so tables need no cast (whose pyarrow.compute import
+        # took ~50 ms of a 0.45 s incremental run); the file's column type is the same as string's
+        pa.field("symbol", pa.large_string(), nullable=False),
+        pa.field("offset", pa.large_string()),
         *(
             pa.field(
                 c,
@@ -182,13 +184,17 @@ def _meta_table(layer: Layer) -> pa.Table:
         *(pl.lit(None, t).alias(c) for c, t in BIN_SCHEMA.items() if c != "symbol"),
         pl.col("tail_from").cast(_TIME),
     )
-    return df.to_arrow().cast(_ARROW_SCHEMA)
+    return _file_table(df.to_arrow())
 
 
 def _bins_table(bins: pl.DataFrame) -> pa.Table:
     t = bins.select(list(BIN_SCHEMA)).to_arrow()
-    t = t.append_column("tail_from", pa.nulls(t.num_rows, _ARROW_TIME))
-    return t.cast(_ARROW_SCHEMA)
+    return _file_table(t.append_column("tail_from", pa.nulls(t.num_rows, _ARROW_TIME)))
+
+
+def _file_table(t: pa.Table) -> pa.Table:
+    """``t`` (columns of ``_ARROW_SCHEMA``'s types, in its order) under ``_ARROW_SCHEMA``."""
+    return pa.Table.from_arrays(t.columns, schema=_ARROW_SCHEMA)
 
 
 def encode(layer: Layer) -> bytes:
@@ -333,7 +339,7 @@ def _read_meta(lfs: LakeFS, rel: str) -> tuple[list[tuple[str, int | None]], int
         raise _unreadable(rel, exc) from exc
     syms = t.column("symbol").to_pylist()
     offs = t.column("offset").to_pylist()
-    froms = t.column("tail_from").cast(pa.int64()).to_pylist()
+    froms = [v for c in t.column("tail_from").chunks for v in c.view(pa.int64()).to_pylist()]
     meta = [(s, f) for s, o, f in zip(syms, offs, froms, strict=True) if o is None]
     return meta, total - len(meta)
 
