@@ -15,8 +15,8 @@ are the CPU seconds of the timed call (all threads, user + system), which the ma
 disturbs much less than the wall clock. The base files are read once before the measurements (their
 bytes, in the parent), so that the scan, which runs first, and the build find the same warm page
 cache: this VM empties it when idle, and a cold scan made the build look 3.3× the scan instead of
-4.6–11.8×. Tables left by an earlier run are deleted a minute before the measurements, not just
-before them (see ``TRASH``). Prints ONE JSON line. ``--symbols``/``--days`` make a
+4.6–11.8×. The measurements start a minute after the bench last deleted files, and what it deletes
+meanwhile waits in a trash until the end (see ``TRASH``). Prints ONE JSON line. ``--symbols``/``--days`` make a
 smaller lake for quick runs; ``--skip-seed`` skips (b). The machine is shared: the JSON carries the
 load average before and after.
 """
@@ -94,7 +94,7 @@ def _phase(name: str, root: Path, workers: int) -> dict[str, object]:
         try:
             extra = dict(seed_resample_lake(root, out_dir, TRADE_TYPE, BASE, TARGET))
         finally:
-            shutil.rmtree(out_dir, ignore_errors=True)
+            _discard(out_dir)  # deleted after the measurements that follow
     else:
         raise SystemExit(f"unknown phase {name}")
     return {"seconds": time.perf_counter() - t0, "call_cpu_s": _cpu() - c0, "import_s": import_s, **extra}
@@ -125,32 +125,48 @@ def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:
     return doc
 
 
-# The offsets tables of a previous run are moved here and deleted after the measurements. This VM's
-# ext4 has no journal, so a new inode skips every inode freed in the last 60 s (5 min while its
-# inode-table block is dirty; ext4's recently_deleted()): right after deleting the ~11k files and
-# directories of a build, creating a build's directories and files cost ~0.3-0.5 ms each, and
-# perf put a quarter of the build's samples in that search. A harness artifact, not the build's.
+# Files this bench deletes (earlier runs' tables, the seed baseline's output) are moved here and
+# deleted after the measurements, and a run starts a minute after the last such deletion
+# (``_STAMP``). This VM's ext4 has no journal, so a new inode skips every inode freed in the last
+# 60 s (5 min while its inode-table block is dirty; ext4's recently_deleted()): right after
+# deleting the ~11k files and directories of a build, creating a build's directories and files
+# cost ~0.3 ms each instead of ~0.02, and perf put a quarter of the build's samples in that search.
+# A harness artifact, not the build's.
 TRASH = WORK / "trash"
+_STAMP = WORK / ".deleted-at"
 _SETTLE_S = 60.0
 
 
-def _clean(root: Path, symbols: int, days: int) -> None:
+def _discard(path: Path) -> None:
+    """Move ``path`` to the trash (deleted by ``_empty_trash``)."""
     TRASH.mkdir(parents=True, exist_ok=True)
+    os.rename(path, TRASH / uuid.uuid4().hex)
+
+
+def _clean(root: Path, symbols: int, days: int) -> None:
     for table in ("offsets", "offsets_tail", "_meta/offsets"):
         if (root / table).exists():
-            os.rename(root / table, TRASH / uuid.uuid4().hex)
+            _discard(root / table)
     remove_days(root, symbols, days)
 
 
-def _empty_trash(*, settle: bool) -> None:
-    """Delete what ``_clean`` moved away; with ``settle``, wait until new inodes no longer pay for it."""
-    if not TRASH.exists() or not any(TRASH.iterdir()):
+def _empty_trash() -> None:
+    """Delete the trash, and note when (``_settle``)."""
+    if TRASH.exists() and any(TRASH.iterdir()):
+        shutil.rmtree(TRASH, ignore_errors=True)
+        os.sync()  # a clean inode-table block is "recent" for 60 s, a dirty one for 300
+        _STAMP.write_text(str(time.time()))
+
+
+def _settle() -> None:
+    """Wait until the last deletion of this bench is ``_SETTLE_S`` old."""
+    try:
+        left = _SETTLE_S - (time.time() - float(_STAMP.read_text()))
+    except (FileNotFoundError, ValueError):
         return
-    shutil.rmtree(TRASH, ignore_errors=True)
-    os.sync()  # a clean inode-table block is "recent" for 60 s, a dirty one for 300
-    if settle:
-        print(f"deleted an earlier run's tables; waiting {_SETTLE_S:.0f} s", file=sys.stderr)
-        time.sleep(_SETTLE_S)
+    if left > 0:
+        print(f"waiting {left:.0f} s after the last deletion (see TRASH)", file=sys.stderr)
+        time.sleep(left)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,9 +183,13 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     load_before = os.getloadavg()[0]
+    started = time.time()
     root = ensure_lake(args.symbols, args.days, log=False)
+    if (root / ".complete.json").stat().st_mtime >= started:  # rebuilt: an outdated lake deleted
+        _STAMP.write_text(str(time.time()))
     _clean(root, args.symbols, args.days)
-    _empty_trash(settle=True)
+    _empty_trash()
+    _settle()
     warm_s = _warm(root)
     try:
         scan = _run_child("scan", root, args.workers)
@@ -183,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         fold = _run_child("fold", root, args.workers)
     finally:
         _clean(root, args.symbols, args.days)
-        _empty_trash(settle=False)
+        _empty_trash()
     result = {
         "bench": "offsets",
         "command": f"python -m bench.offsets --symbols {args.symbols} --days {args.days}"

@@ -9,10 +9,12 @@ it) piles them up. Removing one is always safe once its writer is gone: the targ
 its own (the old or the new content, see ``write_atomic``), and a ``.tmp-old-`` file is a second
 link to a file that either is the target or has been replaced by it.
 
-Which ones go: those of a process that no longer runs on this machine, written at least
-``min_age_s`` ago (a writer on another machine sharing the directory has its own process ids; no
-write takes that long), and any older than a day whatever their process id says (it may have been
-reused).
+Which ones go: those of a process that no longer runs on this machine, made at least ``min_age_s``
+ago (a writer on another machine sharing the directory has its own process ids; no write takes that
+long), and any older than a day whatever their process id says (it may have been reused). Age is
+taken from the inode change time too: a ``.tmp-old-`` link carries its target's old modification
+time, but linking it changed its ctime, so a running swap's link is never taken for an old one.
+A file that cannot be removed (another user's directory) is counted as kept.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def pid_alive(pid: int) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Sweep:
-    """What ``sweep_temps`` found: temp files removed, kept (a writer may still own them), bytes freed."""
+    """What ``sweep_temps`` found: temp files removed, kept (a writer may still own them, or they
+    could not be removed), and the bytes their removal freed."""
 
     removed: int = 0
     kept: int = 0
@@ -72,14 +75,18 @@ def sweep_temps(lfs: LakeFS, *, min_age_s: float = MIN_AGE_S, now: float | None 
                 st = os.stat(path)
             except FileNotFoundError:  # its writer renamed it meanwhile
                 continue
-            age = now - st.st_mtime
+            age = now - max(st.st_mtime, st.st_ctime)
             if age >= _ANY_PID_AGE_S or (age >= min_age_s and not pid_alive(int(m["pid"]))):
                 try:
                     os.unlink(path)
                 except FileNotFoundError:
                     continue
+                except OSError:
+                    kept += 1
+                    continue
                 removed += 1
-                freed += st.st_size
+                if st.st_nlink == 1:  # a second link to a partition frees nothing
+                    freed += st.st_size
             else:
                 kept += 1
     return Sweep(removed, kept, freed)

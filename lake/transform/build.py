@@ -730,7 +730,7 @@ def _encode(table: pa.Table) -> memoryview:
         write_statistics=True,
         store_schema=False,
     )
-    return memoryview(buf.getvalue())
+    return memoryview(buf.getvalue()).cast("B").toreadonly()  # compares as bytes do
 
 
 def _remove_file(lfs: LakeFS, rel: str) -> bool:
