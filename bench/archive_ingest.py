@@ -27,6 +27,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -355,23 +356,38 @@ def bench_e2e(symbols: int, days: int, rest_days: int, rest_full: bool, work: Pa
         proc.wait(timeout=30)
 
 
-# Lakes this bench writes are deleted when it ends, not between measurements. This VM's ext4 has no
-# journal, so a new inode skips every inode freed in the last 60 s (5 min while its inode-table
-# block is dirty; ext4's recently_deleted()): the timed ``auto`` run used to start by deleting the
-# cold run's lake (~13.5k files and directories), and then paid ~0.3 ms instead of ~0.02 ms for
-# each of its own (bench/offsets.py measured the same with perf).
+# Lakes this bench writes are deleted when it ends, not between measurements, and a run starts a
+# minute after the last such deletion (``_STAMP``, also across runs). This VM's ext4 has no journal,
+# so a new inode skips every inode freed in the last 60 s (5 min while its inode-table block is
+# dirty; ext4's recently_deleted()): the timed ``auto`` run used to start by deleting the cold
+# run's lake (~13.5k files and directories), and then paid ~0.3 ms instead of ~0.02 ms for each of
+# its own (bench/offsets.py measured the same with perf).
 _LATER: list[Path] = []
+_STAMP = Path(tempfile.gettempdir()) / "lake-bench-archive-deleted-at"
+_OURS = re.compile(r"lake-(\d+|auto_cold|auto|rest)")  # the lakes this bench names in its --work
+
+
+def _delete_lakes(paths: list[Path]) -> None:
+    """Delete ``paths`` and note when (``_settle``)."""
+    gone = [p for p in paths if p.exists()]
+    for p in gone:
+        shutil.rmtree(p, ignore_errors=True)
+    if gone:
+        os.sync()  # a clean inode-table block is "recent" for 60 s, a dirty one for 300
+        _STAMP.write_text(str(time.time()))
 
 
 def _settle(work: Path) -> None:
-    """Delete what an earlier run left in ``work`` (``--work``), then wait out the 60 s."""
-    old = [p for p in work.iterdir() if p.name.startswith("lake-")] if work.exists() else []
-    for p in old:
-        shutil.rmtree(p, ignore_errors=True)
-    if old:
-        os.sync()
-        print("deleted an earlier run's lakes; waiting 60 s", file=sys.stderr)
-        time.sleep(60)
+    """Delete the lakes an earlier run left in ``work`` (``--work``; only names this bench gives),
+    then wait until the last deletion is a minute old."""
+    _delete_lakes([p for p in work.iterdir() if _OURS.fullmatch(p.name)] if work.exists() else [])
+    try:
+        left = 60.0 - (time.time() - float(_STAMP.read_text()))
+    except (OSError, ValueError):
+        return
+    if left > 0:
+        print(f"waiting {left:.0f} s after the last deletion (see _LATER)", file=sys.stderr)
+        time.sleep(left)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -390,6 +406,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out: dict[str, Any] = {"bench": "archive_ingest"}
     work = args.work or Path(tempfile.mkdtemp(prefix="lake-bench-archive-"))
+    _LATER.clear()
     _settle(work)
     try:
         if args.part in ("all", "parse"):
@@ -397,8 +414,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.part in ("all", "e2e"):
             out.update(bench_e2e(args.symbols, args.days, args.rest_days, args.rest_full, work))
     finally:
-        for p in _LATER:
-            shutil.rmtree(p, ignore_errors=True)
+        _delete_lakes(_LATER)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write(json.dumps(out) + "\n")
