@@ -194,6 +194,8 @@ def _bins_table(bins: pl.DataFrame) -> pa.Table:
 
 def _file_table(t: pa.Table) -> pa.Table:
     """``t`` (columns of ``_ARROW_SCHEMA``'s types, in its order) under ``_ARROW_SCHEMA``."""
+    if t.column_names != _ARROW_SCHEMA.names:  # from_arrays matches by position, not by name
+        raise AssertionError(f"tail columns out of order: {t.column_names}")
     return pa.Table.from_arrays(t.columns, schema=_ARROW_SCHEMA)
 
 
