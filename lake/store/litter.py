@@ -75,6 +75,9 @@ def sweep_temps(lfs: LakeFS, *, min_age_s: float = MIN_AGE_S, now: float | None 
                 st = os.stat(path)
             except FileNotFoundError:  # its writer renamed it meanwhile
                 continue
+            except OSError:
+                kept += 1
+                continue
             age = now - max(st.st_mtime, st.st_ctime)
             if age >= _ANY_PID_AGE_S or (age >= min_age_s and not pid_alive(int(m["pid"]))):
                 try:
