@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from bench._settle import delete, settle
 from lake.ingest.archive.parse import parse_kline_zip
 from lake.store.fs import LakeFS
 from lake.store.klines import write_klines
@@ -124,7 +125,7 @@ def bench_parse(symbols: int, months: int, work: Path, rounds: int = 3) -> dict[
 
     def ingest(threads: int, root: Path) -> tuple[float, int, int]:
         # A new lake each time, all deleted at the end: deleting 732 files between measurements made
-        # the next write of the same files take up to twice as long (see _LATER). Dirty pages left
+        # the next write of the same files take up to twice as long (bench/_settle.py). Dirty pages left
         # by earlier work (ours or other jobs') are flushed first, so the syncs of this ingest pay for
         # its own writes.
         lake_root = root / f"lake-{len(lakes)}"
@@ -357,37 +358,11 @@ def bench_e2e(symbols: int, days: int, rest_days: int, rest_full: bool, work: Pa
 
 
 # Lakes this bench writes are deleted when it ends, not between measurements, and a run starts a
-# minute after the last such deletion (``_STAMP``, also across runs). This VM's ext4 has no journal,
-# so a new inode skips every inode freed in the last 60 s (5 min while its inode-table block is
-# dirty; ext4's recently_deleted()): the timed ``auto`` run used to start by deleting the cold
-# run's lake (~13.5k files and directories), and then paid ~0.3 ms instead of ~0.02 ms for each of
-# its own (bench/offsets.py measured the same with perf).
+# minute after the last deletion, also across runs (bench/_settle.py): the timed ``auto`` run used
+# to start by deleting the cold run's lake (~13.5k files and directories) and paid for it.
 _LATER: list[Path] = []
 _STAMP = Path(tempfile.gettempdir()) / "lake-bench-archive-deleted-at"
 _OURS = re.compile(r"lake-(\d+|auto_cold|auto|rest)")  # the lakes this bench names in its --work
-
-
-def _delete_lakes(paths: list[Path]) -> None:
-    """Delete ``paths`` and note when (``_settle``)."""
-    gone = [p for p in paths if p.exists()]
-    for p in gone:
-        shutil.rmtree(p, ignore_errors=True)
-    if gone:
-        os.sync()  # a clean inode-table block is "recent" for 60 s, a dirty one for 300
-        _STAMP.write_text(str(time.time()))
-
-
-def _settle(work: Path) -> None:
-    """Delete the lakes an earlier run left in ``work`` (``--work``; only names this bench gives),
-    then wait until the last deletion is a minute old."""
-    _delete_lakes([p for p in work.iterdir() if _OURS.fullmatch(p.name)] if work.exists() else [])
-    try:
-        left = 60.0 - (time.time() - float(_STAMP.read_text()))
-    except (OSError, ValueError):
-        return
-    if left > 0:
-        print(f"waiting {left:.0f} s after the last deletion (see _LATER)", file=sys.stderr)
-        time.sleep(left)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -407,14 +382,16 @@ def main(argv: list[str] | None = None) -> None:
     out: dict[str, Any] = {"bench": "archive_ingest"}
     work = args.work or Path(tempfile.mkdtemp(prefix="lake-bench-archive-"))
     _LATER.clear()
-    _settle(work)
+    # lakes an earlier run left in --work (only the names this bench gives)
+    delete([p for p in work.iterdir() if _OURS.fullmatch(p.name)] if work.exists() else [], _STAMP)
+    settle(_STAMP)
     try:
         if args.part in ("all", "parse"):
             out.update(bench_parse(args.parse_symbols, args.parse_months, work, args.rounds))
         if args.part in ("all", "e2e"):
             out.update(bench_e2e(args.symbols, args.days, args.rest_days, args.rest_full, work))
     finally:
-        _delete_lakes(_LATER)
+        delete(_LATER, _STAMP)
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
     sys.stdout.write(json.dumps(out) + "\n")

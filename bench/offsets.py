@@ -16,7 +16,7 @@ disturbs much less than the wall clock. The base files are read once before the 
 bytes, in the parent), so that the scan, which runs first, and the build find the same warm page
 cache: this VM empties it when idle, and a cold scan made the build look 3.3× the scan instead of
 4.6–11.8×. The measurements start a minute after the bench last deleted files, and what it deletes
-meanwhile waits in a trash until the end (see ``TRASH``). Prints ONE JSON line. ``--symbols``/``--days`` make a
+meanwhile waits in a trash until the end (``bench/_settle.py``). Prints ONE JSON line. ``--symbols``/``--days`` make a
 smaller lake for quick runs; ``--skip-seed`` skips (b). The machine is shared: the JSON carries the
 load average before and after.
 """
@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 import polars as pl
 
 from bench._lake import PER_DAY, WORK, append_day, ensure_lake, remove_days
+from bench._settle import delete, settle
 
 TRADE_TYPE, BASE, TARGET = "usdt_perp", "5m", "1h"
 
@@ -125,20 +125,14 @@ def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:
     return doc
 
 
-# Files this bench deletes (earlier runs' tables, the seed baseline's output) are moved here and
-# deleted after the measurements, and a run starts a minute after the last such deletion
-# (``_STAMP``). This VM's ext4 has no journal, so a new inode skips every inode freed in the last
-# 60 s (5 min while its inode-table block is dirty; ext4's recently_deleted()): right after
-# deleting the ~11k files and directories of a build, creating a build's directories and files
-# cost ~0.3 ms each instead of ~0.02, and perf put a quarter of the build's samples in that search.
-# A harness artifact, not the build's.
+# What this bench deletes (earlier runs' tables, the seed baseline's output) waits here until the
+# measurements are done, and a run starts a minute after the last deletion (bench/_settle.py).
 TRASH = WORK / "trash"
 _STAMP = WORK / ".deleted-at"
-_SETTLE_S = 60.0
 
 
 def _discard(path: Path) -> None:
-    """Move ``path`` to the trash (deleted by ``_empty_trash``)."""
+    """Move ``path`` to the trash (deleted after the measurements)."""
     TRASH.mkdir(parents=True, exist_ok=True)
     os.rename(path, TRASH / uuid.uuid4().hex)
 
@@ -151,22 +145,7 @@ def _clean(root: Path, symbols: int, days: int) -> None:
 
 
 def _empty_trash() -> None:
-    """Delete the trash, and note when (``_settle``)."""
-    if TRASH.exists() and any(TRASH.iterdir()):
-        shutil.rmtree(TRASH, ignore_errors=True)
-        os.sync()  # a clean inode-table block is "recent" for 60 s, a dirty one for 300
-        _STAMP.write_text(str(time.time()))
-
-
-def _settle() -> None:
-    """Wait until the last deletion of this bench is ``_SETTLE_S`` old."""
-    try:
-        left = _SETTLE_S - (time.time() - float(_STAMP.read_text()))
-    except (FileNotFoundError, ValueError):
-        return
-    if left > 0:
-        print(f"waiting {left:.0f} s after the last deletion (see TRASH)", file=sys.stderr)
-        time.sleep(left)
+    delete(TRASH.iterdir() if TRASH.exists() else [], _STAMP)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
         _STAMP.write_text(str(time.time()))
     _clean(root, args.symbols, args.days)
     _empty_trash()
-    _settle()
+    settle(_STAMP)
     warm_s = _warm(root)
     try:
         scan = _run_child("scan", root, args.workers)
