@@ -148,6 +148,33 @@ async def test_late_close_after_an_empty_rest_answer_is_kept(
     assert wm >= int(lake_frame(tmp_path, TT, "1m")["t"].min()) + 10 * M
 
 
+def _halved(row: list[Any]) -> list[Any]:
+    """A REST kline row as REST may give it before the candle is final: its volumes halved."""
+    row = list(row)
+    for i in (5, 7, 9, 10):
+        row[i] = repr(float(row[i]) / 2)
+    return row
+
+
+async def _run_1m(
+    tmp_path: Path, faults: FaultConfig, periods: int
+) -> tuple[dict[str, Any], pl.DataFrame, dict[str, Any]]:
+    """``lake live`` on 1m for ``periods`` periods (6 USDⓈ-M symbols, sped up 120×): its summary, the
+    lake's candles before the watermark, and their ``diff_truth`` against the simulator's."""
+    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6}, faults=faults)) as sim:
+        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
+        runner = LiveRunner(
+            Settings(root=str(tmp_path), sim_url=sim.base_url),
+            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=periods, grace_s=5.0, history=5),
+        )
+        summary = await asyncio.wait_for(runner.run(), timeout=90)
+        wm = read_watermark(tmp_path, TT, "1m")
+        assert wm is not None
+        lake = lake_frame(tmp_path, TT, "1m").filter(pl.col("t") < wm["watermark_ms"])
+        truth = sim.market.truth(TT, "1m", live, int(lake["t"].min()), wm["watermark_ms"])
+        return summary, lake, diff_truth(lake, truth)
+
+
 @pytest.mark.parametrize("mode", ["late", "late, slow watermark", "never for BTCUSDT"])
 async def test_a_provisional_rest_candle_is_replaced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
@@ -175,34 +202,16 @@ async def test_a_provisional_rest_candle_is_replaced(
     async def provisional_klines(self: RestClient, symbol: str, interval: str, **kw: Any) -> list[list[Any]]:
         rows = await real(self, symbol, interval, **kw)
         now = self.clock.now_ms()
-        out = []
-        for r in rows:
-            if int(r[6]) + 15_000 > now:
-                r = list(r)
-                for i in (5, 7, 9, 10):
-                    r[i] = repr(float(r[i]) / 2)
-            out.append(r)
-        return out
+        return [_halved(r) if int(r[6]) + 15_000 > now else r for r in rows]
 
     monkeypatch.setattr(RestClient, "klines", provisional_klines)
     skip = ("BTCUSDT",) if mode.startswith("never") else ()
     faults = FaultConfig(ws_close_delay_s=20.0, ws_skip_close_symbols=skip)
-    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6}, faults=faults)) as sim:
-        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
-        runner = LiveRunner(
-            Settings(root=str(tmp_path), sim_url=sim.base_url),
-            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=8, grace_s=5.0, history=5),
-        )
-        summary = await asyncio.wait_for(runner.run(), timeout=90)
-        wm = read_watermark(tmp_path, TT, "1m")
-        assert wm is not None
-        # (the last period's closing events may come after the run stopped, and its REST answers
-        # are not asked again before it: it may keep REST's values)
-        lake = lake_frame(tmp_path, TT, "1m").filter(pl.col("t") < wm["watermark_ms"])
-        truth = sim.market.truth(TT, "1m", live, int(lake["t"].min()), wm["watermark_ms"])
-        d = diff_truth(lake, truth)
-        assert d["missing"] == d["extra"] == d["differ"] == 0, d
-        assert lake.height >= 6 * 6
+    # (the last period's closing events may come after the run stopped, and its REST answers are
+    # not asked again before it: it may keep REST's values; hence only candles before the watermark)
+    summary, lake, d = await _run_1m(tmp_path, faults, periods=8)
+    assert d["missing"] == d["extra"] == d["differ"] == 0, d
+    assert lake.height >= 6 * 6
     feed = summary["feeds"][0]
     assert feed["rest_repaired"] > 0
     assert feed["appender"]["superseded"] > 0
@@ -232,37 +241,19 @@ async def test_a_provisional_rest_candle_rest_never_confirms_is_kept(
                 raise UpstreamError("REST down for BTCUSDT (test)")
         rows = await real(self, symbol, interval, **kw)
         now = self.clock.now_ms()
-        out = []
-        for r in rows:
-            if symbol == "BTCUSDT" and int(r[6]) + 30_000 > now:
-                given.add(int(r[0]))
-                if int(r[6]) + 15_000 > now:
-                    r = list(r)
-                    for i in (5, 7, 9, 10):
-                        r[i] = repr(float(r[i]) / 2)
-            out.append(r)
-        return out
+        if symbol != "BTCUSDT":
+            return rows
+        given.update(int(r[0]) for r in rows if int(r[6]) + 30_000 > now)
+        return [_halved(r) if int(r[6]) + 15_000 > now else r for r in rows]
 
     monkeypatch.setattr(RestClient, "klines", klines)
-    faults = FaultConfig(ws_skip_close_symbols=("BTCUSDT",))
     caplog.set_level("WARNING", logger="lake.live")
-    async with sim_server(test_config(speed=120.0, n_symbols_by_market={"um": 6}, faults=faults)) as sim:
-        live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
-        runner = LiveRunner(
-            Settings(root=str(tmp_path), sim_url=sim.base_url),
-            LiveConfig(trade_types=(TT,), intervals=("1m",), periods=14, grace_s=5.0, history=5),
-        )
-        summary = await asyncio.wait_for(runner.run(), timeout=90)
-        wm = read_watermark(tmp_path, TT, "1m")
-        assert wm is not None
-        lake = lake_frame(tmp_path, TT, "1m").filter(pl.col("t") < wm["watermark_ms"])
-        truth = sim.market.truth(TT, "1m", live, int(lake["t"].min()), wm["watermark_ms"])
-        d = diff_truth(lake, truth)
-        assert d["missing"] == d["extra"] == 0, d
-        # every difference is a provisional BTCUSDT candle, kept as REST first gave it
-        kept = lake.filter(pl.col("symbol") == "BTCUSDT", pl.col("t").is_in(list(given)))
-        assert 0 < d["differ"] <= kept.height, d
-        assert {r["symbol"] for r in d["differ_rows"]} == {"BTCUSDT"}
+    summary, lake, d = await _run_1m(tmp_path, FaultConfig(ws_skip_close_symbols=("BTCUSDT",)), periods=14)
+    assert d["missing"] == d["extra"] == 0, d
+    # every difference is a provisional BTCUSDT candle, kept as REST first gave it
+    kept = lake.filter(pl.col("symbol") == "BTCUSDT", pl.col("t").is_in(list(given)))
+    assert 0 < d["differ"] <= kept.height, d
+    assert {r["symbol"] for r in d["differ_rows"]} == {"BTCUSDT"}
     feed = summary["feeds"][0]
     assert feed["rest_reconfirmed"] == 0
     assert feed["rest_repaired"] >= len(given) > 0
