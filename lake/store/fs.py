@@ -39,12 +39,14 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
 from lake.errors import ConfigError, LakeError, LockTimeoutError, StoreUnreachableError
+from lake.store import relocate
 from lake.store.schema_files import schema_bytes, schema_file, table_of
 from lake.store.swap import replace_many, replace_parquet
 
@@ -93,6 +95,40 @@ def _create(tmp: str, directory: str) -> int:
     except FileNotFoundError:
         os.makedirs(directory, exist_ok=True)
         return os.open(tmp, flags, 0o666)
+
+
+@dataclass(frozen=True)
+class _Staged:
+    """How a parquet file was written to its temp file: ``plain`` when a plain rename cannot tear a
+    read (a new file, or one relocated over the old one), else it needs the lease swap; ``dead``:
+    the old pages it carries (``lake.store.relocate``)."""
+
+    plain: bool
+    dead: tuple[tuple[int, int], ...]
+    stat: os.stat_result | None
+
+
+def _stage_parquet(fd: int, target: str, data: Payload) -> _Staged:
+    """Write the parquet ``data`` meant to replace ``target`` into the temp file ``fd``: relocated
+    over the existing file when it can be, so that no reader of the old file tears."""
+    view = memoryview(data).cast("B")
+    if not relocate.enabled():
+        _write_all(fd, view)
+        return _Staged(False, (), None)
+    try:
+        old = os.open(target, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        _write_all(fd, view)
+        return _Staged(True, (), None)  # no old file, no reader of it
+    try:
+        layout = relocate.plan(old, view)
+        if layout is None:
+            _write_all(fd, view)
+            return _Staged(False, (), None)
+        relocate.write(fd, old, view, layout)
+    finally:
+        os.close(old)
+    return _Staged(True, layout.dead, os.fstat(fd))
 
 
 def _write_all(fd: int, data: Payload) -> None:
@@ -256,14 +292,18 @@ class LakeFS:
             return
         directory, name = os.path.split(target)
         tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        staged: _Staged | None = None
         try:
             fd = _create(tmp, directory)
             try:
-                _write_all(fd, data)
+                if guard and target.endswith(".parquet"):
+                    staged = _stage_parquet(fd, target, data)
+                else:
+                    _write_all(fd, data)
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            if guard and target.endswith(".parquet"):
+            if staged is not None and not staged.plain:
                 replace_parquet(tmp, target)  # readers may be between their two opens of it
             else:
                 os.replace(tmp, target)
@@ -276,6 +316,8 @@ class LakeFS:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+        if staged is not None:
+            self._punch_later(rel, staged)
 
     def write_atomic_many(self, items: Sequence[tuple[str, Payload]]) -> None:
         """Replace several files, each atomically, paying for durability once per batch.
@@ -290,7 +332,7 @@ class LakeFS:
             return
         for rel, data in items:
             self._schema_first(rel, data)
-        staged: list[tuple[str, str]] = []
+        staged: list[tuple[str, str, _Staged | None]] = []
         try:
             tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
             for i, (rel, data) in enumerate(items):
@@ -298,22 +340,34 @@ class LakeFS:
                 directory, name = os.path.split(target)
                 tmp = os.path.join(directory, f".{name}.tmp-{tag}-{i}")
                 fd = _create(tmp, directory)
-                staged.append((tmp, target))
+                staged.append((tmp, target, None))
                 try:
-                    _write_all(fd, data)
+                    if target.endswith(".parquet"):
+                        staged[-1] = (tmp, target, _stage_parquet(fd, target, data))
+                    else:
+                        _write_all(fd, data)
                 finally:
                     os.close(fd)
             _syncfs(staged[0][0])
-            for tmp, target in staged:
-                if not target.endswith(".parquet"):
+            for tmp, target, how in staged:
+                if how is None or how.plain:
                     os.replace(tmp, target)
-            replace_many([(tmp, target) for tmp, target in staged if target.endswith(".parquet")])
+            replace_many([(tmp, target) for tmp, target, how in staged if how is not None and not how.plain])
             _syncfs(staged[0][1])
         except BaseException:
-            for tmp, _ in staged:
+            for tmp, _, _ in staged:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)
             raise
+        for (rel, _), (_, _, how) in zip(items, staged, strict=True):
+            if how is not None:
+                self._punch_later(rel, how)
+
+    def _punch_later(self, rel: str, staged: _Staged) -> None:
+        """Queue the punching out of a relocated file's dead pages (``lake.store.relocate``)."""
+        relocate.load_pending(self.root)
+        for dead in staged.dead:
+            relocate.schedule(self.root, rel.strip("/"), staged.stat, dead)
 
     def create_once(self, rel: str, data: bytes) -> bool:
         """Create ``rel`` with ``data`` unless it exists (it is never replaced); True if created."""

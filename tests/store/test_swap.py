@@ -192,7 +192,8 @@ def test_duckdb_queries_over_partitions_being_rewritten_never_fail(tmp_path) -> 
     assert "'guarded'" in out
 
 
-def test_lake_writes_swap_parquet_files_under_leases(tmp_path) -> None:
+def test_without_relocation_lake_writes_swap_parquet_files_under_leases(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("LAKE_NO_RELOCATE", "1")  # relocated files need no lease (lake.store.relocate)
     lfs = LakeFS(tmp_path)
     before = swap.STATS["guarded"]
     rel = "klines/trade_type=spot/interval=1m/symbol=AUSDT/date=2024-01-01/data.parquet"
