@@ -2,8 +2,10 @@
 
 Writes are atomic in one helper: on a local disk the bytes go to a hidden temp file in the target
 directory, are fsynced, then ``os.replace``d over the target (readers see the old file or the new
-one, never half of one); a parquet file is swapped under file leases, which spares most queries
-caught between their two opens of the file (``lake.store.swap``). On object stores (``s3://``) a
+one, never half of one). A parquet file that replaces another is written *relocated* over it: the
+old pages stay at their offsets, so a query that read the old footer and opens the file again
+reads the old version whole (``lake.store.relocate``); a file that cannot be relocated is swapped
+under file leases instead, which spares most such queries (``lake.store.swap``). On object stores (``s3://``) a
 single PUT is already all-or-nothing, so the object is written in one request.
 
 Locks serialise writers of one series across threads and processes of one machine with ``flock``
@@ -101,7 +103,7 @@ def _create(tmp: str, directory: str) -> int:
 class _Staged:
     """How a parquet file was written to its temp file: ``plain`` when a plain rename cannot tear a
     read (a new file, or one relocated over the old one), else it needs the lease swap; ``dead``:
-    the old pages it carries (``lake.store.relocate``)."""
+    the old pages it carries, ``stat``: its stat if relocated (``lake.store.relocate``)."""
 
     plain: bool
     dead: tuple[tuple[int, int], ...]
@@ -273,23 +275,34 @@ class LakeFS:
     # -- writing -------------------------------------------------------------------------------
     def retire_parquet(self, rel: str, data: bytes, empty: bytes) -> None:
         """Make the parquet file ``rel``, whose bytes are ``data``, read as zero rows without
-        deleting it: ``data`` followed by the footer of ``empty`` (a zero-row parquet file of the
-        same schema, whose leading magic number is dropped) replaces it. A query that listed the
-        file and opens it later finds it; one that read the old footer finds the old pages at their
-        offsets; so the replacement cannot tear a read and needs no lease (``lake.store.tail``)."""
-        self.write_atomic(rel, data + empty[4:], guard=False)
+        deleting it, so that a query that listed the file and opens it later finds it, and one
+        that read the old footer finds the old pages at their offsets (``lake.store.tail``).
+        ``empty``: a zero-row parquet file of the same schema. Locally it is written relocated over
+        the file (``lake.store.relocate``: the old pages stay, the size stays, the dead pages are
+        punched out later); else ``data`` followed by the footer of ``empty`` replaces it, which
+        cannot tear a read either and needs no lease."""
+        if not (self.is_local and relocate.enabled() and self._write_local(rel, empty, relocated_only=True)):
+            self.write_atomic(rel, data + empty[4:], guard=False)
 
     def write_atomic(self, rel: str, data: Payload, *, guard: bool = True) -> None:
-        """Replace ``rel`` with ``data`` so that no reader ever sees a partial file. ``guard=False``
-        skips the torn-read guard of parquet files (``lake.store.swap``) for replacements that
-        cannot tear a read (see ``lake.store.tail``)."""
-        target = self.full(rel)
+        """Replace ``rel`` with ``data`` so that no reader ever sees a partial file. A parquet file
+        is relocated over the one it replaces (``lake.store.relocate``) or, if it cannot be, swapped
+        under leases (``lake.store.swap``); ``guard=False`` writes it plainly, for replacements
+        that cannot tear a read (see ``retire_parquet``)."""
         self._schema_first(rel, data)
         if not self.is_local:
             with self._store_errors():
                 self._ensure_lease()
-                self.fs.pipe_file(target, bytes(data))
+                self.fs.pipe_file(self.full(rel), bytes(data))
             return
+        self._write_local(rel, data, guard=guard)
+
+    def _write_local(
+        self, rel: str, data: Payload, *, guard: bool = True, relocated_only: bool = False
+    ) -> bool:
+        """``write_atomic`` on a local disk; with ``relocated_only`` nothing is written unless the
+        file can be relocated over the existing one (returns whether it was written)."""
+        target = self.full(rel)
         directory, name = os.path.split(target)
         tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         staged: _Staged | None = None
@@ -300,6 +313,9 @@ class LakeFS:
                     staged = _stage_parquet(fd, target, data)
                 else:
                     _write_all(fd, data)
+                if relocated_only and (staged is None or staged.stat is None):
+                    os.unlink(tmp)
+                    return False
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -318,6 +334,7 @@ class LakeFS:
             os.close(dir_fd)
         if staged is not None:
             self._punch_later(rel, staged)
+        return True
 
     def write_atomic_many(self, items: Sequence[tuple[str, Payload]]) -> None:
         """Replace several files, each atomically, paying for durability once per batch.

@@ -171,9 +171,10 @@ class _Footer:
         if spec is _COLUMN_CHUNK:
             rec = {}
             self.chunks.append(rec)
+        buf = self.buf
         fid = 0
         while True:
-            head = self.buf[at]
+            head = buf[at]
             at += 1
             if head == 0:
                 return at
@@ -184,6 +185,9 @@ class _Footer:
                 z, at = self._varint(at)
                 fid = (z >> 1) ^ -(z & 1)
             rule = spec.get(fid) if spec is not None else None
+            if rule is None:  # most fields: skipped inline, as cheaply as Python allows
+                at = self._skip(at, ttype)
+                continue
             if isinstance(rule, _Field) and ttype in (_T_I32, _T_I64):
                 self.refused |= rule.refuse
                 z, end = self._varint(at)
@@ -198,6 +202,34 @@ class _Footer:
             if isinstance(rule, _Field):
                 self.refused |= rule.refuse
             at = self._value(at, ttype, rule if isinstance(rule, dict) else None, rec)
+
+    def _skip(self, at: int, ttype: int) -> int:
+        """Past a value of no interest."""
+        buf = self.buf
+        if ttype in (_T_I32, _T_I64, _T_I16):
+            while buf[at] & 0x80:
+                at += 1
+            return at + 1
+        if ttype == _T_BINARY:
+            n = buf[at]
+            if n < 0x80:
+                return at + 1 + n
+            n, at = self._varint(at)
+            return at + n
+        if ttype in (_T_TRUE, _T_FALSE):  # a bool field's value is its type
+            return at
+        if ttype in (_T_LIST, _T_SET):
+            head = buf[at]
+            at += 1
+            n, etype = head >> 4, head & 0x0F
+            if n == 15:
+                n, at = self._varint(at)
+            if etype in (_T_TRUE, _T_FALSE, _T_BYTE):  # one byte each in a collection
+                return at + n
+            for _ in range(n):
+                at = self._skip(at, etype)
+            return at
+        return self._value(at, ttype, None, {})
 
     def _value(self, at: int, ttype: int, spec: dict[int, object] | None, rec: dict[str, int]) -> int:
         if ttype in (_T_TRUE, _T_FALSE):  # a bool field's value is its type

@@ -1,5 +1,9 @@
 """Replace a parquet file that readers may be reading, without tearing their reads.
 
+Since ``lake.store.relocate`` this is the fallback: lake's writes relocate a new parquet file over
+the old one, which tears no reader at all, and come here only for files that cannot be relocated
+(a page index in the payload, an old file that is not parquet) or with ``LAKE_NO_RELOCATE=1``.
+
 DuckDB opens a parquet file twice in one query: once to read its footer, once to read the pages the
 footer points to (both handles stay open until the query ends). A plain ``os.replace`` that lands
 between the two opens makes the second one read the new file at the old file's offsets: the query

@@ -55,6 +55,7 @@ from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
 from lake.errors import DataError, LockTimeoutError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA
+from lake.store import relocate
 from lake.store.fs import LakeFS
 from lake.store.swap import WAIT_S
 
@@ -178,7 +179,9 @@ def write_tail_bytes(root: Root, trade_type: str, interval: str, data: bytes) ->
                 stub = next((n for n, is_stub, t in _entries(lfs, base) if is_stub and t < cutoff), None)
                 if stub is not None:
                     rel = f"{base}/{stub}"
-                    lfs.write_atomic(rel, data, guard=False)  # a stub's readers read no pages
+                    # relocated (keeps the stub's size for readers that listed it); a stub's readers
+                    # read no pages, so without relocation no lease either
+                    lfs.write_atomic(rel, data, guard=relocate.enabled())
                     return rel
         except LockTimeoutError:
             pass
