@@ -18,10 +18,11 @@ query that listed the partitions before that compaction created one.
 
 **Files are retired, not deleted.** A query lists the tail files when it starts and opens them
 later; a file deleted in between fails the query (``No such file``). So ``grace_s`` after its
-compaction a file is *retired*: its bytes are kept and a parquet footer without row groups is
-appended (a *stub*: zero rows, same name). DuckDB opens a parquet file twice (footer, then pages,
-``lake.store.swap``); a reader that read the old footer finds the same pages at the same offsets in
-the stub, so retiring never tears a read, and no lease is needed. A later tail write reuses a stub
+compaction a file is *retired*: rewritten as a zero-row file under the same name (a *stub*),
+relocated over it (``lake.store.relocate``: the old pages stay at their offsets and the file keeps
+its size; where relocation is off, the old bytes with a zero-row footer appended). DuckDB opens a
+parquet file twice (footer, then pages, ``lake.store.swap``); a reader that read the old footer
+finds the same pages at the same offsets in the stub, so retiring never tears a read. A later tail write reuses a stub
 that was retired at least ``WAIT_S`` seconds ago (a reader of a stub reads no pages, so replacing
 it cannot tear a read either; the wait covers a reader still between its two opens of the file
 before it was retired). Names are therefore reused, and the order of tail files is the
