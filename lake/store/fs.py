@@ -128,9 +128,16 @@ def _stage_parquet(fd: int, target: str, data: Payload) -> _Staged:
             _write_all(fd, view)
             return _Staged(False, (), None)
         relocate.write(fd, old, view, layout)
+        st = os.fstat(fd)
+        before = os.fstat(old)
+        if (st.st_mtime_ns, st.st_size) == (before.st_mtime_ns, before.st_size):
+            # same size by design, same mtime within a tick of a coarse clock: keep the change
+            # token (LakeFS.mtime_key) moving even if the inode number is reused later
+            os.utime(fd, ns=(st.st_atime_ns, before.st_mtime_ns + 1))
+            st = os.fstat(fd)
     finally:
         os.close(old)
-    return _Staged(True, layout.dead, os.fstat(fd))
+    return _Staged(True, layout.dead, st)
 
 
 def _write_all(fd: int, data: Payload) -> None:
@@ -260,11 +267,13 @@ class LakeFS:
         return sorted(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
 
     def mtime_key(self, rel: str) -> str | None:
-        """A cheap change token for a file (mtime+size locally, ETag/mtime on object stores)."""
+        """A cheap change token for a file (mtime, size and inode locally, ETag/mtime on object
+        stores). The inode: a relocated rewrite keeps the file's size (``lake.store.relocate``),
+        and two writes within one tick of a coarse clock can share an mtime."""
         try:
             if self.is_local:
                 st = os.stat(self.full(rel))
-                return f"{st.st_mtime_ns}:{st.st_size}"
+                return f"{st.st_mtime_ns}:{st.st_size}:{st.st_ino}"
             with self._store_errors():
                 self.fs.invalidate_cache(self.full(rel))
                 info = self.fs.info(self.full(rel))
@@ -383,8 +392,7 @@ class LakeFS:
     def _punch_later(self, rel: str, staged: _Staged) -> None:
         """Queue the punching out of a relocated file's dead pages (``lake.store.relocate``)."""
         relocate.load_pending(self.root)
-        for dead in staged.dead:
-            relocate.schedule(self.root, rel.strip("/"), staged.stat, dead)
+        relocate.schedule(self.root, rel.strip("/"), staged.stat, staged.dead)
 
     def create_once(self, rel: str, data: bytes) -> bool:
         """Create ``rel`` with ``data`` unless it exists (it is never replaced); True if created."""

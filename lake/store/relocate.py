@@ -35,7 +35,6 @@ writers of a file hold its series lock).
 from __future__ import annotations
 
 import atexit
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -129,8 +128,11 @@ class _Footer:
         for c in self.chunks:
             if "data" not in c or "size" not in c:
                 return None
-            start = min(c["data"], c["dict"]) if c.get("dict", 0) > 0 else c["data"]
-            ranges.append((start, start + c["size"]))
+            starts = [v for v in (c["data"], c.get("dict", 0)) if v > 0]  # 0: no such page
+            if starts:
+                ranges.append((min(starts), min(starts) + c["size"]))
+            elif c["size"]:
+                return None
             for off, length in (("bloom", "bloom_len"), ("oi", "oi_len"), ("ci", "ci_len")):
                 if c.get(off, 0) > 0:
                     if length not in c:
@@ -436,30 +438,67 @@ class _Punch:
     ino: int
     mtime_ns: int
     size: int
-    start: int
-    end: int
+    ranges: tuple[tuple[int, int], ...]
     due: float  # wall-clock time.time()
 
 
-def punch_now(path: str, ino: int, mtime_ns: int, size: int, start: int, end: int) -> bool:
-    """Free the disk blocks of ``path``'s bytes [start, end) if it is still the file that was
-    written (same inode, mtime and size); True if punched. The file's size and every other byte
-    stay as they are."""
-    if _FALLOCATE is None or end <= start:
-        return False
+def _live_ranges(fd: int, size: int) -> list[tuple[int, int]] | None:
+    """The ranges the file's current footer needs: its pages and the footer itself; None when the
+    footer cannot be read."""
     try:
-        fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        tail = os.pread(fd, 8, size - 8)
+        flen = _LEN.unpack(tail[:4])[0]
+        if tail[4:] != _MAGIC or flen + 12 > size:
+            return None
+        footer_at = size - 8 - flen
+        extent = _Footer(os.pread(fd, flen, footer_at)).extent()
+    except (ValueError, OSError, struct.error):
+        return None
+    live = [(0, 4), (footer_at, size)]
+    if extent is None:
+        live.append((4, footer_at))
+    elif extent != (0, 0):
+        live.append(extent)
+    return live
+
+
+def punch_now(
+    root: str, rel: str, ino: int, mtime_ns: int, size: int, ranges: tuple[tuple[int, int], ...]
+) -> int:
+    """Free the disk blocks of the lake file ``rel``'s byte ranges ``ranges`` if it is still the
+    file that was written (same inode, mtime and size) and none of them holds anything its current
+    footer points at; how many ranges were punched. The file's size, its mtime (the lake's change
+    token, ``LakeFS.mtime_key``) and every other byte stay as they are. A path that leaves the lake
+    through a symbolic link is left alone."""
+    if _FALLOCATE is None or not ranges or not _safe_rel(rel):
+        return 0
+    path = os.path.join(root, rel)
+    if os.path.realpath(path) != os.path.join(os.path.realpath(root), rel):
+        return 0
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
-        return False  # replaced by a later write, or gone: nothing to punch
+        return 0  # replaced by a later write, or gone: nothing to punch
+    done = 0
     try:
         st = os.fstat(fd)
         if (st.st_ino, st.st_mtime_ns, st.st_size) != (ino, mtime_ns, size):
-            return False
-        if _FALLOCATE(fd, _PUNCH, start, end - start) != 0:
-            err = ctypes.get_errno()
-            log.debug("cannot punch holes in %s: %s", path, os.strerror(err))
-            return False
-        return True
+            return 0
+        # The stat can match a later version (an inode reused within one tick of a coarse clock):
+        # the current footer says what must stay.
+        live = _live_ranges(fd, size)
+        if live is None:
+            return 0
+        for start, end in ranges:
+            if not 4 <= start < end <= size or any(start < e and s < end for s, e in live):
+                continue
+            if _FALLOCATE(fd, _PUNCH, start, end - start) != 0:
+                log.debug("cannot punch holes in %s: %s", path, os.strerror(ctypes.get_errno()))
+                break
+            done += 1
+        if done:
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))  # a punch changes no content
+        return done
     finally:
         os.close(fd)
 
@@ -472,16 +511,19 @@ _loaded: set[str] = set()
 
 
 def schedule(
-    root: str, rel: str, st: os.stat_result | None, dead: tuple[int, int], delay: float | None = None
+    root: str,
+    rel: str,
+    st: os.stat_result | None,
+    dead: tuple[tuple[int, int], ...],
+    delay: float | None = None,
 ) -> None:
-    """Punch out ``dead`` of the file just renamed to ``rel`` (``st``: its stat as written)
-    ``delay`` seconds from now, in a background thread of this process (or of a later one, module
-    doc)."""
-    if st is None or dead[1] <= dead[0]:
+    """Punch out the ``dead`` ranges of the file just renamed to ``rel`` (``st``: its stat as
+    written) ``delay`` seconds from now, in a background thread of this process (or of a later
+    one, module doc)."""
+    if st is None or not dead:
         return
     due = time.time() + (PUNCH_DELAY_S if delay is None else delay)
-    item = _Punch(root, rel, st.st_ino, st.st_mtime_ns, st.st_size, dead[0], dead[1], due)
-    _enqueue([item])
+    _enqueue([_Punch(root, rel, st.st_ino, st.st_mtime_ns, st.st_size, tuple(dead), due)])
 
 
 def _enqueue(items: list[_Punch]) -> None:
@@ -502,10 +544,10 @@ def _run() -> None:
             while not _queue or _queue[0][0] > time.time():
                 _cond.wait(None if not _queue else max(0.01, _queue[0][0] - time.time()))
             item = heapq.heappop(_queue)[2]
-        with contextlib.suppress(OSError):
-            punch_now(
-                os.path.join(item.root, item.rel), item.ino, item.mtime_ns, item.size, item.start, item.end
-            )
+        try:
+            punch_now(item.root, item.rel, item.ino, item.mtime_ns, item.size, item.ranges)
+        except OSError as exc:  # the dead pages stay until the file is rewritten
+            log.debug("cannot punch holes in %s: %s", item.rel, exc)
 
 
 def _save_pending() -> None:
@@ -518,11 +560,12 @@ def _save_pending() -> None:
         by_root.setdefault(item.root, []).append(item)
     for root, group in by_root.items():
         directory = os.path.join(root, PENDING_DIR)
-        rows = [[p.rel, p.ino, p.mtime_ns, p.size, p.start, p.end, p.due] for p in group]
+        rows = [[p.rel, p.ino, p.mtime_ns, p.size, [list(r) for r in p.ranges], p.due] for p in group]
         name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
         try:
             os.makedirs(directory, exist_ok=True)
-            tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+            # named like every temp file of the lake, so that ``lake compact --sweep`` knows it
+            tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
             Path(tmp).write_text(json.dumps(rows))
             os.replace(tmp, os.path.join(directory, name))
         except OSError as exc:  # the dead pages stay on disk until the files are rewritten
@@ -531,7 +574,7 @@ def _save_pending() -> None:
 
 def load_pending(root: str, *, force: bool = False) -> int:
     """Take over the punches earlier processes left for the lake at ``root`` (once per process
-    unless ``force``); returns how many were queued."""
+    unless ``force``); returns how many files were queued. Records that do not parse are dropped."""
     if root in _loaded and not force:
         return 0
     _loaded.add(root)
@@ -548,15 +591,27 @@ def load_pending(root: str, *, force: bool = False) -> int:
             os.unlink(path)  # this process owns them now; a crash before punching only costs disk
         except (OSError, ValueError):
             continue
-        for rel, ino, mtime_ns, size, start, end, due in rows:
-            if not _safe_rel(str(rel)):
-                continue
-            items.append(
-                _Punch(root, str(rel), int(ino), int(mtime_ns), int(size), int(start), int(end), float(due))
-            )
+        for row in rows if isinstance(rows, list) else []:
+            item = _record(root, row)
+            if item is not None:
+                items.append(item)
     if items:
         _enqueue(items)
     return len(items)
+
+
+def _record(root: str, row: object) -> _Punch | None:
+    """A punch from a record of ``_save_pending``, or None if it is not one."""
+    if not isinstance(row, list) or len(row) != 6:
+        return None
+    try:
+        spans = tuple((int(a), int(b)) for a, b in row[4])
+        item = _Punch(root, str(row[0]), int(row[1]), int(row[2]), int(row[3]), spans, float(row[5]))
+    except (TypeError, ValueError):
+        return None
+    if not _safe_rel(item.rel) or not all(4 <= a < b <= item.size for a, b in spans):
+        return None
+    return item
 
 
 def _safe_rel(rel: str) -> bool:

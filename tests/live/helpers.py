@@ -104,12 +104,11 @@ class DuckReader(threading.Thread):
     """Queries the ``klines`` view of ``lake.connect`` in a loop, as a notebook would; counts queries,
     errors, and results holding a candle twice (the tail and the partitions must add up exactly).
 
-    ``torn`` counts queries that failed because a partition file was atomically replaced between
-    DuckDB's two opens of it (footer, then pages: see docs/architecture.md); on Linux file leases
-    prevent most of them (lake.store.swap). Such a query is retried (twice at most) and only counts
-    as an error if the retries fail too (the rate is reported). Every other failure is an error,
-    a tail file that vanished between DuckDB's listing and its open included: on a local disk
-    tail files are retired in place, never deleted (lake.store.tail).
+    Every failure is an error, none is retried: a query torn by a partition file replaced between
+    DuckDB's two opens of it (footer, then pages) cannot happen since rewrites are relocated
+    (lake.store.relocate), and a tail file cannot vanish between DuckDB's listing and its open on a
+    local disk (retired in place, lake.store.tail). ``torn`` and ``gone`` count those two kinds
+    among the errors.
     """
 
     def __init__(self, root: str | Path) -> None:
@@ -118,7 +117,7 @@ class DuckReader(threading.Thread):
         self.stop_flag = threading.Event()
         self.queries = 0
         self.torn = 0
-        self.gone = 0  # a tail file deleted between DuckDB's listing and its open (an error)
+        self.gone = 0  # a tail file deleted between DuckDB's listing and its open
         self.with_tail = 0  # queries that saw candles still in the tail
         self.duplicates = 0
         self.errors: list[str] = []
@@ -142,19 +141,14 @@ class DuckReader(threading.Thread):
                         time.sleep(0.01)
                         continue
                     con = connect(self.root)  # once the tail holds candles (else klines is partitions only)
-                for attempt in range(3):
-                    try:
-                        self._query(con)
-                        self.queries += 1
-                        break
-                    except duckdb.Error as exc:
-                        msg = str(exc)
-                        if attempt < 2 and any(t in msg for t in TORN):
-                            self.torn += 1
-                            continue
-                        if "klines_tail" in msg and "No such file" in msg:
-                            self.gone += 1
-                        self.errors.append(msg)
+                try:
+                    self._query(con)
+                except duckdb.Error as exc:
+                    msg = str(exc)
+                    self.torn += any(t in msg for t in TORN)
+                    self.gone += "klines_tail" in msg and "No such file" in msg
+                    self.errors.append(msg)
+                self.queries += 1
                 time.sleep(0.01)
         finally:
             if con is not None:

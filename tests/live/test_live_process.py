@@ -109,5 +109,5 @@ def test_sigkill_restart_then_sigterm(tmp_path: Path) -> None:
         assert lake.select("symbol", "t").is_duplicated().sum() == 0
         text = log.read_text()
         assert "catch-up done" in text and "stopping: signal SIGTERM" in text
-        print(f"duckdb: {reader.queries} queries, {reader.torn} torn reads retried")
+        print(f"duckdb: {reader.queries} queries, {reader.torn} torn reads")
         assert reader.errors == [] and reader.queries > 20

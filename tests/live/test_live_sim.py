@@ -131,7 +131,7 @@ async def test_live_equals_truth_through_faults(tmp_path: Path, caplog: pytest.L
         # readers: zero errors, the watermark never ahead of the data and never backwards
         print(
             f"duckdb: {reader.queries} queries ({reader.with_tail} with tail candles), "
-            f"{reader.torn} torn reads retried, {reader.gone} tail files gone, errors {reader.errors}; "
+            f"{reader.torn} torn reads, {reader.gone} tail files gone, errors {reader.errors}; "
             f"compactions {feed['compactions']}"
         )
         assert reader.queries > 20 and reader.with_tail > 10 and reader.errors == []
