@@ -12,15 +12,20 @@ Thrift compact encoding of the footer is copied byte for byte, and only the offs
 re-encoded (``_Footer``). Whichever footer a reader holds and whichever inode it opens next, the
 bytes at that footer's offsets are the pages that footer describes.
 
-* **Size.** The file's logical size stays under about three versions: the old pages, the new ones
-  and, at most, a gap of a version before them (the front is reused whenever the new pages fit).
-  The gap is a hole: never written, it takes no disk space.
-* **Disk.** The old pages are dead once no reader can still hold the old footer. They are punched
-  out (``FALLOC_FL_PUNCH_HOLE``) ``PUNCH_DELAY_S`` after the rename by a thread of the writing
-  process, if the file is still that inode. A process that exits earlier records what it has not
-  punched under ``_meta/punch/`` and the next process that writes to the lake, or ``lake compact``,
-  punches it when it is due. Where holes cannot be punched the dead pages stay until the file is
-  rewritten: a rewritten file then takes up to twice its size on disk.
+* **Size.** The file keeps its size while the pieces fit, so that a reader that took the size from
+  a listing (Polars does) finds the new footer where it looks. When they do not fit the file grows
+  by half again, a few times in its life, and the old footer also stays at the old end, with the
+  old pages it points at, for such readers. A growing file's apparent size is 2–3.5× its data; a
+  file never shrinks. Gaps are holes: never written, they take no disk space.
+* **Disk.** The old pages (and a grown file's old footer) are dead once no reader can still hold
+  the old footer or size. They are punched out (``FALLOC_FL_PUNCH_HOLE``) ``PUNCH_DELAY_S`` after
+  the rename by a thread of the writing process, if the file is still that inode (same mtime and
+  size) and its current footer needs none of those bytes; the file's mtime is restored (a punch
+  changes no content, and mtime is part of the change token ``LakeFS.mtime_key``). A process that
+  exits earlier records what it has not punched under ``_meta/punch/``, and the next process that
+  writes a parquet file to the lake punches it when it is due. Where holes cannot be punched, or a
+  process was killed, the dead pages stay until the file is rewritten: a rewritten file then takes
+  up to twice its size on disk.
 * **Not relocated** (the caller falls back to the lease swap): a payload with a page index (its
   page locations are absolute offsets stored in the body, not in the footer; Polars writes one) or
   an encrypted one, unless its pages can stay where they are (the old file has none in the way),
