@@ -35,6 +35,7 @@ import fcntl
 import hashlib
 import importlib
 import json
+import logging
 import os
 import socket
 import threading
@@ -53,6 +54,8 @@ from lake.store.schema_files import schema_bytes, schema_file, table_of
 from lake.store.swap import replace_many, replace_parquet
 
 __all__ = ["LEASE_PATH", "LakeFS", "Payload", "host_id"]
+
+_log = logging.getLogger(__name__)
 
 # A file's new content: bytes, or a view of an encoder's buffer, written as it is (copying a large
 # table's files into bytes first costs a second copy, into freshly allocated pages).
@@ -130,9 +133,11 @@ def _stage_parquet(fd: int, target: str, data: Payload) -> _Staged:
         relocate.write(fd, old, view, layout)
         st = os.fstat(fd)
         before = os.fstat(old)
-        if (st.st_mtime_ns, st.st_size) == (before.st_mtime_ns, before.st_size):
-            # same size by design, same mtime within a tick of a coarse clock: keep the change
-            # token (LakeFS.mtime_key) moving even if the inode number is reused later
+        if before.st_mtime_ns - 1_000_000_000 < st.st_mtime_ns <= before.st_mtime_ns:
+            # The size is kept by design and a coarse clock can give the same tick (or, after an
+            # earlier bump, an older one): mtimes of successive versions must increase, so the
+            # change token (LakeFS.mtime_key) moves even when an inode number comes back. An old
+            # mtime more than a second ahead (a clock stepped back) is not carried forward.
             os.utime(fd, ns=(st.st_atime_ns, before.st_mtime_ns + 1))
             st = os.fstat(fd)
     finally:
@@ -390,9 +395,13 @@ class LakeFS:
                 self._punch_later(rel, how)
 
     def _punch_later(self, rel: str, staged: _Staged) -> None:
-        """Queue the punching out of a relocated file's dead pages (``lake.store.relocate``)."""
-        relocate.load_pending(self.root)
-        relocate.schedule(self.root, rel.strip("/"), staged.stat, staged.dead)
+        """Queue the punching out of a relocated file's dead pages (``lake.store.relocate``). The
+        file is written by now: a failure here costs disk space only, so it is logged, not raised."""
+        try:
+            relocate.load_pending(self.root)
+            relocate.schedule(self.root, rel.strip("/"), staged.stat, staged.dead)
+        except Exception as exc:
+            _log.warning("dead pages of %s stay on disk until it is rewritten: %s", rel, exc)
 
     def create_once(self, rel: str, data: bytes) -> bool:
         """Create ``rel`` with ``data`` unless it exists (it is never replaced); True if created."""

@@ -32,9 +32,10 @@ bytes at that footer's offsets are the pages that footer describes.
   and an old file that is not a parquet file whose footer this module can read. ``LAKE_NO_RELOCATE=1``
   turns relocation off (for the ``torn_reads`` benchmark).
 
-What is left: a reader holding a footer across two rewrites of the file, or for longer than
-``PUNCH_DELAY_S`` (it then reads zeros and fails), and two writers of one file at once (lake's
-writers of a file hold its series lock).
+What is left: a reader holding a footer (or a listed size) across two rewrites of the file, or
+for longer than ``PUNCH_DELAY_S`` of wall-clock time (it then reads zeros and fails), and two
+writers of one file at once (lake's writers of a file hold its series lock). Files of another user
+and files behind a symlinked directory are not punched.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ import heapq
 import itertools
 import json
 import logging
+import math
 import os
 import struct
 import threading
@@ -162,6 +164,12 @@ class _Footer:
         out += self.buf[last:]
         return bytes(out)
 
+    def _check_count(self, n: int, at: int) -> None:
+        """Every element takes a byte at least: a larger count is a corrupt footer (and looping
+        over elements that read nothing, bools or bytes, would never run into its end)."""
+        if n > len(self.buf) - at:
+            raise ValueError("a collection larger than the parquet footer")
+
     def _varint(self, at: int) -> tuple[int, int]:
         n = shift = 0
         while True:
@@ -231,6 +239,7 @@ class _Footer:
             n, etype = head >> 4, head & 0x0F
             if n == 15:
                 n, at = self._varint(at)
+            self._check_count(n, at)
             if etype in (_T_TRUE, _T_FALSE, _T_BYTE):  # one byte each in a collection
                 return at + n
             for _ in range(n):
@@ -256,11 +265,13 @@ class _Footer:
             n, etype = head >> 4, head & 0x0F
             if n == 15:
                 n, at = self._varint(at)
+            self._check_count(n, at)
             for _ in range(n):
                 at = self._element(at, etype, spec, rec)
             return at
         if ttype == _T_MAP:
             n, at = self._varint(at)
+            self._check_count(2 * n, at)
             if n:
                 kinds = self.buf[at]
                 at += 1
@@ -489,6 +500,8 @@ def punch_now(
         st = os.fstat(fd)
         if (st.st_ino, st.st_mtime_ns, st.st_size) != (ino, mtime_ns, size):
             return 0
+        if st.st_uid != os.geteuid():
+            return 0  # its mtime (the change token) could not be restored after the punch
         # The stat can match a later version (an inode reused within one tick of a coarse clock):
         # the current footer says what must stay.
         live = _live_ranges(fd, size)
@@ -551,7 +564,7 @@ def _run() -> None:
             item = heapq.heappop(_queue)[2]
         try:
             punch_now(item.root, item.rel, item.ino, item.mtime_ns, item.size, item.ranges)
-        except OSError as exc:  # the dead pages stay until the file is rewritten
+        except Exception as exc:  # the dead pages stay until the file is rewritten; the thread goes on
             log.debug("cannot punch holes in %s: %s", item.rel, exc)
 
 
@@ -564,6 +577,8 @@ def _save_pending() -> None:
     for item in items:
         by_root.setdefault(item.root, []).append(item)
     for root, group in by_root.items():
+        if not os.path.isdir(root):
+            continue  # the lake was removed meanwhile: nothing left to punch
         directory = os.path.join(root, PENDING_DIR)
         rows = [[p.rel, p.ino, p.mtime_ns, p.size, [list(r) for r in p.ranges], p.due] for p in group]
         name = f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
@@ -592,9 +607,13 @@ def load_pending(root: str, *, force: bool = False) -> int:
     for name in names:
         path = os.path.join(directory, name)
         try:
-            rows = json.loads(Path(path).read_text())
+            text = Path(path).read_text()
             os.unlink(path)  # this process owns them now; a crash before punching only costs disk
         except (OSError, ValueError):
+            continue  # taken by another process, or unreadable
+        try:
+            rows = json.loads(text)
+        except Exception:  # not JSON, or nested too deep for the parser
             continue
         for row in rows if isinstance(rows, list) else []:
             item = _record(root, row)
@@ -607,19 +626,35 @@ def load_pending(root: str, *, force: bool = False) -> int:
 
 def _record(root: str, row: object) -> _Punch | None:
     """A punch from a record of ``_save_pending``, or None if it is not one."""
-    if not isinstance(row, list) or len(row) != 6:
+    if not isinstance(row, list) or len(row) != 6 or not all(isinstance(v, int) for v in row[1:4]):
+        return None
+    rel, ino, mtime_ns, size, ranges, due = row
+    if not isinstance(rel, str) or not _safe_rel(rel):
         return None
     try:
-        spans = tuple((int(a), int(b)) for a, b in row[4])
-        item = _Punch(root, str(row[0]), int(row[1]), int(row[2]), int(row[3]), spans, float(row[5]))
-    except (TypeError, ValueError):
+        spans = tuple((int(a), int(b)) for a, b in ranges)
+        due = float(due)
+    except Exception:  # not pairs of integers, not a number
         return None
-    if not _safe_rel(item.rel) or not all(4 <= a < b <= item.size for a, b in spans):
+    if not math.isfinite(due):
         return None
-    return item
+    if not all(4 <= a < b <= size for a, b in spans):
+        return None
+    # a due time far ahead (a bad record, a clock that jumped) would never come: a delay at most
+    return _Punch(root, rel, ino, mtime_ns, size, spans, min(due, time.time() + PUNCH_DELAY_S))
 
 
 def _safe_rel(rel: str) -> bool:
     """A parquet file's path inside the lake (a record naming anything else is ignored)."""
+    try:
+        rel.encode()
+    except UnicodeEncodeError:  # a lone surrogate: no file of the lake's
+        return False
     parts = Path(rel).parts
-    return bool(parts) and not Path(rel).is_absolute() and ".." not in parts and rel.endswith(".parquet")
+    return (
+        bool(parts)
+        and "\x00" not in rel
+        and not Path(rel).is_absolute()
+        and ".." not in parts
+        and rel.endswith(".parquet")
+    )

@@ -4,6 +4,7 @@ old version, sizes stay bounded, dead pages are punched out later."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -308,3 +309,109 @@ def test_readers_of_partitions_being_rewritten_never_fail(tmp_path, engine) -> N
     assert int(out) > 3010  # the writer did rewrite the partitions, round after round
     assert errors == [] and len(counts) > 50
     assert all(3 * 3000 <= c <= 3 * int(out) for c in counts)
+
+
+def test_a_corrupt_footer_with_a_huge_collection_is_refused_not_looped_over(tmp_path) -> None:
+    """A map of 2**62 bools reads no byte per element: the walk must not trust the count (review)."""
+    import signal
+
+    # FileMetaData {1: i32 1, 20: map<bool, bool> of 2**62 entries}
+    footer = b"\x15\x02" + b"\x0b\x28" + _uvarint(2**62) + b"\x11" + b"\x00"
+    assert len(footer) < 20
+
+    def boom(*_: object) -> None:
+        raise TimeoutError("the footer walk hangs")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(10)
+    try:
+        with pytest.raises(ValueError):
+            relocate._Footer(footer)
+        lfs = LakeFS(tmp_path)
+        (tmp_path / "t").mkdir()
+        (tmp_path / "t/data.parquet").write_bytes(
+            b"PAR1" + footer + len(footer).to_bytes(4, "little") + b"PAR1"
+        )
+        payload = encode_parquet(CANDLES.head(10))
+        lfs.write_atomic("t/data.parquet", payload)  # not relocatable: replaced as it is
+        assert (tmp_path / "t/data.parquet").read_bytes() == payload
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def test_hostile_pending_records_never_fail_a_write_nor_stop_the_punching(tmp_path) -> None:
+    root = tmp_path / "lake"
+    (root / relocate.PENDING_DIR).mkdir(parents=True)
+    ok = ["klines/a.parquet", 1, 2, 10_000, [[4, 100]]]
+    rows = [
+        [*ok, float("inf")],  # a due time that never comes
+        [*ok, 1e300],
+        [*ok, float("nan")],
+        ["klines/\x00.parquet", 1, 2, 10_000, [[4, 100]], 0.0],
+        ["klines/\ud800.parquet", 1, 2, 10_000, [[4, 100]], 0.0],
+        ["klines/a.parquet", 10**400, 2, 10_000, [[4, 100]], 0.0],
+        ["klines/a.parquet", 1, 2, 10_000, [[4, float("inf")]], 0.0],
+        ["klines/a.parquet", 1, 2, 10_000, [[4]], 0.0],
+    ]
+    (root / relocate.PENDING_DIR / "1-a.json").write_text(json.dumps(rows))
+    (root / relocate.PENDING_DIR / "2-b.json").write_text("[" * 100_000 + "]" * 100_000)  # too deep to parse
+    (root / relocate.PENDING_DIR / "3-c.json").mkdir()  # not even a file
+    queued = relocate.load_pending(str(root), force=True)
+    assert queued == 2  # the two far-away due times, brought within a delay; everything else dropped
+    assert all(e[0] <= time.time() + relocate.PUNCH_DELAY_S + 1 for e in relocate._queue)
+    assert not (root / relocate.PENDING_DIR / "2-b.json").exists()
+    # and the worker lives on: a due punch of a real file still happens
+    if relocate._FALLOCATE is None:
+        return
+    lfs = LakeFS(root)
+    lfs.write_atomic(REL, encode_parquet(CANDLES))
+    lfs.write_atomic(
+        REL, encode_parquet(CANDLES.head(7900))
+    )  # a new process's first write would load records
+    (job,) = [e[2] for e in relocate._queue if e[2].rel == REL and e[2].root == lfs.root]
+    relocate._enqueue([dataclasses.replace(job, due=time.time())])
+    before = _written(root / REL)
+    deadline = time.monotonic() + 10
+    while _written(root / REL) > before - 100_000 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _written(root / REL) <= before - 100_000
+    assert relocate._worker is not None and relocate._worker.is_alive()
+
+
+def test_successive_versions_have_increasing_mtimes(tmp_path) -> None:
+    """Relocation keeps the size, so the change token (mtime, size, inode) must move by its mtime
+    even on a coarse clock, where a new version can get its predecessor's tick (review)."""
+    lfs = LakeFS(tmp_path)
+    path = tmp_path / REL
+    lfs.write_atomic(REL, encode_parquet(CANDLES.head(3000)))
+    lfs.write_atomic(REL, encode_parquet(CANDLES.head(2000)))  # grown once: sizes stay from here on
+    ahead = time.time_ns() + 300_000_000  # as if the clock ticked coarsely (or a bump went ahead)
+    os.utime(path, ns=(ahead, ahead))
+    lfs.write_atomic(REL, encode_parquet(CANDLES.head(2001)))
+    assert os.stat(path).st_mtime_ns == ahead + 1
+    far = time.time_ns() + 5_000_000_000  # a clock stepped back by seconds: not carried forward
+    os.utime(path, ns=(far, far))
+    lfs.write_atomic(REL, encode_parquet(CANDLES.head(2002)))
+    assert os.stat(path).st_mtime_ns < far
+
+
+def test_pending_punches_do_not_recreate_a_removed_lake(tmp_path) -> None:
+    import shutil
+
+    root = tmp_path / "gone"
+    lfs = LakeFS(root)
+    lfs.write_atomic(REL, encode_parquet(CANDLES))
+    lfs.write_atomic(REL, encode_parquet(CANDLES.head(7900)))
+    shutil.rmtree(root)
+    relocate._save_pending()
+    assert not root.exists()
