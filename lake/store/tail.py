@@ -22,8 +22,8 @@ compaction a file is *retired*: rewritten as a zero-row file under the same name
 relocated over it (``lake.store.relocate``: the old pages stay at their offsets and the file keeps
 its size; where relocation is off, the old bytes with a zero-row footer appended). DuckDB opens a
 parquet file twice (footer, then pages, ``lake.store.swap``); a reader that read the old footer
-finds the same pages at the same offsets in the stub, so retiring never tears a read. A later tail write reuses a stub
-that was retired at least ``WAIT_S`` seconds ago (a reader of a stub reads no pages, so replacing
+finds the same pages at the same offsets in the stub, so retiring never tears a read. A later tail
+write reuses a stub that was retired at least ``WAIT_S`` seconds ago (a reader of a stub reads no pages, so replacing
 it cannot tear a read either; the wait covers a reader still between its two opens of the file
 before it was retired). Names are therefore reused, and the order of tail files is the
 ``tail_seq`` column (nanoseconds at encoding), not the name; the compaction record names a file's

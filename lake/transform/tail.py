@@ -488,9 +488,9 @@ def cleanup(lfs: LakeFS, state: TailState, grace_s: float = GRACE_S, now_ns: int
     is needed while an older layer of its symbol exists, so taking out layers can free markers too.)
 
     On a local disk a file is *retired*, not deleted: it becomes a zero-row file of the same name
-    that keeps the old pages at their offsets (``LakeFS.retire_parquet``). A query lists the tail files when it starts and opens
-    them later; a file deleted in between fails it ("No such file"), while a retired one gives it the
-    old pages at their offsets or no rows. Retired files are deleted in one batch once more than
+    that keeps the old pages at their offsets (``LakeFS.retire_parquet``). A query lists the tail
+    files when it starts and opens them later; a file deleted in between fails it ("No such file"),
+    while a retired one gives it the old pages at their offsets or no rows. Retired files are deleted in one batch once more than
     ``MAX_STUBS`` are there (down to ``KEEP_STUBS``): one such race per batch instead of one per
     file. On an object store hidden files are deleted.
     """

@@ -106,9 +106,10 @@ class DuckReader(threading.Thread):
 
     Every failure is an error, none is retried: a query torn by a partition file replaced between
     DuckDB's two opens of it (footer, then pages) cannot happen since rewrites are relocated
-    (lake.store.relocate), and a tail file cannot vanish between DuckDB's listing and its open on a
-    local disk (retired in place, lake.store.tail). ``torn`` and ``gone`` count those two kinds
-    among the errors.
+    (lake.store.relocate), and a tail file does not vanish between DuckDB's listing and its open on
+    a local disk (retired in place, lake.store.tail; only stubs beyond 64 per directory are
+    deleted, which these runs do not reach). ``torn`` and ``gone`` count those two kinds among the
+    errors.
     """
 
     def __init__(self, root: str | Path) -> None:
