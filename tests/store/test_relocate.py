@@ -415,3 +415,20 @@ def test_pending_punches_do_not_recreate_a_removed_lake(tmp_path) -> None:
     shutil.rmtree(root)
     relocate._save_pending()
     assert not root.exists()
+
+
+def test_a_long_lived_duckdb_connection_sees_every_same_size_version(tmp_path) -> None:
+    """Relocated versions keep the file's size; DuckDB's external file cache must still notice."""
+    import lake
+
+    df = random_candles(0, 300_000, 3000, hole_rate=0.0)
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", df.head(1000))
+    write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", df.head(2000))  # grown: sizes stay from here
+    con = lake.connect(str(tmp_path))
+    (path,) = (tmp_path / "klines").rglob("data.parquet")
+    size = path.stat().st_size
+    for n in range(2001, 2011):
+        write_klines(tmp_path, "usdt_perp", "5m", "AUSDT", df.head(n))
+        assert path.stat().st_size == size
+        got = con.execute("SELECT count(*), sum(volume) FROM klines_partitions").fetchall()[0]
+        assert got == (n, pytest.approx(float(df.head(n)["volume"].sum())))
