@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,9 @@ import pyarrow as pa
 from lake.binance.intervals import MS_PER_DAY
 from lake.schema import KLINE_SCHEMA
 from lake.store.dayprints import META_KEY, checked, partition_prints, row_hashes
+from lake.store.thrift_bytes import footer_bytes as _footer_bytes
+from lake.store.thrift_bytes import varint as _varint
+from lake.store.thrift_bytes import zigzag as _zz
 
 __all__ = ["CREATED_BY", "PlainKlines", "encode_plain", "footer_prints"]
 
@@ -61,26 +63,6 @@ _LZ4 = pa.Codec("lz4_raw")
 _U32 = struct.Struct("<I")
 _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
-
-
-_SMALL = [bytes([i]) for i in range(0x80)]
-
-
-def _varint(n: int) -> bytes:
-    if n < 0x80:
-        return _SMALL[n]
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _zz(n: int) -> bytes:
-    """A zigzag varint (Thrift compact i16/i32/i64)."""
-    v = (n << 1) ^ (n >> 63)
-    return _SMALL[v] if v < 0x80 else _varint(v)
 
 
 class _Struct:
@@ -464,17 +446,6 @@ def footer_prints(source: Any) -> str | None:
         return checked(value.decode("ascii"))
     except ValueError:
         return None
-
-
-def _footer_bytes(size: int, read: Callable[[int, int], bytes]) -> bytes | None:
-    """The FileMetaData bytes of a parquet file of ``size`` bytes; ``read(n, at)`` reads its bytes."""
-    if size < 12:
-        return None
-    tail = read(8, size - 8)
-    length = int.from_bytes(tail[:4], "little")
-    if tail[4:] != b"PAR1" or length + 12 > size:
-        return None
-    return read(length, size - 8 - length)
 
 
 def _binary(buf: bytes, at: int) -> tuple[bytes | None, int]:

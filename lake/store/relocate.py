@@ -57,6 +57,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from lake.store.thrift_bytes import footer_bytes, zigzag
+
 __all__ = ["PUNCH_DELAY_S", "Layout", "enabled", "load_pending", "plan", "punch_now", "schedule", "write"]
 
 log = logging.getLogger(__name__)
@@ -159,7 +161,7 @@ class _Footer:
         last = 0
         for start, end, value in self.offsets:
             out += self.buf[last:start]
-            out += _zigzag(value + delta if value > 0 else value)
+            out += zigzag(value + delta if value > 0 else value)
             last = end
         out += self.buf[last:]
         return bytes(out)
@@ -289,16 +291,6 @@ class _Footer:
         return self._value(at, etype, spec, rec)
 
 
-def _zigzag(n: int) -> bytes:
-    v = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while v > 0x7F:
-        out.append((v & 0x7F) | 0x80)
-        v >>= 7
-    out.append(v)
-    return bytes(out)
-
-
 def _split(data: memoryview) -> tuple[memoryview, bytes] | None:
     """A parquet payload's body (between the leading magic and the footer) and its footer."""
     size = len(data)
@@ -335,16 +327,12 @@ def plan(old_fd: int, data: memoryview) -> Layout | None:
     try:
         new = _Footer(footer)
         size = os.fstat(old_fd).st_size
-        if size < 12:
-            return None
-        tail = os.pread(old_fd, 8, size - 8)
-        flen = _LEN.unpack(tail[:4])[0]
-        if tail[4:] != _MAGIC or flen + 12 > size:
-            return None
-        footer_at = size - 8 - flen
-        extent = _Footer(os.pread(old_fd, flen, footer_at)).extent()
-    except (ValueError, OSError, struct.error):
+    except (ValueError, OSError):
         return None
+    old = _file_footer(old_fd, size)
+    if old is None:
+        return None
+    footer_at, extent = old
     if extent is None:  # keep everything between the magic and the old footer
         start, end = 4, footer_at
     elif extent == (0, 0):
@@ -458,18 +446,25 @@ class _Punch:
     due: float  # wall-clock time.time()
 
 
+def _file_footer(fd: int, size: int) -> tuple[int, tuple[int, int] | None] | None:
+    """Where the footer of the parquet file open as ``fd`` starts, and its pages' extent
+    (``_Footer.extent``); None when it cannot be read."""
+    try:
+        footer = footer_bytes(size, lambda n, at: os.pread(fd, n, at))
+        if footer is None:
+            return None
+        return size - 8 - len(footer), _Footer(footer).extent()
+    except (ValueError, OSError):
+        return None
+
+
 def _live_ranges(fd: int, size: int) -> list[tuple[int, int]] | None:
     """The ranges the file's current footer needs: its pages and the footer itself; None when the
     footer cannot be read."""
-    try:
-        tail = os.pread(fd, 8, size - 8)
-        flen = _LEN.unpack(tail[:4])[0]
-        if tail[4:] != _MAGIC or flen + 12 > size:
-            return None
-        footer_at = size - 8 - flen
-        extent = _Footer(os.pread(fd, flen, footer_at)).extent()
-    except (ValueError, OSError, struct.error):
+    found = _file_footer(fd, size)
+    if found is None:
         return None
+    footer_at, extent = found
     live = [(0, 4), (footer_at, size)]
     if extent is None:
         live.append((4, footer_at))

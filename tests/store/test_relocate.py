@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 from lake.store import relocate
 from lake.store.fs import LakeFS
 from lake.store.klines import encode_parquet, write_klines
+from lake.store.thrift_bytes import varint
 from tests.transform.helpers import random_candles
 
 REL = "klines/trade_type=spot/interval=5m/symbol=AUSDT/date=2024-01-01/data.parquet"
@@ -316,7 +317,7 @@ def test_a_corrupt_footer_with_a_huge_collection_is_refused_not_looped_over(tmp_
     import signal
 
     # FileMetaData {1: i32 1, 20: map<bool, bool> of 2**62 entries}
-    footer = b"\x15\x02" + b"\x0b\x28" + _uvarint(2**62) + b"\x11" + b"\x00"
+    footer = b"\x15\x02" + b"\x0b\x28" + varint(2**62) + b"\x11" + b"\x00"
     assert len(footer) < 20
 
     def boom(*_: object) -> None:
@@ -338,15 +339,6 @@ def test_a_corrupt_footer_with_a_huge_collection_is_refused_not_looped_over(tmp_
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
-
-
-def _uvarint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def test_hostile_pending_records_never_fail_a_write_nor_stop_the_punching(tmp_path) -> None:
