@@ -28,6 +28,7 @@ the whole 3,600-file year; 2026-11-23, BENCHMARKS.md).
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from typing import Any
@@ -43,7 +44,15 @@ from lake.store.thrift_bytes import footer_bytes as _footer_bytes
 from lake.store.thrift_bytes import varint as _varint
 from lake.store.thrift_bytes import zigzag as _zz
 
-__all__ = ["CREATED_BY", "PlainKlines", "encode_plain", "footer_prints"]
+__all__ = [
+    "CREATED_BY",
+    "PlainKlines",
+    "chunk_head",
+    "def_levels",
+    "encode_plain",
+    "footer_prints",
+    "tail_cut",
+]
 
 _MAGIC = b"PAR1"
 CREATED_BY = "lake plain kline writer (parquet format 2.6)"
@@ -182,7 +191,7 @@ _COLUMN_ORDER = _Struct().struct(1, _Struct()).end()
 # -- pages --------------------------------------------------------------------------------------
 
 
-def _def_levels(n: int) -> bytes:
+def def_levels(n: int) -> bytes:
     """Definition levels of ``n`` present values of an optional column: one RLE run of 1s, with the
     4-byte length prefix of a V1 data page."""
     run = _varint(n << 1) + b"\x01"
@@ -218,19 +227,33 @@ def _page_header(kind: int, raw: int, comp: int, n: int, encoding: int) -> bytes
     return b"".join((head, b"\x4c\x15", _zz(n), b"\x15\x00\x00\x00"))
 
 
-def _page(kind: int, body: bytes, n: int, encoding: int, lz4: bool) -> tuple[bytes, int, int]:
-    """A page: header and body; returns (bytes, the uncompressed size with the header, codec).
+def _page(kind: int, body: bytes, n: int, encoding: int) -> tuple[bytes, int]:
+    """An uncompressed page: header and body; returns (bytes, the uncompressed size with the header)."""
+    h = _page_header(kind, len(body), len(body), n, encoding)
+    return h + body, len(h) + len(body)
 
-    With ``lz4`` the body is LZ4_RAW-compressed when that saves at least 1/16 of it: prices and
-    volumes shrink, random-looking doubles barely do, and a chunk stored plain reads without
-    inflating (the codec is chosen per column chunk)."""
-    data, codec = body, _UNCOMPRESSED
-    if lz4:
-        packed = _LZ4.compress(body, asbytes=True)
-        if len(packed) < len(body) - (len(body) >> 4):
-            data, codec = packed, _LZ4_RAW
-    h = _page_header(kind, len(body), len(data), n, encoding)
-    return h + data, len(h) + len(body), codec
+
+def _value_pages(arr: np.ndarray, cuts: list[int]) -> tuple[bytes, int, int]:
+    """The PLAIN data pages of one numeric column chunk, one per slice of ``arr`` between ``cuts``;
+    returns (bytes, the uncompressed size with the headers, codec).
+
+    The pages are LZ4_RAW-compressed when that saves at least 1/16 of them: prices and volumes
+    shrink, random-looking doubles barely do, and a chunk stored plain reads without inflating (the
+    codec is chosen per column chunk, so for all of its pages at once)."""
+    bounds = [0, *cuts, len(arr)]
+    bodies = [def_levels(b - a) + arr[a:b].tobytes() for a, b in itertools.pairwise(bounds)]
+    raw = sum(len(b) for b in bodies)
+    packed = [_LZ4.compress(b, asbytes=True) for b in bodies]
+    lz4 = sum(len(p) for p in packed) < raw - (raw >> 4)
+    out = bytearray()
+    raw_total = 0
+    for (a, b), body, data in zip(itertools.pairwise(bounds), bodies, packed, strict=True):
+        stored = data if lz4 else body
+        h = _page_header(_DATA_PAGE, len(body), len(stored), b - a, _PLAIN)
+        out += h
+        out += stored
+        raw_total += len(h) + len(body)
+    return bytes(out), raw_total, _LZ4_RAW if lz4 else _UNCOMPRESSED
 
 
 def _chunk_tail(
@@ -275,6 +298,27 @@ _CHUNK_HEAD = {
     )
     for name, dtype in _COLUMNS
 }
+
+
+def tail_cut(times: np.ndarray) -> list[int]:
+    """Where a partition's numeric columns start their second data page: at the first row of the
+    day before its last day, when the rows span more than two UTC days (else one page each).
+
+    An offsets build that follows appended days reads a changed month from a few hours before its
+    first changed day on (``lake.store.plain_read``); that second page is all it has to inflate
+    instead of the month. Readers that scan everything decode one more page per column chunk."""
+    if len(times) == 0:
+        return []
+    last_day = int(times[-1]) // MS_PER_DAY
+    if int(times[0]) // MS_PER_DAY >= last_day - 1:
+        return []
+    return [int(np.searchsorted(times, (last_day - 1) * MS_PER_DAY, side="left"))]
+
+
+def chunk_head(name: str) -> bytes:
+    """The constant first bytes of column ``name``'s ColumnChunk in this writer's footers (what
+    ``lake.store.plain_read`` finds its chunks by)."""
+    return _CHUNK_HEAD[name]
 
 
 class PlainKlines:
@@ -350,7 +394,8 @@ class PlainKlines:
         start = len(out)
         chunks: list[bytes] = []
         total = 0
-        levels = _def_levels(n)
+        levels = def_levels(n)
+        cuts = tail_cut(self.arrays["candle_begin_time"][lo : lo + n])
         for name, kind in _KINDS:
             offset = len(out)
             dict_offset: int | None = None
@@ -364,8 +409,9 @@ class PlainKlines:
                 bit_width = max(1, (len(words) - 1).bit_length())
                 body = levels + bytes([bit_width]) + _rle_runs(codes, bit_width)
                 # A few bytes once dictionary-encoded: stored plain (both pages share the codec).
-                dict_page, dict_raw, codec = _page(_DICTIONARY_PAGE, plain, len(words), _PLAIN, False)
-                data_page, data_raw, _ = _page(_DATA_PAGE, body, n, _RLE_DICTIONARY, False)
+                dict_page, dict_raw = _page(_DICTIONARY_PAGE, plain, len(words), _PLAIN)
+                data_page, data_raw = _page(_DATA_PAGE, body, n, _RLE_DICTIONARY)
+                codec = _UNCOMPRESSED
                 dict_offset = offset
                 out += dict_page
                 data_offset = len(out)
@@ -374,7 +420,7 @@ class PlainKlines:
                 lo_b, hi_b = words[0], words[-1]
             else:
                 arr = self.arrays[name][lo : lo + n]
-                data_page, raw_size, codec = _page(_DATA_PAGE, levels + arr.tobytes(), n, _PLAIN, True)
+                data_page, raw_size, codec = _value_pages(arr, cuts)
                 data_offset = offset
                 out += data_page
                 amin, amax = arr.min(), arr.max()

@@ -22,6 +22,7 @@ from typing import TypeAlias
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from lake.binance.intervals import MS_PER_DAY, Interval
 from lake.errors import ValidationError
@@ -37,6 +38,7 @@ from lake.store.paths import (
     partition_period,
     series_dir,
 )
+from lake.store.plain_read import read_since
 from lake.transform.layout import offsets_period, period_end, period_start
 from lake.transform.manifest import Series
 from lake.transform.offsets import OffsetPlan
@@ -245,9 +247,8 @@ def _read_partitions(
         if first is not None:
             cuts.setdefault(first * MS_PER_DAY - reach, []).append(sd)
     for cut, group in sorted(cuts.items()):
-        since = pl.col("candle_begin_time") >= pl.lit(cut).cast(OFFSET_SCHEMA["candle_begin_time"])
-        scan = scan_coded(lfs, [paths[sd] for sd in group], list(range(len(group))))
-        for sd, rows in _split_rows(scan.filter(since).collect(), group, cut).items():
+        frame = _read_since(lfs, [paths[sd] for sd in group], cut)
+        for sd, rows in _split_rows(frame, group, cut).items():
             out[sd] = (out[sd][0], rows)
     if whole:
         frame = scan_coded(lfs, [paths[sd] for sd in whole], list(range(len(whole)))).collect()
@@ -259,6 +260,51 @@ def _read_partitions(
         for sd, rows in _split_rows(frame, whole, None, hashes).items():
             out[sd] = (found.get(code[sd], {}).get(sd[1], ""), rows)
     return out
+
+
+_NUMERIC = [(c, "<f8" if t == pl.Float64 else "<i8") for c, t in OFFSET_SCHEMA.items() if c != "n_base"]
+
+
+_ARROW = {
+    c: pa.timestamp("ms", tz="UTC")
+    if c == "candle_begin_time"
+    else pa.float64()
+    if t == "<f8"
+    else pa.int64()
+    for c, t in _NUMERIC
+}
+
+
+def _arrow(values: np.ndarray, kind: pa.DataType) -> pa.Array:
+    """A zero-copy Arrow view of a contiguous NumPy array without nulls (``pa.array`` and
+    ``pl.Series`` would each import a library of ~15–250 ms on first use: numpy.ma, pandas)."""
+    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+
+
+def _read_since(lfs: LakeFS, paths: list[str], cut: int) -> pl.DataFrame:
+    """The rows of base partition files opening at or after ``cut`` (ms), with ``_sym`` (each file's
+    index in ``paths``), as ``scan_coded`` reads them. Files of lake's writer on a local disk are
+    read from the pages holding those rows only (``lake.store.plain_read``), the others by Polars."""
+    since = pl.col("candle_begin_time") >= pl.lit(cut).cast(OFFSET_SCHEMA["candle_begin_time"])
+    found: list[tuple[int, dict[str, np.ndarray]]] = []
+    rest: list[int] = []
+    for i, path in enumerate(paths):
+        got = read_since(path, cut, _NUMERIC) if lfs.is_local else None
+        if got is None:
+            rest.append(i)
+        else:
+            found.append((i, got))
+    frames = []
+    if found:
+        lengths = [len(got["candle_begin_time"]) for _, got in found]
+        codes = np.repeat(np.array([i for i, _ in found], dtype=np.uint32), lengths)
+        arrays = [_arrow(codes, pa.uint32())]
+        arrays += [_arrow(np.concatenate([got[c] for _, got in found]), _ARROW[c]) for c, _ in _NUMERIC]
+        frames.append(pl.DataFrame(pl.from_arrow(pa.Table.from_arrays(arrays, ["_sym", *_ARROW]))))
+    if rest:
+        scan = scan_coded(lfs, [paths[i] for i in rest], rest)
+        frames.append(scan.filter(since).collect())
+    return pl.concat(frames) if len(frames) > 1 else frames[0]
 
 
 def base_footers(

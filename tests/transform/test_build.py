@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from lake.binance.intervals import parse_interval
 from lake.errors import NotFoundError, ValidationError
+from lake.store import plain_read
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines, write_klines
 from lake.store.paths import PartitionKey
@@ -140,6 +141,32 @@ def test_an_appended_day_is_read_from_its_month_alone(tmp_path: Path, footer: bo
     assert r.base_partitions_changed == 1 and r.folded == 1
     assert r.base_rows_read == (11 + 5 * DAY if footer else 7 * DAY) + 7 * DAY
     _assert_table(tmp_path, ["ETHUSDT"])
+
+
+def test_planning_reads_the_last_pages_as_polars_reads_the_files(tmp_path: Path) -> None:
+    """Planning reads the changed months of lake's writer from their last pages only
+    (``lake.store.plain_read``) and other files with Polars: one frame, equal to Polars' read of them
+    all, whatever the mix (months of lake's writer, a file of another writer, one day, a file with
+    no rows from the cut on)."""
+    lfs = LakeFS(tmp_path)
+    syms = ["AUSDT", "BUSDT", "CUSDT", "DUSDT", "EUSDT"]
+    for i, sym in enumerate(syms):
+        days = {"CUSDT": 1, "DUSDT": 3}.get(sym, 9)
+        for d in range(days):
+            write_klines(tmp_path, "usdt_perp", "5m", sym, _day(10 * i + d, d))
+    paths = [
+        str(tmp_path / PartitionKey.for_candle("klines", "usdt_perp", "5m", s, T0_MS).path) for s in syms
+    ]
+    pl.read_parquet(paths[1]).write_parquet(paths[1])  # another writer's file
+    cut = T0_MS + 8 * 86_400_000 - 55 * 60_000
+    got = planning._read_since(lfs, paths, cut)
+    since = pl.col("candle_begin_time") >= pl.lit(cut).cast(pl.Datetime("ms", "UTC"))
+    want = planning.scan_coded(lfs, paths, list(range(len(paths)))).filter(since).collect()
+    assert got.schema == want.schema
+    assert got.sort("_sym", "candle_begin_time").equals(want.sort("_sym", "candle_begin_time"))
+    assert set(got["_sym"].unique().to_list()) == {0, 1, 4}
+    served = [plain_read.read_since(p, cut, planning._NUMERIC) is not None for p in paths]
+    assert served == [True, False, True, True, True]  # by pages, except another writer's file
 
 
 def test_off_grid_history_builds_and_appends(tmp_path: Path) -> None:

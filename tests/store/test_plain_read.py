@@ -1,0 +1,157 @@
+"""Reading the last rows of the plain writer's files page by page (``lake.store.plain_read``): the
+same rows as Polars gives, only the tail page inflated where the writer split, and ``None`` (the
+caller's fallback) for anything else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lake.schema import KLINE_SCHEMA
+from lake.store import plain_read
+from lake.store.fs import LakeFS
+from lake.store.klines import _encode_table
+from lake.store.parquet_plain import PlainKlines, tail_cut
+from lake.store.plain_read import read_since
+from tests.store.test_parquet_plain import klines
+
+DAY = 86_400_000
+T0 = 1_704_067_200_000  # 2024-01-01
+COLUMNS = [(c, "<f8" if t == pl.Float64 else "<i8") for c, t in KLINE_SCHEMA.items() if c != "source"]
+
+
+def _frame(times: np.ndarray, seed: int = 0) -> pl.DataFrame:
+    df = klines(len(times), seed=seed)
+    return df.with_columns(pl.Series("candle_begin_time", times).cast(KLINE_SCHEMA["candle_begin_time"]))
+
+
+def _expected(path: Path, since: int) -> pl.DataFrame:
+    df = pl.read_parquet(path).drop("source")
+    return df.filter(pl.col("candle_begin_time").dt.epoch("ms") >= since)
+
+
+def _same(got: dict[str, np.ndarray], want: pl.DataFrame) -> None:
+    assert list(got) == [c for c, _ in COLUMNS]
+    for c, _ in COLUMNS:
+        assert np.array_equal(got[c], want[c].to_physical().to_numpy()), c
+
+
+def _pages(path: Path, column: str) -> list[tuple[int, int]]:
+    """(first row, rows) of each page of a column chunk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = path.read_bytes()
+        footer = data[-8 - int.from_bytes(data[-8:-4], "little") : -8]
+        _, pages = plain_read._pages(fd, footer, column)
+    finally:
+        os.close(fd)
+    return [(p.first, p.n) for p in pages]
+
+
+def test_a_month_is_split_at_the_day_before_its_last(tmp_path: Path) -> None:
+    """A month of 5m (holes included): each numeric column has a second page from the first candle
+    of the day before the last day on; an appended day's build reads only that page."""
+    times = T0 + 300_000 * np.arange(31 * 288, dtype=np.int64)
+    times = np.delete(times, np.s_[100:150])  # a hole
+    path = tmp_path / "month.parquet"
+    path.write_bytes(PlainKlines.of(_frame(times)).encode())  # type: ignore[union-attr]
+    split = int(np.searchsorted(times, T0 + 29 * DAY))
+    for c, _ in COLUMNS:
+        assert _pages(path, c) == [(0, split), (split, len(times) - split)]
+    assert _pages(path, "candle_begin_time")[1][0] == tail_cut(times)[0]
+    since = T0 + 30 * DAY - 55 * 60_000  # an appended last day, less the reach of a 1h bin
+    got = read_since(path, since, COLUMNS)
+    assert got is not None and len(got["open"]) == 288 + 11
+    _same(got, _expected(path, since))
+
+
+def test_files_of_up_to_two_days_have_one_page(tmp_path: Path) -> None:
+    for days in (1, 2):
+        times = T0 + 300_000 * np.arange(days * 288, dtype=np.int64)
+        path = tmp_path / f"{days}.parquet"
+        path.write_bytes(PlainKlines.of(_frame(times)).encode())  # type: ignore[union-attr]
+        assert _pages(path, "open") == [(0, len(times))]
+        got = read_since(path, T0 + DAY - 3_600_000, COLUMNS)
+        assert got is not None
+        _same(got, _expected(path, T0 + DAY - 3_600_000))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    days=st.integers(1, 40),
+    holes=st.lists(st.tuples(st.integers(0, 40 * 288), st.integers(1, 400)), max_size=4),
+    since_day=st.floats(-2, 42),
+    seed=st.integers(0, 1000),
+)
+def test_random_partitions_read_like_polars(
+    days: int, holes: list[tuple[int, int]], since_day: float, seed: int, tmp_path_factory: object
+) -> None:
+    """Any partition and any start: the rows Polars reads from that time on, or ``None`` (never other
+    rows); and the fast path is taken whenever the start lies in the last page."""
+    times = T0 + 300_000 * np.arange(days * 288, dtype=np.int64)
+    keep = np.ones(len(times), dtype=bool)
+    for at, n in holes:
+        keep[at : at + n] = False
+    times = times[keep]
+    if len(times) == 0:
+        return
+    path = Path(str(tmp_path_factory.mktemp("p"))) / "data.parquet"  # type: ignore[attr-defined]
+    path.write_bytes(PlainKlines.of(_frame(times, seed)).encode())  # type: ignore[union-attr]
+    since = T0 + int(since_day * DAY)
+    got = read_since(path, since, COLUMNS)
+    cuts = tail_cut(times)
+    if since >= (int(times[cuts[0]]) if cuts else int(times[0])):
+        assert got is not None
+    if got is not None:
+        _same(got, _expected(path, since))
+
+
+def test_other_files_are_left_to_the_caller(tmp_path: Path) -> None:
+    times = T0 + 300_000 * np.arange(31 * 288, dtype=np.int64)
+    df = _frame(times)
+    since = T0 + 30 * DAY
+    foreign = tmp_path / "pyarrow.parquet"
+    foreign.write_bytes(_encode_table(df.to_arrow()))
+    assert read_since(foreign, since, COLUMNS) is None
+    ours = tmp_path / "ours.parquet"
+    data = PlainKlines.of(df).encode()  # type: ignore[union-attr]
+    ours.write_bytes(data)
+    assert read_since(ours, since, COLUMNS) is not None
+    # a month in one page (as the writer made them before): mostly rows before ``since``, left to Polars
+    one_page = tmp_path / "one-page.parquet"
+    pq.write_table(pq.read_table(ours), one_page, data_page_size=1 << 30, compression="lz4")
+    assert read_since(one_page, since, COLUMNS) is None
+    # truncated, cut at random places, a missing file, a directory
+    for cut in (len(data) - 1, len(data) // 2, 100, 5):
+        bad = tmp_path / f"cut-{cut}.parquet"
+        bad.write_bytes(data[:cut])
+        assert read_since(bad, since, COLUMNS) is None
+    assert read_since(tmp_path / "missing.parquet", since, COLUMNS) is None
+    assert read_since(tmp_path, since, COLUMNS) is None
+    # a page header's byte changed: not this writer's layout any more
+    at = data.rfind(b"\x15\x00\x15", 0, len(data) // 2)
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(data[:at] + b"\x15\x02" + data[at + 2 :])
+    got = read_since(broken, since, COLUMNS)
+    assert got is None or len(got["open"]) == 288
+
+
+def test_relocated_rewrites_read_the_new_version(tmp_path: Path) -> None:
+    """A file rewritten in place by the store keeps old pages at their offsets and moves the new
+    ones (``lake.store.relocate``): the offsets in its footer still lead to the new version's pages."""
+    lfs = LakeFS(tmp_path)
+    rel = "klines/trade_type=usdt_perp/interval=5m/symbol=AUSDT/date=2024-01-01/data.parquet"
+    since = T0 + 10 * DAY
+    for days, seed in ((12, 1), (13, 2), (11, 3), (20, 4)):
+        times = T0 + 300_000 * np.arange(days * 288, dtype=np.int64)
+        lfs.write_atomic(rel, PlainKlines.of(_frame(times, seed)).encode())  # type: ignore[union-attr]
+        got = read_since(tmp_path / rel, since, COLUMNS)
+        assert got is not None
+        _same(got, _expected(tmp_path / rel, since))
+        assert got["open"][0] == _frame(times, seed)["open"][10 * 288]
