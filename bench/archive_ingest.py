@@ -8,8 +8,11 @@
    some in µs) are built once; then (a) a bare ``polars.read_csv`` of the same *unzipped* bytes and
    (b) the ingest path (unzip, ``parse_kline_zip``, ``write_klines`` into an empty lake, one file at a
    time) are timed in the same process, in ``--rounds`` interleaved rounds (best time of each kept).
-   Reported: rows/s of each and their ratio (goal ≥ 0.5); also unzip+parse alone and the ingest into a
-   lake in memory (``/dev/shm``), which shows what the durable writes to disk cost.
+   Reported: rows/s of each and their ratio (goal ≥ 0.5); also unzip+parse alone (on one and on two
+   threads), the ingest into a lake in memory (``/dev/shm``), which shows what the durable writes to
+   disk cost, and a *write floor*: the ingest's files written bare (same paths and byte counts, same
+   syncs, nothing computed). ``floor_vs_bare`` is the ratio an ingest that only unzipped, parsed and
+   wrote those bytes would reach: the most this machine allows whatever the encoder.
 2. **End to end from the simulator** (a separate ``lake sim`` process): ``--days`` of 1m for
    ``--symbols`` symbols with ``--source auto`` versus REST only. Binance serves the archive as static
    files from a CDN, while the simulator builds a zip on its first request; so the simulator is put
@@ -146,10 +149,38 @@ def bench_parse(symbols: int, months: int, work: Path, rounds: int = 3) -> dict[
         elapsed = time.perf_counter() - t
         return elapsed, sum(d[0] for d in done), sum(d[1] for d in done)
 
-    def parse_only() -> float:
+    def parse_only(threads: int = 1) -> float:
         t = time.perf_counter()
-        for path, _sym, t0, t1 in zips:
-            parse_kline_zip(path, start_ms=t0, end_ms=t1)
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(lambda z: parse_kline_zip(z[0], start_ms=z[2], end_ms=z[3]), zips))
+        return time.perf_counter() - t
+
+    def write_floor(sizes: list[tuple[str, int]], root: Path) -> float:
+        """The ingest's files written bare: the same paths and byte counts (no parsing, no
+        encoding), each to a temp name, one sync, the renames, one more sync; the least that
+        writing its output durably costs here."""
+        from lake.store.fs import _syncfs
+
+        out = root / f"lake-{len(lakes)}"
+        lakes.append(out)
+        data = memoryview(os.urandom(max(n for _, n in sizes)))
+        os.sync()
+        t = time.perf_counter()
+        staged = []
+        for i, (rel, n) in enumerate(sizes):
+            target = out / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}.tmp-{i}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, data[:n])
+            finally:
+                os.close(fd)
+            staged.append((tmp, target))
+        _syncfs(str(out))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+        _syncfs(str(out))
         return time.perf_counter() - t
 
     # Memory-backed lake: the same code without the disk, to show the disk's share.
@@ -160,8 +191,11 @@ def bench_parse(symbols: int, months: int, work: Path, rounds: int = 3) -> dict[
         "ingest": [],
         "ingest_1thread": [],
         "parse_only": [],
+        "parse_only_2threads": [],
+        "write_floor": [],
         "ingest_mem": [],
     }
+    sizes: list[tuple[str, int]] = []
     rows = ingested = parts = 0
     try:
         # Rounds interleave every measurement, so a burst of load from other jobs on the shared machine
@@ -175,6 +209,13 @@ def bench_parse(symbols: int, months: int, work: Path, rounds: int = 3) -> dict[
             times["ingest"].append(ingest_s)
             times["ingest_1thread"].append(ingest(1, work)[0])
             times["parse_only"].append(parse_only())
+            times["parse_only_2threads"].append(parse_only(2))
+            if not sizes:  # the files of the first ingest, as written
+                first = lakes[0]
+                sizes = [
+                    (str(f.relative_to(first)), f.stat().st_size) for f in sorted(first.rglob("*.parquet"))
+                ]
+            times["write_floor"].append(write_floor(sizes, work))
             if mem_root is not None:
                 times["ingest_mem"].append(ingest(2, mem_root)[0])
     finally:
@@ -196,6 +237,12 @@ def bench_parse(symbols: int, months: int, work: Path, rounds: int = 3) -> dict[
         "ingest_1thread_vs_bare": round(best["bare"] / best["ingest_1thread"], 3),
         "unzip_parse_only_rows_per_s": round(rows / best["parse_only"]),
         "unzip_parse_only_vs_bare": round(best["bare"] / best["parse_only"], 3),
+        "unzip_parse_2threads_vs_bare": round(best["bare"] / best["parse_only_2threads"], 3),
+        # unzip+parse on both cores, then the output written bare: what an ingest with no encoding
+        # and no store work at all would reach (not overlapped; the writes are kernel CPU)
+        "floor_vs_bare": round(best["bare"] / (best["parse_only_2threads"] + best["write_floor"]), 3),
+        "write_floor_files": len(sizes),
+        "write_floor_mb": round(sum(n for _, n in sizes) / 1e6, 1),
     }
     if "ingest_mem" in best:
         out["ingest_memory_lake_vs_bare"] = round(best["bare"] / best["ingest_mem"], 3)

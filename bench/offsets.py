@@ -4,7 +4,10 @@ Measures, on one synthetic lake (``bench/_lake.py``; cached under ``bench/_work/
 
 (a) ``build_offsets(interval=1h)``: all 12 offsets from 5m, reading and writing included;
 (b) the seed's pandas loop on the same data (``bench/_seed_baseline.py``), reading included;
-(c) a bare scan of the same parquet files (every column read once): the physical floor;
+(c) a bare scan of the same parquet files (every column read once): the physical floor of reading;
+(d) the build's output written bare (as many files, directories and bytes, no encoding): the floor
+    of writing it on this machine, reported as ``write_floor_over_scan`` and as
+    ``ours_over_scan_plus_write_floor`` (the build against reading its input plus writing its output);
 then appends one day to every symbol and times the incremental rerun, a rerun with nothing to do, a
 second appended day (its tail file is merged with the first one), and an explicit fold of the tail
 into the yearly files (what a run does about once a month).
@@ -87,6 +90,8 @@ def _phase(name: str, root: Path, workers: int) -> dict[str, object]:
             "base_rows_read",
         )
         extra = {k: v for k, v in r.to_dict().items() if k in keep}
+    elif name == "write_floor":
+        extra = _write_floor(root)
     elif name == "seed":
         from bench._seed_baseline import seed_resample_lake
 
@@ -98,6 +103,48 @@ def _phase(name: str, root: Path, workers: int) -> dict[str, object]:
     else:
         raise SystemExit(f"unknown phase {name}")
     return {"seconds": time.perf_counter() - t0, "call_cpu_s": _cpu() - c0, "import_s": import_s, **extra}
+
+
+FLOOR_SIZES = WORK / "floor-sizes.json"
+
+
+def _output_sizes(root: Path) -> list[tuple[str, int]]:
+    """(path under the offsets table, bytes) of every file the build wrote."""
+    table = root / "offsets"
+    return [(str(p.relative_to(table)), p.stat().st_size) for p in sorted(table.rglob("*.parquet"))]
+
+
+def _write_floor(root: Path) -> dict[str, object]:
+    """(d) The build's output written bare: as many files, directories and bytes as the build wrote
+    (``FLOOR_SIZES``), each to a temp name, one file-system sync, the renames, one more sync (the
+    build's durability, at two syncs in all instead of two per batch); no encoding, no reading.
+    What writing the result costs on this machine, whatever computes it."""
+    from lake.store.fs import _syncfs
+
+    sizes = [(rel, int(n)) for rel, n in json.loads(FLOOR_SIZES.read_text())]
+    out = root / "offsets-floor"
+    data = memoryview(os.urandom(max((n for _, n in sizes), default=0)))
+    t0 = time.perf_counter()
+    staged = []
+    for i, (rel, n) in enumerate(sizes):
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{i}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, data[:n])
+        finally:
+            os.close(fd)
+        staged.append((tmp, target))
+    _syncfs(str(out))
+    for tmp, target in staged:
+        os.replace(tmp, target)
+    _syncfs(str(out))
+    return {
+        "floor_files": len(sizes),
+        "floor_bytes": sum(n for _, n in sizes),
+        "inner_s": time.perf_counter() - t0,
+    }
 
 
 def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:
@@ -138,7 +185,7 @@ def _discard(path: Path) -> None:
 
 
 def _clean(root: Path, symbols: int, days: int) -> None:
-    for table in ("offsets", "offsets_tail", "_meta/offsets"):
+    for table in ("offsets", "offsets_tail", "_meta/offsets", "offsets-floor"):
         if (root / table).exists():
             _discard(root / table)
     remove_days(root, symbols, days)
@@ -173,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         scan = _run_child("scan", root, args.workers)
         ours = _run_child("ours", root, args.workers)
+        FLOOR_SIZES.write_text(json.dumps(_output_sizes(root)))
+        floor = _run_child("write_floor", root, args.workers)
         seed = _run_child("seed", root, args.workers) if not args.skip_seed else None
         append_day(root, args.symbols, args.days)
         incremental = _run_child("ours", root, args.workers)
@@ -201,6 +250,14 @@ def main(argv: list[str] | None = None) -> None:
         "seed_cpu_s": round(float(seed["call_cpu_s"]), 1) if seed else None,  # type: ignore[arg-type]
         "ours_peak_gib": round(float(ours["peak_gib"]), 2),  # type: ignore[arg-type]
         "seed_peak_gib": round(float(seed["peak_gib"]), 2) if seed else None,  # type: ignore[arg-type]
+        "write_floor_s": round(float(floor["seconds"]), 2),  # type: ignore[arg-type]
+        "write_floor_over_scan": round(float(floor["seconds"]) / float(scan["seconds"]), 2),  # type: ignore[arg-type]
+        "ours_over_scan_plus_write_floor": round(
+            float(ours["seconds"]) / (float(scan["seconds"]) + float(floor["seconds"])),  # type: ignore[arg-type]
+            2,
+        ),
+        "write_floor_cpu_s": round(float(floor["call_cpu_s"]), 1),  # type: ignore[arg-type]
+        "write_floor_gb": round(int(floor["floor_bytes"]) / 1e9, 2),  # type: ignore[call-overload]
         "files_written": ours["written"],
         "incremental_s": round(float(incremental["seconds"]), 2),  # type: ignore[arg-type]
         "incremental_pct_of_full": round(100 * float(incremental["seconds"]) / float(ours["seconds"]), 1),  # type: ignore[arg-type]
