@@ -5,7 +5,7 @@ symbols × a year). pyarrow's writer costs ~0.5 ms per such file, ~0.2 ms of it 
 encoders, metadata objects built per file); that was as much CPU as parsing the archive's CSV. This
 writer emits the same logical file (the kline schema, optional columns, INT64 timestamps in ms with
 the UTC-adjusted timestamp type, DOUBLE, BYTE_ARRAY strings, min/max statistics for every column,
-LZ4_RAW pages) directly: every column is one PLAIN data page (the bytes of its NumPy array), the
+LZ4_RAW pages) directly: every column is PLAIN data pages (the bytes of its NumPy array), the
 ``source`` column one dictionary page plus RLE indices, and the footer is serialized with the Thrift
 compact protocol by the few functions below. It costs a small fraction of pyarrow's time per file.
 
@@ -16,14 +16,16 @@ and DuckDB and compare data and statistics with pyarrow's own files.
 
 Layout of a file::
 
-    PAR1 | per column: [dictionary page] data page | FileMetaData (Thrift compact) | u32 length | PAR1
+    PAR1 | per column: [dictionary page] data page(s) | FileMetaData (Thrift compact) | u32 length | PAR1
 
 A file can carry the fingerprints of its rows' UTC days in its key-value metadata
 (``lake.store.dayprints``; the klines store asks for them in partitions longer than a day, and by
-default a file spanning several days gets them). It stays one row group: a second one holding a month file's last two
-days (so that an incremental offsets build could skip the rest of the month) made full scans of the
-lake 12–18% slower in Polars and DuckDB (1,800 cached files of 300 symbols × six months of 5m, and
-the whole 3,600-file year; 2026-11-23, BENCHMARKS.md).
+default a file spanning several days gets them). It stays one row group: a second one holding a
+month file's last two days made full scans of the lake 12–18% slower in Polars and DuckDB (2026-11-23,
+BENCHMARKS.md). Instead, in a file spanning more than two days each numeric column is two data
+pages, the second from the first candle of the day before the last day (``tail_cut``): an offsets
+build following an appended day inflates only those (``lake.store.plain_read``), and full scans
+measured no slower (300 symbols × a year of 5m, Polars and DuckDB, interleaved runs).
 """
 
 from __future__ import annotations
@@ -309,6 +311,8 @@ def tail_cut(times: np.ndarray) -> list[int]:
     instead of the month. Readers that scan everything decode one more page per column chunk."""
     if len(times) == 0:
         return []
+    if np.any(times[1:] <= times[:-1]):
+        return []  # not as the store writes partitions: one page, which a reader checks whole
     last_day = int(times[-1]) // MS_PER_DAY
     if int(times[0]) // MS_PER_DAY >= last_day - 1:
         return []

@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
+from lake.schema import KLINE_SCHEMA
 from lake.store.parquet_plain import CREATED_BY, chunk_head, def_levels
 from lake.store.thrift_bytes import footer_bytes, varint
 
@@ -60,6 +62,9 @@ def _chunk_pattern(name: str) -> re.Pattern[bytes]:
 
 
 _CHUNKS: dict[str, re.Pattern[bytes]] = {}
+_DTYPES = {
+    c: "<f8" if t == pl.Float64 else "<i8" for c, t in KLINE_SCHEMA.items() if t != pl.String
+}  # the time column as int64 ms
 
 
 def _zz(raw: bytes) -> int:
@@ -70,8 +75,9 @@ def _zz(raw: bytes) -> int:
     return (v >> 1) ^ -(v & 1)
 
 
-def _chunk(footer: bytes, name: str) -> tuple[int, int, int, int]:
-    """(codec, rows, data page offset, compressed size) of column ``name``'s only chunk."""
+def _chunk(footer: bytes, name: str, body_end: int) -> tuple[int, int, int, int]:
+    """(codec, rows, data page offset, compressed size) of column ``name``'s only chunk, which must
+    lie between the magic bytes and the footer (``body_end``)."""
     pattern = _CHUNKS.get(name)
     if pattern is None:
         pattern = _CHUNKS[name] = _chunk_pattern(name)
@@ -79,7 +85,13 @@ def _chunk(footer: bytes, name: str) -> tuple[int, int, int, int]:
     if len(found) != 1:  # not this writer's chunk, or more than one row group
         raise _Skip
     codec, rows, _, size, offset = map(_zz, found[0])
-    if codec not in (_UNCOMPRESSED, _LZ4_RAW) or rows <= 0 or size <= 0 or offset < 4:
+    if (
+        codec not in (_UNCOMPRESSED, _LZ4_RAW)
+        or rows <= 0
+        or size <= 0
+        or offset < 4
+        or offset + size > body_end
+    ):
         raise _Skip
     return codec, rows, offset, size
 
@@ -104,13 +116,19 @@ class _Page(NamedTuple):
     n: int
 
 
-def _pages(fd: int, footer: bytes, name: str) -> tuple[int, list[_Page]]:
+def _pages(fd: int, footer: bytes, name: str, body_end: int) -> tuple[int, list[_Page]]:
     """The codec and pages of column ``name``'s chunk."""
-    codec, rows, offset, size = _chunk(footer, name)
+    codec, rows, offset, size = _chunk(footer, name, body_end)
     out = []
     at, end, first = offset, offset + size, 0
     while at < end:
         hlen, raw, comp, n = _page_header(os.pread(fd, min(_HEADER_MAX, end - at), at))
+        if (
+            at + hlen + comp > end
+            or raw != 8 * n + len(def_levels(n))
+            or (codec == _UNCOMPRESSED and comp != raw)
+        ):
+            raise _Skip  # sizes no page of the writer has
         out.append(_Page(at + hlen, raw, comp, first, n))
         at += hlen + comp
         first += n
@@ -123,17 +141,27 @@ def _values(fd: int, page: _Page, codec: int, dtype: str) -> np.ndarray:
     body = os.pread(fd, page.comp, page.body)
     if len(body) != page.comp:
         raise _Skip
-    data = body if codec == _UNCOMPRESSED else _LZ4.decompress(body, decompressed_size=page.raw, asbytes=True)
+    data = body
+    if codec == _LZ4_RAW:
+        data = _LZ4.decompress(body, decompressed_size=page.raw, asbytes=True)
+        # pyarrow does not say how many bytes came out, and the rest of its buffer is uninitialised:
+        # a body that inflates to fewer bytes than the header says must not fit in one byte less
+        try:
+            _LZ4.decompress(body, decompressed_size=page.raw - 1)
+        except OSError:  # "Corrupt Lz4 compressed data": it did not fit, as it should not
+            pass
+        else:
+            raise _Skip
     levels = def_levels(page.n)
-    if len(data) != page.raw or page.raw != len(levels) + 8 * page.n or data[: len(levels)] != levels:
+    if len(data) != page.raw or data[: len(levels)] != levels:
         raise _Skip  # nulls, or not this writer's page
     return np.frombuffer(data, dtype=dtype, offset=len(levels))
 
 
-def _times_since(fd: int, footer: bytes, since_ms: int) -> tuple[np.ndarray, int]:
+def _times_since(fd: int, footer: bytes, body_end: int, since_ms: int) -> tuple[np.ndarray, int]:
     """The open times at or after ``since_ms`` and the row of the first: pages are inflated from the
     last one back until one starts before ``since_ms``."""
-    codec, pages = _pages(fd, footer, "candle_begin_time")
+    codec, pages = _pages(fd, footer, "candle_begin_time", body_end)
     k = len(pages) - 1
     parts = [_values(fd, pages[k], codec, "<i8")]
     while k > 0 and parts[0][0] >= since_ms:
@@ -148,9 +176,10 @@ def _times_since(fd: int, footer: bytes, since_ms: int) -> tuple[np.ndarray, int
     return times[cut:], pages[k].first + cut
 
 
-def _column_from(fd: int, footer: bytes, name: str, dtype: str, row: int) -> np.ndarray:
+def _column_from(fd: int, footer: bytes, body_end: int, name: str, row: int) -> np.ndarray:
     """Column ``name`` from row ``row`` on, inflating only the pages that hold those rows."""
-    codec, pages = _pages(fd, footer, name)
+    codec, pages = _pages(fd, footer, name, body_end)
+    dtype = _DTYPES[name]
     wanted = [p for p in pages if p.first + p.n > row]
     if not wanted:
         return np.empty(0, dtype=dtype)
@@ -160,14 +189,15 @@ def _column_from(fd: int, footer: bytes, name: str, dtype: str, row: int) -> np.
 
 
 def read_since(
-    path: str | os.PathLike[str], since_ms: int, columns: Sequence[tuple[str, str]]
+    path: str | os.PathLike[str], since_ms: int, columns: Sequence[str]
 ) -> dict[str, np.ndarray] | None:
     """The rows of a local kline partition file opening at or after ``since_ms``, as NumPy arrays by
-    column; ``columns``: (name, NumPy dtype ``"<i8"`` or ``"<f8"``) of the numeric kline columns
-    wanted, ``candle_begin_time`` (ms since the epoch, int64) first. ``None`` when the file is not
-    one lake's plain writer made (or not any more): read it some other way."""
-    if not columns or columns[0][0] != "candle_begin_time":
-        raise ValueError("candle_begin_time must be the first column")
+    column (``candle_begin_time`` as int64 ms since the epoch, then ``columns``: numeric kline
+    columns). ``None`` when the file is not one lake's plain writer made (or not any more): read it
+    some other way."""
+    unknown = [c for c in columns if c not in _DTYPES or c == "candle_begin_time"]
+    if unknown:
+        raise ValueError(f"not a numeric kline value column: {unknown}")
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -177,15 +207,16 @@ def read_since(
         footer = footer_bytes(size, lambda n, at: os.pread(fd, n, at))
         if footer is None or _CREATED not in footer:
             return None
-        times, row = _times_since(fd, footer, since_ms)
-        out = {columns[0][0]: times}
-        for name, dtype in columns[1:]:
-            values = _column_from(fd, footer, name, dtype, row)
+        body_end = size - 8 - len(footer)
+        times, row = _times_since(fd, footer, body_end, since_ms)
+        out = {"candle_begin_time": times}
+        for name in columns:
+            values = _column_from(fd, footer, body_end, name, row)
             if len(values) != len(times):
                 return None
             out[name] = values
         return out
-    except (_Skip, OSError, pa.ArrowException, ValueError):
+    except (_Skip, OSError, pa.ArrowException, ValueError, MemoryError, OverflowError):
         return None
     finally:
         os.close(fd)

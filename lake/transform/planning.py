@@ -262,17 +262,13 @@ def _read_partitions(
     return out
 
 
-_NUMERIC = [(c, "<f8" if t == pl.Float64 else "<i8") for c, t in OFFSET_SCHEMA.items() if c != "n_base"]
-
-
+# the columns planning reads, as Arrow types (``scan_coded``'s, but for ``_sym``)
 _ARROW = {
-    c: pa.timestamp("ms", tz="UTC")
-    if c == "candle_begin_time"
-    else pa.float64()
-    if t == "<f8"
-    else pa.int64()
-    for c, t in _NUMERIC
+    c: pa.timestamp("ms", tz="UTC") if t == pl.Datetime else pa.float64() if t == pl.Float64 else pa.int64()
+    for c, t in OFFSET_SCHEMA.items()
+    if c != "n_base"
 }
+_NUMERIC = [c for c in _ARROW if c != "candle_begin_time"]
 
 
 def _arrow(values: np.ndarray, kind: pa.DataType) -> pa.Array:
@@ -299,7 +295,8 @@ def _read_since(lfs: LakeFS, paths: list[str], cut: int) -> pl.DataFrame:
         lengths = [len(got["candle_begin_time"]) for _, got in found]
         codes = np.repeat(np.array([i for i, _ in found], dtype=np.uint32), lengths)
         arrays = [_arrow(codes, pa.uint32())]
-        arrays += [_arrow(np.concatenate([got[c] for _, got in found]), _ARROW[c]) for c, _ in _NUMERIC]
+        # (np.concatenate copies, also a single array: the views read_since returns are unaligned)
+        arrays += [_arrow(np.concatenate([got[c] for _, got in found]), kind) for c, kind in _ARROW.items()]
         frames.append(pl.DataFrame(pl.from_arrow(pa.Table.from_arrays(arrays, ["_sym", *_ARROW]))))
     if rest:
         scan = scan_coded(lfs, [paths[i] for i in rest], rest)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,13 +19,14 @@ from lake.schema import KLINE_SCHEMA
 from lake.store import plain_read
 from lake.store.fs import LakeFS
 from lake.store.klines import _encode_table
-from lake.store.parquet_plain import PlainKlines, tail_cut
+from lake.store.parquet_plain import PlainKlines, def_levels, tail_cut
 from lake.store.plain_read import read_since
 from tests.store.test_parquet_plain import klines
 
 DAY = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01
-COLUMNS = [(c, "<f8" if t == pl.Float64 else "<i8") for c, t in KLINE_SCHEMA.items() if c != "source"]
+COLUMNS = [c for c in KLINE_SCHEMA if c not in ("candle_begin_time", "source")]
+ALL = ["candle_begin_time", *COLUMNS]
 
 
 def _frame(times: np.ndarray, seed: int = 0) -> pl.DataFrame:
@@ -37,8 +40,8 @@ def _expected(path: Path, since: int) -> pl.DataFrame:
 
 
 def _same(got: dict[str, np.ndarray], want: pl.DataFrame) -> None:
-    assert list(got) == [c for c, _ in COLUMNS]
-    for c, _ in COLUMNS:
+    assert list(got) == ALL
+    for c in ALL:
         assert np.array_equal(got[c], want[c].to_physical().to_numpy()), c
 
 
@@ -48,7 +51,7 @@ def _pages(path: Path, column: str) -> list[tuple[int, int]]:
     try:
         data = path.read_bytes()
         footer = data[-8 - int.from_bytes(data[-8:-4], "little") : -8]
-        _, pages = plain_read._pages(fd, footer, column)
+        _, pages = plain_read._pages(fd, footer, column, len(data) - 8 - len(footer))
     finally:
         os.close(fd)
     return [(p.first, p.n) for p in pages]
@@ -62,7 +65,7 @@ def test_a_month_is_split_at_the_day_before_its_last(tmp_path: Path) -> None:
     path = tmp_path / "month.parquet"
     path.write_bytes(PlainKlines.of(_frame(times)).encode())  # type: ignore[union-attr]
     split = int(np.searchsorted(times, T0 + 29 * DAY))
-    for c, _ in COLUMNS:
+    for c in ALL:
         assert _pages(path, c) == [(0, split), (split, len(times) - split)]
     assert _pages(path, "candle_begin_time")[1][0] == tail_cut(times)[0]
     since = T0 + 30 * DAY - 55 * 60_000  # an appended last day, less the reach of a 1h bin
@@ -155,3 +158,57 @@ def test_relocated_rewrites_read_the_new_version(tmp_path: Path) -> None:
         assert got is not None
         _same(got, _expected(tmp_path / rel, since))
         assert got["open"][0] == _frame(times, seed)["open"][10 * 288]
+
+
+def test_a_page_that_inflates_short_is_refused(tmp_path: Path) -> None:
+    """pyarrow's LZ4 decompress does not say how many bytes came out (the rest of its buffer is
+    uninitialised): a body that inflates to fewer bytes than its header says is refused, not read."""
+    n = 300
+    levels = def_levels(n)
+    values = np.arange(n, dtype="<f8") * 1.5
+    lz4 = pa.Codec("lz4_raw")
+    for rows, ok in ((n, True), (n - 8, False), (n - 1, False)):
+        body = lz4.compress(levels + values[:rows].tobytes(), asbytes=True)
+        path = tmp_path / f"{rows}.bin"
+        path.write_bytes(body)
+        page = plain_read._Page(0, len(levels) + 8 * n, len(body), 0, n)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if ok:
+                assert np.array_equal(plain_read._values(fd, page, 7, "<f8"), values)
+            else:
+                with pytest.raises(plain_read._Skip):
+                    plain_read._values(fd, page, 7, "<f8")
+        finally:
+            os.close(fd)
+
+
+def test_sizes_outside_the_file_and_unknown_columns(tmp_path: Path) -> None:
+    times = T0 + 300_000 * np.arange(5 * 288, dtype=np.int64)
+    path = tmp_path / "data.parquet"
+    data = PlainKlines.of(_frame(times)).encode()  # type: ignore[union-attr]
+    path.write_bytes(data)
+    footer = data[-8 - int.from_bytes(data[-8:-4], "little") : -8]
+    body_end = len(data) - 8 - len(footer)
+    _, rows, offset, size = plain_read._chunk(footer, "taker_buy_quote_asset_volume", body_end)
+    assert offset + size <= body_end and rows == len(times)
+    with pytest.raises(plain_read._Skip):  # a chunk said to reach into the footer
+        plain_read._chunk(footer, "taker_buy_quote_asset_volume", offset + size - 1)
+    with pytest.raises(ValueError, match="not a numeric kline value column"):
+        read_since(path, T0, ["source"])
+    with pytest.raises(ValueError, match="not a numeric kline value column"):
+        read_since(path, T0, ["nope"])
+    got = read_since(path, T0 + 4 * DAY, ["close"])
+    assert got is not None and list(got) == ["candle_begin_time", "close"] and len(got["close"]) == 288
+
+
+def test_unsorted_rows_are_one_page_and_read_whole_or_not_at_all(tmp_path: Path) -> None:
+    """The writer splits only ascending rows (as the store writes them); a file of other rows is one
+    page, which the reader checks whole (here it then returns ``None``)."""
+    times = T0 + 300_000 * np.arange(5 * 288, dtype=np.int64)
+    times[10], times[-5] = times[-5], times[10]  # a row of the last day early in the file
+    assert tail_cut(times) == []
+    path = tmp_path / "data.parquet"
+    path.write_bytes(PlainKlines.of(_frame(times)).encode())  # type: ignore[union-attr]
+    assert _pages(path, "open") == [(0, len(times))]
+    assert read_since(path, T0 + 4 * DAY, COLUMNS) is None
