@@ -12,11 +12,13 @@ inflates the pages from the requested time on.
 It reads only files whose footer says this writer made them, and only the layout the writer
 produces (one row group, PLAIN pages with one run of definition levels, LZ4_RAW or no codec).
 Anything else, including a file changed or truncated under it, returns ``None``: the caller then
-reads the file with Polars, which reports a real problem as an error. Local files only.
+reads the file with Polars, which reports a real problem as an error; damage Polars would not see is
+an error here (``read_since``). Local files only.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections.abc import Sequence
@@ -26,6 +28,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from lake.errors import DataError
 from lake.schema import KLINE_SCHEMA
 from lake.store.parquet_plain import CREATED_BY, chunk_head, def_levels
 from lake.store.thrift_bytes import footer_bytes, varint
@@ -45,6 +48,13 @@ class _Skip(Exception):
     """The file is not one this reader reads (the caller falls back to a generic reader)."""
 
 
+class _Corrupt(Exception):
+    """The file is this writer's and damaged in a way other readers would not notice."""
+
+
+_levels = functools.lru_cache(maxsize=1024)(def_levels)
+
+
 _V = rb"([\x80-\xff]{0,9}[\x00-\x7f])"  # one varint
 # The writer's data page header: type DATA_PAGE (0), uncompressed and compressed sizes, then a
 # DataPageHeader of num_values, encoding PLAIN (0) and definition/repetition levels RLE (3).
@@ -53,18 +63,22 @@ _PAGE = re.compile(
 )
 
 
-def _chunk_pattern(name: str) -> re.Pattern[bytes]:
-    # ColumnChunk head, then codec (i32), num_values, total_uncompressed_size, total_compressed_size,
-    # data_page_offset (i64s) and the statistics' field header (no dictionary page offset before it)
+def _chunks_pattern() -> re.Pattern[bytes]:
+    # A numeric column's ColumnChunk head (with its name), then codec (i32), num_values,
+    # total_uncompressed_size, total_compressed_size, data_page_offset (i64s) and the statistics'
+    # field header (no dictionary page offset before it): every chunk of a footer in one search.
+    heads = b"|".join(re.escape(chunk_head(c)) for c in _DTYPES)
     v = _V.decode("latin-1")
-    tail = rf"\x15{v}\x16{v}\x16{v}\x16{v}\x26{v}\x3c"
-    return re.compile(re.escape(chunk_head(name)) + tail.encode("latin-1"), re.DOTALL)
+    tail = rf"\x15{v}\x16{v}\x16{v}\x16{v}\x26{v}\x3c".encode("latin-1")
+    return re.compile(b"(" + heads + b")" + tail)
 
 
-_CHUNKS: dict[str, re.Pattern[bytes]] = {}
 _DTYPES = {
     c: "<f8" if t == pl.Float64 else "<i8" for c, t in KLINE_SCHEMA.items() if t != pl.String
 }  # the time column as int64 ms
+_CHUNKS = _chunks_pattern()
+_NAMES = {chunk_head(c): c for c in _DTYPES}
+_TAIL_READ = 1 << 15  # the rest of a chunk is read at once when it is this small (its last pages)
 
 
 def _zz(raw: bytes) -> int:
@@ -75,39 +89,6 @@ def _zz(raw: bytes) -> int:
     return (v >> 1) ^ -(v & 1)
 
 
-def _chunk(footer: bytes, name: str, body_end: int) -> tuple[int, int, int, int]:
-    """(codec, rows, data page offset, compressed size) of column ``name``'s only chunk, which must
-    lie between the magic bytes and the footer (``body_end``)."""
-    pattern = _CHUNKS.get(name)
-    if pattern is None:
-        pattern = _CHUNKS[name] = _chunk_pattern(name)
-    found = pattern.findall(footer)
-    if len(found) != 1:  # not this writer's chunk, or more than one row group
-        raise _Skip
-    codec, rows, _, size, offset = map(_zz, found[0])
-    if (
-        codec not in (_UNCOMPRESSED, _LZ4_RAW)
-        or rows <= 0
-        or size <= 0
-        or offset < 4
-        or offset + size > body_end
-    ):
-        raise _Skip
-    return codec, rows, offset, size
-
-
-def _page_header(buf: bytes) -> tuple[int, int, int, int]:
-    """(header length, uncompressed size, compressed size, values) of one of the writer's PLAIN
-    data pages at the start of ``buf``."""
-    m = _PAGE.match(buf)
-    if m is None:
-        raise _Skip
-    raw, comp, n = map(_zz, m.groups())
-    if raw < 0 or comp < 0 or n <= 0:
-        raise _Skip
-    return m.end(), raw, comp, n
-
-
 class _Page(NamedTuple):
     body: int  # offset of the (compressed) body
     raw: int
@@ -116,76 +97,105 @@ class _Page(NamedTuple):
     n: int
 
 
-def _pages(fd: int, footer: bytes, name: str, body_end: int) -> tuple[int, list[_Page]]:
-    """The codec and pages of column ``name``'s chunk."""
-    codec, rows, offset, size = _chunk(footer, name, body_end)
-    out = []
-    at, end, first = offset, offset + size, 0
-    while at < end:
-        hlen, raw, comp, n = _page_header(os.pread(fd, min(_HEADER_MAX, end - at), at))
-        if (
-            at + hlen + comp > end
-            or raw != 8 * n + len(def_levels(n))
-            or (codec == _UNCOMPRESSED and comp != raw)
-        ):
-            raise _Skip  # sizes no page of the writer has
-        out.append(_Page(at + hlen, raw, comp, first, n))
-        at += hlen + comp
-        first += n
-    if at != end or first != rows:
-        raise _Skip
-    return codec, out
+class _File:
+    """One open partition file of the writer: its column chunks, read page by page."""
 
+    def __init__(self, fd: int, footer: bytes, body_end: int) -> None:
+        self.fd = fd
+        self.chunks: dict[str, tuple[int, int, int, int]] = {}
+        for m in _CHUNKS.finditer(footer):
+            name = _NAMES[m.group(1)]
+            codec, rows, _, size, offset = map(_zz, m.groups()[1:])
+            if name in self.chunks:  # more than one row group
+                raise _Skip
+            if codec not in (_UNCOMPRESSED, _LZ4_RAW) or rows <= 0 or size <= 0 or offset < 4:
+                raise _Skip
+            if offset + size > body_end:  # not between the magic bytes and the footer
+                raise _Skip
+            self.chunks[name] = (codec, rows, offset, size)
+        self.held = b""  # the bytes of the chunk read last from ``held_at`` on (its last pages)
+        self.held_at = 0
 
-def _values(fd: int, page: _Page, codec: int, dtype: str) -> np.ndarray:
-    body = os.pread(fd, page.comp, page.body)
-    if len(body) != page.comp:
-        raise _Skip
-    data = body
-    if codec == _LZ4_RAW:
-        data = _LZ4.decompress(body, decompressed_size=page.raw, asbytes=True)
-        # pyarrow does not say how many bytes came out, and the rest of its buffer is uninitialised:
-        # a body that inflates to fewer bytes than the header says must not fit in one byte less
-        try:
-            _LZ4.decompress(body, decompressed_size=page.raw - 1)
-        except OSError:  # "Corrupt Lz4 compressed data": it did not fit, as it should not
-            pass
-        else:
+    def _read(self, n: int, at: int) -> bytes:
+        if self.held_at <= at and at + n <= self.held_at + len(self.held):
+            return self.held[at - self.held_at : at - self.held_at + n]
+        data = os.pread(self.fd, n, at)
+        if len(data) != n:
+            raise _Skip  # shorter than its footer says: changed under the reader
+        return data
+
+    def pages(self, name: str) -> tuple[int, list[_Page]]:
+        """The codec and pages of column ``name``'s chunk."""
+        if name not in self.chunks:
             raise _Skip
-    levels = def_levels(page.n)
-    if len(data) != page.raw or data[: len(levels)] != levels:
-        raise _Skip  # nulls, or not this writer's page
-    return np.frombuffer(data, dtype=dtype, offset=len(levels))
+        codec, rows, offset, size = self.chunks[name]
+        out = []
+        at, end, first = offset, offset + size, 0
+        while at < end:
+            if end - at <= _TAIL_READ and not self.held_at <= at < self.held_at + len(self.held):
+                self.held, self.held_at = self._read(end - at, at), at
+            m = _PAGE.match(self._read(min(_HEADER_MAX, end - at), at))
+            if m is None:
+                raise _Skip
+            raw, comp, n = map(_zz, m.groups())
+            hlen = m.end()
+            if n <= 0 or comp < 0 or at + hlen + comp > end or raw != 8 * n + len(_levels(n)):
+                raise _Skip  # sizes no page of the writer has
+            if codec == _UNCOMPRESSED and comp != raw:
+                raise _Skip
+            out.append(_Page(at + hlen, raw, comp, first, n))
+            at += hlen + comp
+            first += n
+        if first != rows:
+            raise _Skip
+        return codec, out
 
+    def values(self, page: _Page, codec: int, dtype: str) -> np.ndarray:
+        body = self._read(page.comp, page.body)
+        data = body
+        if codec == _LZ4_RAW:
+            data = _LZ4.decompress(body, decompressed_size=page.raw, asbytes=True)
+            # pyarrow does not say how many bytes came out, and the rest of its buffer is
+            # uninitialised (Polars reads such a page as values too): a body that inflates to fewer
+            # bytes than its header says must not fit in one byte less
+            try:
+                _LZ4.decompress(body, decompressed_size=page.raw - 1)
+            except OSError:  # "Corrupt Lz4 compressed data": it did not fit, as it should not
+                pass
+            else:
+                raise _Corrupt("a page inflates to fewer bytes than its header says")
+        levels = _levels(page.n)
+        if len(data) != page.raw or data[: len(levels)] != levels:
+            raise _Skip  # nulls, or not this writer's page
+        return np.frombuffer(data, dtype=dtype, offset=len(levels))
 
-def _times_since(fd: int, footer: bytes, body_end: int, since_ms: int) -> tuple[np.ndarray, int]:
-    """The open times at or after ``since_ms`` and the row of the first: pages are inflated from the
-    last one back until one starts before ``since_ms``."""
-    codec, pages = _pages(fd, footer, "candle_begin_time", body_end)
-    k = len(pages) - 1
-    parts = [_values(fd, pages[k], codec, "<i8")]
-    while k > 0 and parts[0][0] >= since_ms:
-        k -= 1
-        parts.insert(0, _values(fd, pages[k], codec, "<i8"))
-    times = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    if np.any(times[1:] <= times[:-1]):
-        raise _Skip  # not ascending: not a partition as the store writes it
-    cut = int(np.searchsorted(times, since_ms, side="left"))
-    if cut > _SLACK + 2 * (len(times) - cut):
-        raise _Skip  # mostly rows before ``since_ms`` (say a file of one page): Polars is faster
-    return times[cut:], pages[k].first + cut
+    def times_since(self, since_ms: int) -> tuple[np.ndarray, int]:
+        """The open times at or after ``since_ms`` and the row of the first: pages are inflated from
+        the last one back until one starts before ``since_ms``."""
+        codec, pages = self.pages("candle_begin_time")
+        k = len(pages) - 1
+        parts = [self.values(pages[k], codec, "<i8")]
+        while k > 0 and parts[0][0] >= since_ms:
+            k -= 1
+            parts.insert(0, self.values(pages[k], codec, "<i8"))
+        times = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        if np.any(times[1:] <= times[:-1]):
+            raise _Skip  # not ascending: not a partition as the store writes it
+        cut = int(np.searchsorted(times, since_ms, side="left"))
+        if cut > _SLACK + 2 * (len(times) - cut):
+            raise _Skip  # mostly rows before ``since_ms`` (say a file of one page): Polars is faster
+        return times[cut:], pages[k].first + cut
 
-
-def _column_from(fd: int, footer: bytes, body_end: int, name: str, row: int) -> np.ndarray:
-    """Column ``name`` from row ``row`` on, inflating only the pages that hold those rows."""
-    codec, pages = _pages(fd, footer, name, body_end)
-    dtype = _DTYPES[name]
-    wanted = [p for p in pages if p.first + p.n > row]
-    if not wanted:
-        return np.empty(0, dtype=dtype)
-    parts = [_values(fd, p, codec, dtype) for p in wanted]
-    values = np.concatenate(parts) if len(parts) > 1 else parts[0]
-    return values[row - wanted[0].first :]
+    def column_from(self, name: str, row: int) -> np.ndarray:
+        """Column ``name`` from row ``row`` on, inflating only the pages that hold those rows."""
+        codec, pages = self.pages(name)
+        dtype = _DTYPES[name]
+        wanted = [p for p in pages if p.first + p.n > row]
+        if not wanted:
+            return np.empty(0, dtype=dtype)
+        parts = [self.values(p, codec, dtype) for p in wanted]
+        values = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return values[row - wanted[0].first :]
 
 
 def read_since(
@@ -194,7 +204,9 @@ def read_since(
     """The rows of a local kline partition file opening at or after ``since_ms``, as NumPy arrays by
     column (``candle_begin_time`` as int64 ms since the epoch, then ``columns``: numeric kline
     columns). ``None`` when the file is not one lake's plain writer made (or not any more): read it
-    some other way."""
+    some other way. Raises ``DataError`` for a file of that writer that is damaged in a way other
+    readers would not notice (an LZ4 page that inflates short: Polars reads the missing bytes as
+    values)."""
     unknown = [c for c in columns if c not in _DTYPES or c == "candle_begin_time"]
     if unknown:
         raise ValueError(f"not a numeric kline value column: {unknown}")
@@ -207,15 +219,19 @@ def read_since(
         footer = footer_bytes(size, lambda n, at: os.pread(fd, n, at))
         if footer is None or _CREATED not in footer:
             return None
-        body_end = size - 8 - len(footer)
-        times, row = _times_since(fd, footer, body_end, since_ms)
+        file = _File(fd, footer, size - 8 - len(footer))
+        times, row = file.times_since(since_ms)
         out = {"candle_begin_time": times}
         for name in columns:
-            values = _column_from(fd, footer, body_end, name, row)
+            values = file.column_from(name, row)
             if len(values) != len(times):
                 return None
             out[name] = values
         return out
+    except _Corrupt as exc:
+        raise DataError(
+            f"corrupt kline partition {os.fspath(path)}: {exc}; delete it and backfill its period again"
+        ) from exc
     except (_Skip, OSError, pa.ArrowException, ValueError, MemoryError, OverflowError):
         return None
     finally:
