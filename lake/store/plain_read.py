@@ -53,6 +53,9 @@ class _Corrupt(Exception):
 
 
 _levels = functools.lru_cache(maxsize=1024)(def_levels)
+_DTYPES = {
+    c: "<f8" if t == pl.Float64 else "<i8" for c, t in KLINE_SCHEMA.items() if t != pl.String
+}  # the time column as int64 ms
 
 
 _V = rb"([\x80-\xff]{0,9}[\x00-\x7f])"  # one varint
@@ -73,9 +76,6 @@ def _chunks_pattern() -> re.Pattern[bytes]:
     return re.compile(b"(" + heads + b")" + tail)
 
 
-_DTYPES = {
-    c: "<f8" if t == pl.Float64 else "<i8" for c, t in KLINE_SCHEMA.items() if t != pl.String
-}  # the time column as int64 ms
 _CHUNKS = _chunks_pattern()
 _NAMES = {chunk_head(c): c for c in _DTYPES}
 _TAIL_READ = 1 << 15  # the rest of a chunk is read at once when it is this small (its last pages)
