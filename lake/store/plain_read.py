@@ -38,8 +38,8 @@ __all__ = ["read_since"]
 _LZ4 = pa.Codec("lz4_raw")
 _UNCOMPRESSED, _LZ4_RAW = 0, 7
 _CREATED = varint(len(CREATED_BY)) + CREATED_BY.encode()  # the footer's created_by
-# A file whose pages from ``since`` on hold more rows than twice those asked for, plus this many, is
-# left to Polars, which inflates a whole month faster than this module's Python per page.
+# A file whose inflated pages hold more rows before ``since`` than this many plus twice those from
+# ``since`` on is left to Polars, which inflates a whole month faster than this module's Python.
 _SLACK = 2048
 _HEADER_MAX = 32  # a data page header of the writer takes at most 29 bytes
 
@@ -175,7 +175,7 @@ class _File:
         codec, pages = self.pages("candle_begin_time")
         k = len(pages) - 1
         parts = [self.values(pages[k], codec, "<i8")]
-        while k > 0 and parts[0][0] >= since_ms:
+        while k > 0 and parts[0][0] > since_ms:  # a page opening at since_ms holds the first row
             k -= 1
             parts.insert(0, self.values(pages[k], codec, "<i8"))
         times = np.concatenate(parts) if len(parts) > 1 else parts[0]

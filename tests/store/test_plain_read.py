@@ -73,6 +73,11 @@ def test_a_month_is_split_at_the_day_before_its_last(tmp_path: Path) -> None:
     got = read_since(path, since, COLUMNS)
     assert got is not None and len(got["open"]) == 288 + 11
     _same(got, _expected(path, since))
+    # from the tail page's first candle exactly: that page alone (the one before is not inflated,
+    # which for a month would hand the file to Polars)
+    got = read_since(path, int(times[split]), COLUMNS)
+    assert got is not None and len(got["open"]) == len(times) - split
+    _same(got, _expected(path, int(times[split])))
 
 
 def test_files_of_up_to_two_days_have_one_page(tmp_path: Path) -> None:
