@@ -24,8 +24,8 @@ default a file spanning several days gets them). It stays one row group: a secon
 month file's last two days made full scans of the lake 12–18% slower in Polars and DuckDB (2026-11-23,
 BENCHMARKS.md). Instead, in a file spanning more than two days each numeric column is two data
 pages, the second from the first candle of the day before the last day (``tail_cut``): an offsets
-build following an appended day inflates only those (``lake.store.plain_read``), and full scans
-measured no slower (300 symbols × a year of 5m, Polars and DuckDB, interleaved runs).
+build following an appended day inflates only those (``lake.store.plain_read``), for a few percent
+on full scans (``bench/page_split.py``: best of rounds Polars +1–4%, DuckDB +2–8%).
 """
 
 from __future__ import annotations
