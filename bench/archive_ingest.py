@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from bench._floor import write_bare
 from bench._settle import delete, settle
 from lake.ingest.archive.parse import parse_kline_zip
 from lake.store.fs import LakeFS
@@ -157,39 +158,12 @@ def bench_parse(symbols: int, months: int, work: Path, rounds: int = 3) -> dict[
         return time.perf_counter() - t
 
     def write_floor(sizes: list[tuple[str, int]], root: Path) -> float:
-        """The ingest's files written bare: the same paths and byte counts (no parsing, no
-        encoding), by two threads, each to a temp name, then one sync, the renames, one more sync
-        (the ingest syncs twice per ``write_klines`` call: the floor pays less)."""
-        from lake.store.fs import _syncfs
-
+        """The ingest's files written bare (``bench._floor``): the same paths and byte counts, no
+        parsing, no encoding (the ingest syncs twice per ``write_klines`` call: the floor pays less)."""
         out = root / f"lake-{len(lakes)}"
         lakes.append(out)
-        data = memoryview(os.urandom(max(n for _, n in sizes)))
-
-        def write(part: list[tuple[int, str, int]]) -> list[tuple[Path, Path]]:
-            staged = []
-            for i, rel, n in part:
-                target = out / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.parent / f".{target.name}.tmp-{i}"
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-                try:
-                    os.write(fd, data[:n])
-                finally:
-                    os.close(fd)
-                staged.append((tmp, target))
-            return staged
-
-        items = [(i, rel, n) for i, (rel, n) in enumerate(sizes)]
         os.sync()
-        t = time.perf_counter()
-        with ThreadPoolExecutor(2) as pool:
-            staged = [x for part in pool.map(write, [items[0::2], items[1::2]]) for x in part]
-        _syncfs(str(out))
-        for tmp, target in staged:
-            os.replace(tmp, target)
-        _syncfs(str(out))
-        return time.perf_counter() - t
+        return write_bare(out, sizes)
 
     # Memory-backed lake: the same code without the disk, to show the disk's share.
     shm = Path("/dev/shm")

@@ -36,11 +36,11 @@ import sys
 import tempfile
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
 
+from bench._floor import FLOOR_THREADS, write_bare
 from bench._lake import PER_DAY, WORK, append_day, ensure_lake, remove_days
 from bench._settle import delete, settle
 
@@ -117,52 +117,14 @@ def _output_sizes(root: Path) -> list[tuple[str, int]]:
     return [(str(p.relative_to(table)), p.stat().st_size) for p in sorted(table.rglob("*.parquet"))]
 
 
-FLOOR_THREADS = 2  # the machine's cores: two writers were 20–35% faster than one (a review measured)
-
-
 def _write_floor(root: Path) -> dict[str, object]:
-    """(d) The build's output written bare: as many files, directories and bytes as the build wrote
-    (``_floor_sizes``), by ``FLOOR_THREADS`` threads, each file to a temp name, then one file-system
-    sync, the renames and one more sync (the build syncs twice per batch of series: the floor pays
-    less); no encoding, no reading. What writing this output costs on this machine, whatever
-    computes it; a build writing fewer bytes (another encoding) would have a lower floor."""
-    from lake.store.fs import _syncfs
-
+    """(d) The build's output written bare (``bench._floor``): as many files, directories and bytes
+    as the build wrote (``_floor_sizes``); no encoding, no reading. What writing this output costs on
+    this machine, whatever computes it; a build writing fewer bytes (another encoding) would have a
+    lower floor."""
     sizes = [(rel, int(n)) for rel, n in json.loads(_floor_sizes(root).read_text())]
-    out = root / "offsets-floor"
-    data = memoryview(os.urandom(max((n for _, n in sizes), default=0)))
-
-    def write(part: list[tuple[int, str, int]]) -> list[tuple[Path, Path]]:
-        staged = []
-        for i, rel, n in part:
-            target = out / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".{target.name}.tmp-{i}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, data[:n])
-            finally:
-                os.close(fd)
-            staged.append((tmp, target))
-        return staged
-
-    items = [(i, rel, n) for i, (rel, n) in enumerate(sizes)]
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(FLOOR_THREADS) as pool:  # series by series, as the build goes
-        staged = [
-            x
-            for part in pool.map(write, [items[k::FLOOR_THREADS] for k in range(FLOOR_THREADS)])
-            for x in part
-        ]
-    _syncfs(str(out))
-    for tmp, target in staged:
-        os.replace(tmp, target)
-    _syncfs(str(out))
-    return {
-        "floor_files": len(sizes),
-        "floor_bytes": sum(n for _, n in sizes),
-        "inner_s": time.perf_counter() - t0,
-    }
+    inner = write_bare(root / "offsets-floor", sizes)
+    return {"floor_files": len(sizes), "floor_bytes": sum(n for _, n in sizes), "inner_s": inner}
 
 
 def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:
