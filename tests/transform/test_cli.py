@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
 from lake.commands import offsets as offsets_command
-from lake.errors import ValidationError
+from lake.errors import DataError, ValidationError
 from lake.store.klines import scan_klines, write_klines
 from tests.transform.helpers import T0_MS, random_candles
 
@@ -58,3 +61,44 @@ def test_invalid_combination_is_a_validation_error(tmp_path: Path) -> None:
         ["offsets", "--type", "usdt_perp", "--interval", "1h", "--offsets", "7m", "--root", str(tmp_path)],
     )
     assert isinstance(r.exception, ValidationError) and "multiple of 5m" in str(r.exception)
+
+
+def test_a_damaged_base_partition_stops_an_appended_day_with_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The appended day's month file, damaged as other readers would not notice (its LZ4 pages
+    inflate short: made here by a compressor that drops each page's last value): ``lake offsets``
+    names the file and exits with the bad-data code, and the offsets table is left as it was."""
+    from lake.store import parquet_plain
+
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(1, 300_000, 5 * 288, hole_rate=0.0))
+    args = ["offsets", "--type", "usdt_perp", "--interval", "1h", "--root", str(tmp_path)]
+    cli = [sys.executable, "-m", "lake.cli"]
+    assert subprocess.run([*cli, *args], capture_output=True, text=True, timeout=120).returncode == 0
+    before = sorted(
+        (p.relative_to(tmp_path), p.read_bytes()) for p in (tmp_path / "offsets").rglob("*.parquet")
+    )
+    real = parquet_plain._LZ4
+
+    class Short:
+        def compress(self, body: bytes, asbytes: bool = True) -> bytes:
+            return real.compress(body[:-8], asbytes=True)
+
+    monkeypatch.setattr(parquet_plain, "_LZ4", Short())
+    write_klines(
+        tmp_path,
+        "usdt_perp",
+        "5m",
+        "BTCUSDT",
+        random_candles(2, 300_000, 288, start_ms=T0_MS + 5 * 86_400_000),
+    )
+    monkeypatch.undo()
+    res = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=120)
+    assert res.returncode == DataError.exit_code, res.stderr
+    assert (
+        "corrupt kline partition" in res.stderr and "BTCUSDT" in res.stderr and "Traceback" not in res.stderr
+    )
+    after = sorted(
+        (p.relative_to(tmp_path), p.read_bytes()) for p in (tmp_path / "offsets").rglob("*.parquet")
+    )
+    assert after == before
