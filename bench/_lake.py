@@ -44,7 +44,7 @@ WORK = Path(__file__).resolve().parent / "_work"
 BENCH_START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 STEP_MS = 300_000
 PER_DAY = 288
-FORMAT = f"{CREATED_BY}; {META_KEY}; a second page from the day before the last"  # the layout it writes
+FORMAT = f"{CREATED_BY}; {META_KEY}; a second page from the day before the last, unless whole"  # its layout
 
 
 def symbol_names(count: int) -> list[str]:

@@ -1,14 +1,16 @@
 """Benchmark: what the klines writer's second data page costs full scans (``python -m bench.page_split``).
 
-Since 2026-11-23 a kline partition spanning more than two days has two data pages per numeric column,
-the second from the day before the last (``lake.store.parquet_plain.tail_cut``), so that an offsets
-build following an appended day inflates only those (``lake.store.plain_read``). Readers that scan
-everything decode one more page per column chunk. This bench re-encodes the offsets bench's lake
-(``bench/_lake.py``: 300 symbols × a year of 5m, 3,600 month files) twice into scratch copies, with
-one page per column (the layout before) and with two, and times full scans of both in interleaved
-rounds, files in the page cache: Polars and DuckDB each summing every column (a sum must read the
-pages; DuckDB answers ``max`` from the footers' statistics). Prints ONE JSON line: the best time of
-each and the ratios two pages ÷ one page (1.0 = no cost).
+Since 2026-11-23 a kline partition spanning more than two days that days are appended to has two
+data pages per numeric column, the second from the day before the last
+(``lake.store.parquet_plain.tail_cut``), so that an offsets build following an appended day inflates
+only those (``lake.store.plain_read``); a partition written whole up to its period's end stays one
+page. Readers that scan everything decode one more page per split column chunk. This bench
+re-encodes the offsets bench's lake (``bench/_lake.py``: 300 symbols × a year of 5m, 3,600 month
+files) twice into scratch copies, every file in one page per column and every file in two (the
+worst case: a lake built by appends), and times full scans of both in interleaved rounds, files in
+the page cache: Polars and DuckDB each summing every column (a sum must read the pages; DuckDB
+answers ``max`` from the footers' statistics). Prints ONE JSON line: the best time of each and the
+ratios two pages ÷ one page (1.0 = no cost).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import duckdb
 import polars as pl
 
 from bench._lake import WORK, ensure_lake
-from lake.store import parquet_plain
 from lake.store.parquet_plain import PlainKlines
 
 # Every column but ``source``, as sums: DuckDB answers ``max`` from the footer statistics without
@@ -44,23 +45,17 @@ _DUCKDB_SQL = (
 
 def _copy(files: list[Path], src: Path, dst: Path, pages: int) -> list[str]:
     """``files`` re-encoded under ``dst`` with one or two pages per numeric column."""
-    real_cut = parquet_plain.tail_cut
-    if pages == 1:  # the layout before the split: no cut (this process only)
-        parquet_plain.tail_cut = lambda times: []  # type: ignore[assignment]
-    try:
 
-        def one(f: Path) -> str:
-            out = dst / f.relative_to(src)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            plain = PlainKlines.of(pl.read_parquet(f))
-            assert plain is not None
-            out.write_bytes(plain.encode())
-            return str(out)
+    def one(f: Path) -> str:
+        out = dst / f.relative_to(src)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        plain = PlainKlines.of(pl.read_parquet(f))
+        assert plain is not None
+        out.write_bytes(plain.encode(split=pages == 2))
+        return str(out)
 
-        with ThreadPoolExecutor(4) as pool:
-            return list(pool.map(one, files))
-    finally:
-        parquet_plain.tail_cut = real_cut
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, files))
 
 
 def _polars(files: list[str]) -> float:

@@ -130,7 +130,7 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
     return out
 
 
-def encode_parquet(df: pl.DataFrame, *, prints: bool | None = None) -> bytes:
+def encode_parquet(df: pl.DataFrame, *, prints: bool | None = None, split: bool = True) -> bytes:
     """The bytes of ``df`` as the lake stores every table file (parquet, LZ4, with statistics).
 
     Kline partitions (the kline columns, no nulls) are written by ``lake.store.parquet_plain``, ~3x
@@ -146,7 +146,7 @@ def encode_parquet(df: pl.DataFrame, *, prints: bool | None = None) -> bytes:
     the types from the parquet logical types (Polars and DuckDB read the same types as from Polars'
     own writer).
     """
-    data = encode_plain(df, prints=prints)
+    data = encode_plain(df, prints=prints, split=split)
     return data if data is not None else _encode_table(df.to_arrow(compat_level=pl.CompatLevel.newest()))
 
 
@@ -156,13 +156,14 @@ def day_prints(iv: Interval) -> bool:
     return partition_period(iv) != "day"
 
 
-def _slice_encoder(rows: pl.DataFrame, prints: bool) -> Callable[[int, int], bytes]:
-    """Encodes partitions that are slices ``(first row, count)`` of ``rows``, preparing the rows once."""
+def _slice_encoder(rows: pl.DataFrame, prints: bool) -> Callable[[int, int, bool], bytes]:
+    """Encodes partitions that are slices ``(first row, count, split)`` of ``rows``, preparing the
+    rows once (``split``: see ``PlainKlines.encode``)."""
     plain = PlainKlines.of(rows)
     if plain is not None:
-        return lambda lo, n: plain.encode(lo, n, prints=prints)
+        return lambda lo, n, split: plain.encode(lo, n, prints=prints, split=split)
     table = rows.to_arrow(compat_level=pl.CompatLevel.newest())  # zero-copy slices below
-    return lambda lo, n: _encode_table(table.slice(lo, n))
+    return lambda lo, n, split: _encode_table(table.slice(lo, n))
 
 
 def _encode_table(table: pa.Table) -> bytes:
@@ -250,7 +251,7 @@ def write_klines(
                     have.add(key.date)
         parts.sort()
     written, unchanged, added = 0, 0, 0
-    encode_slice: Callable[[int, int], bytes] | None = None  # set up once, for all new partitions
+    encode_slice: Callable[[int, int, bool], bytes] | None = None  # set up once, for all new partitions
     removed: list[str] = []
     with lfs.lock(series_dir("klines", tt.name, iv.name, symbol)):
         pending: list[tuple[str, bytes]] = []
@@ -280,7 +281,11 @@ def write_klines(
             if merged is part:  # a new partition: its bytes come from a slice of the rows
                 if encode_slice is None:
                     encode_slice = _slice_encoder(rows, prints)
-                data = encode_slice(lo, n)
+                # written whole up to its period's last day (history): no day will be appended to
+                # it, so it needs no second page for its last days
+                last = part.item(part.height - 1, "candle_begin_time")
+                whole = last.date() >= partition_end(iv, pdate) - dt.timedelta(days=1)
+                data = encode_slice(lo, n, not whole)
             else:
                 data = encode_parquet(merged, prints=prints)
             pending.append((key.path, data))

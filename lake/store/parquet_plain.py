@@ -24,8 +24,10 @@ default a file spanning several days gets them). It stays one row group: a secon
 month file's last two days made full scans of the lake 12–18% slower in Polars and DuckDB (2026-11-23,
 BENCHMARKS.md). Instead, in a file spanning more than two days each numeric column is two data
 pages, the second from the first candle of the day before the last day (``tail_cut``): an offsets
-build following an appended day inflates only those (``lake.store.plain_read``), for a few percent
-on full scans (``bench/page_split.py``: best of rounds Polars +1–4%, DuckDB +2–8%).
+build following an appended day inflates only those (``lake.store.plain_read``). Full scans pay a few
+percent for such files (``bench/page_split.py``, all files split: best of rounds Polars +1–4%, DuckDB
++2–8%), so a partition written whole with its period's last day (history from the archive or a
+backfill, most of a lake) stays one page: the split is for the partitions days are appended to.
 """
 
 from __future__ import annotations
@@ -364,12 +366,16 @@ class PlainKlines:
         codes = values.search_sorted(src).to_numpy().astype(np.int64)
         return cls(df, arrays, [v.encode() for v in values.to_list()], codes)
 
-    def encode(self, lo: int = 0, n: int | None = None, *, prints: bool | None = None) -> bytes:
+    def encode(
+        self, lo: int = 0, n: int | None = None, *, prints: bool | None = None, split: bool = True
+    ) -> bytes:
         """The parquet bytes of rows ``[lo, lo + n)`` (all rows from ``lo`` by default).
 
         ``prints``: whether the footer gets the rows' day fingerprints (``lake.store.dayprints``);
         by default when they span several UTC days. The klines store asks for them in every file of
-        a partition longer than a day, its first day's included."""
+        a partition longer than a day, its first day's included. ``split``: whether the numeric
+        columns may get a second page for their last days (``tail_cut``); the store turns it off for
+        a new partition that already holds its period's last day (no day will be appended to it)."""
         n = len(self.codes) - lo if n is None else n
         if n <= 0:
             raise ValueError("no rows to encode")
@@ -380,7 +386,7 @@ class PlainKlines:
             packed = partition_prints(times, self.hashes()[lo : lo + n])
             meta.append(_Struct().binary(1, META_KEY.encode()).binary(2, packed.encode()).end())
         out = bytearray(_MAGIC)
-        group = self._row_group(out, lo, n)
+        group = self._row_group(out, lo, n, split)
         footer = _Struct()
         footer.buf += _FOOTER_HEAD
         footer.last = 2
@@ -401,13 +407,13 @@ class PlainKlines:
             self._hashes = row_hashes(self._frame)
         return self._hashes
 
-    def _row_group(self, out: bytearray, lo: int, n: int) -> bytes:
+    def _row_group(self, out: bytearray, lo: int, n: int, split: bool) -> bytes:
         """Appends the column chunks of rows ``[lo, lo + n)`` to ``out``; returns the RowGroup."""
         start = len(out)
         chunks: list[bytes] = []
         total = 0
         levels = def_levels(n)
-        cuts = tail_cut(self.arrays["candle_begin_time"][lo : lo + n])
+        cuts = tail_cut(self.arrays["candle_begin_time"][lo : lo + n]) if split else []
         for name, kind in _KINDS:
             offset = len(out)
             dict_offset: int | None = None
@@ -461,12 +467,12 @@ class PlainKlines:
 _FOOTER_HEAD = _Struct().i32(1, 2).list_struct(2, _SCHEMA).buf
 
 
-def encode_plain(df: pl.DataFrame, *, prints: bool | None = None) -> bytes | None:
+def encode_plain(df: pl.DataFrame, *, prints: bool | None = None, split: bool = True) -> bytes | None:
     """The parquet bytes of kline rows ``df``, or ``None`` when this writer does not support them
-    (other columns or dtypes, nulls, no rows): then encode with pyarrow. ``prints``: see
+    (other columns or dtypes, nulls, no rows): then encode with pyarrow. ``prints``, ``split``: see
     ``PlainKlines.encode``."""
     prepared = PlainKlines.of(df)
-    return None if prepared is None else prepared.encode(prints=prints)
+    return None if prepared is None else prepared.encode(prints=prints, split=split)
 
 
 # -- reading back the day fingerprints ----------------------------------------------------------

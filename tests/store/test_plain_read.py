@@ -245,3 +245,29 @@ def test_a_file_whose_pages_inflate_short_is_an_error(
     path.write_bytes(data)
     with pytest.raises(DataError, match=r"corrupt kline partition .*inflates to fewer bytes"):
         read_since(path, T0 + 4 * DAY, COLUMNS)
+
+
+def test_the_store_splits_the_partitions_days_are_appended_to(tmp_path: Path) -> None:
+    """A month written whole up to its last day (history) stays one page, so full scans pay nothing
+    for it; a month still open is split, and so is one whose last day came by an append."""
+    from lake.store.klines import write_klines
+
+    def pages(sym: str, month: str) -> int:
+        path = tmp_path / f"klines/trade_type=usdt_perp/interval=5m/symbol={sym}/date={month}/data.parquet"
+        return len(_pages(path, "open"))
+
+    jan = T0 + 300_000 * np.arange(31 * 288, dtype=np.int64)  # all of January 2024
+    write_klines(
+        tmp_path, "usdt_perp", "5m", "AUSDT", _frame(np.append(jan, jan[-1] + 300_000 * np.arange(1, 2881)))
+    )
+    assert pages("AUSDT", "2024-01-01") == 1  # whole: January up to its 31st
+    assert pages("AUSDT", "2024-02-01") == 2  # ten days of February: open
+    write_klines(tmp_path, "usdt_perp", "5m", "BUSDT", _frame(jan[: 30 * 288]))
+    assert pages("BUSDT", "2024-01-01") == 2
+    write_klines(tmp_path, "usdt_perp", "5m", "BUSDT", _frame(jan[30 * 288 :], seed=1))  # the 31st appended
+    assert pages("BUSDT", "2024-01-01") == 2
+    since = int(jan[-1]) - 55 * 60_000
+    path = tmp_path / "klines/trade_type=usdt_perp/interval=5m/symbol=BUSDT/date=2024-01-01/data.parquet"
+    got = read_since(path, since, COLUMNS)
+    assert got is not None and len(got["open"]) == 12
+    _same(got, _expected(path, since))
