@@ -282,10 +282,12 @@ def write_klines(
                 if encode_slice is None:
                     encode_slice = _slice_encoder(rows, prints)
                 # written whole up to its period's last day (history): no day will be appended to
-                # it, so it needs no second page for its last days
-                last = part.item(part.height - 1, "candle_begin_time")
-                whole = last.date() >= partition_end(iv, pdate) - dt.timedelta(days=1)
-                data = encode_slice(lo, n, not whole)
+                # it, so it needs no second page for its last days (nor does a day's file)
+                split = prints and (
+                    part.item(part.height - 1, "candle_begin_time").date()
+                    < partition_end(iv, pdate) - dt.timedelta(days=1)
+                )
+                data = encode_slice(lo, n, split)
             else:
                 data = encode_parquet(merged, prints=prints)
             pending.append((key.path, data))

@@ -42,6 +42,7 @@ from lake.store.plain_read import read_since
 from lake.transform.layout import offsets_period, period_end, period_start
 from lake.transform.manifest import Series
 from lake.transform.offsets import OffsetPlan
+from lake.transform.tail import arrow_column
 
 __all__ = [
     "CHUNK_ROWS",
@@ -271,12 +272,6 @@ _ARROW = {
 _NUMERIC = [c for c in _ARROW if c != "candle_begin_time"]
 
 
-def _arrow(values: np.ndarray, kind: pa.DataType) -> pa.Array:
-    """A zero-copy Arrow view of a contiguous NumPy array without nulls (``pa.array`` and
-    ``pl.Series`` would each import a library of ~15–250 ms on first use: numpy.ma, pandas)."""
-    return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
-
-
 def _read_since(lfs: LakeFS, paths: list[str], cut: int) -> pl.DataFrame:
     """The rows of base partition files opening at or after ``cut`` (ms), with ``_sym`` (each file's
     index in ``paths``), as ``scan_coded`` reads them. Files of lake's writer on a local disk are
@@ -294,9 +289,11 @@ def _read_since(lfs: LakeFS, paths: list[str], cut: int) -> pl.DataFrame:
     if found:
         lengths = [len(got["candle_begin_time"]) for _, got in found]
         codes = np.repeat(np.array([i for i, _ in found], dtype=np.uint32), lengths)
-        arrays = [_arrow(codes, pa.uint32())]
+        arrays = [arrow_column(codes, pa.uint32())]
         # (np.concatenate copies, also a single array: the views read_since returns are unaligned)
-        arrays += [_arrow(np.concatenate([got[c] for _, got in found]), kind) for c, kind in _ARROW.items()]
+        arrays += [
+            arrow_column(np.concatenate([got[c] for _, got in found]), kind) for c, kind in _ARROW.items()
+        ]
         frames.append(pl.DataFrame(pl.from_arrow(pa.Table.from_arrays(arrays, ["_sym", *_ARROW]))))
     if rest:
         scan = scan_coded(lfs, [paths[i] for i in rest], rest)
