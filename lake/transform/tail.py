@@ -66,6 +66,7 @@ __all__ = [
     "ensure_tail",
     "load_state",
     "new_name",
+    "numpy_frame",
     "read_layer",
     "resolve",
     "tail_dir",
@@ -127,6 +128,16 @@ def arrow_column(values: np.ndarray, kind: pa.DataType | None = None) -> pa.Arra
     elif kind.bit_width != 8 * values.dtype.itemsize:
         raise ValueError(f"{values.dtype} values are not {kind}")
     return pa.Array.from_buffers(kind, len(values), [None, pa.py_buffer(values)])
+
+
+def numpy_frame(columns: dict[str, np.ndarray], kinds: dict[str, pa.DataType] | None = None) -> pl.DataFrame:
+    """NumPy columns without nulls as a Polars frame, without copies (``arrow_column``; ``kinds``:
+    the Arrow type of some of them). Through an Arrow *table*: a Series from NumPy imports
+    ``numpy.ma`` and one from an Arrow array ``pyarrow.compute`` (7–12 and ~40 ms, once per process:
+    an appended day's offsets run takes ~0.25 s)."""
+    kinds = kinds or {}
+    arrays = [arrow_column(v, kinds.get(c)) for c, v in columns.items()]
+    return pl.DataFrame(pl.from_arrow(pa.Table.from_arrays(arrays, list(columns))))
 
 
 @dataclass
