@@ -83,9 +83,17 @@ _TAIL_READ = 1 << 15  # the rest of a chunk is read at once when it is this smal
 
 def _zz(raw: bytes) -> int:
     """A zigzag varint's value from its bytes."""
-    v = raw[-1]
-    for b in reversed(raw[:-1]):
-        v = (v << 7) | (b & 0x7F)
+    n = len(raw)
+    if n == 1:  # the sizes of the writer's pages take one to three bytes
+        v = raw[0]
+    elif n == 2:
+        v = (raw[0] & 0x7F) | (raw[1] << 7)
+    elif n == 3:
+        v = (raw[0] & 0x7F) | ((raw[1] & 0x7F) << 7) | (raw[2] << 14)
+    else:
+        v = raw[-1]
+        for b in reversed(raw[:-1]):
+            v = (v << 7) | (b & 0x7F)
     return (v >> 1) ^ -(v & 1)
 
 
@@ -126,19 +134,26 @@ class _File:
 
     def pages(self, name: str) -> tuple[int, list[_Page]]:
         """The codec and pages of column ``name``'s chunk."""
-        if name not in self.chunks:
+        chunk = self.chunks.get(name)
+        if chunk is None:
             raise _Skip
-        codec, rows, offset, size = self.chunks[name]
+        codec, rows, offset, size = chunk
         out = []
         at, end, first = offset, offset + size, 0
         while at < end:
-            if end - at <= _TAIL_READ and not self.held_at <= at < self.held_at + len(self.held):
-                self.held, self.held_at = self._read(end - at, at), at
-            m = _PAGE.match(self._read(min(_HEADER_MAX, end - at), at))
+            if end - at <= _TAIL_READ:  # the chunk's last pages: read at once, headers matched in place
+                if not self.held_at <= at < self.held_at + len(self.held):
+                    self.held, self.held_at = self._read(end - at, at), at
+                pos = at - self.held_at
+                m = _PAGE.match(self.held, pos)
+            else:
+                pos = 0
+                m = _PAGE.match(self._read(min(_HEADER_MAX, end - at), at))
             if m is None:
                 raise _Skip
-            raw, comp, n = map(_zz, m.groups())
-            hlen = m.end()
+            g = m.groups()
+            raw, comp, n = _zz(g[0]), _zz(g[1]), _zz(g[2])
+            hlen = m.end() - pos
             if n <= 0 or comp < 0 or at + hlen + comp > end or raw != 8 * n + len(_levels(n)):
                 raise _Skip  # sizes no page of the writer has
             if codec == _UNCOMPRESSED and comp != raw:
