@@ -24,6 +24,7 @@ Two methods:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ def parse_duration_ms(text: str) -> int:
     return sum(int(num) * _UNITS_MS[unit] for num, unit in _PART_RE.findall(s))
 
 
+@functools.lru_cache(maxsize=1024)  # asked per series and offset (3,600 times a run)
 def format_offset(ms: int, base: Interval | None = None) -> str:
     """Canonical name of an offset: ``0m``, ``5m``, ``1h``, ``1h15m``, ``2d``.
 

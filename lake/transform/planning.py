@@ -54,6 +54,7 @@ __all__ = [
     "fingerprints",
     "plan_all",
     "read_footers",
+    "read_since_coded",
     "scan_coded",
 ]
 
@@ -92,9 +93,10 @@ class Work:
     tail_start: int | None = None
     legacy_from: int | None = None
     data_end: int | None = None  # end (ms) of the base data, before or after the run, whichever later
-    # a tail run's base candles from ``lo`` on, when planning read all of them (no second read):
-    # row ranges of planning's frames
+    # a tail run's base candles from ``lo`` on that planning read (no second read): row ranges of
+    # planning's frames, and the partitions of ``read`` it did not read (``rest``)
     cached: list[_Rows] | None = None
+    rest: list[str] = field(default_factory=list)
 
     @property
     def fold_from(self) -> int | None:
@@ -251,7 +253,7 @@ def _read_partitions(
         if first is not None:
             cuts.setdefault(first * MS_PER_DAY - reach, []).append(sd)
     for cut, group in sorted(cuts.items()):
-        frame = _read_since(lfs, [paths[sd] for sd in group], cut)
+        frame = read_since_coded(lfs, [paths[sd] for sd in group], cut)
         for sd, rows in _split_rows(frame, group, cut).items():
             out[sd] = (out[sd][0], rows)
     if whole:
@@ -275,10 +277,15 @@ _ARROW = {
 _NUMERIC = [c for c in _ARROW if c != "candle_begin_time"]
 
 
-def _read_since(lfs: LakeFS, paths: list[str], cut: int) -> pl.DataFrame:
+def read_since_coded(
+    lfs: LakeFS, paths: list[str], cut: int, codes: Sequence[int] | None = None
+) -> pl.DataFrame:
     """The rows of base partition files opening at or after ``cut`` (ms), with ``_sym`` (each file's
-    index in ``paths``), as ``scan_coded`` reads them. Files of lake's writer on a local disk are
-    read from the pages holding those rows only (``lake.store.plain_read``), the others by Polars."""
+    code, by default its index in ``paths``), as ``scan_coded`` reads them, files in the order given
+    unless some were read by the fallback (those come last). Files of lake's writer on a local disk
+    are read from the pages holding those rows only (``lake.store.plain_read``), the others by
+    Polars."""
+    code_of = list(codes) if codes is not None else list(range(len(paths)))
     since = pl.col("candle_begin_time") >= pl.lit(cut).cast(OFFSET_SCHEMA["candle_begin_time"])
     found: list[tuple[int, dict[str, np.ndarray]]] = []
     rest: list[int] = []
@@ -291,15 +298,15 @@ def _read_since(lfs: LakeFS, paths: list[str], cut: int) -> pl.DataFrame:
     frames = []
     if found:
         lengths = [len(got["candle_begin_time"]) for _, got in found]
-        codes = np.repeat(np.array([i for i, _ in found], dtype=np.uint32), lengths)
-        arrays = [arrow_column(codes, pa.uint32())]
+        sym = np.repeat(np.array([code_of[i] for i, _ in found], dtype=np.uint32), lengths)
+        arrays = [arrow_column(sym, pa.uint32())]
         # (np.concatenate copies, also a single array: the views read_since returns are unaligned)
         arrays += [
             arrow_column(np.concatenate([got[c] for _, got in found]), kind) for c, kind in _ARROW.items()
         ]
         frames.append(pl.DataFrame(pl.from_arrow(pa.Table.from_arrays(arrays, ["_sym", *_ARROW]))))
     if rest:
-        scan = scan_coded(lfs, [paths[i] for i in rest], rest)
+        scan = scan_coded(lfs, [paths[i] for i in rest], [code_of[i] for i in rest])
         frames.append(scan.filter(since).collect())
     return pl.concat(frames) if len(frames) > 1 else frames[0]
 
@@ -529,10 +536,13 @@ def _plan_series(
         # (each partition read either fingerprinted at planning or unchanged: no fingerprints to take)
         if all(d in known or tokens[d] == state.partitions.get(d) for d in read):
             w = Work(symbol, tokens, read, lo, None, len(changed), days=known, tail=True)
-            # planning's rows serve only if they hold every row the run needs: a partition read from
-            # its own first changed day on may start after lo (two changed months of one series)
-            if all(d in frames and frames[d].covers(max(lo, _span(plan.base, d)[0])) for d in read):
-                w.cached = [frames[d].since(lo) for d in read]
+            # planning's rows of a partition serve if they hold every row the run needs of it: one
+            # read from its own first changed day on may start after lo (two changed months of one
+            # series); the run reads the others (the month before a new month's first day)
+            held = [d for d in read if d in frames and frames[d].covers(max(lo, _span(plan.base, d)[0]))]
+            if held:
+                w.cached = [frames[d].since(lo) for d in held]
+                w.rest = [d for d in read if d not in held]
             return w, keys
     # otherwise the bins of [lo, hi) are merged into the period files, and a tail is folded into them
     read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]

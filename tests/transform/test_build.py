@@ -159,7 +159,7 @@ def test_planning_reads_the_last_pages_as_polars_reads_the_files(tmp_path: Path)
     ]
     pl.read_parquet(paths[1]).write_parquet(paths[1])  # another writer's file
     cut = T0_MS + 8 * 86_400_000 - 55 * 60_000
-    got = planning._read_since(lfs, paths, cut)
+    got = planning.read_since_coded(lfs, paths, cut)
     since = pl.col("candle_begin_time") >= pl.lit(cut).cast(pl.Datetime("ms", "UTC"))
     want = planning.scan_coded(lfs, paths, list(range(len(paths)))).filter(since).collect()
     assert got.schema == want.schema
@@ -339,10 +339,35 @@ def test_a_write_between_planning_and_reading_is_found_next_run(
     _assert_table(tmp_path, ["ETHUSDT"])
 
 
-def test_footers_read_by_threads_equal_one_by_one(tmp_path: Path) -> None:
-    """Above 64 files, footers are read by a few threads (a cold page cache costs a wait per file);
+def test_a_new_month_reads_the_last_hour_of_the_one_before_only(tmp_path: Path) -> None:
+    """The first day of a month appended: planning reads the new month's file, the run adds the
+    previous month's last 55 minutes (page by page, or by Polars for another writer's file, whose
+    rows then come after the others and are put in order): 11 + 288 candles a series, and the
+    offsets equal a rebuild."""
+    syms = ["AUSDT", "BUSDT", "CUSDT"]
+    for i, sym in enumerate(syms):
+        for d in range(27, 31):  # January 28 to 31
+            write_klines(tmp_path, "usdt_perp", "5m", sym, _day(10 * i + d, d, hole_rate=0.0))
+    jan = tmp_path / PartitionKey.for_candle("klines", "usdt_perp", "5m", "BUSDT", T0_MS).path
+    pl.read_parquet(jan).write_parquet(jan)  # another writer's file
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    for i, sym in enumerate(syms):
+        write_klines(tmp_path, "usdt_perp", "5m", sym, _day(10 * i + 31, 31, hole_rate=0.0))
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    assert r.base_partitions_changed == 3 and r.written == 1
+    assert r.base_rows_read == 3 * (11 + DAY)
+    _assert_table(tmp_path, syms)
+
+
+@pytest.mark.parametrize("cached_s", [planning._CACHED_FOOTER_S, 0.0])
+def test_footers_read_by_threads_equal_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached_s: float
+) -> None:
+    """Above 64 files, footers are read in turn while they come from the page cache, else by a few
+    threads (a cold page cache costs a wait per file; ``cached_s`` 0 makes every footer look cold);
     the answers are the same, in order: fingerprints, or None for a file of another writer or a
     missing file."""
+    monkeypatch.setattr(planning, "_CACHED_FOOTER_S", cached_s)
     lfs = LakeFS(str(tmp_path))
     urls = []
     for i in range(70):
