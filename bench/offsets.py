@@ -131,23 +131,27 @@ def _write_floor(root: Path) -> dict[str, object]:
     return {"floor_files": len(sizes), "floor_bytes": sum(n for _, n in sizes), "inner_s": inner}
 
 
-# The offsets tables an incremental run changes: restored between its repetitions.
-_RUN_STATE = ("offsets_tail", "_meta/offsets")
+# What an incremental run changes (its tail files, its manifest, punches of dead pages it leaves to
+# a later process): restored between its repetitions.
+_RUN_STATE = ("offsets_tail", "_meta/offsets", "_meta/punch")
 
 
 def _snapshot(root: Path) -> Path:
-    """A copy of what an offsets run over an appended day changes (its tail files, its manifest)."""
+    """A copy of what an offsets run over an appended day changes."""
     snap = Path(tempfile.mkdtemp(prefix="incremental-state-", dir=root.parent))
     for rel in _RUN_STATE:
-        shutil.copytree(root / rel, snap / rel)
+        if (root / rel).exists():
+            shutil.copytree(root / rel, snap / rel)
     return snap
 
 
 def _restore(root: Path, snap: Path) -> None:
     """Put the state ``_snapshot`` copied back, so that the incremental run can be timed again."""
     for rel in _RUN_STATE:
-        _discard(root / rel)
-        shutil.copytree(snap / rel, root / rel)
+        if (root / rel).exists():
+            _discard(root / rel)
+        if (snap / rel).exists():
+            shutil.copytree(snap / rel, root / rel)
 
 
 def _run_child(name: str, root: Path, workers: int) -> dict[str, object]:

@@ -72,6 +72,7 @@ from lake.transform.planning import (
     Tally,
     Work,
     _Rows,
+    _span,
     base_footers,
     fingerprints,
     plan_all,
@@ -480,8 +481,12 @@ def _batches(items: list[Work], batch_rows: int, plan: OffsetPlan) -> Iterator[l
     rows = weight = 0
     for w in items:
         batch.append(w)
-        if w.cached is not None:
-            rows += sum(r.b - r.a for r in w.cached) + len(w.rest) * per_partition
+        if w.cached is not None:  # the rest from lo on only (the last hour of a month, say)
+            assert w.lo is not None
+            rest = [
+                min(per_partition, max(0, (_span(plan.base, d)[1] - w.lo) // plan.base_ms)) for d in w.rest
+            ]
+            rows += sum(r.b - r.a for r in w.cached) + sum(rest)
         else:
             rows += len(w.read) * per_partition
         weight += _BATCH_SYMBOLS if w.tail else _TAIL_BATCH_SYMBOLS
@@ -524,23 +529,13 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]
             continue
         if tail:  # from a constant bound on: lake's own files page by page, the others filtered by Polars
             lo = min(batch[i].lo or 0 for _, i in files)
-            got = read_since_coded(lfs, [f for f, _ in files], lo, [i for _, i in files])
-            scans.append(_by_series(got).lazy())
+            scans.append(read_since_coded(lfs, [f for f, _ in files], lo, [i for _, i in files]).lazy())
         else:
             scans.append(scan_coded(lfs, [f for f, _ in files], [i for _, i in files]))
     if not scans:
         return pl.DataFrame(schema={"_sym": pl.UInt32, **OFFSET_SCHEMA}).drop("n_base")
     out = pl.concat(scans).collect()
     return out if len(scans) == 1 else out.sort("_sym", "candle_begin_time")
-
-
-def _by_series(frame: pl.DataFrame) -> pl.DataFrame:
-    """``frame`` ordered by ``_sym``, then time (sorted only if it is not: a series' partitions
-    read by another reader come after the others)."""
-    sym, t = pl.col("_sym").cast(pl.Int64).diff(), pl.col("candle_begin_time").to_physical().diff()
-    if frame.select(((sym > 0) | ((sym == 0) & (t > 0))).fill_null(True).all()).item():
-        return frame
-    return frame.sort("_sym", "candle_begin_time")
 
 
 def _cached_rows(ranges: list[tuple[int, _Rows]]) -> pl.DataFrame:

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -163,7 +164,7 @@ def test_planning_reads_the_last_pages_as_polars_reads_the_files(tmp_path: Path)
     since = pl.col("candle_begin_time") >= pl.lit(cut).cast(pl.Datetime("ms", "UTC"))
     want = planning.scan_coded(lfs, paths, list(range(len(paths)))).filter(since).collect()
     assert got.schema == want.schema
-    assert got.sort("_sym", "candle_begin_time").equals(want.sort("_sym", "candle_begin_time"))
+    assert got.equals(want)  # in file order, another writer's file (read by Polars) too
     assert set(got["_sym"].unique().to_list()) == {0, 1, 4}
     served = [plain_read.read_since(p, cut, planning._NUMERIC) is not None for p in paths]
     assert served == [True, False, True, True, True]  # by pages, except another writer's file
@@ -341,9 +342,8 @@ def test_a_write_between_planning_and_reading_is_found_next_run(
 
 def test_a_new_month_reads_the_last_hour_of_the_one_before_only(tmp_path: Path) -> None:
     """The first day of a month appended: planning reads the new month's file, the run adds the
-    previous month's last 55 minutes (page by page, or by Polars for another writer's file, whose
-    rows then come after the others and are put in order): 11 + 288 candles a series, and the
-    offsets equal a rebuild."""
+    previous month's last 55 minutes (page by page, or by Polars for another writer's file): 11 +
+    288 candles a series, and the offsets equal a rebuild."""
     syms = ["AUSDT", "BUSDT", "CUSDT"]
     for i, sym in enumerate(syms):
         for d in range(27, 31):  # January 28 to 31
@@ -359,14 +359,28 @@ def test_a_new_month_reads_the_last_hour_of_the_one_before_only(tmp_path: Path) 
     _assert_table(tmp_path, syms)
 
 
-@pytest.mark.parametrize("cached_s", [planning._CACHED_FOOTER_S, 0.0])
+def test_tail_runs_of_a_new_month_are_batched_by_the_rows_they_read() -> None:
+    """A new month's first day: each series reads its new day (planning's rows) and the last 55
+    minutes of the month before, so 300 of them are one batch, not a month each (two batches)."""
+    plan = offset_plan("1h", "5m", "all")
+    lo = T0_MS + 31 * DAY * B - 11 * B  # February 1st less 55 minutes
+    rows = planning._Rows(pl.DataFrame(), np.zeros(0, np.int64), planning._Hashes(), 0, DAY)
+    items = []
+    for i in range(300):
+        w = planning.Work(f"S{i:03d}USDT", {}, ["2024-01-01", "2024-02-01"], lo, None, 1, tail=True)
+        w.cached, w.rest = [rows], ["2024-01-01"]
+        items.append(w)
+    assert [len(b) for b in build_mod._batches(items, 2_000_000, plan)] == [300]
+
+
+@pytest.mark.parametrize("cached_s", [float("inf"), 0.0])
 def test_footers_read_by_threads_equal_one_by_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached_s: float
 ) -> None:
     """Above 64 files, footers are read in turn while they come from the page cache, else by a few
     threads (a cold page cache costs a wait per file; ``cached_s`` 0 makes every footer look cold);
     the answers are the same, in order: fingerprints, or None for a file of another writer or a
-    missing file."""
+    missing file. (``cached_s`` infinite: every footer looks cached.)"""
     monkeypatch.setattr(planning, "_CACHED_FOOTER_S", cached_s)
     lfs = LakeFS(str(tmp_path))
     urls = []
