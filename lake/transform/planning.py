@@ -204,12 +204,16 @@ class _Rows:
 
 @dataclass(slots=True)
 class _Hashes:
-    """Row hashes of a frame as chunks (first row, hashes), each a run of whole series."""
+    """Row hashes of a frame as chunks (first row, hashes), each a run of whole series; or the
+    frame, hashed when first asked (an appended whole day never asks)."""
 
     chunks: list[tuple[int, np.ndarray]] = field(default_factory=list)
+    pending: pl.DataFrame | None = None
 
     def sum(self, i: int, j: int) -> int:
         """The wrapped uint64 sum of the hashes of rows ``[i, j)`` (rows of one series)."""
+        if self.pending is not None:
+            self.chunks, self.pending = [(0, row_hashes(self.pending))], None
         at = bisect.bisect_right([a for a, _ in self.chunks], i) - 1
         a, h = self.chunks[at]
         return int(h[i - a : j - a].sum(dtype=np.uint64))
@@ -381,8 +385,11 @@ def _first_change(new: str, old: str) -> int | None:
 
 def _ordered(frame: pl.DataFrame) -> pl.DataFrame:
     """Rows by (``_sym``, time), as the lake writes them (a file not written by lake is sorted)."""
-    rising = (pl.col("candle_begin_time").to_physical().diff() > 0) | (pl.col("_sym").diff() != 0)
-    if not frame.select(rising.fill_null(True).all()).item():
+    # NumPy views of the two columns: the same test as a Polars expression took ~4 ms of an
+    # appended day's run
+    code = frame["_sym"].to_numpy()
+    t = frame["candle_begin_time"].to_physical().to_numpy()
+    if not np.all((code[1:] != code[:-1]) | (t[1:] > t[:-1])):
         frame = frame.sort("_sym", "candle_begin_time")
     return frame
 
@@ -399,7 +406,7 @@ def _split_rows(
         return {}
     if hashes is None:
         frame = _ordered(frame)
-        hashes = _Hashes([(0, row_hashes(frame))])
+        hashes = _Hashes(pending=frame)
     code = frame["_sym"].to_numpy()
     starts = [0, *(np.flatnonzero(code[1:] != code[:-1]) + 1).tolist()]
     ends = [*starts[1:], len(code)]
