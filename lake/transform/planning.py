@@ -285,10 +285,10 @@ def read_since_coded(
     lfs: LakeFS, paths: list[str], cut: int, codes: Sequence[int] | None = None
 ) -> pl.DataFrame:
     """The rows of base partition files opening at or after ``cut`` (ms), with ``_sym`` (each file's
-    code, by default its index in ``paths``), as ``scan_coded`` reads them: ordered by code, then
-    time, for codes that do not decrease along ``paths`` (files in the order given). Files of lake's
-    writer on a local disk are read from the pages holding those rows only
-    (``lake.store.plain_read``), the others by Polars."""
+    code, by default its index in ``paths``), as ``scan_coded`` reads them: files in the order
+    given (for codes that do not decrease along ``paths``), each file's rows in time order unless it
+    is another writer's unsorted file read alone. Files of lake's writer on a local disk are read
+    from the pages holding those rows only (``lake.store.plain_read``), the others by Polars."""
     code_of = list(codes) if codes is not None else list(range(len(paths)))
     since = pl.col("candle_begin_time") >= pl.lit(cut).cast(OFFSET_SCHEMA["candle_begin_time"])
     found: list[tuple[int, dict[str, np.ndarray]]] = []

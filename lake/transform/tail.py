@@ -102,7 +102,7 @@ _ARROW_SCHEMA = pa.schema(
 # Times and counts delta-packed, floats plain, nothing compressed, statistics on the symbol, time
 # and tail_from columns only (row groups are by symbol; a filter on offset reads them all, as it
 # would anyway): a day of bins of 300 symbols (86,400 rows) is 6.0 MB encoded in
-# 6–8 ms. LZ4 on the floats saved 15% of the bytes for twice the time, and statistics on every
+# 6–10 ms (15–25 ms the first time in a process). LZ4 on the floats saved 15% of the bytes for twice the time, and statistics on every
 # column cost 4–5 ms more (bench lake, 2026-11-23); the period files' byte-stream-split took ~34 ms.
 _INTS = ("candle_begin_time", "trade_num", "n_base", "tail_from")
 _ENCODINGS = {
@@ -134,8 +134,8 @@ def arrow_column(values: np.ndarray, kind: pa.DataType | None = None) -> pa.Arra
 
 
 def numpy_frame(columns: dict[str, np.ndarray], kinds: dict[str, pa.DataType] | None = None) -> pl.DataFrame:
-    """NumPy columns without nulls as a Polars frame, without copies (``arrow_column``; ``kinds``:
-    the Arrow type of some of them). Through an Arrow *table*: a Series from NumPy imports
+    """NumPy columns without nulls as a Polars frame (``arrow_column``: int64 and float64 columns
+    are not copied; ``kinds``: the Arrow type of some of them). Through an Arrow *table*: a Series from NumPy imports
     ``numpy.ma`` and one from an Arrow array ``pyarrow.compute`` (7–12 and ~40 ms, once per process:
     an appended day's offsets run takes ~0.25 s)."""
     kinds = kinds or {}
