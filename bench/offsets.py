@@ -10,7 +10,7 @@ Measures, on one synthetic lake (``bench/_lake.py``; cached under ``bench/_work/
     ``write_floor_over_scan`` and as ``ours_over_scan_plus_write_floor`` (the build against reading
     its input plus writing its output, one after the other);
 then appends one day to every symbol and times the incremental rerun (three times from the same
-state, its tail files and manifest put back in between: the median is ``incremental_s``, every run is
+state, its tail files, manifest and pending punches put back in between: the median is ``incremental_s``, every run is
 in ``incremental_runs_s``; one run of ~0.25 s varied by ±30% on this VM), a rerun with nothing to do, a
 second appended day (its tail file is merged with the first one), and an explicit fold of the tail
 into the yearly files (what a run does about once a month).
@@ -234,11 +234,13 @@ def main(argv: list[str] | None = None) -> None:
         append_day(root, args.symbols, args.days)
         before = _snapshot(root)
         runs = []
-        for k in range(INCREMENTAL_RUNS):
-            if k:
-                _restore(root, before)
-            runs.append(_run_child("ours", root, args.workers))
-        _discard(before)
+        try:
+            for k in range(INCREMENTAL_RUNS):
+                if k:
+                    _restore(root, before)
+                runs.append(_run_child("ours", root, args.workers))
+        finally:
+            _discard(before)
         incremental = sorted(runs, key=lambda r: float(r["seconds"]))[len(runs) // 2]  # type: ignore[arg-type]
         noop = _run_child("ours", root, args.workers)
         append_day(root, args.symbols, args.days + 1)

@@ -483,9 +483,8 @@ def _batches(items: list[Work], batch_rows: int, plan: OffsetPlan) -> Iterator[l
         batch.append(w)
         if w.cached is not None:  # the rest from lo on only (the last hour of a month, say)
             assert w.lo is not None
-            rest = [
-                min(per_partition, max(0, (_span(plan.base, d)[1] - w.lo) // plan.base_ms)) for d in w.rest
-            ]
+            spans = [_span(plan.base, d) for d in w.rest]
+            rest = [min(per_partition, max(0, (b - max(a, w.lo)) // plan.base_ms)) for a, b in spans]
             rows += sum(r.b - r.a for r in w.cached) + sum(rest)
         else:
             rows += len(w.read) * per_partition
@@ -502,7 +501,8 @@ def _batches(items: list[Work], batch_rows: int, plan: OffsetPlan) -> Iterator[l
 
 def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]) -> pl.DataFrame:
     """The base candles a batch needs: ``_sym`` (the series' index in ``batch``) and the kline value
-    columns, ordered by series then time. A tail run needs the candles from its ``lo`` on only (its
+    columns, ordered by series then time (rows of another writer's unsorted file read alone are
+    not: ``_resample_batch`` sorts what is not). A tail run needs the candles from its ``lo`` on only (its
     partitions' fingerprints are known from planning): planning's rows where it read them, the rest
     from ``lo`` on, lake's own files page by page (``read_since_coded``). The last hour of the month
     before an appended first of a month (300 series) costs ~0.07 s so, where Polars' filtered scan

@@ -351,7 +351,7 @@ def read_footers(lfs: LakeFS, urls: Sequence[str], workers: int) -> list[str | N
     if lfs.is_local:
         # a footer in the page cache costs ~15 µs read here, and a thread pool's hand-offs cost
         # more than 300 of them (12–18 ms of an appended day's run): threads only once footers
-        # turn out to be waits (the first few take longer than a cached read can)
+        # turn out to be waits (the first few take longer on average than a cached read can)
         t0 = time.perf_counter()
         done = [_footer(lfs, u) for u in urls[:_FOOTER_PROBE]]
         if time.perf_counter() - t0 < _FOOTER_PROBE * _CACHED_FOOTER_S:

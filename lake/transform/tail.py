@@ -100,8 +100,8 @@ _ARROW_SCHEMA = pa.schema(
     ]
 )
 # Times and counts delta-packed, floats plain, nothing compressed, statistics on the symbol, time
-# and tail_from columns only (row groups are by symbol; a filter on offset reads them all, as it
-# would anyway): a day of bins of 300 symbols (86,400 rows) is 6.0 MB encoded in
+# and tail_from columns only (a file of more than one row group is ordered by symbol; a filter on
+# offset reads them all, as it would anyway): a day of bins of 300 symbols (86,400 rows) is 6.0 MB encoded in
 # 6–10 ms (15–25 ms the first time in a process). LZ4 on the floats saved 15% of the bytes for twice the time, and statistics on every
 # column cost 4–5 ms more (bench lake, 2026-11-23); the period files' byte-stream-split took ~34 ms.
 _INTS = ("candle_begin_time", "trade_num", "n_base", "tail_from")
