@@ -327,9 +327,7 @@ class _Run:
                 if got is not None:
                     footed[i] = got
         base = _read_base(self.lfs, self.trade_type, plan, batch)
-        self.rows_read += base.height - sum(
-            r.b - r.a for w in batch if w.cached is not None for r in w.cached
-        )
+        self.rows_read += base.height - sum(r.b - r.a for w in batch for r in w.cached.values())
         # a tail run's partitions were fingerprinted at planning (or did not change), and are read
         # from its lo on only
         skip = [i for i, w in enumerate(batch) if w.tail] + sorted(known) + list(footed)
@@ -481,13 +479,11 @@ def _batches(items: list[Work], batch_rows: int, plan: OffsetPlan) -> Iterator[l
     rows = weight = 0
     for w in items:
         batch.append(w)
-        if w.cached is not None:  # the rest from lo on only (the last hour of a month, say)
-            assert w.lo is not None
-            spans = [_span(plan.base, d) for d in w.rest]
-            rest = [min(per_partition, max(0, (b - max(a, w.lo)) // plan.base_ms)) for a, b in spans]
-            rows += sum(r.b - r.a for r in w.cached) + sum(rest)
-        else:
-            rows += len(w.read) * per_partition
+        rows += sum(r.b - r.a for r in w.cached.values())
+        for a, b in (_span(plan.base, d) for d in w.unread):
+            # a tail run reads from lo on only (the last hour of a month, say)
+            start = a if not w.tail or w.lo is None else max(a, w.lo)
+            rows += min(per_partition, max(0, (b - start) // plan.base_ms))
         weight += _BATCH_SYMBOLS if w.tail else _TAIL_BATCH_SYMBOLS
         if rows >= batch_rows or weight >= _BATCH_SYMBOLS * _TAIL_BATCH_SYMBOLS:
             yield batch
@@ -502,12 +498,12 @@ def _batches(items: list[Work], batch_rows: int, plan: OffsetPlan) -> Iterator[l
 def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]) -> pl.DataFrame:
     """The base candles a batch needs: ``_sym`` (the series' index in ``batch``) and the kline value
     columns, ordered by series then time (rows of another writer's unsorted file read alone are
-    not: ``_resample_batch`` sorts what is not). A tail run needs the candles from its ``lo`` on only (its
-    partitions' fingerprints are known from planning): planning's rows where it read them, the rest
-    from ``lo`` on, lake's own files page by page (``read_since_coded``). The last hour of the month
+    not: ``_resample_batch`` sorts what is not). A tail run needs the candles from its ``lo`` on
+    only (its partitions' fingerprints are known from planning): planning's rows where it read them,
+    the rest from ``lo`` on, lake's own files page by page (``read_since_coded``). The last hour of the month
     before an appended first of a month (300 series) costs ~0.07 s so, where Polars' filtered scan
     of both months took ~0.25 s."""
-    ranges = [(i, r) for i, w in enumerate(batch) if w.cached is not None for r in w.cached if r.b > r.a]
+    ranges = [(i, r) for i, w in enumerate(batch) for r in w.cached.values() if r.b > r.a]
     scans = []
     if ranges:
         scans.append(_cached_rows(ranges).lazy())
@@ -523,7 +519,7 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]
             )
             for i, w in enumerate(batch)
             if w.tail == tail
-            for d in (w.read if w.cached is None else w.rest)
+            for d in w.unread
         ]
         if not files:
             continue

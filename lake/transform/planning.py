@@ -93,10 +93,14 @@ class Work:
     tail_start: int | None = None
     legacy_from: int | None = None
     data_end: int | None = None  # end (ms) of the base data, before or after the run, whichever later
-    # a tail run's base candles from ``lo`` on that planning read (no second read): row ranges of
-    # planning's frames, and the partitions of ``read`` it did not read (``rest``)
-    cached: list[_Rows] | None = None
-    rest: list[str] = field(default_factory=list)
+    # a tail run's base candles from ``lo`` on that planning read (no second read), by partition:
+    # row ranges of planning's frames
+    cached: dict[str, _Rows] = field(default_factory=dict)
+
+    @property
+    def unread(self) -> list[str]:
+        """The partitions of ``read`` the run reads itself (those planning's rows do not hold)."""
+        return [d for d in self.read if d not in self.cached]
 
     @property
     def fold_from(self) -> int | None:
@@ -550,10 +554,11 @@ def _plan_series(
             # planning's rows of a partition serve if they hold every row the run needs of it: one
             # read from its own first changed day on may start after lo (two changed months of one
             # series); the run reads the others (the month before a new month's first day)
-            held = [d for d in read if d in frames and frames[d].covers(max(lo, _span(plan.base, d)[0]))]
-            if held:
-                w.cached = [frames[d].since(lo) for d in held]
-                w.rest = [d for d in read if d not in held]
+            w.cached = {
+                d: frames[d].since(lo)
+                for d in read
+                if d in frames and frames[d].covers(max(lo, _span(plan.base, d)[0]))
+            }
             return w, keys
     # otherwise the bins of [lo, hi) are merged into the period files, and a tail is folded into them
     read = [d for d in sorted(tokens) if _span(plan.base, d)[0] < hi + reach and _span(plan.base, d)[1] > lo]

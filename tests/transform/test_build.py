@@ -368,7 +368,7 @@ def test_tail_runs_of_a_new_month_are_batched_by_the_rows_they_read() -> None:
     items = []
     for i in range(300):
         w = planning.Work(f"S{i:03d}USDT", {}, ["2024-01-01", "2024-02-01"], lo, None, 1, tail=True)
-        w.cached, w.rest = [rows], ["2024-01-01"]
+        w.cached = {"2024-02-01": rows}
         items.append(w)
     assert [len(b) for b in build_mod._batches(items, 2_000_000, plan)] == [300]
 
