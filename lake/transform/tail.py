@@ -51,6 +51,7 @@ from lake.binance.markets import get_trade_type
 from lake.errors import DataError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS
+from lake.store.schema_files import empty_table
 
 __all__ = [
     "BIN_SCHEMA",
@@ -242,7 +243,7 @@ def encode(layer: Layer) -> bytes:
 @functools.cache
 def _empty_bytes() -> bytes:
     sink = pa.BufferOutputStream()
-    pq.write_table(_ARROW_SCHEMA.empty_table(), sink, store_schema=False)
+    pq.write_table(empty_table(_ARROW_SCHEMA), sink, store_schema=False)
     return bytes(sink.getvalue().to_pybytes())
 
 
