@@ -28,6 +28,7 @@ from lake.schema import KLINE_COLUMNS
 __all__ = [
     "HASHED_COLUMNS",
     "META_KEY",
+    "changed_days",
     "checked",
     "day_prints",
     "last_open",
@@ -78,7 +79,41 @@ def pack_days(days: np.ndarray, prints: np.ndarray, lasts: np.ndarray) -> str:
 
 def unpack_days(text: str) -> dict[int, tuple[int, int | None]]:
     """``pack_days`` reversed: day number → (fingerprint, open time of its last candle or ``None``)."""
-    rec = np.frombuffer(base64.b64decode(text), dtype=_REC)
+    return _records(base64.b64decode(text))
+
+
+DayRecord = tuple[int, int | None]  # a day's fingerprint and the open time of its last candle
+
+
+def changed_days(new: str, old: str) -> dict[int, tuple[DayRecord | None, DayRecord | None]]:
+    """The days whose fingerprint differs between two packed sets, or that one of them lacks: day →
+    (its record in ``new``, in ``old``; ``None`` where absent), as ``unpack_days`` gives them.
+
+    The records both sets hold from the start with the same bytes are not decoded: after an appended
+    day that is every old record but the last (an offsets run compares 300 such months, and a dict
+    of every day of both took ~15 µs a month)."""
+    if new == old:
+        return {}
+    nb, ob = base64.b64decode(new), base64.b64decode(old)
+    size = _REC.itemsize
+    k = min(len(nb), len(ob)) // size
+    same = np.frombuffer(nb, f"V{size}", k) == np.frombuffer(ob, f"V{size}", k)
+    differ = np.flatnonzero(~same)
+    skip = int(differ[0]) if len(differ) else k
+    n_rest, o_rest = _records(nb[skip * size :]), _records(ob[skip * size :])
+    if skip:
+        first = int(np.frombuffer(nb, _REC, skip)["d"].max())
+        if any(d <= first for d in n_rest.keys() | o_rest.keys()):  # days out of order: compare all
+            n_rest, o_rest = _records(nb), _records(ob)
+    return {
+        d: (n_rest.get(d), o_rest.get(d))
+        for d in n_rest.keys() | o_rest.keys()
+        if n_rest.get(d, (None,))[0] != o_rest.get(d, (None,))[0]
+    }
+
+
+def _records(raw: bytes) -> dict[int, DayRecord]:
+    rec = np.frombuffer(raw, dtype=_REC)
     return {
         d: (p, None if last < 0 else d * MS_PER_DAY + last)
         for d, p, last in zip(rec["d"].tolist(), rec["p"].tolist(), rec["l"].tolist(), strict=True)

@@ -28,7 +28,7 @@ import pyarrow as pa
 from lake.binance.intervals import MS_PER_DAY, Interval
 from lake.errors import ValidationError
 from lake.schema import OFFSET_SCHEMA
-from lake.store.dayprints import day_prints, last_open, pack_days, row_hashes, unpack_days
+from lake.store.dayprints import changed_days, day_prints, last_open, pack_days, row_hashes
 from lake.store.fs import LakeFS
 from lake.store.parquet_plain import footer_prints
 from lake.store.paths import (
@@ -382,8 +382,7 @@ def _footer(lfs: LakeFS, url: str) -> str | None:
 
 def _first_change(new: str, old: str) -> int | None:
     """The first day (number) whose fingerprint differs between two packed sets, or ``None``."""
-    n, o = unpack_days(new), unpack_days(old) if old else {}
-    changed = [d for d in n.keys() | o.keys() if n.get(d, (None,))[0] != o.get(d, (None,))[0]]
+    changed = changed_days(new, old)
     return min(changed) if changed else None
 
 
@@ -506,11 +505,7 @@ def _plan_series(
             frames[d] = stored
         if new_days == old_days:
             continue
-        new, old = unpack_days(new_days), unpack_days(old_days)
-        for day in new.keys() | old.keys():
-            n, o = new.get(day), old.get(day)
-            if n is not None and o is not None and n[0] == o[0]:
-                continue
+        for day, (n, o) in changed_days(new_days, old_days).items():
             start = day * MS_PER_DAY
             # candles added to a day (a live period): if its rows up to the old last candle are the
             # old ones, the change starts after it
