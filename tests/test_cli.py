@@ -76,6 +76,9 @@ def test_status_reports_rows_and_holes_as_json(tmp_path) -> None:
     assert [h["missing"] for h in s["holes"]] == [2, 1]
     table = run("status", "--root", str(tmp_path), "--holes")
     assert table.returncode == 0 and "ETHUSDT" in table.stdout and "missing 2 candles" in table.stdout
+    # a filter that matches nothing says so (it read "no klines under <root>" on a full lake)
+    none = run("status", "--root", str(tmp_path), "--symbols", "NOPEUSDT")
+    assert none.returncode == 0 and "matching --symbols NOPEUSDT" in none.stdout, none.stdout
 
 
 def test_compact_moves_the_tail_into_partitions(tmp_path) -> None:

@@ -63,7 +63,7 @@ def offsets(
             f"one --type per offsets run (got {', '.join(trade_types)}): run it once per trade type"
         )
     trade_type = trade_types[0]
-    settings = get_settings(config, write=True, root=root)
+    settings = get_settings(config, write=True, must_exist=True, root=root)  # its klines are there
     series_filters(trade_type, interval, symbols)  # bad names fail before any progress line
     with Progress(enabled=False if json_out else None) as progress:
         tasks: list[int] = []

@@ -42,7 +42,13 @@ def status(
         return
     console = report_console()
     if not cov:
-        console.print(f"no klines under {lfs.url_root}")
+        asked = [
+            f"{flag} {v}"
+            for flag, v in (("--type", trade_type), ("--interval", interval), ("--symbols", symbols))
+            if v
+        ]
+        # a filter that matches nothing must not read as an empty lake
+        console.print(f"no klines under {lfs.url_root}" + (f" matching {' '.join(asked)}" if asked else ""))
     table = Table(title=f"lake {lfs.url_root}")
     for col in (
         "type",

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from lake.binance.intervals import Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol, validate_symbols
-from lake.errors import DataError, ValidationError
+from lake.errors import DataError, NotFoundError, ValidationError
 from lake.schema import KLINE_COLUMNS, KLINE_SCHEMA, SOURCES
 from lake.store.fs import LakeFS
 from lake.store.parquet_plain import PlainKlines, encode_plain
@@ -41,6 +41,7 @@ __all__ = [
     "WriteResult",
     "day_prints",
     "encode_parquet",
+    "existing_lake",
     "iter_series_batches",
     "list_partitions",
     "list_series",
@@ -57,6 +58,16 @@ _CODEC_LEVEL: int | None = None
 
 def to_lakefs(root: str | os.PathLike[str] | LakeFS) -> LakeFS:
     return root if isinstance(root, LakeFS) else LakeFS(root)
+
+
+def existing_lake(root: str | os.PathLike[str] | LakeFS) -> LakeFS:
+    """``to_lakefs`` for a root a user passed to a reader: a local directory that does not exist is a
+    ``NotFoundError``, since a mistyped path would otherwise read as an empty lake. A ``LakeFS`` is
+    taken as it is (lake's own writers read the lake they are creating)."""
+    lfs = to_lakefs(root)
+    if not isinstance(root, LakeFS) and lfs.is_local and not os.path.isdir(lfs.full("")):
+        raise NotFoundError(f"no lake at {lfs.url_root}: the directory does not exist")
+    return lfs
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,9 +410,10 @@ def scan_klines(
     Partitions outside the symbols and time range are never opened. The frame has a ``symbol``
     column followed by the kline columns, sorted per partition (not globally). With ``tail`` (the
     default) candles ``lake live`` stored in the tail (``lake.store.tail``) and not yet compacted
-    into their partition are included, each candle exactly once.
+    into their partition are included, each candle exactly once. A local ``root`` path that does
+    not exist is a ``NotFoundError``.
     """
-    lfs = to_lakefs(root)
+    lfs = existing_lake(root)
     tt = get_trade_type(trade_type)
     iv = parse_interval(interval, spot=tt.is_spot)
     start, end = _utc(start), _utc(end)

@@ -43,7 +43,7 @@ from lake.binance.symbols import validate_symbols
 from lake.errors import DataError, NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS, Payload
-from lake.store.klines import TimeLike, as_utc, list_series, to_lakefs
+from lake.store.klines import TimeLike, as_utc, existing_lake, list_series, to_lakefs
 from lake.store.paths import DATA_FILE, PartitionKey, is_date_dir, partition_period
 from lake.transform import tail as offsets_tail
 from lake.transform.layout import (
@@ -151,8 +151,16 @@ def default_base(lfs: LakeFS, trade_type: str, target: Interval, symbols: Sequen
     ]
     if not fits:
         have = ", ".join(sorted(stored)) or "none"
+        if not symbols:
+            raise NotFoundError(
+                f"no stored {trade_type} klines to build {target.name} offsets from (stored intervals: {have})"
+            )
+        # a symbol the lake does not hold must not read as a market with nothing stored
+        market = sorted({iv for tt, iv, _ in list_series(lfs) if tt == trade_type})
+        scope = ", ".join(symbols)
         raise NotFoundError(
-            f"no stored {trade_type} klines to build {target.name} offsets from (stored intervals: {have})"
+            f"no stored {trade_type} klines of {scope} to build {target.name} offsets from (stored "
+            f"intervals of {scope}: {have}; of any {trade_type} symbol: {', '.join(market) or 'none'})"
         )
     return max(fits, key=lambda iv: iv.ms or 0).name
 
@@ -782,9 +790,10 @@ def scan_offsets(
     symbols and ``[start, end)`` asked for are never opened. ``start``/``end``: aware datetimes,
     dates or ISO strings (UTC). An offset the table does not hold (or offsets asked of a table not
     built yet) is a ``NotFoundError`` naming those it has: an empty frame would look like missing
-    data. Without ``offsets``, a table not built yet is an empty frame.
+    data. Without ``offsets``, a table not built yet is an empty frame. A local ``root`` path that
+    does not exist is a ``NotFoundError``.
     """
-    lfs = to_lakefs(root)
+    lfs = existing_lake(root)
     tdir = table_dir(trade_type, interval)
     want_offsets = None if offsets is None else set([offsets] if isinstance(offsets, str) else offsets)
     want_syms = None if symbols is None else set(validate_symbols(symbols))

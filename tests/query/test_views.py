@@ -327,3 +327,16 @@ def test_connect_refuses_a_root_that_does_not_exist(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="no lake at"):
         connect(tmp_path / "lake-dat")
     connect(tmp_path).close()  # an empty lake that exists is fine
+
+
+def test_scans_refuse_a_root_that_does_not_exist(tmp_path: Path) -> None:
+    # they returned empty frames: a mistyped root read as an empty lake
+    from lake.errors import NotFoundError
+    from lake.store.klines import scan_klines
+    from lake.transform.build import scan_offsets
+
+    for scan in (scan_klines, scan_offsets):
+        with pytest.raises(NotFoundError, match="no lake at"):
+            scan(tmp_path / "lake-dat", "usdt_perp", "5m")
+        assert scan(tmp_path, "usdt_perp", "5m").collect().height == 0  # an empty lake that exists
+    assert not (tmp_path / "lake-dat").exists()

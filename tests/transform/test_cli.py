@@ -102,3 +102,31 @@ def test_a_damaged_base_partition_stops_an_appended_day_with_its_name(
         (p.relative_to(tmp_path), p.read_bytes()) for p in (tmp_path / "offsets").rglob("*.parquet")
     )
     assert after == before
+
+
+def test_a_root_or_symbol_the_lake_does_not_hold(tmp_path: Path) -> None:
+    from lake.errors import NotFoundError
+
+    missing = tmp_path / "nolake"
+    r = CliRunner().invoke(
+        _app(), ["offsets", "--type", "usdt_perp", "--interval", "1h", "--root", str(missing)]
+    )
+    assert isinstance(r.exception, NotFoundError) and "no lake at" in str(r.exception)
+    assert not missing.exists()  # a mistyped root is not created (it left .locks/ behind)
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(1, 300_000, 24))
+    r = CliRunner().invoke(
+        _app(),
+        [
+            "offsets",
+            "--type",
+            "usdt_perp",
+            "--interval",
+            "1h",
+            "--symbols",
+            "NOPEUSDT",
+            "--root",
+            str(tmp_path),
+        ],
+    )
+    assert isinstance(r.exception, NotFoundError)
+    assert "klines of NOPEUSDT" in str(r.exception) and "of any usdt_perp symbol: 5m" in str(r.exception)
