@@ -334,8 +334,8 @@ def test_plain_progress_says_stopped_not_done_when_a_run_fails(caplog: pytest.Lo
 
 
 def test_a_damaged_partition_file_is_named_with_exit_4(tmp_path) -> None:
-    """A partition file that is not parquet (disk damage, a stray write): lake status and lake sql
-    name it on one line and exit 4 (bad data), without a traceback."""
+    """A partition file that is not parquet (disk damage, a stray write): lake status, lake sql and
+    lake offsets name it on one line and exit 4 (bad data), without a traceback."""
     from lake.store.klines import write_klines
     from tests.transform.helpers import random_candles
 
@@ -343,7 +343,11 @@ def test_a_damaged_partition_file_is_named_with_exit_4(tmp_path) -> None:
         write_klines(tmp_path, "usdt_perp", "5m", sym, random_candles(i, 300_000, 20, hole_rate=0.0))
     bad = next((tmp_path / "klines").rglob("symbol=BTCUSDT/*/data.parquet"))
     bad.write_bytes(b"garbage")
-    for args in (["status"], ["sql", "SELECT count(*) FROM klines"]):
+    for args in (
+        ["status"],
+        ["sql", "SELECT count(*) FROM klines"],
+        ["offsets", "--type", "usdt_perp", "--interval", "1h"],
+    ):
         res = run(*args, "--root", str(tmp_path))
         assert res.returncode == 4, res.stderr
         assert "symbol=BTCUSDT/date=" in res.stderr and "Traceback" not in res.stderr

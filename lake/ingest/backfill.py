@@ -59,7 +59,7 @@ from lake.ingest.universe import Universe, fetch_exchange_info, universe, write_
 from lake.progress import Progress
 from lake.schema import KLINE_SCHEMA
 from lake.store.fs import LakeFS
-from lake.store.klines import scan_klines, write_klines
+from lake.store.klines import list_partitions, scan_klines, unreadable_error, write_klines
 from lake.store.meta import EmptyRange, add_empty_ranges, clear_empty_ranges, read_empty_ranges
 from lake.store.paths import partition_end, partition_start
 
@@ -784,12 +784,15 @@ def _stored_opens(
     t1 = dt.datetime.fromtimestamp(end_ms / 1000, tz=dt.UTC)
     out: dict[str, np.ndarray] = {}
     for sym in symbols:
-        t = (
-            scan_klines(root, trade_type, iv.name, [sym], t0, t1)
-            .select(pl.col("candle_begin_time").dt.epoch("ms"))
-            .collect()
-            .to_series()
-        )
+        scan = scan_klines(root, trade_type, iv.name, [sym], t0, t1)
+        try:
+            t = scan.select(pl.col("candle_begin_time").dt.epoch("ms")).collect().to_series()
+        except pl.exceptions.PolarsError as exc:  # a damaged partition: name it (Polars does not)
+            paths = [root.full(key.path) for key in list_partitions(root, trade_type, iv.name, sym)]
+            named = unreadable_error(root, paths, exc)
+            if named is None:
+                raise
+            raise named from exc
         if t.len():
             out[sym] = t.to_numpy()
     return out

@@ -13,13 +13,11 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from lake.binance.intervals import Interval, parse_interval
 from lake.errors import DataError, LakeError
 from lake.store.fs import LakeFS
-from lake.store.klines import iter_series_batches, list_partitions, list_series, to_lakefs
+from lake.store.klines import iter_series_batches, list_partitions, list_series, to_lakefs, unreadable_error
 from lake.store.meta import read_empty_ranges
 
 __all__ = ["Hole", "SeriesCoverage", "coverage"]
@@ -104,18 +102,9 @@ def _unreadable(lfs: LakeFS, tt: str, iv_name: str, syms: list[str], exc: Except
     """The error for a scan that failed: a ``DataError`` naming the partition files whose parquet
     footer cannot be read (a damaged file: Polars' message does not name it), else one with
     Polars' message."""
-    bad = []
-    for sym in syms:
-        for key in list_partitions(lfs, tt, iv_name, sym):
-            try:
-                with lfs.fs.open(lfs.full(key.path), "rb") as f:
-                    pq.read_metadata(f)
-            except (OSError, pa.ArrowException):
-                bad.append(key.path)
-    if not bad:
-        return DataError(f"reading {tt} {iv_name} klines failed: {exc}")
-    shown = ", ".join(bad[:5]) + (" …" if len(bad) > 5 else "")
-    return DataError(f"{len(bad)} unreadable partition file(s) (not parquet): {shown}")
+    paths = [lfs.full(key.path) for sym in syms for key in list_partitions(lfs, tt, iv_name, sym)]
+    named = unreadable_error(lfs, paths, exc)
+    return named if named is not None else DataError(f"reading {tt} {iv_name} klines failed: {exc}")
 
 
 def _series(lfs: LakeFS, tt: str, iv_name: str, sym: str, times: pl.Series, iv: Interval) -> SeriesCoverage:

@@ -48,6 +48,7 @@ __all__ = [
     "read_partition",
     "scan_klines",
     "to_lakefs",
+    "unreadable_error",
     "write_klines",
 ]
 
@@ -58,6 +59,29 @@ _CODEC_LEVEL: int | None = None
 
 def to_lakefs(root: str | os.PathLike[str] | LakeFS) -> LakeFS:
     return root if isinstance(root, LakeFS) else LakeFS(root)
+
+
+def unreadable_error(lfs: LakeFS, paths: Iterable[str], exc: Exception) -> DataError | None:
+    """For a scan of kline partition files ``paths`` (as given to Polars) that failed with ``exc``:
+    a ``DataError`` naming the files whose parquet footer cannot be read (a truncated or foreign
+    file; Polars' message names none), or ``None`` when every footer reads (the caller re-raises)."""
+    bad = []
+    for path in paths:
+        try:
+            with lfs.fs.open(path, "rb") as f:
+                pq.read_metadata(f)
+        except FileNotFoundError:
+            continue  # removed since it was listed: not damage
+        except (OSError, pa.ArrowException):
+            bad.append(path)
+    if not bad:
+        return None
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+    return DataError(
+        f"{len(bad)} unreadable kline partition file(s) ({first}): {shown}; move them away and "
+        "backfill their periods again"
+    )
 
 
 def existing_lake(root: str | os.PathLike[str] | LakeFS) -> LakeFS:

@@ -74,6 +74,7 @@ from lake.transform.planning import (
     _Rows,
     _span,
     base_footers,
+    collect_named,
     fingerprints,
     plan_all,
     read_since_coded,
@@ -513,6 +514,7 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]
     of both months took ~0.25 s."""
     ranges = [(i, r) for i, w in enumerate(batch) for r in w.cached.values() if r.b > r.a]
     scans = []
+    read: list[str] = []  # the files the scans read (to name a damaged one)
     if ranges:
         scans.append(_cached_rows(ranges).lazy())
     for tail in (True, False):
@@ -531,6 +533,7 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]
         ]
         if not files:
             continue
+        read += [f for f, _ in files]
         if tail:  # from a constant bound on: lake's own files page by page, the others filtered by Polars
             lo = min(batch[i].lo or 0 for _, i in files)
             scans.append(read_since_coded(lfs, [f for f, _ in files], lo, [i for _, i in files]).lazy())
@@ -538,7 +541,7 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]
             scans.append(scan_coded(lfs, [f for f, _ in files], [i for _, i in files]))
     if not scans:
         return pl.DataFrame(schema={"_sym": pl.UInt32, **OFFSET_SCHEMA}).drop("n_base")
-    out = pl.concat(scans).collect()
+    out = collect_named(lfs, pl.concat(scans), read)
     return out if len(scans) == 1 else out.sort("_sym", "candle_begin_time")
 
 

@@ -30,6 +30,7 @@ from lake.errors import ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.dayprints import changed_days, day_prints, last_open, pack_days, row_hashes
 from lake.store.fs import LakeFS
+from lake.store.klines import unreadable_error
 from lake.store.parquet_plain import footer_prints
 from lake.store.paths import (
     DATA_FILE,
@@ -51,6 +52,7 @@ __all__ = [
     "Tally",
     "Work",
     "base_footers",
+    "collect_named",
     "fingerprints",
     "plan_all",
     "read_footers",
@@ -265,7 +267,8 @@ def _read_partitions(
         for sd, rows in _split_rows(frame, group, cut).items():
             out[sd] = (out[sd][0], rows)
     if whole:
-        frame = scan_coded(lfs, [paths[sd] for sd in whole], list(range(len(whole)))).collect()
+        files = [paths[sd] for sd in whole]
+        frame = collect_named(lfs, scan_coded(lfs, files, list(range(len(whole)))), files)
         keys = [f"{i}" for i in range(len(whole))]  # one code per partition
         hashes = _Hashes()
         frame = _ordered(frame)
@@ -314,12 +317,26 @@ def read_since_coded(
         ]
         frames.append(pl.DataFrame(pl.from_arrow(pa.Table.from_arrays(arrays, ["_sym", *_ARROW]))))
     if rest:
-        scan = scan_coded(lfs, [paths[i] for i in rest], [code_of[i] for i in rest])
-        frames.append(scan.filter(since).collect())
+        files = [paths[i] for i in rest]
+        frames.append(
+            collect_named(lfs, scan_coded(lfs, files, [code_of[i] for i in rest]).filter(since), files)
+        )
     if len(frames) == 1:
         return frames[0]
     # the fallback's rows came after the others: back in file order (another writer's files only)
     return pl.concat(frames).sort("_sym", "candle_begin_time")
+
+
+def collect_named(lfs: LakeFS, scan: pl.LazyFrame, paths: Sequence[str]) -> pl.DataFrame:
+    """``scan.collect()`` for a scan of base partition files ``paths``: when it fails on a damaged
+    file (a truncated or foreign one), a ``DataError`` naming it (Polars' message does not)."""
+    try:
+        return scan.collect()
+    except pl.exceptions.PolarsError as exc:
+        named = unreadable_error(lfs, paths, exc)
+        if named is None:
+            raise
+        raise named from exc
 
 
 def base_footers(

@@ -139,3 +139,25 @@ def test_missing_ranges_from_arrays_sorted_or_not() -> None:
     assert missing_ranges(M5, T0, T0 + 210 * step, arr[:10]) == missing_ranges(
         M5, T0, T0 + 210 * step, opens[:10]
     )
+
+
+def test_stored_opens_name_a_damaged_partition(tmp_path) -> None:
+    # a backfill planning its requests over a truncated partition said only "a file in the lake
+    # cannot be read as klines"
+    import pytest
+
+    from lake.errors import DataError
+    from lake.ingest.backfill import _stored_opens
+    from lake.store.fs import LakeFS
+    from lake.store.klines import write_klines
+    from tests.transform.helpers import random_candles
+
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", random_candles(1, 300_000, 600, hole_rate=0.0))
+    lfs = LakeFS(tmp_path)
+    start = int(random_candles(1, 300_000, 1)["candle_begin_time"].dt.epoch("ms")[0])
+    got = _stored_opens(lfs, "usdt_perp", M5, ["BTCUSDT"], start, start + 600 * 300_000)
+    assert len(got["BTCUSDT"]) == 600
+    bad = next(tmp_path.rglob("data.parquet"))
+    bad.write_bytes(bad.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"1 unreadable kline partition file\(s\).*symbol=BTCUSDT/date="):
+        _stored_opens(lfs, "usdt_perp", M5, ["BTCUSDT"], start, start + 600 * 300_000)
