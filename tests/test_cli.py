@@ -190,6 +190,12 @@ def test_sql_is_read_only(small_lake, query: str) -> None:
     assert ok.returncode == 0 and "candle_begin_time" in ok.stdout
 
 
+@pytest.mark.parametrize("query", ["", "   ", "/* nothing */ ;"])
+def test_an_empty_query_is_an_error(small_lake, query: str) -> None:
+    res = run("sql", query, "--root", str(small_lake))
+    assert res.returncode == 2 and "empty query" in res.stderr, (res.returncode, res.stderr)
+
+
 def test_sql_explain_and_pivot(small_lake) -> None:
     ok = run("sql", "EXPLAIN ANALYZE SELECT count(*) FROM klines", "--root", str(small_lake))
     # the plan is printed as DuckDB draws it, not squeezed into a table cell

@@ -115,6 +115,8 @@ def _run(con: duckdb.DuckDBPyConnection, query: str, fmt: str, output: Path | No
         statements = _check_read_only(con, query)  # all checked before any runs
     except duckdb.Error as exc:
         raise ValidationError(f"SQL error: {error_line(exc)}") from exc
+    if not statements:  # blank, or comments only: a script that built an empty query should know
+        raise ValidationError("empty query: no SQL statement to run")
 
     def run() -> pl.DataFrame | None:
         df = None
