@@ -47,7 +47,14 @@ def compare(
     root: RootOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Max relative error per column over all symbols and offsets (0 for OHLC and trade_num is a match)."""
+    """Max relative error per column over all symbols and offsets (0 for OHLC and trade_num is a match).
+
+    The errors are over the candles both sides hold; reference candles the lake lacks (the newest
+    hours, say, when the reference runs ahead of the lake) are counted as missing in the summary
+    line and in the JSON (`missing`, `absent_symbols`) and do not change the exit code. Exits with
+    code 5 when nothing could be compared (no offsets of the reference symbols, or none of the
+    reference candles in the lake).
+    """
     if reference != "quantclass":
         raise ValidationError(f"unknown reference {reference!r}; valid: quantclass")
     if output is not None and output.suffix not in (".parquet", ".csv"):
