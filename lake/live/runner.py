@@ -343,7 +343,9 @@ class LiveRunner:
         if exc is not None:
             if self.failure is None:
                 self.failure = exc
-            log.error("task %s failed: %r", task.get_name(), exc, exc_info=exc)
+            # a traceback for a bug; a LakeError (a damaged file, say) is the user's one-line message
+            trace = None if isinstance(exc, LakeError) else exc
+            log.error("task %s failed: %r", task.get_name(), exc, exc_info=trace)
             self._alert_soon(
                 f"lake live task {task.get_name()} failed", repr(exc), key=f"task:{task.get_name()}"
             )

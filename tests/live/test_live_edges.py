@@ -450,3 +450,33 @@ def test_each_live_offsets_target_has_one_base() -> None:
         LiveConfig(trade_types=(TT,), intervals=("1m", "5m"), offsets=("7m",))
     with pytest.raises(ValidationError):
         LiveConfig(trade_types=(TT,), intervals=("5m",), offsets=("3m",))  # not a multiple of 5m
+
+
+@pytest.mark.parametrize(("exc", "traced"), [(RuntimeError("a bug"), True), (None, False)])
+def test_a_failed_task_logs_a_traceback_only_for_a_bug(
+    exc: Exception | None, traced: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a damaged partition (a DataError) printed ~30 lines of traceback before lake's one-line error
+    from types import SimpleNamespace
+
+    from lake.errors import DataError
+
+    error = exc if exc is not None else DataError("1 unreadable kline partition file(s): x")
+
+    async def fail() -> None:
+        raise error
+
+    async def main() -> SimpleNamespace:
+        stub = SimpleNamespace(failure=None, stops=[])
+        stub._alert_soon = lambda *a, **k: None
+        stub.stop = stub.stops.append
+        task = asyncio.ensure_future(fail())
+        await asyncio.wait([task])
+        with caplog.at_level("ERROR", logger="lake.live"):
+            LiveRunner._task_done(stub, task)  # type: ignore[arg-type]
+        return stub
+
+    stub = asyncio.run(main())
+    assert stub.failure is error and len(stub.stops) == 1
+    (record,) = [r for r in caplog.records if "failed" in r.getMessage()]
+    assert (record.exc_info is not None) == traced
