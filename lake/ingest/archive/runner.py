@@ -374,7 +374,7 @@ async def ingest_archive(
     iv = parse_interval(interval, spot=tt.is_spot)
     syms = validate_symbols(list(symbols)) if symbols else []
     if start_ms is not None and end_ms is not None and start_ms >= end_ms:
-        raise ValidationError("start must be before end")
+        raise ValidationError(f"start ({_iso(start_ms)}) must be before end ({_iso(end_ms)})")
     market = tt.market_name
     lfs = LakeFS(settings.root)
     ddir = download_dir(settings)
@@ -662,3 +662,7 @@ def _date(ms: int) -> dt.date:
 
 def _month_ms(d: dt.date) -> int:
     return int(dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC).timestamp() * 1000)
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).isoformat().replace("+00:00", "Z")
