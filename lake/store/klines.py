@@ -239,8 +239,12 @@ def _merge(old: pl.DataFrame | None, new: pl.DataFrame) -> tuple[pl.DataFrame | 
     if old is None or old.height == 0:
         return new, new.height
     old = old.select(KLINE_COLUMNS)
-    if old["candle_begin_time"][-1] < new["candle_begin_time"][0]:
-        return pl.concat([old, new], how="vertical"), new.height  # append: the live and backfill path
+    # append (the live and backfill path) when every new row is later than every stored one: the
+    # stored latest, not the last row, since another writer's file need not be in time order
+    times = old["candle_begin_time"]
+    latest = times[-1] if times.flags["SORTED_ASC"] else times.max()
+    if latest < new["candle_begin_time"][0]:
+        return pl.concat([old, new], how="vertical"), new.height
     merged = _sorted_unique(pl.concat([old, new], how="vertical"))
     if merged.equals(old):
         return None, 0

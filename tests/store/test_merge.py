@@ -97,3 +97,24 @@ def test_scan_prunes_by_symbol_and_time(lake_root: str) -> None:
         scan_klines(tmp_path, "usdt_perp", "5m", start=dt.datetime(2024, 1, 2))
     with pytest.raises(ValidationError, match="invalid time '2024-13-01'"):
         scan_klines(tmp_path, "usdt_perp", "5m", start="2024-13-01")
+
+
+@pytest.mark.parametrize("edit_at", [0, 5, 19])
+def test_upsert_into_another_writers_unsorted_partition(tmp_path, edit_at: int) -> None:
+    # the append fast path compared new rows with the stored *last row*: in a file written newest
+    # first, an edit of a stored candle was appended as a second copy of it
+    root = str(tmp_path)
+    write_klines(
+        root, "usdt_perp", "5m", "BTCUSDT", frame([t0_ms() + i * STEP for i in range(20)], base=100.0)
+    )
+    (path,) = [p for p in parquet_files(root) if "klines" in p]
+    pl.read_parquet(path).reverse().write_parquet(path)  # another writer: newest first
+    edit = frame([t0_ms() + edit_at * STEP], base=900.0, source="rest")
+    r = write_klines(root, "usdt_perp", "5m", "BTCUSDT", edit)
+    got = stored(root)
+    assert got.height == 20 and got["candle_begin_time"].n_unique() == 20 and r.rows_added == 0
+    row = got.filter(pl.col("candle_begin_time") == edit["candle_begin_time"][0])
+    assert row["open"].to_list() == edit["open"].to_list() and row["source"].to_list() == ["rest"]
+    later = frame([t0_ms() + 20 * STEP], base=900.0, source="rest")  # a real append still appends
+    assert write_klines(root, "usdt_perp", "5m", "BTCUSDT", later).rows_added == 1
+    assert stored(root).height == 21
