@@ -196,6 +196,12 @@ class _Rows:
         at = self.a + int(np.searchsorted(self.times[self.a : self.b], t_ms))
         return _Rows(self.frame, self.times, self.hashes, at, self.b, self.from_ms)
 
+    def first_after(self, t_ms: int, default: int) -> int:
+        """The open time of the first of these rows opening after ``t_ms``, else ``default``."""
+        times = self.times[self.a : self.b]
+        i = int(np.searchsorted(times, t_ms, side="right"))
+        return int(times[i]) if i < len(times) else default
+
     def covers(self, t_ms: int) -> bool:
         """Whether these are all of the partition's rows opening at or after ``t_ms``."""
         return self.from_ms is None or self.from_ms <= t_ms
@@ -525,12 +531,13 @@ def _plan_series(
         for day, (n, o) in changed_days(new_days, old_days).items():
             start = day * MS_PER_DAY
             # candles added to a day (a live period): if its rows up to the old last candle are the
-            # old ones, the change starts after it
+            # old ones, the change starts at the first candle after it (old_last + B on the grid;
+            # earlier for a candle off the grid, which old_last + B would leave out)
             if n is not None and o is not None and stored is not None:
                 (_, new_last), (old_print, old_last) = n, o
                 added = new_last is not None and old_last is not None and new_last > old_last
                 if added and old_last is not None and stored.fingerprint(start, old_last) == old_print:
-                    start = old_last + plan.base_ms
+                    start = stored.first_after(old_last, start)
             spans.append((start, (day + 1) * MS_PER_DAY))
     after = {d: known.get(d, state.days.get(d, "")) for d in tokens}
     end = _data_end(after, plan.base)
@@ -543,7 +550,10 @@ def _plan_series(
     a = min(x for x, _ in spans)
     b = max(y for _, y in spans)
     reach = plan.target_ms - plan.base_ms
-    lo, hi = a - reach, b
+    # a candle opening at or after a is in bins opening after a − T, so from a − (T − B) on when a
+    # is on the grid of bin starts (a day's start, a candle of the grid); from a − T otherwise
+    on_grid = (a - plan.anchor_ms) % plan.base_ms == 0
+    lo, hi = (a - reach if on_grid else a - plan.target_ms), b
     # A tail run: the change only adds candles after every stored one (an appended day: no stored bin
     # opens at or after lo) or lies inside the tail, and the tail stays within _TAIL_MAX_MS. The bins
     # from lo on go to a new tail layer; the period files (all bins before the tail start) stay.

@@ -193,6 +193,25 @@ def test_off_grid_history_builds_and_appends(tmp_path: Path) -> None:
     _assert_table(tmp_path, ["BTCUSDT", "ETHUSDT"])
 
 
+@pytest.mark.parametrize("shift", [1, 60_000, 254_789, B - 1, B, 2 * B])
+def test_a_candle_appended_inside_a_day_off_the_grid(tmp_path: Path, shift: int) -> None:
+    """A candle opening less than B after the day's last one (off the grid): planning started the
+    change at the last candle + B, so the bins opening from last + B − T on, and the bin before
+    them that holds the new candle kept its old values for good (review, 2026-11-23)."""
+    day = _day(1, 0, hole_rate=0.0)
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", day.head(115))  # to 09:30
+    build_offsets(tmp_path, "usdt_perp", "1h")
+    last = day["candle_begin_time"][114]
+    new = day.slice(115, 1).with_columns(
+        pl.lit(last + dt.timedelta(milliseconds=shift)).alias("candle_begin_time")
+    )
+    write_klines(tmp_path, "usdt_perp", "5m", "BTCUSDT", new)
+    r = build_offsets(tmp_path, "usdt_perp", "1h")
+    _assert_table(tmp_path, ["BTCUSDT"])
+    assert (r.tail_bins > 0) == (shift % B == 0)  # on the grid an append is still a tail run
+    assert build_offsets(tmp_path, "usdt_perp", "1h").written == 0
+
+
 def test_overwrite_and_delete_in_the_middle(tmp_path: Path) -> None:
     for d in range(3):
         write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", _day(d, d))
