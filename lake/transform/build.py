@@ -2,14 +2,15 @@
 
 A build compares each base partition's change token (``LakeFS.mtime_key``) with the manifest of the
 previous run (lake/transform/manifest.py) and recomputes only the bins that can see a changed
-partition: for a change inside ``[a, b)`` the bins opening in ``[a − (T − B), b)``, from base candles
-in ``[a − (T − B), b + T − B)`` (from ``a − T`` for an ``a`` off the grid of bin starts). A change
-that only appends candles (or lies in the series' tail) is a *tail run*: the bins opening from
-``a − (T − B)`` on go, for every symbol of the run at once, into one new file of the offsets tail
-(lake/transform/tail.py) and the period files stay as they are. Any other change is merged into
+partition: for a change inside ``[a, b)`` the bins opening in ``[a − (T − B), b)``, from base
+candles in ``[a − (T − B), b + T − B)`` (from ``a − T`` for an ``a`` off the grid of bin starts). A
+change that only appends candles (or lies in the series' tail) is a *tail run*: the bins opening
+from ``a − (T − B)`` on go, for every symbol of the run at once, into one new file of the offsets
+tail (lake/transform/tail.py) and the period files stay as they are. Any other change is merged into
 the period files (``data.parquet``: read, merge, compare, write atomically), folding the series'
-tail into them. A file whose content would not change is not written, so a second run writes nothing (docs/offsets.md, "Incremental"). Planning, which decides per series what
-to recompute, is lake/transform/planning.py.
+tail into them. A file whose content would not change is not written, so a second run writes nothing
+(docs/offsets.md, "Incremental"). Planning, which decides per series what to recompute, is
+lake/transform/planning.py.
 
 Work runs in batches of symbols (about ``batch_rows`` base rows each), so memory stays bounded
 whatever the size of the lake, as a pipeline: a reader thread reads and fingerprints the next batch,
