@@ -45,7 +45,8 @@ def sql(
     segments, watermark and compare (also klines_partitions, klines_tail, offsets_partitions, intervals).
 
     Read-only: queries (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) only; COPY, ATTACH, CREATE,
-    INSERT, INSTALL, SET and other statements that could write are refused (exit 2).
+    INSERT, INSTALL, SET and other statements that could write are refused (exit 2). Read-only is
+    not a sandbox: a query can read any file the user can (DuckDB's read_csv, read_parquet, …).
     """
     if fmt not in FORMATS:
         raise ValidationError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
