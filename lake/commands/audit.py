@@ -38,6 +38,9 @@ def audit_cmd(
     """Continuity report per series: holes classified as maintenance (exchange-wide), confirmed empty,
     segment break (delist/relist) or missing; rows per source (archive/rest/ws); listing segments.
 
+    Maintenance is judged on the symbols the lake holds (at least two trading around the hole): in a
+    lake of one symbol the same window is "confirmed empty" once the exchange answered it empty.
+
     Exits with code 1 while unexpected (missing) holes remain.
     """
     settings = get_settings(config, write=repair, must_exist=True, root=root, sim_url=sim_url)
