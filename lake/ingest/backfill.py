@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import datetime as dt
+import functools
 import logging
 import math
 import os
@@ -59,7 +60,7 @@ from lake.ingest.universe import Universe, fetch_exchange_info, universe, write_
 from lake.progress import Progress
 from lake.schema import KLINE_SCHEMA
 from lake.store.fs import LakeFS
-from lake.store.klines import list_partitions, scan_klines, unreadable_error, write_klines
+from lake.store.klines import collect_named, list_partitions, scan_klines, write_klines
 from lake.store.meta import EmptyRange, add_empty_ranges, clear_empty_ranges, read_empty_ranges
 from lake.store.paths import partition_end, partition_start
 
@@ -783,16 +784,15 @@ def _stored_opens(
     t0 = dt.datetime.fromtimestamp(start_ms / 1000, tz=dt.UTC)
     t1 = dt.datetime.fromtimestamp(end_ms / 1000, tz=dt.UTC)
     out: dict[str, np.ndarray] = {}
+
+    def files(sym: str) -> list[str]:  # a symbol's partition files, to name a damaged one
+        return [root.full(k.path) for k in list_partitions(root, trade_type, iv.name, sym)]
+
     for sym in symbols:
-        scan = scan_klines(root, trade_type, iv.name, [sym], t0, t1)
-        try:
-            t = scan.select(pl.col("candle_begin_time").dt.epoch("ms")).collect().to_series()
-        except pl.exceptions.PolarsError as exc:  # a damaged partition: name it (Polars does not)
-            paths = [root.full(key.path) for key in list_partitions(root, trade_type, iv.name, sym)]
-            named = unreadable_error(root, paths, exc)
-            if named is None:
-                raise
-            raise named from exc
+        scan = scan_klines(root, trade_type, iv.name, [sym], t0, t1).select(
+            pl.col("candle_begin_time").dt.epoch("ms")
+        )
+        t = collect_named(root, scan, functools.partial(files, sym)).to_series()
         if t.len():
             out[sym] = t.to_numpy()
     return out

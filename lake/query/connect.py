@@ -36,10 +36,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.utils import glob_translate
 
-from lake.errors import DataError, LakeError, NotFoundError
+from lake.errors import DataError, LakeError
 from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
 from lake.settings import load_settings
 from lake.store.fs import LakeFS
+from lake.store.klines import require_lake, to_lakefs
 from lake.store.schema_files import schema_file
 from lake.store.tables import EXCHANGE_INFO_SCHEMA, FUNDING_SCHEMA
 from lake.store.tail import SETTLED_S, tail_feeds, tail_files, upgrade_tail
@@ -161,9 +162,7 @@ def connect(
     in another directory, would otherwise give empty views)."""
     if root is None:
         root = load_settings().root
-    lfs = root if isinstance(root, LakeFS) else LakeFS(root)
-    if lfs.is_local and not os.path.isdir(lfs.full("")):
-        raise NotFoundError(f"no lake at {lfs.url_root}: the directory does not exist")
+    require_lake(to_lakefs(root))
 
     def attempt() -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(database, config=config or {})

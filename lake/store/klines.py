@@ -39,6 +39,7 @@ from lake.store.tail import TAIL_SCHEMA, read_tail
 
 __all__ = [
     "WriteResult",
+    "collect_named",
     "day_prints",
     "encode_parquet",
     "existing_lake",
@@ -46,6 +47,7 @@ __all__ = [
     "list_partitions",
     "list_series",
     "read_partition",
+    "require_lake",
     "scan_klines",
     "to_lakefs",
     "unreadable_error",
@@ -84,14 +86,30 @@ def unreadable_error(lfs: LakeFS, paths: Iterable[str], exc: Exception) -> DataE
     )
 
 
-def existing_lake(root: str | os.PathLike[str] | LakeFS) -> LakeFS:
-    """``to_lakefs`` for a root a user passed to a reader: a local directory that does not exist is a
-    ``NotFoundError``, since a mistyped path would otherwise read as an empty lake. A ``LakeFS`` is
-    taken as it is (lake's own writers read the lake they are creating)."""
-    lfs = to_lakefs(root)
-    if not isinstance(root, LakeFS) and lfs.is_local and not os.path.isdir(lfs.full("")):
+def collect_named(lfs: LakeFS, scan: pl.LazyFrame, paths: Callable[[], Iterable[str]]) -> pl.DataFrame:
+    """``scan.collect()`` for a scan of kline partition files (``paths()``, asked only on failure):
+    when it fails on a damaged file, the ``DataError`` of ``unreadable_error`` naming it."""
+    try:
+        return scan.collect()
+    except pl.exceptions.PolarsError as exc:
+        named = unreadable_error(lfs, paths(), exc)
+        if named is None:
+            raise
+        raise named from exc
+
+
+def require_lake(lfs: LakeFS) -> LakeFS:
+    """``lfs``, whose root must exist when it is a local directory: else a ``NotFoundError``, since
+    a mistyped path would otherwise read as an empty lake (object stores are checked by the store)."""
+    if lfs.is_local and not os.path.isdir(lfs.full("")):
         raise NotFoundError(f"no lake at {lfs.url_root}: the directory does not exist")
     return lfs
+
+
+def existing_lake(root: str | os.PathLike[str] | LakeFS) -> LakeFS:
+    """``to_lakefs`` for a root a user passed to a reader (``require_lake``). A ``LakeFS`` is taken
+    as it is: lake's own writers read the lake they are creating."""
+    return root if isinstance(root, LakeFS) else require_lake(to_lakefs(root))
 
 
 @dataclass(frozen=True, slots=True)

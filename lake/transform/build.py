@@ -44,7 +44,7 @@ from lake.binance.symbols import validate_symbols
 from lake.errors import DataError, NotFoundError, ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.fs import LakeFS, Payload
-from lake.store.klines import TimeLike, as_utc, existing_lake, list_series, to_lakefs
+from lake.store.klines import TimeLike, as_utc, collect_named, existing_lake, list_series, to_lakefs
 from lake.store.paths import DATA_FILE, PartitionKey, is_date_dir, partition_period
 from lake.transform import tail as offsets_tail
 from lake.transform.layout import (
@@ -75,7 +75,6 @@ from lake.transform.planning import (
     _Rows,
     _span,
     base_footers,
-    collect_named,
     fingerprints,
     plan_all,
     read_since_coded,
@@ -542,7 +541,7 @@ def _read_base(lfs: LakeFS, trade_type: str, plan: OffsetPlan, batch: list[Work]
             scans.append(scan_coded(lfs, [f for f, _ in files], [i for _, i in files]))
     if not scans:
         return pl.DataFrame(schema={"_sym": pl.UInt32, **OFFSET_SCHEMA}).drop("n_base")
-    out = collect_named(lfs, pl.concat(scans), read)
+    out = collect_named(lfs, pl.concat(scans), lambda: read)
     return out if len(scans) == 1 else out.sort("_sym", "candle_begin_time")
 
 

@@ -30,7 +30,7 @@ from lake.errors import ValidationError
 from lake.schema import OFFSET_SCHEMA
 from lake.store.dayprints import changed_days, day_prints, last_open, pack_days, row_hashes
 from lake.store.fs import LakeFS
-from lake.store.klines import unreadable_error
+from lake.store.klines import collect_named
 from lake.store.parquet_plain import footer_prints
 from lake.store.paths import (
     DATA_FILE,
@@ -52,7 +52,6 @@ __all__ = [
     "Tally",
     "Work",
     "base_footers",
-    "collect_named",
     "fingerprints",
     "plan_all",
     "read_footers",
@@ -274,7 +273,7 @@ def _read_partitions(
             out[sd] = (out[sd][0], rows)
     if whole:
         files = [paths[sd] for sd in whole]
-        frame = collect_named(lfs, scan_coded(lfs, files, list(range(len(whole)))), files)
+        frame = collect_named(lfs, scan_coded(lfs, files, list(range(len(whole)))), lambda: files)
         keys = [f"{i}" for i in range(len(whole))]  # one code per partition
         hashes = _Hashes()
         frame = _ordered(frame)
@@ -325,24 +324,14 @@ def read_since_coded(
     if rest:
         files = [paths[i] for i in rest]
         frames.append(
-            collect_named(lfs, scan_coded(lfs, files, [code_of[i] for i in rest]).filter(since), files)
+            collect_named(
+                lfs, scan_coded(lfs, files, [code_of[i] for i in rest]).filter(since), lambda: files
+            )
         )
     if len(frames) == 1:
         return frames[0]
     # the fallback's rows came after the others: back in file order (another writer's files only)
     return pl.concat(frames).sort("_sym", "candle_begin_time")
-
-
-def collect_named(lfs: LakeFS, scan: pl.LazyFrame, paths: Sequence[str]) -> pl.DataFrame:
-    """``scan.collect()`` for a scan of base partition files ``paths``: when it fails on a damaged
-    file (a truncated or foreign one), a ``DataError`` naming it (Polars' message does not)."""
-    try:
-        return scan.collect()
-    except pl.exceptions.PolarsError as exc:
-        named = unreadable_error(lfs, paths, exc)
-        if named is None:
-            raise
-        raise named from exc
 
 
 def base_footers(
