@@ -125,7 +125,10 @@ class SimConfig:
     ws_update_ms: Mapping[str, int] = field(
         default_factory=lambda: _frozen({m.name: m.ws_update_ms for m in MARKETS.values()})
     )
-    ws_catchup_max: int = 1440  # closing boundaries replayed after a clock jump
+    ws_catchup_max: int = 1440  # closing boundaries replayed after a clock jump (1s streams: seconds)
+    ws_update_ms_1s: int = (
+        1000  # spot kline_1s: x:false updates every this many virtual ms (others: ws_update_ms)
+    )
     ws_lifetime_s: float | None = None  # close connections after this many virtual seconds (Binance: 86400)
 
     # Archive
@@ -135,6 +138,10 @@ class SimConfig:
     list_next_marker: bool = True
     list_exact_size: bool = False  # True builds every listed zip to report its exact Size (slow)
     spot_us_from: str = "2025-01-01"
+    # Monthly spot 1s files (~2.6M rows, ~100 MB of CSV per symbol and month): listed and served, built
+    # on every request as a stream (one day in memory at a time, never cached; their .CHECKSUM is a
+    # second pass). False leaves them out of the listing (404), as if Binance published daily 1s only.
+    archive_monthly_1s: bool = True
     futures_header_from: Mapping[str, str | None] = field(
         default_factory=lambda: _frozen({"um": "2022-05-01", "cm": "2022-05-01"})
     )
@@ -148,6 +155,7 @@ class SimConfig:
     delivered_status: str = "DELIVERING"
 
     cache_mb: int = 256  # budget of the generated-data caches
+    cache_1s_mb: int = 64  # separate budget of the 1s caches (seconds of a day, 1s row blocks, daily 1s zips)
     faults: FaultConfig = field(default_factory=FaultConfig)
 
     def __post_init__(self) -> None:

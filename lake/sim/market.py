@@ -4,6 +4,9 @@ The 1m series of a (symbol, day) is generated on demand (``gen.generate_day``), 
 listing segments and the market's maintenance windows, and cached. Intervals up to 1d are derived per
 day (every such interval divides a day); 1d candles form a per-symbol daily table from which 3d (epoch
 aligned), 1w (Monday) and 1M (calendar month) are derived. All derivations use ``candles.aggregate``.
+Spot ``1s`` candles go the other way: they are generated per day from the day's final 1m candles
+(``seconds.generate_seconds``) so that they aggregate back to them exactly, and cached apart
+(``cache_1s_mb``) so that 1s traffic does not evict the other intervals' data.
 
 ``truth()`` returns exactly the candles the servers send (closed ones by default), as floats equal to
 ``float()`` of the strings sent.
@@ -28,6 +31,7 @@ from lake.sim.clock import MS_PER_DAY, MS_PER_MINUTE, VirtualClock, ms_to_iso, t
 from lake.sim.config import SimConfig
 from lake.sim.gen import daily_walk, generate_day
 from lake.sim.names import parse_symbol
+from lake.sim.seconds import MS_PER_SECOND, generate_seconds
 from lake.sim.universe import SymbolInfo, Universe
 
 __all__ = ["Awkward", "SimMarket", "truth_frame"]
@@ -75,6 +79,9 @@ class SimMarket:
         self._derived: ByteLRU[Candles] = ByteLRU(budget * 3 // 16, _cost)
         self._walks: ByteLRU[np.ndarray] = ByteLRU(budget // 16, lambda w: int(w.nbytes))
         self._daily: ByteLRU[tuple[int, Candles]] = ByteLRU(budget // 16, lambda e: _cost(e[1]))
+        # 1s: its own budget (cache_1s_mb), half of it for the seconds of a day (8.3 MB each); the REST
+        # row blocks and daily archive zips of 1s take a quarter each (rows.py, archive.py).
+        self._seconds: ByteLRU[Candles] = ByteLRU(self.config.cache_1s_mb * 2**20 // 2, _cost)
         self._lock = threading.RLock()
 
     # ---- symbols ----------------------------------------------------------------------------------
@@ -139,11 +146,23 @@ class SimMarket:
                 c.v[i] += add
         return self._minutes.put(key, c)
 
+    def seconds(self, info: SymbolInfo, day: int) -> Candles:
+        """The 1s candles of ``day``: 60 per existing 1m candle, aggregating to it exactly (spot only)."""
+        if info.market != "spot":
+            raise ValidationError(f"{info.market} has no 1s candles (Binance serves 1s on spot only)")
+        key = (info.symbol, info.version, day)
+        got = self._seconds.get(key)
+        if got is None:
+            got = self._seconds.put(key, generate_seconds(info, day, self.minutes(info, day)))
+        return got
+
     # ---- derived intervals ------------------------------------------------------------------------
     def day_candles(self, info: SymbolInfo, iv: Interval, day: int) -> Candles:
         """Candles of an interval up to 1d that open on ``day`` (final values)."""
         if iv.name == "1m":
             return self.minutes(info, day)
+        if iv.name == "1s":
+            return self.seconds(info, day)
         assert iv.ms is not None and iv.ms <= MS_PER_DAY
         key = (info.market, info.symbol, info.version, iv.name, day)
         got = self._derived.get(key)
@@ -184,7 +203,10 @@ class SimMarket:
             parts = []
             day = max(start, info.first_ms) // MS_PER_DAY
             while day * MS_PER_DAY < end:
-                nxt = self.universe.next_valid(info, max(start, day * MS_PER_DAY))
+                probe = max(start, day * MS_PER_DAY)
+                if iv.ms < MS_PER_MINUTE:  # 1s: the minute holding ``start`` has seconds from it on
+                    probe -= probe % MS_PER_MINUTE
+                nxt = self.universe.next_valid(info, probe)
                 if nxt is None or nxt >= end:
                     break
                 day = nxt // MS_PER_DAY
@@ -199,6 +221,9 @@ class SimMarket:
         fo = iv.floor(now)
         minute = now - now % MS_PER_MINUTE
         today = now // MS_PER_DAY
+        if iv.name == "1s":
+            sec = self.seconds(info, today).between(fo, fo + MS_PER_SECOND)
+            return partial(sec, (now - fo) / MS_PER_SECOND) if len(sec) else None
         subs = []
         if iv.ms is None or iv.ms > MS_PER_DAY:
             subs.append(self.daily_table(info, today - 1).between(fo, today * MS_PER_DAY))
@@ -227,15 +252,13 @@ class SimMarket:
         """The candles the simulator serves, as a DataFrame: ``symbol`` + the lake kline columns.
 
         ``kind`` is a market (``spot``/``um``/``cm``) or trade type; ``symbols`` defaults to all of it.
-        Candles open in ``[start, end)`` (default: all history up to now). With ``closed_only`` (the
+        ``1s`` exists on spot only (a futures ``kind`` with ``1s`` is a ``ValidationError``). Candles open in ``[start, end)`` (default: all history up to now). With ``closed_only`` (the
         default) only candles closed at ``now`` (default: the virtual clock) are returned, i.e. with
         open + interval <= now. Sorted by symbol, then time. On COIN-M ``volume`` is in contracts and
         ``quote_volume`` is the base-asset volume, as in the REST fields they come from.
         """
         market, infos = self.resolve(kind)
-        iv = parse_interval(interval, spot=market == "spot")
-        if iv.name == "1s":
-            raise ValidationError("the simulator does not serve 1s candles (they cannot be derived from 1m)")
+        iv = parse_interval(interval, spot=market == "spot")  # 1s: spot only
         if symbols is not None:
             wanted = [symbols] if isinstance(symbols, str) else list(symbols)
             known = {i.symbol: i for i in infos}

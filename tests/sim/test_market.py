@@ -263,8 +263,12 @@ def test_truth_closed_only_and_forming(market: SimMarket) -> None:
     assert 0 < f.v[0] < final.v[0]
 
 
-def test_truth_rejects_1s_and_unknown(market: SimMarket) -> None:
+def test_truth_1s_is_spot_only_and_unknown_rejected(market: SimMarket) -> None:
+    start = to_ms(TEST_START) - 10_000
+    assert market.truth("usdt_spot", "1s", ["BTCUSDT"], start).height == 10  # closed ones only
     with pytest.raises(ValidationError):
-        market.truth("usdt_spot", "1s", ["BTCUSDT"])
+        market.truth("usdt_perp", "1s", ["BTCUSDT"])
+    with pytest.raises(ValidationError):
+        market.truth("cm", "1s")
     with pytest.raises(ValidationError):
         market.truth("nonsense", "1m")
