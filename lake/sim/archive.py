@@ -2,7 +2,8 @@
 
 Files: ``/archive/data/{spot|futures/um|futures/cm}/{daily|monthly}/klines/{SYMBOL}/{interval}/
 {SYMBOL}-{interval}-{YYYY-MM-DD|YYYY-MM}.zip`` (+ ``.CHECKSUM``: ``"<sha256>  <zipname>"``, two spaces, no
-trailing newline). Daily files exist for 1m…1d, monthly ones also for 3d, 1w and ``1mo``. A zip holds one
+trailing newline). Daily files exist for 1m…1d, monthly ones also for 3d, 1w and ``1mo``; spot also has
+daily and monthly ``1s`` files (``archive_monthly_1s`` turns the monthly ones off). A zip holds one
 CSV named like it, with the 12 REST fields. Spot files dated from ``spot_us_from`` use µs timestamps;
 futures files carry a header row from ``futures_header_from`` for a deterministic
 ``futures_header_fraction`` of files; spot files never do.
@@ -12,14 +13,19 @@ the close of its last candle. No candles, no file. ``ETag`` is a hash of the key
 (not the MD5 of the body); ``Last-Modified`` is the publication or re-upload time (virtual). Listing
 ``Size`` of a zip is an estimate unless ``list_exact_size`` (building every zip of a page is slow).
 
-Zips are built on their first request and kept in an LRU cache. ``POST /_sim/archive
-{"static": true}`` keeps every zip once built (the real archive is static files on a CDN; the
+Zips are built on their first request and kept in an LRU cache (daily 1s zips, ~4 MB each, in one of
+their own: a quarter of ``cache_1s_mb``). Monthly 1s zips (~2.6M rows, ~100 MB of CSV) are never held
+whole: each request builds one as a stream, a day of candles at a time, in a worker thread (the event
+loop keeps serving); its SHA-256 and size are remembered from the first full pass (a ``.CHECKSUM``
+asked first costs a pass of its own), and a corrupt-zip fault flips 64 bytes at offset 65536 of such a
+stream. ``POST /_sim/archive {"static": true}`` keeps every zip once built (monthly 1s excepted) (the real archive is static files on a CDN; the
 benchmarks use it so that building zips is not part of their timing); ``GET /_sim/archive`` reports
 how many zips were built and their CPU time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import datetime as dt
 import hashlib
@@ -27,6 +33,7 @@ import io
 import re
 import time
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.utils import format_datetime
 from xml.sax.saxutils import escape
@@ -40,13 +47,14 @@ from lake.sim.clock import MS_PER_DAY, to_ms
 from lake.sim.faults import Faults
 from lake.sim.fmt import csv_bytes
 from lake.sim.limits import Stats
-from lake.sim.listing import DAILY, list_xml
+from lake.sim.listing import archive_intervals, list_xml
 from lake.sim.market import SimMarket
 from lake.sim.universe import SymbolInfo, stable_hash
 
 __all__ = ["Archive", "FileMeta"]
 
 _PREFIX = {MARKETS[m].archive_prefix: m for m in MARKETS}  # "data/futures/um" -> "um"
+_CORRUPT_AT = 1 << 16  # where a corrupt-zip fault flips 64 bytes of a streamed (monthly 1s) zip
 _KEY = re.compile(
     r"(data/(?:spot|futures/um|futures/cm))/(daily|monthly)/klines/([^/]+)/([0-9a-z]+)/"
     r"([^/-]+)-([0-9a-z]+)-(\d{4}-\d{2}(?:-\d{2})?)\.zip(\.CHECKSUM)?"
@@ -75,6 +83,11 @@ class FileMeta:
         return f"{pre}/{self.freq}/klines/{self.info.symbol}/{self.iv.archive_name}/{self.zip_name}"
 
     @property
+    def streamed(self) -> bool:
+        """A monthly 1s file: built as a stream on every request, never held whole."""
+        return self.freq == "monthly" and self.iv.name == "1s"
+
+    @property
     def etag(self) -> str:
         return '"' + hashlib.md5(f"{self.key}:{self.revision}".encode()).hexdigest() + '"'
 
@@ -99,7 +112,9 @@ class Archive:
         self.stats = stats
         self.reuploads: dict[tuple[str, str, int], tuple[int, int]] = {}  # (market, symbol, day) -> (n, at)
         self._zips: ByteLRU[bytes] = ByteLRU(market.config.cache_mb * 2**20 // 8, len)
+        self._zips_1s: ByteLRU[bytes] = ByteLRU(market.config.cache_1s_mb * 2**20 // 4, len)
         self._sha: ByteLRU[str] = ByteLRU(1 << 20, lambda _: 100)  # SHA-256 of a built zip, by its cache key
+        self._streamed: ByteLRU[tuple[str, int]] = ByteLRU(1 << 20, lambda _: 100)  # (SHA-256, size)
         # Static mode (``POST /_sim/archive {"static": true}``): every zip, once built, is kept, as a CDN
         # serves the real archive's files; benchmarks use it to keep the zip building out of their timing.
         self._static: dict[tuple[str, int, int], bytes] | None = None
@@ -110,7 +125,7 @@ class Archive:
     def meta(self, market: str, symbol: str, iv: Interval, freq: str, period: str) -> FileMeta | None:
         """The file if it is published now (virtual clock), else None."""
         info = self.market.universe.get(market, symbol)
-        if info is None or (freq == "daily" and iv not in DAILY):
+        if info is None or iv not in archive_intervals(market, freq, self.config.archive_monthly_1s):
             return None
         if freq == "daily":
             start = to_ms(period)
@@ -154,14 +169,67 @@ class Archive:
             self._static = None
 
     def zip_bytes(self, f: FileMeta) -> bytes:
-        """The (good) zip of a file, cached by key and content version."""
+        """The (good) zip of a file, cached by key and content version (a monthly 1s zip is built
+        whole here, uncached: the server streams those, see ``zip_stream``)."""
+        if f.streamed:
+            return b"".join(self.zip_stream(f))
         key = (f.key, f.revision, f.info.version)
+        cache = self._zips_1s if f.iv.name == "1s" else self._zips
         if self._static is not None:
             data = self._static.get(key)
             if data is None:
-                data = self._static[key] = self._zips.get_or(key, lambda: self._build(f))
+                data = self._static[key] = cache.get_or(key, lambda: self._build(f))
             return data
-        return self._zips.get_or(key, lambda: self._build(f))
+        return cache.get_or(key, lambda: self._build(f))
+
+    def zip_digest(self, f: FileMeta) -> tuple[str, int]:
+        """(SHA-256 hex, size) of the good zip."""
+        key = (f.key, f.revision, f.info.version)
+        if f.streamed:
+            got = self._streamed.get(key)
+            if got is None:
+                h, size = hashlib.sha256(), 0
+                for chunk in self.zip_stream(f):
+                    h.update(chunk)
+                    size += len(chunk)
+                got = self._streamed.put(key, (h.hexdigest(), size))
+            return got
+        data = self.zip_bytes(f)
+        return self._sha.get_or(key, lambda: hashlib.sha256(data).hexdigest()), len(data)
+
+    def zip_stream(self, f: FileMeta) -> Iterator[bytes]:
+        """The zip of a file as chunks, built a day at a time (memory: one day of candles and CSV).
+        The whole stream's digest is remembered once it has run to the end."""
+        t0 = time.thread_time()
+        key = (f.key, f.revision, f.info.version)
+        sink = _Sink()
+        h, size = hashlib.sha256(), 0
+        micro, header = self._micro(f), self._header(f)
+        with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            ts = dt.datetime.fromtimestamp(f.published // 1000, tz=dt.UTC)
+            zi = zipfile.ZipInfo(f.zip_name[:-4] + ".csv", date_time=ts.timetuple()[:6])
+            zi.compress_type = zipfile.ZIP_DEFLATED
+            setattr(zi, "_compresslevel", 1)  # noqa: B010 - deflate level 1, as _build_zip
+            with z.open(zi, "w") as w:
+                for day in range(f.start // MS_PER_DAY, f.end // MS_PER_DAY):
+                    c = self.market.day_candles(f.info, f.iv, day)
+                    first = day * MS_PER_DAY == f.start
+                    w.write(csv_bytes(f.info, f.iv, c, micro=micro, header=header and first))
+                    chunk = sink.take()
+                    if chunk:
+                        h.update(chunk)
+                        size += len(chunk)
+                        t1 = time.thread_time()
+                        self.build_s += t1 - t0
+                        yield chunk
+                        t0 = time.thread_time()
+        chunk = sink.take()
+        h.update(chunk)
+        size += len(chunk)
+        self.built += 1
+        self.build_s += time.thread_time() - t0
+        self._streamed.put(key, (h.hexdigest(), size))
+        yield chunk
 
     def _build(self, f: FileMeta) -> bytes:
         t0 = time.thread_time()
@@ -187,11 +255,12 @@ class Archive:
         return buf.getvalue()
 
     def checksum_text(self, f: FileMeta) -> str:
-        if self.faults.checksum_is_wrong(f.key):
-            digest = hashlib.sha256(b"wrong" + self.zip_bytes(f)).hexdigest()
+        if not self.faults.checksum_is_wrong(f.key):
+            digest = self.zip_digest(f)[0]
+        elif f.streamed:
+            digest = hashlib.sha256(b"wrong" + self.zip_digest(f)[0].encode()).hexdigest()
         else:
-            key = (f.key, f.revision, f.info.version)
-            digest = self._sha.get_or(key, lambda: hashlib.sha256(self.zip_bytes(f)).hexdigest())
+            digest = hashlib.sha256(b"wrong" + self.zip_bytes(f)).hexdigest()
         return f"{digest}  {f.zip_name}"
 
     def parse_key(self, key: str) -> tuple[FileMeta | None, bool]:
@@ -206,7 +275,7 @@ class Archive:
             iv = parse_interval(ivn)
         except Exception:
             return None, False
-        if iv.archive_name != ivn or iv.name == "1s":
+        if iv.archive_name != ivn:
             return None, False
         return self.meta(_PREFIX[pre], sym, iv, freq, period), ck is not None
 
@@ -251,7 +320,7 @@ class Archive:
             self.set_static(body["static"])
         return web.json_response(self.control_info())
 
-    async def get_file(self, request: web.Request) -> web.Response:
+    async def get_file(self, request: web.Request) -> web.StreamResponse:
         key = request.match_info["key"]
         f, is_ck = self.parse_key(key)
         self.stats.count("archive", "requests")
@@ -268,6 +337,8 @@ class Archive:
             return web.Response(status=status, text="unavailable")
         if is_ck:
             data = self.checksum_text(f).encode()
+        elif f.streamed:
+            return await self._send_stream(request, f)
         else:
             data = self.zip_bytes(f)
             if self.faults.is_corrupt(f.key):
@@ -281,6 +352,38 @@ class Archive:
         ctype = "application/octet-stream" if is_ck else "application/zip"
         return web.Response(body=data, content_type=ctype, headers=headers)
 
+    async def _send_stream(self, request: web.Request, f: FileMeta) -> web.StreamResponse:
+        """A monthly 1s zip, built as it is sent (chunked; Content-Length when the size is known)."""
+        headers = {
+            "ETag": f.etag,
+            "Last-Modified": _http_date(f.published),
+            "Content-Type": "application/zip",
+        }
+        known = self._streamed.get((f.key, f.revision, f.info.version))
+        if request.method != "GET":  # HEAD: the size needs a pass when it is not known yet
+            size = known[1] if known is not None else (await asyncio.to_thread(self.zip_digest, f))[1]
+            self.stats.count("archive", "status_200")
+            return web.Response(headers={**headers, "Content-Length": str(size)})
+        self.faults.note_zip_download(f.key)
+        corrupt = self.faults.is_corrupt(f.key)
+        resp = web.StreamResponse(headers=headers)
+        if known is not None:
+            resp.content_length = known[1]
+        await resp.prepare(request)
+        chunks = self.zip_stream(f)
+        at, sent = 0, 0
+        while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+            if corrupt and at < _CORRUPT_AT + 64 and at + len(chunk) > _CORRUPT_AT:
+                i, j = max(_CORRUPT_AT - at, 0), min(_CORRUPT_AT + 64 - at, len(chunk))
+                chunk = chunk[:i] + bytes(b ^ 0x5A for b in chunk[i:j]) + chunk[j:]
+            at += len(chunk)
+            await resp.write(chunk)
+            sent += len(chunk)
+        await resp.write_eof()
+        self.stats.count("archive", "status_200")
+        self.stats.count("archive", "bytes", sent)
+        return resp
+
     async def list_bucket(self, request: web.Request) -> web.Response:
         self.stats.count("archive", "listings")
         q = request.query
@@ -292,3 +395,25 @@ class Archive:
             self, q.get("prefix", ""), q.get("delimiter") or None, q.get("marker", ""), max(max_keys, 1)
         )
         return web.Response(text=xml, content_type="application/xml")
+
+
+class _Sink:
+    """A write-only, unseekable file for ``zipfile``: collects what is written until ``take``."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, b: bytes, /) -> int:
+        self._parts.append(bytes(b))
+        return len(b)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def take(self) -> bytes:
+        out = b"".join(self._parts)
+        self._parts.clear()
+        return out

@@ -21,12 +21,25 @@ from lake.sim.universe import SymbolInfo
 if TYPE_CHECKING:
     from lake.sim.archive import Archive, FileMeta
 
-__all__ = ["DAILY", "MONTHLY", "list_xml", "walk"]
+__all__ = ["DAILY", "MONTHLY", "archive_intervals", "list_xml", "walk"]
 
 _BUCKET = "data.binance.vision"
 _MONTH = INTERVALS["1M"]
-DAILY = [iv for iv in INTERVALS.values() if iv.ms is not None and iv.ms <= MS_PER_DAY and iv.name != "1s"]
-MONTHLY = [iv for iv in INTERVALS.values() if iv.name != "1s"]
+# Every market's intervals; spot adds 1s (``archive_intervals``).
+DAILY = [iv for iv in INTERVALS.values() if iv.ms is not None and iv.ms <= MS_PER_DAY and not iv.spot_only]
+MONTHLY = [iv for iv in INTERVALS.values() if not iv.spot_only]
+_SECOND = INTERVALS["1s"]
+
+
+def archive_intervals(market: str, freq: str, monthly_1s: bool = True) -> list[Interval]:
+    """The intervals with ``freq`` (daily/monthly) files on ``market``: spot has 1s too (its monthly
+    1s files unless ``monthly_1s`` is off, the ``archive_monthly_1s`` knob)."""
+    base = DAILY if freq == "daily" else MONTHLY
+    if market == "spot" and (freq == "daily" or monthly_1s):
+        return [_SECOND, *base]
+    return base
+
+
 Entry = tuple[str, "FileMeta | None", bool]  # (key or prefix, file for keys, is CHECKSUM)
 
 
@@ -107,7 +120,7 @@ def children(arch: Archive, d: str) -> list[Entry]:
     info = syms.get(rest[2])
     if info is None:
         return []
-    ivs = {iv.archive_name: iv for iv in (DAILY if freq == "daily" else MONTHLY)}
+    ivs = {iv.archive_name: iv for iv in archive_intervals(market, freq, arch.config.archive_monthly_1s)}
     if len(rest) == 3:
         if not _symbol_published(arch, info, freq):
             return []
@@ -145,7 +158,7 @@ def _size(arch: Archive, f: FileMeta, is_ck: bool) -> int:
     if is_ck:
         return 66 + len(f.zip_name)
     if arch.config.list_exact_size:
-        return len(arch.zip_bytes(f))
+        return arch.zip_digest(f)[1]
     rows = max(1, (f.end - f.start) // f.iv.approx_ms)
     return int(rows * (105 if f.market == "spot" else 72) * 0.42) + 180 + 2 * len(f.zip_name)
 

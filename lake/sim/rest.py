@@ -6,7 +6,7 @@ Paths: ``{prefix}/klines``, ``/exchangeInfo``, ``/time``, ``/ping`` for prefixes
 Every response carries ``X-MBX-USED-WEIGHT-1M`` (spot also the legacy ``X-MBX-USED-WEIGHT``). Order of
 checks per request: fault draw (5xx / hang), ban (418), forced 429, weight budget (429/418), handler.
 Errors are ``{"code": …, "msg": …}`` with Binance's codes: -1121 invalid symbol, -1120 invalid interval
-(also for ``1s``, which the simulator cannot derive from 1m), -1100 malformed number, -1102 missing
+(also for ``1s`` on futures: Binance serves ``1s`` on spot only), -1100 malformed number, -1102 missing
 parameter, -1130 bad limit, -1023 start after end, -1127 COIN-M span over 200 days (message
 UNVERIFIED), -1003 rate limits.
 """
@@ -223,7 +223,7 @@ class RestApi:
         q = request.query
         info = self._symbol(market, q)
         iv = INTERVALS.get(_required(q, "interval"))
-        if iv is None or iv.name == "1s":
+        if iv is None or (iv.spot_only and market != "spot"):
             raise ApiError(-1120, "Invalid interval.")
         limit = _int(q, "limit")
         limit = 500 if limit is None else limit

@@ -11,8 +11,10 @@ Control messages ``SUBSCRIBE`` / ``UNSUBSCRIBE`` / ``LIST_SUBSCRIPTIONS`` / ``SE
 Each connection has a pusher task. When the virtual clock reaches a minute boundary (plus the
 ``ws_close_delay_s`` fault) it sends the ``x: true`` event of every subscribed stream whose candle closes
 there (event time ``E`` = boundary + delay + ``ws_close_lag_ms``), with exactly the truth values (no event when the candle has
-no 1m data). ``x: false`` updates of the forming candles go out every ``ws_update_ms`` of virtual time,
-but at most ``ws_intermediate_per_s`` rounds per real second. Limits enforced by closing the
+no 1m data). Spot ``<symbol>@kline_1s`` streams close at every second boundary the same way, from a
+cursor of their own (futures do not serve 1s: such a stream is accepted and stays silent).
+``x: false`` updates of the forming candles go out every ``ws_update_ms`` of virtual time (1s streams:
+``ws_update_ms_1s``, 1000 ms as Binance), but at most ``ws_intermediate_per_s`` rounds per real second. Limits enforced by closing the
 connection (code 1008): more than the stream cap (1024; COIN-M 200), more incoming messages per second
 than allowed (5 spot, 10 futures; text messages only, aiohttp answers pings itself). The server pings
 every ``ws_heartbeat_s`` (aiohttp heartbeat; a missing pong closes the connection after half that).
@@ -44,6 +46,7 @@ from lake.sim.faults import Faults
 from lake.sim.fmt import ws_kline_event
 from lake.sim.limits import Stats
 from lake.sim.market import SimMarket
+from lake.sim.seconds import MS_PER_SECOND
 
 __all__ = ["WS_BASES", "WsHub"]
 
@@ -191,7 +194,8 @@ class WsHub:
             if s not in conn.subs:
                 m = _KLINE.fullmatch(s)
                 iv = INTERVALS.get(m.group(2)) if m else None
-                conn.subs[s] = (m.group(1).upper(), iv) if m and iv is not None and iv.name != "1s" else None
+                ok = m and iv is not None and (conn.market == "spot" or not iv.spot_only)
+                conn.subs[s] = (m.group(1).upper(), iv) if m and iv is not None and ok else None
         conn.wake.set()
         return len(conn.subs) <= int(self.config.ws_stream_caps.get(conn.market, 1024))
 
@@ -241,7 +245,9 @@ class WsHub:
     async def _push_loop(self, conn: _Conn) -> None:
         cfg, clock = self.config, self.clock
         cursor = clock.now_ms() // MS_PER_MINUTE * MS_PER_MINUTE
+        sec_cursor = clock.now_ms() // MS_PER_SECOND * MS_PER_SECOND  # 1s streams
         last_real, last_virtual = 0.0, clock.now_ms()
+        last_virtual_1s = last_virtual
         update_ms = int(cfg.ws_update_ms.get(conn.market, 250))
         while not conn.ws.closed:
             conn.wake.clear()
@@ -269,14 +275,33 @@ class WsHub:
             while cursor + MS_PER_MINUTE + delay <= now:
                 cursor += MS_PER_MINUTE
                 await self._closings(conn, cursor, cursor + delay + cfg.ws_close_lag_ms)
-            due = (
-                now - last_virtual >= update_ms
-                and time.monotonic() - last_real >= 1.0 / cfg.ws_intermediate_per_s
-            )
-            if cfg.ws_intermediate and conn.subs and due:
-                last_real, last_virtual = time.monotonic(), now
-                await self._partials(conn, now)
+            has_1s = any(p is not None and p[1].ms == MS_PER_SECOND for p in conn.subs.values())
+            if has_1s:
+                if now < sec_cursor:
+                    sec_cursor = now // MS_PER_SECOND * MS_PER_SECOND
+                ready = (now - delay - sec_cursor) // MS_PER_SECOND
+                if ready > cfg.ws_catchup_max:
+                    sec_cursor += (ready - cfg.ws_catchup_max) * MS_PER_SECOND
+                while sec_cursor + MS_PER_SECOND + delay <= now:
+                    sec_cursor += MS_PER_SECOND
+                    await self._closings(
+                        conn, sec_cursor, sec_cursor + delay + cfg.ws_close_lag_ms, seconds=True
+                    )
+            else:  # a 1s stream subscribed later starts at its subscription
+                sec_cursor = max(sec_cursor, (now - delay) // MS_PER_SECOND * MS_PER_SECOND)
+            real_ok = time.monotonic() - last_real >= 1.0 / cfg.ws_intermediate_per_s
+            due = now - last_virtual >= update_ms and real_ok
+            due_1s = has_1s and now - last_virtual_1s >= cfg.ws_update_ms_1s and real_ok
+            if cfg.ws_intermediate and conn.subs and (due or due_1s):
+                last_real = time.monotonic()
+                if due:
+                    last_virtual = now
+                if due_1s:
+                    last_virtual_1s = now
+                await self._partials(conn, now, others=due, seconds=due_1s)
             timeout = min(1.0, clock.real_seconds(cursor + MS_PER_MINUTE + delay - now))
+            if has_1s:
+                timeout = min(timeout, clock.real_seconds(sec_cursor + MS_PER_SECOND + delay - now))
             if cfg.ws_intermediate and conn.subs:
                 timeout = min(
                     timeout, max(0.01, 1.0 / cfg.ws_intermediate_per_s - (time.monotonic() - last_real))
@@ -286,14 +311,16 @@ class WsHub:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.wake.wait(), timeout=max(timeout, 0.001))
 
-    async def _closings(self, conn: _Conn, boundary: int, event_ms: int) -> None:
+    async def _closings(self, conn: _Conn, boundary: int, event_ms: int, *, seconds: bool = False) -> None:
+        """Closing events of the streams whose candle closes at ``boundary``: the 1s streams with
+        ``seconds``, the others without."""
         skip = self.faults.ws_skip_close_symbols
         uni = self.market.universe
         for stream, parsed in list(conn.subs.items()):
             if parsed is None:
                 continue
             symbol, iv = parsed
-            if iv.floor(boundary) != boundary or symbol in skip:
+            if (iv.ms == MS_PER_SECOND) != seconds or iv.floor(boundary) != boundary or symbol in skip:
                 continue
             info = uni.get(conn.market, symbol)
             if info is None:
@@ -305,12 +332,16 @@ class WsHub:
                 self.closing_sent.append((symbol, iv.name, opened, time.monotonic()))
                 self.stats.count("ws", "closing_events")
 
-    async def _partials(self, conn: _Conn, now: int) -> None:
+    async def _partials(self, conn: _Conn, now: int, *, others: bool = True, seconds: bool = False) -> None:
+        """``x: false`` updates of the forming candles: of the 1s streams with ``seconds``, of the
+        others with ``others``."""
         uni = self.market.universe
         for stream, parsed in list(conn.subs.items()):
             if parsed is None:
                 continue
             symbol, iv = parsed
+            if not (seconds if iv.ms == MS_PER_SECOND else others):
+                continue
             info = uni.get(conn.market, symbol)
             if info is None or not info.listed_at(now):
                 continue

@@ -117,9 +117,9 @@ async def test_limits_and_errors(sim: SimServer, http: aiohttp.ClientSession) ->
         assert status == 400 and body["code"] == code, params
         assert set(body) == {"code", "msg"} and (msg is None or body["msg"] == msg)
     status, _, body = await get(
-        http, f"{sim.base_url}/api/v3/klines", params={"symbol": "BTCUSDT", "interval": "1s"}
+        http, f"{sim.base_url}/dapi/v1/klines", params={"symbol": "BTCUSD_PERP", "interval": "1s"}
     )
-    assert (status, body["code"]) == (400, -1120)  # 1s cannot be derived from 1m: unsupported here
+    assert (status, body["code"]) == (400, -1120)  # 1s is spot only (tests/sim/test_seconds.py)
 
 
 async def test_weights_and_headers(sim: SimServer, http: aiohttp.ClientSession) -> None:
