@@ -158,6 +158,10 @@ def connect(
 ) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection with the lake's views (``VIEWS``) registered; ``root`` defaults to settings.
 
+    The session's time zone is UTC, Binance's: ``hour()``, ``::DATE`` and the text of a
+    ``TIMESTAMPTZ`` do not depend on the machine's zone, and a naive timestamp (Quantclass's CSV
+    times) is read as UTC when compared with the lake's. ``SET TimeZone = '…'`` changes it.
+
     A local root that does not exist is a ``NotFoundError`` (a mistyped path, or a notebook started
     in another directory, would otherwise give empty views)."""
     if root is None:
@@ -167,6 +171,8 @@ def connect(
     def attempt() -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(database, config=config or {})
         try:
+            # after connecting: DuckDB refuses the setting in config before ICU is loaded
+            con.execute("SET TimeZone = 'UTC'")
             register_views(con, root)
         except BaseException:
             con.close()
