@@ -24,6 +24,7 @@ import random
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import aiohttp
 import polars as pl
@@ -122,13 +123,20 @@ class QuantclassClient:
             ts = dt.datetime.strptime(str(data["ts"]), "%Y%m%d%H%M").replace(tzinfo=SHANGHAI)
             return LatestFiles(offset, str(data["spot"]), str(data["swap"]), ts)
         except (KeyError, TypeError, ValueError) as exc:
-            raise DataError(f"unexpected Quantclass API answer for offset {offset}: {exc!r}") from exc
+            raise DataError(
+                f"unexpected Quantclass API answer for offset {offset}: {self._redact(repr(exc))[:200]}"
+            ) from exc
 
     def _redact(self, text: str) -> str:
-        """``text`` with the key and UUID masked (a server or proxy may echo them back)."""
+        """``text`` with the key and UUID masked (a server or proxy may echo them back, also as
+        they appear in a query string)."""
         for secret in (self._key, self._uuid):
             if secret:
-                text = text.replace(secret, "***")
+                sent = URL("http://x").with_query({"v": secret})  # as the request carried it
+                forms = {secret, quote(secret, safe=""), quote_plus(secret), quote(secret)}
+                forms |= {sent.raw_query_string[2:], sent.query_string[2:]}
+                for form in sorted(forms, key=len, reverse=True):
+                    text = text.replace(form, "***")
         return text
 
     async def download(self, url: str) -> bytes:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 
-from lake.errors import NotFoundError, ValidationError
+from lake.errors import IncompleteError, NotFoundError, ValidationError
 from lake.quantclass.client import QuantclassClient
 from lake.quantclass.files import FileName, decode_archive, kind_of, read_candles_csv
 from lake.query.connect import connect
@@ -142,11 +142,11 @@ async def fetch_reference(
         async def one(offset: str) -> pl.DataFrame:
             latest = await qc.latest(offset)
             data = await qc.download(latest.url(kind))
+            df = await asyncio.to_thread(decode_archive, data)  # kept only if it can be read
             if save_dir is not None:
                 name = FileName(latest.ts, kind, offset)
                 target = Path(save_dir) / str(name)
                 await asyncio.to_thread(_save, target, data)
-            df = await asyncio.to_thread(decode_archive, data)
             return df.with_columns(pl.lit(offset).alias("offset"))
 
         frames = await asyncio.gather(*(one(o) for o in offsets))
@@ -155,7 +155,7 @@ async def fetch_reference(
 
 def _save(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, target)
 
@@ -167,18 +167,20 @@ def load_reference_dir(directory: str | os.PathLike[str], trade_type: str) -> pl
     if not d.is_dir():
         raise NotFoundError(f"reference directory {d} does not exist")
     frames = []
-    for path in sorted(d.iterdir()):
+    for k, path in enumerate(sorted(d.iterdir())):  # by name: oldest ``ts`` first
         name = FileName.parse(path.name)
         if name is None or name.kind != kind:
             continue
         data = path.read_bytes()
         df = decode_archive(data) if name.ext == "7z" else read_candles_csv(data)
-        frames.append(df.with_columns(pl.lit(name.offset).alias("offset")))
+        frames.append(df.with_columns(pl.lit(name.offset).alias("offset"), pl.lit(k).alias("_file")))
     if not frames:
         raise NotFoundError(f"no Quantclass {kind} files (e.g. 202410081500-{kind}_1h0m.7z) in {d}")
-    return pl.concat(frames).unique(
-        ["offset", "symbol", "candle_begin_time"], keep="last", maintain_order=True
-    )
+    # Successive files of an offset overlap (each holds the latest hours): a candle is taken from
+    # the newest file holding it, with all of that file's rows for it, as a download compares them
+    # (the seed's merge keeps a file's duplicate rows, and its max then sees every one).
+    keys = ["offset", "symbol", "candle_begin_time"]
+    return pl.concat(frames).filter(pl.col("_file") == pl.col("_file").max().over(keys)).drop("_file")
 
 
 async def compare_quantclass(
@@ -197,6 +199,9 @@ async def compare_quantclass(
         reference = await asyncio.to_thread(load_reference_dir, reference_dir, trade_type)
     else:
         reference = await fetch_reference(settings, trade_type, save_dir=save_dir)
+    if reference.height == 0:  # a file mid-update, say: the lake is not what is missing
+        where = f"the files in {reference_dir}" if reference_dir is not None else "Quantclass's latest files"
+        raise IncompleteError(f"nothing to compare: {where} hold no {kind_of(trade_type)} candles")
     return await asyncio.to_thread(compare_with_reference, settings.root, trade_type, interval, reference)
 
 

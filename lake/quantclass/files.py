@@ -117,8 +117,13 @@ def read_candles_csv(data: bytes) -> pl.DataFrame:
             .alias("candle_begin_time"),
             # Binance's spelling: Quantclass's own files elsewhere write BTC-USDT
             pl.col("symbol").str.strip_chars().str.replace_all(r"[-/]", "").str.to_uppercase(),
-            *(pl.col(c).str.strip_chars().cast(pl.Float64) for c in VALUE_COLUMNS if c != "trade_num"),
-            pl.col("trade_num").str.strip_chars().cast(pl.Float64).cast(pl.Int64),
+            # "nan" is a missing value, as pandas reads it and the seed's max then skips it
+            *(
+                pl.col(c).str.strip_chars().cast(pl.Float64).fill_nan(None)
+                for c in VALUE_COLUMNS
+                if c != "trade_num"
+            ),
+            pl.col("trade_num").str.strip_chars().cast(pl.Float64).fill_nan(None).cast(pl.Int64),
             (pl.col("tag") if "tag" in raw.columns else pl.lit(None, pl.String)).alias("tag"),
         ).select(CSV_COLUMNS)
     except pl.exceptions.PolarsError as exc:

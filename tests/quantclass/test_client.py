@@ -41,6 +41,10 @@ class Server:
             )
         if request.query.get("offset") == "refused":  # an error answered with HTTP 200
             return web.json_response({"code": 4001, "msg": f"no such user {request.query.get('uuid')}"})
+        if request.query.get("offset") == "echo-ts":  # the uuid echoed where a time belongs
+            return web.json_response({"data": {"spot": "s", "swap": "w", "ts": request.query.get("uuid")}})
+        if request.query.get("offset") == "echo-query":  # the query string echoed, still encoded
+            return web.json_response({"code": 1, "msg": f"bad request {request.query_string}"})
         if request.query.get("offset") == "busy":
             self.busy += 1
             if self.busy == 1:
@@ -142,3 +146,17 @@ def test_credentials_required_for_the_real_api() -> None:
     assert QuantclassClient.from_settings(
         Settings(quantclass_api_key="k", quantclass_uuid="u")
     ).base_url.startswith("https://api.quantclass.cn")
+
+
+@pytest.mark.parametrize("uuid", [UUID, "u+v w/x=y&z%"])
+async def test_echoed_secrets_are_masked_also_url_encoded(server: Server, uuid: str) -> None:
+    """A server that echoes the UUID where the time belongs, or echoes the query string as it came
+    (percent-encoded: ``+``, space, ``/`` change form), shows no secret in the error."""
+    async with QuantclassClient(server.url, KEY, uuid) as qc:
+        with pytest.raises(DataError, match="unexpected Quantclass API answer") as info:
+            await qc.latest("echo-ts")
+        assert uuid not in str(info.value) and "***" in str(info.value)
+        with pytest.raises(DataError, match="refused offset echo-query") as info:
+            await qc.latest("echo-query")
+        shown = str(info.value)
+        assert "offset=echo-query" in shown and "uuid=***" in shown, shown
