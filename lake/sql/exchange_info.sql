@@ -3,7 +3,8 @@
 --
 -- Files: exchange_info/trade_type=<tt>/date=<YYYY-MM-DD>/data.parquet.
 CREATE OR REPLACE VIEW exchange_info AS
-SELECT *
+-- partition columns last, in path order, whichever order DuckDB gives hive columns in
+SELECT * EXCLUDE (trade_type, date), trade_type, date
 FROM read_parquet(
     [
         getvariable('lake_root') || '/_meta/schema/exchange_info/trade_type=_/date=_/schema.parquet',  -- first: see lake/store/schema_files.py

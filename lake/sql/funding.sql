@@ -3,7 +3,8 @@
 --
 -- Files: funding/trade_type=<tt>/symbol=<SYM>/data.parquet.
 CREATE OR REPLACE VIEW funding AS
-SELECT *
+-- partition columns last, in path order, whichever order DuckDB gives hive columns in
+SELECT * EXCLUDE (trade_type, symbol), trade_type, symbol
 FROM read_parquet(
     [
         getvariable('lake_root') || '/_meta/schema/funding/trade_type=_/symbol=_/schema.parquet',  -- first: see lake/store/schema_files.py
