@@ -17,6 +17,7 @@ from lake.cli_common import (
     get_settings,
     print_json,
     report_console,
+    write_output,
 )
 from lake.errors import IncompleteError, ValidationError
 from lake.quantclass.compare import compare_quantclass
@@ -74,10 +75,8 @@ def compare(
             f"--interval {interval}` first"
         )
     if output is not None:
-        if output.suffix == ".parquet":
-            result.detail.write_parquet(output)
-        else:
-            result.detail.write_csv(output)
+        detail = result.detail
+        write_output(output, detail.write_parquet if output.suffix == ".parquet" else detail.write_csv)
     # No candle in common (the reference covers hours the lake has no offsets for yet) is not a
     # match either: an all "-" table with exit 0 read as success.
     none_matched = result.matched == 0

@@ -17,7 +17,7 @@ import duckdb
 import polars as pl
 import typer
 
-from lake.cli_common import ConfigOpt, RootOpt, check_output, get_settings
+from lake.cli_common import ConfigOpt, RootOpt, check_output, get_settings, write_output
 from lake.errors import ValidationError
 from lake.query.connect import VIEWS, connect, error_line, retry_torn
 
@@ -119,20 +119,30 @@ def _run(con: duckdb.DuckDBPyConnection, query: str, fmt: str, output: Path | No
     if not statements:  # blank, or comments only: a script that built an empty query should know
         raise ValidationError("empty query: no SQL statement to run")
 
+    temporal_text = False
+
     def run() -> pl.DataFrame | None:
         df = None
         for statement in statements:
             rel = con.sql(statement.query)
-            df = _portable(rel, fmt).pl() if rel is not None else None
+            df = _portable(rel, fmt, temporal_text).pl() if rel is not None else None
         return df
 
     try:
         df = retry_torn(run)  # read-only, so a torn read is simply run again
+        if df is None:
+            return
+        try:
+            _render(df, fmt, output)
+        except pl.exceptions.PanicException:
+            # Polars cannot print a date or time outside its range (DuckDB's 'infinity', year
+            # 294247): the query again, its dates and times as DuckDB's own text
+            temporal_text = True
+            df = retry_torn(run)
+            assert df is not None
+            _render(df, fmt, output)
     except duckdb.Error as exc:
         raise ValidationError(f"SQL error: {error_line(exc)}") from exc
-    if df is None:
-        return
-    _render(df, fmt, output)
 
 
 # Types Polars cannot take from DuckDB at all, and types a format cannot hold (nested values in
@@ -144,9 +154,13 @@ _NOT_IN = {
 }
 
 
-def _portable(rel: duckdb.DuckDBPyRelation, fmt: str) -> duckdb.DuckDBPyRelation:
-    """``rel`` with the columns Polars or ``fmt`` cannot take cast to VARCHAR, and repeated column
-    names made unique (``a``, ``a_1``) as Polars needs; ``rel`` itself when nothing needs it."""
+_TEMPORAL = re.compile(r"\b(DATE|TIME|TIMESTAMP\w*)\b")
+
+
+def _portable(rel: duckdb.DuckDBPyRelation, fmt: str, temporal_text: bool = False) -> duckdb.DuckDBPyRelation:
+    """``rel`` with the columns Polars or ``fmt`` cannot take cast to VARCHAR (and, with
+    ``temporal_text``, those holding dates or times), and repeated column names made unique (``a``,
+    ``a_1``) as Polars needs; ``rel`` itself when nothing needs it."""
     types = [str(t).upper() for t in rel.types]
     names: list[str] = []
     for name in rel.columns:
@@ -156,7 +170,10 @@ def _portable(rel: duckdb.DuckDBPyRelation, fmt: str) -> duckdb.DuckDBPyRelation
             unique = f"{name}_{k}"
         names.append(unique)
     other = _NOT_IN.get(fmt)
-    text = [bool(_NO_POLARS.search(t) or (other and other.search(t))) for t in types]
+    text = [
+        bool(_NO_POLARS.search(t) or (other and other.search(t)) or (temporal_text and _TEMPORAL.search(t)))
+        for t in types
+    ]
     if not any(text) and names == list(rel.columns):
         return rel
     cols = [f"c{k}" for k in range(len(names))]
@@ -174,7 +191,7 @@ def _portable(rel: duckdb.DuckDBPyRelation, fmt: str) -> duckdb.DuckDBPyRelation
 def _render(df: pl.DataFrame, fmt: str, output: Path | None) -> None:
     if fmt == "parquet":
         assert output is not None
-        df.write_parquet(output)
+        write_output(output, df.write_parquet)
     elif fmt == "csv":
         text = df.write_csv()
         _emit(text, output)
@@ -191,7 +208,7 @@ def _emit(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        write_output(output, lambda path: path.write_text(text, encoding="utf-8"))
 
 
 def _repl(con: duckdb.DuckDBPyConnection, stream: TextIO, fmt: str) -> None:
