@@ -23,12 +23,12 @@ from typer.testing import CliRunner
 
 from lake.commands import compare as compare_command
 from lake.commands import sql as sql_command
-from lake.errors import DataError
+from lake.errors import DataError, ValidationError
 from lake.quantclass.compare import compare_quantclass
 from lake.query import connect
 from lake.settings import Settings
 from lake.store.coverage import coverage
-from lake.store.klines import write_klines
+from lake.store.klines import scan_klines, write_klines
 from lake.store.meta import EmptyRange, add_empty_ranges
 from lake.store.tables import EXCHANGE_INFO_SCHEMA, write_exchange_info, write_funding
 from lake.transform.build import build_offsets, scan_offsets
@@ -279,3 +279,13 @@ def test_connect_reads_times_in_utc_whatever_the_machines_zone(tmp_path: Path) -
         [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out.strip() == "[(0, '2024-01-01 00:00:00+00', 1)]"
+
+
+def test_connect_refuses_a_root_with_a_backslash(tmp_path: Path) -> None:
+    """DuckDB's globs match no path holding a backslash (escaped or not), so every view read
+    nothing and the first query failed with "No files found": refused up front, naming why."""
+    root = tmp_path / "a\\b"
+    write_klines(root, "usdt_perp", "5m", "BTCUSDT", random_candles(1, 300_000, 3, hole_rate=0.0))
+    with pytest.raises(ValidationError, match="backslash"):
+        connect(root)
+    assert scan_klines(root, "usdt_perp", "5m").collect().height == 3  # Polars reads it

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.utils import glob_translate
 
-from lake.errors import DataError, LakeError
+from lake.errors import DataError, LakeError, ValidationError
 from lake.schema import KLINE_SCHEMA, OFFSET_SCHEMA
 from lake.settings import load_settings
 from lake.store.fs import LakeFS
@@ -166,7 +166,14 @@ def connect(
     in another directory, would otherwise give empty views)."""
     if root is None:
         root = load_settings().root
-    require_lake(to_lakefs(root))
+    lfs = to_lakefs(root)
+    require_lake(lfs)
+    if lfs.is_local and "\\" in lfs.url_root:
+        # DuckDB's globs match no path holding one, escaped or not: every view would read nothing
+        raise ValidationError(
+            f"DuckDB cannot read a lake whose path holds a backslash ({lfs.url_root}); "
+            "move or link it elsewhere (lake.scan_klines reads it)"
+        )
 
     def attempt() -> duckdb.DuckDBPyConnection:
         con = duckdb.connect(database, config=config or {})
