@@ -10,7 +10,8 @@
 
 ``run_in_thread(config)`` runs the same server for synchronous code; ``lake.sim.testing`` has helpers.
 Module map: config (knobs), clock, universe + names + quarters (symbols, schedules), gen (1m
-generation), candles (derivation rule), market (SimMarket, truth), fmt + npfmt (wire formats), rows
+generation), seconds (spot 1s candles made from the final 1m ones, aggregating back to them exactly),
+candles (derivation rule), market (SimMarket, truth), fmt + npfmt (wire formats), rows
 (REST row selection), rest, exinfo, limits (weights, 429/418, stats), ws, archive + listing (S3 view),
 faults, cache, server, cli, testing. ``quantclass`` (another module's endpoint) mounts via extra_routes.
 """

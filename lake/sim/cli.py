@@ -175,7 +175,7 @@ def truth(
     trade_type: Annotated[
         str, typer.Option("--type", help="Trade type (usdt_perp, …) or market (spot/um/cm).")
     ],
-    interval: Annotated[str, typer.Option(help="Kline interval, e.g. 5m.")],
+    interval: Annotated[str, typer.Option(help="Kline interval, e.g. 5m (1s: spot only).")],
     symbols: Annotated[str | None, typer.Option(help="Comma-separated symbols (default: all).")] = None,
     start: Annotated[str | None, typer.Option(help="First candle open (inclusive).")] = None,
     end: Annotated[str | None, typer.Option(help="Last candle open (exclusive).")] = None,
