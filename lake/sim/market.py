@@ -37,6 +37,7 @@ from lake.sim.universe import SymbolInfo, Universe
 __all__ = ["Awkward", "SimMarket", "truth_frame"]
 
 TimeLike = int | str | dt.datetime | dt.date  # anything clock.to_ms accepts
+_MAX_1S_TRUTH_DAYS = 31
 
 
 def _cost(c: Candles) -> int:
@@ -252,7 +253,8 @@ class SimMarket:
         """The candles the simulator serves, as a DataFrame: ``symbol`` + the lake kline columns.
 
         ``kind`` is a market (``spot``/``um``/``cm``) or trade type; ``symbols`` defaults to all of it.
-        ``1s`` exists on spot only (a futures ``kind`` with ``1s`` is a ``ValidationError``). Candles open in ``[start, end)`` (default: all history up to now). With ``closed_only`` (the
+        ``1s`` exists on spot only (a futures ``kind`` with ``1s`` is a ``ValidationError``) and is
+        served at most 31 days per call (86,400 rows per symbol-day). Candles open in ``[start, end)`` (default: all history up to now). With ``closed_only`` (the
         default) only candles closed at ``now`` (default: the virtual clock) are returned, i.e. with
         open + interval <= now. Sorted by symbol, then time. On COIN-M ``volume`` is in contracts and
         ``quote_volume`` is the base-asset volume, as in the REST fields they come from.
@@ -271,6 +273,11 @@ class SimMarket:
         hi = now_ms + 1 if end is None else to_ms(end)
         if closed_only:
             hi = min(hi, iv.floor(now_ms))
+        if iv.ms == MS_PER_SECOND and hi - lo > _MAX_1S_TRUTH_DAYS * MS_PER_DAY:
+            # 86,400 rows a symbol-day: the default (all history) would be tens of GB
+            raise ValidationError(
+                f"1s truth spans at most {_MAX_1S_TRUTH_DAYS} days per call: give start (and end)"
+            )
         frames = [truth_frame(i, self.candles(i, iv, lo, hi)) for i in sorted(infos, key=lambda i: i.symbol)]
         return pl.concat(frames) if frames else truth_frame(None, Candles.empty())
 

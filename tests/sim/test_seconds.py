@@ -266,6 +266,11 @@ def test_truth_forming_and_cli(market: SimMarket, tmp_path: Any) -> None:
         sim_app, ["truth", "--type", "usdt_perp", "--interval", "1s", "--sim-start", TEST_START]
     )
     assert r.exit_code == 2 and "1s" in r.output
+    # all history at 1s would be tens of GB: a bounded span is asked for
+    with pytest.raises(ValidationError, match="31 days"):
+        market.truth("usdt_spot", "1s", "ETHUSDT")
+    lo = NOW - 31 * MS_PER_DAY
+    assert market.truth("usdt_spot", "1s", "ETHUSDT", lo, lo + 5000).height == 5
 
 
 # ---- REST ---------------------------------------------------------------------------------------
