@@ -126,9 +126,8 @@ class SimConfig:
         default_factory=lambda: _frozen({m.name: m.ws_update_ms for m in MARKETS.values()})
     )
     ws_catchup_max: int = 1440  # closing boundaries replayed after a clock jump (1s streams: seconds)
-    ws_update_ms_1s: int = (
-        1000  # spot kline_1s: x:false updates every this many virtual ms (others: ws_update_ms)
-    )
+    # spot kline_1s: x:false updates every this many virtual ms (Binance: 1000; others ws_update_ms)
+    ws_update_ms_1s: int = 1000
     ws_lifetime_s: float | None = None  # close connections after this many virtual seconds (Binance: 86400)
 
     # Archive
