@@ -15,8 +15,9 @@ no 1m data). Spot ``<symbol>@kline_1s`` streams close at every second boundary t
 cursor of their own (futures do not serve 1s: such a stream is accepted and stays silent).
 ``x: false`` updates of the forming candles go out every ``ws_update_ms`` of virtual time (1s streams:
 ``ws_update_ms_1s``, 1000 ms as Binance), but at most ``ws_intermediate_per_s`` rounds per real
-second. Limits enforced by closing the connection (code 1008): more than the stream cap (1024; COIN-M 200), more incoming messages per second
-than allowed (5 spot, 10 futures; text messages only, aiohttp answers pings itself). The server pings
+second. Limits enforced by closing the connection (code 1008): more than the stream cap (1024;
+COIN-M 200), more incoming messages per second than allowed (5 spot, 10 futures; text messages only,
+aiohttp answers pings itself). The server pings
 every ``ws_heartbeat_s`` (aiohttp heartbeat; a missing pong closes the connection after half that).
 ``ws_lifetime_s`` (off by default) closes connections after that much virtual time, like Binance's 24 h.
 ``server_shutdown(notice_s)`` (also ``POST /_sim/faults {"ws_shutdown": {"notice_s": …, "market": …}}``)
