@@ -28,7 +28,9 @@ def offsets(
     base: Annotated[
         str | None,
         typer.Option(
-            "--base", help="Base interval (default: the one used before, else the coarsest stored one)."
+            "--base",
+            help="Base interval (default: the one used before, else the coarsest stored one that "
+            "divides --interval).",
         ),
     ] = None,
     offsets: Annotated[
@@ -57,7 +59,13 @@ def offsets(
     root: RootOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Candles of --interval at every offset of --base, written to the offsets table (only what changed)."""
+    """Candles of --interval at every offset of --base, written to the offsets table (only what changed).
+
+    Reads the klines partitions: candles `lake live` wrote in the last minute (its tail, compacted
+    every --compact-every seconds) are built by the next run after they are compacted; `lake live
+    --offsets` builds them itself. Bins whose first or last base candle is missing are not built,
+    with either method (docs/offsets.md).
+    """
     if len(trade_types) > 1:  # a plain option silently kept only the last one
         raise ValidationError(
             f"one --type per offsets run (got {', '.join(trade_types)}): run it once per trade type"

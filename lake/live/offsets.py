@@ -111,6 +111,7 @@ class LiveOffsets:
                     offsets="all",
                     method=self.method,
                     symbols=symbols,
+                    missing_ok=True,  # a symbol noted before its candles reach the partitions
                     workers=2,
                 )
             except asyncio.CancelledError:

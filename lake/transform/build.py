@@ -175,6 +175,7 @@ def build_offsets(
     offsets: str | Sequence[str] | None = "all",
     method: str = "seed",
     symbols: str | Sequence[str] | None = None,
+    missing_ok: bool = False,
     rebuild: bool = False,
     fold: bool = False,
     batch_rows: int = 2_000_000,
@@ -191,6 +192,8 @@ def build_offsets(
     period files now (otherwise a series' tail is folded when it grows past about a month). Tail
     files no longer needed are deleted ``tail_grace_s`` after that, so that a query which listed
     them just before can still read them. ``progress(done, total)`` is called per batch of symbols.
+    A symbol of ``symbols`` with neither base klines nor offsets is a ``NotFoundError`` (a typo),
+    unless ``missing_ok``.
     """
     started = time.perf_counter()
     lfs = to_lakefs(root)
@@ -209,9 +212,16 @@ def build_offsets(
             built = {manifest[s].base for s in (syms or manifest) if s in manifest}
             base = built.pop() if len(built) == 1 else default_base(lfs, tt.name, target, syms)
         plan = offset_plan(target, parse_interval(base, spot=tt.is_spot), offsets, method)
+        listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
         if syms is None:
-            listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
             syms = sorted(listed | {s for s, st in manifest.items() if st.base == plan.base.name})
+        elif not missing_ok:  # a typo would otherwise be a run that did nothing, reported as done
+            unknown = [s for s in syms if s not in listed and s not in manifest]
+            if unknown:
+                raise NotFoundError(
+                    f"no stored {tt.name} {plan.base.name} klines of {', '.join(unknown)} to build "
+                    f"{target.name} offsets from ({len(listed)} symbols hold them)"
+                )
         by_offsets: dict[tuple[int, ...], list[Work]] = {}
         tally = Tally()
         for w, ks in plan_all(lfs, tt.name, plan, syms, manifest, rebuild, fold, tail.starts, workers, tally):

@@ -130,3 +130,13 @@ def test_a_root_or_symbol_the_lake_does_not_hold(tmp_path: Path) -> None:
     )
     assert isinstance(r.exception, NotFoundError)
     assert "klines of NOPEUSDT" in str(r.exception) and "of any usdt_perp symbol: 5m" in str(r.exception)
+    # with the base named, or next to a symbol the lake holds, a typo is still an error, and
+    # nothing is built (it exited 0 reporting 1 symbol and 0 bins)
+    base = ["offsets", "--type", "usdt_perp", "--interval", "1h", "--root", str(tmp_path), "--json"]
+    for extra in (["--base", "5m", "--symbols", "NOPEUSDT"], ["--symbols", "NOPEUSDT,BTCUSDT"]):
+        r = CliRunner().invoke(_app(), [*base, *extra])
+        assert isinstance(r.exception, NotFoundError), r.output
+        assert "5m klines of NOPEUSDT" in str(r.exception) and "(1 symbols hold them)" in str(r.exception)
+    assert not (tmp_path / "offsets").exists()
+    r = CliRunner().invoke(_app(), [*base, "--symbols", "BTCUSDT"])
+    assert r.exit_code == 0 and json.loads(r.output)["written"] > 0
