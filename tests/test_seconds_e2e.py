@@ -6,14 +6,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 import pytest
 
+import lake.transform.build as build_module
 from lake.live.runner import LiveConfig, LiveRunner
 from lake.live.watermark import read_watermark
 from lake.schema import KLINE_COLUMNS
@@ -21,9 +24,10 @@ from lake.settings import Settings
 from lake.sim.clock import MS_PER_DAY, to_ms
 from lake.sim.server import SimHandle
 from lake.sim.testing import TEST_START, sim_server, start_sim, test_config
-from lake.store.klines import list_partitions, scan_klines
-from lake.transform.build import scan_offsets
+from lake.store.klines import list_partitions, scan_klines, write_klines
+from lake.transform.build import build_offsets, scan_offsets
 from tests.live.helpers import diff_truth, lake_frame
+from tests.transform.helpers import random_candles
 
 TT = "usdt_spot"
 NOW = to_ms(TEST_START)  # 2025-03-15 12:00, frozen
@@ -129,7 +133,13 @@ async def test_live_1s_closed_candles_equal_truth(tmp_path: Path) -> None:
     async with sim_server(test_config(speed=30.0, ws_intermediate=True)) as sim:
         settings = Settings(root=str(tmp_path), sim_url=sim.base_url)
         config = LiveConfig(
-            trade_types=(TT,), intervals=("1s",), symbols=symbols, periods=150, grace_s=3.0, history=60
+            trade_types=(TT,),
+            intervals=("1s",),
+            symbols=symbols,
+            offsets=("1m",),
+            periods=150,
+            grace_s=3.0,
+            history=60,
         )
         t0 = sim.clock.now_ms()
         summary = await asyncio.wait_for(LiveRunner(settings, config).run(), timeout=40)
@@ -147,3 +157,46 @@ async def test_live_1s_closed_candles_equal_truth(tmp_path: Path) -> None:
     assert feed["periods_checked"] >= 150 and not feed["appender"]["bad"]
     assert feed["appender"]["updates"] > 0 and feed["appender"]["closed"] >= 3 * 100  # x:false and x:true
     assert set(got["source"]) >= {"ws"}
+    # live offsets (1m from 1s, built while candles land every second) equal a build from scratch
+    assert feed["offsets"]["builds"] > 5 and feed["offsets"]["errors"] == 0
+    fresh = tmp_path / "fresh"
+    shutil.copytree(tmp_path / "klines", fresh / "klines")
+    build_offsets(fresh, TT, "1m", base="1s")
+    cols = ["symbol", "offset", "candle_begin_time"]
+    live = scan_offsets(tmp_path, TT, "1m").collect().sort(cols)
+    assert live.select(cols).is_duplicated().sum() == 0
+    assert live.equals(scan_offsets(fresh, TT, "1m").collect().sort(cols)) and live.height > 0
+
+
+def test_offsets_build_leaves_candles_appended_meanwhile_to_the_next_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build recomputing a range (an edited candle) reads the base after planning; a live 1s feed
+    appends meanwhile. The appended candles completed bins in the period files while the manifest
+    recorded the base as planned, so the next build's tail layer held those bins again: scan_offsets
+    returned them twice (live 1s feeds with --offsets met it every few builds)."""
+    root, sym = tmp_path / "lake", "BTCUSDT"
+    rows = random_candles(3, 1000, 260, hole_rate=0.0)
+    first, late = rows.head(200), rows.slice(200, 30)
+    write_klines(root, TT, "1s", sym, first)
+    build_offsets(root, TT, "1m", base="1s", method="binance")
+    edited = first.slice(50, 1).with_columns(pl.col("close") + 1.0, pl.col("high") + 1.0)
+    write_klines(root, TT, "1s", sym, edited)
+    real = build_module._read_base
+
+    def racing(*args: Any, **kwargs: Any) -> pl.DataFrame:
+        monkeypatch.setattr(build_module, "_read_base", real)
+        write_klines(root, TT, "1s", sym, late)  # between planning and the build's read
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(build_module, "_read_base", racing)
+    build_offsets(root, TT, "1m", base="1s", method="binance")
+    build_offsets(root, TT, "1m", base="1s", method="binance")  # takes the appended candles
+    cols = ["symbol", "offset", "candle_begin_time"]
+    got = scan_offsets(root, TT, "1m").collect().sort(cols)
+    assert got.select(cols).is_duplicated().sum() == 0
+    fresh = tmp_path / "fresh"
+    write_klines(fresh, TT, "1s", sym, scan_klines(root, TT, "1s").collect())
+    build_offsets(fresh, TT, "1m", base="1s", method="binance")
+    assert got.equals(scan_offsets(fresh, TT, "1m").collect().sort(cols))
+    assert got.filter(pl.col("offset") == "0s").height == 3  # 00:00, 00:01 and 00:02 (to 00:03:49)

@@ -347,6 +347,14 @@ class _Run:
                     footed[i] = got
         base = _read_base(self.lfs, self.trade_type, plan, batch)
         self.rows_read += base.height - sum(r.b - r.a for w in batch for r in w.cached.values())
+        # A run recomputing [lo, hi) planned it from the base as planning saw it: candles another
+        # writer (a live feed) appended since are left to the next run, which takes them as an
+        # append. Used here, they completed bins in the period files that the next run's tail layer
+        # held a second time (a live 1s feed's builds met it every few runs).
+        ends = {i: w.data_end for i, w in enumerate(batch) if not w.tail and w.lo is not None and w.data_end}
+        if ends:
+            end = pl.col("_sym").replace_strict(ends, default=None, return_dtype=pl.Int64)
+            base = base.filter(end.is_null() | (pl.col("candle_begin_time").dt.epoch("ms") < end))
         # a tail run's partitions were fingerprinted at planning (or did not change), and are read
         # from its lo on only
         skip = [i for i, w in enumerate(batch) if w.tail] + sorted(known) + list(footed)
