@@ -353,10 +353,17 @@ async def test_ws_kline_1s_closes_every_second_and_updates_every_1000ms(http: ai
         ):
             await asyncio.sleep(0.1)
             events = await _drain(ws, 0.1)
-            for _ in range(8):
+            for i in range(1, 9):
                 sim.clock.advance(500)
-                await asyncio.sleep(0.08)
-                events += await _drain(ws, 0.05)
+                if i % 2:  # mid-second: nothing is due
+                    await asyncio.sleep(0.05)
+                    continue
+                # a second boundary: 2 closings and 2 updates of the 1s streams (and an update of the
+                # 1m stream every 2 s) arrive before the clock moves on
+                for _ in range(4 + (i % 4 == 0)):
+                    msg = await ws.receive(timeout=5)
+                    assert msg.type == aiohttp.WSMsgType.TEXT, msg
+                    events.append(json.loads(msg.data))
             events += await _drain(ws)
             assert await _drain(um) == []  # futures have no 1s: the stream is accepted, silent
         end = NOW + 4000
