@@ -12,6 +12,7 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ET
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -229,7 +230,12 @@ def test_deterministic_across_processes(market: SimMarket) -> None:
         "print(seconds_digest(SimMarket(test_config()), SPECIAL[:4]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[2],  # the repository root: `tests` imports from there
     )
     # the same in this process: the module's market (seconds cached by now) and a new one
     assert (
