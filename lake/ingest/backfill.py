@@ -671,8 +671,9 @@ class _MarketRun:
                     rep.symbol,
                     _iso(rep.first_ms),
                 )
-            if self.progress is not None:
-                self.progress.update(self.tasks[ser.tt.name], completed=self.done_by_tt[ser.tt.name])
+            if self.progress is not None:  # with the counts: the last series' update is the "done" line
+                tt = ser.tt.name
+                self.progress.update(self.tasks[tt], completed=self.done_by_tt[tt], info=self._info(tt))
 
     async def _write(self, ser: _Series, parts: list[_Part]) -> None:
         frames = [f for p in parts for f in p.frames if f.height]

@@ -333,3 +333,17 @@ async def test_funding_pages_complete_whichever_end_a_full_page_comes_from(
         want = [t for t in range(start, end, FUNDING_MS) if info.listed_at(t)]
         assert len(want) > 1000
         assert got["funding_time"].dt.epoch("ms").to_list() == want
+
+
+async def test_the_done_line_counts_every_candle(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The plain progress log's final line carries the candle count as of the end: it showed the
+    count of the last 0.5 s refresh (100,400 of 172,800 in a 1s backfill)."""
+    from lake.progress import Progress
+
+    caplog.set_level("INFO", logger="lake")
+    async with sim_server() as sim:
+        with Progress(enabled=False, log_every=1e9) as progress:
+            rep = await run(sim, tmp_path, ["usdt_perp"], days=3, progress=progress)
+    done = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
+    assert len(done) == 1 and rep.candles > 0
+    assert f"candles {rep.candles:,} " in done[0], (done, rep.candles)
