@@ -316,6 +316,19 @@ def write_klines(
             key = PartitionKey("klines", tt.name, iv.name, symbol, pdate)
             part = rows.slice(lo, n)
             old = read_partition(lfs, key)
+            if old is not None and set(old.columns) != set(KLINE_COLUMNS):
+                # another tool's file: rewritten with the lake's columns, its own would be lost
+                extra = sorted(set(old.columns) - set(KLINE_COLUMNS))
+                lacking = [c for c in KLINE_COLUMNS if c not in old.columns]
+                raise DataError(
+                    f"partition {lfs.url(key.path)} is not lake's: "
+                    + "; ".join(
+                        f"{what} {', '.join(cols)}"
+                        for what, cols in (("other columns", extra), ("no column", lacking))
+                        if cols
+                    )
+                    + ". Move it out of the lake (or drop those columns) and write again"
+                )
             if replace_archive and old is not None:
                 kept = _drop_archive(old, replace_archive)
                 if kept.height < old.height:
