@@ -33,6 +33,7 @@ is in none.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ from lake.ingest.archive.manifest import read_manifest
 from lake.store.coverage import SeriesCoverage, coverage
 from lake.store.fs import LakeFS
 from lake.store.klines import iter_series_batches, to_lakefs
+from lake.store.meta import EmptyRange, read_empty_ranges
 
 __all__ = ["AuditHole", "SeriesAudit", "audit"]
 
@@ -135,6 +137,7 @@ def audit(
             breaks, a.segments = _segments(
                 iv, stats["traded"].get(c.symbol), break_days=break_days, jump_days=jump_days, jump=jump
             )
+            empty: list[EmptyRange] | None = None  # read when a hole needs it
             for h in c.holes:
                 brk = next((b for b in breaks if b[0] <= h.start and h.end <= b[1]), None)
                 before = edges.get(iv.floor(_ms(h.start) - 1))  # the slot before the hole
@@ -149,25 +152,48 @@ def audit(
                     for o in group
                     if o.symbol != c.symbol and o.first and o.last and o.first < h.start and o.last >= h.end
                 ]
-                exchange_wide = len(others) >= 1 and all(
-                    any(oh.start <= h.start and h.end <= oh.end for oh in o.holes) for o in others
-                )
-                confirmed = h.kind == "exchange"
-                if not confirmed and (brk is not None or exchange_wide):
-                    if archived is None:
-                        archived = _archived_spans(lfs, tt, iv_name, c.symbol)
-                    published = _inside(archived, _ms(h.start), _ms(h.end))
-                else:
-                    published = False
-                if brk is not None and (confirmed or published):
-                    kind = "segment_break"
-                elif exchange_wide and (confirmed or published):
-                    kind = "maintenance"
-                elif confirmed:
-                    kind = "confirmed_empty"
-                else:
-                    kind = "missing"
-                a.holes.append(AuditHole(h.start, h.end, h.missing, kind, jump_v))
+                if empty is None:
+                    empty = read_empty_ranges(lfs, tt, iv_name, c.symbol)
+                # A hole can be part maintenance, part a candle lost next to it: classified in pieces
+                # cut where a confirmed-empty range or another symbol's hole starts or ends.
+                a0, b0 = _ms(h.start), _ms(h.end)
+                cuts = {iv.floor(x) for r in empty for x in (r.start_ms, r.end_ms) if a0 < x < b0}
+                cuts |= {
+                    _ms(x)
+                    for o in others
+                    for oh in o.holes
+                    for x in (oh.start, oh.end)
+                    if h.start < x < h.end
+                }
+                bounds = [a0, *sorted(cuts - {a0, b0}), b0]
+                pieces: list[AuditHole] = []
+                for pa, pb in itertools.pairwise(bounds):
+                    start, end = _from_ms(pa), _from_ms(pb)
+                    exchange_wide = len(others) >= 1 and all(
+                        any(oh.start <= start and end <= oh.end for oh in o.holes) for o in others
+                    )
+                    confirmed = any(r.start_ms <= pa and pb <= r.end_ms for r in empty)
+                    if not confirmed and (brk is not None or exchange_wide):
+                        if archived is None:
+                            archived = _archived_spans(lfs, tt, iv_name, c.symbol)
+                        published = _inside(archived, pa, pb)
+                    else:
+                        published = False
+                    if brk is not None and (confirmed or published):
+                        kind = "segment_break"
+                    elif exchange_wide and (confirmed or published):
+                        kind = "maintenance"
+                    elif confirmed:
+                        kind = "confirmed_empty"
+                    else:
+                        kind = "missing"
+                    n = iv.count(pa, pb)
+                    if pieces and pieces[-1].kind == kind:  # neighbours of one kind are one hole
+                        last = pieces[-1]
+                        pieces[-1] = AuditHole(last.start, end, last.missing + n, kind, jump_v)
+                    else:
+                        pieces.append(AuditHole(start, end, n, kind, jump_v))
+                a.holes.extend(pieces)
             out.append(a)
     return out
 
