@@ -19,6 +19,7 @@ from lake.errors import DataError, LakeError
 from lake.store.fs import LakeFS
 from lake.store.klines import iter_series_batches, list_partitions, list_series, to_lakefs, unreadable_error
 from lake.store.meta import read_empty_ranges
+from lake.store.tail import read_tail, tail_feeds
 
 __all__ = ["Hole", "SeriesCoverage", "coverage"]
 
@@ -82,6 +83,14 @@ def coverage(
         if symbols is not None and sym not in symbols:
             continue
         groups[(tt, iv)].append(sym)
+    # a series whose candles are all in lake live's tail still (a new listing, until compaction)
+    for tt, iv in tail_feeds(lfs):
+        if (trade_type and tt != trade_type) or (interval and iv != interval):
+            continue
+        held = set(groups.get((tt, iv), []))
+        for sym in read_tail(lfs, tt, iv)["symbol"].unique().sort().to_list():
+            if sym not in held and (symbols is None or sym in symbols):
+                groups[(tt, iv)].append(sym)
     out: list[SeriesCoverage] = []
     for (tt, iv_name), syms in sorted(groups.items()):
         ivl = parse_interval(iv_name)
