@@ -45,10 +45,17 @@ def factor_table(lf: pl.LazyFrame, factors: Mapping[str, pl.Expr]) -> pl.LazyFra
 
 
 def rank_cross_section(lf: pl.LazyFrame, columns: Sequence[str], *, descending: bool = True) -> pl.LazyFrame:
-    """Add ``<col>_rank`` (1 = highest by default) and ``<col>_pct`` (rank / symbols present) per time."""
+    """Add ``<col>_rank`` (1 = highest by default) and ``<col>_pct`` (rank / symbols ranked) per time.
+
+    Ranks are distinct: equal values rank in symbol order, whatever order the rows are stored in
+    (the rows come back sorted by symbol and time). A null or NaN value (``pct_chg`` of a zero
+    close) is not ranked and not counted.
+    """
     ranks = []
     for c in columns:
-        r = pl.col(c).rank("ordinal", descending=descending).over(_ORDER)
+        value = pl.col(c).fill_nan(None)
+        r = value.rank("ordinal", descending=descending).over(_ORDER)
         ranks.append(r.alias(f"{c}_rank"))
-        ranks.append((r / pl.col(c).count().over(_ORDER)).alias(f"{c}_pct"))
-    return lf.with_columns(ranks)
+        ranks.append((r / value.count().over(_ORDER)).alias(f"{c}_pct"))
+    # "ordinal" ranks ties in row order: sorted, that is symbol order
+    return lf.sort("symbol", _ORDER).with_columns(ranks)
