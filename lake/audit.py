@@ -22,6 +22,11 @@ asked the exchange about — two backfills with a gap between them, a day an arc
 not get — is ``missing`` however much it looks like maintenance or a delisting, so ``lake audit``
 fails on it and ``--repair`` fetches it (REST then confirms it empty, or fills it).
 
+A hole is classified in pieces, cut where a confirmed-empty range or another symbol's hole starts
+or ends: a maintenance window with a lost candle beside it is a ``maintenance`` hole and a
+``missing`` one (``lake status`` counts such a hole as missing whole: only a hole wholly inside a
+confirmed-empty range is an exchange hole there).
+
 Holes and gaps are measured between slots: a candle fills the slot its open time falls in (some
 2018 candles open off the interval grid), and 1M slots are calendar months.
 
