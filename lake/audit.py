@@ -30,6 +30,10 @@ confirmed-empty range is an exchange hole there).
 Holes and gaps are measured between slots: a candle fills the slot its open time falls in (some
 2018 candles open off the interval grid), and 1M slots are calendar months.
 
+A series is not judged on what lies after its last candle, but ``behind`` counts the candles
+between it and the latest candle of its trade type and interval in the lake: a series a backfill
+left behind, or a delisted one (those stop there).
+
 It also counts rows per provenance (``archive`` / ``rest`` / ``ws``) and zero-volume rows, and lists
 the segments: from the first to the last traded candle of each, so a zombie tail after a delisting
 is in none.
@@ -79,6 +83,9 @@ class SeriesAudit:
     holes: list[AuditHole] = field(default_factory=list)
     segments: list[tuple[dt.datetime, dt.datetime]] = field(default_factory=list)
     zero_volume: int = 0  # stored candles without trades (quiet intervals, zombie candles)
+    # candles between this series' last one and the latest of any series of its trade type and
+    # interval: a series left behind (a backfill that stopped, a feed not run) or a delisted one
+    behind: int = 0
 
     @property
     def unexpected(self) -> list[AuditHole]:
@@ -95,6 +102,7 @@ class SeriesAudit:
             "expected": self.expected,
             "sources": self.sources,
             "zero_volume": self.zero_volume,
+            "behind": self.behind,
             "holes": [
                 {
                     "start": h.start,
@@ -133,10 +141,14 @@ def audit(
         if not wanted:
             continue
         stats = _series_stats(lfs, tt, iv_name, [c.symbol for c in wanted])
+        lasts = [iv.floor(_ms(c.last)) for c in group if c.last is not None]
+        latest = max(lasts) if lasts else None
         for c in wanted:
             a = SeriesAudit(tt, iv_name, c.symbol, c.first, c.last, c.rows, c.expected)
             a.sources = stats["sources"].get(c.symbol, {})
             a.zero_volume = stats["zero_volume"].get(c.symbol, 0)
+            if c.last is not None and latest is not None:
+                a.behind = iv.count(iv.next_open(iv.floor(_ms(c.last))), iv.next_open(latest))
             edges = stats["edges"].get(c.symbol, {})
             archived: list[tuple[int, int]] | None = None  # read when a hole needs it
             breaks, a.segments = _segments(

@@ -320,3 +320,39 @@ def test_series_read_in_batches_give_the_same_audit_and_coverage(tmp_path, monke
     assert batched == whole
     assert batches[:4] == [["AAAUSDT"], ["BBBUSDT"], ["CCCUSDT"], ["DDDUSDT"]]  # coverage, one at a time
     assert len(batches) == 12  # audit: coverage of the market, then its own pass; coverage again
+
+
+def test_a_series_left_behind_is_counted_not_failed(tmp_path) -> None:
+    """A gap after a series' last candle is no hole (nothing follows it), but ``behind`` counts the
+    candles to the latest one of its trade type and interval: a backfill left EEE 7 candles behind,
+    FFF was never asked for its last 40. The exit code is still about holes only."""
+    for sym, n in (("DDDUSDT", 100), ("EEEUSDT", 93), ("FFFUSDT", 60)):
+        write_klines(tmp_path, "usdt_perp", "5m", sym, frame([t0_ms() + i * S for i in range(n)]))
+    write_klines(tmp_path, "usdt_perp", "1h", "DDDUSDT", frame([t0_ms() + i * 12 * S for i in range(3)]))
+    report = {(a.interval, a.symbol): a.behind for a in audit(tmp_path)}
+    assert report == {("5m", "DDDUSDT"): 0, ("5m", "EEEUSDT"): 7, ("5m", "FFFUSDT"): 40, ("1h", "DDDUSDT"): 0}
+    res = subprocess.run(
+        [sys.executable, "-m", "lake.cli", "audit", "--root", str(tmp_path), "--interval", "5m"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "2 series end before the latest candle" in res.stdout
+    doc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lake.cli",
+            "audit",
+            "--root",
+            str(tmp_path),
+            "--symbols",
+            "EEEUSDT",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert [s["behind"] for s in json.loads(doc.stdout)["series"]] == [7]

@@ -36,7 +36,9 @@ def audit_cmd(
     sim_url: SimUrlOpt = None,
 ) -> None:
     """Continuity report per series: holes classified as maintenance (exchange-wide), confirmed empty,
-    segment break (delist/relist) or missing; rows per source (archive/rest/ws); listing segments.
+    segment break (delist/relist) or missing; rows per source (archive/rest/ws); listing segments;
+    and "behind": the candles between a series' last one and the latest of its trade type and
+    interval (a series a backfill left behind, or a delisted one; not a hole, not in the exit code).
 
     Maintenance is judged on the symbols the lake holds (at least two trading around the hole): in a
     lake of one symbol the same window is "confirmed empty" once the exchange answered it empty.
@@ -81,6 +83,7 @@ def _render(report: list[SeriesAudit], root: str) -> None:
         "breaks",
         "missing",
         "segments",
+        "behind",
     ):
         table.add_column(col, justify="left" if col in ("type", "interval", "symbol") else "right")
     for a in report:
@@ -99,8 +102,16 @@ def _render(report: list[SeriesAudit], root: str) -> None:
             str(kinds["segment_break"]),
             str(kinds["missing"]),
             str(len(a.segments)),
+            str(a.behind),
         )
     console.print(table)
+    behind = [a for a in report if a.behind]
+    if behind:
+        console.print(
+            f"{len(behind)} series end before the latest candle of their trade type and interval "
+            "(column 'behind'): a delisted symbol stops there; `lake backfill` brings a trading one "
+            "up to date"
+        )
     for a in report:
         for h in a.unexpected:
             console.print(
