@@ -212,7 +212,8 @@ def build_offsets(
             built = {manifest[s].base for s in (syms or manifest) if s in manifest}
             base = built.pop() if len(built) == 1 else default_base(lfs, tt.name, target, syms)
         plan = offset_plan(target, parse_interval(base, spot=tt.is_spot), offsets, method)
-        listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
+        if syms is None or not missing_ok:  # (a listing: live's frequent builds skip it)
+            listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}
         if syms is None:
             syms = sorted(listed | {s for s, st in manifest.items() if st.base == plan.base.name})
         elif not missing_ok:  # a typo would otherwise be a run that did nothing, reported as done
