@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
 import os
 import re
-import secrets
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +28,6 @@ __all__ = [
     "parse_when",
     "print_json",
     "series_filters",
-    "write_output",
 ]
 
 RootOpt = Annotated[
@@ -184,15 +180,3 @@ def _finite(obj: object) -> object:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def write_output(output: Path, write: Callable[[Path], object]) -> None:
-    """Have ``write(path)`` write a temporary file beside ``output``, then move it over ``output``:
-    a reader of the old file, or a run that fails halfway, never sees a half-written one."""
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, output)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()

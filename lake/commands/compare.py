@@ -17,10 +17,10 @@ from lake.cli_common import (
     get_settings,
     print_json,
     report_console,
-    write_output,
 )
 from lake.errors import IncompleteError, ValidationError
 from lake.quantclass.compare import compare_quantclass
+from lake.store.fs import write_file_atomic
 
 
 def compare(
@@ -76,7 +76,7 @@ def compare(
         )
     if output is not None:
         detail = result.detail
-        write_output(output, detail.write_parquet if output.suffix == ".parquet" else detail.write_csv)
+        write_file_atomic(output, detail.write_parquet if output.suffix == ".parquet" else detail.write_csv)
     # No candle in common (the reference covers hours the lake has no offsets for yet) is not a
     # match either: an all "-" table with exit 0 read as success.
     none_matched = result.matched == 0

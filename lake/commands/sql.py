@@ -17,9 +17,10 @@ import duckdb
 import polars as pl
 import typer
 
-from lake.cli_common import ConfigOpt, RootOpt, check_output, get_settings, write_output
+from lake.cli_common import ConfigOpt, RootOpt, check_output, get_settings
 from lake.errors import ValidationError
 from lake.query.connect import VIEWS, connect, error_line, retry_torn
+from lake.store.fs import write_file_atomic
 
 FORMATS = ("table", "csv", "json", "parquet")
 # Statement types that only read: DESCRIBE, SHOW and SUMMARIZE parse as SELECT.
@@ -191,7 +192,7 @@ def _portable(rel: duckdb.DuckDBPyRelation, fmt: str, temporal_text: bool = Fals
 def _render(df: pl.DataFrame, fmt: str, output: Path | None) -> None:
     if fmt == "parquet":
         assert output is not None
-        write_output(output, df.write_parquet)
+        write_file_atomic(output, df.write_parquet)
     elif fmt == "csv":
         text = df.write_csv()
         _emit(text, output)
@@ -208,7 +209,7 @@ def _emit(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text, nl=False)
     else:
-        write_output(output, lambda path: path.write_text(text, encoding="utf-8"))
+        write_file_atomic(output, lambda path: path.write_text(text, encoding="utf-8"))
 
 
 def _repl(con: duckdb.DuckDBPyConnection, stream: TextIO, fmt: str) -> None:

@@ -25,7 +25,7 @@ from lake.quantclass.client import QuantclassClient
 from lake.quantclass.files import FileName, decode_archive, kind_of, read_candles_csv
 from lake.query.connect import connect
 from lake.settings import Settings
-from lake.store.fs import LakeFS
+from lake.store.fs import LakeFS, write_file_atomic
 from lake.transform.build import scan_offsets
 
 __all__ = [
@@ -155,9 +155,7 @@ async def fetch_reference(
 
 def _save(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    write_file_atomic(target, lambda tmp: tmp.write_bytes(data))
 
 
 def load_reference_dir(directory: str | os.PathLike[str], trade_type: str) -> pl.DataFrame:

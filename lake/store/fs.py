@@ -37,11 +37,12 @@ import importlib
 import json
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,23 @@ from lake.store import relocate
 from lake.store.schema_files import schema_bytes, schema_file, table_of
 from lake.store.swap import replace_many, replace_parquet
 
-__all__ = ["LEASE_PATH", "LakeFS", "Payload", "host_id"]
+__all__ = ["LEASE_PATH", "LakeFS", "Payload", "host_id", "write_file_atomic"]
 
 _log = logging.getLogger(__name__)
+
+
+def write_file_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Have ``write(tmp)`` write a temporary file beside ``path`` (a local file outside the lake: a
+    command's output, a saved download), then move it over ``path``: a reader of the old file, or a
+    run that fails halfway, never sees a half-written one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
 
 # A file's new content: bytes, or a view of an encoder's buffer, written as it is (copying a large
 # table's files into bytes first costs a second copy, into freshly allocated pages).
