@@ -16,7 +16,7 @@ candle (open ≤ now < close) is computed fresh with partial values, as Binance 
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 
@@ -108,6 +108,10 @@ class RowServer:
     def _sub_day(self, iv: Interval) -> bool:
         return iv.ms is not None and iv.ms <= MS_PER_DAY
 
+    def _span(self, iv: Interval) -> tuple[int, Callable[[SymbolInfo, Interval, int, bool], Block]]:
+        """The block size of a sub-day interval and how to get one: 1s by the hour, else by the day."""
+        return (_HOUR, self.hour_block) if iv.name == "1s" else (MS_PER_DAY, self.day_block)
+
     def _forward(
         self, info: SymbolInfo, iv: Interval, lo: int, hi: int, limit: int, fo: int, micro: bool
     ) -> tuple[list[bytes], int]:
@@ -120,22 +124,23 @@ class RowServer:
             i, j = _range(blk, lo, hi)
             j = min(j, i + left)
             return ([blk.slice(i, j)] if j > i else []), j - i
-        if iv.name == "1s":
-            return self._forward_1s(info, iv, lo, hi, limit, micro)
+        span, block = self._span(iv)
         uni = self.market.universe
-        day = lo // MS_PER_DAY
+        k = lo // span
         while left > 0:
-            nxt = uni.next_valid(info, max(lo, day * MS_PER_DAY))
+            # validity is per minute: ask from the minute holding the probe (1s: its seconds from lo on)
+            probe = max(lo, k * span)
+            nxt = uni.next_valid(info, probe - probe % MS_PER_MINUTE)
             if nxt is None or iv.floor(nxt) > hi:
                 break
-            day = nxt // MS_PER_DAY
-            blk = self.day_block(info, iv, day, micro)
+            k = nxt // span
+            blk = block(info, iv, k, micro)
             i, j = _range(blk, lo, hi)
             j = min(j, i + left)
             if j > i:
                 parts.append(blk.slice(i, j))
                 left -= j - i
-            day += 1
+            k += 1
         return parts, limit - left
 
     def _backward(
@@ -151,68 +156,22 @@ class RowServer:
             i = max(i, j - left)
             return ([blk.slice(i, j)] if j > i else []), j - i
         assert iv.ms is not None
-        if iv.name == "1s":
-            return self._backward_1s(info, iv, lo, hi, limit, micro)
+        span, block = self._span(iv)
         uni = self.market.universe
-        day = hi // MS_PER_DAY
+        k = hi // span
         while left > 0:
-            prv = uni.prev_valid(info, min(day * MS_PER_DAY + MS_PER_DAY - 1, hi + iv.ms - 1))
-            if prv is None or iv.floor(prv) < lo:
+            prv = uni.prev_valid(info, min(k * span + span - 1, hi + iv.ms - 1))
+            # the latest candle opening in the valid minute prv (1s: its last second)
+            if prv is None or iv.floor(prv + MS_PER_MINUTE - 1) < lo:
                 break
-            day = prv // MS_PER_DAY
-            blk = self.day_block(info, iv, day, micro)
+            k = prv // span
+            blk = block(info, iv, k, micro)
             i, j = _range(blk, lo, hi)
             i = max(i, j - left)
             if j > i:
                 parts.append(blk.slice(i, j))
                 left -= j - i
-            day -= 1
-        parts.reverse()
-        return parts, limit - left
-
-    # 1s: hour blocks, stepping over hours without data by the 1m validity (a second exists iff its
-    # minute does).
-    def _forward_1s(
-        self, info: SymbolInfo, iv: Interval, lo: int, hi: int, limit: int, micro: bool
-    ) -> tuple[list[bytes], int]:
-        parts: list[bytes] = []
-        left = limit
-        uni = self.market.universe
-        hour = lo // _HOUR
-        while left > 0:
-            probe = max(lo, hour * _HOUR)
-            nxt = uni.next_valid(info, probe - probe % MS_PER_MINUTE)
-            if nxt is None or nxt > hi:
-                break
-            hour = nxt // _HOUR
-            blk = self.hour_block(info, iv, hour, micro)
-            i, j = _range(blk, lo, hi)
-            j = min(j, i + left)
-            if j > i:
-                parts.append(blk.slice(i, j))
-                left -= j - i
-            hour += 1
-        return parts, limit - left
-
-    def _backward_1s(
-        self, info: SymbolInfo, iv: Interval, lo: int, hi: int, limit: int, micro: bool
-    ) -> tuple[list[bytes], int]:
-        parts: list[bytes] = []
-        left = limit
-        uni = self.market.universe
-        hour = hi // _HOUR
-        while left > 0:
-            prv = uni.prev_valid(info, min(hour * _HOUR + _HOUR - 1, hi))
-            if prv is None or prv + MS_PER_MINUTE - 1 < lo:
-                break
-            hour = prv // _HOUR
-            blk = self.hour_block(info, iv, hour, micro)
-            i, j = _range(blk, lo, hi)
-            i = max(i, j - left)
-            if j > i:
-                parts.append(blk.slice(i, j))
-                left -= j - i
-            hour -= 1
+            k -= 1
         parts.reverse()
         return parts, limit - left
 

@@ -268,26 +268,10 @@ class WsHub:
             # A candle's final event goes out once the clock reaches its close (plus the delay fault);
             # its event time is a little after the close time.
             delay = int(self.faults.ws_close_delay_s * 1000)
-            if now < cursor:  # the clock went backwards
-                cursor = now // MS_PER_MINUTE * MS_PER_MINUTE
-            ready = (now - delay - cursor) // MS_PER_MINUTE
-            if ready > cfg.ws_catchup_max:
-                cursor += (ready - cfg.ws_catchup_max) * MS_PER_MINUTE
-            while cursor + MS_PER_MINUTE + delay <= now:
-                cursor += MS_PER_MINUTE
-                await self._closings(conn, cursor, cursor + delay + cfg.ws_close_lag_ms)
+            cursor = await self._close_through(conn, cursor, now, delay, MS_PER_MINUTE)
             has_1s = any(p is not None and p[1].ms == MS_PER_SECOND for p in conn.subs.values())
             if has_1s:
-                if now < sec_cursor:
-                    sec_cursor = now // MS_PER_SECOND * MS_PER_SECOND
-                ready = (now - delay - sec_cursor) // MS_PER_SECOND
-                if ready > cfg.ws_catchup_max:
-                    sec_cursor += (ready - cfg.ws_catchup_max) * MS_PER_SECOND
-                while sec_cursor + MS_PER_SECOND + delay <= now:
-                    sec_cursor += MS_PER_SECOND
-                    await self._closings(
-                        conn, sec_cursor, sec_cursor + delay + cfg.ws_close_lag_ms, seconds=True
-                    )
+                sec_cursor = await self._close_through(conn, sec_cursor, now, delay, MS_PER_SECOND)
             else:  # a 1s stream subscribed later starts at its subscription
                 sec_cursor = max(sec_cursor, (now - delay) // MS_PER_SECOND * MS_PER_SECOND)
             real_ok = time.monotonic() - last_real >= 1.0 / cfg.ws_intermediate_per_s
@@ -311,6 +295,23 @@ class WsHub:
                 timeout = min(timeout, max(0.0, drop - (time.monotonic() - conn.opened)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.wake.wait(), timeout=max(timeout, 0.001))
+
+    async def _close_through(self, conn: _Conn, cursor: int, now: int, delay: int, step: int) -> int:
+        """Send the closing events of every ``step`` boundary after ``cursor`` the clock has passed
+        (plus the delay fault; at most ``ws_catchup_max`` of them after a jump); the new cursor.
+        ``step``: a minute (every stream but 1s) or a second (1s streams)."""
+        cfg = self.config
+        if now < cursor:  # the clock went backwards
+            cursor = now // step * step
+        ready = (now - delay - cursor) // step
+        if ready > cfg.ws_catchup_max:
+            cursor += (ready - cfg.ws_catchup_max) * step
+        while cursor + step + delay <= now:
+            cursor += step
+            await self._closings(
+                conn, cursor, cursor + delay + cfg.ws_close_lag_ms, seconds=step == MS_PER_SECOND
+            )
+        return cursor
 
     async def _closings(self, conn: _Conn, boundary: int, event_ms: int, *, seconds: bool = False) -> None:
         """Closing events of the streams whose candle closes at ``boundary``: the 1s streams with
