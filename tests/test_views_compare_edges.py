@@ -26,6 +26,7 @@ from lake.commands import sql as sql_command
 from lake.errors import DataError, ValidationError
 from lake.quantclass.compare import compare_quantclass
 from lake.query import connect
+from lake.schema import VALUE_COLUMNS
 from lake.settings import Settings
 from lake.store.coverage import coverage
 from lake.store.klines import scan_klines, write_klines
@@ -38,17 +39,7 @@ HEADER = (
     "candle_begin_time,symbol,open,high,low,close,volume,quote_volume,trade_num,"
     "taker_buy_base_asset_volume,taker_buy_quote_asset_volume,tag"
 )
-VALUES = (
-    "open",
-    "high",
-    "low",
-    "close",
-    "volume",
-    "quote_volume",
-    "trade_num",
-    "taker_buy_base_asset_volume",
-    "taker_buy_quote_asset_volume",
-)
+VALUES = VALUE_COLUMNS  # the CSV's value columns, in the same order
 
 
 # ---------------------------------------------------------------------------------------------------
