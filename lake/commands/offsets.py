@@ -39,7 +39,9 @@ def offsets(
     method: Annotated[
         str,
         typer.Option(
-            "--method", help="seed (the seed's pandas rule) or binance (zero-volume candles ignored)."
+            "--method",
+            help="seed (the seed's pandas rule) or binance (Binance's: zero-volume candles ignored, "
+            "slots the exchange confirmed empty count as present).",
         ),
     ] = "seed",
     symbols: Annotated[
@@ -63,8 +65,9 @@ def offsets(
 
     Reads the klines partitions: candles `lake live` wrote in the last minute (its tail, compacted
     every --compact-every seconds) are built by the next run after they are compacted; `lake live
-    --offsets` builds them itself. Bins whose first or last base candle is missing are not built,
-    with either method (docs/offsets.md).
+    --offsets` builds them itself. Bins whose first or last base candle is missing are not built;
+    with --method binance a slot the exchange confirmed empty (maintenance, before a listing) counts
+    as present, so an hour cut by one is built as Binance builds it (docs/offsets.md).
     """
     if len(trade_types) > 1:  # a plain option silently kept only the last one
         raise ValidationError(

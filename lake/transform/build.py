@@ -66,6 +66,7 @@ from lake.transform.offsets import (
     offset_plan,
     parse_duration_ms,
     resample_arrays,
+    with_confirmed_empty,
 )
 from lake.transform.planning import (
     CHUNK_ROWS,
@@ -464,7 +465,8 @@ class _Run:
         had not changed), so that the next run finds such a change. Its own reads count only for
         partitions with no such record, whose bins it recomputed whole."""
         days = {d: v for d, v in {**prints, **self._planned(w)}.items() if d in w.tokens}
-        self.manifest[w.symbol] = Series(plan.base.name, plan.method, plan.names, w.tokens, days)
+        empty = None if w.empty is None else [[a, b] for a, b in w.empty]
+        self.manifest[w.symbol] = Series(plan.base.name, plan.method, plan.names, w.tokens, days, empty=empty)
         self.dirty = True
 
     def _planned(self, w: Work) -> dict[str, str]:
@@ -594,6 +596,10 @@ def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[Work]) -> 
         sym = base["_sym"].to_numpy().astype(np.int64)
         t = base["candle_begin_time"].dt.epoch("ms").to_numpy()
     values = {c: base[c].to_numpy() for c in OFFSET_SCHEMA if c not in ("candle_begin_time", "n_base")}
+    real = None
+    empty = {i: w.empty for i, w in enumerate(batch) if w.empty}
+    if plan.method == "binance" and empty:
+        sym, t, values, real = with_confirmed_empty(sym, t, values, plan, empty)
     restrict = not all(w.lo is None and w.hi is None for w in batch)
     lo = np.array([_I64_MIN if w.lo is None else w.lo for w in batch], dtype=np.int64)
     hi = np.array([_I64_MAX if w.hi is None else w.hi for w in batch], dtype=np.int64)
@@ -606,7 +612,13 @@ def _resample_batch(base: pl.DataFrame, plan: OffsetPlan, batch: list[Work]) -> 
     for a, b in itertools.pairwise(cuts):
         if a == b:
             continue
-        r = resample_arrays(sym[a:b], t[a:b], {c: v[a:b] for c, v in values.items()}, plan)
+        r = resample_arrays(
+            sym[a:b],
+            t[a:b],
+            {c: v[a:b] for c, v in values.items()},
+            plan,
+            None if real is None else real[a:b],
+        )
         if restrict and len(r):
             keep = (r.start >= lo[r.sym]) & (r.start < hi[r.sym])
             r = Resampled(

@@ -5,7 +5,8 @@
 Per symbol: the base interval, the method, the offsets kept, the change token of every base
 partition used (``LakeFS.mtime_key``) and, per base partition, a fingerprint of each UTC day's rows.
 A changed partition (a month of 5m) is narrowed to the days whose rows changed, so appending a day
-recomputes about a day.
+recomputes about a day. A series built with ``--method binance`` also keeps the confirmed-empty
+ranges its bins were built with: a range recorded later recomputes the bins within T of it.
 
 The day fingerprints of a partition are stored packed (base64 of (day number, fingerprint, open time
 of the day's last candle) records): a JSON object per day made the manifest of 300 symbols × a year
@@ -50,6 +51,9 @@ class Series:
     # from a version 2 manifest: bins from here on (ms) are in that layout's per-period tail.parquet
     # files, which the series' next run folds into its period files
     legacy_tail_from: int | None = None
+    # method binance: the confirmed-empty ranges ([start, end) ms) the bins were built with (they
+    # decide which bins cut by a maintenance window or a listing are kept); None for seed, or not known
+    empty: list[list[int]] | None = None
 
 
 def _from_v2(days: dict[str, dict[str, int]]) -> dict[str, str]:
@@ -84,5 +88,8 @@ def load_manifest(lfs: LakeFS, trade_type: str, interval: str) -> dict[str, Seri
 
 def save_manifest(lfs: LakeFS, trade_type: str, interval: str, manifest: dict[str, Series]) -> None:
     names = [f.name for f in dataclasses.fields(Series)]
-    series = {s: {f: getattr(st, f) for f in names} for s, st in sorted(manifest.items())}  # no deep copy
+    series = {  # (no deep copy; no empty ranges of seed builds, which have none)
+        s: {f: getattr(st, f) for f in names if f != "empty" or st.empty is not None}
+        for s, st in sorted(manifest.items())
+    }
     write_json(lfs, manifest_path(trade_type, interval), {"version": VERSION, "series": series})

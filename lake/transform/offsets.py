@@ -19,14 +19,18 @@ Two methods:
 * ``binance``: as Binance aggregates its own higher intervals — zero-volume base candles do not move
   open, high or low (open is the first *traded* candle's open, high/low over traded candles only);
   a bin without any traded candle falls back to the seed rules (for Binance data such a bin is flat
-  at the previous close). Close and the sums are the same as ``seed``.
+  at the previous close). Close and the sums are the same as ``seed``. Base slots the exchange
+  confirmed empty (a maintenance window, the time before a listing or after a delisting; the
+  lake records them as ``_meta/empty``) count as present for the span test, so the bin of an hour
+  cut by one is kept as Binance keeps it; ``n_base`` counts real candles only
+  (``with_confirmed_empty``).
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +51,7 @@ __all__ = [
     "parse_duration_ms",
     "resample_arrays",
     "resample_offsets",
+    "with_confirmed_empty",
 ]
 
 METHODS = ("seed", "binance")
@@ -301,13 +306,20 @@ def _fill(out: np.ndarray, mask: np.ndarray, a: np.ndarray, ufunc: np.ufunc) -> 
     out[:] = agg[mask]
 
 
-def resample_offsets(df: pl.DataFrame, plan: OffsetPlan) -> pl.DataFrame:
+def resample_offsets(
+    df: pl.DataFrame,
+    plan: OffsetPlan,
+    confirmed_empty: Mapping[str, Sequence[tuple[int, int]]] | None = None,
+) -> pl.DataFrame:
     """Resample base candles to every offset of ``plan`` in one pass.
 
     ``df`` holds base candles (``candle_begin_time`` and the kline value columns; a ``symbol`` column
     for several series, otherwise one series named ``""``), at most one per (symbol, open time). The
     result has ``symbol``, ``offset`` (its name, e.g. ``"15m"``) and the ``OFFSET_SCHEMA`` columns,
     ordered by offset, then symbol (in order of appearance), then ``candle_begin_time``.
+
+    ``confirmed_empty``: per symbol, half-open ``(start_ms, end_ms)`` ranges in which the exchange has
+    no candles; used by the ``binance`` method only (``with_confirmed_empty``).
     """
     if "symbol" not in df.columns:
         df = df.with_columns(pl.lit("", pl.String).alias("symbol"))
@@ -322,7 +334,13 @@ def resample_offsets(df: pl.DataFrame, plan: OffsetPlan) -> pl.DataFrame:
     if len(t) > 1 and not np.all((sym[1:] > sym[:-1]) | ((sym[1:] == sym[:-1]) & (t[1:] > t[:-1]))):
         df = df.sort("symbol", "_t")
         names, sym, t = _codes(df)
-    r = resample_arrays(sym, t, {c: df[c].to_numpy() for c in _VALUE_COLUMNS}, plan)
+    values = {c: df[c].to_numpy() for c in _VALUE_COLUMNS}
+    real = None
+    if confirmed_empty and plan.method == "binance":
+        code = {str(name): i for i, name in enumerate(names.to_list())}
+        empty = {code[k]: list(v) for k, v in confirmed_empty.items() if k in code and v}
+        sym, t, values, real = with_confirmed_empty(sym, t, values, plan, empty)
+    r = resample_arrays(sym, t, values, plan, real)
     return pl.DataFrame(
         {
             "symbol": names.gather(pl.Series(r.sym)),
@@ -351,10 +369,18 @@ class Resampled:
 
 
 def resample_arrays(
-    sym: np.ndarray, t: np.ndarray, values: dict[str, np.ndarray], plan: OffsetPlan
+    sym: np.ndarray,
+    t: np.ndarray,
+    values: dict[str, np.ndarray],
+    plan: OffsetPlan,
+    real: np.ndarray | None = None,
 ) -> Resampled:
     """The core of ``resample_offsets`` on arrays: ``sym`` (integer symbol codes) and ``t`` (open times,
-    ms) sorted by (sym, t) and unique; ``values`` the kline value columns (``volume`` etc.)."""
+    ms) sorted by (sym, t) and unique; ``values`` the kline value columns (``volume`` etc.).
+
+    ``real`` (from ``with_confirmed_empty``) tells real candles from stand-ins for confirmed-empty
+    slots: stand-ins count for the span test only. ``n_base`` counts real candles, open/high/low come
+    from real ones, and a bin of stand-ins only is not kept."""
     if len(t) == 0:
         empty = {
             c: np.empty(0, dtype=np.int64 if c in ("trade_num", "n_base") else np.float64)
@@ -365,7 +391,7 @@ def resample_arrays(
         return Resampled(z.astype(np.uint32), z, z, empty)
     slot, off = np.divmod(t - plan.anchor_ms, plan.base_ms)
     if off.any():
-        return _split_off_grid(sym, t, values, plan, off != 0)
+        return _split_off_grid(sym, t, values, plan, off != 0, real)
     g = _layout(sym, slot, plan)
     bins = _kept_bins(g, plan.offsets)
     total = bins[-1].out.stop
@@ -378,23 +404,112 @@ def resample_arrays(
     last = np.full_like(close, np.nan)  # offset 0: position n-1 of its group; k: k-1 of the next
     last[0], last[1:, :-1] = close[-1], close[:-1, 1:]
     cols["close"][:] = last[mask]
-    _fill(n_base, mask, g.present.astype(np.int64), np.add)
+    _fill(
+        n_base,
+        mask,
+        g.present.astype(np.int64) if real is None else g.dense(real.astype(np.int64), 0),
+        np.add,
+    )
     for name in SUM_COLUMNS:
         _fill(cols[name], mask, g.dense(values[name], 0), np.add)
     _fill(cols["high"], mask, g.dense(values["high"], -np.inf), np.maximum)
     _fill(cols["low"], mask, g.dense(values["low"], np.inf), np.minimum)
     if plan.method == "binance":
-        _binance_overrides(values, g, bins, mask, cols)
+        if real is not None:  # first the real candles' open/high/low, then the traded ones'
+            _prefer(values, g, bins, mask, cols, real)
+        _prefer(values, g, bins, mask, cols, values["volume"] > 0)
     ks, first_g = np.nonzero(mask)
     position = np.zeros(plan.n, dtype=np.uint32)
     position[list(plan.offsets)] = np.arange(len(plan.offsets), dtype=np.uint32)
     which = position[ks]
     start = (g.gj[first_g] * plan.n + ks) * plan.base_ms + plan.anchor_ms
-    return Resampled(which, g.gsym[first_g], start, {**cols, "n_base": n_base})
+    out = Resampled(which, g.gsym[first_g], start, {**cols, "n_base": n_base})
+    return out if real is None else _real_bins(out)
+
+
+def _real_bins(r: Resampled) -> Resampled:
+    """The bins holding at least one real candle (not only stand-ins for confirmed-empty slots)."""
+    keep = r.columns["n_base"] > 0
+    if keep.all():
+        return r
+    return Resampled(r.which[keep], r.sym[keep], r.start[keep], {c: v[keep] for c, v in r.columns.items()})
+
+
+def with_confirmed_empty(
+    sym: np.ndarray,
+    t: np.ndarray,
+    values: dict[str, np.ndarray],
+    plan: OffsetPlan,
+    empty: Mapping[int, Sequence[tuple[int, int]]],
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """Base rows (sorted by (sym, t)) with a stand-in row inserted at every base slot that ``empty``
+    (per symbol code: half-open ``(start_ms, end_ms)`` ranges) confirms empty within T of either end
+    of its range, where no candle is stored; and ``real`` (False for the stand-ins).
+
+    Binance builds its candle of an hour cut by a maintenance window, a listing or a delisting from
+    the candles it has: for the span test such slots count as present, which a slot merely missing
+    from the lake (the first hour of a backfill, the hour in progress) must not. Only slots within T
+    of a range's ends can share a bin with a stored candle, so a long range costs at most 2·T/B rows.
+    A stand-in has zero volumes and the close of the stored candle before it (a bin whose last slots
+    are stand-ins closes at its last real candle's close); ``resample_arrays`` takes open, high and
+    low from real candles only and counts only them in ``n_base``.
+    """
+    b_ms, t_ms, anchor = plan.base_ms, plan.target_ms, plan.anchor_ms
+    at: list[np.ndarray] = []  # insertion positions into the stored rows
+    codes: list[np.ndarray] = []
+    times: list[np.ndarray] = []
+    for code, ranges in sorted(empty.items()):
+        lo, hi = np.searchsorted(sym, [code, code + 1])
+        held = (t[lo:hi] - anchor) // b_ms  # the slots stored candles fill (also off-grid ones)
+        slots: list[np.ndarray] = []
+        for a, b in ranges:
+            first = -(-(a - anchor) // b_ms)  # the first slot opening in [a, b)
+            end = -(-(b - anchor) // b_ms)
+            if first >= end:
+                continue
+            span = t_ms // b_ms
+            if end - first <= 2 * span:
+                slots.append(np.arange(first, end, dtype=np.int64))
+            else:
+                slots.append(np.arange(first, first + span, dtype=np.int64))
+                slots.append(np.arange(end - span, end, dtype=np.int64))
+        if not slots:
+            continue
+        s = np.unique(np.concatenate(slots))
+        s = s[~np.isin(s, held)]
+        if len(s) == 0:
+            continue
+        st = s * b_ms + anchor
+        at.append(lo + np.searchsorted(t[lo:hi], st))
+        codes.append(np.full(len(s), code, dtype=sym.dtype))
+        times.append(st.astype(t.dtype))
+    if not at:
+        return sym, t, values, np.ones(len(t), dtype=bool)
+    pos = np.concatenate(at)
+    n_new = len(pos)
+    real = np.insert(np.ones(len(t), dtype=bool), pos, np.zeros(n_new, dtype=bool))
+    out_sym = np.insert(sym, pos, np.concatenate(codes))
+    out_t = np.insert(t, pos, np.concatenate(times))
+    out: dict[str, np.ndarray] = {}
+    for c, v in values.items():
+        out[c] = np.insert(v, pos, np.zeros(n_new, dtype=v.dtype))
+    # a stand-in's prices: the close of the real row before it (any series: only a bin's last slots
+    # take a stand-in's close, and a kept bin has a real row of its own series before those)
+    idx = np.where(real, np.arange(len(real)), -1)
+    prev = np.maximum.accumulate(idx)
+    close = np.where(prev >= 0, out["close"][np.maximum(prev, 0)], 0.0)
+    for c in ("open", "high", "low", "close"):
+        out[c] = np.where(real, out[c], close)
+    return out_sym, out_t, out, real
 
 
 def _split_off_grid(
-    sym: np.ndarray, t: np.ndarray, values: dict[str, np.ndarray], plan: OffsetPlan, off_grid: np.ndarray
+    sym: np.ndarray,
+    t: np.ndarray,
+    values: dict[str, np.ndarray],
+    plan: OffsetPlan,
+    off_grid: np.ndarray,
+    real: np.ndarray | None,
 ) -> Resampled:
     """Series holding a candle off the base grid go through ``_resample_exact``, the rest the grid.
 
@@ -402,10 +517,15 @@ def _split_off_grid(
     (../shared/reference/binance.md, quirk 2); the lake stores them at their own times, and the
     one-pass grid cannot place them in a slot without changing which bins the seed's rule keeps."""
     odd = np.isin(sym, np.unique(sym[off_grid]))
-    parts = [_resample_exact(sym[odd], t[odd], {c: v[odd] for c, v in values.items()}, plan)]
+
+    def part(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray | None]:
+        return sym[m], t[m], {c: v[m] for c, v in values.items()}, None if real is None else real[m]
+
+    s, tt, v, r = part(odd)
+    parts = [_resample_exact(s, tt, v, plan, r)]
     if not odd.all():
-        rest = ~odd
-        parts.append(resample_arrays(sym[rest], t[rest], {c: v[rest] for c, v in values.items()}, plan))
+        s, tt, v, r = part(~odd)
+        parts.append(resample_arrays(s, tt, v, plan, r))
     which = np.concatenate([r.which for r in parts])
     rsym = np.concatenate([r.sym for r in parts])
     start = np.concatenate([r.start for r in parts])
@@ -415,7 +535,11 @@ def _split_off_grid(
 
 
 def _resample_exact(
-    sym: np.ndarray, t: np.ndarray, values: dict[str, np.ndarray], plan: OffsetPlan
+    sym: np.ndarray,
+    t: np.ndarray,
+    values: dict[str, np.ndarray],
+    plan: OffsetPlan,
+    real: np.ndarray | None = None,
 ) -> Resampled:
     """The seed's rule taken literally, one offset at a time, for candles at any open time: a bin holds
     the candles opening in ``[start, start + T)`` and is kept when its last candle's end (open + B)
@@ -438,17 +562,21 @@ def _resample_exact(
             "high": _reduce(values["high"], starts, keep, np.maximum),
             "low": _reduce(values["low"], starts, keep, np.minimum),
             **{c: _reduce(values[c], starts, keep, np.add) for c in SUM_COLUMNS},
-            "n_base": (stops - starts)[keep].astype(np.int64),
+            "n_base": (stops - starts)[keep].astype(np.int64)
+            if real is None
+            else _reduce(real.astype(np.int64), starts, keep, np.add),
         }
         if plan.method == "binance":
-            traded = values["volume"] > 0
-            first_traded = _reduce(np.where(traded, np.arange(len(t)), len(t)), starts, keep, np.minimum)
-            use = first_traded < len(t)
-            cols["open"] = np.where(use, values["open"][np.minimum(first_traded, len(t) - 1)], cols["open"])
-            for name, ufunc, fill in (("high", np.maximum, -np.inf), ("low", np.minimum, np.inf)):
-                only = _reduce(np.where(traded, values[name], fill), starts, keep, ufunc)
-                cols[name] = np.where(use, only, cols[name])
+            for rows in ([] if real is None else [real]) + [values["volume"] > 0]:
+                first_row = _reduce(np.where(rows, np.arange(len(t)), len(t)), starts, keep, np.minimum)
+                use = first_row < len(t)
+                cols["open"] = np.where(use, values["open"][np.minimum(first_row, len(t) - 1)], cols["open"])
+                for name, ufunc, fill in (("high", np.maximum, -np.inf), ("low", np.minimum, np.inf)):
+                    only = _reduce(np.where(rows, values[name], fill), starts, keep, ufunc)
+                    cols[name] = np.where(use, only, cols[name])
         parts.append(Resampled(np.full(len(first), which, dtype=np.uint32), sym[first], t[first], cols))
+    if real is not None:
+        parts = [_real_bins(r) for r in parts]
     return Resampled(
         np.concatenate([r.which for r in parts]),
         np.concatenate([r.sym for r in parts]),
@@ -469,11 +597,16 @@ def _codes(df: pl.DataFrame) -> tuple[pl.Series, np.ndarray, np.ndarray]:
     return names, sym, df["_t"].to_numpy()
 
 
-def _binance_overrides(
-    values: dict[str, np.ndarray], g: _Grid, bins: list[_Bins], mask: np.ndarray, cols: dict[str, np.ndarray]
+def _prefer(
+    values: dict[str, np.ndarray],
+    g: _Grid,
+    bins: list[_Bins],
+    mask: np.ndarray,
+    cols: dict[str, np.ndarray],
+    traded_row: np.ndarray,
 ) -> None:
-    """Open/high/low from traded (volume > 0) candles only; bins with no trade keep the seed values."""
-    traded_row = values["volume"] > 0
+    """Open/high/low from the rows ``traded_row`` marks only (traded candles: volume > 0); bins with
+    none of them keep the values they have."""
     n = g.n
     traded = g.dense(traded_row, False)
     any_traded = np.empty(bins[-1].out.stop, dtype=np.int64)

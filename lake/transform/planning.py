@@ -31,6 +31,7 @@ from lake.schema import OFFSET_SCHEMA
 from lake.store.dayprints import changed_days, day_prints, last_open, pack_days, row_hashes
 from lake.store.fs import LakeFS
 from lake.store.klines import collect_named
+from lake.store.meta import read_empty_ranges
 from lake.store.parquet_plain import footer_prints
 from lake.store.paths import (
     DATA_FILE,
@@ -68,6 +69,7 @@ _PLAN_PARTITIONS = 256  # changed base partitions planning reads in one scan (~2
 _TAIL_MAX_MS = {"year": 32 * MS_PER_DAY, "month": 8 * MS_PER_DAY}
 Fingerprints: TypeAlias = dict[str, dict[str, str]]  # symbol -> partition -> packed day prints
 CHUNK_ROWS = 100_000
+_I64_MAX = 2**63 - 1
 
 
 @dataclass(slots=True)
@@ -94,6 +96,9 @@ class Work:
     tail_start: int | None = None
     legacy_from: int | None = None
     data_end: int | None = None  # end (ms) of the base data, before or after the run, whichever later
+    # method binance: the series' confirmed-empty ranges as planning read them (the run builds with
+    # these and records them, so a range recorded meanwhile is the next run's change)
+    empty: list[tuple[int, int]] | None = None
     # a tail run's base candles from ``lo`` on that planning read (no second read), by partition:
     # row ranges of planning's frames
     cached: dict[str, _Rows] = field(default_factory=dict)
@@ -152,6 +157,10 @@ def plan_all(
         with ThreadPoolExecutor(max(1, workers)) as pool:
             tokens = list(pool.map(lambda s: _base_tokens(lfs, trade_type, plan.base.name, s), syms))
     names = {k: plan.name(k) for k in range(plan.n)}
+    empties: list[list[tuple[int, int]] | None] = [None] * len(syms)
+    if plan.method == "binance":  # (a small JSON file per series, in parallel on an object store)
+        with ThreadPoolExecutor(1 if lfs.is_local else max(1, workers)) as pool:
+            empties = list(pool.map(lambda s: _empty_ranges(lfs, trade_type, plan.base.name, s), syms))
     chunk: list[tuple[str, dict[str, str]]] = []
     wanted: list[tuple[str, str]] = []
     for i, (sym, tok) in enumerate(zip(syms, tokens, strict=True)):
@@ -161,11 +170,38 @@ def plan_all(
             read = _read_partitions(lfs, trade_type, plan, wanted, manifest, workers)
             if tally is not None:
                 tally.rows += sum(r.b - r.a for _, r in read.values() if r is not None)
-            for s, t in chunk:
-                yield _plan_series(
-                    plan, names, s, manifest.get(s), rebuild, fold, t, read, tail_starts.get(s)
+            for j, (s, t) in enumerate(chunk, start=i + 1 - len(chunk)):
+                w, keys = _plan_series(
+                    plan, names, s, manifest.get(s), rebuild, fold, t, read, tail_starts.get(s), empties[j]
                 )
+                if w is not None:
+                    w.empty = empties[j]
+                yield w, keys
             chunk, wanted = [], []
+
+
+def _empty_ranges(lfs: LakeFS, trade_type: str, interval: str, symbol: str) -> list[tuple[int, int]]:
+    return [(r.start_ms, r.end_ms) for r in read_empty_ranges(lfs, trade_type, interval, symbol)]
+
+
+def _empty_changes(old: list[list[int]] | None, new: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges whose confirmed-empty state differs between two sets of (merged, sorted) ranges
+    (``old`` None: not known, so every range of ``new`` counts)."""
+    before = [(int(a), int(b)) for a, b in old or []]
+    cuts = sorted({x for r in before + new for x in r})
+
+    def inside(ranges: list[tuple[int, int]], x: int) -> bool:
+        i = bisect.bisect_right(ranges, (x, _I64_MAX)) - 1
+        return i >= 0 and ranges[i][0] <= x < ranges[i][1]
+
+    out: list[tuple[int, int]] = []
+    for a, b in itertools.pairwise(cuts):
+        if inside(before, a) != inside(new, a):
+            if out and out[-1][1] == a:
+                out[-1] = (out[-1][0], b)
+            else:
+                out.append((a, b))
+    return out
 
 
 def _to_read(state: Series | None, tokens: dict[str, str]) -> list[str]:
@@ -461,6 +497,7 @@ def _plan_series(
     tokens: dict[str, str],
     prefetched: dict[tuple[str, str], tuple[str, _Rows | None]],
     tail_start: int | None,
+    empty: list[tuple[int, int]] | None = None,
 ) -> tuple[Work | None, tuple[int, ...]]:
     drop: list[str] = []
     if state is not None and (state.base != plan.base.name or state.method != plan.method or rebuild):
@@ -495,14 +532,18 @@ def _plan_series(
         ), keys
     changed = [d for d in tokens.keys() | state.partitions.keys() if tokens.get(d) != state.partitions.get(d)]
     old_end = _data_end(state.days, plan.base)
-    if not changed:
+    # method binance: slots confirmed empty since the last run (or no longer) change the bins within
+    # T of them, as a changed candle does
+    spans: list[tuple[int, int]] = []
+    if empty is not None and (state.empty is None or [list(r) for r in empty] != state.empty):
+        spans = _empty_changes(state.empty, empty)
+    if not changed and not spans:
         if legacy is None and not (fold and tail_start is not None):
             return None, keys
         # any run but a tail run folds the series' tail into its period files; this one only that
         w = Work(symbol, tokens, [], 0, 0, 0, tail_start=tail_start, legacy_from=legacy)
         w.data_end = old_end
         return w, keys
-    spans: list[tuple[int, int]] = []
     known: dict[str, str] = {}
     frames: dict[str, _Rows] = {}
     for d in changed:
@@ -547,7 +588,12 @@ def _plan_series(
     # opens at or after lo) or lies inside the tail, and the tail stays within _TAIL_MAX_MS. The bins
     # from lo on go to a new tail layer; the period files (all bins before the tail start) stay.
     tail_from = tail_start
-    if tail_from is None and old_end is not None and a >= old_end:
+    # stored bins hold no slot from the old data end on, unless confirmed-empty slots right after it
+    # completed some (method binance): those reach T − B further
+    stored_end = old_end
+    if old_end is not None and any(r0 < old_end + reach and r1 > old_end for r0, r1 in state.empty or []):
+        stored_end = old_end + reach
+    if tail_from is None and stored_end is not None and a >= stored_end:
         tail_from = lo
     limit = _TAIL_MAX_MS[offsets_period(plan.target)]
     if (

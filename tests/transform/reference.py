@@ -62,8 +62,13 @@ def seed_resample(df: pl.DataFrame, t_ms: int, b_ms: int, k: int) -> pl.DataFram
     )
 
 
-def binance_resample(df: pl.DataFrame, t_ms: int, b_ms: int, k: int) -> pl.DataFrame:
-    """One symbol's bins of offset ``k`` under Binance's rule, by a plain loop over bins."""
+def binance_resample(
+    df: pl.DataFrame, t_ms: int, b_ms: int, k: int, empty: list[tuple[int, int]] | None = None
+) -> pl.DataFrame:
+    """One symbol's bins of offset ``k`` under Binance's rule, by a plain loop over bins. With
+    ``empty`` (ranges the exchange confirmed to have no candles; candles on the grid only), the span
+    rule counts confirmed-empty slots as present: a bin is kept when its first slot and its last slot
+    each hold a candle or are confirmed empty (a hole inside stays allowed, as in the seed)."""
     rows = df.sort("candle_begin_time").to_dicts()
     anchor = _anchor(t_ms) + k * b_ms
     bins: dict[int, list[dict]] = {}
@@ -72,10 +77,16 @@ def binance_resample(df: pl.DataFrame, t_ms: int, b_ms: int, k: int) -> pl.DataF
         start = anchor + (t - anchor) // t_ms * t_ms
         bins.setdefault(start, []).append(r)
     out = []
-    for _start, rs in sorted(bins.items()):
+    for start, rs in sorted(bins.items()):
         first_t = int(rs[0]["candle_begin_time"].timestamp() * 1000)
         last_t = int(rs[-1]["candle_begin_time"].timestamp() * 1000)
-        if last_t + b_ms - first_t < t_ms:  # the seed's span rule (on the grid: first and last slot)
+        if empty is not None:
+            ends = (start, start + t_ms - b_ms)
+            known = {first_t, last_t}
+            if any(s not in known and not any(a <= s < b for a, b in empty) for s in ends):
+                continue
+            first_t = start
+        elif last_t + b_ms - first_t < t_ms:  # the seed's span rule (on the grid: first and last slot)
             continue
         traded = [r for r in rs if r["volume"] > 0] or rs
         row = {
