@@ -37,13 +37,14 @@ def offsets(
         str, typer.Option("--offsets", help="'all' or a comma-separated list, e.g. 0m,15m.")
     ] = "all",
     method: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--method",
             help="seed (the seed's pandas rule) or binance (Binance's: zero-volume candles ignored, "
-            "slots the exchange confirmed empty count as present).",
+            "slots the exchange confirmed empty count as present). Default: the one used before, "
+            "else seed.",
         ),
-    ] = "seed",
+    ] = None,
     symbols: Annotated[
         str | None, typer.Option("--symbols", help="Only these symbols (comma-separated).")
     ] = None,

@@ -56,13 +56,14 @@ class LiveOffsets:
         base: str,
         targets: Iterable[str],
         *,
-        method: str = "seed",
+        method: str | None = None,
         on_error: Callable[[str, str], None] | None = None,
     ) -> None:
         self.lfs = lfs
         self.trade_type = trade_type
         self.base = base
-        self.targets = [offset_plan(t, base, "all", method).target.name for t in targets]
+        # (method None: the one each table was built with, else seed; see build_offsets)
+        self.targets = [offset_plan(t, base, "all", method or "seed").target.name for t in targets]
         self.method = method
         self.on_error = on_error
         self.stats = OffsetStats()

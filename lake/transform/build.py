@@ -174,7 +174,7 @@ def build_offsets(
     *,
     base: str | None = None,
     offsets: str | Sequence[str] | None = "all",
-    method: str = "seed",
+    method: str | None = None,
     symbols: str | Sequence[str] | None = None,
     missing_ok: bool = False,
     rebuild: bool = False,
@@ -187,7 +187,7 @@ def build_offsets(
     """Bring the offsets table of (``trade_type``, ``interval``) up to date with the klines table.
 
     ``base`` defaults to the one the series were built from, else the coarsest stored interval that
-    divides ``interval``. Offsets built earlier stay maintained alongside the requested ones. A
+    divides ``interval``; ``method`` likewise to theirs, else ``seed``. Offsets built earlier stay maintained alongside the requested ones. A
     series built with another base or method is an error unless ``rebuild`` (which recomputes it from
     scratch and deletes its old offsets). ``fold`` moves the tail of every series looked at into its
     period files now (otherwise a series' tail is folded when it grows past about a month). Tail
@@ -203,7 +203,7 @@ def build_offsets(
     syms = validate_symbols(symbols) if symbols else None
     # a bad combination fails before the lock (and its file) is taken
     if base is not None:
-        offset_plan(target, parse_interval(base, spot=tt.is_spot), offsets, method)
+        offset_plan(target, parse_interval(base, spot=tt.is_spot), offsets, method or "seed")
     else:
         check_target(target)
     with lfs.lock(table_dir(tt.name, target.name)):
@@ -212,6 +212,9 @@ def build_offsets(
         if base is None:
             built = {manifest[s].base for s in (syms or manifest) if s in manifest}
             base = built.pop() if len(built) == 1 else default_base(lfs, tt.name, target, syms)
+        if method is None:
+            used = {manifest[s].method for s in (syms or manifest) if s in manifest}
+            method = used.pop() if len(used) == 1 else "seed"
         plan = offset_plan(target, parse_interval(base, spot=tt.is_spot), offsets, method)
         if syms is None or not missing_ok:  # (a listing: live's frequent builds skip it)
             listed = {s for t, iv, s in list_series(lfs) if t == tt.name and iv == plan.base.name}

@@ -164,6 +164,8 @@ def test_confirmed_later_then_forgotten(tmp_path: Path) -> None:
     cut = after.filter((pl.col("offset") == "0m") & (t0 >= T0_MS + 30 * H) & (t0 <= T0_MS + 33 * H))
     assert cut.sort("candle_begin_time")["n_base"].to_list() == [5, 4]  # 06:00 and 09:00; 07, 08: none
     assert build_offsets(root, "usdt_perp", "1h", method="binance").written == 0  # idempotent
+    again = build_offsets(root, "usdt_perp", "1h")  # the method defaults to the one built with
+    assert again.method == "binance" and again.written == 0
     clear_empty_ranges(root, "usdt_perp", "5m", "AUSDT")
     build_offsets(root, "usdt_perp", "1h", method="binance")
     _assert_table(root, ["AUSDT"])
