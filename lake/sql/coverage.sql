@@ -1,10 +1,12 @@
 -- coverage: per (trade_type, interval, symbol) the first and last stored candle, how many there are,
 -- how many an unbroken series would have, and the holes between first and last.
 --
--- A hole is a run of missing candles. A hole that lies inside a range the exchange confirmed empty
--- (empty_ranges: maintenance, no trading) is an exchange hole: its candles count in
--- exchange_missing. Every other hole is missing data: holes counts those runs, missing their
--- candles, largest_hole the longest. The same rule as lake.store.coverage (`lake status`).
+-- A hole is a run of missing candles. The parts of a hole inside ranges the exchange confirmed empty
+-- (empty_ranges: maintenance, no trading) are exchange holes: their candles count in
+-- exchange_missing. The other parts are missing data: holes counts those runs, missing their
+-- candles, largest_hole the longest (a maintenance window with a lost candle beside it is 11
+-- exchange_missing and 1 missing, as lake audit classifies it). The same rule as lake.store.coverage
+-- (`lake status`).
 CREATE OR REPLACE VIEW coverage AS
 WITH slots AS (
     -- a candle fills the slot its open time falls in (kline_slot_ms, intervals.sql)
@@ -36,27 +38,61 @@ gaps AS (
     WINDOW w AS (PARTITION BY trade_type, "interval", symbol ORDER BY candle_begin_time)
 ),
 holes AS (
-    -- each hole once, with whether one confirmed-empty range holds all of it (the first missing
-    -- open to the next stored one)
+    -- each hole once: the slots [a, b) from the one after a stored candle to the next stored one
     SELECT
         g.trade_type,
         g."interval",
         g.symbol,
+        g.ms,
         g.gap,
-        EXISTS (
-            SELECT 1
-            FROM empty_ranges AS e
-            WHERE e.trade_type = g.trade_type
-              AND e."interval" = g."interval"
-              AND e.symbol = g.symbol
-              AND epoch_ms(e.range_start) <= CASE
-                  WHEN g.ms IS NOT NULL THEN g.prev_slot_ms + g.ms
-                  ELSE epoch_ms(make_timestamp(g.prev_slot_ms * 1000) + INTERVAL 1 MONTH)  -- naive UTC
-              END
-              AND g.slot_ms <= epoch_ms(e.range_end)
-        ) AS exchange
+        CASE
+            WHEN g.ms IS NOT NULL THEN g.prev_slot_ms + g.ms
+            ELSE epoch_ms(make_timestamp(g.prev_slot_ms * 1000) + INTERVAL 1 MONTH)  -- naive UTC
+        END AS a,
+        g.slot_ms AS b
     FROM gaps AS g
     WHERE g.gap > 0
+),
+inside AS (
+    -- each part [x, y) of a hole inside a confirmed-empty range (a series' ranges are disjoint)
+    SELECT
+        h.trade_type,
+        h."interval",
+        h.symbol,
+        h.ms,
+        h.a,
+        h.b,
+        greatest(epoch_ms(e.range_start), h.a) AS x,
+        least(epoch_ms(e.range_end), h.b) AS y
+    FROM holes AS h
+    JOIN empty_ranges AS e
+        ON e.trade_type = h.trade_type
+        AND e."interval" = h."interval"
+        AND e.symbol = h.symbol
+        AND epoch_ms(e.range_start) < h.b
+        AND epoch_ms(e.range_end) > h.a
+),
+pieces AS (
+    -- candles of each part: the inside parts (exchange), the missing parts before each of them and
+    -- after the last, and the holes no range touches (missing whole)
+    SELECT
+        trade_type, "interval", symbol, TRUE AS exchange,
+        slot_opens_before(y, a, ms) - slot_opens_before(x, a, ms) AS n
+    FROM inside
+    UNION ALL
+    SELECT
+        trade_type, "interval", symbol, FALSE,
+        slot_opens_before(x, a, ms) - slot_opens_before(coalesce(lag(y) OVER w, a), a, ms)
+    FROM inside
+    WINDOW w AS (PARTITION BY trade_type, "interval", symbol, a ORDER BY x)
+    UNION ALL
+    SELECT trade_type, "interval", symbol, FALSE, slot_opens_before(b, a, ms) - slot_opens_before(max(y), a, ms)
+    FROM inside
+    GROUP BY trade_type, "interval", symbol, a, b, ms
+    UNION ALL
+    SELECT h.trade_type, h."interval", h.symbol, FALSE, h.gap
+    FROM holes AS h
+    ANTI JOIN inside AS i USING (trade_type, "interval", symbol, a)
 ),
 per_series AS (
     SELECT
@@ -75,11 +111,12 @@ per_holes AS (
         trade_type,
         "interval",
         symbol,
-        coalesce(sum(gap) FILTER (WHERE NOT exchange), 0)::BIGINT AS missing,
-        coalesce(sum(gap) FILTER (WHERE exchange), 0)::BIGINT AS exchange_missing,
+        coalesce(sum(n) FILTER (WHERE NOT exchange), 0)::BIGINT AS missing,
+        coalesce(sum(n) FILTER (WHERE exchange), 0)::BIGINT AS exchange_missing,
         count(*) FILTER (WHERE NOT exchange) AS holes,
-        coalesce(max(gap) FILTER (WHERE NOT exchange), 0) AS largest_hole
-    FROM holes
+        coalesce(max(n) FILTER (WHERE NOT exchange), 0) AS largest_hole
+    FROM pieces
+    WHERE n > 0
     GROUP BY trade_type, "interval", symbol
 )
 SELECT

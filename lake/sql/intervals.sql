@@ -31,3 +31,13 @@ CREATE OR REPLACE MACRO kline_slot_ms(t, iv, ms) AS CASE
         epoch_ms(t) - (epoch_ms(t) - CASE WHEN iv = '1w' THEN 345600000 ELSE 0 END) % ms
     ELSE epoch_ms(timezone('UTC', date_trunc('month', timezone('UTC', t))))
 END;
+
+-- slot_opens_before(t, a, ms): how many slots of the grid through a (an open time, ms since the
+-- epoch) open in [a, t); ms NULL: calendar months (a on the 1st of a UTC month). Used by coverage to
+-- count the parts of a hole.
+CREATE OR REPLACE MACRO slot_opens_before(t, a, ms) AS CASE
+    WHEN t <= a THEN 0
+    WHEN ms IS NOT NULL THEN (t - a + ms - 1) // ms
+    ELSE date_diff('month', make_timestamp(a * 1000), make_timestamp(t * 1000))
+        + CASE WHEN make_timestamp(t * 1000) > date_trunc('month', make_timestamp(t * 1000)) THEN 1 ELSE 0 END
+END;

@@ -1,7 +1,9 @@
 """Coverage of the klines table: per series first/last candle, counts and the exact holes.
 
-A hole is a run of missing candles strictly between the first and the last stored candle. Holes the
-exchange confirmed empty (``lake.store.meta``) are marked ``exchange``; the others ``missing``.
+A hole is a run of missing candles strictly between the first and the last stored candle. The parts
+of it the exchange confirmed empty (``lake.store.meta``) are marked ``exchange``, the others
+``missing``: a maintenance window with a lost candle beside it is an exchange hole and a missing
+candle, as ``lake audit`` classifies it (and the ``coverage`` view counts it).
 """
 
 from __future__ import annotations
@@ -144,8 +146,27 @@ def _series(lfs: LakeFS, tt: str, iv_name: str, sym: str, times: pl.Series, iv: 
                 spans.append((nxt, cur))
     empty = read_empty_ranges(lfs, tt, iv_name, sym) if spans else []
     for a, b in spans:
-        covered = any(r.start_ms <= a and b <= r.end_ms for r in empty)
-        holes.append(Hole(_from_ms(a), _from_ms(b), iv.count(a, b), "exchange" if covered else "missing"))
+        for x, y, kind in _pieces(a, b, [(r.start_ms, r.end_ms) for r in empty]):
+            n = iv.count(x, y)
+            if n:
+                holes.append(Hole(_from_ms(x), _from_ms(y), n, kind))
     stored = times.dt.epoch("ms")
     first_open, last_open = _from_ms(int(stored[0])), _from_ms(int(stored[-1]))
     return SeriesCoverage(tt, iv_name, sym, first_open, last_open, times.len(), expected, holes)
+
+
+def _pieces(a: int, b: int, empty: list[tuple[int, int]]) -> list[tuple[int, int, str]]:
+    """``[a, b)`` cut where the confirmed-empty ranges (sorted, disjoint) start and end: its parts
+    inside them ``exchange``, the rest ``missing``."""
+    out: list[tuple[int, int, str]] = []
+    at = a
+    for r0, r1 in empty:
+        if r1 <= at or r0 >= b:
+            continue
+        if r0 > at:
+            out.append((at, r0, "missing"))
+        out.append((max(r0, at), min(r1, b), "exchange"))
+        at = min(r1, b)
+    if at < b:
+        out.append((at, b, "missing"))
+    return out

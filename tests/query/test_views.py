@@ -104,7 +104,7 @@ def test_coverage_counts_holes(tmp_path: Path) -> None:
 
 def test_coverage_tells_exchange_holes_from_missing_data(tmp_path: Path) -> None:
     """Holes inside a range the exchange confirmed empty count apart (exchange_missing), exactly as
-    lake.store.coverage classifies them; a range that covers only part of a hole does not explain it."""
+    lake.store.coverage classifies them; a range that covers only part of a hole explains that part."""
     ms5 = 300_000
     df = random_candles(1, ms5, 200, hole_rate=0.0)
     t0 = int(df["candle_begin_time"].dt.epoch("ms")[0])
@@ -114,7 +114,7 @@ def test_coverage_tells_exchange_holes_from_missing_data(tmp_path: Path) -> None
     write_klines(tmp_path, "usdt_spot", "1M", "ETHUSDT", _monthly([0, 1, 3, 7]))
     add_empty_ranges(tmp_path, "usdt_perp", "5m", "ETHUSDT", [
         EmptyRange(t0 + 9 * ms5, t0 + 17 * ms5),    # holds the hole 10-15 (and more)
-        EmptyRange(t0 + 41 * ms5, t0 + 43 * ms5),   # only part of the hole 40-42
+        EmptyRange(t0 + 41 * ms5, t0 + 43 * ms5),   # only part of the hole 40-42: 40 is missing
         EmptyRange(t0 + 100 * ms5, t0 + 101 * ms5),  # exactly the hole 100
         EmptyRange(t0 + 300 * ms5, t0 + 310 * ms5),  # after the last candle
     ])  # fmt: skip
@@ -126,7 +126,8 @@ def test_coverage_tells_exchange_holes_from_missing_data(tmp_path: Path) -> None
     got = con.sql("SELECT * FROM coverage ORDER BY ALL").pl()
     rows = {(r["trade_type"], r["interval"], r["symbol"]): r for r in got.to_dicts()}
     cols = ("candles", "expected", "missing", "exchange_missing", "holes", "largest_hole")
-    assert tuple(rows[("usdt_perp", "5m", "ETHUSDT")][c] for c in cols) == (188, 200, 5, 7, 2, 3)
+    # missing 40, 150-151 (two holes, the longest 2); confirmed 10-15, 41-42, 100
+    assert tuple(rows[("usdt_perp", "5m", "ETHUSDT")][c] for c in cols) == (188, 200, 3, 9, 2, 2)
     assert tuple(rows[("usdt_perp", "5m", "BTCUSDT")][c] for c in cols) == (200, 200, 0, 0, 0, 0)
     # months 2 (not explained) and 4-6 (May-July inside the range)
     assert tuple(rows[("usdt_spot", "1M", "ETHUSDT")][c] for c in cols) == (4, 8, 1, 3, 1, 1)
