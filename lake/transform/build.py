@@ -187,9 +187,9 @@ def build_offsets(
     """Bring the offsets table of (``trade_type``, ``interval``) up to date with the klines table.
 
     ``base`` defaults to the one the series were built from, else the coarsest stored interval that
-    divides ``interval``; ``method`` likewise to theirs, else ``seed``. Offsets built earlier stay maintained alongside the requested ones. A
-    series built with another base or method is an error unless ``rebuild`` (which recomputes it from
-    scratch and deletes its old offsets). ``fold`` moves the tail of every series looked at into its
+    divides ``interval``; ``method`` likewise to theirs, else ``seed``. Offsets built earlier stay
+    maintained alongside the requested ones. A series built with another base or method is an error
+    unless ``rebuild`` (which recomputes it from scratch and deletes its old offsets). ``fold`` moves the tail of every series looked at into its
     period files now (otherwise a series' tail is folded when it grows past about a month). Tail
     files no longer needed are deleted ``tail_grace_s`` after that, so that a query which listed
     them just before can still read them. ``progress(done, total)`` is called per batch of symbols.
