@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -119,6 +120,9 @@ def backfill_cmd(
     t_end = parse_when(end, name="--end") if end is not None else None
     if t_start is not None and t_end is not None and t_start >= t_end:
         raise ValidationError(f"--start {start} is not before --end {end}")
+    if t_start is not None and t_start > dt.datetime.now(dt.UTC):
+        # nothing to fetch: the run would end "up_to_date" as if the lake held that future
+        raise ValidationError(f"--start {start} is in the future")
     wanted = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
     if symbols is not None and not wanted:
         raise ValidationError("--symbols is empty")

@@ -309,7 +309,7 @@ class _Series:
         self.report = report
         self.record_until = record_until
         self.parts: dict[dt.date, _Part] = {}
-        self.ready: list[_Part] = []  # complete partitions not yet handed to a writer
+        self.ready: list[tuple[dt.date, _Part]] = []  # complete partitions not yet handed to a writer
         self.outstanding = 0
         self.done = False
 
@@ -424,6 +424,7 @@ class _MarketRun:
         self.failures_in_row = 0
         self.aborted: str | None = None
         self.writes: set[asyncio.Future[None]] = set()
+        self.write_error: BaseException | None = None
         self.tasks: dict[str, int] = {}
         self.done_by_tt: dict[str, int] = {}
         self.fetched_by_tt: dict[str, int] = {}
@@ -468,7 +469,7 @@ class _MarketRun:
             )
             stored = await self._io(_stored_opens, self.root, tt.name, self.iv, uni.symbols, s, e)
             for sym in uni.symbols:
-                empties = await self._io(_empties, self.root, tt.name, self.iv.name, sym, s, e, self.recheck)
+                empties = await self._io(_empties, self.root, tt.name, self.iv.name, sym, self.recheck)
                 empties = sorted([*empties, *self.skip.get(tt.name, {}).get(sym, ())])
                 opens = stored.get(sym, _NO_OPENS)
                 rep = SeriesReport(tt.name, self.iv.name, sym, s, e)
@@ -501,6 +502,14 @@ class _MarketRun:
 
     async def run(self) -> None:
         """Fetch and store what ``prepare`` planned."""
+        if self.recheck:
+            # Only now, when nothing can stop the run before it re-derives them (an unknown symbol
+            # of a shared whitelist is found after every market has planned).
+            for ser in self.series:
+                r = ser.report
+                await self._io(
+                    _forget_empties, self.root, r.trade_type, r.interval, r.symbol, r.start_ms, r.end_ms
+                )
         ticker = asyncio.create_task(self._tick())
         try:
             async with asyncio.TaskGroup() as tg:
@@ -508,6 +517,8 @@ class _MarketRun:
                     tg.create_task(self._worker())
             if self.writes:
                 await asyncio.gather(*self.writes)
+            if self.write_error is not None:
+                raise self.write_error
             if self.funding:
                 await self._funding()
         finally:
@@ -651,15 +662,15 @@ class _MarketRun:
         self._finish(ser, page.start_ms, page.end_ms)
 
     def _finish(self, ser: _Series, a: int, b: int) -> None:
-        for _, part in ser.release(a, b):
+        for d, part in ser.release(a, b):
             if part.frames or part.empties:
-                ser.ready.append(part)
+                ser.ready.append((d, part))
         if ser.ready and (ser.outstanding == 0 or len(ser.ready) >= self.flush_partitions):
             # complete partitions go to the lake together (one upsert call, one empty-range update)
             parts, ser.ready = ser.ready, []
             fut = asyncio.ensure_future(self._write(ser, parts))
             self.writes.add(fut)
-            fut.add_done_callback(self.writes.discard)
+            fut.add_done_callback(self._written)
         if ser.outstanding == 0 and not ser.done:
             ser.done = True
             self.done_by_tt[ser.tt.name] += 1
@@ -675,12 +686,34 @@ class _MarketRun:
                 tt = ser.tt.name
                 self.progress.update(self.tasks[tt], completed=self.done_by_tt[tt], info=self._info(tt))
 
-    async def _write(self, ser: _Series, parts: list[_Part]) -> None:
-        frames = [f for p in parts for f in p.frames if f.height]
+    async def _write(self, ser: _Series, parts: list[tuple[dt.date, _Part]]) -> None:
+        frames = [f for _, p in parts for f in p.frames if f.height]
         df = pl.concat(frames) if frames else None
-        empties = [EmptyRange(a, b) for p in parts for a, b in p.empties]
-        written = await self._io(_write_part, self.root, ser.tt.name, ser.iv.name, ser.symbol, df, empties)
+        empties = [EmptyRange(a, b) for _, p in parts for a, b in p.empties]
+        try:
+            written = await self._io(
+                _write_part, self.root, ser.tt.name, ser.iv.name, ser.symbol, df, empties
+            )
+        except (LakeError, OSError) as exc:
+            # The candles were fetched but are not in the lake: the run must not call the series
+            # complete (the next run plans these partitions again).
+            rep = ser.report
+            for d, _ in sorted(parts, key=lambda x: x[0]):
+                a = max(_date_ms(d), rep.start_ms)
+                b = min(_date_ms(partition_end(self.iv, d)), rep.end_ms)
+                rep.missing.append(
+                    f"{ser.tt.name} {self.iv.name} {ser.symbol} [{_iso(a)}, {_iso(b)}): not written: {exc}"
+                )
+            log.error("%s %s %s: writing to the lake failed: %s", ser.tt.name, self.iv.name, ser.symbol, exc)
+            return
         ser.report.written += written
+
+    def _written(self, fut: asyncio.Future[None]) -> None:
+        # A write future that failed after run() stopped waiting for it would lose its exception
+        # (and a bug in the write path would pass for a complete run): keep the first one.
+        self.writes.discard(fut)
+        if not fut.cancelled() and fut.exception() is not None and self.write_error is None:
+            self.write_error = fut.exception()
 
     async def _funding(self) -> None:
         perps = [s for s in self.series if s.tt.is_perpetual]
@@ -800,12 +833,19 @@ def _stored_opens(
 
 
 def _empties(
-    root: LakeFS, trade_type: str, interval: str, symbol: str, start_ms: int, end_ms: int, recheck: bool
+    root: LakeFS, trade_type: str, interval: str, symbol: str, recheck: bool
 ) -> list[tuple[int, int]]:
+    """The confirmed-empty ranges the plan may skip (none with ``recheck``)."""
+    if recheck:
+        return []
+    return [(r.start_ms, r.end_ms) for r in read_empty_ranges(root, trade_type, interval, symbol)]
+
+
+def _forget_empties(
+    root: LakeFS, trade_type: str, interval: str, symbol: str, start_ms: int, end_ms: int
+) -> None:
+    """Forget the confirmed-empty ranges recorded inside ``[start_ms, end_ms)``; keep the rest."""
     ranges = read_empty_ranges(root, trade_type, interval, symbol)
-    if not recheck:
-        return [(r.start_ms, r.end_ms) for r in ranges]
-    # forget what was recorded inside [start, end); keep the rest
     keep: list[EmptyRange] = []
     for r in ranges:
         if r.start_ms < start_ms:
@@ -815,7 +855,6 @@ def _empties(
     if ranges:
         clear_empty_ranges(root, trade_type, interval, symbol)
         add_empty_ranges(root, trade_type, interval, symbol, keep)
-    return []
 
 
 def _write_part(

@@ -74,7 +74,11 @@ log = logging.getLogger("lake.ingest.rest")
 # /fapi/v1/fundingRate shares a 500 requests / 5 min / IP limit with /fapi/v1/fundingInfo.
 FUNDING_LIMIT = (500, 5 * MINUTE_MS)
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,17})", re.IGNORECASE)
-_WEIGHT_LIMIT = re.compile(r"current limit is (\d+) request weight per (\d+) ([A-Za-z]+)", re.IGNORECASE)
+# Spot words it "current limit is 6000 request weight per 1 MINUTE"; the futures error-code pages
+# "current limit is 2400 requests per minute" (no count: one).
+_WEIGHT_LIMIT = re.compile(
+    r"current limit is (\d+) (?:request weight|requests) per (?:(\d+) )?([A-Za-z]+)", re.IGNORECASE
+)
 _INTERVAL_MS = {"SECOND": 1000, "MINUTE": MINUTE_MS, "HOUR": 60 * MINUTE_MS, "DAY": 24 * 60 * MINUTE_MS}
 
 
@@ -517,12 +521,13 @@ class RestClient:
 
     def _learn_limit(self, body: bytes) -> None:
         """Adopt the limit a -1003 message names ("current limit is 2400 request weight per 1
-        MINUTE") when it is below the one in use: exchangeInfo may advertise more than the server
-        enforces (COIN-M's docs say 6000 in one place, 2400 in another)."""
+        MINUTE" on spot, "current limit is 2400 requests per minute" on futures) when it is below the
+        one in use: exchangeInfo may advertise more than the server enforces (COIN-M's docs say 6000
+        in one place, 2400 in another)."""
         m = _WEIGHT_LIMIT.search(_code_msg(body)[1])
         if m is None:
             return
-        limit, num, unit = int(m.group(1)), int(m.group(2)), m.group(3).upper()
+        limit, num, unit = int(m.group(1)), int(m.group(2) or 1), m.group(3).upper().removesuffix("S")
         gov = self.governor
         if _INTERVAL_MS.get(unit, 0) * num == gov.window_ms and 0 < limit < gov.limit:
             log.warning(
