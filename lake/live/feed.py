@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 import fcntl
 import os
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
@@ -185,6 +186,14 @@ class Feed:
         # kline was final, that event's values are the right ones; without one, REST is asked
         # again once the candle is 30 s old (LiveRunner._repair fills this, _reconfirm empties it)
         self.recent_rest: dict[tuple[str, int], Sequence[Any]] = {}
+        self.reconfirm_failures: dict[tuple[str, int], int] = {}  # checks whose REST request failed
+        # recent_rest is also kept in the lake (lake.live.repair.write_provisional) so that a run
+        # stopped before asking again leaves the job to the next one: the keys last written, and a
+        # sequence so that a write cancelled in its thread never lands over a newer one
+        self.provisional_saved: frozenset[tuple[str, int]] = frozenset()
+        self.provisional_lock = threading.Lock()
+        self.provisional_seq = 0
+        self.provisional_written = 0
         self.writer = KlineWriter(lfs, tt.name, iv.name, threads=config.writer_threads)
         self.book: PeriodBook | None = None
         self.pool: WsPool | None = None

@@ -19,7 +19,7 @@ import asyncio
 import io
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import polars as pl
@@ -41,7 +41,9 @@ __all__ = [
     "fetch_many",
     "last_stored",
     "read_pending_catchup",
+    "read_provisional",
     "write_pending_catchup",
+    "write_provisional",
 ]
 
 PENDING_DIR = "_meta/live_catchup"  # not under _meta/live: the watermark view globs that
@@ -174,6 +176,49 @@ def write_pending_catchup(lfs: LakeFS, trade_type: str, interval: str, pending: 
     rel = _pending_path(trade_type, interval)
     if pending:
         write_json(lfs, rel, dict(pending))
+    elif lfs.exists(rel):
+        lfs.remove(rel)
+
+
+def _provisional_path(trade_type: str, interval: str) -> str:
+    tt = get_trade_type(trade_type)
+    return f"{PENDING_DIR}/{tt.name}/{parse_interval(interval, spot=tt.is_spot).name}-provisional.json"
+
+
+def read_provisional(lfs: LakeFS, trade_type: str, interval: str) -> dict[tuple[str, int], list[Any]]:
+    """Candles a previous run stored from REST before they were final and had not asked for again
+    (``{(symbol, open ms): REST row}``).
+
+    They are under that run's watermark and its successor's catch-up starts after them: without
+    this record a run stopped within half a minute of such a repair kept its early values for good.
+    """
+    try:
+        raw = read_json(lfs, _provisional_path(trade_type, interval))
+    except UnreadableJsonError:
+        log.warning("%s %s: unreadable record of provisional candles ignored", trade_type, interval)
+        return {}
+    out: dict[tuple[str, int], list[Any]] = {}
+    for sym, rows in raw.items() if isinstance(raw, dict) else ():
+        try:
+            sym = validate_symbol(sym)
+        except LakeError:
+            continue
+        for row in rows if isinstance(rows, list) else ():
+            if isinstance(row, list) and len(row) >= 11 and isinstance(row[0], int):
+                out[(sym, row[0])] = row
+    return out
+
+
+def write_provisional(
+    lfs: LakeFS, trade_type: str, interval: str, rows: Mapping[tuple[str, int], Sequence[Any]]
+) -> None:
+    """Record the provisional candles (atomically); no record when there is none."""
+    rel = _provisional_path(trade_type, interval)
+    if rows:
+        doc: dict[str, list[list[Any]]] = {}
+        for (sym, _t), row in sorted(rows.items()):
+            doc.setdefault(sym, []).append(list(row))
+        write_json(lfs, rel, doc)
     elif lfs.exists(rel):
         lfs.remove(rel)
 

@@ -50,7 +50,9 @@ from lake.live.repair import (
     fetch_many,
     last_stored,
     read_pending_catchup,
+    read_provisional,
     write_pending_catchup,
+    write_provisional,
 )
 from lake.live.watermark import read_watermark, write_watermark
 from lake.live.ws import ConnectLimiter, WsPool
@@ -284,6 +286,14 @@ class LiveRunner:
         catch_end = feed.iv.floor(now - _SETTLE_MS)
         last_closed = feed.iv.floor(now) - feed.iv_ms
         feed.book = PeriodBook(feed.iv, catch_end - feed.iv_ms, watermark=feed.published)
+        # REST candles a previous run stored before they were final: asked again at the first check
+        earlier = await asyncio.to_thread(read_provisional, self.lfs, feed.tt.name, feed.iv.name)
+        feed.recent_rest.update(earlier)
+        feed.provisional_saved = frozenset(earlier)
+        if earlier:
+            log.info(
+                "%s: %d candle(s) stored early by the last run, to be asked again", feed.name, len(earlier)
+            )
         if last_closed >= catch_end:
             feed.book.open_period(last_closed, feed.live)
         log.info(
@@ -432,6 +442,7 @@ class LiveRunner:
                 log.error("%s: compaction at shutdown failed: %s", feed.name, exc)
             with contextlib.suppress(LakeError, OSError):
                 await self._publish(feed)
+            await self._save_provisional(feed, force=True)
             if feed.offsets is not None:
                 await feed.offsets.build_pending()
             feed.writer.close()
@@ -863,6 +874,29 @@ class LiveRunner:
                 write_pending_catchup, self.lfs, feed.tt.name, feed.iv.name, dict(feed.pending_catchup)
             )
 
+    async def _save_provisional(self, feed: Feed, *, force: bool = False) -> None:
+        """Keep the lake's record of ``feed.recent_rest`` up to date (see ``read_provisional``)."""
+        keys = frozenset(feed.recent_rest)
+        if keys == feed.provisional_saved and not force:
+            return
+        feed.provisional_saved = keys
+        rows = dict(feed.recent_rest)
+        feed.provisional_seq += 1
+        seq = feed.provisional_seq
+
+        def write() -> None:
+            with feed.provisional_lock:
+                if seq <= feed.provisional_written:
+                    return  # a newer record is there already
+                write_provisional(self.lfs, feed.tt.name, feed.iv.name, rows)
+                feed.provisional_written = seq
+
+        try:
+            await asyncio.to_thread(write)
+        except (LakeError, OSError) as exc:
+            feed.provisional_saved = frozenset()  # written again next time
+            log.warning("%s: could not record the candles to ask again: %s", feed.name, exc)
+
     async def _alarm(self, feed: Feed, boundary: int) -> None:
         """At each period boundary (server time): register the period, after the grace time check it,
         then refresh exchangeInfo (``boundary`` is the first one to wait for)."""
@@ -925,21 +959,17 @@ class LiveRunner:
         """Ask REST again for the candles it gave within ``_ABSENT_SETTLE_MS`` of their close, once
         they are that old, unless their closing event replaced them meanwhile; a changed answer is
         written (a later write wins). The reference's advice: close by the clock, then reconcile
-        over REST. A failed request leaves them for the next period's check."""
+        over REST. A failed request (or write) leaves them for the next period check, up to
+        ``_RECONFIRM_TRIES`` checks that asked for them.
+
+        Counted in checks that asked, not in periods since the close: a 1s feed (or any feed whose
+        grace is longer than its interval) is checked once per several periods, and an age limit
+        gave up on most candles before they were ever asked again."""
+        failures = feed.reconfirm_failures
+        for k in [k for k in failures if k not in feed.recent_rest]:
+            del failures[k]  # replaced by its closing event meanwhile
         due_before = feed.now_ms() - _ABSENT_SETTLE_MS - feed.iv_ms  # opens of candles now settled
-        give_up = due_before - _RECONFIRM_TRIES * feed.iv_ms  # (a symbol REST keeps failing for)
         due: dict[str, list[int]] = {}
-        stale = [k for k in feed.recent_rest if k[1] < give_up]
-        if stale:
-            log.warning(
-                "%s: REST did not answer again for %d early candle(s) (e.g. %s %s); kept as first given",
-                feed.name,
-                len(stale),
-                stale[0][0],
-                iso(stale[0][1]),
-            )
-            for k in stale:
-                del feed.recent_rest[k]
         for sym, t in feed.recent_rest:
             if t <= due_before:
                 due.setdefault(sym, []).append(t)
@@ -955,15 +985,36 @@ class LiveRunner:
                 old = feed.recent_rest.get((sym, int(r[0])))
                 if old is not None and candle_differs(old, r):
                     changed.setdefault(sym, []).append(r)
-        for sym, ts in due.items():
-            if sym not in errors:
-                for t in ts:
-                    feed.recent_rest.pop((sym, t), None)
+        stored: dict[str, float] = {}
         if changed:
             n = sum(len(v) for v in changed.values())
             log.info("%s: %d candle(s) REST gave early changed since; rewritten", feed.name, n)
             stored = await self._store(feed, changed, "rest")
             feed.stats.rest_reconfirmed += sum(len(changed[s]) for s in stored)
+        gave_up: list[tuple[str, int]] = []
+        for sym, ts in due.items():
+            done = sym not in errors and (sym not in changed or sym in stored)
+            for t in ts:
+                key = (sym, t)
+                if key not in feed.recent_rest:  # its closing event came while REST was asked
+                    failures.pop(key, None)
+                    continue
+                if not done:
+                    failures[key] = failures.get(key, 0) + 1
+                    if failures[key] < _RECONFIRM_TRIES:
+                        continue
+                    gave_up.append(key)
+                del feed.recent_rest[key]
+                failures.pop(key, None)
+        if gave_up:
+            log.warning(
+                "%s: REST did not answer again for %d early candle(s) (e.g. %s %s); kept as first given",
+                feed.name,
+                len(gave_up),
+                gave_up[0][0],
+                iso(gave_up[0][1]),
+            )
+        await self._save_provisional(feed)
 
     async def _check_locked(self, feed: Feed, period: int) -> None:
         assert feed.book is not None
@@ -1062,6 +1113,8 @@ class LiveRunner:
             for r in rows:
                 if int(r[0]) >= young:
                     feed.recent_rest[(sym, int(r[0]))] = r
+        # recorded before they are visible: a run killed right after the write leaves them listed
+        await self._save_provisional(feed)
         stored = await self._store(feed, fetched, "rest")
         for sym in fetched.keys() - set(stored):  # not written: nothing to supersede
             for r in fetched[sym]:
