@@ -146,11 +146,17 @@ class RestApi:
 
     def _limited(self, market: str, d: Decision) -> web.Response:
         lim = self.limiter.limits[market]
+        # the wording of each market's error-code page: spot counts weight, the futures "requests"
         if d.status == 418:
             until = d.ban_until if d.ban_until is not None else self.clock.now_ms()
-            msg = f"Way too much request weight used; IP banned until {until}. Please use WebSocket Streams for live updates to avoid bans."
-        else:
+            if market == "spot":
+                msg = f"Way too much request weight used; IP banned until {until}. Please use WebSocket Streams for live updates to avoid bans."
+            else:
+                msg = f"Way too many requests; IP banned until {until}. Please use the websocket for live updates to avoid bans."
+        elif market == "spot":
             msg = f"Too much request weight used; current limit is {lim} request weight per 1 MINUTE. Please use WebSocket Streams for live updates to avoid polling the API."
+        else:
+            msg = f"Too many requests; current limit is {lim} requests per minute. Please use the websocket for live updates to avoid polling the API."
         return self._respond(market, d.status, _dumps({"code": -1003, "msg": msg}), d, 0)
 
     def _guard(

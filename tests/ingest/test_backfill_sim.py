@@ -286,7 +286,7 @@ async def test_young_coin_m_symbol_found_by_search(tmp_path: Path) -> None:
 async def test_coin_m_limit_advertised_too_high_is_learnt_from_the_429(tmp_path: Path) -> None:
     # COIN-M's docs disagree on the weight limit (6000 vs 2400). exchangeInfo saying more than the
     # server enforces must cost one round of 429s, not a 429 (and a ban) every window: the 429's
-    # message names the limit ("current limit is 2400 request weight per 1 MINUTE").
+    # message names the limit (on futures "current limit is 2400 requests per minute").
     limits = {"spot": 6000, "um": 2400, "cm": 40}
     async with sim_server(speed=60.0, weight_limits=limits, advertised_weight_limits={"cm": 6000}) as sim:
         rep = await run(sim, tmp_path, ["coin_perp"], interval="1m", days=8, workers=4)

@@ -151,7 +151,7 @@ async def test_429_then_418_then_recovery(http: aiohttp.ClientSession) -> None:
             status, headers, _ = await klines(http, sim, "um")  # weight 5 each
             assert status == 200
         status, headers, body = await klines(http, sim, "um")
-        assert status == 429 and body["code"] == -1003 and "10 request weight per 1 MINUTE" in body["msg"]
+        assert status == 429 and body["code"] == -1003 and "limit is 10 requests per minute" in body["msg"]
         assert headers["Retry-After"] == "45" and headers["X-MBX-USED-WEIGHT-1M"] == "10"  # frozen: virtual s
         status, headers, _ = await klines(http, sim, "um", limit=10)  # weight 1 does not fit either
         assert status == 429 and headers["X-MBX-USED-WEIGHT-1M"] == "10"
