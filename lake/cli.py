@@ -98,15 +98,20 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("lake: interrupted", err=True)
         sys.exit(130)
-    except Exception as exc:
-        if not _is_read_error(exc):
+    except Exception as raised:
+        # a task group (backfill's markets, live's feeds) wraps the error that stopped it
+        err = _first_known(raised)
+        if isinstance(err, LakeError):
+            typer.echo(f"lake: error: {err}", err=True)
+            sys.exit(err.exit_code)
+        if not _is_read_error(err):
             raise
         # A damaged or foreign file in the lake (truncated parquet, another table's schema) surfaced
         # from Polars, pyarrow or DuckDB: one line and the bad-data exit code, not a traceback.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
         typer.echo(
-            f"lake: error: a file in the lake cannot be read as klines ({type(exc).__name__}: {first}); "
-            "'lake status' names unreadable partition files",
+            f"lake: error: a file in the lake cannot be read as klines ({type(err).__name__}: {first}); "
+            "'lake audit' names the partition files it cannot read",
             err=True,
         )
         sys.exit(DataError.exit_code)
@@ -118,9 +123,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(rv)
 
 
+def _first_known(exc: BaseException) -> BaseException:
+    """``exc``, or for an exception group the first error in it that is lake's or a reader's (else
+    the group itself, re-raised as a bug)."""
+    if not isinstance(exc, BaseExceptionGroup):
+        return exc
+    for sub in exc.exceptions:
+        found = _first_known(sub)
+        if isinstance(found, LakeError) or _is_read_error(found):
+            return found
+    return exc
+
+
 def _is_read_error(exc: BaseException) -> bool:
     """Whether ``exc`` is a reader's complaint about file contents (not a bug in lake)."""
-    mods = {c.__module__.split(".")[0] for c in type(exc).__mro__}
+    # (DuckDB's exceptions live in its extension module, ``_duckdb``)
+    mods = {c.__module__.split(".")[0].lstrip("_") for c in type(exc).__mro__}
     if "polars" in mods:
         import polars as pl
 

@@ -400,6 +400,46 @@ def test_damaged_and_foreign_files_in_the_lake_are_one_line_errors(tmp_path) -> 
         assert "Traceback" not in res.stderr and res.stderr.count("lake: error:") == 1, res.stderr
 
 
+def test_a_partition_of_other_column_types_is_named_not_a_traceback(tmp_path) -> None:
+    # Another tool's file with a column of another type (open as text): the views failed to bind
+    # and `lake sql` printed a 53-line traceback (DuckDB's exceptions live in `_duckdb`, which the
+    # read-error test did not recognise); offsets and audit named no file; a write merged nothing
+    # and raised a SchemaError inside backfill's task group (a traceback).
+    import polars as pl
+
+    from lake.errors import DataError
+    from lake.store.klines import list_partitions
+
+    _two_days(tmp_path)
+    write_klines(tmp_path, "usdt_perp", "5m", "XRPUSDT", frame([t0_ms() + i * 300_000 for i in range(576)]))
+    part = tmp_path / list_partitions(tmp_path, "usdt_perp", "5m", "ETHUSDT")[0].path  # the first file
+    before = pl.read_parquet(part).with_columns(pl.col("open").cast(pl.String))
+    before.write_parquet(part)
+    for args, named in (
+        (["offsets", "--type", "usdt_perp", "--interval", "1h"], True),
+        (["audit", "--type", "usdt_perp"], True),
+        (["sql", "SELECT count(*) FROM klines"], False),
+    ):
+        res = run(*args, "--root", str(tmp_path))
+        assert res.returncode == 4, res.stderr
+        assert "Traceback" not in res.stderr and res.stderr.count("lake: error:") == 1, res.stderr
+        assert (str(part) in res.stderr) == named, res.stderr
+    with pytest.raises(DataError, match=r"is not lake's: column open String \(not Float64\)"):
+        write_klines(tmp_path, "usdt_perp", "5m", "ETHUSDT", frame([t0_ms()]))
+    assert pl.read_parquet(part).equals(before)  # untouched
+
+
+def test_an_error_inside_a_task_group_is_one_line() -> None:
+    from lake.cli import _first_known
+    from lake.errors import DataError
+
+    err = DataError("bad file")
+    group = ExceptionGroup("unhandled errors in a TaskGroup", [ExceptionGroup("inner", [err])])
+    assert _first_known(group) is err
+    bug = ExceptionGroup("unhandled errors in a TaskGroup", [KeyError("x")])
+    assert _first_known(bug) is bug  # a bug stays a traceback
+
+
 def test_damaged_json_state_is_rebuilt_not_a_traceback(tmp_path) -> None:
     # _meta files are caches of what the exchange answered or what was built: a damaged one is
     # ignored with a warning (and rewritten by the next run), not a JSONDecodeError traceback.

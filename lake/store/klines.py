@@ -8,6 +8,7 @@ nothing writes nothing, so re-running any job leaves the lake byte-for-byte as i
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import math
 import os
@@ -63,26 +64,53 @@ def to_lakefs(root: str | os.PathLike[str] | LakeFS) -> LakeFS:
     return root if isinstance(root, LakeFS) else LakeFS(root)
 
 
+@functools.cache
+def _lake_arrow_schema() -> pa.Schema:
+    return pl.DataFrame(schema=KLINE_SCHEMA).to_arrow().schema
+
+
+def _foreign_schema(schema: pa.Schema) -> bool:
+    """Whether a partition file's columns differ from the lake's, in name or type (extra columns
+    from the path's Hive keys aside)."""
+    want = _lake_arrow_schema()
+    have = {f.name: f.type for f in schema}
+    return any(have.get(f.name) is None or not _same_type(have[f.name], f.type) for f in want) or bool(
+        set(have) - set(want.names)
+    )
+
+
+def _same_type(a: pa.DataType, b: pa.DataType) -> bool:
+    # Polars writes its strings as large_string, another writer as string: the same column
+    def text(t: pa.DataType) -> bool:
+        return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
+
+    return a == b or (text(a) and text(b))
+
+
 def unreadable_error(lfs: LakeFS, paths: Iterable[str], exc: Exception) -> DataError | None:
     """For a scan of kline partition files ``paths`` (as given to Polars) that failed with ``exc``:
-    a ``DataError`` naming the files whose parquet footer cannot be read (a truncated or foreign
-    file; Polars' message names none), or ``None`` when every footer reads (the caller re-raises)."""
+    a ``DataError`` naming the files whose parquet footer cannot be read (a truncated file) or whose
+    columns are not the lake's (another tool's file; Polars' message names none), or ``None`` when
+    every file looks right (the caller re-raises)."""
     bad = []
     for path in paths:
         try:
             with lfs.fs.open(path, "rb") as f:
-                pq.read_metadata(f)
+                schema = pq.read_schema(f)
         except FileNotFoundError:
             continue  # removed since it was listed: not damage
         except (OSError, pa.ArrowException):
+            bad.append(path)
+            continue
+        if _foreign_schema(schema):
             bad.append(path)
     if not bad:
         return None
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     return DataError(
-        f"{len(bad)} unreadable kline partition file(s) ({first}): {shown}; move them away and "
-        "backfill their periods again"
+        f"{len(bad)} unreadable or foreign kline partition file(s) ({first}): {shown}; move them "
+        "away and backfill their periods again"
     )
 
 
@@ -316,15 +344,25 @@ def write_klines(
             key = PartitionKey("klines", tt.name, iv.name, symbol, pdate)
             part = rows.slice(lo, n)
             old = read_partition(lfs, key)
-            if old is not None and set(old.columns) != set(KLINE_COLUMNS):
-                # another tool's file: rewritten with the lake's columns, its own would be lost
+            if old is not None and dict(old.schema) != dict(KLINE_SCHEMA):
+                # another tool's file: rewritten with the lake's columns, its own would be lost (and
+                # a column of another type does not merge)
                 extra = sorted(set(old.columns) - set(KLINE_COLUMNS))
                 lacking = [c for c in KLINE_COLUMNS if c not in old.columns]
+                typed = [
+                    f"{c} {old.schema[c]} (not {t})"
+                    for c, t in KLINE_SCHEMA.items()
+                    if c in old.schema and old.schema[c] != t
+                ]
                 raise DataError(
                     f"partition {lfs.url(key.path)} is not lake's: "
                     + "; ".join(
                         f"{what} {', '.join(cols)}"
-                        for what, cols in (("other columns", extra), ("no column", lacking))
+                        for what, cols in (
+                            ("other columns", extra),
+                            ("no column", lacking),
+                            ("column", typed),
+                        )
                         if cols
                     )
                     + ". Move it out of the lake (or drop those columns) and write again"
@@ -561,9 +599,17 @@ def iter_series_batches(
         batch.append(sym)
         rows += max(n, 1) * per_partition
         if rows >= limit or i == len(symbols) - 1:
-            frame = scan_klines(lfs, trade_type, interval, batch).select(cols).collect()
+            scan = scan_klines(lfs, trade_type, interval, batch).select(cols)
+            frame = collect_named(
+                lfs, scan, functools.partial(_partition_paths, lfs, trade_type, interval, batch)
+            )
             yield batch, frame.sort("symbol", "candle_begin_time")
             batch, rows = [], 0
+
+
+def _partition_paths(lfs: LakeFS, trade_type: str, interval: str, symbols: Sequence[str]) -> list[str]:
+    """The partition files of some series (to name a damaged one)."""
+    return [lfs.full(k.path) for s in symbols for k in list_partitions(lfs, trade_type, interval, s)]
 
 
 def _scan_files(
