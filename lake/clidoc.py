@@ -29,7 +29,9 @@ def _params(cmd: Any) -> list[str]:
             multiple = " (repeatable)" if p.multiple else ""
             lines.append(f"| {names} | {(p.help or '').strip()}{multiple}{default} |")
         elif kind == "argument":
-            lines.append(f"| `{str(p.name).upper()}` | argument{'' if p.required else ' (optional)'} |")
+            what = f"argument{'' if p.required else ' (optional)'}"
+            helped = (getattr(p, "help", None) or "").strip()  # (Typer's arguments carry their help)
+            lines.append(f"| `{str(p.name).upper()}` | {what}{': ' + helped if helped else ''} |")
     return lines
 
 

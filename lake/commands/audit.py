@@ -18,6 +18,7 @@ from lake.cli_common import (
     report_console,
     series_filters,
 )
+from lake.errors import NotFoundError
 from lake.store.fs import LakeFS
 
 
@@ -49,6 +50,12 @@ def audit_cmd(
     trade_type, interval, syms = series_filters(trade_type, interval, symbols)
     lfs = LakeFS(settings.root)
     report = audit(lfs, trade_type, interval, syms)
+    unknown = sorted(set(syms or ()) - {a.symbol for a in report})
+    if unknown:  # a typo must not pass a scheduled check as a lake without holes
+        scope = " ".join(f"{k} {v}" for k, v in (("--type", trade_type), ("--interval", interval)) if v)
+        raise NotFoundError(
+            f"no stored klines of {', '.join(unknown)}{f' ({scope})' if scope else ''} to audit"
+        )
     if repair and any(a.unexpected for a in report):
         from lake.ingest.repair import repair_holes
 
