@@ -134,6 +134,7 @@ async def test_persistent_mismatch_and_corrupt_zip_fail_loudly_and_write_nothing
         msg = str(err.value)
         assert f_daily(1).key in msg and "SHA-256" in msg
         assert f_daily(3).key in msg and "corrupt" in msg
+        assert msg.count(f_daily(1).key) == msg.count(f_daily(3).key) == 1  # named once each
         assert arch.gets[f_daily(1).key] == 3  # bounded retries
         days = stored(s)["candle_begin_time"].dt.day().unique().to_list()
         assert days == [2], "only the good file was ingested"

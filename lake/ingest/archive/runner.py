@@ -532,7 +532,8 @@ async def _run_jobs(
 
     def failed(pf: PlannedFile, exc: LakeError) -> None:
         log.error("archive file %s failed: %s", pf.file.key, exc)
-        msg = f"{pf.file.key}: {exc}"
+        text = str(exc)  # the download and parse errors name the file already
+        msg = text if text.startswith(pf.file.key) else f"{pf.file.key}: {text}"
         report.failed.append(msg)
         f = pf.file
         report.failed_files.append(
