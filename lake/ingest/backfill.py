@@ -51,7 +51,7 @@ import polars as pl
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.binance.klines import REST_FLOAT_FIELDS, klines_from_rest
 from lake.binance.markets import Endpoints, TradeType, get_trade_type
-from lake.binance.symbols import validate_symbol
+from lake.binance.symbols import validate_symbol, validate_symbols
 from lake.errors import IncompleteError, LakeError, NotFoundError, ValidationError
 from lake.ingest.funding import sync_funding
 from lake.ingest.pages import Page, answer_gaps, missing_ranges, plan_pages
@@ -886,7 +886,7 @@ async def backfill(
     start: dt.datetime | int | None = None,
     end: dt.datetime | int | None = None,
     days: float | None = None,
-    symbols: Sequence[str] | Mapping[str, Sequence[str]] | None = None,
+    symbols: str | Sequence[str] | Mapping[str, Sequence[str]] | None = None,
     funding: bool = False,
     recheck: bool = False,
     settings: Any = None,
@@ -922,6 +922,8 @@ async def backfill(
     if unknown_symbols not in ("error", "skip"):
         raise ValidationError("unknown_symbols must be 'error' or 'skip'")
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
+    if isinstance(symbols, str):  # "BTCUSDT" or "BTCUSDT,ETHUSDT", not its characters
+        symbols = validate_symbols(symbols)
     per_tt: dict[str, Sequence[str] | None] = {}
     for tt in tts:
         if symbols is None:

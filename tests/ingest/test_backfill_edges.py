@@ -186,3 +186,10 @@ async def test_the_limit_a_futures_429_names_is_learnt(message: str, learnt: int
             assert c.governor.limit == learnt
     finally:
         await srv.stop()
+
+
+async def test_a_symbol_given_as_a_plain_string_is_one_symbol(tmp_path: Path) -> None:
+    # backfill(symbols="BTCUSDT") iterated the string's characters ("unknown symbols: B, T, C, …")
+    async with sim_server() as sim:
+        rep = await run(sim, tmp_path, ["usdt_perp"], symbols="BTCUSDT", days=1)
+    assert [s.symbol for s in rep.series] == ["BTCUSDT"]
