@@ -593,11 +593,15 @@ class LiveRunner:
             for r in recv.get(sym, []):
                 feed.stats.latencies.append(finished - r)
         failed = {k: v for k, v in batch.items() if k[0] not in out}
+        for key in batch.keys() - failed.keys():
+            retries.pop(key, None)  # (the counter lives as long as the run: only failures stay in it)
         again = {}
         for key, value in failed.items():
             retries[key] += 1
             if retries[key] <= 3:
                 again[key] = value
+            else:
+                del retries[key]  # given up: the period check fetches it over REST
         if again and not feed.closing:
             await asyncio.sleep(0.2)
             feed.appender.put_back(again)
@@ -695,7 +699,8 @@ class LiveRunner:
             if top > feed.book.last_opened:
                 feed.book.open_period(top, feed.live)  # a closed candle proves its period closed
             for t in opens:
-                if feed.book.state(t) is not None:
+                st = feed.book.state(t)
+                if st is not None and not st.complete:  # (a complete period's count is logged and gone)
                     feed.stats.sources.setdefault(t, Counter())[source] += 1
             completed += feed.book.mark_stored(sym, opens)
         for sym, err in out.failed.items():
