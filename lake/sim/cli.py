@@ -26,6 +26,7 @@ from lake.sim.clock import ms_to_iso, to_ms
 from lake.sim.config import FaultConfig, SimConfig
 from lake.sim.market import SimMarket
 from lake.sim.server import SimServer
+from lake.store.fs import write_file_atomic
 
 __all__ = ["sim_app"]
 
@@ -193,21 +194,20 @@ def truth(
     ] = None,
 ) -> None:
     """Print or write the candles a simulator with these settings serves (closed candles only)."""
-    try:
+    try:  # (also run as its own app, sim_app, so errors are printed here, as lake's are)
+        if output is not None and output.suffix not in (".parquet", ".csv"):
+            raise ValidationError("--output must end in .parquet or .csv")
         market = SimMarket(
             SimConfig(seed=seed, n_symbols=n_symbols, history_days=history_days, start=sim_start)
         )
         syms = [s.strip() for s in symbols.split(",") if s.strip()] if symbols else None
         df = market.truth(trade_type, interval, syms, start, end, now=to_ms(now) if now else None)
     except LakeError as e:
-        typer.echo(f"error: {e}", err=True)
+        typer.echo(f"lake: error: {e}", err=True)
         raise typer.Exit(e.exit_code) from e
     if output is None:
         df.write_csv(sys.stdout)
     elif output.suffix == ".parquet":
-        df.write_parquet(output)
-    elif output.suffix == ".csv":
-        df.write_csv(output)
+        write_file_atomic(output, df.write_parquet)
     else:
-        typer.echo("error: --output must end in .parquet or .csv", err=True)
-        raise typer.Exit(2)
+        write_file_atomic(output, df.write_csv)

@@ -60,7 +60,10 @@ def test_truth_command(tmp_path: Path) -> None:
     r = CliRunner().invoke(
         sim_app, ["truth", "--type", "coin_perp", "--interval", "1s", "--sim-start", TEST_START]
     )
-    assert r.exit_code == 2 and "1s" in r.output
+    assert r.exit_code == 2 and "1s" in r.output and r.output.startswith("lake: error: ")
+    bad = tmp_path / "t.json"
+    r = CliRunner().invoke(sim_app, [*args[:-1], str(bad)])
+    assert r.exit_code == 2 and "--output must end in .parquet or .csv" in r.output and not bad.exists()
 
 
 def test_serve_is_the_default_command() -> None:
