@@ -135,7 +135,10 @@ def check_output(name: str, output: Path | None, root: str) -> None:
     lake_dir = Path(root.removeprefix("file://")).resolve()
     target = output.resolve()
     if target.is_relative_to(lake_dir) and (target.parent != lake_dir or not target.suffix):
-        raise ValidationError(f"{name} {output} is inside the lake root {root}; write it elsewhere")
+        raise ValidationError(
+            f"{name} {output} is inside the lake's tables or state under {root}; write it elsewhere "
+            "(or as a file with a suffix directly under the root)"
+        )
 
 
 _REL = re.compile(r"(\d+)([dhm])")

@@ -245,7 +245,7 @@ def test_sql_renders_every_type(small_lake, tmp_path, fmt: str) -> None:
 def test_sql_output_is_checked_before_running(small_lake, tmp_path) -> None:
     before = _snapshot(small_lake)
     for output, message in [
-        (small_lake / "klines" / "x.parquet", "inside the lake root"),
+        (small_lake / "klines" / "x.parquet", "inside the lake's tables or state"),
         (tmp_path / "nodir" / "x.csv", "does not exist"),
         (small_lake, "is a directory"),
     ]:
