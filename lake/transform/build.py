@@ -214,6 +214,8 @@ def build_offsets(
             base = built.pop() if len(built) == 1 else default_base(lfs, tt.name, target, syms)
         if method is None:
             used = {manifest[s].method for s in (syms or manifest) if s in manifest}
+            if not used:  # only series not built yet (a new listing live noted): the table's method
+                used = {st.method for st in manifest.values() if st.base == base}
             method = used.pop() if len(used) == 1 else "seed"
         plan = offset_plan(target, parse_interval(base, spot=tt.is_spot), offsets, method)
         if syms is None or not missing_ok:  # (a listing: live's frequent builds skip it)

@@ -443,39 +443,49 @@ def with_confirmed_empty(
     empty: Mapping[int, Sequence[tuple[int, int]]],
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
     """Base rows (sorted by (sym, t)) with a stand-in row inserted at every base slot that ``empty``
-    (per symbol code: half-open ``(start_ms, end_ms)`` ranges) confirms empty within T of either end
-    of its range, where no candle is stored; and ``real`` (False for the stand-ins).
+    (per symbol code: half-open ``(start_ms, end_ms)`` ranges; a slot counts when it opens in one)
+    confirms empty and that can share a bin with a stored candle of the series (within T of one),
+    where no candle is stored; and ``real`` (False for the stand-ins).
 
     Binance builds its candle of an hour cut by a maintenance window, a listing or a delisting from
     the candles it has: for the span test such slots count as present, which a slot merely missing
-    from the lake (the first hour of a backfill, the hour in progress) must not. Only slots within T
-    of a range's ends can share a bin with a stored candle, so a long range costs at most 2·T/B rows.
+    from the lake (the first hour of a backfill, the hour in progress) must not. A bin of stand-ins
+    only is not kept, so only slots within T of a stored candle matter: a long range costs at most
+    about 2·T/B rows per candle near it, and ranges far from the rows at hand (years before a
+    listing, the history of a series whose last day is being appended) cost nothing. A candle
+    stored inside a recorded range (a stale record) is a candle like any other, and the range's
+    slots around it count as present too.
     A stand-in has zero volumes and the close of the stored candle before it (a bin whose last slots
     are stand-ins closes at its last real candle's close); ``resample_arrays`` takes open, high and
     low from real candles only and counts only them in ``n_base``.
     """
     b_ms, t_ms, anchor = plan.base_ms, plan.target_ms, plan.anchor_ms
+    span = -(-t_ms // b_ms)
     at: list[np.ndarray] = []  # insertion positions into the stored rows
     codes: list[np.ndarray] = []
     times: list[np.ndarray] = []
     for code, ranges in sorted(empty.items()):
         lo, hi = np.searchsorted(sym, [code, code + 1])
-        held = (t[lo:hi] - anchor) // b_ms  # the slots stored candles fill (also off-grid ones)
-        slots: list[np.ndarray] = []
-        for a, b in ranges:
-            first = -(-(a - anchor) // b_ms)  # the first slot opening in [a, b)
-            end = -(-(b - anchor) // b_ms)
-            if first >= end:
-                continue
-            span = t_ms // b_ms
-            if end - first <= 2 * span:
-                slots.append(np.arange(first, end, dtype=np.int64))
-            else:
-                slots.append(np.arange(first, first + span, dtype=np.int64))
-                slots.append(np.arange(end - span, end, dtype=np.int64))
-        if not slots:
+        if lo == hi or not len(ranges):
             continue
-        s = np.unique(np.concatenate(slots))
+        held = (t[lo:hi] - anchor) // b_ms  # the slots stored candles fill (also off-grid ones)
+        # the slots that can share a bin with a stored candle, as merged runs [cs, ce) (a candle off
+        # the grid shares bins with slots up to T either side of its own)
+        cs, ce = held - span, held + span + 1
+        brk = np.flatnonzero(cs[1:] > ce[:-1]) + 1
+        cs, ce = cs[np.r_[0, brk]], ce[np.r_[brk - 1, len(held) - 1]]
+        r = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+        first = -(-(r[:, 0] - anchor) // b_ms)  # the first slot opening in [a, b)
+        end = -(-(r[:, 1] - anchor) // b_ms)
+        # each range cut to those runs: the runs i0 … i1−1 overlap it
+        i0 = np.searchsorted(ce, first, side="right")
+        i1 = np.searchsorted(cs, end, side="left")
+        n = np.maximum(i1 - i0, 0)
+        ri = np.repeat(np.arange(len(r)), n)
+        ci = i0[ri] + _ramp(n)
+        a, b = np.maximum(first[ri], cs[ci]), np.minimum(end[ri], ce[ci])
+        lengths = np.maximum(b - a, 0)
+        s = np.unique(np.repeat(a, lengths) + _ramp(lengths))
         s = s[~np.isin(s, held)]
         if len(s) == 0:
             continue
@@ -501,6 +511,12 @@ def with_confirmed_empty(
     for c in ("open", "high", "low", "close"):
         out[c] = np.where(real, out[c], close)
     return out_sym, out_t, out, real
+
+
+def _ramp(n: np.ndarray) -> np.ndarray:
+    """0, 1, … n[0]−1, 0, 1, … n[1]−1, …: the positions within runs of lengths ``n``."""
+    total = int(n.sum())
+    return np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(n) - n, n)
 
 
 def _split_off_grid(
