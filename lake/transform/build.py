@@ -211,6 +211,10 @@ def build_offsets(
         tail = offsets_tail.load_state(lfs, tt.name, target.name)  # an unreadable file stops here
         if base is None:
             built = {manifest[s].base for s in (syms or manifest) if s in manifest}
+            if not built and manifest:  # only series not built yet: the table's base, if they have it
+                table = {st.base for st in manifest.values()}
+                held = {iv for t, iv, s in list_series(lfs) if t == tt.name and (not syms or s in syms)}
+                built = table if len(table) == 1 and table <= held else set()
             base = built.pop() if len(built) == 1 else default_base(lfs, tt.name, target, syms)
         if method is None:
             used = {manifest[s].method for s in (syms or manifest) if s in manifest}

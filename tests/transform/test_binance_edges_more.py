@@ -327,3 +327,13 @@ def test_a_delisting_and_a_relisting_equal_binances_candles(tmp_path: Path) -> N
     assert got.select(exact).equals(want.select(exact))
     cut = got.filter(pl.col("candle_begin_time").dt.epoch("ms").is_in([delist // H * H, relist // H * H]))
     assert cut["n_base"].to_list() == [4, 5]
+
+
+def test_a_new_symbol_takes_the_tables_base_when_it_has_it(tmp_path: Path) -> None:
+    # a table built from 1m while 5m is stored too: a symbol built for the first time without
+    # --base took the coarsest stored interval (5m), not the table's
+    for sym in ("AUSDT", "BUSDT"):
+        for iv, b_ms, n in (("1m", 60_000, 1440), ("5m", 300_000, 288)):
+            write_klines(tmp_path, "usdt_perp", iv, sym, random_candles(1, b_ms, n, hole_rate=0.0))
+    assert build_offsets(tmp_path, "usdt_perp", "1h", base="1m", symbols=["AUSDT"]).base == "1m"
+    assert build_offsets(tmp_path, "usdt_perp", "1h", symbols=["BUSDT"]).base == "1m"
