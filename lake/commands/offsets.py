@@ -29,8 +29,8 @@ def offsets(
         str | None,
         typer.Option(
             "--base",
-            help="Base interval (default: the one used before, else the coarsest stored one that "
-            "divides --interval).",
+            help="Base interval (default: the one used before, for a new symbol the table's, else "
+            "the coarsest stored one that divides --interval).",
         ),
     ] = None,
     offsets: Annotated[
