@@ -183,6 +183,11 @@ async def archive_backfill(
                     "(neither in exchangeInfo nor in the archive for the trade type)"
                 )
         for tt, syms, lo, hi in planned:
+            if lo >= hi:
+                # No candle of the window has closed yet (`--start` inside the current candle, e.g.
+                # `--interval 1d --start <today 06:00>`): nothing to fetch, as the REST part reports.
+                result.archive.append(ArchiveReport(tt.name, iv.name, list(syms)))
+                continue
             try:
                 rep = await ingest_archive(
                     settings, tt.name, iv.name, syms, lo, hi,

@@ -266,8 +266,9 @@ def plan_series(
     """Plan one series over ``[start_ms, end_ms)``.
 
     ``listed`` maps zip and ``.CHECKSUM`` names (daily and monthly together) to their listing entries;
-    ``lake`` maps each unit's start to what the lake holds; ``manifest`` maps ingested file names to
-    their records. The result lists files to fetch (monthly ones for months with at least
+    ``lake`` maps each unit's start to what the lake holds of it inside the window (rows outside it
+    must not make an edge unit look complete: ``runner._lake_states``); ``manifest`` maps ingested
+    file names to their records. The result lists files to fetch (monthly ones for months with at least
     ``monthly_min_days`` lacking days, or days without a daily file) and the units the archive lacks.
     """
     iv = parse_interval(interval)

@@ -168,16 +168,60 @@ def _times_and_archive(
 
 
 def lake_units(
-    lfs: LakeFS, trade_type: str, interval: Interval | str, symbol: str, start_ms: int, end_ms: int
+    lfs: LakeFS,
+    trade_type: str,
+    interval: Interval | str,
+    symbol: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    window: tuple[int, int] | None = None,
 ) -> dict[int, UnitState]:
     """Per planning unit in ``[start_ms, end_ms)``: stored candles, candles recorded as confirmed
-    empty, and stored candles that came from the archive."""
-    iv = parse_interval(interval)
+    empty, and stored candles that came from the archive. With ``window``, only candles opening in
+    it are counted (see ``_lake_states``)."""
+    return _lake_states(lfs, trade_type, parse_interval(interval), symbol, start_ms, end_ms, window)[1]
+
+
+def _lake_states(
+    lfs: LakeFS,
+    trade_type: str,
+    iv: Interval,
+    symbol: str,
+    start_ms: int,
+    end_ms: int,
+    window: tuple[int, int] | None,
+) -> tuple[dict[int, UnitState], dict[int, UnitState]]:
+    """``lake_units`` of whole units, and of the units clipped to ``window``, from one scan.
+
+    The plan needs the clipped counts: a unit at the window's edge is complete when the window's
+    part of it is, and rows stored outside the window must not stand in for missing ones inside it
+    (REST rows for 00:00-12:00 made a day with its 12:00-24:00 missing look complete for a window
+    starting at 12:00). The manifest check needs whole units (a file's rows cover its whole period).
+    """
     us = units(iv, start_ms, end_ms)
     if not us:
-        return {}
+        return {}, {}
     lo, hi = us[0][0], us[-1][1]
     times, archive = _times_and_archive(lfs, trade_type, iv, symbol, lo, hi)
+    empties = [(r.start_ms, r.end_ms) for r in read_empty_ranges(lfs, trade_type, iv.name, symbol)]
+    whole = _count_units(iv, us, times, archive, empties, None)
+    if window is None or (window[0] <= lo and hi <= window[1]):
+        return whole, whole
+    return whole, _count_units(iv, us, times, archive, empties, window)
+
+
+def _count_units(
+    iv: Interval,
+    us: list[tuple[int, int]],
+    times: pl.Series,
+    archive: pl.Series,
+    empties: list[tuple[int, int]],
+    window: tuple[int, int] | None,
+) -> dict[int, UnitState]:
+    if window is not None:
+        keep = (times >= window[0]) & (times < window[1])
+        times, archive = times.filter(keep), archive.filter(keep)
     counts: dict[int, int] = {}
     from_archive: dict[int, int] = {}
     if times.len():
@@ -187,10 +231,13 @@ def lake_units(
         for i, n, a in per_unit.iter_rows():
             counts[int(us[int(i)][0])] = int(n)
             from_archive[int(us[int(i)][0])] = int(a)
-    empties = read_empty_ranges(lfs, trade_type, iv.name, symbol)
+    w0, w1 = window if window is not None else (us[0][0], us[-1][1])
     out: dict[int, UnitState] = {}
     for u0, u1 in us:
-        empty = sum(iv.count(max(r.start_ms, u0), min(r.end_ms, u1)) for r in empties if r.start_ms < u1)
+        a, b = max(u0, w0), min(u1, w1)
+        empty = (
+            sum(iv.count(max(r0, a), min(r1, b)) for r0, r1 in empties if r0 < b and r1 > a) if a < b else 0
+        )
         out[u0] = UnitState(counts.get(u0, 0), empty, from_archive.get(u0, 0))
     return out
 
@@ -395,9 +442,11 @@ async def ingest_archive(
         endpoints = settings.endpoints
         sem = asyncio.Semaphore(concurrency)
 
+        listings: dict[str, dict[str, ListEntry]] = {}
+
         async def plan_one(sym: str) -> SeriesPlan | None:
             async with sem:
-                listed = await _list_series(session, endpoints, market, sym, iv)
+                listed = listings[sym] = await _list_series(session, endpoints, market, sym, iv)
             span = _listed_span(market, iv, listed)
             w = (windows or {}).get(sym, (None, None))
             lo = w[0] if w[0] is not None else start_ms
@@ -410,14 +459,19 @@ async def ingest_archive(
             if lo >= hi:
                 return None
             report.windows[sym] = (lo, hi)
+            return await plan_window(sym, lo, hi)
+
+        async def plan_window(sym: str, lo: int, hi: int) -> SeriesPlan:
             # Whole months around the window, so monthly manifest records can be checked against the lake.
             m_lo = _month_ms(month_start(_date(lo)))
             m_hi = _month_ms(next_month(_date(hi - 1)))
-            lake = await asyncio.to_thread(lake_units, lfs, tt.name, iv, sym, m_lo, m_hi)
+            lake, in_window = await asyncio.to_thread(
+                _lake_states, lfs, tt.name, iv, sym, m_lo, m_hi, (lo, hi)
+            )
             manifest = await asyncio.to_thread(read_manifest, lfs, market, iv.name, sym)
             trusted = _manifest_trusted(manifest, lake)
             return plan_series(
-                market, sym, iv, lo, hi, listed, lake, trusted, monthly_min_days=monthly_min_days
+                market, sym, iv, lo, hi, listings[sym], in_window, trusted, monthly_min_days=monthly_min_days
             )
 
         plans = [p for p in await asyncio.gather(*(plan_one(s) for s in syms)) if p is not None]
@@ -430,7 +484,29 @@ async def ingest_archive(
         report.files_planned = len(jobs)
         report.files_reuploaded = sum(1 for j in jobs if j.planned.reason == "reuploaded")
         downloader = Downloader(session, endpoints.archive, ddir, checksum_attempts=checksum_attempts)
-        await _run_jobs(jobs, downloader, lfs, market, iv, report, progress, concurrency, keep_zips)
+        done: list[PlannedFile] = []
+        await _run_jobs(jobs, downloader, lfs, market, iv, report, progress, concurrency, keep_zips, done)
+        # A monthly file can leave days of its month without a candle (Binance has published truncated
+        # monthly files: binance-public-data #320, #359, #403). The plan trusts a verified monthly file
+        # only for the days it filled, so the daily files of the others are planned once it is in, in
+        # this run: one run leaves the lake as complete as the archive allows, and the next fetches
+        # nothing (with `--source archive` no REST pass fills those days).
+        again: list[_Job] = []
+        if daily_available(iv):
+            attempted = {j.planned.file.name for j in jobs}
+            for pf in done:
+                f = pf.file
+                lo, hi = report.windows[f.symbol]
+                lo, hi = max(lo, f.start_ms), min(hi, f.end_ms)
+                if f.freq != MONTHLY or lo >= hi:
+                    continue
+                p = await plan_window(f.symbol, lo, hi)
+                again.extend(
+                    _Job(x, tt.name) for x in p.fetch if x.file.freq == DAILY and x.file.name not in attempted
+                )
+        if again:
+            report.files_planned += len(again)
+            await _run_jobs(again, downloader, lfs, market, iv, report, progress, concurrency, keep_zips)
         report.bytes = downloader.bytes
         report.requests = downloader.requests
     finally:
@@ -507,7 +583,9 @@ async def _run_jobs(
     progress: Progress | None,
     concurrency: int,
     keep_zips: bool,
+    ingested: list[PlannedFile] | None = None,
 ) -> None:
+    """Process ``jobs``; the files ingested (and recorded) are appended to ``ingested``."""
     if not jobs:
         return
     task = progress.add(f"archive {report.trade_type} {iv.name}", total=len(jobs)) if progress else None
@@ -566,6 +644,8 @@ async def _run_jobs(
                             continue
                         meta = {"etag": dl.etag or pf.entry.etag, "last_modified": pf.entry.last_modified}
                         pending.setdefault(sym, []).append((pf.file.name, _record(pf, dl, rows), meta))
+                        if ingested is not None:
+                            ingested.append(pf)
                         report.rows += rows
                         if dl.reused:
                             report.files_reused += 1
