@@ -13,6 +13,8 @@ here, with the most widely assumed behaviour as the default:
 * ``ban_after``: how many requests sent after a 429 in the same window earn a 418 (unpublished).
 * ``list_next_marker``: whether the S3 listing sends ``NextMarker`` when truncated.
 * ``futures_header_from`` / ``futures_header_fraction``: which futures archive CSVs carry a header.
+* ``funding_4h_fraction`` / ``funding_jitter_ms``: USDⓈ-M perpetuals moving to 4h funding, fundingTime
+  a few ms after the hour (the reference is silent on both; Binance's data shows them).
 * ``inactive_status`` / ``delivered_status``: exchangeInfo status of delisted / delivered symbols.
 * ``ws_close_lag_ms``: how far after the candle's close time (virtual) the ``x: true`` event goes out.
 """
@@ -107,6 +109,12 @@ class SimConfig:
     # Markets whose /fundingRate answers the NEWEST `limit` rows of [startTime, endTime] (Binance does
     # not document the order for COIN-M); by default the oldest, as USDⓈ-M does.
     funding_newest_first: tuple[str, ...] = ()
+    # USDⓈ-M funding is not one 8h grid: many perpetuals moved to 4h funding (the archive's fundingRate
+    # CSV has a funding_interval_hours column), and fundingTime is at times a few ms after the hour.
+    # This fraction of USDⓈ-M perpetuals switches from 8h to 4h funding on a day of their history; the
+    # jitter is the most ms an event is late (about one event in four; 0: every event on the hour).
+    funding_4h_fraction: float = 0.34
+    funding_jitter_ms: int = 9
 
     # Websocket
     ws_intermediate: bool = True  # x:false updates

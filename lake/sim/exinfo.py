@@ -17,10 +17,49 @@ from lake.sim.gen import WALK_DAY0
 from lake.sim.market import SimMarket
 from lake.sim.universe import SymbolInfo, stable_hash
 
-__all__ = ["FUNDING_MS", "PERPETUAL_DELIVERY", "exchange_info", "funding_rows"]
+__all__ = ["FUNDING_MS", "PERPETUAL_DELIVERY", "exchange_info", "funding_rows", "funding_times"]
 
 PERPETUAL_DELIVERY = 4133404800000  # 2100-12-25, what Binance sends for perpetuals
-FUNDING_MS = 8 * 3_600_000
+FUNDING_MS = 8 * 3_600_000  # the usual funding interval (COIN-M always; USDⓈ-M until a switch to 4h)
+FUNDING_4H_MS = 4 * 3_600_000
+
+
+def funding_switch_ms(mkt: SimMarket, info: SymbolInfo) -> int | None:
+    """When a USDⓈ-M perpetual moves from 8h to 4h funding (a day of its history), or None (8h for good).
+
+    A deterministic ``funding_4h_fraction`` of USDⓈ-M perpetuals do; COIN-M funds every 8h.
+    """
+    cfg = mkt.config
+    if info.market != "um" or stable_hash(f"fund4h:{info.key}") % 10_000 >= cfg.funding_4h_fraction * 10_000:
+        return None
+    span = max(1, (mkt.universe.start_ms - info.first_ms) // MS_PER_DAY)
+    return (info.first_ms // MS_PER_DAY + 1 + stable_hash(f"fund4h-at:{info.key}") % span) * MS_PER_DAY
+
+
+def funding_times(mkt: SimMarket, info: SymbolInfo, lo: int, hi: int) -> list[int]:
+    """fundingTime of every funding event of perpetual ``info`` in ``[lo, hi]`` while it is listed, ascending.
+
+    Slots are every 8h from 00:00 UTC (4h after the symbol's switch, ``funding_switch_ms``); on USDⓈ-M
+    about one event in four is stamped up to ``funding_jitter_ms`` ms after its slot, as Binance's are.
+    """
+    jitter = mkt.config.funding_jitter_ms if info.market == "um" else 0
+    a, b = max(lo - jitter, info.first_ms), hi
+    if info.end_ms is not None:
+        b = min(b, info.end_ms - 1)
+    if a > b:
+        return []
+    switch = funding_switch_ms(mkt, info)
+    out: list[int] = []
+    t = -(-a // FUNDING_4H_MS) * FUNDING_4H_MS
+    while t <= b:
+        step = FUNDING_4H_MS if switch is not None and t >= switch else FUNDING_MS
+        if t % step == 0 and info.listed_at(t):
+            h = stable_hash(f"fundt:{info.key}:{t}") if jitter else 0
+            ft = t + (1 + h // 4 % jitter if h % 4 == 0 else 0) if jitter else t
+            if lo <= ft <= hi:
+                out.append(ft)
+        t += FUNDING_4H_MS
+    return out
 
 
 def _rate_limits(market: str, limit: int) -> list[dict[str, Any]]:

@@ -3,7 +3,8 @@
 Paths: ``{prefix}/klines``, ``/exchangeInfo``, ``/time``, ``/ping`` for prefixes ``/api/v3`` (spot, also
 ``uiKlines``), ``/fapi/v1`` (USDⓈ-M) and ``/dapi/v1`` (COIN-M), plus ``/fundingRate`` on futures.
 
-Every response carries ``X-MBX-USED-WEIGHT-1M`` (spot also the legacy ``X-MBX-USED-WEIGHT``). Order of
+Every response carries ``X-MBX-USED-WEIGHT-1M`` (spot also the legacy ``X-MBX-USED-WEIGHT``; futures
+send it in lower case, ``x-mbx-used-weight-1m``). Order of
 checks per request: fault draw (5xx / hang), ban (418), forced 429, weight budget (429/418), handler.
 Errors are ``{"code": …, "msg": …}`` with Binance's codes: -1121 invalid symbol, -1120 invalid interval
 (also for ``1s`` on futures: Binance serves ``1s`` on spot only), -1100 malformed number, -1102 missing
@@ -23,7 +24,7 @@ from aiohttp import web
 from lake.binance.intervals import INTERVALS
 from lake.binance.markets import MARKETS
 from lake.sim.clock import MS_PER_DAY
-from lake.sim.exinfo import FUNDING_MS, exchange_info, funding_rows
+from lake.sim.exinfo import exchange_info, funding_rows, funding_times
 from lake.sim.faults import Faults
 from lake.sim.limits import Decision, Stats, WeightLimiter
 from lake.sim.market import SimMarket
@@ -60,26 +61,14 @@ def _int(q: Mapping[str, str], name: str) -> int | None:
 
 
 def _funding_slots(
-    perps: list[SymbolInfo], lo: int, hi: int, limit: int, *, newest: bool
+    market: SimMarket, perps: list[SymbolInfo], lo: int, hi: int, limit: int, *, newest: bool
 ) -> list[tuple[int, str]]:
     """(fundingTime, symbol) of the first (or newest) ``limit`` funding events in ``[lo, hi]``, ascending.
 
-    Every perpetual funds on the same 8h grid, so walk the grid from one end, slot by slot.
+    Each perpetual has its own schedule (``funding_times``: 8h or 4h, a few ms late at times).
     """
-    if not perps:
-        return []
-    first = max(lo, min(i.first_ms for i in perps))
-    ends = [i.end_ms for i in perps]
-    last = hi if any(e is None for e in ends) else min(hi, max(e for e in ends if e is not None) - 1)
-    slots = range(-(-first // FUNDING_MS) * FUNDING_MS, last // FUNDING_MS * FUNDING_MS + 1, FUNDING_MS)
-    out: list[tuple[int, str]] = []
-    for t in reversed(slots) if newest else slots:
-        here = sorted(i.symbol for i in perps if i.listed_at(t))
-        out.extend((t, sym) for sym in (reversed(here) if newest else here))
-        if len(out) >= limit:
-            break
-    out = out[:limit]
-    return sorted(out)
+    found = sorted((t, i.symbol) for i in perps for t in funding_times(market, i, lo, hi))
+    return found[-limit:] if newest else found[:limit]
 
 
 def _const(weight: int) -> Callable[[web.Request], int]:
@@ -127,9 +116,11 @@ class RestApi:
 
     # ---- plumbing ---------------------------------------------------------------------------------
     def _headers(self, market: str, used: int, retry_after: int | None = None) -> dict[str, str]:
-        h = {"X-MBX-USED-WEIGHT-1M": str(used)}
+        # Futures send the header in lower case (binance.md §2: match it case-insensitively)
         if market == "spot":
-            h["X-MBX-USED-WEIGHT"] = str(used)
+            h = {"X-MBX-USED-WEIGHT-1M": str(used), "X-MBX-USED-WEIGHT": str(used)}
+        else:
+            h = {"x-mbx-used-weight-1m": str(used)}
         if retry_after is not None and (market == "spot" or self.config.futures_retry_after):
             h["Retry-After"] = str(retry_after)
         return h
@@ -316,7 +307,7 @@ class RestApi:
         hi = min(end if end is not None else now, now)
         perps = [i for i in infos if i.contract_type == "PERPETUAL"]
         newest = start is None or market in self.config.funding_newest_first
-        found = _funding_slots(perps, lo, hi, limit, newest=newest)
+        found = _funding_slots(self.market, perps, lo, hi, limit, newest=newest)
         by_symbol: dict[str, list[int]] = {}
         for t, sym in found:
             by_symbol.setdefault(sym, []).append(t)

@@ -159,5 +159,7 @@ def test_stored_opens_name_a_damaged_partition(tmp_path) -> None:
     assert len(got["BTCUSDT"]) == 600
     bad = next(tmp_path.rglob("data.parquet"))
     bad.write_bytes(bad.read_bytes()[:100])
-    with pytest.raises(DataError, match=r"1 unreadable kline partition file\(s\).*symbol=BTCUSDT/date="):
+    with pytest.raises(
+        DataError, match=r"1 unreadable or foreign kline partition file\(s\).*symbol=BTCUSDT/date="
+    ):
         _stored_opens(lfs, "usdt_perp", M5, ["BTCUSDT"], start, start + 600 * 300_000)

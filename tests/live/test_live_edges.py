@@ -461,7 +461,7 @@ def test_a_failed_task_logs_a_traceback_only_for_a_bug(
 
     from lake.errors import DataError
 
-    error = exc if exc is not None else DataError("1 unreadable kline partition file(s): x")
+    error = exc if exc is not None else DataError("1 unreadable or foreign kline partition file(s): x")
 
     async def fail() -> None:
         raise error
