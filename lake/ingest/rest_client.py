@@ -75,9 +75,11 @@ log = logging.getLogger("lake.ingest.rest")
 FUNDING_LIMIT = (500, 5 * MINUTE_MS)
 _BANNED_UNTIL = re.compile(r"banned until (\d{10,17})", re.IGNORECASE)
 # Spot words it "current limit is 6000 request weight per 1 MINUTE"; the futures error-code pages
-# "current limit is 2400 requests per minute" (no count: one).
+# "current limit is 2400 requests per minute" (no count: one); some answers are reported to name the
+# IP ("current limit of IP(1.2.3.4) is 2400 requests per minute").
 _WEIGHT_LIMIT = re.compile(
-    r"current limit is (\d+) (?:request weight|requests) per (?:(\d+) )?([A-Za-z]+)", re.IGNORECASE
+    r"current limit (?:of IP\([^)]*\) )?is (\d+) (?:request weight|requests) per (?:(\d+) )?([A-Za-z]+)",
+    re.IGNORECASE,
 )
 _INTERVAL_MS = {"SECOND": 1000, "MINUTE": MINUTE_MS, "HOUR": 60 * MINUTE_MS, "DAY": 24 * 60 * MINUTE_MS}
 

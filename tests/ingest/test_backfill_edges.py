@@ -165,6 +165,8 @@ class _FuturesLike:
             "use WebSocket Streams for live updates to avoid polling the API.",
             2400,
         ),
+        # a wording naming the IP (reported for futures; not in the error-code pages)
+        ("Too many requests; current limit of IP(10.1.2.3) is 2400 requests per minute.", 2400),
         ("Too many requests queued.", 6000),
     ],
 )
