@@ -18,10 +18,22 @@ from lake.errors import ConfigError, NotFoundError, ValidationError
 from lake.settings import Settings, load_settings
 
 __all__ = [
+    "ArchiveListUrlOpt",
+    "ArchiveUrlOpt",
+    "CmRestUrlOpt",
+    "CmWsUrlOpt",
     "ConfigOpt",
     "JsonOpt",
+    "QuantclassUrlOpt",
+    "RestUrlOpt",
     "RootOpt",
     "SimUrlOpt",
+    "SpotRestUrlOpt",
+    "SpotWsUrlOpt",
+    "UmRestUrlOpt",
+    "UmWsUrlOpt",
+    "WebhookUrlOpt",
+    "WsUrlOpt",
     "check_number",
     "check_output",
     "get_settings",
@@ -47,6 +59,66 @@ RestUrlOpt = Annotated[
 ]
 WsUrlOpt = Annotated[
     str | None, typer.Option("--ws-url", help="Websocket base URL for every market (env LAKE_WS_URL).")
+]
+
+
+# One market's endpoint: over --rest-url / --ws-url (and over any key from the env or the config file).
+SpotRestUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--spot-rest-url",
+        help="REST base URL of spot only (env LAKE_SPOT_REST_URL; default https://api.binance.com).",
+    ),
+]
+UmRestUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--um-rest-url",
+        help="REST base URL of USDⓈ-M futures only (env LAKE_UM_REST_URL; default https://fapi.binance.com).",
+    ),
+]
+CmRestUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cm-rest-url",
+        help="REST base URL of COIN-M futures only (env LAKE_CM_REST_URL; default https://dapi.binance.com).",
+    ),
+]
+SpotWsUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--spot-ws-url",
+        help="Websocket base URL of spot only (env LAKE_SPOT_WS_URL; default wss://stream.binance.com:9443).",
+    ),
+]
+UmWsUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--um-ws-url",
+        help="Websocket base URL of USDⓈ-M futures only (env LAKE_UM_WS_URL; default wss://fstream.binance.com/market).",
+    ),
+]
+CmWsUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cm-ws-url",
+        help="Websocket base URL of COIN-M futures only (env LAKE_CM_WS_URL; default wss://dstream.binance.com).",
+    ),
+]
+QuantclassUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quantclass-url",
+        help="Quantclass data API base URL (env LAKE_QUANTCLASS_URL; default https://api.quantclass.cn).",
+    ),
+]
+WebhookUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--webhook-url",
+        help="Alert webhook URL (env LAKE_WEBHOOK_URL; default: alerts are only logged). A URL with a "
+        "token is better in the env or lake.toml: other users can see a command line.",
+    ),
 ]
 ArchiveUrlOpt = Annotated[
     str | None,

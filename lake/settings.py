@@ -4,9 +4,15 @@ The config file is the one named by ``--config`` or ``LAKE_CONFIG``; otherwise `
 exists. Its keys are the field names below, at top level or inside any table (tables only group keys
 for the reader, e.g. ``[endpoints]``). Every field can also be set by ``LAKE_<FIELD>`` in upper case.
 
-Endpoints resolve from general to specific: Binance's URLs, then ``sim_url`` (every URL of a
-``lake sim`` server), then ``rest_url``/``ws_url`` (all markets), then the per-market ones.
-Secrets (Quantclass key, webhook secret) are never shown by ``repr`` and never logged.
+Each endpoint takes the key set by the highest source (flag > env > config file) among those that
+cover it: ``sim_url`` (every URL of a ``lake sim`` server), ``rest_url``/``ws_url`` (all markets) and
+the per-market or per-service key. Within one source the most specific key wins: ``sim_url`` <
+``rest_url`` < ``um_rest_url``. So ``--sim-url`` sends everything to the simulator even when
+lake.toml names ``um_rest_url``, and ``LAKE_SIM_URL`` with ``LAKE_UM_REST_URL`` sends um elsewhere.
+Websocket keys take ``ws://``/``wss://`` URLs, the others ``http://``/``https://``; base URLs carry
+no query string or fragment (lake appends paths to them; a path prefix such as
+``https://mirror.example/binance/`` is kept).
+Secrets (Quantclass key and UUID, webhook secret) are never shown by ``repr``, in an error or a log.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lake.binance.markets import MARKETS, Endpoints
 from lake.errors import ConfigError
@@ -54,26 +61,38 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     http_timeout: float = 10.0
     max_concurrency: int = 64
+    # Which source set each field (0 built in or given directly, 1 config file, 2 env, 3 flag): an
+    # endpoint takes the key of the highest source among those covering it (see the module doc).
+    _sources: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
+
+    def _winner(self, *keys: str) -> str | None:
+        """The set key among ``keys`` (general → specific) from the highest source; ties: the last."""
+        best: tuple[tuple[int, int], str] | None = None
+        for rank, key in enumerate(keys):
+            if getattr(self, key):
+                score = (self._sources.get(key, 0), rank)
+                if best is None or score > best[0]:
+                    best = (score, key)
+        return None if best is None else best[1]
 
     @property
     def endpoints(self) -> Endpoints:
-        ep = Endpoints.simulator(self.sim_url) if self.sim_url else Endpoints()
-        if self.rest_url:
-            ep = ep.with_rest(self.rest_url)
-        if self.ws_url:
-            ep = ep.with_ws(self.ws_url)
-        for m in MARKETS:
-            if url := getattr(self, f"{m}_rest_url"):
-                ep = ep.with_rest(url, [m])
-            if url := getattr(self, f"{m}_ws_url"):
-                ep = ep.with_ws(url, [m])
-        if self.archive_url:
-            ep = replace(ep, archive=self.archive_url.rstrip("/"))
-        if self.archive_list_url:
-            ep = replace(ep, archive_list=self.archive_list_url.rstrip("/"))
-        if self.quantclass_url:
-            ep = replace(ep, quantclass=self.quantclass_url.rstrip("/"))
-        return ep
+        default = Endpoints()
+        sim = Endpoints.simulator(self.sim_url) if self.sim_url else default
+
+        def pick(keys: tuple[str, ...], sim_value: str, default_value: str) -> str:
+            key = self._winner("sim_url", *keys)
+            if key is None:
+                return default_value
+            return sim_value if key == "sim_url" else str(getattr(self, key)).rstrip("/")
+
+        return Endpoints(
+            rest={m: pick(("rest_url", f"{m}_rest_url"), sim.rest[m], default.rest[m]) for m in MARKETS},
+            ws={m: pick(("ws_url", f"{m}_ws_url"), sim.ws[m], default.ws[m]) for m in MARKETS},
+            archive=pick(("archive_url",), sim.archive, default.archive),
+            archive_list=pick(("archive_list_url",), sim.archive_list, default.archive_list),
+            quantclass=pick(("quantclass_url",), sim.quantclass, default.quantclass),
+        )
 
     @property
     def state_path(self) -> Path:
@@ -87,13 +106,43 @@ class Settings:
     def with_overrides(self, **values: Any) -> Settings:
         """Apply CLI flags: ``None`` means "not given" and keeps the current value."""
         given = {k: v for k, v in values.items() if v is not None}
-        return _coerce(self, given, "flag")
+        return _coerce(self, given, "the command line", _FLAG)
 
 
-_FIELD_TYPES = {f.name: f.type for f in fields(Settings)}
+_FIELD_TYPES = {f.name: f.type for f in fields(Settings) if not f.name.startswith("_")}
+_CONFIG, _ENV, _FLAG = 1, 2, 3
+_WS_KEYS = frozenset({"ws_url", *(f"{m}_ws_url" for m in MARKETS)})
 
 
-def _coerce(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
+def _shown(key: str, raw: Any) -> str:
+    """``raw`` as an error message may show it: never a secret, a URL without credentials or query."""
+    if key in SECRET_FIELDS:
+        return "<hidden>"
+    if key.endswith("_url") and isinstance(raw, str):
+        text = re.sub(r"//[^/@\s]*@", "//…@", raw)  # user:password@
+        return repr(re.sub(r"\?.*", "?…", text, flags=re.S))  # ?access_token=…
+    return repr(raw)
+
+
+def _check_url(key: str, value: str, origin: str) -> None:
+    """A typo here would otherwise surface as retried "transient" errors (exit 3), or a websocket
+    that reconnects forever: the scheme must fit the key, and a base URL takes no query."""
+    schemes = ("ws", "wss") if key in _WS_KEYS else ("http", "https")  # sim_url: its http(s) base
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  (raises on a port that is not a number)
+    except ValueError:
+        parts = None
+    problem = ""
+    if parts is None or parts.scheme not in schemes or not parts.hostname or re.search(r"\s", value):
+        problem = "expected a ws(s):// URL" if key in _WS_KEYS else "expected an http(s):// URL"
+    elif key != "webhook_url" and (parts.query or parts.fragment or value.rstrip().endswith(("?", "#"))):
+        problem = "a base URL takes no query string or fragment (lake appends paths to it)"
+    if problem:
+        raise ConfigError(f"setting {key!r} in {origin}: {problem}, got {_shown(key, value)}")
+
+
+def _coerce(base: Settings, values: Mapping[str, Any], origin: str, level: int = 0) -> Settings:
     out: dict[str, Any] = {}
     for key, raw in values.items():
         if key not in _FIELD_TYPES:
@@ -106,11 +155,13 @@ def _coerce(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
             elif kind in ("float", float):
                 out[key] = float(raw)
             elif isinstance(raw, (list, dict, bool)):  # a TOML array or table where text belongs
-                raise TypeError(f"not a string: {raw!r}")
+                raise TypeError(f"not a string: {type(raw).__name__}")
             else:
                 out[key] = str(raw)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"setting {key!r} in {origin}: expected {kind}, got {raw!r}") from exc
+            raise ConfigError(
+                f"setting {key!r} in {origin}: expected {kind}, got {_shown(key, raw)}"
+            ) from exc
     if "webhook_kind" in out and out["webhook_kind"] not in ("json", "dingtalk"):
         raise ConfigError(f"webhook_kind must be 'json' or 'dingtalk', got {out['webhook_kind']!r}")
     if "http_timeout" in out and not (math.isfinite(out["http_timeout"]) and out["http_timeout"] > 0):
@@ -122,15 +173,10 @@ def _coerce(base: Settings, values: Mapping[str, Any], origin: str) -> Settings:
             f"setting 'max_concurrency' in {origin}: expected an int >= 1, got {values['max_concurrency']!r}"
         )
     for key, value in out.items():
-        if key.endswith("_url") and value and not _URL.match(value):
-            # A typo here would otherwise surface as retried "transient" errors (exit 3).
-            raise ConfigError(
-                f"setting {key!r} in {origin}: expected an http(s):// or ws(s):// URL, got {value!r}"
-            )
-    return replace(base, **out)
-
-
-_URL = re.compile(r"^(https?|wss?)://[^/\s]+[^\s]*$")
+        if key.endswith("_url") and value:
+            _check_url(key, value, origin)
+    sources = {**base._sources, **dict.fromkeys(out, level)}
+    return replace(base, **out, _sources=sources)
 
 
 def _flatten(doc: Mapping[str, Any], path: str, flat: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -171,7 +217,7 @@ def load_settings(
             raise ConfigError(f"config file {p} is not UTF-8 text") from exc
         except OSError as exc:  # a directory, no read permission, …
             raise ConfigError(f"config file {p} cannot be read: {exc.strerror or exc}") from exc
-        settings = _coerce(settings, _flatten(doc, str(p)), str(p))
+        settings = _coerce(settings, _flatten(doc, str(p)), str(p), _CONFIG)
     from_env = {name: env[f"LAKE_{name.upper()}"] for name in _FIELD_TYPES if env.get(f"LAKE_{name.upper()}")}
-    settings = _coerce(settings, from_env, "environment")
+    settings = _coerce(settings, from_env, "environment", _ENV)
     return settings.with_overrides(**overrides)

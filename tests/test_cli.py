@@ -306,7 +306,7 @@ def test_unwritable_root(tmp_path) -> None:
         (b"[a]\nroot = 'x'\n[b]\nroot = 'y'\n", {}, "setting 'root' appears twice"),
         (None, {"LAKE_MAX_CONCURRENCY": "0"}, "expected an int >= 1"),
         (None, {"LAKE_HTTP_TIMEOUT": "nan"}, "expected seconds > 0"),
-        (None, {"LAKE_SIM_URL": "notaurl"}, "expected an http(s):// or ws(s):// URL"),
+        (None, {"LAKE_SIM_URL": "notaurl"}, "expected an http(s):// URL"),
     ],
 )
 def test_bad_settings_are_exit_2(tmp_path, config: object, env: dict[str, str], message: str) -> None:

@@ -9,10 +9,14 @@ from rich.table import Table
 
 from lake.audit import SeriesAudit, audit
 from lake.cli_common import (
+    CmRestUrlOpt,
     ConfigOpt,
     JsonOpt,
+    RestUrlOpt,
     RootOpt,
     SimUrlOpt,
+    SpotRestUrlOpt,
+    UmRestUrlOpt,
     get_settings,
     print_json,
     report_console,
@@ -35,6 +39,10 @@ def audit_cmd(
     root: RootOpt = None,
     config: ConfigOpt = None,
     sim_url: SimUrlOpt = None,
+    rest_url: RestUrlOpt = None,
+    spot_rest_url: SpotRestUrlOpt = None,
+    um_rest_url: UmRestUrlOpt = None,
+    cm_rest_url: CmRestUrlOpt = None,
 ) -> None:
     """Continuity report per series: holes classified as maintenance (exchange-wide), confirmed empty,
     segment break (delist/relist) or missing; rows per source (archive/rest/ws); listing segments;
@@ -46,7 +54,17 @@ def audit_cmd(
 
     Exits with code 1 while unexpected (missing) holes remain.
     """
-    settings = get_settings(config, write=repair, must_exist=True, root=root, sim_url=sim_url)
+    settings = get_settings(
+        config,
+        write=repair,
+        must_exist=True,
+        root=root,
+        sim_url=sim_url,
+        rest_url=rest_url,
+        spot_rest_url=spot_rest_url,
+        um_rest_url=um_rest_url,
+        cm_rest_url=cm_rest_url,
+    )
     trade_type, interval, syms = series_filters(trade_type, interval, symbols)
     lfs = LakeFS(settings.root)
     report = audit(lfs, trade_type, interval, syms)

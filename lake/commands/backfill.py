@@ -13,11 +13,14 @@ import typer
 from lake.cli_common import (
     ArchiveListUrlOpt,
     ArchiveUrlOpt,
+    CmRestUrlOpt,
     ConfigOpt,
     JsonOpt,
     RestUrlOpt,
     RootOpt,
     SimUrlOpt,
+    SpotRestUrlOpt,
+    UmRestUrlOpt,
     check_number,
     get_settings,
     parse_when,
@@ -89,6 +92,9 @@ def backfill_cmd(
     ] = False,
     archive_url: ArchiveUrlOpt = None,
     archive_list_url: ArchiveListUrlOpt = None,
+    spot_rest_url: SpotRestUrlOpt = None,
+    um_rest_url: UmRestUrlOpt = None,
+    cm_rest_url: CmRestUrlOpt = None,
 ) -> None:
     """Backfill klines over REST for one or more trade types (only what the lake lacks).
 
@@ -108,6 +114,9 @@ def backfill_cmd(
         sim_url=sim_url,
         archive_url=archive_url,
         archive_list_url=archive_list_url,
+        spot_rest_url=spot_rest_url,
+        um_rest_url=um_rest_url,
+        cm_rest_url=cm_rest_url,
     )
     check_number("--days", days, strict=True)
     if days is not None and days > MAX_DAYS:

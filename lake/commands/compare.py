@@ -12,7 +12,9 @@ from rich.table import Table
 from lake.cli_common import (
     ConfigOpt,
     JsonOpt,
+    QuantclassUrlOpt,
     RootOpt,
+    SimUrlOpt,
     check_output,
     get_settings,
     print_json,
@@ -47,6 +49,8 @@ def compare(
     json_out: JsonOpt = False,
     root: RootOpt = None,
     config: ConfigOpt = None,
+    sim_url: SimUrlOpt = None,
+    quantclass_url: QuantclassUrlOpt = None,
 ) -> None:
     """Max relative error per column over all symbols and offsets (0 for OHLC and trade_num is a match).
 
@@ -60,7 +64,9 @@ def compare(
         raise ValidationError(f"unknown reference {reference!r}; valid: quantclass")
     if output is not None and output.suffix not in (".parquet", ".csv"):
         raise ValidationError("--output must end with .parquet or .csv")
-    settings = get_settings(config, must_exist=True, root=root)
+    settings = get_settings(
+        config, must_exist=True, root=root, sim_url=sim_url, quantclass_url=quantclass_url
+    )
     check_output("--output", output, settings.root)
     result = asyncio.run(
         compare_quantclass(

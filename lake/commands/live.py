@@ -8,11 +8,18 @@ from typing import Annotated
 import typer
 
 from lake.cli_common import (
+    CmRestUrlOpt,
+    CmWsUrlOpt,
     ConfigOpt,
     JsonOpt,
     RestUrlOpt,
     RootOpt,
     SimUrlOpt,
+    SpotRestUrlOpt,
+    SpotWsUrlOpt,
+    UmRestUrlOpt,
+    UmWsUrlOpt,
+    WebhookUrlOpt,
     WsUrlOpt,
     check_number,
     get_settings,
@@ -85,6 +92,13 @@ def live_cmd(
     sim_url: SimUrlOpt = None,
     ws_url: WsUrlOpt = None,
     rest_url: RestUrlOpt = None,
+    spot_ws_url: SpotWsUrlOpt = None,
+    um_ws_url: UmWsUrlOpt = None,
+    cm_ws_url: CmWsUrlOpt = None,
+    spot_rest_url: SpotRestUrlOpt = None,
+    um_rest_url: UmRestUrlOpt = None,
+    cm_rest_url: CmRestUrlOpt = None,
+    webhook_url: WebhookUrlOpt = None,
 ) -> None:
     """Follow closed klines live (websocket), repair gaps over REST and publish a watermark per feed.
 
@@ -93,7 +107,21 @@ def live_cmd(
     exit 0; a restart resumes with no hole. Example:
     ``lake live --type usdt_perp --interval 5m --offsets 1h``.
     """
-    settings = get_settings(config, write=True, root=root, sim_url=sim_url, ws_url=ws_url, rest_url=rest_url)
+    settings = get_settings(
+        config,
+        write=True,
+        root=root,
+        sim_url=sim_url,
+        ws_url=ws_url,
+        rest_url=rest_url,
+        spot_ws_url=spot_ws_url,
+        um_ws_url=um_ws_url,
+        cm_ws_url=cm_ws_url,
+        spot_rest_url=spot_rest_url,
+        um_rest_url=um_rest_url,
+        cm_rest_url=cm_rest_url,
+        webhook_url=webhook_url,
+    )
     wanted = _split([symbols]) if symbols is not None else None
     if symbols is not None and not wanted:
         raise ValidationError("--symbols is empty")

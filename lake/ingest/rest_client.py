@@ -60,6 +60,7 @@ from lake.errors import (
     ValidationError,
 )
 from lake.ingest.governor import MINUTE_MS, ServerClock, WeightGovernor, budget_path
+from lake.net import proxy_from_env
 
 __all__ = [
     "FUNDING_LIMIT",
@@ -247,6 +248,7 @@ class RestClient:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.timeout, sock_connect=min(self.timeout, 5.0)),
                 connector=aiohttp.TCPConnector(limit=self.max_concurrency, ttl_dns_cache=300),
+                trust_env=proxy_from_env(self.base_url),  # HTTP(S)_PROXY / NO_PROXY (lake.net)
             )
         try:
             await self.sync_clock()

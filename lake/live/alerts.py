@@ -32,6 +32,8 @@ from typing import Any
 
 import aiohttp
 
+from lake.net import proxy_from_env
+
 __all__ = ["AlertStats", "Alerter", "dingtalk_sign", "redact_url"]
 
 log = logging.getLogger("lake.live.alerts")
@@ -149,7 +151,10 @@ class Alerter:
         body = self.payload(title, text, level, suppressed)
         try:
             if self._session is None:
-                self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout))
+                self._session = aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    trust_env=proxy_from_env(self.url),  # HTTP(S)_PROXY (lake.net)
+                )
             async with self._session.post(self.signed_url(), json=body) as resp:
                 answer = await resp.text()
                 if resp.status >= 300:

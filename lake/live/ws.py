@@ -42,6 +42,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from lake.ingest.governor import StateFile
+from lake.net import proxy_from_env
 
 __all__ = [
     "ConnectLimiter",
@@ -395,6 +396,7 @@ class WsShard:
             close_timeout=2.0,
             max_queue=1024,
             compression=None,
+            proxy=True if proxy_from_env(url) else None,  # (lake.net)
         )
         try:
             for i in range(0, len(rest), self.subscribe_batch):

@@ -31,6 +31,7 @@ import polars as pl
 from yarl import URL
 
 from lake.errors import ConfigError, DataError, NotFoundError, RateLimitedError, UpstreamError
+from lake.net import proxy_from_env
 from lake.quantclass.files import SHANGHAI, decode_archive
 from lake.settings import Settings
 
@@ -95,7 +96,9 @@ class QuantclassClient:
 
     async def __aenter__(self) -> QuantclassClient:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, trust_env=proxy_from_env(self.base_url)
+            )
         return self
 
     async def __aexit__(

@@ -40,6 +40,7 @@ from lake.ingest.archive.symbols import delisted_candidates, name_matches_trade_
 from lake.ingest.backfill import BackfillReport, backfill
 from lake.ingest.rest_client import RestClient
 from lake.ingest.universe import fetch_exchange_info, universe
+from lake.net import proxy_from_env
 from lake.progress import Progress
 from lake.settings import Settings
 from lake.store.fs import LakeFS
@@ -112,7 +113,8 @@ async def archive_backfill(
     session = aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(
             total=None, sock_connect=settings.http_timeout, sock_read=settings.http_timeout * 3
-        )
+        ),
+        trust_env=proxy_from_env(settings.endpoints.archive, settings.endpoints.archive_list),
     )
     try:
         rest_symbols: dict[str, list[str]] = {}

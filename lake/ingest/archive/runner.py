@@ -55,6 +55,7 @@ from lake.ingest.archive.plan import (
     symbols_prefix,
     units,
 )
+from lake.net import proxy_from_env
 from lake.progress import Progress
 from lake.settings import Settings
 from lake.store.fs import LakeFS
@@ -433,7 +434,8 @@ async def ingest_archive(
         session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=settings.http_timeout, sock_read=settings.http_timeout * 3
-            )
+            ),
+            trust_env=proxy_from_env(settings.endpoints.archive, settings.endpoints.archive_list),
         )
     try:
         removed = await asyncio.to_thread(clean_partials, ddir)

@@ -1,0 +1,26 @@
+"""Which connections take a proxy from the environment (``HTTP_PROXY``/``HTTPS_PROXY``/``NO_PROXY``)."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+__all__ = ["proxy_from_env"]
+
+
+def proxy_from_env(*urls: str) -> bool:
+    """Whether connections to ``urls`` honour the proxy variables, as the websockets library does by
+    default: yes, except for a server on this machine (the simulator of ``lake demo`` and the tests,
+    a local mirror). A proxy set for the outside world would otherwise have to be told about
+    127.0.0.1 in ``NO_PROXY``, and the demo would fail on such a machine."""
+    return not any(_loopback(u) for u in urls if u)
+
+
+def _loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
