@@ -24,6 +24,7 @@ __all__ = [
     "CmWsUrlOpt",
     "ConfigOpt",
     "JsonOpt",
+    "QuantclassFilesUrlOpt",
     "QuantclassUrlOpt",
     "RestUrlOpt",
     "RootOpt",
@@ -110,6 +111,14 @@ QuantclassUrlOpt = Annotated[
     typer.Option(
         "--quantclass-url",
         help="Quantclass data API base URL (env LAKE_QUANTCLASS_URL; default https://api.quantclass.cn).",
+    ),
+]
+QuantclassFilesUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--quantclass-files-url",
+        help="Fetch the Quantclass files from this base URL instead of the host the API names "
+        "(a mirror; env LAKE_QUANTCLASS_FILES_URL; default: as named).",
     ),
 ]
 WebhookUrlOpt = Annotated[

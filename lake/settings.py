@@ -54,6 +54,9 @@ class Settings:
     archive_url: str = ""
     archive_list_url: str = ""
     quantclass_url: str = ""
+    # where the Quantclass files are fetched from instead of the host the API names (a mirror; the
+    # API answers absolute URLs, upyun.quantclass.cn in production): their path is kept
+    quantclass_files_url: str = ""
     quantclass_api_key: str = field(default="", repr=False)
     quantclass_uuid: str = field(default="", repr=False)
     webhook_url: str = ""

@@ -490,25 +490,18 @@ def test_http_timeout_reaches_every_client() -> None:
     assert QuantclassClient.from_settings(s)._timeout.total == 42.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the 7z file URLs come absolute from the Quantclass API answer (upyun.quantclass.cn in "
-    "production) and no setting redirects them; only HTTP(S)_PROXY reaches them (lake/quantclass)",
-)
-def test_quantclass_file_downloads_follow_the_quantclass_mirror(tmp_path: Path, sim) -> None:  # type: ignore[no-untyped-def]
+def test_quantclass_file_downloads_follow_the_files_mirror(tmp_path: Path, sim) -> None:  # type: ignore[no-untyped-def]
+    # The 7z file URLs come absolute from the API answer (upyun.quantclass.cn in production):
+    # --quantclass-url does not move them, --quantclass-files-url does (path and signature kept).
     (tmp_path / "lake").mkdir()
-    with mirror({"/qc": f"{sim.base_url}/quantclass"}) as m:
+    with mirror({"/qc": f"{sim.base_url}/quantclass", "/dl": sim.base_url}) as m:
         code, _out, err = cli(
-            "compare",
-            "--type",
-            "usdt_spot",
-            "--root",
-            str(tmp_path / "lake"),
-            "--quantclass-url",
-            f"{m.base_url}/qc",
-        )
+            "compare", "--type", "usdt_spot", "--root", str(tmp_path / "lake"),
+            "--quantclass-url", f"{m.base_url}/qc", "--quantclass-files-url", f"{m.base_url}/dl",
+        )  # fmt: skip
         assert code == 5, err
-        assert any("/files/" in p for p in m.paths()), "the files were fetched around the mirror"
+        files = [p for p in m.paths() if p.startswith("/dl/quantclass/files/")]
+        assert files and all("?" in p for p in files), m.paths()  # the signature kept
 
 
 def test_config_flag_beats_lake_config_env(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]

@@ -12,6 +12,7 @@ from rich.table import Table
 from lake.cli_common import (
     ConfigOpt,
     JsonOpt,
+    QuantclassFilesUrlOpt,
     QuantclassUrlOpt,
     RootOpt,
     SimUrlOpt,
@@ -51,6 +52,7 @@ def compare(
     config: ConfigOpt = None,
     sim_url: SimUrlOpt = None,
     quantclass_url: QuantclassUrlOpt = None,
+    quantclass_files_url: QuantclassFilesUrlOpt = None,
 ) -> None:
     """Max relative error per column over all symbols and offsets (0 for OHLC and trade_num is a match).
 
@@ -65,7 +67,12 @@ def compare(
     if output is not None and output.suffix not in (".parquet", ".csv"):
         raise ValidationError("--output must end with .parquet or .csv")
     settings = get_settings(
-        config, must_exist=True, root=root, sim_url=sim_url, quantclass_url=quantclass_url
+        config,
+        must_exist=True,
+        root=root,
+        sim_url=sim_url,
+        quantclass_url=quantclass_url,
+        quantclass_files_url=quantclass_files_url,
     )
     check_output("--output", output, settings.root)
     result = asyncio.run(

@@ -68,6 +68,7 @@ class QuantclassClient:
         timeout: float = 30.0,
         retries: int = 3,
         session: aiohttp.ClientSession | None = None,
+        files_url: str = "",
     ) -> None:
         if (not api_key or not uuid) and base_url.rstrip("/") == _DEFAULT_BASE:
             raise ConfigError(
@@ -75,6 +76,7 @@ class QuantclassClient:
                 "quantclass_uuid in lake.toml or LAKE_QUANTCLASS_API_KEY / LAKE_QUANTCLASS_UUID"
             )
         self.base_url = base_url.rstrip("/")
+        self.files_url = files_url.rstrip("/")
         self._key = api_key
         self._uuid = uuid
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -92,12 +94,13 @@ class QuantclassClient:
             settings.quantclass_api_key,
             settings.quantclass_uuid,
             timeout=max(settings.http_timeout, 30.0),
+            files_url=settings.quantclass_files_url,
         )
 
     async def __aenter__(self) -> QuantclassClient:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, trust_env=proxy_from_env(self.base_url)
+                timeout=self._timeout, trust_env=proxy_from_env(self.base_url, self.files_url)
             )
         return self
 
@@ -143,7 +146,10 @@ class QuantclassClient:
         return text
 
     async def download(self, url: str) -> bytes:
-        """The bytes of one file (a signed URL from ``latest``)."""
+        """The bytes of one file (a signed URL from ``latest``; from ``files_url`` instead of the host
+        it names when that is set, with the same path and signature)."""
+        if self.files_url:
+            url = self.files_url + URL(url).raw_path_qs
         return await self._get(url, params=None, api=False)
 
     async def candles(self, url: str) -> pl.DataFrame:
