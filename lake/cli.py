@@ -13,6 +13,7 @@ import sys
 import typer
 
 from lake.errors import DataError, LakeError
+from lake.net import hide_credentials
 from lake.progress import setup_logging
 
 __all__ = ["app", "main"]
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("lake: interrupted", err=True)
         sys.exit(130)
     except LakeError as exc:
-        typer.echo(f"lake: error: {exc}", err=True)
+        typer.echo(f"lake: error: {hide_credentials(str(exc))}", err=True)
         sys.exit(exc.exit_code)
     except PermissionError as exc:  # e.g. a lake root or output file the user may not write
         where = f": {exc.filename}" if exc.filename else ""
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         # a task group (backfill's markets, live's feeds) wraps the error that stopped it
         err = _first_known(raised)
         if isinstance(err, LakeError):
-            typer.echo(f"lake: error: {err}", err=True)
+            typer.echo(f"lake: error: {hide_credentials(str(err))}", err=True)
             sys.exit(err.exit_code)
         if not _is_read_error(err):
             raise

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from urllib.parse import urlsplit
 
-__all__ = ["proxy_from_env"]
+__all__ = ["hide_credentials", "proxy_from_env"]
+
+_USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
+
+
+def hide_credentials(text: str) -> str:
+    """``text`` with the user and password of every URL in it (``https://user:pass@host/``) hidden:
+    a mirror's credentials in a base URL reach error messages and log lines with the URL."""
+    return _USERINFO.sub("…@", text)
 
 
 def proxy_from_env(*urls: str) -> bool:

@@ -28,9 +28,22 @@ from rich.progress import (
 )
 from rich.progress import Progress as RichProgress
 
+from lake.net import hide_credentials
+
 __all__ = ["Progress", "setup_logging"]
 
 log = logging.getLogger("lake")
+
+
+class _HideCredentials(logging.Filter):
+    """No ``user:password@`` of a URL in a log line (``lake.net.hide_credentials``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        hidden = hide_credentials(message)
+        if hidden != message:
+            record.msg, record.args = hidden, None
+        return True
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -44,6 +57,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )
     handler._lake = True  # type: ignore[attr-defined]
+    handler.addFilter(_HideCredentials())
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

@@ -511,3 +511,21 @@ def test_config_flag_beats_lake_config_env(tmp_path: Path, monkeypatch) -> None:
     s = load_settings(flag_cfg, env={"LAKE_CONFIG": str(env_cfg)})
     assert s.endpoints.rest["spot"] == "http://from-flag-config:1"
     assert load_settings(env={"LAKE_CONFIG": str(env_cfg)}).endpoints.rest["cm"] == "http://from-env-config:1"
+
+
+def test_credentials_in_a_base_url_are_never_shown(tmp_path: Path) -> None:
+    # a mirror reached as https://user:password@host/ : the URL is in error messages and log lines
+    import os
+    import subprocess
+    import sys
+
+    res = subprocess.run(
+        [sys.executable, "-m", "lake.cli", "backfill", "--type", "usdt_perp", "--days", "1",
+         "--symbols", "BTCUSDT", "--source", "rest", "--root", str(tmp_path),
+         "--rest-url", "http://mirror-user:s3cr3t-pw@127.0.0.1:9/binance"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LAKE_PROGRESS": "0", "LAKE_HTTP_TIMEOUT": "1"},
+    )  # fmt: skip
+    assert res.returncode == 3, res.stderr
+    assert "127.0.0.1:9" in res.stderr and "s3cr3t-pw" not in res.stderr + res.stdout
+    assert "mirror-user" not in res.stderr + res.stdout
