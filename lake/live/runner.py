@@ -142,7 +142,10 @@ class LiveRunner:
         self.client_options = dict(client_options or {})
         self.lfs = lfs or LakeFS(settings.root)
         self.alerter = alerter or Alerter(
-            settings.webhook_url, settings.webhook_kind, settings.webhook_secret
+            settings.webhook_url,
+            settings.webhook_kind,
+            settings.webhook_secret,
+            timeout=settings.http_timeout,
         )
         self.clients: dict[str, RestClient] = {}
         self.feeds: list[Feed] = []
