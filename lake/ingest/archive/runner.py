@@ -486,7 +486,7 @@ async def ingest_archive(
         report.files_planned = len(jobs)
         report.files_reuploaded = sum(1 for j in jobs if j.planned.reason == "reuploaded")
         downloader = Downloader(session, endpoints.archive, ddir, checksum_attempts=checksum_attempts)
-        done: list[PlannedFile] = []
+        done: list[PlannedFile] = []  # (only monthly files that left a day empty: others leave no work)
         await _run_jobs(jobs, downloader, lfs, market, iv, report, progress, concurrency, keep_zips, done)
         # A monthly file can leave days of its month without a candle (Binance has published truncated
         # monthly files: binance-public-data #320, #359, #403). The plan trusts a verified monthly file
@@ -587,7 +587,8 @@ async def _run_jobs(
     keep_zips: bool,
     ingested: list[PlannedFile] | None = None,
 ) -> None:
-    """Process ``jobs``; the files ingested (and recorded) are appended to ``ingested``."""
+    """Process ``jobs``; the monthly files ingested (and recorded) that left a whole day of their month
+    without a row are appended to ``ingested``."""
     if not jobs:
         return
     task = progress.add(f"archive {report.trade_type} {iv.name}", total=len(jobs)) if progress else None
@@ -640,13 +641,13 @@ async def _run_jobs(
                             done = await asyncio.to_thread(_ingest_files, lfs, group[0].trade_type, got)
                     except LakeError as exc:  # e.g. the series lock timed out: nothing was recorded
                         done = _Ingested([(0, exc)] * len(got))
-                    for (pf, dl), (rows, err) in zip(got, done.files, strict=True):
+                    for i, ((pf, dl), (rows, err)) in enumerate(zip(got, done.files, strict=True)):
                         if err is not None:
                             failed(pf, err)
                             continue
                         meta = {"etag": dl.etag or pf.entry.etag, "last_modified": pf.entry.last_modified}
                         pending.setdefault(sym, []).append((pf.file.name, _record(pf, dl, rows), meta))
-                        if ingested is not None:
+                        if ingested is not None and i in done.empty_days:
                             ingested.append(pf)
                         report.rows += rows
                         if dl.reused:
@@ -675,6 +676,8 @@ async def _run_jobs(
 class _Ingested:
     files: list[tuple[int, LakeError | None]]  # per file: rows, or why it failed
     partitions: int = 0
+    # files (by position) that left a whole UTC day of their period without a row
+    empty_days: set[int] = field(default_factory=set)
 
 
 def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, Downloaded]]) -> _Ingested:
@@ -694,6 +697,8 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
             out.files.append((0, exc))
             continue
         out.files.append((df.height, None))
+        if f.freq == MONTHLY and _days_with_rows(df) < -(-(f.end_ms - f.start_ms) // MS_PER_DAY):
+            out.empty_days.add(len(out.files) - 1)
         frames.append(df)
         replaces.append(list(pf.replace))
     if not frames:
@@ -720,6 +725,10 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
         except DataError as exc:
             out.files[i] = (rows, exc)
     return out
+
+
+def _days_with_rows(df: pl.DataFrame) -> int:
+    return int((df["candle_begin_time"].dt.epoch("ms") // MS_PER_DAY).n_unique()) if df.height else 0
 
 
 def _record(pf: PlannedFile, got: Downloaded, rows: int) -> FileRecord:
