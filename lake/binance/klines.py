@@ -147,5 +147,6 @@ def parse_ws_kline(event: Mapping[str, Any]) -> WsKline:
         return WsKline(str(k["s"]), str(k["i"]), closed, row)
     except DataError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    # OverflowError: an integer field of 1e400, valid JSON that Python reads as inf (int(inf))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
         raise DataError(f"malformed kline event: {exc!r}") from exc

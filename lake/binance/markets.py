@@ -189,7 +189,8 @@ class TradeType:
         if self.quote_asset is not None and info.get("quoteAsset") != self.quote_asset:
             return False
         if self.contract_types is not None:
-            return info.get("contractType") in self.contract_types
+            ct = info.get("contractType")  # (a list from a hostile answer is unhashable)
+            return isinstance(ct, str) and ct in self.contract_types
         return True
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -38,7 +39,13 @@ def funding_frame(rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         times = [int(r["fundingTime"]) for r in rows]
         rates = [float(r["fundingRate"]) for r in rows]
         marks = [float(m) if (m := r.get("markPrice")) not in (None, "") else None for r in rows]
-    except (KeyError, TypeError, ValueError) as exc:
+        # (a hostile or buggy answer: a time of 1e400 or beyond Int64, a "NaN" rate, an "Infinity"
+        # mark price must be a DataError, not a crash nor a value stored in the lake)
+        if any(not 0 <= t < _MAX_MS for t in times):
+            raise ValueError("a fundingTime outside 1970-9999")
+        if not all(math.isfinite(x) for x in (*rates, *(m for m in marks if m is not None))):
+            raise ValueError("a non-finite fundingRate or markPrice")
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise DataError(f"malformed funding rows: {exc!r}") from exc
     return pl.DataFrame(
         {
@@ -50,6 +57,9 @@ def funding_frame(rows: Sequence[Mapping[str, Any]]) -> pl.DataFrame:
         },
         schema=FUNDING_SCHEMA,
     )
+
+
+_MAX_MS = 253_402_300_800_000  # 10000-01-01
 
 
 MAX_FUNDING_INTERVAL_MS = 8 * 3_600_000  # the longest funding interval Binance uses

@@ -92,7 +92,10 @@ def parse_rate_limit(exchange_info: Mapping[str, Any]) -> tuple[int, int, str] |
     (``X-MBX-USED-WEIGHT-1M``). ``None`` when there is no REQUEST_WEIGHT entry.
     """
     best: tuple[int, int, str] | None = None
-    for rl in exchange_info.get("rateLimits") or []:
+    limits = exchange_info.get("rateLimits")
+    # (a hostile or buggy answer: rateLimits not a list, a limit of 1e400, 0 or below: no limit
+    # learnt from it, rather than a crash: WeightGovernor.set_limit raises on a limit <= 0)
+    for rl in limits if isinstance(limits, list) else []:
         if not isinstance(rl, Mapping) or rl.get("rateLimitType") != "REQUEST_WEIGHT":
             continue
         unit = str(rl.get("interval", "")).upper()
@@ -101,7 +104,9 @@ def parse_rate_limit(exchange_info: Mapping[str, Any]) -> tuple[int, int, str] |
         try:
             num = int(rl.get("intervalNum", 1))
             limit = int(rl["limit"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
+            continue
+        if num <= 0 or limit <= 0:
             continue
         cand = (limit, num * _INTERVAL_MS[unit], f"X-MBX-USED-WEIGHT-{num}{unit[0]}")
         if unit == "MINUTE":

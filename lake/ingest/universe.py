@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -69,26 +70,42 @@ class SymbolInfo:
     raw: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
 
+# exchangeInfo comes from the network: a value of the wrong type, 1e400 (inf), NaN or a date no
+# datetime holds is None, never an exception that stops a whole-market run over one entry.
+_MAX_MS = 253_402_300_800_000  # 10000-01-01: the first ms a datetime cannot hold
+
+
 def _num(v: Any) -> float | None:
     if v is None or v == "":
         return None
     try:
-        return float(v)
+        x = float(v)
     except (TypeError, ValueError):
         return None
+    return x if math.isfinite(x) else None
 
 
 def _int(v: Any) -> int | None:
     try:
         return int(v) if v is not None else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _ms(v: Any) -> int | None:
+    x = _int(v)
+    return x if x is not None and 0 <= x < _MAX_MS else None
 
 
 def parse_symbol(info: Mapping[str, Any], market: Market | str) -> SymbolInfo:
     """Parse one raw exchangeInfo symbol entry of ``market``."""
     m = market if isinstance(market, Market) else MARKETS[market]
-    filters = {f.get("filterType"): f for f in info.get("filters") or [] if isinstance(f, Mapping)}
+    raw_filters = info.get("filters")
+    filters = {
+        f.get("filterType"): f
+        for f in (raw_filters if isinstance(raw_filters, list) else [])
+        if isinstance(f, Mapping) and isinstance(f.get("filterType"), str)
+    }
     price = filters.get("PRICE_FILTER", {})
     lot = filters.get("LOT_SIZE", {})
     notional: float | None = None
@@ -97,7 +114,7 @@ def parse_symbol(info: Mapping[str, Any], market: Market | str) -> SymbolInfo:
         notional = _num(f.get("minNotional", f.get("notional")))
     if notional is None and "NOTIONAL" in filters:
         notional = _num(filters["NOTIONAL"].get("minNotional"))
-    delivery = _int(info.get("deliveryDate"))
+    delivery = _ms(info.get("deliveryDate"))
     return SymbolInfo(
         symbol=str(info.get("symbol")),
         status=_str(info.get(m.status_field)),
@@ -106,7 +123,7 @@ def parse_symbol(info: Mapping[str, Any], market: Market | str) -> SymbolInfo:
         margin_asset=_str(info.get("marginAsset")),
         contract_type=_str(info.get("contractType")) or None,
         pair=_str(info.get("pair")),
-        onboard_ms=_int(info.get("onboardDate")),
+        onboard_ms=_ms(info.get("onboardDate")),
         delivery_ms=delivery if delivery is not None and delivery < _NO_DELIVERY_MS else None,
         tick_size=_num(price.get("tickSize")),
         lot_size=_num(lot.get("stepSize")),
@@ -130,7 +147,8 @@ class ExchangeSnapshot:
 
     @property
     def symbols(self) -> list[Mapping[str, Any]]:
-        return [s for s in self.raw.get("symbols") or [] if isinstance(s, Mapping)]
+        symbols = self.raw.get("symbols")
+        return [s for s in symbols if isinstance(s, Mapping)] if isinstance(symbols, list) else []
 
     @property
     def rate_limit(self) -> tuple[int, int, str] | None:
@@ -180,7 +198,7 @@ def _usable_name(market: str, name: object) -> bool:
 async def fetch_exchange_info(client: RestClient) -> ExchangeSnapshot:
     """Fetch exchangeInfo (the client's governor adopts its weight limit)."""
     raw = await client.exchange_info()
-    server_time = _int(raw.get("serverTime")) or client.server_now_ms()
+    server_time = _ms(raw.get("serverTime")) or client.server_now_ms()
     return ExchangeSnapshot(client.market.name, server_time, raw)
 
 

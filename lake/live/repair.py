@@ -27,7 +27,7 @@ import polars as pl
 from lake.binance.intervals import Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.binance.symbols import validate_symbol
-from lake.errors import LakeError, NotFoundError, UnreadableJsonError
+from lake.errors import DataError, LakeError, NotFoundError, UnreadableJsonError
 from lake.ingest.pages import answer_gaps, plan_pages
 from lake.ingest.rest_client import RestClient
 from lake.store.fs import LakeFS
@@ -84,7 +84,7 @@ async def fetch_closed(client: RestClient, symbol: str, interval: str, start: in
         )
         opens: list[int] = []
         for r in got:
-            t = int(r[0])
+            t = _open_ms(r, symbol)
             if page.start_ms <= t < page.end_ms:
                 rows[t] = list(r)
                 opens.append(t)
@@ -95,6 +95,18 @@ async def fetch_closed(client: RestClient, symbol: str, interval: str, start: in
             pages[:0] = plan_pages(client.market, iv, *unresolved)
     out.rows = [rows[t] for t in sorted(rows)]
     return out
+
+
+def _open_ms(row: Any, symbol: str) -> int:
+    """The open time of one REST kline row; a row that is not one (a hostile or buggy upstream:
+    an object, a number, ``"x"``, 1e400) is this symbol's ``DataError``, not an exception that
+    escapes ``fetch_many`` and stops ``lake live``. Its values are checked where it is stored."""
+    try:
+        if not isinstance(row, (list, tuple)) or len(row) < 11 or isinstance(row[0], bool):
+            raise TypeError("not a kline row of 12 fields")
+        return int(row[0])
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DataError(f"{symbol}: malformed kline row {row!r:.100}: {exc}") from exc
 
 
 async def fetch_many(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import io
+import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -54,6 +55,8 @@ __all__ = [
     "unreadable_error",
     "write_klines",
 ]
+
+log = logging.getLogger("lake.store.klines")
 
 _HIVE_SCHEMA = {"trade_type": pl.String, "interval": pl.String, "symbol": pl.String, "date": pl.String}
 _CODEC = "lz4"  # LZ4_RAW in the file; see encode_parquet
@@ -106,6 +109,9 @@ def unreadable_error(lfs: LakeFS, paths: Iterable[str], exc: Exception) -> DataE
             bad.append(path)
     if not bad:
         return None
+    if not lfs.is_local:  # named as URLs (s3://bucket/…), as write_klines names a partition: a path
+        # without its scheme is no object a user can find with the store's tools
+        bad = [p if "://" in p else f"{lfs.protocol}://{p}" for p in bad]
     shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
     return DataError(
@@ -187,7 +193,10 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
         raise DataError(f"kline rows lack columns: {', '.join(missing)}")
     try:
         out = df.select([pl.col(c).cast(t) for c, t in KLINE_SCHEMA.items()])
-        bad_value = pl.any_horizontal([pl.col(c).is_null() | ~pl.col(c).is_finite() for c in _FLOATS])
+        # (a null trade count too: a REST row's null "n" was stored; _conform_fast refuses it)
+        bad_value = pl.any_horizontal(
+            [pl.col(c).is_null() | ~pl.col(c).is_finite() for c in _FLOATS] + [pl.col("trade_num").is_null()]
+        )
         checks = out.select(
             null_time=pl.col("candle_begin_time").null_count(),
             bad_source=(~pl.col("source").is_in(list(SOURCES)) | pl.col("source").is_null())
@@ -267,7 +276,18 @@ def read_partition(lfs: LakeFS, key: PartitionKey) -> pl.DataFrame | None:
     data = lfs.read_bytes_or_none(key.path)
     if data is None:
         return None
-    return pl.read_parquet(io.BytesIO(data))
+    try:
+        return pl.read_parquet(io.BytesIO(data))
+    except pl.exceptions.PolarsError as exc:
+        # A truncated or non-parquet file (an object another tool uploaded, a cut copy): a
+        # DataError naming it, as write_klines names a foreign one. Polars' ComputeError named no
+        # file: compaction's failure alert and backfill's error said "File out of specification"
+        # with no hint of which of the lake's objects to move away.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise DataError(
+            f"partition {lfs.url(key.path)} cannot be read as parquet ({first}); move it out of the "
+            "lake and backfill its period again"
+        ) from exc
 
 
 def _sorted_unique(df: pl.DataFrame) -> pl.DataFrame:
@@ -448,14 +468,37 @@ def list_series(root: str | os.PathLike[str] | LakeFS) -> list[tuple[str, str, s
         if not tt_dir.startswith("trade_type="):
             continue
         tt = tt_dir.split("=", 1)[1]
+        if not _lake_name(f"klines/{tt_dir}", get_trade_type, tt):
+            continue
         for iv_dir in lfs.listdir(f"klines/{tt_dir}"):
             if not iv_dir.startswith("interval="):
                 continue
             iv = iv_dir.split("=", 1)[1]
+            if not _lake_name(f"klines/{tt_dir}/{iv_dir}", _lake_interval, tt, iv):
+                continue
             for sym_dir in lfs.listdir(f"klines/{tt_dir}/{iv_dir}"):
-                if sym_dir.startswith("symbol="):
-                    out.append((tt, iv, sym_dir.split("=", 1)[1]))
+                sym = sym_dir.split("=", 1)[1] if sym_dir.startswith("symbol=") else None
+                if sym is not None and _lake_name(
+                    f"klines/{tt_dir}/{iv_dir}/{sym_dir}", validate_symbol, sym
+                ):
+                    out.append((tt, iv, sym))
     return out
+
+
+def _lake_interval(tt: str, iv: str) -> object:
+    return parse_interval(iv, spot=get_trade_type(tt).is_spot)
+
+
+def _lake_name(rel: str, check: Callable[..., object], *args: str) -> bool:
+    """Whether a directory's name is one lake writes. One it never writes (another tool's, a hand
+    copy, ``symbol=btcusdt``) is skipped with a warning naming it, as a stray ``date=`` directory
+    is: it used to fail every reading command as a whole ("invalid symbol ''", not saying where)."""
+    try:
+        check(*args)
+    except ValidationError:
+        log.warning("skipping %r: not a directory lake writes", rel)
+        return False
+    return True
 
 
 def list_partitions(

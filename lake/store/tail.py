@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -89,6 +90,7 @@ _STATE = "_compacted.json"  # {"<file name>#<tail_seq>": unix time it was compac
 SETTLED_S = 10.0  # compacted this long ago: readers skip the file (bound for sql/klines_tail.sql)
 MAX_STUBS = 64  # retired files kept for reuse per tail directory; more are deleted
 _KEY = ["symbol", "candle_begin_time"]
+_VALUE_COLUMNS = [c for c in KLINE_SCHEMA if c != "candle_begin_time"]  # (checked apart, with symbol)
 
 
 Root = str | os.PathLike[str] | LakeFS
@@ -122,6 +124,16 @@ def _conform(df: pl.DataFrame) -> pl.DataFrame:
         raise DataError(f"tail rows do not fit the schema: {exc}") from exc
     if out["candle_begin_time"].null_count() or out["symbol"].null_count():
         raise DataError("tail rows with a null symbol or candle_begin_time")
+    # A REST answer's "NaN", "Infinity" or null (a hostile or buggy upstream) must not reach the
+    # tail: the klines view would show it at once, and write_klines refuses it at every compaction,
+    # so the symbol's good tail rows would never reach its partitions either.
+    bad = out.select(
+        pl.any_horizontal([pl.col(c).is_null() for c in _VALUE_COLUMNS])
+        | pl.any_horizontal([~pl.col(c).is_finite() for c in REST_FLOAT_FIELDS])
+    ).to_series()
+    if bad.any():
+        first = out.filter(bad).row(0)
+        raise DataError(f"{bad.sum()} tail rows with null or non-finite values, e.g. {first!r:.300}")
     for s in out["symbol"].unique().to_list():
         validate_symbol(s)
     return out.sort(_KEY).with_columns(pl.lit(time.time_ns(), pl.Int64()).alias(SEQ))
@@ -246,6 +258,8 @@ def _rows_table(rows_by_symbol: Mapping[str, Sequence[Sequence[Any]]], source: s
     table = pa.table({c: arrays[c] for c in TAIL_SCHEMA})
     if any(table.column(c).null_count for c in TAIL_SCHEMA):
         return None  # let the general path report it
+    if not all(np.isfinite(arrays[c].to_numpy()).all() for c in REST_FLOAT_FIELDS):
+        return None  # "NaN", "Infinity", "1e400": the general path reports it too
     return table.sort_by([("symbol", "ascending"), ("candle_begin_time", "ascending")])
 
 
