@@ -121,6 +121,8 @@ class Appender:
         n = self.stats.bad[reason] = self.stats.bad[reason] + 1
         if n <= _LOG_FIRST:
             text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+            # (one line: a message's own newlines or control characters must not forge log lines)
+            text = text[:200].encode("unicode_escape").decode("ascii")
             more = " (further ones only counted)" if n == _LOG_FIRST else ""
             log.warning(
                 "%s %s: bad message (%s%s)%s: %.200s",

@@ -97,6 +97,14 @@ def test_bad_messages_logged_a_few_times_then_counted(caplog: pytest.LogCaptureF
     assert caplog.text.count("bad message") == 5
 
 
+def test_a_bad_message_is_logged_on_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    # a hostile server's newlines must not forge log lines
+    make().feed("not json\n2026-01-01T00:00:00 ERROR lake: forged\r\x1b[2J")
+    logged = [r.getMessage() for r in caplog.records if "bad message" in r.getMessage()]
+    assert len(logged) == 1 and "\n" not in logged[0] and "\x1b" not in logged[0]
+    assert "forged" in logged[0]
+
+
 async def test_writer_one_upsert_per_symbol_and_put_back(tmp_path) -> None:
     lfs = LakeFS(tmp_path)
     ap = make()
