@@ -162,7 +162,7 @@ class QuantclassClient:
             raise RuntimeError("use QuantclassClient inside 'async with'")
         shown = str(URL(url).with_query(None))  # never the uuid or a signature
         headers = {"api-key": self._key} if api else {}
-        delay = 0.5
+        delay = _FIRST_RETRY_S
         for attempt in range(self._retries + 1):
             try:
                 async with self._session.get(url, params=params, headers=headers) as resp:
@@ -180,6 +180,9 @@ class QuantclassClient:
             await asyncio.sleep(wait)
             delay = min(delay * 2, 8.0)
         raise AssertionError("unreachable")
+
+
+_FIRST_RETRY_S = 0.5  # then doubling, up to 8 s, with jitter
 
 
 def _http_error(status: int, shown: str, retry_after: str | None) -> Exception:

@@ -91,7 +91,7 @@ async def test_latest_and_candles(server: Server) -> None:
 
 
 async def test_transient_errors_are_retried(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("lake.quantclass.client.asyncio.sleep", _no_sleep)
+    monkeypatch.setattr("lake.quantclass.client._FIRST_RETRY_S", 0.0)  # (not asyncio.sleep: aiohttp uses it)
     server.fail_times = 2
     async with QuantclassClient(server.url, KEY, UUID, retries=3) as qc:
         await qc.latest("0m")
@@ -100,10 +100,6 @@ async def test_transient_errors_are_retried(server: Server, monkeypatch: pytest.
     async with QuantclassClient(server.url, KEY, UUID, retries=2) as qc:
         with pytest.raises(UpstreamError, match="503"):
             await qc.latest("0m")
-
-
-async def _no_sleep(_: float) -> None:
-    return None
 
 
 @pytest.mark.parametrize(
@@ -134,7 +130,7 @@ async def test_unexpected_body_and_unreachable_server(
         assert UUID not in str(info.value)
         await qc.latest("busy")  # a 429 is waited out and retried
     assert server.busy == 2
-    monkeypatch.setattr("lake.quantclass.client.asyncio.sleep", _no_sleep)
+    monkeypatch.setattr("lake.quantclass.client._FIRST_RETRY_S", 0.0)  # (not asyncio.sleep: aiohttp uses it)
     async with QuantclassClient("http://127.0.0.1:9", KEY, UUID, retries=1) as qc:
         with pytest.raises(UpstreamError):
             await qc.latest("0m")
