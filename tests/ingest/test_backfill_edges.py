@@ -9,26 +9,12 @@ from typing import Any
 import pytest
 
 from lake.errors import IncompleteError
-from lake.ingest.backfill import BackfillReport, backfill
-from lake.sim.server import SimServer
+from lake.ingest.backfill import BackfillReport
 from lake.sim.testing import sim_server
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines
 from lake.store.paths import series_dir
-
-FAST = {"backoff_base": 0.02, "calibrate_s": 0.1}
-
-
-async def run(sim: SimServer, root: Path, tts: list[str], **kw: Any) -> BackfillReport:
-    kw.setdefault("client_options", FAST)
-    return await backfill(
-        root,
-        tts,
-        kw.pop("interval", "5m"),
-        endpoints=sim.endpoints,
-        state_dir=root / ".state",
-        **kw,
-    )
+from tests.ingest.test_backfill_sim import run
 
 
 async def test_a_failed_partition_write_is_reported_not_lost(tmp_path: Path) -> None:

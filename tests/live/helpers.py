@@ -26,6 +26,15 @@ M = 60_000
 VALUES = [c for c in KLINE_COLUMNS if c != "source"]
 
 
+async def until(cond: Any, within: float) -> None:
+    """Wait until ``cond()`` holds, at most ``within`` seconds (``TimeoutError`` otherwise)."""
+    async with asyncio.timeout(within):
+        while True:  # (a polled condition of another task's state, not an event to wait on)
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+
+
 def utc(ms: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
 

@@ -23,18 +23,11 @@ from lake.settings import Settings
 from lake.sim.config import FaultConfig
 from lake.sim.testing import sim_server, test_config
 from lake.store.meta import read_empty_ranges
+from tests.live.helpers import until
 
 from .helpers import M, assert_equals_truth, diff_truth, lake_frame, run_while, webhook
 
 TT = "usdt_perp"
-
-
-async def _until(cond: Any, within: float) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if cond():
-                return
-            await asyncio.sleep(0.01)
 
 
 async def test_listing_inside_a_period_keeps_its_first_candle(tmp_path: Path) -> None:
@@ -54,9 +47,9 @@ async def test_listing_inside_a_period_keeps_its_first_candle(tmp_path: Path) ->
 
         async def scenario() -> None:
             feed = runner.feeds[0]
-            await _until(lambda: feed.stats.periods_checked >= 2, 60)
+            await until(lambda: feed.stats.periods_checked >= 2, 60)
             # first candle at the second minute of a 5m period
-            await _until(lambda: M // 2 <= sim.clock.now_ms() % p < 2 * M, 60)
+            await until(lambda: M // 2 <= sim.clock.now_ms() % p < 2 * M, 60)
             info = sim.control_faults({"list": [{"market": "um", "symbol": "MIDXUSDT"}]})
             listed["at"] = info[0]["segments"][-1][0]
 
@@ -306,12 +299,12 @@ async def test_halt_then_trading_again(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             feed = runner.feeds[0]
-            await _until(lambda: feed.stats.periods_checked >= 2, 60)
+            await until(lambda: feed.stats.periods_checked >= 2, 60)
             spans.append(
                 sim.control_faults({"delist": [{"market": "um", "symbol": halted}]})[0]["segments"][-1][1]
             )
-            await _until(lambda: halted not in feed.live, 60)
-            await _until(lambda: sim.clock.now_ms() >= spans[0] + 2 * M, 60)
+            await until(lambda: halted not in feed.live, 60)
+            await until(lambda: sim.clock.now_ms() >= spans[0] + 2 * M, 60)
             sim.control_faults({"list": [{"market": "um", "symbol": halted}]})
 
         summary = await run_while(runner, scenario(), 90)
@@ -371,7 +364,7 @@ async def test_a_message_with_a_future_event_time_changes_nothing(tmp_path: Path
 
         async def scenario() -> None:
             feed = runner.feeds[0]
-            await _until(lambda: feed.stats.periods_checked >= 2, 60)
+            await until(lambda: feed.stats.periods_checked >= 2, 60)
             now = sim.clock.now_ms()
             sym = sorted(feed.live)[0]
             t = now - now % M + 2 * M  # a candle two periods from now, "closed"
@@ -415,7 +408,7 @@ async def test_a_first_run_stopped_during_its_catch_up_is_resumed(tmp_path: Path
 
         async def stop_mid_catchup() -> None:
             feed = first.feeds[0]
-            await _until(lambda: feed.writer.writes >= 1, 90)  # the websocket stored candles
+            await until(lambda: feed.writer.writes >= 1, 90)  # the websocket stored candles
             assert not feed.catchup_done.is_set()
             first.stop("test: stopped during the catch-up")
 

@@ -18,6 +18,7 @@ from lake.live.watermark import read_watermark
 from lake.settings import Settings
 from lake.sim.server import SimServer
 from lake.sim.testing import sim_server, test_config
+from tests.live.helpers import until
 
 from .helpers import M, diff_truth, lake_frame, run_while, webhook
 
@@ -37,14 +38,6 @@ def _check_truth(
     assert d["missing"] == d["extra"] == d["differ"] == 0, (tt, d)
     assert lake.select("symbol", "t").is_duplicated().sum() == 0
     return int(wm["watermark_ms"])
-
-
-async def _until(cond: Any, within: float) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if cond():
-                return
-            await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -69,9 +62,9 @@ async def test_alert_when_repair_fails_then_recovery(
 
         async def scenario() -> None:
             feed = runner.feeds[0]
-            await _until(lambda: feed.catchup_done.is_set(), 30)
+            await until(lambda: feed.catchup_done.is_set(), 30)
             sim.faults.update({"rest_error_rate": 1.0})  # REST down: the skipped symbol cannot be repaired
-            await _until(lambda: any("incomplete after repair" in p["title"] for p in posts), 30)
+            await until(lambda: any("incomplete after repair" in p["title"] for p in posts), 30)
             sim.faults.update({"rest_error_rate": 0.0})
 
         summary = await run_while(runner, scenario(), 90)
@@ -108,7 +101,7 @@ async def test_server_clock_jump(tmp_path: Path) -> None:
 
         async def scenario() -> None:
             feed = runner.feeds[0]
-            await _until(lambda: feed.stats.periods_checked >= 3, 30)
+            await until(lambda: feed.stats.periods_checked >= 3, 30)
             sim.clock.advance(7 * M)  # the exchange's clock jumps seven minutes ahead
 
         await run_while(runner, scenario(), 90)

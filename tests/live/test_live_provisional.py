@@ -18,6 +18,7 @@ from lake.settings import Settings
 from lake.sim.config import FaultConfig
 from lake.sim.testing import sim_server, test_config
 from lake.store.fs import LakeFS
+from tests.live.helpers import until
 
 from .helpers import M, diff_truth, lake_frame, run_while
 
@@ -83,14 +84,6 @@ async def test_1s_provisional_rest_candles_are_all_asked_again(
     assert feed["rest_reconfirmed"] >= 10  # halved ones, rewritten with REST's final values
 
 
-async def _until(cond: Any, within: float) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            if cond():
-                return
-            await asyncio.sleep(0.01)
-
-
 async def test_a_provisional_rest_candle_is_asked_again_after_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,7 +115,7 @@ async def test_a_provisional_rest_candle_is_asked_again_after_a_restart(
                     and sim.clock.now_ms() < wm + M + 20_000
                 )
 
-            await _until(provisional, 60)
+            await until(provisional, 60)
             stopped["period"] = feed.published or 0
             first.stop("SIGTERM (test)")
 
