@@ -61,3 +61,18 @@ def assert_bins_equal(got: pl.DataFrame, want: pl.DataFrame) -> None:
     got, want = got.select(cols), want.select(cols)
     assert_frame_equal(got.select(EXACT), want.select(EXACT), check_exact=True)
     assert_frame_equal(got.select(FLOAT_SUMS), want.select(FLOAT_SUMS), rel_tol=1e-12, abs_tol=1e-9)
+
+
+def missing_runs(times: list[int], start: int, end: int, b_ms: int) -> list[tuple[int, int]]:
+    """The runs of base slots (``b_ms`` apart) of ``[start, end)`` with no open time in ``times``,
+    as half-open ``(start_ms, end_ms)`` ranges."""
+    held = set(times)
+    runs: list[tuple[int, int]] = []
+    for s in range(start, end, b_ms):
+        if s in held:
+            continue
+        if runs and runs[-1][1] == s:
+            runs[-1] = (runs[-1][0], s + b_ms)
+        else:
+            runs.append((s, s + b_ms))
+    return runs

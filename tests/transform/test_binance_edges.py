@@ -24,7 +24,7 @@ from lake.store.klines import scan_klines, write_klines
 from lake.store.meta import EmptyRange, add_empty_ranges, clear_empty_ranges, read_empty_ranges
 from lake.transform.build import build_offsets, scan_offsets
 from lake.transform.offsets import offset_plan, resample_offsets
-from tests.transform.helpers import T0_MS, assert_bins_equal, random_candles
+from tests.transform.helpers import T0_MS, assert_bins_equal, missing_runs, random_candles
 from tests.transform.reference import binance_resample
 
 B = 300_000  # 5m
@@ -32,18 +32,8 @@ H = 3_600_000
 DAY = 288
 
 
-def _missing_runs(df: pl.DataFrame, start: int, end: int) -> list[tuple[int, int]]:
-    """The runs of 5m slots of ``[start, end)`` without a candle."""
-    held = set(df["candle_begin_time"].dt.epoch("ms").to_list())
-    runs: list[tuple[int, int]] = []
-    for s in range(start, end, B):
-        if s in held:
-            continue
-        if runs and runs[-1][1] == s:
-            runs[-1] = (runs[-1][0], s + B)
-        else:
-            runs.append((s, s + B))
-    return runs
+def _opens(df: pl.DataFrame) -> list[int]:
+    return df["candle_begin_time"].dt.epoch("ms").to_list()
 
 
 @pytest.mark.parametrize(("target", "base"), [("1h", "5m"), ("15m", "5m"), ("4h", "1h"), ("1d", "1h")])
@@ -58,10 +48,7 @@ def test_all_offsets_equal_the_reference_loop(target: str, base: str, seed: int)
         df = random_candles(seed * 10 + i, b_ms, count, hole_rate=0.25, zero_rate=0.3).with_columns(
             symbol=pl.lit(sym)
         )
-        runs = _missing_runs(df, T0_MS, T0_MS + count * b_ms) if b_ms == B else []
-        if b_ms != B:
-            held = set(df["candle_begin_time"].dt.epoch("ms").to_list())
-            runs = [(s, s + b_ms) for s in range(T0_MS, T0_MS + count * b_ms, b_ms) if s not in held]
+        runs = missing_runs(_opens(df), T0_MS, T0_MS + count * b_ms, b_ms)
         # some holes confirmed (maintenance), others not (lost candles); before the first candle a
         # listing, after the last one a delisting, each confirmed or not
         chosen = [r for r in runs if rng.random() < 0.6]
@@ -257,7 +244,9 @@ def test_incremental_equals_a_fresh_computation(
             if op == "confirm_end":  # a delisting: everything after the last candle, for a while
                 add_empty_ranges(root, "usdt_perp", "5m", sym, [EmptyRange(last, last + 7 * H + seed * B)])
             else:  # some of the holes of a day
-                runs = _missing_runs(part, T0_MS + day * DAY * B, min(last, T0_MS + (day + 1) * DAY * B))
+                runs = missing_runs(
+                    _opens(part), T0_MS + day * DAY * B, min(last, T0_MS + (day + 1) * DAY * B), B
+                )
                 picked = [EmptyRange(a, b) for j, (a, b) in enumerate(runs) if (j + seed) % 3]
                 add_empty_ranges(root, "usdt_perp", "5m", sym, picked)
         elif op == "forget":

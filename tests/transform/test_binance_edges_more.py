@@ -32,7 +32,7 @@ from lake.store.paths import PartitionKey
 from lake.transform.build import build_offsets, scan_offsets
 from lake.transform.manifest import load_manifest
 from lake.transform.offsets import offset_plan, resample_offsets, with_confirmed_empty
-from tests.transform.helpers import T0_MS, assert_bins_equal, random_candles
+from tests.transform.helpers import T0_MS, assert_bins_equal, missing_runs, random_candles
 from tests.transform.reference import binance_resample
 
 M = 60_000
@@ -127,19 +127,6 @@ def _stored_rows(root: Path, base: str, sym: str) -> pl.DataFrame:
     return scan_klines(root, "usdt_perp", base, [sym]).collect()
 
 
-def _missing_runs(times: list[int], start: int, end: int, b: int) -> list[tuple[int, int]]:
-    held = set(times)
-    runs: list[tuple[int, int]] = []
-    for s in range(start, end, b):
-        if s in held:
-            continue
-        if runs and runs[-1][1] == s:
-            runs[-1] = (runs[-1][0], s + b)
-        else:
-            runs.append((s, s + b))
-    return runs
-
-
 def _delete_day(root: Path, base: str, sym: str, day: int) -> None:
     """Drop a day's rows behind the store's back (a deletion); an emptied partition goes away."""
     start = START + day * DAY_MS
@@ -224,7 +211,7 @@ def test_incremental_runs_equal_a_fresh_computation(
         elif op == "delete":
             _delete_day(root, base, sym, day)
         elif op == "confirm":  # some holes of a day confirmed
-            runs = _missing_runs(times, START + day * DAY_MS, min(last, START + (day + 1) * DAY_MS), b)
+            runs = missing_runs(times, START + day * DAY_MS, min(last, START + (day + 1) * DAY_MS), b)
             picked = [EmptyRange(a, c) for j, (a, c) in enumerate(runs) if (j + seed) % 3]
             add_empty_ranges(root, "usdt_perp", base, sym, picked)
         elif op == "confirm_end":  # a delisting, from the last candle on for a while
