@@ -69,7 +69,6 @@ _PLAN_PARTITIONS = 256  # changed base partitions planning reads in one scan (~2
 _TAIL_MAX_MS = {"year": 32 * MS_PER_DAY, "month": 8 * MS_PER_DAY}
 Fingerprints: TypeAlias = dict[str, dict[str, str]]  # symbol -> partition -> packed day prints
 CHUNK_ROWS = 100_000
-_I64_MAX = 2**63 - 1
 
 
 @dataclass(slots=True)
@@ -191,7 +190,7 @@ def _empty_changes(old: list[list[int]] | None, new: list[tuple[int, int]]) -> l
     cuts = sorted({x for r in before + new for x in r})
 
     def inside(ranges: list[tuple[int, int]], x: int) -> bool:
-        i = bisect.bisect_right(ranges, (x, _I64_MAX)) - 1
+        i = bisect.bisect_right(ranges, (x, float("inf"))) - 1  # the last range starting at or before x
         return i >= 0 and ranges[i][0] <= x < ranges[i][1]
 
     out: list[tuple[int, int]] = []
