@@ -164,6 +164,7 @@ class LiveRunner:
         self._started_mono = 0.0
         self._ws_alerted: dict[str, float] = {}
         self._ws_refused: dict[str, int] = {}
+        self._ws_rejected: set[tuple[str, str]] = set()  # (shard, stream) alerted as refused for good
         self.stop_reason = ""
         self.failure: BaseException | None = None  # the first task that died: re-raised by run()
 
@@ -400,10 +401,18 @@ class LiveRunner:
                 self._ws_refused[shard.name] = refused
                 self._alert_soon(
                     f"{feed.name}: websocket {shard.name} subscription refused",
-                    f"{refused} refused so far, reconnecting; last: {shard.stats.last_error or '-'}",
+                    f"{refused} refused so far; last: {shard.stats.last_error or '-'}",
                     key=f"ws-refused:{shard.name}",
                     level="warning",
                 )
+            for stream, said in shard.rejected.items():
+                if (shard.name, stream) not in self._ws_rejected:
+                    self._ws_rejected.add((shard.name, stream))
+                    self._alert_soon(
+                        f"{feed.name}: websocket stream {stream} refused by the server",
+                        f"{said}; not subscribed again: its candles come from REST at each period check",
+                        key=f"ws-rejected:{feed.name}:{stream}",
+                    )
             down = shard.stats.down_since
             if down is None or now - down <= self.config.ws_down_alert_s or not shard.desired:
                 continue

@@ -22,6 +22,17 @@ and is what BMAC used.
   more before it is closed, so nothing is missed (duplicates are dropped by the appender). A ``serverShutdown`` event (spot sends it before
   the server goes away) triggers the same replacement at once; the event is not passed on.
   Whatever is lost while disconnected is repaired over REST by the period check.
+* **Refusals.** Every control message is remembered until its reply (matched by ``id``; an error
+  reply without one, the shape of the spot docs' examples, answers the oldest request still
+  unanswered on its connection: the server answers in order). A ``SUBSCRIBE`` refused for naming an
+  invalid stream (``Invalid request: invalid stream``) is split in halves, each subscribed on its own
+  (now, and on every new connection until accepted; never in the URL), down to the one stream the
+  server refuses, which is then dropped from the shard and logged as an error (``rejected``), while
+  the shard's other streams stay live. Binance accepts a well-formed stream of an unknown symbol, so
+  such a stream is one the server cannot parse and asking again changes nothing. Any other refusal
+  (too many streams, an unknown method, …) is logged as an error naming the request and the server's
+  words, and the shard reconnects with the backoff; so does a connection the server closed with a
+  policy code (1008), and neither resets the backoff however long the connection lived.
 """
 
 from __future__ import annotations
@@ -211,7 +222,8 @@ class ShardStats:
     rotations: int = 0  # proactive replacements (before the lifetime limit, on serverShutdown)
     shutdowns: int = 0  # serverShutdown events received
     failures: int = 0  # failed connection attempts
-    refused: int = 0  # error replies to our SUBSCRIBE / UNSUBSCRIBE (each costs a reconnect)
+    refused: int = 0  # error replies to our SUBSCRIBE / UNSUBSCRIBE
+    rejected: int = 0  # streams dropped because the server refuses them
     messages: int = 0
     subscribe_msgs: int = 0
     last_error: str = ""
@@ -245,7 +257,9 @@ class WsShard:
         self.base_url = base_url.rstrip("/")
         self.desired: set[str] = set(streams)
         self.on_message = on_message
-        self.msg_gap = 1.0 / max(1.0, msgs_per_sec - 1)  # leave room for pongs
+        # room for two more messages a second: our keepalive ping and a pong to the server's ping
+        # can fall in the same second as a burst of SUBSCRIBEs (all count against the limit)
+        self.msg_gap = 1.0 / max(1.0, msgs_per_sec - 2)
         self.url_streams = max(1, url_streams)
         self.subscribe_batch = max(1, subscribe_batch)
         self.lifetime_s = lifetime_s
@@ -265,11 +279,18 @@ class WsShard:
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
         self._carried: dict[ClientConnection, set[str]] = {}  # streams a new connection was opened with
+        # control requests not answered yet: id → (connection, method, streams), in the order sent
+        self._sent: dict[int, tuple[ClientConnection, str, tuple[str, ...]]] = {}
+        # streams of a refused SUBSCRIBE, split in groups each subscribed on its own until accepted
+        self._isolated: list[frozenset[str]] = []
+        self.rejected: dict[str, str] = {}  # stream → the server's refusal; not subscribed again
+        self._policy_closed = False  # the last connection was closed with a policy code (1008)
 
     def _refused_since(self, before: int) -> bool:
-        """A connection that got messages but had a control message refused still backs off: a
-        server that refuses every SUBSCRIBE must not be reconnected to in a tight loop."""
-        return self.stats.refused > before
+        """A connection that got messages but had a control message refused (or was closed with a
+        policy code) still backs off: a server that refuses every SUBSCRIBE must not be reconnected
+        to in a tight loop."""
+        return self.stats.refused > before or self._policy_closed
 
     def __repr__(self) -> str:
         return f"WsShard({self.name}, {len(self.desired)} streams)"
@@ -345,25 +366,24 @@ class WsShard:
                 log.info("ws %s: reconnected after %.2fs down", self.name, time.monotonic() - down)
             got_before = self.stats.messages
             refused_before = self.stats.refused
+            self._policy_closed = False
             try:
-                await self._resync(ws, carried)
+                with contextlib.suppress(ConnectionClosed):  # (_read delivers what came before)
+                    await self._resync(ws, carried)
                 ready = await self._read(ws, self.stats.connected_since + self.lifetime_s)
                 if ready is None and not self._stopping:
                     self.stats.drops += 1
-                    log.warning(
-                        "ws %s: connection closed by the server (%s)",
-                        self.name,
-                        ws.close_reason or ws.close_code,
-                    )
+                    if ws.close_code is not None:  # (else we leave it after a refusal, logged already)
+                        self._note_close(ws, f"closed by the server ({ws.close_reason or ws.close_code})")
             except ConnectionClosed as exc:
                 self.stats.drops += 1
-                self.stats.last_error = f"{type(exc).__name__}: {exc}"[:300]
-                log.warning("ws %s: connection lost: %s", self.name, self.stats.last_error)
+                self._note_close(ws, f"{type(exc).__name__}: {exc}")
             finally:
                 if self._ws is ws:
                     self._ws = None
                     self._connected.clear()
                     self.stats.down_since = time.monotonic()
+                self._forget(ws)
                 await _close_quietly(ws)
             if ready is not None:
                 self.stats.rotations += 1
@@ -382,11 +402,39 @@ class WsShard:
             delay = backoff_delay(attempt, self.backoff_base, self.backoff_cap)
             await asyncio.sleep(delay)
 
+    def _note_close(self, ws: ClientConnection, what: str) -> None:
+        """Log a connection the server ended; a policy close (1008: too many streams or messages,
+        say) is an error, and the backoff is not reset by it."""
+        self.stats.last_error = what[:300]
+        if ws.close_code == 1008:
+            self._policy_closed = True
+            log.error("ws %s: connection refused by the server's policy (1008): %s", self.name, what)
+        else:
+            log.warning("ws %s: connection lost: %s", self.name, what)
+
+    def _forget(self, ws: ClientConnection) -> None:
+        """Drop the unanswered requests of a connection that is gone."""
+        for rid in [rid for rid, (conn, _m, _s) in self._sent.items() if conn is ws]:
+            del self._sent[rid]
+
+    def _batches(self, streams: Sequence[str]) -> list[list[str]]:
+        """``streams`` in SUBSCRIBE-sized batches, the groups a refusal isolated each on its own."""
+        want = set(streams)
+        held = [sorted(g & want) for g in self._isolated]
+        held = [g for g in held if g]
+        alone = {s for g in held for s in g}
+        plain = [s for s in streams if s not in alone]
+        out = [plain[i : i + self.subscribe_batch] for i in range(0, len(plain), self.subscribe_batch)]
+        return out + held
+
     async def _open(self) -> ClientConnection:
         await self.limiter.acquire()
         streams = sorted(self.desired)
-        first, rest = streams[: self.url_streams], streams[self.url_streams :]
-        url = f"{self.base_url}/stream?streams={'/'.join(first)}"
+        alone = set().union(*self._isolated) if self._isolated else set()
+        plain = [s for s in streams if s not in alone]  # (a suspect group never goes in the URL)
+        first = plain[: self.url_streams]
+        rest = [s for s in streams if s not in set(first)]
+        url = f"{self.base_url}/stream" + (f"?streams={'/'.join(first)}" if first else "")
         self.stats.connects += 1
         ws = await connect(
             url,
@@ -399,22 +447,42 @@ class WsShard:
             proxy=True if proxy_from_env(url) else None,  # (lake.net)
         )
         try:
-            for i in range(0, len(rest), self.subscribe_batch):
-                await self._send(ws, "SUBSCRIBE", rest[i : i + self.subscribe_batch])
+            for batch in self._batches(rest):
+                await self._send(ws, "SUBSCRIBE", batch)
+        except ConnectionClosed:
+            await self._harvest(ws)  # closed after refusing one, say: learn from its reply
+            self._forget(ws)
+            await _close_quietly(ws)
+            raise
         except BaseException:
+            self._forget(ws)
             await _close_quietly(ws)
             raise
         self._carried[ws] = set(streams)
         return ws
 
+    async def _harvest(self, ws: ClientConnection) -> None:
+        """Deliver what a connection the server closed while it was being opened had received: the
+        reply to a refused SUBSCRIBE (its streams are then narrowed down on the next connection)
+        and any events."""
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            async with asyncio.timeout(self.open_timeout):  # (the close handshake is under way)
+                async for msg in ws:
+                    self.stats.messages += 1
+                    self.on_message(msg, time.perf_counter())
+                    if _maybe_reply(msg):
+                        await self._on_reply(ws, msg)
+
     async def _resync(self, ws: ClientConnection, carried: set[str]) -> None:
         """Streams (un)subscribed while ``ws`` was being opened went nowhere (``_change`` had no
         connection, or the one being replaced): bring ``ws`` to the desired set. Called once ``ws``
         is the current connection, so later changes reach it directly."""
-        extra, gone = sorted(self.desired - carried), sorted(carried - self.desired)
-        for method, streams in (("SUBSCRIBE", extra), ("UNSUBSCRIBE", gone)):
-            for i in range(0, len(streams), self.subscribe_batch):
-                await self._send(ws, method, streams[i : i + self.subscribe_batch])
+        extra = sorted(self.desired - carried)
+        gone = sorted(carried - self.desired - self.rejected.keys())  # (a rejected one was never taken)
+        for batch in self._batches(extra):
+            await self._send(ws, "SUBSCRIBE", batch)
+        for i in range(0, len(gone), self.subscribe_batch):
+            await self._send(ws, "UNSUBSCRIBE", gone[i : i + self.subscribe_batch])
 
     async def _read(self, ws: ClientConnection, deadline: float) -> ClientConnection | None:
         """Deliver messages until the connection closes (→ None) or it is rotated (→ the new one):
@@ -439,6 +507,7 @@ class WsShard:
                     await self._drain(ws)
                 except BaseException:  # stopped meanwhile: the new connection is nobody's
                     self._carried.pop(new, None)
+                    self._forget(new)
                     await _close_quietly(new)
                     raise
                 return new
@@ -451,13 +520,7 @@ class WsShard:
                             shutdown = True
                             break
                         self.on_message(msg, time.perf_counter())
-                        if _maybe_error(msg) and _is_error_reply(msg):
-                            # A refused SUBSCRIBE would leave its streams silent for the connection's
-                            # life (the period check then fetches them over REST every period): start
-                            # over on a new connection, which subscribes the whole desired set.
-                            self.stats.refused += 1
-                            self.stats.last_error = f"control message refused: {str(msg)[:200]}"
-                            log.warning("ws %s: %s; reconnecting", self.name, self.stats.last_error)
+                        if _maybe_reply(msg) and await self._on_reply(ws, msg):
                             return None
                     else:
                         return None
@@ -480,32 +543,97 @@ class WsShard:
         except (TimeoutError, ConnectionClosed):
             pass
 
+    async def _on_reply(self, ws: ClientConnection, msg: str | bytes) -> bool:
+        """Handle a reply to one of our control messages; True: reconnect (a refusal that is not
+        about one stream). A SUBSCRIBE refused for an invalid stream is narrowed down instead."""
+        reply = _control_reply(msg)
+        if reply is None:
+            return False
+        ok, rid, said = reply
+        request = self._sent.pop(rid, None) if rid is not None else None
+        if request is None and rid is None and not ok:  # answered in order: the oldest one left
+            rid = next((r for r, (conn, _m, _s) in self._sent.items() if conn is ws), None)
+            request = self._sent.pop(rid) if rid is not None else None
+        method, streams = (request[1], request[2]) if request is not None else ("", ())
+        if ok:
+            if method == "SUBSCRIBE" and frozenset(streams) in self._isolated:
+                self._isolated.remove(frozenset(streams))  # a suspect group the server took
+            return False
+        self.stats.refused += 1
+        what = f"{method} of {_sample(streams)}" if method else "a control message"
+        self.stats.last_error = f"{what} refused: {said}"[:300]
+        if method == "SUBSCRIBE" and "invalid stream" in said.lower():
+            await self._narrow(ws, streams, said)
+            return False
+        log.error("ws %s: %s refused by the server: %s; reconnecting", self.name, what, said)
+        return True
+
+    async def _narrow(self, ws: ClientConnection, streams: Sequence[str], said: str) -> None:
+        """One of ``streams`` is refused: drop it if it is alone, else subscribe each half on its own
+        (also on the next connections, until accepted), so the others are not held up by it."""
+        live = sorted(set(streams) & self.desired)
+        self._isolated = [g for g in self._isolated if not g & set(streams)]
+        if len(live) == 1:
+            (stream,) = live
+            self.desired.discard(stream)
+            self.rejected[stream] = said
+            self.stats.rejected += 1
+            log.error(
+                "ws %s: the server refuses stream %s (%s); not subscribed again", self.name, stream, said
+            )
+            return
+        if not live:
+            return
+        log.warning(
+            "ws %s: SUBSCRIBE of %d streams refused (%s); subscribing them in halves to find the one",
+            self.name,
+            len(live),
+            said,
+        )
+        halves = [live[: len(live) // 2], live[len(live) // 2 :]]
+        self._isolated += [frozenset(h) for h in halves]
+        for half in halves:
+            await self._send(ws, "SUBSCRIBE", half)
+
     # -- subscriptions -----------------------------------------------------------------------------
     async def _send(self, ws: ClientConnection, method: str, params: Sequence[str]) -> None:
         async with self._send_lock:
             wait = self._last_send + self.msg_gap - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            await ws.send(json.dumps({"method": method, "params": list(params), "id": next(self._ids)}))
+            rid = next(self._ids)
+            self._sent[rid] = (ws, method, tuple(params))
+            await ws.send(json.dumps({"method": method, "params": list(params), "id": rid}))
             self._last_send = time.monotonic()
             self.stats.subscribe_msgs += 1
 
     async def subscribe(self, streams: Sequence[str]) -> None:
         """Add streams to this shard (sent now if connected; restored on every reconnect)."""
+        for s in streams:
+            self.rejected.pop(s, None)  # asked again (a listing back, say): the server decides again
         self.desired.update(streams)
         await self._change("SUBSCRIBE", streams)
 
     async def unsubscribe(self, streams: Sequence[str]) -> None:
         self.desired.difference_update(streams)
-        await self._change("UNSUBSCRIBE", streams)
+        taken = [s for s in streams if self.rejected.pop(s, None) is None]  # (a rejected one never was)
+        await self._change("UNSUBSCRIBE", taken)
 
     async def _change(self, method: str, streams: Sequence[str]) -> None:
         ws = self._ws
         if ws is None or not streams:
             return
         try:
-            for i in range(0, len(streams), self.subscribe_batch):
-                await self._send(ws, method, streams[i : i + self.subscribe_batch])
+            batches = (
+                self._batches(list(streams))
+                if method == "SUBSCRIBE"
+                else [
+                    list(streams[i : i + self.subscribe_batch])
+                    for i in range(0, len(streams), self.subscribe_batch)
+                ]
+            )
+            for batch in batches:
+                await self._send(ws, method, batch)
         except ConnectionClosed:
             pass  # the reconnect subscribes the desired set
 
@@ -522,16 +650,45 @@ def _maybe_error(msg: str | bytes) -> bool:
     return b'"error"' in msg or b'"code"' in msg
 
 
-def _is_error_reply(msg: str | bytes) -> bool:
-    """Whether a message is an error reply to a control message: ``{"error": {"code", "msg"},
-    "id": N}`` as Binance sends it, or the flat ``{"code", "msg", "id"}`` of its API docs' examples."""
+def _maybe_reply(msg: str | bytes) -> bool:
+    """A cheap pre-check on the hot path: kline events hold none of these keys."""
+    if isinstance(msg, str):
+        return '"result"' in msg or '"error"' in msg or '"code"' in msg
+    return b'"result"' in msg or b'"error"' in msg or b'"code"' in msg
+
+
+def _control_reply(msg: str | bytes) -> tuple[bool, int | None, str] | None:
+    """A reply to a control message as (accepted, its id if an int, the server's words for a
+    refusal); None for anything else. Refusals: ``{"error": {"code", "msg"}, "id": N}`` as Binance
+    sends them, or the flat ``{"code", "msg"[, "id"]}`` of its API docs' examples (often without
+    an id)."""
     try:
         doc = json.loads(msg)
     except (ValueError, UnicodeDecodeError):
-        return False
-    if not isinstance(doc, dict) or "id" not in doc or "stream" in doc:
-        return False
-    return "error" in doc or ("code" in doc and "msg" in doc and "result" not in doc)
+        return None
+    if not isinstance(doc, dict) or "stream" in doc:
+        return None
+    rid = doc.get("id")
+    rid = rid if isinstance(rid, int) and not isinstance(rid, bool) else None
+    if "result" in doc and "id" in doc and "error" not in doc:
+        return True, rid, ""
+    err = doc.get("error") if "error" in doc else (doc if "code" in doc and "msg" in doc else None)
+    if err is None:
+        return None
+    said = f"code {err.get('code')}: {err.get('msg')}" if isinstance(err, dict) else str(err)
+    return False, rid, said[:200].encode("unicode_escape").decode("ascii")  # (one log line)
+
+
+def _is_error_reply(msg: str | bytes) -> bool:
+    """Whether a message is an error reply to a control message (see ``_control_reply``)."""
+    reply = _control_reply(msg)
+    return reply is not None and not reply[0]
+
+
+def _sample(streams: Sequence[str], n: int = 3) -> str:
+    """``a, b, c and 7 more`` (for log lines)."""
+    head = ", ".join(streams[:n])
+    return f"{head} and {len(streams) - n} more" if len(streams) > n else head or "no streams"
 
 
 def _told_to_wait(exc: BaseException) -> float:
@@ -642,4 +799,5 @@ class WsPool:
             "shutdowns": sum(s.stats.shutdowns for s in self.shards),
             "failures": sum(s.stats.failures for s in self.shards),
             "refused": sum(s.stats.refused for s in self.shards),
+            "rejected": sorted(r for s in self.shards for r in s.rejected),
         }

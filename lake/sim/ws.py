@@ -24,6 +24,16 @@ every ``ws_heartbeat_s`` (aiohttp heartbeat; a missing pong closes the connectio
 sends the ``serverShutdown`` event ``{"e": "serverShutdown", "E": …}`` (unwrapped, also on combined
 streams: UNVERIFIED) and closes the connections ``notice_s`` real seconds later; so does stopping the
 server (spot connections only, no notice).
+Refused streams (test knobs, set on the ``WsHub``): Binance checks a stream name's syntax and answers
+a ``SUBSCRIBE`` naming one it refuses with ``{"error": {"code": 2, "msg": "Invalid request: invalid
+stream"}, "id": N}``, subscribing none of the request's streams (a well-formed name of an unknown
+symbol is accepted and stays silent, as here). ``refuse_streams`` lists the stream names refused that
+way; ``refusal_id`` (default True) whether the reply carries the request's ``id`` (the spot docs'
+error examples have none); ``close_after_refusal`` (default False) closes the connection (1008) after
+the reply, as observed. Streams in the URL are not checked (Binance's answer there is UNVERIFIED).
+``policy_close_after_s`` (default None) closes every connection with 1008 (policy violation) that many
+real seconds after it opened, as Binance closes a connection that breaks its limits (the code it uses
+is UNVERIFIED).
 Not simulated: connection-attempt limits, ``timeUnit`` URL parameter, non-kline streams (accepted, silent).
 """
 
@@ -86,6 +96,10 @@ class WsHub:
         # receipt (CLOCK_MONOTONIC is one clock for all processes on Linux)
         self.closing_sent: deque[tuple[str, str, int, float]] = deque(maxlen=200_000)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.refuse_streams: set[str] = set()  # SUBSCRIBE naming one of these is refused (see above)
+        self.refusal_id = True
+        self.close_after_refusal = False
+        self.policy_close_after_s: float | None = None  # close each connection with 1008 after this
 
     def add_routes(self, app: web.Application) -> None:
         for m, base in WS_BASES.items():
@@ -173,6 +187,10 @@ class WsHub:
                         await ws.close(code=1008, message=b"too many streams")
                         break
                     await ws.send_str(json.dumps(reply, separators=(",", ":")))
+                    if "error" in reply and self.close_after_refusal:
+                        self.stats.count("ws", "closed_refusal")
+                        await ws.close(code=1008, message=b"invalid request")
+                        break
             finally:
                 self.conns.discard(conn)
                 pusher.cancel()
@@ -221,6 +239,10 @@ class WsHub:
         if not isinstance(params, list) or not all(isinstance(p, (str, bool)) for p in params):
             return {"code": 1, "msg": "Invalid value type: expected a list of strings", "id": rid}
         if method == "SUBSCRIBE":
+            if self.refuse_streams.intersection(str(p) for p in params):
+                self.stats.count("ws", "refused_subscribes")
+                error = {"code": 2, "msg": "Invalid request: invalid stream"}
+                return {"error": error, "id": rid} if self.refusal_id else {"error": error}
             if not self._subscribe(conn, [str(p) for p in params]):
                 return None
         elif method == "UNSUBSCRIBE":
@@ -259,6 +281,11 @@ class WsHub:
                 if transport is not None:
                     transport.abort()
                 return
+            policy = self.policy_close_after_s
+            if policy is not None and time.monotonic() - conn.opened >= policy:
+                self.stats.count("ws", "closed_policy")
+                await conn.ws.close(code=1008, message=b"policy violation")
+                return
             now = clock.now_ms()
             life = cfg.ws_lifetime_s
             if life is not None and now - conn.opened_virtual >= life * 1000:
@@ -293,6 +320,8 @@ class WsHub:
                 )
             if drop is not None:
                 timeout = min(timeout, max(0.0, drop - (time.monotonic() - conn.opened)))
+            if policy is not None:
+                timeout = min(timeout, max(0.0, policy - (time.monotonic() - conn.opened)))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(conn.wake.wait(), timeout=max(timeout, 0.001))
 
