@@ -21,6 +21,13 @@ asked first costs a pass of its own), and a corrupt-zip fault flips 64 bytes at 
 stream. ``POST /_sim/archive {"static": true}`` keeps every zip once built (monthly 1s excepted) (the real archive is static files on a CDN; the
 benchmarks use it so that building zips is not part of their timing); ``GET /_sim/archive`` reports
 how many zips were built and their CPU time.
+
+Publishing mistakes Binance has made, set from Python (``archive.edit_file``, ``archive.no_checksum``,
+``archive.fail_list_pages``): a file published without some of its candles (a monthly file holding only
+its first days, binance-public-data #320/#359; a partial daily upload, #411) or with a stale candle
+(a monthly file disagreeing with the daily file and REST, #475); a ``.CHECKSUM`` listed but not
+served; listing pages after the first failing (503) a number of times. Editing a file, or removing its
+edit (a corrected re-upload), publishes a new version of it: new ETag, Last-Modified the edit time.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ from dataclasses import dataclass
 from email.utils import format_datetime
 from xml.sax.saxutils import escape
 
+import numpy as np
 from aiohttp import web
 
 from lake.binance.intervals import Interval, parse_interval
 from lake.binance.markets import MARKETS
 from lake.sim.cache import ByteLRU
+from lake.sim.candles import Candles
 from lake.sim.clock import MS_PER_DAY, to_ms
 from lake.sim.faults import Faults
 from lake.sim.fmt import csv_bytes
@@ -51,7 +60,7 @@ from lake.sim.listing import archive_intervals, list_xml
 from lake.sim.market import SimMarket
 from lake.sim.universe import SymbolInfo, stable_hash
 
-__all__ = ["Archive", "FileMeta"]
+__all__ = ["Archive", "FileEdit", "FileMeta"]
 
 _PREFIX = {MARKETS[m].archive_prefix: m for m in MARKETS}  # "data/futures/um" -> "um"
 _CORRUPT_AT = 1 << 16  # where a corrupt-zip fault flips 64 bytes of a streamed (monthly 1s) zip
@@ -59,6 +68,29 @@ _KEY = re.compile(
     r"(data/(?:spot|futures/um|futures/cm))/(daily|monthly)/klines/([^/]+)/([0-9a-z]+)/"
     r"([^/-]+)-([0-9a-z]+)-(\d{4}-\d{2}(?:-\d{2})?)\.zip(\.CHECKSUM)?"
 )
+
+
+@dataclass(frozen=True)
+class FileEdit:
+    """How a published file differs from the candles: ``drop`` leaves out the candles opening in these
+    ``[start_ms, end_ms)`` ranges; ``stale`` gives the candles opening at these times one more lot of
+    volume than the exchange has (the other files and REST keep the true value)."""
+
+    drop: tuple[tuple[int, int], ...] = ()
+    stale: tuple[int, ...] = ()
+
+    def apply(self, c: Candles) -> Candles:
+        if self.drop and len(c):
+            keep = np.ones(len(c), dtype=bool)
+            for a, b in self.drop:
+                keep &= (c.t < a) | (c.t >= b)
+            c = c.take(keep)
+        if self.stale and len(c):
+            hit = np.isin(c.t, np.asarray(self.stale, dtype=np.int64))
+            if hit.any():
+                c = c.copy()
+                c.v[hit] += 1
+        return c
 
 
 @dataclass(frozen=True)
@@ -72,6 +104,8 @@ class FileMeta:
     end: int
     published: int
     revision: int
+    edit: FileEdit | None = None
+    edit_serial: int = 0  # versions published by ``Archive.edit_file`` (0: never edited)
 
     @property
     def zip_name(self) -> str:
@@ -89,7 +123,12 @@ class FileMeta:
 
     @property
     def etag(self) -> str:
-        return '"' + hashlib.md5(f"{self.key}:{self.revision}".encode()).hexdigest() + '"'
+        version = f"{self.key}:{self.revision}" + (f":e{self.edit_serial}" if self.edit_serial else "")
+        return '"' + hashlib.md5(version.encode()).hexdigest() + '"'
+
+    @property
+    def cache_key(self) -> tuple[str, int, int, int]:
+        return (self.key, self.revision, self.info.version, self.edit_serial)
 
 
 def _month_bounds(period: str) -> tuple[int, int]:
@@ -117,9 +156,14 @@ class Archive:
         self._streamed: ByteLRU[tuple[str, int]] = ByteLRU(1 << 20, lambda _: 100)  # (SHA-256, size)
         # Static mode (``POST /_sim/archive {"static": true}``): every zip, once built, is kept, as a CDN
         # serves the real archive's files; benchmarks use it to keep the zip building out of their timing.
-        self._static: dict[tuple[str, int, int], bytes] | None = None
+        self._static: dict[tuple[str, int, int, int], bytes] | None = None
         self.built = 0  # zips built (not served from a cache)
         self.build_s = 0.0  # thread CPU seconds spent building them
+        # Publishing mistakes (module doc): zip name -> (edit or None once corrected, serial, when).
+        self.edits: dict[str, tuple[FileEdit | None, int, int]] = {}
+        self.no_checksum: set[str] = set()  # zip names whose .CHECKSUM is listed but answers 404
+        self.fail_list_pages = 0  # listing requests with a marker (pages after the first) to fail
+        self.fail_list_status = 503
 
     # ---- files ------------------------------------------------------------------------------------
     def meta(self, market: str, symbol: str, iv: Interval, freq: str, period: str) -> FileMeta | None:
@@ -145,9 +189,20 @@ class Archive:
             if m == market and s == symbol and start <= day * MS_PER_DAY < end:
                 n, at = n + cnt, max(at, when)
         published = max(published, at)
+        edit, serial = None, 0
+        edited = self.edits.get(f"{symbol}-{iv.archive_name}-{period}.zip")
+        if edited is not None:
+            edit, serial, when = edited
+            published = max(published, when)
         if published > self.market.clock.now_ms():
             return None
-        return FileMeta(market, info, iv, freq, period, start, end, published, n)
+        return FileMeta(market, info, iv, freq, period, start, end, published, n, edit, serial)
+
+    def edit_file(self, name: str, edit: FileEdit | None) -> None:
+        """Publish the zip ``name`` (e.g. ``BTCUSDT-5m-2024-02.zip``) with ``edit`` applied, or, with
+        ``None``, as the candles are (a corrected re-upload): a new version of the file either way."""
+        _, serial, _ = self.edits.get(name, (None, 0, 0))
+        self.edits[name] = (edit, serial + 1, self.market.clock.now_ms())
 
     def _micro(self, f: FileMeta) -> bool:
         return f.market == "spot" and f.start >= to_ms(self.config.spot_us_from)
@@ -173,7 +228,7 @@ class Archive:
         whole here, uncached: the server streams those, see ``zip_stream``)."""
         if f.streamed:
             return b"".join(self.zip_stream(f))
-        key = (f.key, f.revision, f.info.version)
+        key = f.cache_key
         cache = self._zips_1s if f.iv.name == "1s" else self._zips
         if self._static is not None:
             data = self._static.get(key)
@@ -184,7 +239,7 @@ class Archive:
 
     def zip_digest(self, f: FileMeta) -> tuple[str, int]:
         """(SHA-256 hex, size) of the good zip."""
-        key = (f.key, f.revision, f.info.version)
+        key = f.cache_key
         if f.streamed:
             got = self._streamed.get(key)
             if got is None:
@@ -201,7 +256,7 @@ class Archive:
         """The zip of a file as chunks, built a day at a time (memory: one day of candles and CSV).
         The whole stream's digest is remembered once it has run to the end."""
         t0 = time.thread_time()
-        key = (f.key, f.revision, f.info.version)
+        key = f.cache_key
         sink = _Sink()
         h, size = hashlib.sha256(), 0
         micro, header = self._micro(f), self._header(f)
@@ -213,6 +268,8 @@ class Archive:
             with z.open(zi, "w") as w:
                 for day in range(f.start // MS_PER_DAY, f.end // MS_PER_DAY):
                     c = self.market.day_candles(f.info, f.iv, day)
+                    if f.edit is not None:
+                        c = f.edit.apply(c)
                     first = day * MS_PER_DAY == f.start
                     w.write(csv_bytes(f.info, f.iv, c, micro=micro, header=header and first))
                     chunk = sink.take()
@@ -242,6 +299,8 @@ class Archive:
     def _build_zip(self, f: FileMeta) -> bytes:
         """One zip: candles, then CSV, then deflate."""
         c = self.market.candles(f.info, f.iv, f.start, f.end)
+        if f.edit is not None:
+            c = f.edit.apply(c)
         body = csv_bytes(f.info, f.iv, c, micro=self._micro(f), header=self._header(f))
         buf = io.BytesIO()
         # Deflate level 1: the same format as Binance's zips, built ~4x faster than at the default
@@ -331,6 +390,9 @@ class Archive:
                 f"<Message>The specified key does not exist.</Message><Key>{escape(key)}</Key></Error>"
             )
             return web.Response(status=404, text=body, content_type="application/xml")
+        if is_ck and f.zip_name in self.no_checksum:
+            self.stats.count("archive", "status_404")
+            return web.Response(status=404, text="NoSuchKey")
         if not is_ck and self.faults.is_unserved(f.key):
             status = self.faults.unserved_status
             self.stats.count("archive", f"status_{status}")
@@ -359,7 +421,7 @@ class Archive:
             "Last-Modified": _http_date(f.published),
             "Content-Type": "application/zip",
         }
-        known = self._streamed.get((f.key, f.revision, f.info.version))
+        known = self._streamed.get(f.cache_key)
         if request.method != "GET":  # HEAD: the size needs a pass when it is not known yet
             size = known[1] if known is not None else (await asyncio.to_thread(self.zip_digest, f))[1]
             self.stats.count("archive", "status_200")
@@ -387,6 +449,9 @@ class Archive:
     async def list_bucket(self, request: web.Request) -> web.Response:
         self.stats.count("archive", "listings")
         q = request.query
+        if q.get("marker") and self.fail_list_pages > 0:
+            self.fail_list_pages -= 1
+            return web.Response(status=self.fail_list_status, text="listing unavailable")
         try:
             max_keys = min(int(q.get("max-keys", self.config.list_max_keys)), self.config.list_max_keys)
         except ValueError:

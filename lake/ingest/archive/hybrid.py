@@ -16,8 +16,13 @@ How ``auto`` dispatches, per trade type (trade types of one market share one RES
    the gaps inside archive days. A range REST answers empty is recorded as confirmed empty (an
    exchange hole for ``lake status``). Symbols exchangeInfo no longer lists are archive-only.
 
-``source="archive"`` stops after step 2 and reports the units the archive lacks; ``source="rest"`` is
-the plain REST backfill (the command does not come here).
+``source="archive"`` stops after step 2. Units the archive lacks are reported (``ArchiveReport.lacking``);
+those it should have had (``runner._missing``: not the days it has not published yet, nor days before a
+symbol's first candle or after a delisted symbol's last) make the run fail with ``IncompleteError`` (exit
+5) naming each range, as the REST backfill does for ranges it could not fetch. With ``auto`` REST fills
+them, except for symbols exchangeInfo does not list (archive-only): their missing ranges fail the run
+the same way once REST is done. ``source="rest"`` is the plain REST backfill (the command does not come
+here).
 """
 
 from __future__ import annotations
@@ -34,7 +39,14 @@ import aiohttp
 from lake.binance.intervals import MS_PER_DAY, parse_interval
 from lake.binance.markets import TradeType, get_trade_type
 from lake.binance.symbols import validate_symbols
-from lake.errors import DataError, NotFoundError, StoreUnreachableError, UpstreamError, ValidationError
+from lake.errors import (
+    DataError,
+    IncompleteError,
+    NotFoundError,
+    StoreUnreachableError,
+    UpstreamError,
+    ValidationError,
+)
 from lake.ingest.archive.runner import ArchiveReport, ingest_archive, list_archive_symbols
 from lake.ingest.archive.symbols import delisted_candidates, name_matches_trade_type
 from lake.ingest.backfill import BackfillReport, backfill
@@ -118,6 +130,7 @@ async def archive_backfill(
     )
     try:
         rest_symbols: dict[str, list[str]] = {}
+        trading: dict[str, set[str]] = {}  # per trade type: its TRADING symbols
         planned: list[tuple[TradeType, list[str], int, int]] = []  # (trade type, symbols, lo, hi)
         claimed: set[str] = set()
         archived: dict[str, set[str]] = {}  # market -> symbols its archive lists (fetched on need)
@@ -175,6 +188,7 @@ async def archive_backfill(
                     known |= {s for s in extra if s in raw}
             claimed.update(syms)
             planned.append((tt, syms, lo, hi))
+            trading[tt.name] = {s.symbol for s in snap.members(tt)}
             rest_symbols[tt.name] = [s for s in syms if s in known]
         if wanted is not None:
             absent = [s for s in wanted if s not in claimed]
@@ -194,7 +208,7 @@ async def archive_backfill(
                 rep = await ingest_archive(
                     settings, tt.name, iv.name, syms, lo, hi,
                     keep_zips=keep_zips, progress=progress, session=session, concurrency=concurrency,
-                    raise_on_failure=source == "archive",
+                    raise_on_failure=source == "archive", trading=trading[tt.name],
                 )  # fmt: skip
             except UpstreamError as exc:
                 if source == "archive" or isinstance(exc, StoreUnreachableError):
@@ -206,7 +220,21 @@ async def archive_backfill(
             if progress is not None:
                 progress.message(_summary(rep))
         if source == "archive":
+            _raise_if_missing(
+                result,
+                [m for rep in result.archive for m in rep.missing],
+                "--source auto fills them over REST, or confirms them empty",
+            )
             return result
+        # Symbols REST does not serve (not in exchangeInfo) have only the archive: what it lacks for
+        # them stays missing. (A missing line reads "<type> <interval> <SYMBOL> [start, end): …".)
+        served = {k: set(v) for k, v in rest_symbols.items()}
+        archive_only = [
+            m
+            for rep in result.archive
+            for m in rep.missing
+            if m.split(" ", 3)[2] not in served.get(rep.trade_type, set())
+        ]
         # A file that failed verification (wrong checksum, corrupt zip, bad rows) keeps its days out
         # of the lake, REST included: the run fails on it below, after everything else is done. A
         # file that could not be downloaded is only a missed shortcut: REST fills its days.
@@ -222,13 +250,18 @@ async def archive_backfill(
                     rep.trade_type,
                     len(unavailable),
                 )
-        result.rest = await backfill(
-            root, [t.name for t in tts], iv.name,
-            start=start if start is not None else None, end=end, days=days,
-            symbols={k: v for k, v in rest_symbols.items()} if (wanted is not None or include_delisted) else None,
-            funding=funding, recheck=recheck, settings=settings, clients=clients, progress=progress,
-            unknown_symbols="skip", skip=bad,
-        )  # fmt: skip
+        try:
+            result.rest = await backfill(
+                root, [t.name for t in tts], iv.name,
+                start=start if start is not None else None, end=end, days=days,
+                symbols={k: v for k, v in rest_symbols.items()} if (wanted is not None or include_delisted) else None,
+                funding=funding, recheck=recheck, settings=settings, clients=clients, progress=progress,
+                unknown_symbols="skip", skip=bad,
+            )  # fmt: skip
+        except IncompleteError as exc:
+            if archive_only and not bad:
+                exc.missing.extend(archive_only)
+            raise
         if bad:
             names = [f.message for rep in result.archive for f in rep.failed_files if f.bad]
             raise DataError(
@@ -236,6 +269,9 @@ async def archive_backfill(
                 "(everything else is done; rerun once the archive is fixed, or fill them with "
                 "--source rest): " + "; ".join(names[:20]) + (" …" if len(names) > 20 else "")
             )
+        _raise_if_missing(
+            result, archive_only, "symbols exchangeInfo no longer lists: only the archive has them"
+        )
         return result
     finally:
         for c in clients.values():
@@ -243,10 +279,23 @@ async def archive_backfill(
         await session.close()
 
 
+def _raise_if_missing(result: HybridResult, missing: list[str], hint: str) -> None:
+    """``IncompleteError`` (exit 5) naming every range the archive should have had and did not."""
+    if not missing:
+        return
+    err = IncompleteError(
+        f"archive ingest incomplete: {len(missing)} range(s) missing, e.g. {missing[0]} ({hint})", missing
+    )
+    err.result = result  # type: ignore[attr-defined]
+    raise err
+
+
 def _summary(r: ArchiveReport) -> str:
     lacking = sum(len(v) for v in r.lacking.values())
     return (
         f"archive {r.trade_type} {r.interval}: {len(r.symbols)} symbols, {r.files_downloaded} files "
         f"({r.bytes / 1e6:.1f} MB, {r.files_reuploaded} re-uploaded), {r.rows:,} rows, "
-        f"{r.units_skipped} units already held, {lacking} not in the archive, {r.seconds:.1f}s"
+        f"{r.units_skipped} units already held, {lacking} not in the archive"
+        + (f" ({len(r.missing)} range(s) missing)" if r.missing else "")
+        + f", {r.seconds:.1f}s"
     )

@@ -12,9 +12,19 @@ lake already holds every candle of it (counting ranges recorded as confirmed emp
 that covers it was ingested and verified before and the listing shows it unchanged (a day with a
 maintenance hole stays short of candles forever; the manifest is what says the archive has been read).
 A verified monthly file does not cover a day it left without any candle when that day has a daily
-file: Binance has published truncated monthly files, and the daily one is fetched for that day.
+file: Binance has published truncated monthly files, and the daily one is fetched for that day; nor
+the day before such a day when it left that one incomplete (where the file was cut, mid-day).
 A file the manifest knows but whose ETag/Last-Modified/Size changed in the listing was re-uploaded by
-Binance and is fetched again whatever the lake holds.
+Binance and is fetched again whatever the lake holds. A day that a verified monthly file left without a
+candle and that no daily file covers is ``unfilled``: nothing to fetch, but the archive lacks it.
+
+Precedence when a monthly file and daily files cover the same day: **the day belongs to its daily file**
+once that file was ingested. A monthly file writes nothing on such a day (``PlannedFile.keep``, any day
+of its month, inside the run's window or not), and a re-uploaded daily file replaces the archive rows of
+its day. Daily files are the ones Binance re-uploads with corrections, monthly files are built once after
+the month and have been seen holding stale rows where the daily file and REST agree (#475), or only the
+month's first days (#320). The lake then depends only on which file versions were ingested, never on
+their order: ``{daily, monthly}`` in either order leaves the daily file's rows on its day.
 """
 
 from __future__ import annotations
@@ -180,13 +190,15 @@ class PlannedFile:
     """A file to fetch, with its listing entries and why it is fetched: ``new``, ``reuploaded``, or
     ``unrecorded`` (its rows are in the lake but its manifest record was lost to a crash, so a later
     re-upload could not be detected). ``replace``: ranges whose stored archive rows the file's rows
-    replace rather than merge with (a re-upload may remove or move a candle)."""
+    replace rather than merge with (a re-upload may remove or move a candle). ``keep``: ranges the
+    file must not write to (a monthly file's days that daily files own: see the module doc)."""
 
     file: ArchiveFile
     entry: ListEntry
     checksum_entry: ListEntry | None
     reason: str = "new"
     replace: tuple[tuple[int, int], ...] = ()
+    keep: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +216,9 @@ class SeriesPlan:
     fetch: list[PlannedFile] = field(default_factory=list)
     skipped: int = 0  # units the lake or a verified file already covers
     lacking: list[tuple[int, int]] = field(default_factory=list)  # units the archive has no file for
+    # units a verified monthly file covers but left without a candle, that no daily file covers either
+    # (counted in ``skipped``: nothing to fetch for them, but the archive lacks them all the same)
+    unfilled: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def lacking_units(self) -> int:
@@ -302,12 +317,17 @@ def plan_series(
         need: list[tuple[int, int]] = []
         daily_fetch: list[PlannedFile] = []
         no_daily: list[tuple[int, int]] = []
-        daily_owned: list[tuple[int, int]] = []  # days whose archive rows a daily file put there
         unrecorded = False
+        # Days of the window the lake holds no candle of (nor an exchange hole): the day before one
+        # that a verified monthly file left incomplete is where that file was cut (below).
+        blank = {
+            u0
+            for u0, u1 in month_units
+            if (st := lake.get(u0, UnitState(0, 0))).rows == 0
+            and st.empty < iv.count(max(u0, start_ms), min(u1, end_ms))
+        }
         for u0, u1 in month_units:
             dfile = ArchiveFile(market, DAILY, symbol, iv.name, _date(u0)) if daily_ok else None
-            if dfile is not None and dfile.name in manifest:
-                daily_owned.append((dfile.start_ms, dfile.end_ms))
             if dfile is not None and reuploaded(dfile):
                 found = entry(dfile)
                 assert found is not None
@@ -321,10 +341,15 @@ def plan_series(
             found = entry(dfile) if dfile is not None else None
             # A verified monthly file covers its days, except a day it left empty while a daily file
             # exists: Binance has published truncated monthly files (2024-01 held only the 1st-10th
-            # for some symbols, binance-public-data #320); the daily file fills that day.
-            monthly_covers = m_verified and (state.rows > 0 or found is None)
+            # for some symbols, binance-public-data #320); the daily file fills that day. So does the
+            # daily file of a day it left incomplete before such a day: where it was cut, mid-day
+            # (a delisting day's daily file is fetched once more for nothing).
+            cut = not complete and state.rows > 0 and found is not None and u1 in blank
+            monthly_covers = m_verified and ((state.rows > 0 and not cut) or found is None)
             if monthly_covers or (dfile is not None and verified(dfile)):
                 plan.skipped += 1
+                if m_verified and state.rows == 0 and found is None and not complete:
+                    plan.unfilled.append((u0, u1))
                 continue
             if complete and state.archive == 0:
                 plan.skipped += 1
@@ -338,17 +363,27 @@ def plan_series(
             if dfile is None or found is None:
                 no_daily.append((u0, u1))
             else:
+                # on a day with the verified monthly file's rows (a cut day), they are replaced
+                own = ((u0, u1),) if m_verified and state.archive > 0 else ()
                 daily_fetch.append(
-                    PlannedFile(dfile, found[0], found[1], "unrecorded" if complete else "new")
+                    PlannedFile(dfile, found[0], found[1], "unrecorded" if complete else "new", own)
                 )
         # A verified, unchanged monthly file is not fetched again: it would fill none of those days.
         take_monthly = not m_verified and (bool(no_daily) or len(need) >= monthly_min_days)
         if m_entry is not None and (fetch_monthly or take_monthly):
             reason = "reuploaded" if fetch_monthly else ("unrecorded" if unrecorded else "new")
-            # A re-uploaded monthly file replaces its archive rows, except on days a daily file
-            # filled (a truncated monthly file, see above): those stay the daily file's.
-            replace = tuple(_minus((mfile.start_ms, mfile.end_ms), daily_owned)) if fetch_monthly else ()
-            plan.fetch.append(PlannedFile(mfile, m_entry[0], m_entry[1], reason, replace))
+            # A day a daily file was ingested for (inside the window or not) is the daily file's
+            # (module doc): the monthly file writes nothing there, and a re-uploaded one replaces
+            # its archive rows on the other days only.
+            daily_owned = [
+                (d0, d1)
+                for d0, d1 in (units(iv, mfile.start_ms, mfile.end_ms) if daily_ok else [])
+                if ArchiveFile(market, DAILY, symbol, iv.name, _date(d0)).name in manifest
+            ]
+            rest = _minus((mfile.start_ms, mfile.end_ms), daily_owned)
+            replace = tuple(rest) if fetch_monthly else ()
+            keep = tuple(_minus((mfile.start_ms, mfile.end_ms), rest))
+            plan.fetch.append(PlannedFile(mfile, m_entry[0], m_entry[1], reason, replace, keep))
             # Re-uploaded daily files are still fetched: their days may differ from the monthly file.
             plan.fetch.extend(p for p in daily_fetch if p.reason == "reuploaded")
             continue

@@ -1,7 +1,8 @@
 """Archive ingest of one (trade type, interval): list, plan, download, verify, parse, write, record.
 
     report = await ingest_archive(settings, "usdt_perp", "1m", ["BTCUSDT"], start_ms, end_ms)
-    report.lacking            # {symbol: [(start_ms, end_ms), …]} units the archive has no file for
+    report.lacking            # {symbol: [(start_ms, end_ms), …]} units the archive has no candle for
+    report.missing            # those of them the run cannot explain, as "<type> <iv> <SYMBOL> [a, b): …"
 
 Steps per symbol: list its daily and monthly directories (paginated S3 listing), read what the lake
 holds and the manifest, plan (``plan.plan_series``). Then a bounded pool of workers downloads every
@@ -21,7 +22,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ from lake.net import proxy_from_env
 from lake.progress import Progress
 from lake.settings import Settings
 from lake.store.fs import LakeFS
-from lake.store.klines import scan_klines, write_klines
+from lake.store.klines import list_partitions, scan_klines, write_klines
 from lake.store.meta import read_empty_ranges
 
 __all__ = [
@@ -110,7 +111,11 @@ class ArchiveReport:
     bytes: int = 0
     requests: int = 0
     checksum_retries: int = 0
+    # units without a file, or that a verified monthly file left without a candle and no daily file covers
     lacking: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # the lacking units inside the published archive and the series' life (``_missing``), merged into
+    # ranges: "usdt_spot 5m BTCUSDT [2024-02-12T00:00:00Z, 2024-02-13T00:00:00Z): not in the archive"
+    missing: list[str] = field(default_factory=list)
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # per symbol [start, end) planned
     failed: list[str] = field(default_factory=list)
     failed_files: list[FailedFile] = field(default_factory=list)  # every entry of ``failed`` but a
@@ -133,6 +138,7 @@ class ArchiveReport:
             "requests": self.requests,
             "checksum_retries": self.checksum_retries,
             "lacking_units": sum(len(v) for v in self.lacking.values()),
+            "missing": list(self.missing),
             "failed": list(self.failed),
             "seconds": round(self.seconds, 3),
         }
@@ -408,6 +414,7 @@ async def ingest_archive(
     monthly_min_days: int = MONTHLY_MIN_DAYS,
     windows: Mapping[str, tuple[int | None, int | None]] | None = None,
     raise_on_failure: bool = True,
+    trading: Collection[str] | None = None,
 ) -> ArchiveReport:
     """Ingest the archive files the lake lacks for ``symbols`` in ``[start_ms, end_ms)``.
 
@@ -416,6 +423,10 @@ async def ingest_archive(
     downloadable) does not stop the others; after every file was processed, a ``DataError`` names
     the failed files. With ``raise_on_failure=False`` they are only reported (``failed``,
     ``failed_files``), for a caller that goes on (``--source auto``).
+
+    ``report.lacking`` lists the units the archive has no candle for; ``report.missing`` those of
+    them it should have (``_missing``): ``trading`` names the symbols still trading (after a symbol
+    that is not, the days past its last candle are not missing); ``None``: every symbol is.
     """
     t0 = time.monotonic()
     tt = get_trade_type(trade_type)
@@ -445,11 +456,14 @@ async def ingest_archive(
         sem = asyncio.Semaphore(concurrency)
 
         listings: dict[str, dict[str, ListEntry]] = {}
+        published: dict[str, int] = {}  # per symbol: end of the last period the archive lists
 
         async def plan_one(sym: str) -> SeriesPlan | None:
             async with sem:
                 listed = listings[sym] = await _list_series(session, endpoints, market, sym, iv)
             span = _listed_span(market, iv, listed)
+            if span is not None:
+                published[sym] = span[1]
             w = (windows or {}).get(sym, (None, None))
             lo = w[0] if w[0] is not None else start_ms
             hi = w[1] if w[1] is not None else end_ms
@@ -480,8 +494,8 @@ async def ingest_archive(
         jobs: list[_Job] = []
         for p in plans:
             report.units_skipped += p.skipped
-            if p.lacking:
-                report.lacking[p.symbol] = list(p.lacking)
+            if p.lacking or p.unfilled:
+                report.lacking[p.symbol] = sorted({*p.lacking, *p.unfilled})
             jobs.extend(_Job(f, tt.name) for f in p.fetch)
         report.files_planned = len(jobs)
         report.files_reuploaded = sum(1 for j in jobs if j.planned.reason == "reuploaded")
@@ -506,9 +520,22 @@ async def ingest_archive(
                 again.extend(
                     _Job(x, tt.name) for x in p.fetch if x.file.freq == DAILY and x.file.name not in attempted
                 )
+                # days it left empty that no daily file covers: the archive lacks them (with
+                # `--source archive` nothing else fills them, and the run must say so)
+                if p.unfilled:
+                    report.lacking[f.symbol] = sorted({*report.lacking.get(f.symbol, ()), *p.unfilled})
         if again:
             report.files_planned += len(again)
             await _run_jobs(again, downloader, lfs, market, iv, report, progress, concurrency, keep_zips)
+        if report.lacking:
+            report.missing = await asyncio.to_thread(
+                _missing,
+                lfs,
+                report,
+                iv,
+                max(published.values(), default=None),
+                None if trading is None else set(trading),
+            )
         report.bytes = downloader.bytes
         report.requests = downloader.requests
     finally:
@@ -540,9 +567,9 @@ def _groups(jobs: list[_Job], iv: Interval) -> list[list[_Job]]:
     each other's series lock.
 
     A monthly file and the daily files of its month fetched with it (re-uploads: ``plan_series``)
-    form one group, monthly first: the upsert keeps the last row per open time, so the daily rows
-    win whatever order the downloads finish in (a re-uploaded monthly file can still hold a day's
-    old rows, binance-public-data #475; in separate groups the monthly often landed last).
+    form one group, monthly first. The result does not depend on that order: a monthly file writes
+    nothing on the days daily files own (``PlannedFile.keep``), and a re-uploaded daily file replaces
+    its day.
     """
     per_day = max(1, MS_PER_DAY // iv.approx_ms)
     size = max(1, min(31, _GROUP_ROWS // per_day))
@@ -696,9 +723,12 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
         except LakeError as exc:
             out.files.append((0, exc))
             continue
-        out.files.append((df.height, None))
         if f.freq == MONTHLY and _days_with_rows(df) < -(-(f.end_ms - f.start_ms) // MS_PER_DAY):
-            out.empty_days.add(len(out.files) - 1)
+            out.empty_days.add(len(out.files))
+        if pf.keep:  # days daily files own: the monthly file's rows for them are not written
+            t = df["candle_begin_time"].dt.epoch("ms")
+            df = df.filter(~pl.any_horizontal([(t >= a) & (t < b) for a, b in pf.keep]))
+        out.files.append((df.height, None))
         frames.append(df)
         replaces.append(list(pf.replace))
     if not frames:
@@ -729,6 +759,73 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
 
 def _days_with_rows(df: pl.DataFrame) -> int:
     return int((df["candle_begin_time"].dt.epoch("ms") // MS_PER_DAY).n_unique()) if df.height else 0
+
+
+_FAR_MS = 4_102_444_800_000  # 2100-01-01
+
+
+def _first_and_last(
+    lfs: LakeFS, tt: str, iv: Interval, symbol: str, start_ms: int
+) -> tuple[int | None, int | None]:
+    """Open times of the series' first stored candle at or after ``start_ms`` and of its last one
+    (reading two partitions, as a rule: the first one after ``start_ms`` and the last one)."""
+    keys = sorted(list_partitions(lfs, tt, iv.name, symbol), key=lambda k: k.date)
+    if not keys:
+        return None, None
+    first: int | None = None
+    for k in (k for k in keys if k.end_ms > start_ms):  # (the first one, unless it has none after start)
+        lo = _times(lfs, tt, iv, symbol, max(start_ms, k.start_ms), k.end_ms)
+        if lo.len():
+            first = int(lo[0])
+            break
+    hi = _times(lfs, tt, iv, symbol, keys[-1].start_ms, _FAR_MS)  # (the live tail's candles too)
+    return first, (int(hi[-1]) if hi.len() else None)
+
+
+def _missing(
+    lfs: LakeFS, report: ArchiveReport, iv: Interval, horizon: int | None, trading: set[str] | None
+) -> list[str]:
+    """The lacking units the run cannot explain, as ranges clipped to each symbol's window.
+
+    A unit is explained when it lies
+    * at or after the archive's horizon (``horizon``: the end of the last period it lists for any
+      symbol of the run): not published yet, the last day or two (``--source auto`` takes them from
+      REST);
+    * before the series' first stored candle at or after the window's start: the symbol was listed
+      (or relisted) later, as the REST backfill's ``short_history`` (the monthly file of a mid-month
+      listing has nothing for the month's first days); a window without any candle is REST's
+      ``no_data``;
+    * after the last stored candle of a symbol that is no longer trading (REST's ``ended``).
+    Anything else (a day without any file, a day a monthly file left empty while no daily file
+    exists, a trading symbol's days the archive has published for others but not for it, a delisting
+    gap between two candles of the window) is missing: without REST nothing says the exchange had no
+    candles there, so an archive-only run reports it instead of succeeding as if the lake were whole.
+    """
+    if horizon is None:
+        return []
+    out: list[str] = []
+    for sym in sorted(report.lacking):
+        lo, hi = report.windows[sym]
+        units = [u for u in report.lacking[sym] if u[0] < horizon]
+        if not units:
+            continue
+        first, last = _first_and_last(lfs, report.trade_type, iv, sym, lo)
+        ended = trading is not None and sym not in trading
+        runs: list[list[int]] = []
+        for u0, u1 in sorted(units):
+            if first is None or u1 <= first or (ended and (last is None or u0 > last)):
+                continue
+            a, b = max(u0, lo), min(u1, hi)
+            if a >= b:
+                continue
+            if runs and runs[-1][1] >= a:
+                runs[-1][1] = max(runs[-1][1], b)
+            else:
+                runs.append([a, b])
+        out += [
+            f"{report.trade_type} {iv.name} {sym} [{_iso(a)}, {_iso(b)}): not in the archive" for a, b in runs
+        ]
+    return out
 
 
 def _record(pf: PlannedFile, got: Downloaded, rows: int) -> FileRecord:
