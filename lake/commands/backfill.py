@@ -6,7 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -30,6 +30,9 @@ from lake.errors import IncompleteError, ValidationError
 from lake.ingest.backfill import BackfillReport, backfill
 from lake.progress import Progress
 from lake.store.fs import LakeFS
+
+if TYPE_CHECKING:
+    from lake.ingest.archive.hybrid import HybridResult
 
 _T = TypeVar("_T")
 
@@ -168,11 +171,16 @@ def backfill_cmd(
 
 def _run_listing_missing(run: Callable[[], Coroutine[Any, Any, _T]], json_out: bool) -> _T:
     """Run; when ranges stay missing, print what was done and every missing range, then re-raise."""
+    from lake.ingest.archive.hybrid import HybridResult
+
     try:
         return asyncio.run(run())
     except IncompleteError as exc:
+        done = getattr(exc, "result", None)  # an archive run's both parts
         rep = getattr(exc, "report", None)
-        if isinstance(rep, BackfillReport):
+        if isinstance(done, HybridResult):
+            _render_hybrid(done, json_out)
+        elif isinstance(rep, BackfillReport):
             _render(rep, json_out)
         for line in exc.missing:
             typer.echo(f"missing: {line}", err=True)
@@ -219,7 +227,7 @@ def _archive_source(
     include_delisted: bool,
     keep_zips: bool,
 ) -> None:
-    from lake.ingest.archive.hybrid import SOURCES, HybridResult, archive_backfill
+    from lake.ingest.archive.hybrid import SOURCES, archive_backfill
 
     if source not in SOURCES:
         raise ValidationError(f"--source must be one of {', '.join(SOURCES)}, got {source!r}")
@@ -232,7 +240,10 @@ def _archive_source(
                 funding=funding, recheck=recheck, progress=progress,
             )  # fmt: skip
 
-    result = _run_listing_missing(run, json_out)
+    _render_hybrid(_run_listing_missing(run, json_out), json_out)
+
+
+def _render_hybrid(result: HybridResult, json_out: bool) -> None:
     if json_out:
         print_json(result.to_dict())
         return
@@ -241,8 +252,9 @@ def _archive_source(
         typer.echo(
             f"archive {a.trade_type} {a.interval}: {len(a.symbols)} symbols, {a.files_downloaded} files "
             f"downloaded ({a.files_reuploaded} re-uploaded), {a.rows:,} rows, {a.seconds:.1f}s"
-            + (f"; {lacking} day(s) not in the archive" + (" (left for REST)" if source == "auto" else ""))
+            + (f"; {lacking} day(s) not in the archive" + (" (left for REST)" if result.rest else ""))
             * bool(lacking)
+            + (f", {len(a.missing)} range(s) of them missing" if a.missing else "")
         )
     if result.rest is not None:
         _render(result.rest, json_out)

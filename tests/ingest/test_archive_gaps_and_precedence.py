@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 
@@ -263,11 +264,29 @@ async def test_a_late_daily_file_fails_an_archive_run_with_exit_5_and_names_the_
             stderr=asyncio.subprocess.PIPE,
             env={"LAKE_PROGRESS": "0", "PATH": ""},
         )
-        _, err = await asyncio.wait_for(proc.communicate(), 120)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
         lines = err.decode().splitlines()
         assert proc.returncode == 5, lines
         assert [x for x in lines if x.startswith("missing:")] == [
             "missing: usdt_spot 5m ETHUSDT [2024-03-09T00:00:00Z, 2024-03-10T00:00:00Z): not in the archive"
+        ]
+        # what was done is printed all the same (it printed nothing on stdout)
+        (summary,) = out.decode().splitlines()
+        assert (
+            summary.startswith("archive usdt_spot 5m: 2 symbols, ")
+            and "1 range(s) of them missing" in summary
+        )
+        # --json: the report, the missing range in it; a rerun downloads nothing new
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env={"LAKE_PROGRESS": "0", "PATH": ""},
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 5, err.decode()
+        doc = json.loads(out)
+        assert doc["rest"] is None and doc["archive"][0]["files_downloaded"] == 0
+        assert doc["archive"][0]["missing"] == [
+            "usdt_spot 5m ETHUSDT [2024-03-09T00:00:00Z, 2024-03-10T00:00:00Z): not in the archive"
         ]
         s = settings(sim, tmp_path / "lake")
         want = truth(sim, ["BTCUSDT", "ETHUSDT"], utc(2024, 3, 1), utc(2024, 3, 10))

@@ -261,6 +261,9 @@ async def archive_backfill(
         except IncompleteError as exc:
             if archive_only and not bad:
                 exc.missing.extend(archive_only)
+            rest = getattr(exc, "report", None)
+            result.rest = rest if isinstance(rest, BackfillReport) else None
+            exc.result = result  # type: ignore[attr-defined]  # (the command prints both parts)
             raise
         if bad:
             names = [f.message for rep in result.archive for f in rep.failed_files if f.bad]
