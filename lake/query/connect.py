@@ -9,6 +9,9 @@ escaped (``[`` → ``[[]``) so a directory named ``data [old]`` or ``it's`` stil
 again at each query, so files written after ``connect`` show up (locally; on an object store
 every query lists the files anew).
 
+A root whose path holds a backslash or a ``key=value`` directory is refused (DuckDB's globs
+match no path with a backslash, and it reads ``key=value`` directories as partition columns).
+
 ``klines`` includes the candles ``lake live`` keeps in its tail when the tail holds any at
 connect time (the anti-join that makes that exact is not free); a connection opened while no live
 tail exists reads the partitions only: reconnect after starting ``lake live``.
@@ -260,6 +263,15 @@ def error_line(exc: BaseException) -> str:
 def register_views(con: duckdb.DuckDBPyConnection, root: str | os.PathLike[str] | LakeFS) -> list[str]:
     """Bind ``lake_root`` on ``con`` and (re)create every view; returns the file tables still empty."""
     lfs = root if isinstance(root, LakeFS) else LakeFS(root)
+    hive_like = [p for p in lfs.root.split("/") if "=" in p]
+    if hive_like:
+        # DuckDB's hive partitioning reads every key=value directory of a file's path, the root's
+        # too, and the first one wins: under /x/symbol=ETHUSDT/lake every candle was ETHUSDT's
+        raise ValidationError(
+            f"DuckDB would read the directory {hive_like[0]!r} of the lake's path ({lfs.url_root}) as "
+            "a partition column (key=value) and mislabel the views' rows; move or link the lake to a "
+            "path without '='"
+        )
     if not lfs.is_local:
         # DuckDB reads object stores through an fsspec file system (s3fs …) of the lake's own
         # settings, so no httpfs extension download is needed and credentials come from the same

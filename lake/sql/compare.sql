@@ -5,7 +5,9 @@
 -- OHLC and volume columns). Until something defines it (`lake compare` loads the Quantclass files;
 -- from Python: CREATE OR REPLACE VIEW reference AS ...), it is empty.
 -- Equal values count as 0 error (also 0 = 0); a reference candle we lack has no error and shows in
--- `missing`; max_rel_error is NULL when no candle of that symbol and offset matched.
+-- `missing`; a NaN value (either side) has no error either, as the seed's pandas max skips NaN
+-- (DuckDB's max would rank it above every error); max_rel_error is NULL when no value of that
+-- symbol and offset was compared.
 CREATE VIEW IF NOT EXISTS reference AS
 SELECT
     NULL::VARCHAR AS trade_type,
@@ -26,7 +28,7 @@ WHERE false;
 
 CREATE OR REPLACE MACRO lake_rel_error(ours, theirs) AS
     CASE
-        WHEN ours IS NULL OR theirs IS NULL THEN NULL
+        WHEN ours IS NULL OR theirs IS NULL OR isnan(ours::DOUBLE) OR isnan(theirs::DOUBLE) THEN NULL
         WHEN ours = theirs THEN 0.0
         WHEN theirs = 0 THEN 'inf'::DOUBLE
         ELSE abs(ours::DOUBLE / theirs::DOUBLE - 1.0)
