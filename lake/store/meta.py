@@ -76,7 +76,9 @@ def read_empty_ranges(
         doc = read_json(lfs, rel)
         if not isinstance(doc, list):
             return []
-        return [EmptyRange(int(a), int(b)) for a, b in doc]
+        # sorted and merged: lake's writers merge, but a file edited by hand or by another tool may
+        # hold overlapping ranges, which coverage and planning would count twice
+        return _normalise([EmptyRange(int(a), int(b)) for a, b in doc])
     except (UnreadableJsonError, TypeError, ValueError) as exc:
         # Only a cache of what the exchange answered: without it those slots are asked again (and
         # the file rewritten), never wrongly reported complete.

@@ -341,3 +341,27 @@ def test_scans_refuse_a_root_that_does_not_exist(tmp_path: Path) -> None:
             scan(tmp_path / "lake-dat", "usdt_perp", "5m")
         assert scan(tmp_path, "usdt_perp", "5m").collect().height == 0  # an empty lake that exists
     assert not (tmp_path / "lake-dat").exists()
+
+
+def test_overlapping_confirmed_empty_ranges_are_merged_not_counted_twice(tmp_path: Path) -> None:
+    """A confirmed-empty file edited by hand (or by another tool) may hold overlapping, unsorted
+    ranges: [15, 25) and [12, 18) over the hole of slots 10-29 explain slots 12-24, so 13 exchange
+    holes and 7 missing candles (10-11 and 25-29), in the view and in lake.store.coverage alike (the
+    view said 7 and 16, coverage 10 and 10)."""
+    ms5 = 300_000
+    df = random_candles(3, ms5, 60, hole_rate=0.0)
+    t0 = int(df["candle_begin_time"].dt.epoch("ms")[0])
+    write_klines(
+        tmp_path, "usdt_perp", "5m", "ETHUSDT", df.filter(~pl.int_range(pl.len()).is_between(10, 29))
+    )
+    path = tmp_path / "_meta/empty/klines/trade_type=usdt_perp/interval=5m/symbol=ETHUSDT.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(f"[[{t0 + 15 * ms5}, {t0 + 25 * ms5}], [{t0 + 12 * ms5}, {t0 + 18 * ms5}]]")
+    con = connect(tmp_path)
+    (row,) = con.sql("SELECT missing, exchange_missing, holes FROM coverage").fetchall()
+    assert row == (7, 13, 2)
+    (cov,) = coverage(tmp_path)
+    assert (cov.missing, cov.exchange_missing) == (7, 13)
+    assert [(h.kind, h.missing) for h in cov.holes] == [("missing", 2), ("exchange", 13), ("missing", 5)]
+    ranges = con.sql("SELECT range_start, range_end FROM empty_ranges").pl()
+    assert ranges.select(pl.all().dt.epoch("ms")).rows() == [(t0 + 12 * ms5, t0 + 25 * ms5)]
