@@ -63,6 +63,7 @@ from lake.transform.offsets import (
     OffsetPlan,
     Resampled,
     check_target,
+    format_offset,
     offset_plan,
     parse_duration_ms,
     resample_arrays,
@@ -777,7 +778,9 @@ def _read_period(lfs: LakeFS, rel: str) -> pl.DataFrame | None:
             table = pq.ParquetFile(path).read(use_threads=False)  # callers run in a pool
         else:
             with lfs.fs.open(lfs.full(rel), "rb") as f:
-                table = pq.ParquetFile(f).read(use_threads=False)
+                # pre_buffer=False: read on this thread, as in tail._read_meta (Arrow's IO pool
+                # releasing a buffer of this Python file at interpreter exit aborts the process)
+                table = pq.ParquetFile(f, pre_buffer=False).read(use_threads=False)
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError) as exc:
@@ -838,7 +841,12 @@ def scan_offsets(
     """
     lfs = existing_lake(root)
     tdir = table_dir(trade_type, interval)
-    want_offsets = None if offsets is None else set([offsets] if isinstance(offsets, str) else offsets)
+    asked = (
+        None
+        if offsets is None
+        else {o: _offset_aliases(o) for o in ([offsets] if isinstance(offsets, str) else offsets)}
+    )
+    want_offsets = None if asked is None else set().union(*asked.values())
     want_syms = None if symbols is None else set(validate_symbols(symbols))
     start, end = as_utc(start, name="start"), as_utc(end, name="end")
     lo = None if start is None else int(start.timestamp() * 1000)
@@ -847,9 +855,9 @@ def scan_offsets(
     tail = offsets_tail.load_state(lfs, trade_type, interval).read_bins(lfs, want_syms, want_offsets, lo, hi)
     files: list[str] = []
     odirs = lfs.listdir(tdir)
-    if want_offsets is not None:
+    if asked is not None:
         have = {d[7:] for d in odirs if d.startswith("offset=")} | set(tail["offset"].unique().to_list())
-        unknown = sorted(want_offsets - have)
+        unknown = sorted(o for o, names in asked.items() if not names & have)
         if unknown and have:
             raise NotFoundError(
                 f"offset(s) {', '.join(unknown)} not in the {trade_type} {interval} offsets table; it holds "
@@ -894,6 +902,17 @@ def scan_offsets(
     if not parts:
         return pl.LazyFrame(schema={"symbol": pl.String, "offset": pl.String, **OFFSET_SCHEMA})
     return pl.concat(parts) if len(parts) > 1 else parts[0]
+
+
+def _offset_aliases(name: str) -> set[str]:
+    """The names an offset asked of ``scan_offsets`` may be stored under: its canonical one (``90m``
+    is stored as ``1h30m``, as ``lake offsets --offsets 90m`` names it), and for zero the zero of
+    every unit (``0m`` for a 5m base, ``0h`` for 1h: one table holds one of them)."""
+    try:
+        ms = parse_duration_ms(name)
+    except ValidationError:
+        return {name}
+    return {f"0{u}" for u in "smhd"} if ms == 0 else {format_offset(ms)}
 
 
 def _offset_sort_key(name: str) -> tuple[int, str]:

@@ -522,6 +522,14 @@ def test_scan_offsets_filters(tmp_path: Path) -> None:
         scan_offsets(tmp_path, "usdt_perp", "1h", start="yesterday")
     with pytest.raises(NotFoundError, match="no usdt_perp 4h offsets in the lake yet"):
         scan_offsets(tmp_path, "usdt_perp", "4h", offsets=["0m"])
+    # an offset asked under another name of the same duration is the stored one, as the CLI's
+    # --offsets takes it (0h, 0s: the table's 0m; 1h0m30s would be 1h30s, which it lacks)
+    alias = scan_offsets(
+        tmp_path, "usdt_perp", "1h", ["0h", "30m"], "BUSDT", start="2024-01-01T06:00", end="2024-01-01 08:00"
+    )
+    assert alias.select(rows.columns).collect().sort("offset", "candle_begin_time").equals(rows)
+    with pytest.raises(NotFoundError, match=r"0h0m30s not in the usdt_perp 1h offsets table"):
+        scan_offsets(tmp_path, "usdt_perp", "1h", ["0h0m30s"])
 
 
 def _tail_bins(root: Path, interval: str = "1h") -> pl.DataFrame:
