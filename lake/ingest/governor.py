@@ -34,7 +34,9 @@ How it stays under the limit
 * **Across processes.** With ``state_file`` set, reservations, and pauses after a 429/418, live in
   a small JSON file (``budget-<market>-<hash of host and base URL>.json`` under
   ``Settings.state_path``); each reservation is a read-modify-write under an ``fcntl`` lock. The
-  file is rewritten in place (the lock is on the file itself); a torn file reads as empty state.
+  file is rewritten in place (the lock is on the file itself); a torn file reads as empty state,
+  entries that are not lake's are dropped. It also keeps the limit in use and the server clock's
+  measured rate, which a process starting later checks its first requests against.
 * **429 / 418.** ``pause(seconds)`` stops every permit (in all processes sharing the file) until
   the given server time; the client calls it with ``Retry-After``.
 
@@ -103,6 +105,7 @@ class ServerClock:
         self.slack_s = slack_s
         self.last_sync_mono: float = -math.inf
         self.jumps = 0
+        self.prior_rel_err = 0.0  # relative error of a rate given before the first sample
 
     # -- samples ---------------------------------------------------------------------------------
     @property
@@ -117,7 +120,9 @@ class ServerClock:
         """Add one time-endpoint sample taken between ``sent_mono`` and ``recv_mono``."""
         recv_mono = max(recv_mono, sent_mono)
         s = _Sample((sent_mono + recv_mono) / 2, float(server_ms), (recv_mono - sent_mono) / 2)
-        if self._anchor is not None and self.samples >= 2:
+        # (only once the rate is measured: before, a sample off the prediction is as likely to show
+        # the rate is not the prior's, and starting again from it would never measure the rate)
+        if self._anchor is not None and self.samples >= 2 and not math.isinf(self.rate_rel_err):
             predicted = self.now_ms(s.mono)
             tolerance = 3 * self.uncertainty_ms(s.mono) + self.rate * 1000.0 * (s.err_s + 0.05) + 5.0
             if abs(s.server_ms - predicted) > tolerance:
@@ -145,8 +150,12 @@ class ServerClock:
                 if b.server_ms - a.server_ms <= 1.0 and base >= 0.05:
                     # a frozen (simulator) clock: it only moves when someone moves it
                     self.rate, self.rate_rel_err = max(measured, 1e-6), rel_err
-                elif rel_err > 0.1:
-                    pass  # baseline too short for the round trips: keep the prior rate
+                elif rel_err > 0.1 and abs(measured - self.rate) <= 3 * rel_err * max(measured, self.rate):
+                    # baseline too short for the round trips to tell the rate from the prior: keep
+                    # the prior (but a measurement that rules it out, such as a simulator running
+                    # 20x timed by slow round trips on a loaded machine, is taken, with its error:
+                    # the prior of real time would misplace every window by more each second)
+                    pass
                 else:
                     if abs(measured - 1.0) <= 3 * rel_err * max(measured, 1.0) + 0.02:
                         self.rate, self.rate_rel_err = 1.0, min(rel_err, 1.0)
@@ -173,7 +182,9 @@ class ServerClock:
         m = time.monotonic() if mono is None else mono
         rel = 0.0 if self.samples < 2 or math.isinf(self.rate_rel_err) else self.rate_rel_err
         if self.samples < 2:
-            rel = 0.0  # single sample: rate assumed 1; drift is caught by the next sync
+            # single sample: rate assumed 1 (drift is caught by the next sync), or taken from
+            # another process's clock (``WeightGovernor.adopt_shared_clock_rate``) with its error
+            rel = self.prior_rel_err
         age = max(0.0, m - self._anchor.mono)
         return self.rate * 1000.0 * (self._anchor.err_s + self.slack_s + rel * age)
 
@@ -216,6 +227,28 @@ def budget_path(state_dir: str | os.PathLike[str], name: str, base_url: str) -> 
 
 
 LEARNED_TTL_S = 86_400.0  # how long a limit learned from a 429 overrides exchangeInfo
+_MAX_PAUSE_S = 3 * 86_400.0  # Binance's longest ban; a pause said to last longer is not one lake wrote
+
+
+def _sanitise(state: dict[str, Any]) -> None:
+    """Make a parsed state usable: a file that parses but is not what lake writes (another program's,
+    hand-edited, damaged) must not make every lake process on the host fail, or wait for ever, on it."""
+    windows = state.get("windows")
+    state["windows"] = (
+        {
+            k: int(v)
+            for k, v in windows.items()
+            if isinstance(k, str)
+            and k.lstrip("-").isdigit()
+            and isinstance(v, (int, float))
+            and math.isfinite(v)
+        }
+        if isinstance(windows, dict)
+        else {}
+    )
+    paused = state.get("paused_until", 0.0)
+    ok = isinstance(paused, (int, float)) and math.isfinite(paused) and paused - time.time() <= _MAX_PAUSE_S
+    state["paused_until"] = float(paused) if ok else 0.0
 
 
 class StateFile:
@@ -251,8 +284,7 @@ class StateFile:
                     state = {}
             except ValueError:
                 state = {}
-            state.setdefault("windows", {})
-            state.setdefault("paused_until", 0.0)
+            _sanitise(state)
             before = json.dumps(state, sort_keys=True)
             yield state
             after = json.dumps(state, sort_keys=True)
@@ -347,6 +379,13 @@ class WeightGovernor:
         self.resync: Callable[[], Awaitable[object]] | None = None
         self.resync_after_s = 1.0
         self.max_sleep_s = 1.0
+        # Until its own exchangeInfo answer, a process joining others on the state file checks its
+        # requests against the limit they adopted (``set_limit``), not the built-in default.
+        known, learned = self._learned(self.window_ms, "limit"), self._learned(self.window_ms)
+        if known is not None:
+            self.limit = known
+        if learned is not None and learned < self.limit:
+            self.limit = learned
 
     # -- configuration ---------------------------------------------------------------------------
     @property
@@ -379,6 +418,10 @@ class WeightGovernor:
         self.limit = int(limit)
         if window_ms:
             self.window_ms = int(window_ms)
+        if self._state.path is not None:
+            # for processes that start later: they check their first requests against it
+            with self._state.edit() as st:
+                st["limit"] = {"limit": self.limit, "window_ms": self.window_ms, "at": time.time()}
 
     def learn_limit(self, limit: int) -> None:
         """Adopt ``limit``, which the server enforces (its 429 said so) below what exchangeInfo
@@ -388,13 +431,36 @@ class WeightGovernor:
             st["enforced_limit"] = {"limit": int(limit), "window_ms": self.window_ms, "at": time.time()}
         self.set_limit(limit)
 
-    def _learned(self, window_ms: int) -> int | None:
+    def _learned(self, window_ms: int, key: str = "enforced_limit") -> int | None:
         with self._state.edit() as st:
-            got = st.get("enforced_limit")
+            got = st.get(key)
         if not isinstance(got, dict) or got.get("window_ms") != window_ms:
             return None
-        fresh = time.time() - float(got.get("at", 0.0)) < LEARNED_TTL_S
-        return int(got["limit"]) if fresh and isinstance(got.get("limit"), int) and got["limit"] > 0 else None
+        at, limit = got.get("at"), got.get("limit")
+        fresh = isinstance(at, (int, float)) and time.time() - at < LEARNED_TTL_S
+        return limit if fresh and isinstance(limit, int) and limit > 0 else None
+
+    def adopt_shared_clock_rate(self) -> None:
+        """Give a clock without samples the rate (and its error) a process sharing the state measured
+        lately: with one sample of its own it would extrapolate at real time (and a process joining
+        others while a window is full would wait for a simulator's window as if it lasted a minute)."""
+        with self._state.edit() as st:
+            got = st.get("clock_rate")
+        if self.clock.synced or not isinstance(got, dict):
+            return
+        try:
+            rate, rel_err, at = float(got["rate"]), float(got["rel_err"]), float(got["at"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if 0 < rate < math.inf and 0 <= rel_err <= 0.1 and time.time() - at < LEARNED_TTL_S:
+            self.clock.rate, self.clock.prior_rel_err = rate, rel_err
+
+    def share_clock_rate(self) -> None:
+        """Record the clock's rate for processes that start later, once it is measured."""
+        c = self.clock
+        if self._state.path is not None and c.rate_rel_err <= 0.1:
+            with self._state.edit() as st:
+                st["clock_rate"] = {"rate": c.rate, "rel_err": c.rate_rel_err, "at": time.time()}
 
     def close(self) -> None:
         self._state.close()
@@ -483,9 +549,13 @@ class WeightGovernor:
             for w in windows:
                 res[str(w)] = int(res.get(str(w), 0)) + weight
                 after.append(res[str(w)])
-            oldest = windows[0] - 2
-            for key in [k for k in res if int(k) < oldest]:
-                del res[key]
+            if self.clock.synced:
+                # (not before the first clock sample: the windows are then the LOCAL clock's, which
+                # may be days ahead of the server's, and this would drop every other process's
+                # reservations of the server's current window)
+                oldest = windows[0] - 2
+                for key in [k for k in res if int(k) < oldest]:
+                    del res[key]
         return True, now, tuple(after)
 
     def charge(self, weight: int) -> None:
