@@ -6,7 +6,7 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
-__all__ = ["hide_credentials", "proxy_from_env"]
+__all__ = ["hide_credentials", "is_loopback", "proxy_from_env"]
 
 _USERINFO = re.compile(r"(?<=//)[^/@\s]+@")
 
@@ -22,10 +22,11 @@ def proxy_from_env(*urls: str) -> bool:
     default: yes, except for a server on this machine (the simulator of ``lake demo`` and the tests,
     a local mirror). A proxy set for the outside world would otherwise have to be told about
     127.0.0.1 in ``NO_PROXY``, and the demo would fail on such a machine."""
-    return not any(_loopback(u) for u in urls if u)
+    return not any(is_loopback(u) for u in urls if u)
 
 
-def _loopback(url: str) -> bool:
+def is_loopback(url: str) -> bool:
+    """Whether ``url`` names a server on this machine (localhost, 127.0.0.0/8, ::1)."""
     host = urlsplit(url).hostname or ""
     if host == "localhost" or host.endswith(".localhost"):
         return True

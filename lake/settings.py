@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from lake.binance.markets import MARKETS, Endpoints
 from lake.errors import ConfigError
+from lake.net import is_loopback
 
 __all__ = ["SECRET_FIELDS", "Settings", "load_settings"]
 
@@ -105,6 +106,18 @@ class Settings:
         if "://" in self.root and not self.root.startswith("file://"):
             return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lake" / "state"
         return Path(self.root.removeprefix("file://")) / ".state"
+
+    def budget_dir(self, base_url: str) -> Path:
+        """Where the weight budget (and websocket connection attempts) of ``base_url`` is shared.
+
+        Binance counts weight per IP, so by default every lake process of this user shares one
+        directory whatever its root (``$XDG_CACHE_HOME/lake/state``, ``~/.cache/lake/state``): two
+        lakes backfilled at once from one machine stay under one limit. ``state_dir``, when set,
+        is used instead; a server on this machine (the simulator) keeps the lake's own
+        ``state_path``, as each one counts for itself."""
+        if self.state_dir or is_loopback(base_url):
+            return self.state_path
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lake" / "state"
 
     def with_overrides(self, **values: Any) -> Settings:
         """Apply CLI flags: ``None`` means "not given" and keeps the current value."""

@@ -73,3 +73,23 @@ def test_bad_env_values_are_config_errors() -> None:
         with pytest.raises(ConfigError, match="in environment"):
             load_settings(env=env)
     assert load_settings(env={"LAKE_WS_URL": "wss://fstream.binance.com/market"}).ws_url.startswith("wss://")
+
+
+def test_lakes_with_different_roots_share_one_weight_budget_per_exchange(tmp_path, monkeypatch) -> None:
+    """Binance counts weight per IP: two lakes backfilled at once from one machine must share one
+    budget file (with the default <root>/.state each had its own: 5×429 and a ban, found by the
+    budget review). A simulator on this machine keeps the lake's own state dir; state_dir wins."""
+    from lake.ingest.rest_client import RestClient
+    from lake.settings import Settings
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    shared = tmp_path / "cache" / "lake" / "state"
+    a, b = Settings(root=str(tmp_path / "a")), Settings(root=str(tmp_path / "b"))
+    files = [RestClient.from_settings(s, "um").governor.state_file for s in (a, b)]
+    assert files[0] == files[1] and files[0] is not None and files[0].parent == shared
+    assert files[0].name.startswith("budget-um-")
+    assert a.budget_dir("wss://stream.binance.com:9443") == shared
+    sim = Settings(root=str(tmp_path / "a"), sim_url="http://127.0.0.1:8765")
+    assert RestClient.from_settings(sim, "um").governor.state_file.parent == tmp_path / "a" / ".state"  # type: ignore[union-attr]
+    mine = Settings(root=str(tmp_path / "a"), state_dir=str(tmp_path / "mine"))
+    assert RestClient.from_settings(mine, "spot").governor.state_file.parent == tmp_path / "mine"  # type: ignore[union-attr]

@@ -192,6 +192,7 @@ class RestClient:
             raise ValueError("retry_after_unit must be 'server' or 'real'")
         self.retry_after_unit = retry_after_unit
         self.calibrate_s = calibrate_s
+        self.calibrate_max_extra = 10
         self.max_concurrency = max_concurrency
         self._slots = asyncio.Semaphore(max_concurrency)
         if governor is None:
@@ -229,7 +230,11 @@ class RestClient:
     def from_settings(cls, settings: Any, market: Market | str, **kwargs: Any) -> RestClient:
         """A client configured from ``Settings`` (endpoints, state dir, timeout, concurrency)."""
         kwargs.setdefault("endpoints", settings.endpoints)
-        kwargs.setdefault("state_dir", settings.state_path)
+        if "state_dir" not in kwargs:  # one budget per user and exchange, whatever the lake (settings)
+            name = market.name if isinstance(market, Market) else get_market(market).name
+            kwargs["state_dir"] = settings.budget_dir(
+                kwargs.get("base_url") or kwargs["endpoints"].rest[name]
+            )
         kwargs.setdefault("timeout", settings.http_timeout)
         kwargs.setdefault("max_concurrency", settings.max_concurrency)
         return cls(market, **kwargs)
@@ -256,10 +261,21 @@ class RestClient:
                 trust_env=proxy_from_env(self.base_url),  # HTTP(S)_PROXY / NO_PROXY (lake.net)
             )
         try:
+            self.governor.adopt_shared_clock_rate()  # (until this clock's own samples measure it)
             await self.sync_clock()
             if self.clock.samples < 2:
                 await asyncio.sleep(self.calibrate_s)
                 await self.sync_clock()
+            # Round trips slowed by a loaded machine can leave two samples calibrate_s apart unable
+            # to measure the server clock's rate: the clock then assumes real time, and a simulator
+            # running 20x is taken for it (windows misplaced by more every second, nothing prompting
+            # a re-sync for 30 s). Lengthen the baseline until the rate is measured (a few samples).
+            for _ in range(self.calibrate_max_extra):
+                if self.clock.rate_rel_err != float("inf"):
+                    break
+                await asyncio.sleep(self.calibrate_s)
+                await self.sync_clock()
+            self.governor.share_clock_rate()
         except BaseException:
             await self.close()
             raise

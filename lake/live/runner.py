@@ -244,12 +244,12 @@ class LiveRunner:
                     client = RestClient.from_settings(self.settings, market, **self.client_options)
                     self.clients[market] = await stack.enter_async_context(client)
                     self._snapshot_lock[market] = asyncio.Lock()
-                    # attempts per IP: shared with the other processes on this lake's state dir
+                    # attempts per IP: shared with this user's other lake processes (Settings.budget_dir)
                     self._limiters[market] = ConnectLimiter(
                         250 if market == "spot" else 1000,
                         300.0,
                         state_file=budget_path(
-                            self.settings.state_path,
+                            self.settings.budget_dir(self.settings.endpoints.ws[market]),
                             f"ws-connects-{market}",
                             self.settings.endpoints.ws[market],
                         ),
