@@ -424,12 +424,16 @@ class PartitionCache:
     token (mtime + size) is compared with the file's; any other writer changes it. Bounded by rows
     as well as entries, least recently written first out: a day of 1s candles is 86,400 rows
     (~8 MB), so a whole spot market followed at 1s would otherwise hold gigabytes by the evening.
+    One partition per series (the one last written): live candles go to a series' newest partition,
+    and yesterday's day file (last month's, for 3m-30m) kept until the row cap pushed it out made a
+    1m feed's memory grow for days (~80 bytes a row, up to ~320 MB a feed).
     """
 
     def __init__(self, max_entries: int = 4096, max_rows: int = 4_000_000) -> None:
         self.max_entries = max_entries
         self.max_rows = max_rows
         self._d: dict[str, tuple[str, pl.DataFrame]] = {}
+        self._series: dict[str, str] = {}  # series directory → its cached partition
         self.rows = 0
         self.hits = 0
         self.misses = 0
@@ -437,10 +441,16 @@ class PartitionCache:
     def __len__(self) -> int:
         return len(self._d)
 
+    @staticmethod
+    def _series_of(rel: str) -> str:
+        return rel.rsplit("/", 2)[0]  # (<series>/date=…/data.parquet)
+
     def _drop(self, rel: str) -> None:
         entry = self._d.pop(rel, None)
         if entry is not None:
             self.rows -= entry[1].height
+            if self._series.get(self._series_of(rel)) == rel:
+                del self._series[self._series_of(rel)]
 
     def get(self, lfs: LakeFS, rel: str) -> pl.DataFrame | None:
         entry = self._d.get(rel)
@@ -456,12 +466,16 @@ class PartitionCache:
 
     def put(self, lfs: LakeFS, rel: str, df: pl.DataFrame) -> None:
         self._drop(rel)  # re-inserted last: the order is the order of writes
+        previous = self._series.get(self._series_of(rel))
+        if previous is not None:  # the series moved on (a new day): live candles go to one partition
+            self._drop(previous)
         token = lfs.mtime_key(rel)
         if token is None or df.height > self.max_rows:
             return
         while self._d and (len(self._d) >= self.max_entries or self.rows + df.height > self.max_rows):
             self._drop(next(iter(self._d)))
         self._d[rel] = (token, df)
+        self._series[self._series_of(rel)] = rel
         self.rows += df.height
 
 

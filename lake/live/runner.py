@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import gc
 import logging
@@ -103,6 +104,37 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in exc.exceptions)
     return f"{type(exc).__name__}: {exc}" if isinstance(exc, pl.exceptions.PolarsError) else str(exc)
+
+
+_malloc_trim: Any = None  # glibc's malloc_trim, looked up once (False: there is none)
+
+
+def trim_heap() -> bool:
+    """Give the free pages of the C heap back to the system (glibc's ``malloc_trim(0)``); whether
+    there is such a call here.
+
+    The writer and compaction threads allocate and free many short-lived buffers of a few hundred
+    kB (file bytes, encoded partitions), spread over glibc's per-thread arenas. glibc returns free
+    memory to the system only from the top of an arena, so the freed pages stayed resident: in a
+    soak of two 1m feeds (235 symbols, --offsets 1h, a simulator at 40x) the RSS went from 480 to
+    640 MB in 7.5 simulated hours, still growing at the end, while the Python heap stayed flat;
+    with this trim after each full collection it stayed at 375-433 MB. A trim took 3-16 ms."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim  # (the process's own symbols: its libc's)
+            _malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to do
+            _malloc_trim = False
+    if _malloc_trim is False:
+        return False
+    _malloc_trim(0)
+    return True
+
+
+def _full_collect() -> None:
+    gc.collect()
+    trim_heap()
 
 
 def _gc_checkpoint() -> tuple[int, int, int]:
@@ -740,12 +772,13 @@ class LiveRunner:
 
     def _collect_soon(self, feed: Feed) -> None:
         """A full garbage collection a third of a period after this period completed: between two
-        closing bursts of every feed on the same boundaries (see ``_gc_checkpoint``)."""
+        closing bursts of every feed on the same boundaries (see ``_gc_checkpoint``); the C heap's
+        free pages are then given back (``trim_heap``)."""
         now = time.monotonic()
         if self._gc_thresholds is None or now - self._last_full_gc < _FULL_GC_EVERY_S:
             return
         self._last_full_gc = now
-        asyncio.get_running_loop().call_later(self._real_s(feed, feed.iv_ms) / 3, gc.collect)
+        asyncio.get_running_loop().call_later(self._real_s(feed, feed.iv_ms) / 3, _full_collect)
 
     async def _publish(self, feed: Feed) -> None:
         assert feed.book is not None
