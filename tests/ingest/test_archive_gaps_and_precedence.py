@@ -16,7 +16,7 @@ import pytest
 
 from lake.binance.intervals import Interval
 from lake.errors import IncompleteError, UpstreamError
-from lake.ingest.archive import runner
+from lake.ingest.archive import listing, runner
 from lake.ingest.archive.hybrid import HybridResult, archive_backfill
 from lake.ingest.rest_client import RestClient
 from lake.ingest.universe import ExchangeSnapshot
@@ -376,10 +376,11 @@ async def test_a_checksum_that_is_not_served(tmp_path: Path) -> None:
         assert got.filter(day_of(got, dt.date(2024, 3, 2)))["source"].unique().to_list() == ["rest"]
 
 
-async def test_listing_pages_failing_mid_pagination(tmp_path: Path) -> None:
+async def test_listing_pages_failing_mid_pagination(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Listing pages of 7 keys: a page after the first fails twice (503), the listing is retried and
     the run is complete; when they keep failing, no partial listing is used: `auto` takes the whole
     window from REST."""
+    monkeypatch.setattr(listing, "_BACKOFF_S", 0.01)  # (the retries' waits, 7.5 s in all)
     cfg = config()
     cfg = SimConfig(**{**cfg.__dict__, "list_max_keys": 7})
     async with SimServer(cfg) as sim:

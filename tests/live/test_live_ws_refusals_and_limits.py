@@ -254,7 +254,7 @@ async def test_connections_replaced_before_the_lifetime_limit_lose_nothing(tmp_p
     """Connections are replaced before the server's lifetime limit (24 h; here 2 virtual minutes, 4 s)
     by a new one opened and subscribed first: the server never has to close one, and every closing
     event of the live periods arrives over the websocket (none is repaired over REST)."""
-    async with sim_server(test_config(speed=30.0, n_symbols_by_market={"um": 6}, ws_lifetime_s=120.0)) as sim:
+    async with sim_server(test_config(speed=60.0, n_symbols_by_market={"um": 6}, ws_lifetime_s=240.0)) as sim:
         live = sim.market.symbols(TT, trading_at=sim.clock.now_ms())
         runner = LiveRunner(
             Settings(root=str(tmp_path), sim_url=sim.base_url),

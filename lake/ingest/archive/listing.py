@@ -179,13 +179,16 @@ async def list_all(fetch_page: PageFetcher, *, max_pages: int = MAX_PAGES) -> Li
         marker = nxt
 
 
+_BACKOFF_S = 0.5  # first retry's wait, doubled each time (a module value: tests shorten it)
+
+
 async def fetch_listing(
     session: aiohttp.ClientSession,
     list_url: str,
     prefix: str,
     *,
     retries: int = 4,
-    backoff: float = 0.5,
+    backoff: float | None = None,
 ) -> Listing:
     """List everything under ``prefix`` (with ``delimiter=/``) from the bucket at ``list_url``.
 
@@ -217,7 +220,7 @@ async def fetch_listing(
             except (aiohttp.ClientError, TimeoutError) as exc:
                 last = exc
             if attempt < retries:
-                await asyncio.sleep(backoff * 2**attempt)
+                await asyncio.sleep((_BACKOFF_S if backoff is None else backoff) * 2**attempt)
         raise UpstreamError(f"archive listing {url} failed after {retries + 1} attempts: {last}") from last
 
     return await list_all(fetch_page)
