@@ -643,13 +643,6 @@ def _maybe_shutdown(msg: str | bytes) -> bool:
     return ("serverShutdown" in msg) if isinstance(msg, str) else (b"serverShutdown" in msg)
 
 
-def _maybe_error(msg: str | bytes) -> bool:
-    """A cheap pre-check on the hot path: kline events hold neither key."""
-    if isinstance(msg, str):
-        return '"error"' in msg or '"code"' in msg
-    return b'"error"' in msg or b'"code"' in msg
-
-
 def _maybe_reply(msg: str | bytes) -> bool:
     """A cheap pre-check on the hot path: kline events hold none of these keys."""
     if isinstance(msg, str):
@@ -677,12 +670,6 @@ def _control_reply(msg: str | bytes) -> tuple[bool, int | None, str] | None:
         return None
     said = f"code {err.get('code')}: {err.get('msg')}" if isinstance(err, dict) else str(err)
     return False, rid, said[:200].encode("unicode_escape").decode("ascii")  # (one log line)
-
-
-def _is_error_reply(msg: str | bytes) -> bool:
-    """Whether a message is an error reply to a control message (see ``_control_reply``)."""
-    reply = _control_reply(msg)
-    return reply is not None and not reply[0]
 
 
 def _sample(streams: Sequence[str], n: int = 3) -> str:

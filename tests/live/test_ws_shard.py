@@ -187,16 +187,16 @@ async def test_a_stream_subscribed_while_the_connection_opens_is_not_lost() -> N
 
 
 def test_error_replies_in_both_shapes_are_recognised() -> None:
-    from lake.live.ws import _is_error_reply, _maybe_error
+    from lake.live.ws import _control_reply, _maybe_reply
 
-    for msg in (
-        '{"error": {"code": 2, "msg": "Invalid request"}, "id": 3}',
-        '{"code": 2, "msg": "bad", "id": 3}',
+    for msg, said in (
+        ('{"error": {"code": 2, "msg": "Invalid request"}, "id": 3}', "code 2: Invalid request"),
+        ('{"code": 2, "msg": "bad", "id": 3}', "code 2: bad"),
     ):
-        assert _maybe_error(msg) and _is_error_reply(msg)
-        assert _maybe_error(msg.encode()) and _is_error_reply(msg.encode())
-    for msg in ('{"result": null, "id": 3}', '{"stream": "x", "data": {"e": "kline"}}'):
-        assert not _is_error_reply(msg)
+        assert _maybe_reply(msg) and _control_reply(msg) == (False, 3, said)
+        assert _maybe_reply(msg.encode()) and _control_reply(msg.encode()) == (False, 3, said)
+    assert _control_reply('{"result": null, "id": 3}') == (True, 3, "")
+    assert _control_reply('{"stream": "x", "data": {"e": "kline"}}') is None
 
 
 async def test_a_replaced_connection_is_read_until_the_overlap_ends() -> None:
