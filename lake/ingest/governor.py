@@ -251,6 +251,17 @@ def _sanitise(state: dict[str, Any]) -> None:
     state["paused_until"] = float(paused) if ok else 0.0
 
 
+def _fresh_limit(state: dict[str, Any], key: str, window_ms: int) -> int | None:
+    """The limit recorded under ``key`` (``limit``: adopted by a process; ``enforced_limit``: shown
+    by a 429) for windows of ``window_ms``, if recorded within ``LEARNED_TTL_S``."""
+    got = state.get(key)
+    if not isinstance(got, dict) or got.get("window_ms") != window_ms:
+        return None
+    at, limit = got.get("at"), got.get("limit")
+    fresh = isinstance(at, (int, float)) and time.time() - at < LEARNED_TTL_S
+    return limit if fresh and isinstance(limit, int) and limit > 0 else None
+
+
 class StateFile:
     """A small JSON document shared by processes, in memory or in a locked file: the governor's window
     reservations and pause, the websocket connection attempts (``lake.live.ws.ConnectLimiter``)."""
@@ -381,7 +392,9 @@ class WeightGovernor:
         self.max_sleep_s = 1.0
         # Until its own exchangeInfo answer, a process joining others on the state file checks its
         # requests against the limit they adopted (``set_limit``), not the built-in default.
-        known, learned = self._learned(self.window_ms, "limit"), self._learned(self.window_ms)
+        with self._state.edit() as st:
+            known = _fresh_limit(st, "limit", self.window_ms)
+            learned = _fresh_limit(st, "enforced_limit", self.window_ms)
         if known is not None:
             self.limit = known
         if learned is not None and learned < self.limit:
@@ -403,24 +416,24 @@ class WeightGovernor:
         sharing the state, within ``LEARNED_TTL_S``) that the server enforces less (``learn_limit``)."""
         if limit <= 0:
             raise ValueError(f"weight limit must be positive, got {limit}")
-        learned = self._learned(window_ms or self.window_ms)
-        if learned is not None and learned < limit:
-            log.info(
-                "%s: exchangeInfo says %d weight per window, a 429 showed %d: keeping %d",
-                self.name,
-                limit,
-                learned,
-                learned,
-            )
-            limit = learned
-        if limit != self.limit or (window_ms and window_ms != self.window_ms):
-            log.debug("%s: weight limit %s per %s ms", self.name, limit, window_ms or self.window_ms)
-        self.limit = int(limit)
-        if window_ms:
-            self.window_ms = int(window_ms)
-        if self._state.path is not None:
-            # for processes that start later: they check their first requests against it
-            with self._state.edit() as st:
+        with self._state.edit() as st:  # (one locked read-modify-write)
+            learned = _fresh_limit(st, "enforced_limit", window_ms or self.window_ms)
+            if learned is not None and learned < limit:
+                log.info(
+                    "%s: exchangeInfo says %d weight per window, a 429 showed %d: keeping %d",
+                    self.name,
+                    limit,
+                    learned,
+                    learned,
+                )
+                limit = learned
+            if limit != self.limit or (window_ms and window_ms != self.window_ms):
+                log.debug("%s: weight limit %s per %s ms", self.name, limit, window_ms or self.window_ms)
+            self.limit = int(limit)
+            if window_ms:
+                self.window_ms = int(window_ms)
+            if self._state.path is not None:
+                # for processes that start later: they check their first requests against it
                 st["limit"] = {"limit": self.limit, "window_ms": self.window_ms, "at": time.time()}
 
     def learn_limit(self, limit: int) -> None:
@@ -430,15 +443,6 @@ class WeightGovernor:
         with self._state.edit() as st:
             st["enforced_limit"] = {"limit": int(limit), "window_ms": self.window_ms, "at": time.time()}
         self.set_limit(limit)
-
-    def _learned(self, window_ms: int, key: str = "enforced_limit") -> int | None:
-        with self._state.edit() as st:
-            got = st.get(key)
-        if not isinstance(got, dict) or got.get("window_ms") != window_ms:
-            return None
-        at, limit = got.get("at"), got.get("limit")
-        fresh = isinstance(at, (int, float)) and time.time() - at < LEARNED_TTL_S
-        return limit if fresh and isinstance(limit, int) and limit > 0 else None
 
     def adopt_shared_clock_rate(self) -> None:
         """Give a clock without samples the rate (and its error) a process sharing the state measured
