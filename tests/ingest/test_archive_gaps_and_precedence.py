@@ -97,6 +97,17 @@ async def run(
 # --------------------------------------------------------------------------------------------------
 
 
+async def assert_february_whole_and_rerun_idle(sim: SimServer, s: Settings) -> None:
+    """BTCUSDT's February in the lake equals the truth, and an archive run over it again plans no
+    file and changes nothing."""
+    want = truth(sim, ["BTCUSDT"], utc(2024, 2, 1), utc(2024, 3, 1))
+    got = stored(s, ["BTCUSDT"])
+    assert got.select(COLS).equals(want.select(COLS))
+    again = await run(s, utc(2024, 2, 1), utc(2024, 3, 1), ["BTCUSDT"], source="archive")
+    assert again.archive[0].files_planned == 0
+    assert stored(s, ["BTCUSDT"]).equals(got)
+
+
 async def test_days_a_monthly_file_leaves_empty_without_a_daily_file_are_reported_missing(
     tmp_path: Path,
 ) -> None:
@@ -145,12 +156,7 @@ async def test_a_monthly_file_cut_mid_day_is_completed_from_that_days_daily_file
         s = settings(sim, tmp_path / "lake")
         res = await run(s, utc(2024, 2, 1), utc(2024, 3, 1), ["BTCUSDT"], source="archive")
         assert res.archive[0].missing == []
-        want = truth(sim, ["BTCUSDT"], utc(2024, 2, 1), utc(2024, 3, 1))
-        got = stored(s, ["BTCUSDT"])
-        assert got.select(COLS).equals(want.select(COLS))
-        again = await run(s, utc(2024, 2, 1), utc(2024, 3, 1), ["BTCUSDT"], source="archive")
-        assert again.archive[0].files_planned == 0
-        assert stored(s, ["BTCUSDT"]).equals(got)
+        await assert_february_whole_and_rerun_idle(sim, s)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -175,12 +181,7 @@ async def test_a_monthly_file_ingested_after_a_daily_one_does_not_overwrite_its_
         await run(s, utc(2024, 2, 14), utc(2024, 2, 15), ["BTCUSDT"], source="archive")
         res = await run(s, utc(2024, 2, 1), utc(2024, 3, 1), ["BTCUSDT"], source="archive")
         assert [r.files_downloaded for r in res.archive] == [1]  # the monthly file
-        want = truth(sim, ["BTCUSDT"], utc(2024, 2, 1), utc(2024, 3, 1))
-        got = stored(s, ["BTCUSDT"])
-        assert got.select(COLS).equals(want.select(COLS))
-        again = await run(s, utc(2024, 2, 1), utc(2024, 3, 1), ["BTCUSDT"], source="archive")
-        assert again.archive[0].files_planned == 0
-        assert stored(s, ["BTCUSDT"]).equals(got)
+        await assert_february_whole_and_rerun_idle(sim, s)
 
 
 def _reversed_singletons(jobs: list[runner._Job], iv: Interval) -> list[list[runner._Job]]:
@@ -238,9 +239,7 @@ async def test_a_reuploaded_monthly_file_keeps_the_days_daily_files_filled_outsi
         sim.archive.edit_file("BTCUSDT-5m-2024-02.zip", cut)  # a new upload, as truncated
         res = await run(s, utc(2024, 2, 1), utc(2024, 2, 5), ["BTCUSDT"], source="archive")
         assert res.archive[0].files_reuploaded == 1
-        assert stored(s, ["BTCUSDT"]).select(COLS).equals(want.select(COLS))
-        again = await run(s, utc(2024, 2, 1), utc(2024, 3, 1), ["BTCUSDT"], source="archive")
-        assert again.archive[0].files_planned == 0
+        await assert_february_whole_and_rerun_idle(sim, s)
 
 
 # --------------------------------------------------------------------------------------------------
