@@ -458,3 +458,25 @@ async def test_auto_reports_what_the_archive_lacks_for_a_symbol_rest_does_not_se
         want = truth(sim, syms, utc(2024, 2, 1), utc(2024, 3, 1))
         hole = (pl.col("symbol") == "OLDCOINUSDT") & day_of(want, dt.date(2024, 2, 5))
         assert stored(s, syms).select(COLS).equals(want.filter(~hole).select(COLS))
+
+
+async def test_an_incomplete_rest_part_still_names_the_archive_files_that_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`auto` with a corrupt archive file whose REST part then ends incomplete: the run's
+    IncompleteError (exit 5) lists REST's missing range and also the file that failed verification
+    (the DataError naming it comes after REST and was never raised: the file went unmentioned)."""
+    from lake.ingest.archive import hybrid
+
+    async def incomplete(*args: object, **kwargs: object) -> None:
+        raise IncompleteError("backfill incomplete", ["usdt_spot 5m ETHUSDT [a, b): REST failed"])
+
+    monkeypatch.setattr(hybrid, "backfill", incomplete)
+    bad = "BTCUSDT-5m-2024-03-01.zip"
+    async with SimServer(config(corrupt_zips=(bad,))) as sim:
+        s = settings(sim, tmp_path / "lake")
+        with pytest.raises(IncompleteError) as caught:
+            await run(s, utc(2024, 3, 1), utc(2024, 3, 2), ["BTCUSDT"], source="auto")
+    missing = caught.value.missing
+    assert missing[0] == "usdt_spot 5m ETHUSDT [a, b): REST failed"
+    assert len(missing) == 2 and bad in missing[1] and missing[1].endswith("nothing written for its days")

@@ -259,8 +259,16 @@ async def archive_backfill(
                 unknown_symbols="skip", skip=bad,
             )  # fmt: skip
         except IncompleteError as exc:
-            if archive_only and not bad:
-                exc.missing.extend(archive_only)
+            # what the archive left missing is named too: its only-archive symbols' ranges, and the
+            # files that failed verification (their days are skipped by REST; the DataError below
+            # that names them is not reached)
+            exc.missing.extend(archive_only)
+            exc.missing.extend(
+                f"{f.message}: nothing written for its days"
+                for rep in result.archive
+                for f in rep.failed_files
+                if f.bad
+            )
             rest = getattr(exc, "report", None)
             result.rest = rest if isinstance(rest, BackfillReport) else None
             exc.result = result  # type: ignore[attr-defined]  # (the command prints both parts)
