@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from lake.errors import DataError, NotFoundError, UpstreamError
+from lake.ingest.archive import listing
 from lake.ingest.archive.hybrid import archive_backfill
 from lake.ingest.archive.runner import download_dir
 from lake.schema import KLINE_COLUMNS
@@ -317,10 +318,11 @@ async def test_unknown_symbol_fails_but_a_delisted_archive_symbol_is_fetched(tmp
 
 
 async def test_symbol_unknown_to_exchange_info_with_the_archive_listing_down_is_an_error(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Only the archive could hold a symbol exchangeInfo does not list: with its listing unreachable
     the run fails (transient) instead of ending with nothing for that symbol and exit 0."""
+    monkeypatch.setattr(listing, "_BACKOFF_S", 0.01)  # (the retries' waits, 7.5 s in all)
     async with SimServer(sim_config()) as sim:
         s = Settings(root=str(tmp_path / "lake"), sim_url=sim.base_url, archive_list_url="http://127.0.0.1:9")
         window = dict(
