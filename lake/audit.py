@@ -16,8 +16,13 @@ Per (trade type, interval, symbol) the audit reports each hole with one of these
 
 A hole is only called expected on evidence that the exchange has no candles there, never on its
 shape alone: the range was answered empty over REST or by ``lake live`` (``lake.store.meta``), or,
-for ``maintenance`` and ``segment_break``, it lies inside archive files that were ingested (the
-exchange's own published days lack those rows; ``lake.ingest.archive.manifest``). A hole nobody
+for ``maintenance`` and ``segment_break``, it lies inside days the ingested archive files vouch for
+(the exchange's own published days lack those rows; ``lake.ingest.archive.manifest``): a daily
+file's day, or a day a monthly file has a candle on. A whole day (a month above ``1d``) without a
+candle inside a monthly file is no evidence: Binance has published truncated monthly files, and
+the archive ingest reports such a day missing when no daily file has it (exit 5); the audit says
+the same. A delisting and relisting inside the archive's months is a ``segment_break`` once REST
+has confirmed it (a ``--source auto`` backfill, or ``--repair``). A hole nobody
 asked the exchange about — two backfills with a gap between them, a day an archive-only run could
 not get — is ``missing`` however much it looks like maintenance or a delisting, so ``lake audit``
 fails on it and ``--repair`` fetches it (REST then confirms it empty, or fills it).
@@ -53,6 +58,7 @@ import polars as pl
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.ingest.archive.manifest import read_manifest
+from lake.ingest.archive.plan import span_minus, units
 from lake.store.coverage import SeriesCoverage, coverage
 from lake.store.fs import LakeFS
 from lake.store.klines import iter_series_batches, to_lakefs
@@ -150,7 +156,7 @@ def audit(
             if c.last is not None and latest is not None:
                 a.behind = iv.count(iv.next_open(iv.floor(_ms(c.last))), iv.next_open(latest))
             edges = stats["edges"].get(c.symbol, {})
-            archived: list[tuple[int, int]] | None = None  # read when a hole needs it
+            archived: _Archived | None = None  # read when a hole needs it
             breaks, a.segments = _segments(
                 iv, stats["traded"].get(c.symbol), break_days=break_days, jump_days=jump_days, jump=jump
             )
@@ -183,6 +189,7 @@ def audit(
                     if h.start < x < h.end
                 }
                 bounds = [a0, *sorted(cuts - {a0, b0}), b0]
+                vouched: list[tuple[int, int]] | None = None
                 pieces: list[AuditHole] = []
                 for pa, pb in itertools.pairwise(bounds):
                     start, end = _from_ms(pa), _from_ms(pb)
@@ -193,7 +200,9 @@ def audit(
                     if not confirmed and (brk is not None or exchange_wide):
                         if archived is None:
                             archived = _archived_spans(lfs, tt, iv_name, c.symbol)
-                        published = _inside(archived, pa, pb)
+                        if vouched is None:
+                            vouched = archived.vouched(iv, a0, b0)
+                        published = _inside(vouched, pa, pb)
                     else:
                         published = False
                     if brk is not None and (confirmed or published):
@@ -215,11 +224,33 @@ def audit(
     return out
 
 
-def _archived_spans(lfs: LakeFS, tt: str, iv_name: str, symbol: str) -> list[tuple[int, int]]:
-    """The periods ``[start_ms, end_ms)`` of the archive files ingested for the series, merged."""
+@dataclass(frozen=True, slots=True)
+class _Archived:
+    """The periods ``[start_ms, end_ms)`` of the archive files ingested for a series, merged."""
+
+    daily: list[tuple[int, int]]
+    monthly: list[tuple[int, int]]
+
+    def vouched(self, iv: Interval, a0: int, b0: int) -> list[tuple[int, int]]:
+        """The spans that vouch for the slots of the hole ``[a0, b0)``: daily files' days, and
+        monthly files' periods except the days (months above ``1d``) the hole takes whole: the
+        series has no candle there, so neither had the monthly file, which is what the archive
+        ingest calls missing (plan: ``unfilled``) rather than a day the exchange was quiet."""
+        blank = [(u0, u1) for u0, u1 in units(iv, a0, b0) if a0 <= u0 and u1 <= b0]
+        monthly = [p for m in self.monthly for p in span_minus(m, blank)]
+        return _merge(self.daily + monthly)
+
+
+def _archived_spans(lfs: LakeFS, tt: str, iv_name: str, symbol: str) -> _Archived:
     records = read_manifest(lfs, get_trade_type(tt).market_name, iv_name, symbol)
+    spans = [(r.start_ms, r.end_ms) for r in records.values()]
+    daily = [s for s in spans if s[1] - s[0] <= MS_PER_DAY]
+    return _Archived(_merge(daily), _merge([s for s in spans if s[1] - s[0] > MS_PER_DAY]))
+
+
+def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
-    for a, b in sorted((r.start_ms, r.end_ms) for r in records.values()):
+    for a, b in sorted(spans):
         if out and a <= out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], b))
         else:

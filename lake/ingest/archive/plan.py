@@ -13,7 +13,8 @@ that covers it was ingested and verified before and the listing shows it unchang
 maintenance hole stays short of candles forever; the manifest is what says the archive has been read).
 A verified monthly file does not cover a day it left without any candle when that day has a daily
 file: Binance has published truncated monthly files, and the daily one is fetched for that day; nor
-the day before such a day when it left that one incomplete (where the file was cut, mid-day).
+the day before such a day when it left that one incomplete (where the file was cut, mid-day), nor an
+incomplete last day of its month (a file cut there has no empty day after the cut).
 A file the manifest knows but whose ETag/Last-Modified/Size changed in the listing was re-uploaded by
 Binance and is fetched again whatever the lake holds. A day that a verified monthly file left without a
 candle and that no daily file covers is ``unfilled``: nothing to fetch, but the archive lacks it.
@@ -52,6 +53,7 @@ __all__ = [
     "next_month",
     "plan_series",
     "series_prefix",
+    "span_minus",
     "symbols_prefix",
     "units",
 ]
@@ -251,7 +253,7 @@ def _changed(rec: FileRecord, entry: ListEntry, checksum: ListEntry | None) -> b
     return checksum is not None and rec.checksum_version != "" and checksum.version != rec.checksum_version
 
 
-def _minus(span: tuple[int, int], cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def span_minus(span: tuple[int, int], cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """``span`` without the (sorted, disjoint) ``cuts``."""
     out: list[tuple[int, int]] = []
     a, b = span
@@ -342,9 +344,13 @@ def plan_series(
             # A verified monthly file covers its days, except a day it left empty while a daily file
             # exists: Binance has published truncated monthly files (2024-01 held only the 1st-10th
             # for some symbols, binance-public-data #320); the daily file fills that day. So does the
-            # daily file of a day it left incomplete before such a day: where it was cut, mid-day
-            # (a delisting day's daily file is fetched once more for nothing).
-            cut = not complete and state.rows > 0 and found is not None and u1 in blank
+            # daily file of a day it left incomplete before such a day, or on the month's last day
+            # (no day after it in the month can be blank): where it was cut, mid-day (a delisting
+            # day's daily file, or that of a maintenance on the month's last day, is fetched once
+            # more for nothing).
+            cut = (
+                not complete and state.rows > 0 and found is not None and (u1 in blank or u1 == mfile.end_ms)
+            )
             monthly_covers = m_verified and ((state.rows > 0 and not cut) or found is None)
             if monthly_covers or (dfile is not None and verified(dfile)):
                 plan.skipped += 1
@@ -380,9 +386,9 @@ def plan_series(
                 for d0, d1 in (units(iv, mfile.start_ms, mfile.end_ms) if daily_ok else [])
                 if ArchiveFile(market, DAILY, symbol, iv.name, _date(d0)).name in manifest
             ]
-            rest = _minus((mfile.start_ms, mfile.end_ms), daily_owned)
+            rest = span_minus((mfile.start_ms, mfile.end_ms), daily_owned)
             replace = tuple(rest) if fetch_monthly else ()
-            keep = tuple(_minus((mfile.start_ms, mfile.end_ms), rest))
+            keep = tuple(span_minus((mfile.start_ms, mfile.end_ms), rest))
             plan.fetch.append(PlannedFile(mfile, m_entry[0], m_entry[1], reason, replace, keep))
             # Re-uploaded daily files are still fetched: their days may differ from the monthly file.
             plan.fetch.extend(p for p in daily_fetch if p.reason == "reuploaded")

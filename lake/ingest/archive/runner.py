@@ -43,6 +43,7 @@ from lake.ingest.archive.plan import (
     FREQS,
     MONTHLY,
     MONTHLY_MIN_DAYS,
+    ArchiveFile,
     FileRecord,
     PlannedFile,
     SeriesPlan,
@@ -360,7 +361,9 @@ async def _list_series(
     return out
 
 
-def _listed_span(market: str, iv: Interval, listed: Mapping[str, ListEntry]) -> tuple[int, int] | None:
+def _listed_span(market: str, iv: Interval, listed: Mapping[str, ListEntry]) -> tuple[int, int, int] | None:
+    """Start of the first listed period, end of the last, and start of the latest file (daily or
+    monthly): the series had candles at or after that time, the archive publishing no empty file."""
     spans = []
     for name in listed:
         if name.endswith(".CHECKSUM"):
@@ -371,7 +374,7 @@ def _listed_span(market: str, iv: Interval, listed: Mapping[str, ListEntry]) -> 
                 spans.append((f.start_ms, f.end_ms))
     if not spans:
         return None
-    return min(a for a, _ in spans), max(b for _, b in spans)
+    return min(a for a, _ in spans), max(b for _, b in spans), max(a for a, _ in spans)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,13 +460,14 @@ async def ingest_archive(
 
         listings: dict[str, dict[str, ListEntry]] = {}
         published: dict[str, int] = {}  # per symbol: end of the last period the archive lists
+        latest: dict[str, int] = {}  # per symbol: start of the latest file the archive lists
 
         async def plan_one(sym: str) -> SeriesPlan | None:
             async with sem:
                 listed = listings[sym] = await _list_series(session, endpoints, market, sym, iv)
             span = _listed_span(market, iv, listed)
             if span is not None:
-                published[sym] = span[1]
+                published[sym], latest[sym] = span[1], span[2]
             w = (windows or {}).get(sym, (None, None))
             lo = w[0] if w[0] is not None else start_ms
             hi = w[1] if w[1] is not None else end_ms
@@ -500,13 +504,14 @@ async def ingest_archive(
         report.files_planned = len(jobs)
         report.files_reuploaded = sum(1 for j in jobs if j.planned.reason == "reuploaded")
         downloader = Downloader(session, endpoints.archive, ddir, checksum_attempts=checksum_attempts)
-        done: list[PlannedFile] = []  # (only monthly files that left a day empty: others leave no work)
+        done: list[PlannedFile] = []  # (only monthly files that left days to daily files: _Ingested.short)
         await _run_jobs(jobs, downloader, lfs, market, iv, report, progress, concurrency, keep_zips, done)
-        # A monthly file can leave days of its month without a candle (Binance has published truncated
-        # monthly files: binance-public-data #320, #359, #403). The plan trusts a verified monthly file
-        # only for the days it filled, so the daily files of the others are planned once it is in, in
-        # this run: one run leaves the lake as complete as the archive allows, and the next fetches
-        # nothing (with `--source archive` no REST pass fills those days).
+        # A monthly file can leave days of its month without a candle, or stop during its last day
+        # (Binance has published truncated monthly files: binance-public-data #320, #359, #403). The
+        # plan trusts a verified monthly file only for the days it filled and not for a day it was cut
+        # on, so the daily files of those are planned once it is in, in this run: one run leaves the
+        # lake as complete as the archive allows, and the next fetches nothing (with
+        # `--source archive` no REST pass fills those days).
         again: list[_Job] = []
         if daily_available(iv):
             attempted = {j.planned.file.name for j in jobs}
@@ -535,6 +540,7 @@ async def ingest_archive(
                 iv,
                 max(published.values(), default=None),
                 None if trading is None else set(trading),
+                latest,
             )
         report.bytes = downloader.bytes
         report.requests = downloader.requests
@@ -615,7 +621,7 @@ async def _run_jobs(
     ingested: list[PlannedFile] | None = None,
 ) -> None:
     """Process ``jobs``; the monthly files ingested (and recorded) that left a whole day of their month
-    without a row are appended to ``ingested``."""
+    without a row, or ended before its last candle, are appended to ``ingested`` (``_Ingested.short``)."""
     if not jobs:
         return
     task = progress.add(f"archive {report.trade_type} {iv.name}", total=len(jobs)) if progress else None
@@ -674,7 +680,7 @@ async def _run_jobs(
                             continue
                         meta = {"etag": dl.etag or pf.entry.etag, "last_modified": pf.entry.last_modified}
                         pending.setdefault(sym, []).append((pf.file.name, _record(pf, dl, rows), meta))
-                        if ingested is not None and i in done.empty_days:
+                        if ingested is not None and i in done.short:
                             ingested.append(pf)
                         report.rows += rows
                         if dl.reused:
@@ -703,8 +709,10 @@ async def _run_jobs(
 class _Ingested:
     files: list[tuple[int, LakeError | None]]  # per file: rows, or why it failed
     partitions: int = 0
-    # files (by position) that left a whole UTC day of their period without a row
-    empty_days: set[int] = field(default_factory=set)
+    # monthly files (by position) that may leave days to daily files: a whole UTC day of their period
+    # without a row, or no row for the period's last candle (a cut on its last day leaves no day
+    # empty; a monthly file cut by a maintenance hour inside the month is not re-planned for that)
+    short: set[int] = field(default_factory=set)
 
 
 def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, Downloaded]]) -> _Ingested:
@@ -723,14 +731,17 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
         except LakeError as exc:
             out.files.append((0, exc))
             continue
-        if f.freq == MONTHLY and _days_with_rows(df) < -(-(f.end_ms - f.start_ms) // MS_PER_DAY):
-            out.empty_days.add(len(out.files))
+        if f.freq == MONTHLY and _short(df, pf.file):
+            out.short.add(len(out.files))
+        replace = list(pf.replace)
+        if replace and f.freq == MONTHLY:
+            replace = _overlap(replace, _vouched(f.iv, df, f.start_ms, f.end_ms))
         if pf.keep:  # days daily files own: the monthly file's rows for them are not written
             t = df["candle_begin_time"].dt.epoch("ms")
             df = df.filter(~pl.any_horizontal([(t >= a) & (t < b) for a, b in pf.keep]))
         out.files.append((df.height, None))
         frames.append(df)
-        replaces.append(list(pf.replace))
+        replaces.append(replace)
     if not frames:
         return out
     f0 = items[0][0].file
@@ -761,6 +772,52 @@ def _days_with_rows(df: pl.DataFrame) -> int:
     return int((df["candle_begin_time"].dt.epoch("ms") // MS_PER_DAY).n_unique()) if df.height else 0
 
 
+def _short(df: pl.DataFrame, f: ArchiveFile) -> bool:
+    """Whether a monthly file's rows leave a whole UTC day of its month empty or stop before the
+    month's last candle (see ``_Ingested.short``)."""
+    if _days_with_rows(df) < -(-(f.end_ms - f.start_ms) // MS_PER_DAY):
+        return True
+    iv = f.iv
+    return iv.floor(_last_open(df)) < iv.floor(f.end_ms - 1)
+
+
+def _vouched(iv: Interval, df: pl.DataFrame, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    """The part of ``[start_ms, end_ms)`` a re-uploaded monthly file's rows ``df`` speak for: the
+    days (months above ``1d``) it has a candle on, up to the end of its last candle.
+
+    A truncated re-upload (#320: only the month's first days; a cut mid-day) says nothing about the
+    days it lost, so it must not delete the rows its earlier version put there: nothing in the run
+    would put them back outside its window, and a day without any candle in a monthly file is never
+    taken as one the exchange had no candle on. Inside the span, its rows replace the old ones
+    (a candle it removed or moved, as a re-upload does)."""
+    if not df.height:
+        return []
+    t = df["candle_begin_time"].dt.epoch("ms")
+    end = min(end_ms, iv.next_open(iv.floor(_last_open(df))))
+    days = set((t // MS_PER_DAY).unique().to_list()) if daily_available(iv) else None
+    out: list[tuple[int, int]] = []
+    for u0, u1 in units(iv, start_ms, end):
+        if days is not None and u0 // MS_PER_DAY not in days:
+            continue
+        a, b = max(u0, start_ms), min(u1, end)
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+def _last_open(df: pl.DataFrame) -> int:
+    last = df["candle_begin_time"].dt.epoch("ms").max()
+    assert isinstance(last, int)
+    return last
+
+
+def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Where two lists of half-open ranges overlap (each sorted and disjoint)."""
+    return [(max(x0, y0), min(x1, y1)) for x0, x1 in a for y0, y1 in b if max(x0, y0) < min(x1, y1)]
+
+
 _FAR_MS = 4_102_444_800_000  # 2100-01-01
 
 
@@ -783,7 +840,12 @@ def _first_and_last(
 
 
 def _missing(
-    lfs: LakeFS, report: ArchiveReport, iv: Interval, horizon: int | None, trading: set[str] | None
+    lfs: LakeFS,
+    report: ArchiveReport,
+    iv: Interval,
+    horizon: int | None,
+    trading: set[str] | None,
+    latest: Mapping[str, int] | None = None,
 ) -> list[str]:
     """The lacking units the run cannot explain, as ranges clipped to each symbol's window.
 
@@ -795,7 +857,11 @@ def _missing(
       (or relisted) later, as the REST backfill's ``short_history`` (the monthly file of a mid-month
       listing has nothing for the month's first days); a window without any candle is REST's
       ``no_data``;
-    * after the last stored candle of a symbol that is no longer trading (REST's ``ended``).
+    * after the last stored candle of a symbol that is no longer trading (REST's ``ended``), when the
+      archive lists no file of it starting at or after the unit's end (``latest``: per symbol, the
+      start of its latest file). A delisted symbol's last stored candle is only where the lake
+      stops: a window ending on a month whose file was cut at its end (no daily files for the cut
+      days) made the cut look like the delisting, while the archive lists the files of later days.
     Anything else (a day without any file, a day a monthly file left empty while no daily file
     exists, a trading symbol's days the archive has published for others but not for it, a delisting
     gap between two candles of the window) is missing: without REST nothing says the exchange had no
@@ -811,9 +877,11 @@ def _missing(
             continue
         first, last = _first_and_last(lfs, report.trade_type, iv, sym, lo)
         ended = trading is not None and sym not in trading
+        later = (latest or {}).get(sym)
         runs: list[list[int]] = []
         for u0, u1 in sorted(units):
-            if first is None or u1 <= first or (ended and (last is None or u0 > last)):
+            delisted = ended and (last is None or u0 > last) and (later is None or later < u1)
+            if first is None or u1 <= first or delisted:
                 continue
             a, b = max(u0, lo), min(u1, hi)
             if a >= b:
