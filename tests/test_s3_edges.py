@@ -321,7 +321,10 @@ def test_proxy_variables_and_a_loopback_s3_endpoint(s3_root: str) -> None:
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("no_proxy",)}
     env.update({k: dead for k in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")})
     args = [sys.executable, "-m", "lake.cli", "status", "--json", "--root", s3_root]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=120, env=env)
+    # (botocore's own retries of the dead proxy took ~6 s; one attempt shows the same error)
+    res = subprocess.run(
+        args, capture_output=True, text=True, timeout=120, env={**env, "AWS_MAX_ATTEMPTS": "1"}
+    )
     _one_line(res, 3)
     assert "testing" not in res.stderr  # the secret key
     env.update(NO_PROXY="127.0.0.1", no_proxy="127.0.0.1")
