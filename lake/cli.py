@@ -8,11 +8,12 @@ flags, calls the library and renders the result. Errors the library raises on pu
 from __future__ import annotations
 
 import importlib
+import re
 import sys
 
 import typer
 
-from lake.errors import DataError, LakeError
+from lake.errors import ConfigError, DataError, LakeError, TransientError
 from lake.net import hide_credentials
 from lake.progress import setup_logging
 
@@ -105,6 +106,15 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(err, LakeError):
             typer.echo(f"lake: error: {hide_credentials(str(err))}", err=True)
             sys.exit(err.exit_code)
+        if _is_system_error(err):
+            # The system refused (a port in use, a root that cannot be created, a full disk): one
+            # line, 2 as for a bad setting, 3 for a connection that failed (transient trouble).
+            text = re.sub(r"^\[Errno [^]]*\] ", "", str(err))
+            typer.echo(f"lake: error: {hide_credentials(text)}", err=True)
+            network = isinstance(err, ConnectionError | TimeoutError) or type(err).__module__.startswith(
+                "aiohttp"
+            )
+            sys.exit(TransientError.exit_code if network else ConfigError.exit_code)
         if not _is_read_error(err):
             raise
         # A damaged or foreign file in the lake (truncated parquet, another table's schema) surfaced
@@ -125,15 +135,20 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _first_known(exc: BaseException) -> BaseException:
-    """``exc``, or for an exception group the first error in it that is lake's or a reader's (else
-    the group itself, re-raised as a bug)."""
+    """``exc``, or for an exception group the first error in it that is lake's, the system's or a
+    reader's (else the group itself, re-raised as a bug)."""
     if not isinstance(exc, BaseExceptionGroup):
         return exc
     for sub in exc.exceptions:
         found = _first_known(sub)
-        if isinstance(found, LakeError) or _is_read_error(found):
+        if isinstance(found, LakeError) or _is_system_error(found) or _is_read_error(found):
             return found
     return exc
+
+
+def _is_system_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is the operating system's refusal (an ``OSError`` with an errno)."""
+    return isinstance(exc, OSError) and exc.errno is not None
 
 
 def _is_read_error(exc: BaseException) -> bool:

@@ -178,6 +178,8 @@ def get_settings(
 
 
 def _check_root(root: str, write: bool, must_exist: bool = False) -> None:
+    if not root.removeprefix("file://").strip():  # Path("") is the current directory
+        raise ConfigError("lake root is empty (check --root / LAKE_ROOT / lake.toml)")
     if "://" in root and not root.startswith("file://"):
         return  # object storage: checked by the store itself
     path = Path(root.removeprefix("file://"))

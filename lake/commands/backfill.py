@@ -84,14 +84,17 @@ def backfill_cmd(
     source: Annotated[
         str,
         typer.Option(
-            "--source", help="archive | rest | auto: archive for published days, REST for the rest."
+            "--source", help="archive, rest or auto (archive for published days, REST for the rest)."
         ),
     ] = "auto",
     include_delisted: Annotated[
         bool, typer.Option("--include-delisted", help="Also backfill archive symbols no longer TRADING.")
     ] = False,
     keep_zips: Annotated[
-        bool, typer.Option("--keep-zips", help="Keep verified archive zips after ingest.")
+        bool,
+        typer.Option(
+            "--keep-zips", help="Keep verified archive zips after ingest (in downloads/ of state_dir)."
+        ),
     ] = False,
     archive_url: ArchiveUrlOpt = None,
     archive_list_url: ArchiveListUrlOpt = None,
@@ -99,7 +102,12 @@ def backfill_cmd(
     um_rest_url: UmRestUrlOpt = None,
     cm_rest_url: CmRestUrlOpt = None,
 ) -> None:
-    """Backfill klines over REST for one or more trade types (only what the lake lacks).
+    """Backfill klines of one or more trade types (only what the lake lacks): with the default
+    --source auto, archive files for the days data.binance.vision has published, REST for the rest.
+
+    Archive files are stored whole: every UTC day the window touches, and the whole month when a
+    monthly file is taken (when 8 or more days of a month are wanted, say), so the lake may hold
+    candles before --start and after --end; --source rest stores [--start, --end) only.
 
     Examples: ``lake backfill --type usdt_perp --type usdt_spot --days 15``;
     ``lake backfill --type coin_perp --interval 1h --start 2024-01-01 --end 2024-03-01 --funding``.

@@ -17,7 +17,8 @@ def compact(
         float,
         typer.Option(
             "--grace",
-            help="Retire compacted tail files (empty them for reuse) this many seconds after (running queries).",
+            help="Seconds a compacted tail file is kept for queries already reading it before it is "
+            "retired (emptied for reuse).",
         ),
     ] = 120.0,
     sweep: Annotated[

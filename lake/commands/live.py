@@ -39,7 +39,8 @@ def live_cmd(
         typer.Option("--type", help="Trade type to follow (repeat or comma-separate), e.g. usdt_perp."),
     ],
     intervals: Annotated[
-        list[str] | None, typer.Option("--interval", help="Kline interval (repeatable). Default 5m.")
+        list[str] | None,
+        typer.Option("--interval", help="Kline interval; default 5m (repeat or comma-separate for several)."),
     ] = None,
     symbols: Annotated[
         str | None,
@@ -53,7 +54,8 @@ def live_cmd(
         list[str] | None,
         typer.Option(
             "--offsets",
-            help="Keep these all-offset intervals current too (e.g. 1h; repeatable), each from the coarsest --interval dividing it.",
+            help="Keep these all-offset intervals current too (e.g. 1h; repeat or comma-separate), each from "
+            "the coarsest --interval dividing it.",
         ),
     ] = None,
     grace: Annotated[

@@ -36,7 +36,8 @@ def sql(
         Path | None,
         typer.Option(
             "--output",
-            help="Write the result to this file (not into the lake's tables or _meta; a file directly under the root is allowed).",
+            help="Write the result to this file (not into the lake's tables or _meta; a file directly "
+            "under the root is allowed). With several statements, the last one's result.",
         ),
     ] = None,
     root: RootOpt = None,
@@ -60,7 +61,7 @@ def sql(
         if query is not None:
             _run(con, query, fmt, output)
         else:
-            _repl(con, sys.stdin, fmt)
+            _repl(con, sys.stdin, fmt, output)
     finally:
         con.close()
 
@@ -212,8 +213,11 @@ def _emit(text: str, output: Path | None) -> None:
         write_file_atomic(output, lambda path: path.write_text(text, encoding="utf-8"))
 
 
-def _repl(con: duckdb.DuckDBPyConnection, stream: TextIO, fmt: str) -> None:
-    """Read statements (ending with ``;``) from ``stream``; ``.quit`` or end of input stops."""
+def _repl(con: duckdb.DuckDBPyConnection, stream: TextIO, fmt: str, output: Path | None = None) -> None:
+    """Read statements (ending with ``;``) from ``stream``; ``.quit`` or end of input stops.
+
+    Each result is printed, or written to ``output`` (replacing the one before: the file ends
+    holding the last, as with several statements in one query)."""
     interactive = stream.isatty()
     if interactive:
         typer.echo(f"lake sql: views {', '.join(VIEWS)}; end statements with ';', .quit to leave", err=True)
@@ -230,13 +234,13 @@ def _repl(con: duckdb.DuckDBPyConnection, stream: TextIO, fmt: str) -> None:
         if line.rstrip().endswith(";"):
             statement, buf = "".join(buf), []
             try:
-                _run(con, statement, fmt, None)
+                _run(con, statement, fmt, output)
             except ValidationError as exc:
                 if not interactive:
                     raise
                 typer.echo(f"error: {exc}", err=True)
     if "".join(buf).strip():
-        _run(con, "".join(buf), fmt, None)
+        _run(con, "".join(buf), fmt, output)
 
 
 def register(app: typer.Typer) -> None:
