@@ -7,8 +7,11 @@ flags, calls the library and renders the result. Errors the library raises on pu
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import re
+import signal
 import sys
 
 import typer
@@ -103,6 +106,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as raised:
         # a task group (backfill's markets, live's feeds) wraps the error that stopped it
         err = _first_known(raised)
+        if _is_broken_pipe(err):
+            # the reader of our output went away (`lake sql … | head`): stop quietly, as a tool
+            # killed by SIGPIPE would, and keep Python's exit-time flush from complaining again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(128 + signal.SIGPIPE)
         if isinstance(err, LakeError):
             typer.echo(f"lake: error: {hide_credentials(str(err))}", err=True)
             sys.exit(err.exit_code)
@@ -144,6 +152,14 @@ def _first_known(exc: BaseException) -> BaseException:
         if isinstance(found, LakeError) or _is_system_error(found) or _is_read_error(found):
             return found
     return exc
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` says our stdout's reader closed it (Polars' writers raise a bare ``OSError``
+    naming os error 32)."""
+    if isinstance(exc, BrokenPipeError) or (isinstance(exc, OSError) and exc.errno == errno.EPIPE):
+        return True
+    return isinstance(exc, OSError) and "Broken pipe (os error 32)" in str(exc)
 
 
 def _is_system_error(exc: BaseException) -> bool:

@@ -26,7 +26,11 @@ def _params(cmd: Any) -> list[str]:
             default = ""
             if p.default not in (None, False, (), []) and not callable(p.default):
                 default = f" (default: `{p.default}`)"
-            multiple = " (repeatable)" if p.multiple else ""
+            text = (p.help or "").lower()
+            # (an option declared repeatable only to refuse a second value says "one per run")
+            multiple = (
+                " (repeatable)" if p.multiple and "one per run" not in text and "repeat" not in text else ""
+            )
             lines.append(f"| {names} | {(p.help or '').strip()}{multiple}{default} |")
         elif kind == "argument":
             what = f"argument{'' if p.required else ' (optional)'}"

@@ -25,6 +25,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from lake.errors import ValidationError
 from lake.settings import Settings
 from lake.store.coverage import coverage
 from lake.store.fs import LakeFS
@@ -279,4 +280,13 @@ def _plot(lfs: LakeFS, options: DemoOptions, path: Path) -> None:
 
 
 def demo_options(**values: Any) -> DemoOptions:
-    return replace(DemoOptions(), **{k: v for k, v in values.items() if v is not None})
+    """The demo's options with the given ones set; bad values fail here, before the simulator
+    starts (a negative --days used to start it and print a step first)."""
+    options = replace(DemoOptions(), **{k: v for k, v in values.items() if v is not None})
+    # (the simulator needs 3 symbols per market)
+    for name, least in (("days", 1), ("symbols", 3), ("live_periods", 1)):
+        value = getattr(options, name)
+        if not isinstance(value, int) or value < least:
+            flag = "--periods" if name == "live_periods" else f"--{name}"
+            raise ValidationError(f"{flag} must be a whole number >= {least}, got {value!r}")
+    return options

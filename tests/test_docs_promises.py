@@ -83,3 +83,58 @@ def test_cli_reference_tables_have_two_cells() -> None:
     rows = [line for line in render().splitlines() if line.startswith("|")]
     bad = [row for row in rows if row.count("|") - row.count("\\|") != 3]
     assert rows and not bad, bad
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        # lake live upper-cased --symbols where every other command refuses lower case (README: a
+        # path is never derived from a string other than the one validated)
+        (["live", "--type", "usdt_perp", "--symbols", "btcusdt", "--rest-url", "http://127.0.0.1:9"],
+         ["invalid symbol 'btcusdt'"]),
+        (["sim", "--port", "99999"], ["--port", "65535"]),  # was an OverflowError traceback
+        (["sim", "--port", "0", "--set", "weight_limits=notjson"], ["weight_limits takes a JSON object"]),
+        (["sim", "--port", "0", "--set", 'speed="fast"'], ["speed takes a JSON number"]),
+        (["demo", "--days", "-1"], ["--days must be a whole number >= 1, got -1"]),
+        (["demo", "--periods", "0"], ["--periods must be a whole number >= 1, got 0"]),
+    ],
+)  # fmt: skip
+def test_bad_values_are_one_line_before_anything_starts(
+    tmp_path, monkeypatch, capsys, args: list[str], words: list[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = cli(*args, *(["--root", str(tmp_path / "lake")] if args[0] == "live" else []))
+    captured = capsys.readouterr()
+    line = one_error_line(captured.err)
+    assert code == 2 and all(w in line for w in words), line
+    assert captured.out == ""  # (the demo used to start its simulator and print a step first)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_reader_closing_the_pipe_ends_the_command_quietly(tmp_path) -> None:
+    # `lake sim truth … | head -1` printed a Polars OSError traceback (broken pipe); a command whose
+    # reader went away now stops as a tool killed by SIGPIPE does: no output on stderr, exit 141.
+    import subprocess
+    import sys
+
+    args = ["sim", "truth", "--type", "usdt_perp", "--interval", "5m", "--symbols", "BTCUSDT",
+            "--sim-start", "2024-03-01", "--start", "2024-01-01", "--end", "2024-01-15"]  # fmt: skip
+    p = subprocess.Popen(
+        [sys.executable, "-m", "lake.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert p.stdout is not None and p.stderr is not None
+    assert p.stdout.readline().startswith(b"symbol,candle_begin_time,")
+    p.stdout.close()  # ~500 kB were to follow: more than a pipe holds
+    with p.stderr:
+        err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 141, err
+    assert err == ""
+
+
+def test_cli_reference_calls_no_one_per_run_option_repeatable() -> None:
+    # docs/cli.md said "(repeatable)" after "(one per run)" for backfill --interval and offsets --type
+    from pathlib import Path
+
+    text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    rows = [ln for ln in text.splitlines() if "one per run" in ln]
+    assert rows and not [r for r in rows if "(repeatable)" in r]

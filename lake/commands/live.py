@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from lake.binance.symbols import validate_symbols
 from lake.cli_common import (
     CmRestUrlOpt,
     CmWsUrlOpt,
@@ -141,7 +142,8 @@ def live_cmd(
     cfg = LiveConfig(
         trade_types=tuple(_split(trade_types)),
         intervals=tuple(_split(intervals)) or ("5m",),
-        symbols=tuple(s.upper() for s in wanted) if wanted else None,
+        # (validated as everywhere else: lower case is refused, never upper-cased into a path)
+        symbols=tuple(validate_symbols(wanted)) if wanted else None,
         offsets=tuple(_split(offsets)),
         grace_s=grace,
         periods=periods,

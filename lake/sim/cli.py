@@ -2,7 +2,7 @@
 
     lake sim --port 8765 --symbols 50 --speed 60 --seed 1            # same as `lake sim serve …`
     lake sim serve --set 'weight_limits={"spot": 6000, "um": 100000, "cm": 2400}' --set 'faults={"force_429": 3}'
-    lake sim truth --type usdt_perp --interval 5m --symbols BTCUSDT --start 2024-01-01 --end 2024-01-02
+    lake sim truth --type usdt_perp --interval 5m --symbols BTCUSDT --sim-start 2024-03-01 --start 2024-01-01 --end 2024-01-02
 
 The main CLI mounts this with ``app.add_typer(sim_app, name="sim")``.
 """
@@ -15,6 +15,7 @@ import dataclasses
 import json
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,7 +33,7 @@ __all__ = ["sim_app"]
 
 sim_app = typer.Typer(help="Offline Binance simulator: REST, websocket streams and the data archive.")
 
-Port = Annotated[int, typer.Option(help="TCP port (0: any free port).")]
+Port = Annotated[int, typer.Option(help="TCP port (0: any free port).", min=0, max=65535)]
 Host = Annotated[str, typer.Option(help="Interface to listen on.")]
 Symbols = Annotated[int, typer.Option("--symbols", help="Symbols per market.")]
 Speed = Annotated[
@@ -50,9 +51,13 @@ Sets = Annotated[
 ]
 
 
+_DEFAULTS = SimConfig()
+
+
 def _overrides(sets: list[str] | None) -> dict[str, Any]:
     """``KEY=JSON`` pairs as SimConfig keyword arguments (``faults`` takes a FaultConfig object)."""
     fields = {f.name for f in dataclasses.fields(SimConfig)}
+    defaults = {f: getattr(_DEFAULTS, f) for f in fields}
     out: dict[str, Any] = {}
     for item in sets or []:
         key, sep, raw = item.partition("=")
@@ -64,12 +69,41 @@ def _overrides(sets: list[str] | None) -> dict[str, Any]:
             value = json.loads(raw)
         except ValueError:
             value = raw
+        # A value of the wrong kind (``weight_limits=notjson``) would be taken as given and fail at
+        # start-up with a traceback: it must have the kind of the field's default.
+        default = defaults.get(key)
+        if default is not None and not _same_kind(value, default):
+            raise typer.BadParameter(f"{item!r}: {key} takes a JSON {_kind(default)}")
         if key == "faults":
             value = FaultConfig(**value)
         elif key == "maintenance" and value is not None:
             value = tuple(tuple(w) for w in value)
         out[key] = value
     return out
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, (int, float)):
+        return isinstance(value, (int, float))
+    if isinstance(default, (Mapping, FaultConfig)):
+        return isinstance(value, dict)
+    if isinstance(default, (tuple, list, set, frozenset)):
+        return isinstance(value, list)
+    return isinstance(value, type(default))
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true/false"
+    if isinstance(default, (int, float)):
+        return "number"
+    if isinstance(default, (Mapping, FaultConfig)):
+        return "object"
+    if isinstance(default, (tuple, list, set, frozenset)):
+        return "array"
+    return "string"
 
 
 def _config(seed: int, symbols: int, speed: float, start: str | None, history_days: int, host: str = "127.0.0.1",
