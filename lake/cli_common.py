@@ -44,7 +44,8 @@ __all__ = [
 ]
 
 RootOpt = Annotated[
-    str | None, typer.Option("--root", help="Lake root: a local path or fsspec URL (env LAKE_ROOT).")
+    str | None,
+    typer.Option("--root", help="Lake root: a local path or an s3:// (gs://, az://) URL (env LAKE_ROOT)."),
 ]
 ConfigOpt = Annotated[
     Path | None, typer.Option("--config", help="Settings file (TOML; env LAKE_CONFIG; default ./lake.toml).")

@@ -138,3 +138,12 @@ def test_cli_reference_calls_no_one_per_run_option_repeatable() -> None:
     text = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
     rows = [ln for ln in text.splitlines() if "one per run" in ln]
     assert rows and not [r for r in rows if "(repeatable)" in r]
+
+
+@pytest.mark.parametrize("root", ["memory://lake", "ftp://127.0.0.1:9/lake"])
+def test_a_root_the_readers_cannot_read_is_refused(capsys, root: str) -> None:
+    # README promised "a path or an fsspec URL": `--root memory://x` let a backfill write, then
+    # Polars failed with a FileNotFoundError traceback; ftp:// failed with a resolver message
+    code = cli("status", "--root", root)
+    line = one_error_line(capsys.readouterr().err)
+    assert code == 2 and f"{root.split('://')[0]}:// is not supported" in line and "s3://" in line, line

@@ -197,6 +197,11 @@ def host_id() -> str:
     return f"{socket.gethostname()}:{machine[:12]}"
 
 
+# Object stores both Polars and DuckDB (through the fsspec file system lake registers) can read; S3
+# is the one tested (against a real S3 endpoint process), the others go through the same code.
+OBJECT_STORE_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss")
+
+
 class LakeFS:
     """A lake root. Paths passed to its methods are relative to the root and use ``/``."""
 
@@ -210,6 +215,14 @@ class LakeFS:
         root_s = os.fspath(root)
         self.storage_options: dict[str, Any] = dict(storage_options or {})
         if "://" in root_s and not root_s.startswith("file://"):
+            scheme = root_s.split("://", 1)[0].lower()
+            if scheme not in OBJECT_STORE_SCHEMES:
+                # fsspec opens many more (memory://, ftp://), but the readers — Polars and DuckDB —
+                # would then fail mid-run with a traceback, after a writer had filled the root
+                raise ConfigError(
+                    f"lake root {root_s!r}: {scheme}:// is not supported; use a local path or an "
+                    f"object store URL ({', '.join(f'{s}://' for s in OBJECT_STORE_SCHEMES)})"
+                )
             self.fs, path = fsspec.core.url_to_fs(root_s, **self.storage_options)
             self.protocol = root_s.split("://", 1)[0]
             self.root = path.rstrip("/")
