@@ -197,6 +197,7 @@ class LiveRunner:
         self._ws_alerted: dict[str, float] = {}
         self._ws_refused: dict[str, int] = {}
         self._ws_rejected: set[tuple[str, str]] = set()  # (shard, stream) alerted as refused for good
+        self._ws_caps: dict[str, int] = {}  # market → streams per connection learned from its server
         self.stop_reason = ""
         self.failure: BaseException | None = None  # the first task that died: re-raised by run()
 
@@ -350,9 +351,10 @@ class LiveRunner:
             self.settings.endpoints.ws[market.name],
             feed.iv.name,
             feed.appender.feed,
-            cap=market.ws_stream_cap,
+            cap=min(market.ws_stream_cap, self._ws_caps.get(market.name, market.ws_stream_cap)),
             msgs_per_sec=market.ws_msgs_per_sec,
             limiter=self._limiters[market.name],
+            on_cap=self._ws_cap_learned,
             lifetime_s=cfg.ws_lifetime_s,
             url_streams=cfg.ws_url_streams,
             subscribe_batch=cfg.ws_subscribe_batch,
@@ -422,6 +424,30 @@ class LiveRunner:
                 last_health = now
                 for feed in self.feeds:
                     log.info("health %s", self.health(feed))
+
+    def _ws_cap_learned(self, pool: WsPool, cap: int, said: str) -> None:
+        """A feed's server refused a connection for too many streams and its pool lowered its cap: the
+        market's other feeds split before their servers refuse them too, and the lowering is alerted
+        once (a warning: nothing is lost, but ``ws_stream_cap`` wants updating)."""
+        feed = next((f for f in self.feeds if f.pool is pool), None)
+        if feed is None:
+            return
+        market = feed.tt.market
+        if cap >= self._ws_caps.get(market.name, market.ws_stream_cap):
+            return
+        self._ws_caps[market.name] = cap
+        for other in self.feeds:
+            if other.pool is not None and other.pool is not pool and other.tt.market_name == market.name:
+                self._spawn(other.pool.lower_cap(cap), f"ws-cap {other.name}")
+        self._alert_soon(
+            f"{market.name} websocket stream cap lowered to {cap}",
+            f"{feed.name}: the {market.label} server refused a connection for too many streams ({said}); "
+            f"lake assumed {market.ws_stream_cap} per connection and now carries at most {cap} on each "
+            "for the rest of this run (streams dark meanwhile are repaired over REST). Update "
+            "ws_stream_cap in lake/binance/markets.py if Binance has lowered its limit.",
+            key=f"ws-cap:{market.name}:{cap}",
+            level="warning",
+        )
 
     def _watch_ws(self, feed: Feed) -> None:
         if feed.pool is None:

@@ -7,10 +7,11 @@ aiohttp's client would also do, but ``websockets`` keeps the REST session and th
 and is what BMAC used.
 
 * **Shards.** A feed's streams (``btcusdt@kline_5m``) are split over connections of at most the
-  market's stream cap (1024; COIN-M 200). A connection opens the combined endpoint
-  ``<ws_base>/stream?streams=a/b/…`` with the first ``url_streams`` streams in the URL and
-  subscribes the rest with ``SUBSCRIBE`` messages (≤ ``subscribe_batch`` streams each), paced
-  under the market's incoming-message limit (5/s spot, 10/s futures, counting pings).
+  market's stream cap (1024; COIN-M 200; lower if the server says so, see *Stream cap*). A
+  connection opens the combined endpoint ``<ws_base>/stream?streams=a/b/…`` with the first
+  ``url_streams`` streams in the URL and subscribes the rest with ``SUBSCRIBE`` messages
+  (≤ ``subscribe_batch`` streams each), paced under the market's incoming-message limit (5/s
+  spot, 10/s futures, counting pings).
 * **Changes.** New listings are subscribed on a connection with room (else a new one); delisted
   symbols are unsubscribed. Each shard keeps the set it *should* carry, so a reconnect restores it.
 * **Reconnects.** A dropped connection reconnects after a capped, jittered exponential backoff,
@@ -30,9 +31,22 @@ and is what BMAC used.
   server refuses, which is then dropped from the shard and logged as an error (``rejected``), while
   the shard's other streams stay live. Binance accepts a well-formed stream of an unknown symbol, so
   such a stream is one the server cannot parse and asking again changes nothing. Any other refusal
-  (too many streams, an unknown method, …) is logged as an error naming the request and the server's
-  words, and the shard reconnects with the backoff; so does a connection the server closed with a
-  policy code (1008), and neither resets the backoff however long the connection lived.
+  (too many streams, which also lowers the cap, see below; an unknown method, …) is logged as an
+  error naming the request and the server's words, and the shard reconnects with the backoff; so
+  does a connection the server closed with a policy code (1008), and neither resets the backoff
+  however long the connection lived.
+* **Stream cap.** Binance has changed its per-connection cap before (200 → 1024 on 2025-07-02) and
+  COIN-M's 200 is from a mirrored page: the server may allow fewer streams than the plan assumes.
+  How it says so is UNVERIFIED, so both shapes count: a 1008 close whose reason speaks of too many
+  streams, and a refused ``SUBSCRIBE`` that says so. A 1008 about anything else (``too many
+  requests`` is the message rate, a pacing matter) never lowers the cap. From the refused
+  connection's peak stream count the shard reports what should fit, ``max(taken, peak // 2)``
+  (taken: the URL's streams and those of acknowledged SUBSCRIBEs, once the server answered anything;
+  always below the peak), to its pool, which lowers its cap for the rest of the run, logs the new cap
+  once as a warning and moves the streams of every connection over it to new connections of
+  near-equal size, leaving the others alone; the refused shard then reconnects (with the backoff
+  above) carrying its share. Halving reaches any real cap in a few rounds of a few connection
+  attempts each; what is dark meanwhile is repaired over REST. A shard without a pool only backs off.
 """
 
 from __future__ import annotations
@@ -43,9 +57,10 @@ import itertools
 import json
 import logging
 import random
+import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +76,7 @@ __all__ = [
     "ShardStats",
     "WsPool",
     "WsShard",
+    "about_stream_cap",
     "backoff_delay",
     "stream_name",
 ]
@@ -68,6 +84,20 @@ __all__ = [
 log = logging.getLogger("lake.live.ws")
 
 OnMessage = Callable[[str | bytes, float], object]
+
+# The server's words for a connection over its stream cap (a close reason or a refusal): UNVERIFIED,
+# so anything that speaks of too many streams or subscriptions, a stream limit or a maximum of them.
+# Not "too many requests" (the message rate) nor "invalid stream" (one bad name).
+_CAP_WORDS = re.compile(
+    r"too many (?:streams|subscriptions)|(?:stream|subscription)s? (?:limit|cap)"
+    r"|(?:exceed|max)\w*\b.*\b(?:streams|subscriptions)\b",
+    re.IGNORECASE,
+)
+
+
+def about_stream_cap(said: str) -> bool:
+    """Whether the server's words (a 1008 close reason, a refusal) say a connection has too many streams."""
+    return _CAP_WORDS.search(said) is not None
 
 
 def stream_name(symbol: str, interval: str) -> str:
@@ -216,6 +246,18 @@ class ConnectLimiter:
 
 
 @dataclass
+class _Load:
+    """What one connection was asked to carry, and what the server took of it (for a refusal over the
+    stream cap)."""
+
+    url: int  # streams in the URL
+    asked: int  # streams in the URL and SUBSCRIBEs, less UNSUBSCRIBEs
+    peak: int  # the most ``asked`` ever was: the count the server may have refused
+    acked: int = 0  # streams of SUBSCRIBEs the server accepted
+    answered: bool = False  # the server replied to something: the URL's streams were taken
+
+
+@dataclass
 class ShardStats:
     connects: int = 0
     drops: int = 0  # connections lost (not closed by us)
@@ -223,6 +265,7 @@ class ShardStats:
     shutdowns: int = 0  # serverShutdown events received
     failures: int = 0  # failed connection attempts
     refused: int = 0  # error replies to our SUBSCRIBE / UNSUBSCRIBE
+    cap_refusals: int = 0  # connections refused for carrying too many streams
     rejected: int = 0  # streams dropped because the server refuses them
     messages: int = 0
     subscribe_msgs: int = 0
@@ -252,6 +295,7 @@ class WsShard:
         open_timeout: float = 10.0,
         ping_interval: float | None = 20.0,
         limiter: ConnectLimiter | None = None,
+        on_cap: Callable[[WsShard, int, int, str], Awaitable[None]] | None = None,
     ) -> None:
         self.name = name
         self.base_url = base_url.rstrip("/")
@@ -285,6 +329,12 @@ class WsShard:
         self._isolated: list[frozenset[str]] = []
         self.rejected: dict[str, str] = {}  # stream → the server's refusal; not subscribed again
         self._policy_closed = False  # the last connection was closed with a policy code (1008)
+        # told (awaited) the stream count to fit under after a refusal for too many streams, before
+        # the reconnect, so that it opens with the share the pool leaves this shard
+        self.on_cap = on_cap
+        self._load: dict[ClientConnection, _Load] = {}
+        # (streams that should fit, the refused connection's peak, the server's words)
+        self._cap_hint: tuple[int, int, str] | None = None
 
     def _refused_since(self, before: int) -> bool:
         """A connection that got messages but had a control message refused (or was closed with a
@@ -354,6 +404,7 @@ class WsShard:
                         attempt,
                         delay,
                     )
+                    await self._report_cap()
                     await asyncio.sleep(delay)
                     continue
             self._ws = ws
@@ -385,6 +436,7 @@ class WsShard:
                     self.stats.down_since = time.monotonic()
                 self._forget(ws)
                 await _close_quietly(ws)
+            await self._report_cap()
             if ready is not None:
                 self.stats.rotations += 1
                 attempt = 0
@@ -408,6 +460,7 @@ class WsShard:
         self.stats.last_error = what[:300]
         if ws.close_code == 1008:
             self._policy_closed = True
+            self._over_cap(ws, ws.close_reason or "")
             log.error("ws %s: connection refused by the server's policy (1008): %s", self.name, what)
         else:
             log.warning("ws %s: connection lost: %s", self.name, what)
@@ -416,6 +469,29 @@ class WsShard:
         """Drop the unanswered requests of a connection that is gone."""
         for rid in [rid for rid, (conn, _m, _s) in self._sent.items() if conn is ws]:
             del self._sent[rid]
+        self._load.pop(ws, None)
+
+    def _over_cap(self, ws: ClientConnection, said: str) -> None:
+        """If ``said`` (a 1008 close reason, a refusal) is about too many streams, note how many
+        should fit on one connection: what the server took of ``ws``, or half what it was asked to
+        carry if that is more; below the peak either way."""
+        load = self._load.get(ws)
+        if load is None or not about_stream_cap(said):
+            return
+        self.stats.cap_refusals += 1
+        if load.peak <= 1:  # (one stream refused as too many: nothing smaller to try)
+            return
+        taken = load.url + load.acked if load.answered else 0
+        fits = min(load.peak - 1, max(taken, load.peak // 2))
+        if self._cap_hint is None or load.peak < self._cap_hint[1]:
+            self._cap_hint = (fits, load.peak, said)
+
+    async def _report_cap(self) -> None:
+        """Tell the pool how many streams fit (after a connection refused for too many): it lowers
+        its cap and moves this shard's excess elsewhere before the shard reconnects."""
+        hint, self._cap_hint = self._cap_hint, None
+        if hint is not None and self.on_cap is not None and not self._stopping:
+            await self.on_cap(self, *hint)
 
     def _batches(self, streams: Sequence[str]) -> list[list[str]]:
         """``streams`` in SUBSCRIBE-sized batches, the groups a refusal isolated each on its own."""
@@ -446,11 +522,14 @@ class WsShard:
             compression=None,
             proxy=True if proxy_from_env(url) else None,  # (lake.net)
         )
+        self._load[ws] = _Load(url=len(first), asked=len(first), peak=len(first))
         try:
             for batch in self._batches(rest):
                 await self._send(ws, "SUBSCRIBE", batch)
         except ConnectionClosed:
             await self._harvest(ws)  # closed after refusing one, say: learn from its reply
+            if ws.close_code == 1008:
+                self._over_cap(ws, ws.close_reason or "")
             self._forget(ws)
             await _close_quietly(ws)
             raise
@@ -497,6 +576,7 @@ class WsShard:
                     log.warning(
                         "ws %s: proactive reconnect failed (%s); keeping the old connection", self.name, exc
                     )
+                    await self._report_cap()  # (refused for too many streams: the next one carries fewer)
                     if not shutdown:
                         deadline = time.monotonic() + 60.0
                     shutdown = False
@@ -555,6 +635,11 @@ class WsShard:
             rid = next((r for r, (conn, _m, _s) in self._sent.items() if conn is ws), None)
             request = self._sent.pop(rid) if rid is not None else None
         method, streams = (request[1], request[2]) if request is not None else ("", ())
+        load = self._load.get(ws)
+        if load is not None:
+            load.answered = True
+            if ok and method == "SUBSCRIBE":
+                load.acked += len(streams)
         if ok:
             if method == "SUBSCRIBE" and frozenset(streams) in self._isolated:
                 self._isolated.remove(frozenset(streams))  # a suspect group the server took
@@ -565,6 +650,8 @@ class WsShard:
         if method == "SUBSCRIBE" and "invalid stream" in said.lower():
             await self._narrow(ws, streams, said)
             return False
+        if method == "SUBSCRIBE":
+            self._over_cap(ws, said)
         log.error("ws %s: %s refused by the server: %s; reconnecting", self.name, what, said)
         return True
 
@@ -603,6 +690,10 @@ class WsShard:
                 await asyncio.sleep(wait)
             rid = next(self._ids)
             self._sent[rid] = (ws, method, tuple(params))
+            load = self._load.get(ws)
+            if load is not None:
+                load.asked = max(0, load.asked + (len(params) if method == "SUBSCRIBE" else -len(params)))
+                load.peak = max(load.peak, load.asked)
             await ws.send(json.dumps({"method": method, "params": list(params), "id": rid}))
             self._last_send = time.monotonic()
             self.stats.subscribe_msgs += 1
@@ -711,7 +802,11 @@ async def _close_quietly(ws: ClientConnection) -> None:
 
 
 class WsPool:
-    """All connections of one feed: sharded by the market's stream cap, updated as symbols change."""
+    """All connections of one feed: sharded by the market's stream cap, updated as symbols change.
+
+    The cap is lowered when the server refuses a connection for too many streams (see the module
+    docstring); ``on_cap(pool, cap, said)`` is called once per lowering learned from the server (not
+    for ``lower_cap``, which applies a cap learned elsewhere)."""
 
     def __init__(
         self,
@@ -723,6 +818,7 @@ class WsPool:
         cap: int,
         msgs_per_sec: int,
         limiter: ConnectLimiter | None = None,
+        on_cap: Callable[[WsPool, int, str], object] | None = None,
         **shard_kwargs: object,
     ) -> None:
         self.name = name
@@ -730,10 +826,16 @@ class WsPool:
         self.interval = interval
         self.on_message = on_message
         self.plan = ShardPlan(cap)
+        self.assumed_cap = cap
         self.msgs_per_sec = msgs_per_sec
         self.limiter = limiter or ConnectLimiter()
+        self.on_cap = on_cap
         self.shard_kwargs = shard_kwargs
         self.shards: list[WsShard] = []
+        # one change of the plan at a time: a listing, or a split after a refusal (several shards
+        # refused at once each report, and each would otherwise split from the same stale plan)
+        self._lock = asyncio.Lock()
+        self._stopping = False
 
     def _new_shard(self, streams: Iterable[str]) -> WsShard:
         shard = WsShard(
@@ -743,6 +845,7 @@ class WsPool:
             self.on_message,
             msgs_per_sec=self.msgs_per_sec,
             limiter=self.limiter,
+            on_cap=self._cap_refused,
             **self.shard_kwargs,  # type: ignore[arg-type]
         )
         self.shards.append(shard)
@@ -756,16 +859,86 @@ class WsPool:
 
     async def update(self, add: Iterable[str] = (), remove: Iterable[str] = ()) -> None:
         """Subscribe new symbols and unsubscribe removed ones."""
-        for idx, streams in self.plan.remove(stream_name(s, self.interval) for s in remove).items():
-            await self.shards[idx].unsubscribe(streams)
-        for idx, streams in self.plan.add(stream_name(s, self.interval) for s in add).items():
-            if idx < len(self.shards):
-                await self.shards[idx].subscribe(streams)
-            else:
-                self._new_shard(streams)
+        async with self._lock:
+            for idx, streams in self.plan.remove(stream_name(s, self.interval) for s in remove).items():
+                await self.shards[idx].unsubscribe(streams)
+            for idx, streams in self.plan.add(stream_name(s, self.interval) for s in add).items():
+                if idx < len(self.shards):
+                    await self.shards[idx].subscribe(streams)
+                else:
+                    self._new_shard(streams)
+
+    async def _cap_refused(self, shard: WsShard, fits: int, peak: int, said: str) -> None:
+        """``shard``'s connection was refused for too many streams at ``peak`` of them and ``fits``
+        should fit: lower the cap and split whatever is over it. A connection that carried more than
+        the current cap was refused for what an earlier report already taught (the shards refused
+        in one round each report): it is only split, else each report would halve the cap again."""
+        async with self._lock:
+            if self._stopping:
+                return
+            if peak <= self.plan.cap and fits < self.plan.cap:
+                self.plan.cap = fits
+                log.warning(
+                    "ws %s: the server refused %s for too many streams (%s): it allows fewer than the "
+                    "%d per connection assumed; carrying at most %d per connection for the rest of the run",
+                    self.name,
+                    shard.name,
+                    said,
+                    self.assumed_cap,
+                    fits,
+                )
+                if self.on_cap is not None:
+                    self.on_cap(self, fits, said)
+            await self._split()
+
+    async def lower_cap(self, cap: int) -> bool:
+        """Apply a stream cap learned elsewhere (another feed of the market); whether it was lower."""
+        async with self._lock:
+            if self._stopping or cap >= self.plan.cap:
+                return False
+            self.plan.cap = max(1, cap)
+            await self._split()
+            return True
+
+    async def _split(self) -> None:
+        """Move the streams of every shard over the cap to new shards, all of near-equal size: the
+        shards within it keep their connections untouched. New shards first, so a stream leaving a
+        live connection is subscribed elsewhere before it is unsubscribed (duplicates are dropped
+        by the appender)."""
+        cap = self.plan.cap
+        over = [i for i, sh in enumerate(self.shards) if len(sh.desired) > cap]
+        if not over:
+            return
+        n = sum(len(self.shards[i].desired) for i in over)
+        size = -(-n // -(-n // cap))
+        moved: dict[int, list[str]] = {}
+        for i in over:
+            moved[i] = sorted(self.shards[i].desired)[size:]
+            self.plan.shards[i].difference_update(moved[i])
+        spill = [s for i in over for s in moved[i]]
+        for j in range(0, len(spill), size):
+            chunk = spill[j : j + size]
+            self.plan.shards.append(set(chunk))
+            self._new_shard(chunk)
+        log.info(
+            "ws %s: %d streams of %d connections over the cap of %d moved to %d new ones; %d connections",
+            self.name,
+            len(spill),
+            len(over),
+            cap,
+            -(-len(spill) // size),
+            len(self.shards),
+        )
+        for i in over:
+            await self.shards[i].unsubscribe(moved[i])
 
     async def stop(self) -> None:
-        await asyncio.gather(*(s.stop() for s in self.shards))
+        self._stopping = True
+        stopped = 0
+        while stopped < len(self.shards):  # (a split under way may still add one)
+            batch = self.shards[stopped:]
+            stopped = len(self.shards)
+            await asyncio.gather(*(s.stop() for s in batch))
 
     async def wait_connected(self, within: float) -> bool:
         results = await asyncio.gather(*(s.wait_connected(within) for s in self.shards))
@@ -778,6 +951,7 @@ class WsPool:
     def health(self) -> dict[str, object]:
         return {
             "connections": len(self.shards),
+            "cap": self.plan.cap,
             "connected": sum(1 for s in self.shards if s.connected),
             "streams": sum(len(s.desired) for s in self.shards),
             "connects": sum(s.stats.connects for s in self.shards),
@@ -786,5 +960,6 @@ class WsPool:
             "shutdowns": sum(s.stats.shutdowns for s in self.shards),
             "failures": sum(s.stats.failures for s in self.shards),
             "refused": sum(s.stats.refused for s in self.shards),
+            "cap_refusals": sum(s.stats.cap_refusals for s in self.shards),
             "rejected": sorted(r for s in self.shards for r in s.rejected),
         }

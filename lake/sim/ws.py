@@ -34,6 +34,10 @@ the reply, as observed. Streams in the URL are not checked (Binance's answer the
 ``policy_close_after_s`` (default None) closes every connection with 1008 (policy violation) that many
 real seconds after it opened, as Binance closes a connection that breaks its limits (the code it uses
 is UNVERIFIED).
+How Binance refuses a connection over the stream cap is UNVERIFIED too: by default it is closed (1008,
+"too many streams"), whether the URL or a ``SUBSCRIBE`` takes it over; with ``cap_refusal_reply``
+(default False) a ``SUBSCRIBE`` that would is answered ``{"error": {"code": 2, "msg": "Too many
+streams"}, "id": N}`` instead, subscribing none of its streams, and the connection stays.
 Not simulated: connection-attempt limits, ``timeUnit`` URL parameter, non-kline streams (accepted, silent).
 """
 
@@ -100,6 +104,7 @@ class WsHub:
         self.refusal_id = True
         self.close_after_refusal = False
         self.policy_close_after_s: float | None = None  # close each connection with 1008 after this
+        self.cap_refusal_reply = False  # a SUBSCRIBE over the stream cap: an error reply, not a close
 
     def add_routes(self, app: web.Application) -> None:
         for m, base in WS_BASES.items():
@@ -169,6 +174,7 @@ class WsHub:
             conn = _Conn(ws, request, market, combined, opened_virtual=self.clock.now_ms())
             self.stats.count("ws", "connections")
             if not self._subscribe(conn, streams):
+                self.stats.count("ws", "closed_stream_cap")
                 await ws.close(code=1008, message=b"too many streams")
                 return ws
             self.conns.add(conn)
@@ -243,7 +249,12 @@ class WsHub:
                 self.stats.count("ws", "refused_subscribes")
                 error = {"code": 2, "msg": "Invalid request: invalid stream"}
                 return {"error": error, "id": rid} if self.refusal_id else {"error": error}
-            if not self._subscribe(conn, [str(p) for p in params]):
+            names = [str(p) for p in params]
+            cap = int(self.config.ws_stream_caps.get(conn.market, 1024))
+            if self.cap_refusal_reply and len(conn.subs.keys() | set(names)) > cap:
+                self.stats.count("ws", "refused_stream_cap")
+                return {"error": {"code": 2, "msg": "Too many streams"}, "id": rid}
+            if not self._subscribe(conn, names):
                 return None
         elif method == "UNSUBSCRIBE":
             for p in params:
