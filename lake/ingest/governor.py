@@ -27,16 +27,43 @@ How it stays under the limit
   expected charges any window it may have landed in but was not charged to (late charge).
 * **Budget.** A permit is granted when, for each of its windows ``W``,
   ``reserved[W] + external[W] + weight ≤ limit − reserve``. ``reserved`` is the weight all lake
-  processes reserved for ``W`` (shared through the state file). ``external`` is traffic the
-  reservations do not explain: for a response that certainly landed in ``W``, its
-  ``X-MBX-USED-WEIGHT-*`` header minus the reservations made up to and including its own permit
-  (the highest such difference seen, never below 0).
+  processes reserved for ``W`` (shared through the state file). ``external[W]`` is what other
+  programs on this IP are expected to spend in ``W``, learnt from used-weight headers (below).
+* **Other programs' weight.** A response that certainly landed in ``W`` shows, in its
+  ``X-MBX-USED-WEIGHT-*`` header less all that lake processes had reserved for ``W`` when it came
+  back (not when it was sent: requests granted after it may have been counted before it), a lower
+  bound of what others had spent in ``W`` by then: ``seen[W]``, the highest such difference (never
+  below 0), with the server time it was seen at. That alone comes too late for a program that
+  spends all through the minute (a bot polling): lake fills its share at the window's start, and
+  the other program's requests later in the window push the IP over the limit (429s, then, as it
+  sends on, a 418 ban for the IP). So:
+
+  - ``external[W] = max(seen[W], carry)`` when ``W − 1`` was watched: others are expected to spend
+    again, from the window's start, the projected total of ``W − 1`` plus 10% (at most half of what
+    that leaves) for the spread of a poller's count from one window to the next. A program that
+    stopped is forgotten once a window has been watched without it: the whole budget is back one
+    or two windows after it stopped.
+  - The projected total of a window where others had spent ``seen`` by ``t`` into it assumes that
+    pace goes on to its end (``seen × window / t``), unless that pace exceeds the budget (a burst,
+    which is over: it is left what it spent), and takes at most 3/4 of what the others left.
+    Without a watched predecessor (a process's first window) ``external[W]`` is ``W``'s own
+    projection, with 10% more of the projected rest.
+  - A window is only measured to its end if a response comes from near its end. When lake's own
+    requests stopped early (its share is used up and a request waits for the next window), the
+    waiting governor sends one weight-1 time request (``resync``) in the last ~5% of the window
+    that it surely lands in, unless something was seen that late already; at most one per window
+    for all processes sharing the state, and it may take one weight of the reserve (a window that
+    lake filled to the last weight would never be measured otherwise). Its answer is also a clock
+    sample, placed in its window by the server's own time stamp.
+  - The observations are in the state (``external``: per window ``seen``, ``at``, ``last``,
+    ``probe``), so every process leaves what any of them measured, from its first request on.
 * **Across processes.** With ``state_file`` set, reservations, and pauses after a 429/418, live in
   a small JSON file (``budget-<market>-<hash of host and base URL>.json`` under
   ``Settings.state_path``); each reservation is a read-modify-write under an ``fcntl`` lock. The
   file is rewritten in place (the lock is on the file itself); a torn file reads as empty state,
   entries that are not lake's are dropped. It also keeps the limit in use and the server clock's
-  measured rate, which a process starting later checks its first requests against.
+  measured rate, which a process starting later checks its first requests against. Keys a process
+  does not know are written back as they were (an older lake keeps ``external`` and ignores it).
 * **429 / 418.** ``pause(seconds)`` stops every permit (in all processes sharing the file) until
   the given server time; the client calls it with ``Retry-After``.
 
@@ -74,6 +101,12 @@ __all__ = [
 log = logging.getLogger("lake.ingest.governor")
 
 MINUTE_MS = 60_000
+
+# Other programs' weight (module docs, "Other programs' weight")
+EXTERNAL_MARGIN = 0.1  # added to the previous window's projected total (at most half of what it leaves)
+_PROBE_LEAD = 0.05  # the measuring time request goes in this last fraction of a window
+_MIN_POSITION = 0.02  # an observation earlier in its window is projected as if made this far in
+_MAX_PROJECTED = 0.75  # a projection takes at most this fraction of what the others left
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,6 +282,34 @@ def _sanitise(state: dict[str, Any]) -> None:
     paused = state.get("paused_until", 0.0)
     ok = isinstance(paused, (int, float)) and math.isfinite(paused) and paused - time.time() <= _MAX_PAUSE_S
     state["paused_until"] = float(paused) if ok else 0.0
+    # (fields of an entry are read one by one (``_observed``): a newer lake's extra fields survive)
+    external = state.get("external")
+    state["external"] = (
+        {
+            k: v
+            for k, v in external.items()
+            if isinstance(k, str) and k.lstrip("-").isdigit() and isinstance(v, dict)
+        }
+        if isinstance(external, dict)
+        else {}
+    )
+
+
+def _num(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
+
+
+def _observed(entry: Any) -> tuple[float, float, float] | None:
+    """``(seen, at, last)`` of a window's entry under ``external`` if anything was observed in it:
+    the most weight others had spent (by server ms ``at`` into the window), and the latest
+    observation (ms into the window)."""
+    if not isinstance(entry, dict):
+        return None
+    seen, at, last = _num(entry.get("seen")), _num(entry.get("at")), _num(entry.get("last"))
+    if seen is None or at is None or last is None:
+        return None
+    return max(0.0, seen), max(0.0, at), max(0.0, last)
 
 
 def _fresh_limit(state: dict[str, Any], key: str, window_ms: int) -> int | None:
@@ -268,7 +329,7 @@ class StateFile:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._mem: dict[str, Any] = {"windows": {}, "paused_until": 0.0}  # wall-clock seconds
+        self._mem: dict[str, Any] = {"windows": {}, "paused_until": 0.0, "external": {}}  # (wall-clock s)
         self._fd: int | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -336,6 +397,7 @@ class GovernorStats:
     late_charges: int = 0
     pauses: int = 0
     max_observed: int = 0  # highest used-weight header seen
+    probes: int = 0  # time requests sent near a window's end to measure others' use of it
     observed: dict[int, int] = field(default_factory=dict)  # window → highest header seen
     started_server_ms: float | None = None
     last_server_ms: float | None = None
@@ -348,6 +410,7 @@ class GovernorStats:
             "late_charges": self.late_charges,
             "pauses": self.pauses,
             "max_observed": self.max_observed,
+            "probes": self.probes,
         }
 
 
@@ -378,7 +441,6 @@ class WeightGovernor:
         self.reserve = reserve
         self._state = StateFile(Path(state_file) if state_file is not None else None)
         self._fifo = asyncio.Lock()
-        self._external: dict[int, int] = {}  # window → weight used outside our reservations
         self._rtt_avg = 2 * latency_s
         self._rtt_dev = latency_s
         self._paused_cache = 0.0  # wall-clock (time.time()) deadline of the last pause seen
@@ -505,6 +567,16 @@ class WeightGovernor:
                     self.stats.waited_s += time.monotonic() - t0
                     return Permit(weight, windows, time.monotonic(), now, after)
                 delay = self.clock.real_seconds(resume_at - now)
+                if self.resync is not None and self.paused_for() <= 0:
+                    probe = self._probe(now, u)
+                    if probe is not None and probe[0]:
+                        self.stats.weight += 1
+                        self.stats.probes += 1
+                        self._last_resync_try = time.monotonic()
+                        await self._resync_now()
+                        continue
+                    if probe is not None:
+                        delay = min(delay, self.clock.real_seconds(probe[1] - now))
                 mono = time.monotonic()
                 if (
                     self.resync is not None
@@ -524,12 +596,16 @@ class WeightGovernor:
                         await asyncio.sleep(min(max(delay, 0.0005), self.max_sleep_s))
                         continue
                     self.stats.weight += 1
-                    try:
-                        await self.resync()
-                    except Exception as exc:  # the wait goes on; the request path reports errors
-                        log.debug("%s: clock re-sync while waiting failed: %r", self.name, exc)
+                    await self._resync_now()
                     continue
                 await asyncio.sleep(min(max(delay, 0.0005), self.max_sleep_s))
+
+    async def _resync_now(self) -> None:
+        assert self.resync is not None
+        try:
+            await self.resync()
+        except Exception as exc:  # the wait goes on; the request path reports errors
+            log.debug("%s: time request while waiting failed: %r", self.name, exc)
 
     def _try_reserve(
         self, windows: tuple[int, ...], weight: int, now: float, u: float
@@ -544,8 +620,9 @@ class WeightGovernor:
                 # the pause is a real-time deadline (shared by every process on this host)
                 return False, now + left * 1000.0 * self.clock.rate, ()
             res: dict[str, int] = st["windows"]
+            ext = st["external"]
             for w in windows:
-                used = int(res.get(str(w), 0)) + max(0, self._external.get(w, 0))
+                used = int(res.get(str(w), 0)) + self._expected(ext, w)
                 if used + weight > budget:
                     # the request may land in a full window: wait until it certainly cannot
                     return False, (w + 1) * self.window_ms + u + 1.0, ()
@@ -594,33 +671,121 @@ class WeightGovernor:
         if used_weight is None:
             return
         self.stats.max_observed = max(self.stats.max_observed, used_weight)
-        if lo == hi:
+        if lo == hi and self.clock.synced:
             prev = self.stats.observed.get(lo, 0)
             self.stats.observed[lo] = max(prev, used_weight)
-            if lo in permit.windows and permit.reserved_after:
-                base = permit.reserved_after[permit.windows.index(lo)]
-            else:
-                base = self._reserved_now(lo)
-            self._note_external(lo, used_weight - base)
+            # (counted at sent − u at the earliest: an early time projects the others' pace high)
+            self._note_external(lo, used_weight, sent_server - u - lo * self.window_ms)
 
     def observe(self, used_weight: int, server_ms: float | None = None) -> None:
-        """Record a used-weight header not tied to a permit (e.g. a response to a bare request)."""
-        now = self.clock.now_ms() if server_ms is None else server_ms
-        u = self.clock.uncertainty_ms()
-        lo, hi = self.window_of(now - u), self.window_of(now + u)
-        if lo == hi:
-            self._note_external(lo, used_weight - self._reserved_now(lo))
+        """Record a used-weight header not tied to a permit (e.g. the answer to a bare time request).
+
+        ``server_ms``: the server's time stamp in that answer, which places it in its window exactly;
+        without it the clock places it, and it counts only if it certainly fell in one window."""
         self.stats.max_observed = max(self.stats.max_observed, used_weight)
+        if not self.clock.synced:
+            return
+        if server_ms is not None:
+            w = self.window_of(server_ms)
+            at = server_ms - w * self.window_ms
+        else:
+            now, u = self.clock.now_ms(), self.clock.uncertainty_ms()
+            w = self.window_of(now - u)
+            if w != self.window_of(now + u):
+                return
+            at = now - u - w * self.window_ms
+        self._note_external(w, used_weight, at)
 
-    def _note_external(self, window: int, value: int) -> None:
-        if value > self._external.get(window, 0):
-            self._external[window] = value
-        for w in [w for w in self._external if w < window - 2]:
-            del self._external[w]
-
-    def _reserved_now(self, window: int) -> int:
+    # -- other programs' weight ------------------------------------------------------------------
+    def _note_external(self, window: int, used_weight: int, at: float) -> None:
+        """The IP had used ``used_weight`` of ``window`` by ``at`` server ms into it."""
+        at = round(min(max(0.0, at), float(self.window_ms)))
+        current = self.window_of(self.clock.now_ms())
         with self._state.edit() as st:
-            return int(st["windows"].get(str(window), 0))
+            # Less what lake reserved there by now, not by the request's permit: requests granted
+            # after it may have been counted before it, and taken for others' weight that spurious
+            # excess would be projected over the window and carried into the next one.
+            base = int(st["windows"].get(str(window), 0))
+            ext = st["external"]
+            entry = ext.setdefault(str(window), {})
+            value = max(0, int(used_weight) - base)
+            old = _observed(entry)
+            if old is None or value > old[0]:
+                entry["seen"], entry["at"] = value, at
+            elif value == old[0] and at > old[1]:
+                entry["at"] = at  # (as much, later: a slower pace)
+            entry["last"] = max(int(old[2]) if old else 0, at)
+            for key in [k for k in ext if not current - 3 <= int(k) <= current + 2]:
+                del ext[key]
+
+    def _projected(self, seen: float, at: float, margin: float = 0.0) -> float:
+        """Others' total in a window of which they had spent ``seen`` by ``at`` ms into it, if their
+        pace so far goes on (plus ``margin`` of the rest) to the window's end."""
+        wms = self.window_ms
+        at = max(at, _MIN_POSITION * wms)
+        if seen <= 0 or at >= wms:
+            return seen
+        rest = seen * (wms - at) / at
+        left = self.budget - seen
+        if seen + rest > self.budget:
+            # no program can keep up a pace beyond the limit: that was a burst, and it is over (also
+            # what another program spending much at a window's start looks like: it is left what it
+            # spent, not its pace)
+            return seen
+        return seen + min((1.0 + margin) * rest, _MAX_PROJECTED * left)
+
+    def _expected(self, ext: dict[str, Any], window: int) -> int:
+        """Weight other programs are expected to use in ``window`` (module docs)."""
+        cur = _observed(ext.get(str(window)))
+        seen = cur[0] if cur is not None else 0.0
+        prev = _observed(ext.get(str(window - 1)))
+        if prev is not None:
+            # they spend from the window's start: leave them what they spent in the last one
+            total = self._projected(prev[0], prev[1])
+            total += min(EXTERNAL_MARGIN * total, max(0.0, self.budget - total) / 2)
+        elif cur is not None:
+            total = self._projected(cur[0], cur[1], EXTERNAL_MARGIN)
+        else:
+            return 0
+        return math.ceil(max(seen, total) - 1e-9)
+
+    def external(self, window: int | None = None) -> int:
+        """Weight other programs on the IP are expected to use in ``window`` (default: current)."""
+        w = self.window_of(self.clock.now_ms()) if window is None else window
+        with self._state.edit() as st:
+            return self._expected(st["external"], w)
+
+    def _probe(self, now: float, u: float) -> tuple[bool, float] | None:
+        """The time request that measures others' use of the current window to its end, for a waiter
+        (module docs): None when none is wanted; ``(False, t)`` to wake up at server ms ``t`` for it;
+        ``(True, now)`` when it is claimed (for every process sharing the state) and its weight
+        reserved, to be sent at once."""
+        wms = self.window_ms
+        w = self.window_of(now)
+        start = w * wms
+        latest = start + wms - u - self.latency_ms() - 1.0  # it lands in ``w`` for certain until then
+        earliest = latest - _PROBE_LEAD * wms
+        if self.clock.samples < 2 or latest - start < wms / 2 or now > latest:
+            return None  # (a clock too uncertain to place it late in the window for certain)
+        # it may take one weight of the reserve: were it to wait for room, a window that lake's
+        # requests fill to the last weight (no external use, or as much as expected) was never seen
+        cap = self.budget + (1 if self.limit > self.budget else 0)
+        with self._state.edit() as st:
+            ext = st["external"]
+            entry = ext.get(str(w))
+            if isinstance(entry, dict):
+                got = _observed(entry)
+                if _num(entry.get("probe")) is not None or (got is not None and got[2] >= earliest - start):
+                    return None  # measured (or being measured) late enough already
+            if now < earliest:
+                return False, earliest
+            res = st["windows"]
+            if int(res.get(str(w), 0)) + self._expected(ext, w) + 1 > cap:
+                return None
+            for x in self._span(now, u):
+                res[str(x)] = int(res.get(str(x), 0)) + 1
+            ext.setdefault(str(w), {})["probe"] = round(now - start)
+        return True, now
 
     def pause(self, seconds: float, reason: str = "") -> float:
         """Stop granting permits (in every process sharing the state) for ``seconds`` of REAL time.
@@ -651,4 +816,5 @@ class WeightGovernor:
     def used_now(self) -> int:
         """Best knowledge of the weight used in the current window."""
         w = self.window_of(self.clock.now_ms())
-        return self.reserved(w) + max(0, self._external.get(w, 0))
+        with self._state.edit() as st:
+            return int(st["windows"].get(str(w), 0)) + self._expected(st["external"], w)

@@ -316,7 +316,9 @@ class RestClient:
 
     async def _unguarded_sync(self) -> None:
         """A time request outside the permit queue, for the governor while it waits (it reserved the
-        weight). A 429/418 answer pauses every request like any other."""
+        weight): a clock sample, and the IP's used weight at a known server time (near a window's
+        end, the governor's measure of other programs' use of it). A 429/418 answer pauses every
+        request like any other."""
         if self._session is None or self._closed:
             return
         url = f"{self.base_url}{self.market.time_path}"
@@ -329,10 +331,16 @@ class RestClient:
         self.stats.requests += 1
         self.stats.weight += 1
         self.stats.status[status] += 1
+        used = _used_weight(headers, self.weight_header)
         if status == 200:
-            data = json.loads(body)
-            self.clock.observe(sent, recv, float(data["serverTime"]))
-        elif status in (429, 418):
+            server_ms = float(json.loads(body)["serverTime"])
+            self.clock.observe(sent, recv, server_ms)
+            if used is not None:
+                # (the server's own stamp places the count in its window, whatever the clock's error)
+                self.governor.observe(used, server_ms)
+        elif used is not None:
+            self.governor.observe(used)
+        if status in (429, 418):
             await self._rate_limited(status, _retry_after(headers), body, "time (clock re-sync)", 1)
 
     async def server_time(self) -> int:
