@@ -233,8 +233,9 @@ async def test_forced_429_mid_run_and_a_418_ban(tmp_path: Path) -> None:
 async def test_no_time_request_into_a_full_window(tmp_path: Path) -> None:
     # Regression: while waiting seconds for a full window to end, the governor re-synced its clock
     # with a (weight 1) time request every second, into the full window: five 429s, then a 418 ban.
-    # Speed 4 makes a window 15 real seconds, so the wait is long enough to try.
-    async with sim_server(speed=4.0, weight_limits={"spot": 6000, "um": 24, "cm": 2400}) as sim:
+    # Speed 12 makes a window 5 real seconds, so the wait (the re-sync is tried after 1 s) is long
+    # enough to try several times.
+    async with sim_server(speed=12.0, weight_limits={"spot": 6000, "um": 24, "cm": 2400}) as sim:
         rep = await run(sim, tmp_path, ["usdt_perp"], interval="1m", days=2, symbols=["BTCUSDT", "ETHUSDT"])
         assert_equals_truth(sim, tmp_path, rep, "usdt_perp", "1m")
         um = rep.markets["um"]
