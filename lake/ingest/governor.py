@@ -58,9 +58,9 @@ How it stays under the limit
   - The observations are in the state (``external``: per window ``seen``, ``at``, ``last``,
     ``probe``), so every process leaves what any of them measured, from its first request on.
 * **Across processes.** With ``state_file`` set, reservations, and pauses after a 429/418, live in
-  a small JSON file (``budget-<market>-<hash of host and base URL>.json`` under
-  ``Settings.state_path``); each reservation is a read-modify-write under an ``fcntl`` lock. The
-  file is rewritten in place (the lock is on the file itself); a torn file reads as empty state,
+  a small JSON file (``budget-<market>-<hash>.json``, the hash of this machine and ``budget_key``:
+  every host of one Binance service shares it) under ``Settings.state_path``; each reservation is
+  a read-modify-write under an ``fcntl`` lock. The file is rewritten in place (the lock is on the file itself); a torn file reads as empty state,
   entries that are not lake's are dropped. It also keeps the limit in use and the server clock's
   measured rate, which a process starting later checks its first requests against. Keys a process
   does not know are written back as they were (an older lake keeps ``external`` and ignores it).
@@ -88,6 +88,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 __all__ = [
     "GovernorStats",
@@ -95,6 +96,7 @@ __all__ = [
     "ServerClock",
     "StateFile",
     "WeightGovernor",
+    "budget_key",
     "budget_path",
 ]
 
@@ -248,13 +250,39 @@ class ServerClock:
 # ----------------------------------------------------------------------------------------------
 
 
-def budget_path(state_dir: str | os.PathLike[str], name: str, base_url: str) -> Path:
-    """``<state_dir>/budget-<name>-<hash>.json``; the hash covers this host and the REST base URL.
+# Binance's alternative hosts of one service: the exchange counts weight and connection attempts per
+# IP, so a process on api1.binance.com and one on api.binance.com spend one budget. (Whether the
+# market-data-only hosts share spot's is UNVERIFIED: sharing is the side that cannot earn a ban.)
+_SAME_BUDGET = {
+    **dict.fromkeys(
+        ("api.binance.com", "api1.binance.com", "api2.binance.com", "api3.binance.com",
+         "api4.binance.com", "api-gcp.binance.com", "data-api.binance.vision"),
+        "binance-spot-rest",
+    ),
+    **dict.fromkeys(("stream.binance.com", "data-stream.binance.vision"), "binance-spot-ws"),
+    "fapi.binance.com": "binance-um-rest",
+    "fstream.binance.com": "binance-um-ws",
+    "dapi.binance.com": "binance-cm-rest",
+    "dstream.binance.com": "binance-cm-ws",
+}  # fmt: skip
 
-    Processes on one machine talking to the same base URL share a budget (the exchange counts per
-    IP); a different host or URL (e.g. a simulator) gets its own file.
+
+def budget_key(base_url: str) -> str:
+    """What a budget is shared by: the Binance service behind ``base_url`` (any of its hosts, ports,
+    schemes and paths), else the URL itself (a simulator, a proxy)."""
+    url = base_url.strip().rstrip("/")
+    host = (urlsplit(url).hostname or "").lower()
+    return _SAME_BUDGET.get(host, url)
+
+
+def budget_path(state_dir: str | os.PathLike[str], name: str, base_url: str) -> Path:
+    """``<state_dir>/budget-<name>-<hash>.json``; the hash covers this host and ``budget_key(base_url)``.
+
+    Processes on one machine talking to the same service share a budget (the exchange counts per
+    IP), whichever of its hosts each uses; a different service or URL (e.g. a simulator) gets its
+    own file.
     """
-    digest = hashlib.sha256(f"{socket.gethostname()}|{base_url.rstrip('/')}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{socket.gethostname()}|{budget_key(base_url)}".encode()).hexdigest()[:12]
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
     return Path(state_dir) / f"budget-{safe}-{digest}.json"
 

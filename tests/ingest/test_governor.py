@@ -166,3 +166,25 @@ def test_two_processes_share_one_budget(tmp_path: Path) -> None:
                 per_window[w] = per_window.get(w, 0) + 2
     assert sum(len(w) for w in results) == 90
     assert max(per_window.values()) <= 60
+
+
+def test_every_host_of_one_binance_service_shares_its_budget_file(tmp_path: Path) -> None:
+    # Binance counts weight (and websocket connection attempts) per IP: a lake on api1.binance.com
+    # and one on api.binance.com spent two budgets of 6000 against one limit
+    def same(*urls: str) -> bool:
+        return len({budget_path(tmp_path, "spot", u) for u in urls}) == 1
+
+    assert same("https://api.binance.com", "https://api1.binance.com/", "https://API4.binance.com",
+                "https://api-gcp.binance.com", "https://data-api.binance.vision")  # fmt: skip
+    assert same(
+        "wss://stream.binance.com:9443", "wss://stream.binance.com:443", "wss://data-stream.binance.vision"
+    )
+    assert same(
+        "wss://fstream.binance.com/market", "wss://fstream.binance.com/public", "wss://fstream.binance.com"
+    )
+    assert not same("https://api.binance.com", "https://fapi.binance.com")
+    assert not same("https://fapi.binance.com", "https://dapi.binance.com")
+    assert not same("https://api.binance.com", "wss://stream.binance.com:9443")
+    # anything else (a simulator, a proxy) keeps a budget of its own URL
+    assert not same("http://127.0.0.1:8765", "http://127.0.0.1:8766")
+    assert same("http://127.0.0.1:8765", "http://127.0.0.1:8765/")
