@@ -117,10 +117,17 @@ async def fetch_funding(client: RestClient, symbol: str, start_ms: int, end_ms: 
         if len(rows) < FUNDING_PAGE:
             continue
         ms = df["funding_time"].dt.epoch("ms")
+        ms = ms.filter((ms >= a) & (ms < b))
+        if ms.len() == 0:
+            # A full page of nothing asked for (a server or proxy ignoring startTime/endTime): the
+            # windows left and right of it would be [a, b) again, asked for ever. Say so instead.
+            raise DataError(
+                f"fundingRate {symbol}: a full page of {len(rows)} rows, none in the window asked for"
+            )
         lo, hi = int(ms.min()), int(ms.max())  # type: ignore[arg-type]
-        # both windows are strictly smaller than [a, b), even if the server ignored the bounds
+        # both windows are strictly smaller than [a, b): lo and hi are inside it
         todo.append((hi + 1, b))
-        todo.append((a, min(lo, b)))
+        todo.append((a, lo))
     if not frames:
         return pl.DataFrame(schema=FUNDING_SCHEMA)
     out = pl.concat(frames)

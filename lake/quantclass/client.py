@@ -12,7 +12,8 @@ error message (URLs are reported without their query string).
 Errors: 401/403 → ``ConfigError`` (bad key or UUID), 404 → ``NotFoundError``; 429 (after its
 Retry-After, at most 60 s), 5xx, timeouts and dropped connections are retried with capped jittered
 backoff, then raised (``RateLimitedError``, ``UpstreamError``); an unexpected body → ``DataError``
-(an error the API answers with HTTP 200, ``{"code", "msg"}``, with its message, secrets masked).
+(an error the API answers with HTTP 200, ``{"code", "msg"}``, with its message, secrets masked). A
+redirect of the API is a ``DataError`` too: following it would send the key to wherever it points.
 """
 
 from __future__ import annotations
@@ -165,10 +166,16 @@ class QuantclassClient:
         delay = _FIRST_RETRY_S
         for attempt in range(self._retries + 1):
             try:
-                async with self._session.get(url, params=params, headers=headers) as resp:
+                # The API's requests carry the key in a header, which aiohttp would send on to any
+                # host a redirect names (or over plain http): they are not followed.
+                async with self._session.get(
+                    url, params=params, headers=headers, allow_redirects=not api
+                ) as resp:
                     if resp.status == 200:
                         return await resp.read()
                     error = _http_error(resp.status, shown, resp.headers.get("Retry-After"))
+                    if api and 300 <= resp.status < 400:
+                        error = _redirect_error(resp.status, shown, resp.headers.get("Location"))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 error = UpstreamError(f"GET {shown} failed: {type(exc).__name__}")
             if not isinstance(error, (UpstreamError, RateLimitedError)) or attempt == self._retries:
@@ -196,6 +203,19 @@ def _http_error(status: int, shown: str, retry_after: str | None) -> Exception:
     if status >= 500:
         return UpstreamError(f"HTTP {status} from {shown}")
     return DataError(f"HTTP {status} from {shown}")
+
+
+def _redirect_error(status: int, shown: str, location: str | None) -> DataError:
+    """A redirect of the API, not followed: its target's origin only (its query may echo the UUID)."""
+    try:
+        to = URL(location or "")
+        where = f" to {to.origin()}" if to.is_absolute() else ""
+    except ValueError:
+        where = ""
+    return DataError(
+        f"HTTP {status} from {shown}: the Quantclass API redirects{where}; not followed with the "
+        "API key (set quantclass_url to where it points)"
+    )
 
 
 def _json(body: bytes) -> Any:

@@ -14,6 +14,7 @@ does not hold at all are listed (``absent_symbols``).
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,10 +75,14 @@ class CompareResult:
         return None if row.height == 0 else row["max_rel_error"][0]
 
     def to_dict(self) -> dict[str, object]:
+        errors = dict(self.summary.iter_rows())
         return {
             "trade_type": self.trade_type,
             "interval": self.interval,
-            "errors": dict(self.summary.iter_rows()),
+            "errors": errors,
+            # Standard JSON has no infinity, so an infinite error (ours ≠ 0 where theirs is 0) prints
+            # as null in `errors`, as a column nothing was compared in does: these columns tell them apart.
+            "infinite_errors": [c for c, e in errors.items() if e is not None and math.isinf(e)],
             "reference_rows": self.reference_rows,
             "matched": self.matched,
             "missing": self.missing,

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import lzma
 import re
+import struct
+import zlib
 from dataclasses import dataclass
 
 import polars as pl
@@ -42,6 +45,24 @@ CSV_COLUMNS = ["candle_begin_time", "symbol", *VALUE_COLUMNS, "tag"]
 KINDS = {"usdt_spot": "spot", "usdt_perp": "swap"}  # lake trade type -> Quantclass file kind
 _NAME_RE = re.compile(r"(?:(\d{12})-)?(spot|swap)_1h(\d+m)\.(7z|csv)")
 _MAX_CSV_BYTES = 1 << 30
+# What py7zr lets escape from a damaged archive (a cut download, a damaged saved file) besides its own
+# errors: a corrupted LZMA stream raises lzma's error, a damaged header KeyError, TypeError or an
+# AssertionError. The bytes come from outside, so each is a DataError, not a traceback.
+_UNREADABLE = (
+    py7zr.exceptions.ArchiveError,
+    py7zr.exceptions.PasswordRequired,
+    py7zr.exceptions.AbsolutePathError,
+    lzma.LZMAError,
+    zlib.error,
+    struct.error,
+    EOFError,
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    AssertionError,
+)
 
 
 def kind_of(trade_type: str) -> str:
@@ -94,9 +115,9 @@ def read_candles_csv(data: bytes) -> pl.DataFrame:
     text = text[text.rfind("\n", 0, start) + 1 :]
     try:
         raw = pl.read_csv(io.StringIO(text), infer_schema=False)
-    except pl.exceptions.PolarsError as exc:
+        raw = raw.rename({c: c.strip() for c in raw.columns if c != c.strip()})  # "a, b" headers
+    except pl.exceptions.PolarsError as exc:  # ("open, open": a duplicate once stripped, too)
         raise DataError(f"unreadable Quantclass CSV: {exc}") from exc
-    raw = raw.rename({c: c.strip() for c in raw.columns if c != c.strip()})  # "a, b" headers
     missing = [c for c in CSV_COLUMNS if c not in raw.columns and c != "tag"]
     if missing:
         raise DataError(f"Quantclass CSV lacks columns: {', '.join(missing)}")
@@ -150,8 +171,10 @@ def decode_archive(data: bytes) -> pl.DataFrame:
         with py7zr.SevenZipFile(io.BytesIO(data), "r") as archive:
             names = [n for n in archive.getnames() if n.lower().endswith(".csv")]
             archive.extractall(factory=factory)
-    except (py7zr.exceptions.ArchiveError, py7zr.exceptions.PasswordRequired, EOFError, OSError) as exc:
-        raise DataError(f"not a readable 7z archive: {exc}") from exc
+    except _UNREADABLE as exc:
+        raise DataError(f"not a readable 7z archive: {type(exc).__name__}: {exc}") from exc
     if not names:
         raise DataError("the 7z archive holds no CSV")
+    if lost := [n for n in names if n not in factory.products]:  # listed, never extracted: damaged
+        raise DataError(f"not a readable 7z archive: {lost[0]!r} listed but not extracted")
     return pl.concat([read_candles_csv(factory.get(n).read()) for n in names])
