@@ -46,13 +46,30 @@ class _HideCredentials(logging.Filter):
         return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not to the stream it was when
+    logging was set up: a CLI run in-process (a notebook's, a test's) may replace stderr and close
+    the old one, and every later line would then be a "Logging error" on the new one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Plain, timestamped log lines on stderr (idempotent)."""
     root = logging.getLogger("lake")
     if any(getattr(h, "_lake", False) for h in root.handlers):
         root.setLevel(level)
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
     )

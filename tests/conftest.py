@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
@@ -20,6 +21,18 @@ def _isolate_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     # A lake.toml in the working directory of whoever runs the tests must not apply.
     monkeypatch.setenv("LAKE_CONFIG", os.devnull)
+
+
+@pytest.fixture(autouse=True)
+def _isolate_logging() -> Iterator[None]:
+    """A test that runs the CLI in-process (``lake.cli.main``) sets up lake's log handler; later
+    tests must not see its lines in their captured output (CliRunner mixes stderr into ``output``)."""
+    lake_log = logging.getLogger("lake")
+    saved = (list(lake_log.handlers), lake_log.level, lake_log.propagate)
+    yield
+    lake_log.handlers[:] = saved[0]
+    lake_log.setLevel(saved[1])
+    lake_log.propagate = saved[2]
 
 
 @pytest.fixture(scope="session")

@@ -105,9 +105,10 @@ async def test_a_lower_stream_cap_is_learned_and_every_stream_ends_on_the_websoc
     assert sum(marks["loads"]) == len(live) and max(marks["loads"]) <= 20, marks["loads"]
     cap = ws["cap"]
     assert cap in (11, 12) and ws["connections"] == len(marks["loads"]) == -(-len(live) // cap)
-    # 1 refused, then 3 (2 new; one may start after the second lowering) refused, then 6 or 7 (3 or 4
+    # 1 refused, then 3 (2 new; one may start after the second lowering, and the second lowering may
+    # come before the other new one tried: 2 refusals in all, seen in CI) refused, then 6 or 7 (3 or 4
     # new): a handful of attempts, none once it held
-    assert 3 <= ws_stats["closed_stream_cap"] <= 4 and end_conns == marks["conns"] <= 11
+    assert 2 <= ws_stats["closed_stream_cap"] <= 4 and end_conns == marks["conns"] <= 11
     assert marks["end_loads"] == marks["loads"]
     after = lake_frame(tmp_path, TT, "1m").filter(pl.col("t").is_between(marks["from"], wm))
     assert after.height == 3 * len(live) and set(after["source"]) == {"ws"}

@@ -39,7 +39,7 @@ def test_formats(app: typer.Typer, root: Path, tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["sql", Q, "--format", "csv", "--root", str(root)])
     assert r.output.splitlines() == ["symbol,n", "BTCUSDT,30"]
     r = CliRunner().invoke(app, ["sql", Q, "--format", "json", "--root", str(root)])
-    assert json.loads(r.output) == [{"symbol": "BTCUSDT", "n": 30}]
+    assert json.loads(r.stdout) == [{"symbol": "BTCUSDT", "n": 30}]
     out = tmp_path / "out.parquet"
     r = CliRunner().invoke(app, ["sql", Q, "--format", "parquet", "--output", str(out), "--root", str(root)])
     assert r.exit_code == 0 and pl.read_parquet(out).rows() == [("BTCUSDT", 30)]

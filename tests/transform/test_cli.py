@@ -29,7 +29,7 @@ def test_build_then_nothing_to_do(tmp_path: Path) -> None:
     args = ["offsets", "--type", "usdt_perp", "--interval", "1h", "--root", str(tmp_path)]
     r = CliRunner().invoke(_app(), [*args, "--json"])
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["base"] == "5m" and len(doc["offsets"]) == 12 and doc["written"] == 12
     stored = scan_klines(tmp_path, "usdt_perp", "5m").collect().height
     assert doc["base_rows_read"] == stored > 0
@@ -44,7 +44,7 @@ def test_build_then_nothing_to_do(tmp_path: Path) -> None:
         random_candles(2, 300_000, 288, start_ms=T0_MS + 600 * 300_000),
     )
     r = CliRunner().invoke(_app(), [*args, "--json"])
-    assert r.exit_code == 0 and json.loads(r.output)["written"] == 1 and json.loads(r.output)["tail_bins"] > 0
+    assert r.exit_code == 0 and json.loads(r.stdout)["written"] == 1 and json.loads(r.stdout)["tail_bins"] > 0
     r = CliRunner().invoke(_app(), [*args, "--fold"])
     assert r.exit_code == 0 and "1 tails folded" in r.output, r.output
 
@@ -139,4 +139,4 @@ def test_a_root_or_symbol_the_lake_does_not_hold(tmp_path: Path) -> None:
         assert "5m klines of NOPEUSDT" in str(r.exception) and "(1 symbols hold them)" in str(r.exception)
     assert not (tmp_path / "offsets").exists()
     r = CliRunner().invoke(_app(), [*base, "--symbols", "BTCUSDT"])
-    assert r.exit_code == 0 and json.loads(r.output)["written"] > 0
+    assert r.exit_code == 0 and json.loads(r.stdout)["written"] > 0
