@@ -1124,10 +1124,13 @@ class LiveRunner:
             ok, settling = await self._repair(feed, todo) if todo else (True, set())
             if not feed.book.pending(period) or self._stop.is_set():
                 return
+            # only what this round asked for: a candle too young for it a moment ago (closing
+            # events may still come) is no failure of the repair, and the next round asks for it
+            tried = {(s, t) for s, ts in todo.items() for t in ts}
             still = {
                 s: left
                 for s, ts in self._unresolved(feed, period).items()
-                if (left := [t for t in ts if (s, t) not in settling])
+                if (left := [t for t in ts if (s, t) in tried and (s, t) not in settling])
             }
             if still:  # not merely waiting for the writer or for an empty answer to settle
                 attempt += 1

@@ -74,6 +74,7 @@ from lake.transform.planning import (
     Fingerprints,
     Tally,
     Work,
+    _data_end,
     _Rows,
     _span,
     base_footers,
@@ -364,6 +365,15 @@ class _Run:
         # append. Used here, they completed bins in the period files that the next run's tail layer
         # held a second time (a live 1s feed's builds met it every few runs).
         ends = {i: w.data_end for i, w in enumerate(batch) if not w.tail and w.lo is not None and w.data_end}
+        # Likewise a series whose fingerprints come from its footers, read before its rows (a build
+        # of every bin: planning saw only change tokens), uses no candle past the last one they
+        # describe. A candle appended in between completed a period-file bin while the manifest
+        # recorded the older fingerprints, and the next run's tail layer held that bin again (the
+        # first build of `lake live --offsets` from a month or year base, racing its compaction).
+        for i, got in footed.items():
+            end_ = _data_end(got, plan.base)
+            if end_ is not None:
+                ends[i] = min(ends.get(i, end_), end_)
         if ends:
             end = pl.col("_sym").replace_strict(ends, default=None, return_dtype=pl.Int64)
             base = base.filter(end.is_null() | (pl.col("candle_begin_time").dt.epoch("ms") < end))
