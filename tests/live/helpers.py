@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -247,3 +248,14 @@ async def webhook(delay_s: float = 0.0) -> AsyncIterator[tuple[list[dict[str, An
 
     async with post_server("/alerts", handle) as url:
         yield posts, url
+
+
+def closing_events(messages: list[str | bytes]) -> list[tuple[str, int]]:
+    """(stream, open time) of the closing kline events among raw websocket ``messages``."""
+    out = []
+    for m in messages:
+        doc = json.loads(m)
+        data = doc.get("data", doc)
+        if data.get("e") == "kline" and data["k"]["x"]:
+            out.append((doc.get("stream", ""), data["k"]["t"]))
+    return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +23,7 @@ from lake.live.ws import WsPool, about_stream_cap, stream_name
 from lake.settings import Settings
 from lake.sim.testing import sim_server, test_config
 
-from .helpers import M, assert_equals_truth, lake_frame, run_while, until
+from .helpers import M, assert_equals_truth, closing_events, lake_frame, run_while, until
 
 TT = "usdt_perp"
 ASSUMED = 100  # what lake believes of the um server in these tests
@@ -37,16 +36,6 @@ def _conns(sim: Any) -> int:
 def _loads(sim: Any) -> list[int]:
     """Streams on each open um connection of the simulator."""
     return sorted(len(c.subs) for c in sim.ws.conns if c.market == "um")
-
-
-def _closing(messages: list[str | bytes]) -> list[tuple[str, int]]:
-    out = []
-    for m in messages:
-        doc = json.loads(m)
-        data = doc.get("data", doc)
-        if data.get("e") == "kline" and data["k"]["x"]:
-            out.append((doc["stream"], data["k"]["t"]))
-    return out
 
 
 @pytest.fixture
@@ -154,14 +143,14 @@ async def test_a_subscribe_refused_for_too_many_streams_counts_what_the_server_t
             loads = _loads(sim)
             opened = sim.clock.now_ms() // M * M  # (the candle the advance closes)
             sim.clock.advance(M)
-            await until(lambda: len(_closing(got)) >= len(symbols), 5)
+            await until(lambda: len(closing_events(got)) >= len(symbols), 5)
             await asyncio.sleep(0.2)  # (a duplicate would have come with them)
         finally:
             await pool.stop()
         ws_stats = sim.stats.snapshot()["ws"]
     assert learned == [35, 20]
     assert loads == [17, 18, 18, 18] and len(pool.shards) == 4
-    assert sorted(_closing(got)) == sorted((stream_name(s, "1m"), opened) for s in symbols)
+    assert sorted(closing_events(got)) == sorted((stream_name(s, "1m"), opened) for s in symbols)
     assert ws_stats["refused_stream_cap"] >= 2 and ws_stats.get("closed_stream_cap", 0) == 0
     assert pool.health()["cap_refusals"] >= 2
 

@@ -23,21 +23,10 @@ from lake.settings import Settings
 from lake.sim.clock import to_ms
 from lake.sim.testing import TEST_START, sim_server, test_config
 
-from .helpers import M, assert_equals_truth, lake_frame, run_while, until
+from .helpers import M, assert_equals_truth, closing_events, lake_frame, run_while, until
 
 TT = "usdt_perp"
 NOW = to_ms(TEST_START)
-
-
-def _closing(messages: list[str | bytes]) -> list[tuple[str, int]]:
-    """(stream, open time) of the closing kline events among ``messages``."""
-    out = []
-    for m in messages:
-        doc = json.loads(m)
-        data = doc.get("data", doc)
-        if data.get("e") == "kline" and data["k"]["x"]:
-            out.append((doc.get("stream", ""), data["k"]["t"]))
-    return out
 
 
 def _conns(sim: Any) -> int:
@@ -127,12 +116,12 @@ async def test_an_error_reply_without_an_id_is_matched_to_its_request() -> None:
         try:
             await until(lambda: bad in getattr(shard, "rejected", {}), 10)
             sim.clock.advance(M)
-            await until(lambda: len(_closing(got)) >= 4, 10)
+            await until(lambda: len(closing_events(got)) >= 4, 10)
             await asyncio.sleep(0.2)  # (anything else would have come with them)
         finally:
             await shard.stop()
         ws_stats = sim.stats.snapshot()["ws"]
-    assert sorted(_closing(got)) == [(s, NOW) for s in good]
+    assert sorted(closing_events(got)) == [(s, NOW) for s in good]
     assert shard.stats.connects == 1 and shard.stats.drops == 0
     assert shard.desired == set(good) and shard.stats.rejected == 1
     assert ws_stats.get("closed_rate_limit", 0) == 0
@@ -210,20 +199,20 @@ async def test_more_streams_than_one_connection_carries_are_split_and_all_delive
             assert await pool.wait_connected(10.0)
             await until(lambda: sum(len(c.subs) for c in sim.ws.conns) == 8, 10)
             sim.clock.advance(M)
-            await until(lambda: len(_closing(got)) >= 8, 10)
+            await until(lambda: len(closing_events(got)) >= 8, 10)
             await pool.update(add=symbols[8:10])
             assert [len(s.desired) for s in pool.shards] == [3, 3, 3, 1]
             assert await pool.wait_connected(10.0)
             await until(lambda: sum(len(c.subs) for c in sim.ws.conns) == 10, 10)
             sim.clock.advance(M)
-            await until(lambda: len(_closing(got)) >= 18, 10)
+            await until(lambda: len(closing_events(got)) >= 18, 10)
             await asyncio.sleep(0.2)
         finally:
             await pool.stop()
         ws_stats = sim.stats.snapshot()["ws"]
     first = sorted(stream_name(s, "1m") for s in symbols[:8])
-    assert sorted(s for s, t in _closing(got) if t == NOW) == first
-    assert sorted(s for s, t in _closing(got) if t == NOW + M) == sorted(
+    assert sorted(s for s, t in closing_events(got) if t == NOW) == first
+    assert sorted(s for s, t in closing_events(got) if t == NOW + M) == sorted(
         stream_name(s, "1m") for s in symbols[:10]
     )
     assert ws_stats.get("closed_stream_cap", 0) == 0 and pool.health()["drops"] == 0
@@ -241,7 +230,7 @@ async def test_the_servers_pings_are_answered_and_keep_the_connection() -> None:
             assert await shard.wait_connected(5.0)
             await asyncio.sleep(1.5)  # seven pings
             sim.clock.advance(M)
-            await until(lambda: len(_closing(got)) == 1, 5)
+            await until(lambda: len(closing_events(got)) == 1, 5)
         finally:
             await shard.stop()
     assert shard.stats.connects == 1 and shard.stats.drops == 0
