@@ -58,9 +58,13 @@ def compare(
 
     The errors are over the candles both sides hold; reference candles the lake lacks (the newest
     hours, say, when the reference runs ahead of the lake) are counted as missing in the summary
-    line and in the JSON (`missing`, `absent_symbols`) and do not change the exit code. Exits with
-    code 5 when nothing could be compared (no offsets of the reference symbols, or none of the
-    reference candles in the lake).
+    line and in the JSON (`missing`, `absent_symbols`) and do not change the exit code. The other
+    way round, within the hours the reference covers (per offset, the hours it has rows of), lake
+    candles of reference symbols it has no row of are counted (`extra`, per series in --output) and
+    lake symbols it never names are listed (`unreferenced_symbols`); they do not change the exit
+    code either, as the reference may leave symbols out on purpose. Exits with code 5 when nothing
+    could be compared (no offsets of the reference symbols, or none of the reference candles in the
+    lake).
     """
     if reference != "quantclass":
         raise ValidationError(f"unknown reference {reference!r}; valid: quantclass")
@@ -107,15 +111,26 @@ def compare(
     console.print(table)
     console.print(
         f"{result.symbols} symbols × {len(result.offsets)} offsets, {result.matched}/{result.reference_rows} "
-        f"reference candles matched, {result.missing} missing from the lake"
+        f"reference candles matched, {result.missing} missing from the lake, "
+        f"{result.extra} lake candles in the reference's hours not in the reference"
     )
     if result.absent_symbols:
-        shown = ", ".join(result.absent_symbols[:10]) + (" …" if len(result.absent_symbols) > 10 else "")
-        console.print(f"{len(result.absent_symbols)} reference symbols not in the lake: {shown}")
+        console.print(
+            f"{len(result.absent_symbols)} reference symbols not in the lake: {_some(result.absent_symbols)}"
+        )
+    if result.unreferenced_symbols:
+        console.print(
+            f"{len(result.unreferenced_symbols)} lake symbols in the reference's hours not in the "
+            f"reference: {_some(result.unreferenced_symbols)}"
+        )
     if output is not None:
         console.print(f"detail written to {output}")
     if none_matched:
         raise IncompleteError(_none_matched(result.reference_rows, trade_type, interval))
+
+
+def _some(symbols: list[str]) -> str:
+    return ", ".join(symbols[:10]) + (" …" if len(symbols) > 10 else "")
 
 
 def _none_matched(rows: int, trade_type: str, interval: str) -> str:

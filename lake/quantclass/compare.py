@@ -8,12 +8,18 @@ does the arithmetic, so the SQL and this command report the same numbers.
 The seed reports the per-column maximum over all symbols and offsets (``CompareResult.summary``); the
 per (symbol, offset, column) rows are ``CompareResult.detail``. Unlike the seed, nothing is dropped
 silently: reference candles the lake lacks are counted (``missing``), and reference symbols the lake
-does not hold at all are listed (``absent_symbols``).
+does not hold at all are listed (``absent_symbols``). The other way round, within the hours the
+reference covers (per offset, the ``candle_begin_time`` values it has rows of), our candles of reference
+symbols that it has no row of are counted (``extra``), and our symbols with candles in those hours
+that it never names are listed (``unreferenced_symbols``). Those are counted by Polars from the
+offsets of the reference's hours alone (a view would open every file of the table to find them), so
+they are not in the ``compare`` view.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import math
 import os
 from dataclasses import dataclass, field
@@ -21,10 +27,11 @@ from pathlib import Path
 
 import polars as pl
 
-from lake.errors import IncompleteError, NotFoundError, ValidationError
+from lake.errors import DataError, IncompleteError, NotFoundError, ValidationError
 from lake.quantclass.client import QuantclassClient
 from lake.quantclass.files import FileName, decode_archive, kind_of, read_candles_csv
 from lake.query.connect import connect
+from lake.schema import OFFSET_SCHEMA
 from lake.settings import Settings
 from lake.store.fs import LakeFS, write_file_atomic
 from lake.transform.build import scan_offsets
@@ -53,11 +60,18 @@ COLUMNS = (
     "taker_buy_quote_asset_volume",
 )
 _KEYS = ("trade_type", "interval", "offset", "symbol", "candle_begin_time")
+_SERIES = ["offset", "symbol"]
 
 
 @dataclass(frozen=True)
 class CompareResult:
-    """The seed's table (``summary``: column, max_rel_error) and the per-series ``detail``."""
+    """The seed's table (``summary``: column, max_rel_error) and the per-series ``detail``.
+
+    ``detail`` has a row per (offset, symbol, column) of every series compared, and of every series
+    of a reference symbol that only the lake holds in the reference's hours (nothing compared:
+    ``reference_rows`` 0, ``max_rel_error`` null); ``extra`` is the sum of its per-series ``extra``.
+    ``symbols`` and ``offsets`` are those of the series compared.
+    """
 
     trade_type: str
     interval: str
@@ -69,6 +83,8 @@ class CompareResult:
     offsets: tuple[str, ...] = ()
     symbols: int = 0  # compared (present in the reference and the lake)
     absent_symbols: list[str] = field(default_factory=list)  # in the reference, not in the lake
+    extra: int = 0  # our candles of reference symbols in its hours that it has no row of
+    unreferenced_symbols: list[str] = field(default_factory=list)  # ours in its hours, never in it
 
     def max_error(self, column: str) -> float | None:
         row = self.summary.filter(pl.col("column") == column)
@@ -89,6 +105,8 @@ class CompareResult:
             "offsets": list(self.offsets),
             "symbols": self.symbols,
             "absent_symbols": self.absent_symbols,
+            "extra": self.extra,
+            "unreferenced_symbols": self.unreferenced_symbols,
         }
 
 
@@ -100,7 +118,11 @@ def compare_with_reference(
     ours = set(
         scan_offsets(root, trade_type, interval).select("symbol").unique().collect()["symbol"].to_list()
     )
-    absent = sorted(set(ref["symbol"].unique().to_list()) - ours)
+    named = set(ref["symbol"].unique().to_list())
+    absent = sorted(named - ours)
+    only_ours = _not_in_reference(root, trade_type, interval, reference)
+    unreferenced = sorted(set(only_ours["symbol"].to_list()) - named)
+    extra = only_ours.filter(pl.col("symbol").is_in(sorted(named)))
     ref = ref.filter(pl.col("symbol").is_in(sorted(ours)))
     con = connect(root)
     try:
@@ -111,11 +133,11 @@ def compare_with_reference(
         ).pl()
     finally:
         con.close()
-    detail = detail.sort("symbol", "offset", "column")
+    detail = _with_extra(detail, extra, trade_type, interval).sort("symbol", "offset", "column")
     summary = pl.DataFrame({"column": list(COLUMNS)}).join(
         detail.group_by("column").agg(pl.col("max_rel_error").max()), on="column", how="left"
     )
-    series = detail.unique(["offset", "symbol"])
+    series = detail.unique(_SERIES).filter(pl.col("reference_rows") > 0)
     return CompareResult(
         trade_type=trade_type,
         interval=interval,
@@ -127,7 +149,55 @@ def compare_with_reference(
         offsets=tuple(sorted(set(series["offset"].to_list()), key=_offset_minutes)),
         symbols=series["symbol"].n_unique(),
         absent_symbols=absent,
+        extra=int(extra["extra"].sum()),
+        unreferenced_symbols=unreferenced,
     )
+
+
+def _not_in_reference(
+    root: str | os.PathLike[str] | LakeFS, trade_type: str, interval: str, reference: pl.DataFrame
+) -> pl.DataFrame:
+    """Per (offset, symbol) of ours, how many candles in the reference's hours of that offset (the
+    ``candle_begin_time`` values it has rows of) it has no row of (``extra``); series with none left out."""
+    keys = [*_SERIES, "candle_begin_time"]
+    theirs = reference.select(*_SERIES, pl.col("candle_begin_time").cast(OFFSET_SCHEMA["candle_begin_time"]))
+    # The hours it holds rows of, not its first to last: files saved days apart leave days between
+    # them that it does not cover, and our candles there are not missing from it.
+    hours = theirs.select("offset", "candle_begin_time").drop_nulls().unique()
+    if hours.height == 0:
+        return pl.DataFrame(schema={"offset": pl.String, "symbol": pl.String, "extra": pl.Int64})
+    bounds = hours.select(
+        pl.col("candle_begin_time").min().alias("first"),
+        (pl.col("candle_begin_time").max() + dt.timedelta(milliseconds=1)).alias("end"),
+    )
+    # Only the period files and tail bins of these hours are read, not the offsets' whole history.
+    held = scan_offsets(root, trade_type, interval, start=bounds.item(0, 0), end=bounds.item(0, 1))
+    return (
+        held.select(keys)
+        .join(hours.lazy(), on=["offset", "candle_begin_time"], how="semi")
+        .join(theirs.lazy(), on=keys, how="anti")
+        .group_by(_SERIES)
+        .agg(pl.len().cast(pl.Int64).alias("extra"))
+        .collect()
+    )
+
+
+def _with_extra(detail: pl.DataFrame, extra: pl.DataFrame, trade_type: str, interval: str) -> pl.DataFrame:
+    """``detail`` with each series' ``extra``, and rows (nothing compared) for the series of ``extra``
+    the reference has no row of: their candles are counted, so the detail shows where."""
+    out = detail.join(extra, on=_SERIES, how="left").with_columns(pl.col("extra").fill_null(0))
+    only_ours = extra.join(detail.select(_SERIES).unique(), on=_SERIES, how="anti")
+    if only_ours.height == 0:
+        return out
+    rows = only_ours.join(pl.DataFrame({"column": list(COLUMNS)}), how="cross").with_columns(
+        pl.lit(trade_type).alias("trade_type"),
+        pl.lit(interval).alias("interval"),
+        pl.lit(None).alias("max_rel_error"),
+        pl.lit(0).alias("reference_rows"),
+        pl.lit(0).alias("matched"),
+        pl.lit(0).alias("missing"),
+    )
+    return pl.concat([out, rows.select(out.columns).cast(out.schema)])
 
 
 async def fetch_reference(
@@ -147,9 +217,13 @@ async def fetch_reference(
         async def one(offset: str) -> pl.DataFrame:
             latest = await qc.latest(offset)
             data = await qc.download(latest.url(kind))
-            df = await asyncio.to_thread(decode_archive, data)  # kept only if it can be read
+            name = FileName(latest.ts, kind, offset)
+            try:
+                df = await asyncio.to_thread(decode_archive, data)  # kept only if it can be read
+            except DataError as exc:
+                # named as --save-reference would keep it (the URL carries a token)
+                raise DataError(f"Quantclass's {name}: {exc}") from exc
             if save_dir is not None:
-                name = FileName(latest.ts, kind, offset)
                 target = Path(save_dir) / str(name)
                 await asyncio.to_thread(_save, target, data)
             return df.with_columns(pl.lit(offset).alias("offset"))
@@ -175,7 +249,10 @@ def load_reference_dir(directory: str | os.PathLike[str], trade_type: str) -> pl
         if name is None or name.kind != kind:
             continue
         data = path.read_bytes()
-        df = decode_archive(data) if name.ext == "7z" else read_candles_csv(data)
+        try:
+            df = decode_archive(data) if name.ext == "7z" else read_candles_csv(data)
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from exc
         frames.append(df.with_columns(pl.lit(name.offset).alias("offset"), pl.lit(k).alias("_file")))
     if not frames:
         raise NotFoundError(f"no Quantclass {kind} files (e.g. 202410081500-{kind}_1h0m.7z) in {d}")

@@ -6,7 +6,9 @@ trade_num, taker_buy_base_asset_volume, taker_buy_quote_asset_volume`` and ``tag
 ``NoSwap``). Files are named ``<YYYYmmddHHMM>-<spot|swap>_1h<offset>.7z`` with the time in
 Asia/Shanghai. Reading is lenient where real files vary: lines before the header (a disclaimer) are
 skipped, GBK is accepted when the text is not UTF-8, extra columns are ignored, times may carry a
-``T`` or a UTC suffix, and symbols written ``BTC-USDT`` become Binance's ``BTCUSDT``.
+``T`` or a UTC suffix, symbols written ``BTC-USDT`` become Binance's ``BTCUSDT``, and a whole
+``trade_num`` written as a float (``12.0``) is that count. A fractional one (``12.5``) is a
+``DataError``: no count of trades, and truncated it would compare as a match.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ def read_candles_csv(data: bytes) -> pl.DataFrame:
     missing = [c for c in CSV_COLUMNS if c not in raw.columns and c != "tag"]
     if missing:
         raise DataError(f"Quantclass CSV lacks columns: {', '.join(missing)}")
+    trade_num = pl.col("trade_num").str.strip_chars()
+    trade_num_real = trade_num.cast(pl.Float64).fill_nan(None)
     t = (
         pl.col("candle_begin_time")
         .str.strip_chars()
@@ -144,16 +148,29 @@ def read_candles_csv(data: bytes) -> pl.DataFrame:
                 for c in VALUE_COLUMNS
                 if c != "trade_num"
             ),
-            pl.col("trade_num").str.strip_chars().cast(pl.Float64).fill_nan(None).cast(pl.Int64),
+            # A count read as written, exact past 2**53; a float writer's "12.0" is 12, but "12.5"
+            # is no count of trades: truncated, it compared as a match (refused below).
+            pl.coalesce(
+                trade_num.cast(pl.Int64, strict=False), trade_num_real.cast(pl.Int64, strict=False)
+            ).alias("trade_num"),
+            trade_num_real.alias("_trade_num_real"),
             (pl.col("tag") if "tag" in raw.columns else pl.lit(None, pl.String)).alias("tag"),
-        ).select(CSV_COLUMNS)
+        )
     except pl.exceptions.PolarsError as exc:
         raise DataError(f"malformed Quantclass CSV values: {exc}") from exc
     bad = out["candle_begin_time"].is_null() & raw["candle_begin_time"].is_not_null()
     if bad.any():
         first = raw["candle_begin_time"].filter(bad)[0]
         raise DataError(f"malformed Quantclass CSV values: unparsable candle_begin_time {first!r}")
-    return out
+    real = out["_trade_num_real"]
+    bad = real.is_not_null() & (out["trade_num"].is_null() | (out["trade_num"].cast(pl.Float64) != real))
+    if bad.any():
+        i = bad.arg_true()[0]
+        value, symbol, time = raw["trade_num"][i].strip(), raw["symbol"][i], raw["candle_begin_time"][i]
+        raise DataError(
+            f"malformed Quantclass CSV values: trade_num {value!r} ({symbol} at {time}) is not a whole number"
+        )
+    return out.select(CSV_COLUMNS)
 
 
 def encode_archive(csv: bytes, arcname: str) -> bytes:

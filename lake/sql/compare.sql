@@ -7,7 +7,9 @@
 -- Equal values count as 0 error (also 0 = 0); a reference candle we lack has no error and shows in
 -- `missing`; a NaN value (either side) has no error either, as the seed's pandas max skips NaN
 -- (DuckDB's max would rank it above every error); max_rel_error is NULL when no value of that
--- symbol and offset was compared.
+-- symbol and offset was compared. Only the reference's candles are here: ours it has no row of
+-- (`extra`, `unreferenced_symbols`) are counted by `lake compare`, which reads only the offsets of
+-- the reference's hours for them.
 CREATE VIEW IF NOT EXISTS reference AS
 SELECT
     NULL::VARCHAR AS trade_type,
