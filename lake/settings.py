@@ -65,6 +65,12 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)
     http_timeout: float = 10.0
     max_concurrency: int = 64
+    # Streams per websocket connection, all markets or one (0: the market's, lowered by what a server
+    # refused lately): a cap set here wins over both, e.g. once Binance has raised its limit.
+    ws_stream_cap: int = 0
+    spot_ws_stream_cap: int = 0
+    um_ws_stream_cap: int = 0
+    cm_ws_stream_cap: int = 0
     # Which source set each field (0 built in or given directly, 1 config file, 2 env, 3 flag): an
     # endpoint takes the key of the highest source among those covering it (see the module doc).
     _sources: Mapping[str, int] = field(default_factory=dict, repr=False, compare=False)
@@ -97,6 +103,13 @@ class Settings:
             archive_list=pick(("archive_list_url",), sim.archive_list, default.archive_list),
             quantclass=pick(("quantclass_url",), sim.quantclass, default.quantclass),
         )
+
+    def ws_stream_cap_for(self, market: str) -> int | None:
+        """The streams per connection set for ``market`` (``ws_stream_cap`` or its market's key, by
+        the endpoints' precedence), or ``None``."""
+        key = self._winner("ws_stream_cap", f"{market}_ws_stream_cap")
+        cap = 0 if key is None else int(getattr(self, key))
+        return cap if cap >= 1 else None
 
     @property
     def state_path(self) -> Path:
@@ -189,6 +202,10 @@ def _coerce(base: Settings, values: Mapping[str, Any], origin: str, level: int =
             f"setting 'max_concurrency' in {origin}: expected an int >= 1, got {values['max_concurrency']!r}"
         )
     for key, value in out.items():
+        if key.endswith("ws_stream_cap") and value < 0:
+            raise ConfigError(
+                f"setting {key!r} in {origin}: expected an int >= 0 (0: the market's), got {values[key]!r}"
+            )
         if key.endswith("_url") and value:
             _check_url(key, value, origin)
     sources = {**base._sources, **dict.fromkeys(out, level)}

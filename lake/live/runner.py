@@ -32,12 +32,13 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Mapping
+from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from lake.binance.intervals import parse_interval
-from lake.binance.markets import get_trade_type
+from lake.binance.markets import get_market, get_trade_type
 from lake.errors import ConfigError, LakeError, NotFoundError, ValidationError
 from lake.ingest.backfill import backfill
 from lake.ingest.governor import budget_path
@@ -56,14 +57,14 @@ from lake.live.repair import (
     write_provisional,
 )
 from lake.live.watermark import read_watermark, write_watermark
-from lake.live.ws import ConnectLimiter, WsPool
+from lake.live.ws import CAP_MEMORY_TTL_S, CapMemory, ConnectLimiter, WsPool
 from lake.settings import Settings
 from lake.store.fs import LakeFS
 from lake.store.klines import list_series
 from lake.store.meta import EmptyRange, add_empty_ranges
 from lake.store.tail import ensure_tail
 
-__all__ = ["LiveConfig", "LiveRunner", "run_live"]
+__all__ = ["LiveConfig", "LiveRunner", "run_live", "ws_cap_path"]
 
 log = logging.getLogger("lake.live")
 
@@ -80,6 +81,14 @@ _ABSENT_SETTLE_MS = 30_000
 _RECONFIRM_TRIES = 5  # period checks that ask again for a young REST candle before giving up
 _REPAIR_PAUSE_MAX_S = 60.0  # the longest pause between two repair rounds of an incomplete period
 _FULL_GC_EVERY_S = 30.0  # full collections after the catch-up: one at most this often, between bursts
+
+
+def ws_cap_path(settings: Settings, market: str) -> Path:
+    """The file keeping the websocket stream caps learned from ``market``'s servers (``CapMemory``):
+    beside the weight budget and the connection attempts (``Settings.budget_dir``), named by Binance
+    service like them, so every lake of this user that talks to it starts from what one learned."""
+    url = settings.endpoints.ws[market]
+    return budget_path(settings.budget_dir(url), f"ws-cap-{market}", url)
 
 
 def _transient(exc: BaseException) -> bool:
@@ -197,7 +206,8 @@ class LiveRunner:
         self._ws_alerted: dict[str, float] = {}
         self._ws_refused: dict[str, int] = {}
         self._ws_rejected: set[tuple[str, str]] = set()  # (shard, stream) alerted as refused for good
-        self._ws_caps: dict[str, int] = {}  # market → streams per connection learned from its server
+        self._ws_caps: dict[str, int] = {}  # market → streams per connection now
+        self._ws_start_caps: dict[str, int] = {}  # market → streams per connection at the start
         self.stop_reason = ""
         self.failure: BaseException | None = None  # the first task that died: re-raised by run()
 
@@ -288,6 +298,8 @@ class LiveRunner:
                         ),
                     )
                     stack.callback(self._limiters[market].close)
+                    cap = await asyncio.to_thread(self.start_cap, market)
+                    self._ws_caps[market] = self._ws_start_caps[market] = cap
                 try:
                     await self._check_whitelist()
                     for feed in self.feeds:
@@ -351,7 +363,7 @@ class LiveRunner:
             self.settings.endpoints.ws[market.name],
             feed.iv.name,
             feed.appender.feed,
-            cap=min(market.ws_stream_cap, self._ws_caps.get(market.name, market.ws_stream_cap)),
+            cap=self._ws_caps.get(market.name, market.ws_stream_cap),
             msgs_per_sec=market.ws_msgs_per_sec,
             limiter=self._limiters[market.name],
             on_cap=self._ws_cap_learned,
@@ -425,26 +437,59 @@ class LiveRunner:
                 for feed in self.feeds:
                     log.info("health %s", self.health(feed))
 
+    def start_cap(self, market: str) -> int:
+        """Streams per connection the feeds of ``market`` start with: the settings' ``ws_stream_cap``
+        if set, else the market's, lowered to what a server of this very endpoint refused less
+        than a day ago (``CapMemory``; a damaged file is a warning). Blocking: reads that file."""
+        user = self.settings.ws_stream_cap_for(market)
+        if user is not None:
+            return user
+        assumed = get_market(market).ws_stream_cap
+        url = self.settings.endpoints.ws[market]
+        learned = CapMemory(ws_cap_path(self.settings, market)).recall(url)
+        if learned is None or learned.cap >= assumed:
+            return assumed
+        log.info(
+            "%s websocket: at most %d streams per connection (not %d), as the server said %.1f h ago "
+            "(%s); retried after %.0f h, or set ws_stream_cap",
+            market,
+            learned.cap,
+            assumed,
+            max(0.0, time.time() - learned.at) / 3600,
+            learned.said,
+            CAP_MEMORY_TTL_S / 3600,
+        )
+        return learned.cap
+
     def _ws_cap_learned(self, pool: WsPool, cap: int, said: str) -> None:
         """A feed's server refused a connection for too many streams and its pool lowered its cap: the
-        market's other feeds split before their servers refuse them too, and the lowering is alerted
-        once (a warning: nothing is lost, but ``ws_stream_cap`` wants updating)."""
+        market's other feeds split before their servers refuse them too, the cap is kept for the next
+        runs (``CapMemory``), and the lowering is alerted once (a warning: nothing is lost, but
+        ``ws_stream_cap`` may want updating)."""
         feed = next((f for f in self.feeds if f.pool is pool), None)
         if feed is None:
             return
         market = feed.tt.market
-        if cap >= self._ws_caps.get(market.name, market.ws_stream_cap):
+        started = self._ws_start_caps.get(market.name, market.ws_stream_cap)
+        if cap >= self._ws_caps.get(market.name, started):
             return
         self._ws_caps[market.name] = cap
         for other in self.feeds:
             if other.pool is not None and other.pool is not pool and other.tt.market_name == market.name:
                 self._spawn(other.pool.lower_cap(cap), f"ws-cap {other.name}")
+        url = self.settings.endpoints.ws[market.name]
+        memory = CapMemory(ws_cap_path(self.settings, market.name))
+        self._spawn(
+            asyncio.to_thread(memory.remember, url, cap, assumed=market.ws_stream_cap, said=said),
+            f"ws-cap-save {market.name}",
+        )
         self._alert_soon(
             f"{market.name} websocket stream cap lowered to {cap}",
             f"{feed.name}: the {market.label} server refused a connection for too many streams ({said}); "
-            f"lake assumed {market.ws_stream_cap} per connection and now carries at most {cap} on each "
-            "for the rest of this run (streams dark meanwhile are repaired over REST). Update "
-            "ws_stream_cap in lake/binance/markets.py if Binance has lowered its limit.",
+            f"this run started at {started} per connection and now carries at most {cap} on each "
+            "(streams dark meanwhile are repaired over REST); runs started within "
+            f"{CAP_MEMORY_TTL_S / 3600:.0f} h start at {cap} unless ws_stream_cap is set. Set it in "
+            "the settings (or update lake/binance/markets.py) if Binance has lowered its limit for good.",
             key=f"ws-cap:{market.name}:{cap}",
             level="warning",
         )
@@ -484,7 +529,8 @@ class LiveRunner:
 
     async def _shutdown(self) -> None:
         for task in self._tasks:
-            if not task.done() and not task.get_name().startswith(("writer", "alert")):
+            # (a learned cap being saved is kept for the next run)
+            if not task.done() and not task.get_name().startswith(("writer", "alert", "ws-cap-save")):
                 task.cancel()
         for feed in self.feeds:
             if feed.pool is not None:

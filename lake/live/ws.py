@@ -47,6 +47,16 @@ and is what BMAC used.
   near-equal size, leaving the others alone; the refused shard then reconnects (with the backoff
   above) carrying its share. Halving reaches any real cap in a few rounds of a few connection
   attempts each; what is dark meanwhile is repaired over REST. A shard without a pool only backs off.
+* **Learned caps across runs.** A ``CapMemory`` keeps each lowering in a small JSON file of the
+  state directory (``lake.live.runner.ws_cap_path``: named like the REST weight budget's, per market
+  and Binance service), per websocket URL, so the next run starts at it instead of being refused
+  again until it re-learns it. An entry is forgotten after ``CAP_MEMORY_TTL_S`` (a day): Binance
+  raises caps too (200 → 1024), and a day-old cap costs a few refused attempts to learn again, while
+  one kept for good would hold every later run below the server's real cap. It is used only for the
+  URL it was learned from (another endpoint may allow more), never above the cap lake assumes, and
+  not at all when the user sets one (``ws_stream_cap`` in the settings). A file that cannot be read
+  or is not lake's is ignored with a warning; one that cannot be written only costs the next run
+  its re-learning.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ import contextlib
 import itertools
 import json
 import logging
+import math
 import random
 import re
 import time
@@ -69,9 +80,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from lake.ingest.governor import StateFile
 from lake.net import proxy_from_env
+from lake.store.fs import write_file_atomic
 
 __all__ = [
+    "CAP_MEMORY_TTL_S",
+    "CapMemory",
     "ConnectLimiter",
+    "LearnedCap",
     "ShardPlan",
     "ShardStats",
     "WsPool",
@@ -243,6 +258,101 @@ class ConnectLimiter:
                 return self.window_s - (now - times[0]) + 0.01
             times.append(now)
             return 0.0
+
+
+CAP_MEMORY_TTL_S = 86_400.0  # how long a stream cap learned from a server outlives its run
+# An entry dated further ahead than this was not written by this machine's clock as it is now (the
+# clock was set back, a copied file): trusting it would keep the cap for longer than a day.
+_CAP_CLOCK_SLACK_S = 600.0
+
+
+@dataclass(frozen=True)
+class LearnedCap:
+    """A stream cap a server taught (``at``: wall-clock seconds; ``said``: its words)."""
+
+    cap: int
+    at: float
+    said: str
+
+
+def _learned(entry: object) -> LearnedCap | None:
+    if not isinstance(entry, dict):
+        return None
+    cap, at, said = entry.get("cap"), entry.get("at"), entry.get("said", "")
+    if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+        return None
+    if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
+        return None
+    return LearnedCap(cap, float(at), str(said))
+
+
+class CapMemory:
+    """Stream caps learned from servers, kept across runs in one small JSON file
+    (``{"caps": {ws_url: {"cap", "at", "assumed", "said"}}}``; module docstring, *Learned caps
+    across runs*). Blocking: call it from a thread in async code.
+
+    Two processes learning at once each rewrite the file whole (atomically), so one entry may be
+    lost: that run's cap is learned again by the next one, which is all a lost entry costs."""
+
+    def __init__(self, path: Path, ttl_s: float = CAP_MEMORY_TTL_S) -> None:
+        self.path = path
+        self.ttl_s = ttl_s
+
+    def _caps(self) -> dict[str, object]:
+        doc = json.loads(self.path.read_bytes())
+        caps = doc.get("caps") if isinstance(doc, dict) else None
+        if not isinstance(caps, dict):
+            raise ValueError("not a lake stream cap file")
+        return caps
+
+    def _fresh(self, learned: LearnedCap, now: float) -> bool:
+        return -_CAP_CLOCK_SLACK_S <= now - learned.at < self.ttl_s
+
+    def recall(self, url: str, now: float | None = None) -> LearnedCap | None:
+        """The cap learned from ``url`` less than ``ttl_s`` ago, if any; a file that cannot be read
+        or is not lake's is a warning, and nothing learned."""
+        now = time.time() if now is None else now
+        try:
+            entry = self._caps().get(url)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("websocket stream cap file %s unusable (%s); ignored", self.path, exc)
+            return None
+        if entry is None:
+            return None
+        learned = _learned(entry)
+        if learned is None:
+            log.warning(
+                "websocket stream cap file %s: the entry of %s is not lake's; ignored", self.path, url
+            )
+            return None
+        return learned if self._fresh(learned, now) else None
+
+    def remember(self, url: str, cap: int, *, assumed: int, said: str, now: float | None = None) -> bool:
+        """Keep ``cap`` as learned from ``url`` now (entries of other URLs kept while fresh); whether
+        it was written. A file that cannot be written is a warning."""
+        now = time.time() if now is None else now
+        try:
+            old = self._caps()
+        except (OSError, ValueError):  # (none yet, or damaged: replaced by this one)
+            old = {}
+        caps: dict[str, object] = {
+            u: e for u, e in old.items() if (got := _learned(e)) is not None and self._fresh(got, now)
+        }
+        caps[url] = {"cap": cap, "at": round(now, 3), "assumed": assumed, "said": said[:200]}
+        data = json.dumps({"caps": caps}, indent=1, sort_keys=True) + "\n"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            write_file_atomic(self.path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
+        except OSError as exc:
+            log.warning(
+                "cannot keep the learned websocket stream cap in %s (%s); the next run learns it again",
+                self.path,
+                exc,
+            )
+            return False
+        return True
 
 
 @dataclass

@@ -33,8 +33,10 @@ retired in place (zero rows; ``cleanup``), on an object store deleted.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import io
+import itertools
 import os
 import time
 import uuid
@@ -399,14 +401,23 @@ def version_ns(name: str) -> int:
 def resolve(
     directory: str, names: list[str], metas: Sequence[Sequence[tuple[str, int | None]]], counts: list[int]
 ) -> TailState:
-    """Apply the visibility rule (module docstring) to the coverage and marker rows of each file."""
+    """Apply the visibility rule (module docstring) to the coverage and marker rows of each file.
+
+    ``names`` oldest first (``list_files``' order: a name starts with its version time), so the
+    *nearest* newer file that hides a row is also the earliest version to: one binary search per
+    row, O(r log r) for r rows. Looking at every newer file of the symbol instead (O(r²)) took 70-90
+    ms at 100 files of 300 symbols and 7-10 s at 1000, this 20-25 ms and 0.25-0.4 s
+    (``bench.tail_resolve``): every offsets build and live offsets run resolves its tail.
+    """
     times = [version_ns(n) for n in names]
+    if any(a > b for a, b in itertools.pairwise(times)):
+        raise ValueError(f"tail files of {directory} out of version order")
     by_symbol: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
     for i, meta in enumerate(metas):
         for s, f in meta:
             markers, covers = by_symbol.setdefault(s, ([], []))
             if f is None:
-                markers.append(i)
+                markers.append(i)  # (ascending: files are visited in order)
             else:
                 covers.append((i, f))
     live: list[dict[str, tuple[int, int | None]]] = [{} for _ in names]
@@ -414,7 +425,7 @@ def resolve(
     killed: list[list[int | None]] = [[] for _ in names]
     starts: dict[str, int] = {}
     for s, (markers, covers) in by_symbol.items():
-        last_marker = max(markers, default=-1)
+        last_marker = markers[-1] if markers else -1
         alive = [(i, f) for i, f in covers if i >= last_marker]
         cut: int | None = None
         for i, f in sorted(alive, reverse=True):  # newest first: cut = earliest newer start
@@ -423,15 +434,21 @@ def resolve(
             cut = f if cut is None else min(cut, f)
         if cut is not None:
             starts[s] = cut
-        for i, f in covers:
-            killers = [j for j in markers if j > i] + [j for j, g in covers if j > i and g <= f]
-            killed[i].append(min((times[j] for j in killers), default=None))
+        # a layer is hidden by the next newer marker or newer layer starting no later than it
+        for (i, _), j in zip(covers, _covering_layers(covers), strict=True):
+            m = bisect.bisect_right(markers, i)
+            if m < len(markers):
+                j = markers[m] if j is None else min(j, markers[m])
+            killed[i].append(None if j is None else times[j])
+        # a marker is needed until a newer marker takes over, or from the start if no older layer
+        # of its symbol is there to hide
+        oldest_layer = covers[0][0] if covers else None
         for i in markers:
-            newer = [j for j in markers if j > i]
-            if newer:
-                killed[i].append(times[min(newer)])
-            elif not any(j < i for j, _ in covers):
-                killed[i].append(times[i])  # no older layer of this symbol is left to hide
+            m = bisect.bisect_right(markers, i)
+            if m < len(markers):
+                killed[i].append(times[markers[m]])
+            elif oldest_layer is None or oldest_layer >= i:
+                killed[i].append(times[i])
             else:
                 killed[i].append(None)
     hidden: list[int | None] = []
@@ -443,6 +460,37 @@ def resolve(
         else:
             hidden.append(max(k for k in ks if k is not None))
     return TailState(directory, list(names), [list(m) for m in metas], list(counts), starts, live, hidden)
+
+
+def _covering_layers(covers: Sequence[tuple[int, int]]) -> list[int | None]:
+    """For each layer ``(file, start)`` of one symbol (files ascending), the nearest newer file with
+    a layer starting no later (``None``: there is none).
+
+    Newest first, with a stack of the layers a future (older) one may find: nearest on top, starts
+    never increasing downwards, since a layer that is farther and starts later than another is never
+    the answer. Layers of one file do not hide each other, so each file's layers query the stack
+    before any of them is pushed; a query is a binary search, as it must not pop what a sibling of
+    the same file may still find."""
+    out: list[int | None] = [None] * len(covers)
+    files: list[int] = []  # the stack, bottom first: files, and their starts (ascending)
+    froms: list[int] = []
+    k = len(covers)
+    while k:
+        i = covers[k - 1][0]
+        first = k - 1
+        while first and covers[first - 1][0] == i:
+            first -= 1
+        for q in range(first, k):
+            pos = bisect.bisect_right(froms, covers[q][1])
+            out[q] = files[pos - 1] if pos else None
+        for q in range(first, k):
+            f = covers[q][1]
+            pos = bisect.bisect_right(froms, f)  # (above it: farther than this one and starting later)
+            del files[pos:], froms[pos:]
+            files.append(i)
+            froms.append(f)
+        k = first
+    return out
 
 
 # -- writing ------------------------------------------------------------------------------------
