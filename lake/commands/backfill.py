@@ -257,12 +257,15 @@ def _render_hybrid(result: HybridResult, json_out: bool) -> None:
         return
     for a in result.archive:
         lacking = sum(len(v) for v in a.lacking.values())
+        cut = sum(len(v) for v in a.cut.values())
+        left = " (left for REST)" if result.rest else ""
         typer.echo(
             f"archive {a.trade_type} {a.interval}: {len(a.symbols)} symbols, {a.files_downloaded} files "
             f"downloaded ({a.files_reuploaded} re-uploaded), {a.rows:,} rows, {a.seconds:.1f}s"
-            + (f"; {lacking} day(s) not in the archive" + (" (left for REST)" if result.rest else ""))
-            * bool(lacking)
+            + (f"; {lacking} day(s) not in the archive{left}" if lacking else "")
+            + (f"; {cut} range(s) cut short in archive files{left}" if cut else "")
             + (f", {len(a.missing)} range(s) of them missing" if a.missing else "")
+            + (f"; {len(a.kept)} range(s) kept that re-uploaded files no longer have" if a.kept else "")
         )
     if result.rest is not None:
         _render(result.rest, json_out)

@@ -325,9 +325,9 @@ async def test_partial_daily_upload_is_filled_by_rest_under_auto_and_healed_by_i
     tmp_path: Path,
 ) -> None:
     """BTCUSDT's file of Mar 5 holds only 00:00-14:00 (a partial upload, #411). `auto`: REST fills
-    the rest of the day. `archive`: the run cannot tell it from maintenance (no failure), `lake
-    audit` calls the hole missing (no other symbol has it), and Binance's complete re-upload is
-    detected and fills it."""
+    the rest of the day. `archive`: the run fails naming the lost hours (a file cut before its day's
+    end: tests/ingest/test_archive_partial_files.py), `lake audit` calls the hole missing (no other
+    symbol has it), and Binance's complete re-upload is detected and fills it."""
     from lake.audit import audit
 
     cut = ms(2024, 3, 5) + 14 * 3_600_000
@@ -345,8 +345,11 @@ async def test_partial_daily_upload_is_filled_by_rest_under_auto_and_healed_by_i
         assert late.filter(day_of(late, dt.date(2024, 3, 5)))["source"].unique().to_list() == ["rest"]
 
         arch = settings(sim, tmp_path / "archive")
-        res = await run(arch, utc(2024, 3, 1), utc(2024, 3, 8), syms, source="archive")
-        assert res.archive[0].missing == []
+        with pytest.raises(IncompleteError) as err:
+            await run(arch, utc(2024, 3, 1), utc(2024, 3, 8), syms, source="archive")
+        assert err.value.missing == [
+            "usdt_spot 5m BTCUSDT [2024-03-05T14:00:00Z, 2024-03-06T00:00:00Z): not in the archive"
+        ]
         (btc,) = audit(arch.root, TT, IV, ["BTCUSDT"])
         assert [(h.start, h.end, h.kind) for h in btc.unexpected] == [
             (utc(2024, 3, 5, 14), utc(2024, 3, 6), "missing")

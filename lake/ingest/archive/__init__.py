@@ -9,8 +9,8 @@ Public surface::
 
 Modules: ``listing`` (S3 XML pages + pagination), ``plan`` (file naming, what to fetch), ``download``
 (temp file → SHA-256 → atomic move), ``parse`` (Polars), ``manifest`` (what was ingested, verified
-against what), ``runner`` (one trade type), ``hybrid`` (``--source archive|auto``), ``symbols``
-(``--include-delisted`` classification).
+against what), ``runner`` (one trade type), ``shortfall`` (files cut short, rows a re-upload no longer
+has), ``hybrid`` (``--source archive|auto``), ``symbols`` (``--include-delisted`` classification).
 """
 
 from __future__ import annotations

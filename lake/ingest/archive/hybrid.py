@@ -16,10 +16,13 @@ How ``auto`` dispatches, per trade type (trade types of one market share one RES
    the gaps inside archive days. A range REST answers empty is recorded as confirmed empty (an
    exchange hole for ``lake status``). Symbols exchangeInfo no longer lists are archive-only.
 
-``source="archive"`` stops after step 2. Units the archive lacks are reported (``ArchiveReport.lacking``);
-those it should have had (``runner._missing``: not the days it has not published yet, nor days before a
-symbol's first candle or after a delisted symbol's last) make the run fail with ``IncompleteError`` (exit
-5) naming each range, as the REST backfill does for ranges it could not fetch. With ``auto`` REST fills
+``source="archive"`` stops after step 2. Units the archive lacks are reported (``ArchiveReport.lacking``),
+and so is what an ingested file lacks after its last candle (``ArchiveReport.cut``: a file cut short,
+binance-public-data #413); those the archive should have had (``runner._missing``: not the days it has
+not published yet, nor days before a symbol's first candle or after a delisted symbol's last) make the
+run fail with ``IncompleteError`` (exit 5) naming each range, as the REST backfill does for ranges it
+could not fetch. Rows a re-uploaded monthly file no longer has are kept and named
+(``ArchiveReport.kept``, a warning; the exit code is unchanged). With ``auto`` REST fills
 them, except for symbols exchangeInfo does not list (archive-only): their missing ranges fail the run
 the same way once REST is done. ``source="rest"`` is the plain REST backfill (the command does not come
 here).
@@ -307,6 +310,8 @@ def _summary(r: ArchiveReport) -> str:
         f"archive {r.trade_type} {r.interval}: {len(r.symbols)} symbols, {r.files_downloaded} files "
         f"({r.bytes / 1e6:.1f} MB, {r.files_reuploaded} re-uploaded), {r.rows:,} rows, "
         f"{r.units_skipped} units already held, {lacking} not in the archive"
+        + (f", {sum(len(v) for v in r.cut.values())} range(s) cut short in archive files" if r.cut else "")
         + (f" ({len(r.missing)} range(s) missing)" if r.missing else "")
+        + (f", {len(r.kept)} range(s) kept that re-uploaded files no longer have" if r.kept else "")
         + f", {r.seconds:.1f}s"
     )

@@ -221,6 +221,9 @@ class SeriesPlan:
     # units a verified monthly file covers but left without a candle, that no daily file covers either
     # (counted in ``skipped``: nothing to fetch for them, but the archive lacks them all the same)
     unfilled: list[tuple[int, int]] = field(default_factory=list)
+    # every unit of the window the lake lacks candles of, fetched or not: where a file that is in
+    # may be cut short (``runner`` checks them once the run's files are in)
+    incomplete: list[tuple[int, int]] = field(default_factory=list)
 
     @property
     def lacking_units(self) -> int:
@@ -329,6 +332,11 @@ def plan_series(
             and st.empty < iv.count(max(u0, start_ms), min(u1, end_ms))
         }
         for u0, u1 in month_units:
+            state = lake.get(u0, UnitState(0, 0))
+            expected = iv.count(max(u0, start_ms), min(u1, end_ms))
+            complete = state.rows + state.empty >= expected
+            if not complete:
+                plan.incomplete.append((u0, u1))
             dfile = ArchiveFile(market, DAILY, symbol, iv.name, _date(u0)) if daily_ok else None
             if dfile is not None and reuploaded(dfile):
                 found = entry(dfile)
@@ -337,9 +345,6 @@ def plan_series(
                     PlannedFile(dfile, found[0], found[1], "reuploaded", ((dfile.start_ms, dfile.end_ms),))
                 )
                 continue
-            state = lake.get(u0, UnitState(0, 0))
-            expected = iv.count(max(u0, start_ms), min(u1, end_ms))
-            complete = state.rows + state.empty >= expected
             found = entry(dfile) if dfile is not None else None
             # A verified monthly file covers its days, except a day it left empty while a daily file
             # exists: Binance has published truncated monthly files (2024-01 held only the 1st-10th

@@ -2,7 +2,9 @@
 
     report = await ingest_archive(settings, "usdt_perp", "1m", ["BTCUSDT"], start_ms, end_ms)
     report.lacking            # {symbol: [(start_ms, end_ms), …]} units the archive has no candle for
-    report.missing            # those of them the run cannot explain, as "<type> <iv> <SYMBOL> [a, b): …"
+    report.cut                # {symbol: [(start_ms, end_ms), …]} what files lack after their last candle
+    report.missing            # those of both the run cannot explain, as "<type> <iv> <SYMBOL> [a, b): …"
+    report.kept               # earlier rows a re-uploaded monthly file no longer has, kept (warnings)
 
 Steps per symbol: list its daily and monthly directories (paginated S3 listing), read what the lake
 holds and the manifest, plan (``plan.plan_series``). Then a bounded pool of workers downloads every
@@ -13,6 +15,14 @@ files of one symbol and month are upserted together, and manifest records are wr
 batches (``_groups``, ``_run_jobs``). Nothing is written for a file that failed verification. A failed
 file does not stop the others; at the end the run raises one error naming every failed file. Zips
 are deleted after ingest unless ``keep_zips``.
+
+Once the files are in, the units the lake lacked candles of are read again (``_shortfalls``): a
+verified file can be cut hours before its period ends (binance-public-data #413), and what it lacks
+after its last candle is ``cut`` and, unless a delisting explains it, missing (``shortfall``). A
+re-uploaded monthly file that lost candles leaves its earlier version's rows in place (a truncated
+re-upload is no reason to delete); the daily files of those days are fetched where the archive has
+them, and the ranges no file settles are named in ``kept``: the lake keeps candles the archive's
+current file no longer has, and says so.
 """
 
 from __future__ import annotations
@@ -54,9 +64,11 @@ from lake.ingest.archive.plan import (
     next_month,
     plan_series,
     series_prefix,
+    span_minus,
     symbols_prefix,
     units,
 )
+from lake.ingest.archive.shortfall import cut_ranges, full, kept_ranges
 from lake.net import proxy_from_env
 from lake.progress import Progress
 from lake.settings import Settings
@@ -114,9 +126,18 @@ class ArchiveReport:
     checksum_retries: int = 0
     # units without a file, or that a verified monthly file left without a candle and no daily file covers
     lacking: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
-    # the lacking units inside the published archive and the series' life (``_missing``), merged into
-    # ranges: "usdt_spot 5m BTCUSDT [2024-02-12T00:00:00Z, 2024-02-13T00:00:00Z): not in the archive"
+    # ranges after the last candle of a unit an ingested file covers, where the series does not go on
+    # lacking candles (a file cut before its period's end), or a file without any candle
+    # (``shortfall.cut_ranges``)
+    cut: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # the lacking units and cut ranges inside the published archive and the series' life
+    # (``_missing``), merged into ranges:
+    # "usdt_spot 5m BTCUSDT [2024-02-12T00:00:00Z, 2024-02-13T00:00:00Z): not in the archive"
     missing: list[str] = field(default_factory=list)
+    # earlier archive rows kept where a re-uploaded monthly file has no candle and no daily file
+    # vouches for them (``shortfall.kept_ranges``): "usdt_spot 5m BTCUSDT [a, b): 576 candle(s)
+    # kept that the re-uploaded BTCUSDT-5m-2024-02.zip no longer has"
+    kept: list[str] = field(default_factory=list)
     windows: dict[str, tuple[int, int]] = field(default_factory=dict)  # per symbol [start, end) planned
     failed: list[str] = field(default_factory=list)
     failed_files: list[FailedFile] = field(default_factory=list)  # every entry of ``failed`` but a
@@ -139,7 +160,9 @@ class ArchiveReport:
             "requests": self.requests,
             "checksum_retries": self.checksum_retries,
             "lacking_units": sum(len(v) for v in self.lacking.values()),
+            "cut_ranges": sum(len(v) for v in self.cut.values()),
             "missing": list(self.missing),
+            "kept": list(self.kept),
             "failed": list(self.failed),
             "seconds": round(self.seconds, 3),
         }
@@ -504,7 +527,7 @@ async def ingest_archive(
         report.files_planned = len(jobs)
         report.files_reuploaded = sum(1 for j in jobs if j.planned.reason == "reuploaded")
         downloader = Downloader(session, endpoints.archive, ddir, checksum_attempts=checksum_attempts)
-        done: list[PlannedFile] = []  # (only monthly files that left days to daily files: _Ingested.short)
+        done: list[_Done] = []
         await _run_jobs(jobs, downloader, lfs, market, iv, report, progress, concurrency, keep_zips, done)
         # A monthly file can leave days of its month without a candle, or stop during its last day
         # (Binance has published truncated monthly files: binance-public-data #320, #359, #403). The
@@ -515,24 +538,44 @@ async def ingest_archive(
         again: list[_Job] = []
         if daily_available(iv):
             attempted = {j.planned.file.name for j in jobs}
-            for pf in done:
-                f = pf.file
+            for d in done:
+                f = d.planned.file
                 lo, hi = report.windows[f.symbol]
                 lo, hi = max(lo, f.start_ms), min(hi, f.end_ms)
-                if f.freq != MONTHLY or lo >= hi:
+                if not d.short or lo >= hi:
                     continue
                 p = await plan_window(f.symbol, lo, hi)
-                again.extend(
-                    _Job(x, tt.name) for x in p.fetch if x.file.freq == DAILY and x.file.name not in attempted
-                )
+                for x in p.fetch:
+                    if x.file.freq == DAILY and x.file.name not in attempted:
+                        attempted.add(x.file.name)
+                        again.append(_Job(x, tt.name))
                 # days it left empty that no daily file covers: the archive lacks them (with
                 # `--source archive` nothing else fills them, and the run must say so)
                 if p.unfilled:
                     report.lacking[f.symbol] = sorted({*report.lacking.get(f.symbol, ()), *p.unfilled})
+            # The days a re-uploaded monthly file no longer has kept their earlier rows (``_vouched``);
+            # their daily files, where the archive has them, settle those days (they are the days' own:
+            # plan's module doc), inside the window or not.
+            for d in done:
+                sym = d.planned.file.symbol
+                for a, b in d.lost:
+                    for d0, _ in units(iv, a, b):
+                        day = ArchiveFile(market, DAILY, sym, iv.name, _date(d0))
+                        e = listings[sym].get(day.name)
+                        if e is None or day.name in attempted:
+                            continue
+                        attempted.add(day.name)
+                        ck = listings[sym].get(day.name + ".CHECKSUM")
+                        # merged, not replacing the day: a daily file cut short must not delete the
+                        # earlier rows either (what it lacks stays, and is named as kept)
+                        again.append(_Job(PlannedFile(day, e, ck, "new"), tt.name))
         if again:
             report.files_planned += len(again)
-            await _run_jobs(again, downloader, lfs, market, iv, report, progress, concurrency, keep_zips)
-        if report.lacking:
+            await _run_jobs(
+                again, downloader, lfs, market, iv, report, progress, concurrency, keep_zips, done
+            )
+        await asyncio.to_thread(_shortfalls, lfs, market, iv, report, plans, done)
+        if report.lacking or report.cut:
             report.missing = await asyncio.to_thread(
                 _missing,
                 lfs,
@@ -618,10 +661,9 @@ async def _run_jobs(
     progress: Progress | None,
     concurrency: int,
     keep_zips: bool,
-    ingested: list[PlannedFile] | None = None,
+    ingested: list[_Done] | None = None,
 ) -> None:
-    """Process ``jobs``; the monthly files ingested (and recorded) that left a whole day of their month
-    without a row, or ended before its last candle, are appended to ``ingested`` (``_Ingested.short``)."""
+    """Process ``jobs``; every file ingested (and recorded) is appended to ``ingested``."""
     if not jobs:
         return
     task = progress.add(f"archive {report.trade_type} {iv.name}", total=len(jobs)) if progress else None
@@ -680,8 +722,9 @@ async def _run_jobs(
                             continue
                         meta = {"etag": dl.etag or pf.entry.etag, "last_modified": pf.entry.last_modified}
                         pending.setdefault(sym, []).append((pf.file.name, _record(pf, dl, rows), meta))
-                        if ingested is not None and i in done.short:
-                            ingested.append(pf)
+                        if ingested is not None:
+                            lost, vouched = tuple(done.lost.get(i, ())), tuple(done.vouched.get(i, ()))
+                            ingested.append(_Done(pf, i in done.short, i in done.full, lost, vouched))
                         report.rows += rows
                         if dl.reused:
                             report.files_reused += 1
@@ -713,6 +756,22 @@ class _Ingested:
     # without a row, or no row for the period's last candle (a cut on its last day leaves no day
     # empty; a monthly file cut by a maintenance hour inside the month is not re-planned for that)
     short: set[int] = field(default_factory=set)
+    full: set[int] = field(default_factory=set)  # files with a candle in every slot of their period
+    # re-uploaded monthly files: where they replaced nothing (no candle there) and the earlier rows stay
+    lost: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+    # daily files: the part of their day up to the end of their last candle (``_vouched``)
+    vouched: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Done:
+    """A file ingested and recorded by ``_run_jobs`` (``_Ingested`` says what its flags mean)."""
+
+    planned: PlannedFile
+    short: bool
+    full: bool
+    lost: tuple[tuple[int, int], ...] = ()
+    vouched: tuple[tuple[int, int], ...] = ()
 
 
 def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, Downloaded]]) -> _Ingested:
@@ -733,9 +792,17 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
             continue
         if f.freq == MONTHLY and _short(df, pf.file):
             out.short.add(len(out.files))
+        if full(f.iv, df, f.start_ms, f.end_ms):
+            out.full.add(len(out.files))
+        if f.freq == DAILY:
+            out.vouched[len(out.files)] = _vouched(f.iv, df, f.start_ms, f.end_ms)
         replace = list(pf.replace)
         if replace and f.freq == MONTHLY:
-            replace = _overlap(replace, _vouched(f.iv, df, f.start_ms, f.end_ms))
+            vouched = _vouched(f.iv, df, f.start_ms, f.end_ms)
+            lost = [p for r in replace for p in span_minus(r, vouched)]
+            if lost:
+                out.lost[len(out.files)] = lost
+            replace = _overlap(replace, vouched)
         if pf.keep:  # days daily files own: the monthly file's rows for them are not written
             t = df["candle_begin_time"].dt.epoch("ms")
             df = df.filter(~pl.any_horizontal([(t >= a) & (t < b) for a, b in pf.keep]))
@@ -839,6 +906,77 @@ def _first_and_last(
     return first, (int(hi[-1]) if hi.len() else None)
 
 
+def _shortfalls(
+    lfs: LakeFS,
+    market: str,
+    iv: Interval,
+    report: ArchiveReport,
+    plans: Sequence[SeriesPlan],
+    done: Sequence[_Done],
+) -> None:
+    """Once the run's files are in: fill ``report.cut`` (files cut before their period's end, or
+    without any candle: ``shortfall.cut_ranges``) and ``report.kept`` (earlier rows a re-uploaded
+    monthly file no longer has, that no daily file of this run settled: ``shortfall.kept_ranges``).
+
+    Only units the lake lacked candles of when the run was planned, or that a file of this run left
+    short, are read again: a run of complete files reads nothing more."""
+    by_symbol: dict[str, list[_Done]] = {}
+    for d in done:
+        by_symbol.setdefault(d.planned.file.symbol, []).append(d)
+    failed: dict[str, list[tuple[int, int]]] = {}
+    for ff in report.failed_files:
+        failed.setdefault(ff.symbol, []).append((ff.start_ms, ff.end_ms))
+    for p in plans:
+        sym = p.symbol
+        lo, hi = report.windows[sym]
+        mine = by_symbol.get(sym, [])
+        whole: set[tuple[int, int]] = set()  # units a complete file of this run wrote every candle of
+        cand = set(p.incomplete)
+        for d in mine:
+            f = d.planned.file
+            a, b = max(lo, f.start_ms), min(hi, f.end_ms)
+            if a >= b:
+                continue
+            if d.full:
+                for c0, c1 in span_minus((f.start_ms, f.end_ms), sorted(d.planned.keep)):
+                    whole.update(u for u in units(iv, c0, c1) if c0 <= u[0] and u[1] <= c1)
+            else:
+                cand.update(units(iv, a, b))
+        lacking = set(report.lacking.get(sym, ()))
+        empty: set[int] = set()  # units whose own file was ingested without a row
+        if cand - whole or (lacking and not daily_available(iv)):
+            empty = {
+                r.start_ms
+                for r in read_manifest(lfs, market, iv.name, sym).values()
+                if r.rows == 0 and units(iv, r.start_ms, r.end_ms) == [(r.start_ms, r.end_ms)]
+            }
+        # Units reported lacking already (no file; a day a monthly file left blank), or whose file
+        # failed, are not read again; a month a 1w/3d/1mo file left blank is lacking too, but its
+        # file has no candle at all, which is no listing later in the month (``cut_ranges``).
+        bad = failed.get(sym, [])
+        cand = {
+            u
+            for u in cand - whole
+            if (u not in lacking or u[0] in empty) and not any(x0 < u[1] and u[0] < x1 for x0, x1 in bad)
+        }
+        if cand:
+            cuts = cut_ranges(lfs, report.trade_type, iv, sym, cand, (lo, hi), empty)
+            if cuts:
+                report.cut[sym] = cuts
+        # what the run's daily files have candles for is theirs: only the rest is kept unconfirmed
+        settled = [v for d in mine if d.planned.file.freq == DAILY for v in d.vouched]
+        for d in mine:
+            if not d.lost:
+                continue
+            for a, b, n in kept_ranges(lfs, report.trade_type, iv, sym, d.lost, settled):
+                msg = (
+                    f"{report.trade_type} {iv.name} {sym} [{_iso(a)}, {_iso(b)}): {n} candle(s) kept that the "
+                    f"re-uploaded {d.planned.file.name} no longer has"
+                )
+                log.warning("archive rows kept: %s", msg)
+                report.kept.append(msg)
+
+
 def _missing(
     lfs: LakeFS,
     report: ArchiveReport,
@@ -847,7 +985,8 @@ def _missing(
     trading: set[str] | None,
     latest: Mapping[str, int] | None = None,
 ) -> list[str]:
-    """The lacking units the run cannot explain, as ranges clipped to each symbol's window.
+    """The lacking units and cut ranges (``report.cut``) the run cannot explain, as ranges clipped to
+    each symbol's window.
 
     A unit is explained when it lies
     * at or after the archive's horizon (``horizon``: the end of the last period it lists for any
@@ -856,7 +995,7 @@ def _missing(
     * before the series' first stored candle at or after the window's start: the symbol was listed
       (or relisted) later, as the REST backfill's ``short_history`` (the monthly file of a mid-month
       listing has nothing for the month's first days); a window without any candle is REST's
-      ``no_data``;
+      ``no_data``. Not a cut range: it follows a candle, or is a published file's whole period;
     * after the last stored candle of a symbol that is no longer trading (REST's ``ended``), when the
       archive lists no file of it starting at or after the unit's end (``latest``: per symbol, the
       start of its latest file). A delisted symbol's last stored candle is only where the lake
@@ -870,18 +1009,21 @@ def _missing(
     if horizon is None:
         return []
     out: list[str] = []
-    for sym in sorted(report.lacking):
+    for sym in sorted({*report.lacking, *report.cut}):
         lo, hi = report.windows[sym]
-        units = [u for u in report.lacking[sym] if u[0] < horizon]
-        if not units:
+        spans = [(*u, False) for u in report.lacking.get(sym, ())] + [
+            (*c, True) for c in report.cut.get(sym, ())
+        ]
+        spans = [u for u in spans if u[0] < horizon]
+        if not spans:
             continue
         first, last = _first_and_last(lfs, report.trade_type, iv, sym, lo)
         ended = trading is not None and sym not in trading
         later = (latest or {}).get(sym)
         runs: list[list[int]] = []
-        for u0, u1 in sorted(units):
+        for u0, u1, cut in sorted(spans):
             delisted = ended and (last is None or u0 > last) and (later is None or later < u1)
-            if first is None or u1 <= first or delisted:
+            if (not cut and (first is None or u1 <= first)) or delisted:
                 continue
             a, b = max(u0, lo), min(u1, hi)
             if a >= b:

@@ -1,0 +1,239 @@
+"""Archive files that hold fewer candles than Binance traded, against the simulator: a daily file cut
+before its day's end (binance-public-data #413, #436, #367), a 3d/1w monthly file without its last
+candle and a 1mo file without its only one are reported missing by `--source archive` (exit 5) and
+filled by `auto`; maintenance and
+delistings are not reported; a re-uploaded monthly file that lost days leaves their rows in the lake
+and the run says which."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from lake.binance.intervals import parse_interval
+from lake.errors import IncompleteError
+from lake.sim.archive import FileEdit
+from lake.sim.config import SimConfig
+from lake.sim.server import SimServer
+from tests.ingest.test_archive_gaps_and_precedence import (
+    COLS,
+    TT,
+    config,
+    ms,
+    run,
+    settings,
+    stored,
+    truth,
+    utc,
+)
+from tests.ingest.test_archive_month_end_and_audit import assert_lake
+
+HOUR = 3_600_000
+MAR1, MAR8 = utc(2024, 3, 1), utc(2024, 3, 8)
+
+
+def line(symbol: str, a: int, b: int, iv: str = "5m", why: str = "not in the archive") -> str:
+    def iso(t: int) -> str:
+        return dt.datetime.fromtimestamp(t / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    return f"{TT} {iv} {symbol} [{iso(a)}, {iso(b)}): {why}"
+
+
+def cut_from(frame: pl.DataFrame, symbol: str, a: int, b: int) -> pl.DataFrame:
+    t = pl.col("candle_begin_time").dt.epoch("ms")
+    return frame.filter(~((pl.col("symbol") == symbol) & (t >= a) & (t < b)))
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. A daily file cut before its day's end
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_a_truncated_daily_file_fails_an_archive_run_naming_the_hours_it_lost(tmp_path: Path) -> None:
+    """BTCUSDT's file of Mar 5 holds only 00:00-14:00 (#413: "only about 7 hours instead of full
+    day"), and BTCUSDT traded on: the file of Mar 6 starts at 00:00. `--source archive` used to
+    succeed without a word; it now fails (exit 5) naming 14:00-24:00, on every run until the
+    archive has them, with everything else in the lake. `auto` fills them over REST, and the next
+    archive run succeeds."""
+    cut = ms(2024, 3, 5) + 14 * HOUR
+    async with SimServer(config()) as sim:
+        sim.archive.edit_file("BTCUSDT-5m-2024-03-05.zip", FileEdit(drop=((cut, ms(2024, 3, 6)),)))
+        s = settings(sim, tmp_path / "lake")
+        syms = ["BTCUSDT", "ETHUSDT"]
+        want = truth(sim, syms, MAR1, MAR8)
+        want_missing = [line("BTCUSDT", cut, ms(2024, 3, 6))]
+        with pytest.raises(IncompleteError) as err:
+            await run(s, MAR1, MAR8, syms, source="archive")
+        assert err.value.missing == want_missing
+        assert_lake(s, syms, cut_from(want, "BTCUSDT", cut, ms(2024, 3, 6)))
+        with pytest.raises(IncompleteError) as err:
+            await run(s, MAR1, MAR8, syms, source="archive")
+        assert err.value.missing == want_missing
+        assert err.value.result.archive[0].files_planned == 0  # type: ignore[attr-defined]
+
+        res = await run(s, MAR1, MAR8, syms, source="auto")
+        assert res.rest is not None and res.rest.missing == []
+        assert_lake(s, syms, want)
+        got = stored(s, syms)
+        tail = got.filter(
+            (pl.col("symbol") == "BTCUSDT") & (pl.col("candle_begin_time").dt.epoch("ms") >= cut)
+        )
+        assert tail.filter(pl.col("candle_begin_time") < utc(2024, 3, 6))["source"].unique().to_list() == [
+            "rest"
+        ]
+        res = await run(s, MAR1, MAR8, syms, source="archive")
+        assert res.archive[0].missing == [] and res.archive[0].files_planned == 0
+
+
+async def test_the_latest_day_cut_for_every_symbol_exits_5_naming_each(tmp_path: Path) -> None:
+    """#413 again: the files of one day were cut at 07:35 for every symbol, and that day is the
+    latest the archive has published (Mar 9; nothing after it to show the symbols traded on). Other
+    symbols missing the same hours is no excuse (a maintenance window is not at the end of a day):
+    the CLI exits 5 with one `missing:` line per symbol."""
+    cut = ms(2024, 3, 9) + 7 * HOUR + 35 * 60_000
+    syms = ["BTCUSDT", "ETHUSDT"]
+    async with SimServer(config()) as sim:
+        for sym in syms:
+            sim.archive.edit_file(f"{sym}-5m-2024-03-09.zip", FileEdit(drop=((cut, ms(2024, 3, 10)),)))
+        cmd = [
+            sys.executable, "-m", "lake.cli", "backfill", "--source", "archive", "--type", TT, "--interval", "5m",
+            "--start", "2024-03-08", "--symbols", ",".join(syms), "--sim-url", sim.base_url,
+            "--root", str(tmp_path / "lake"),
+        ]  # fmt: skip
+        proc = await asyncio.create_subprocess_exec(
+            *cmd,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={"LAKE_PROGRESS": "0", "PATH": ""},
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        lines = err.decode().splitlines()
+        assert proc.returncode == 5, lines
+        assert [x for x in lines if x.startswith("missing:")] == [
+            f"missing: {line(sym, cut, ms(2024, 3, 10))}" for sym in syms
+        ]
+        (summary,) = out.decode().splitlines()
+        assert summary.endswith(
+            "; 2 day(s) not in the archive; 2 range(s) cut short in archive files, 2 range(s) of them missing"
+        ), summary  # (the 10th, not published yet, is not missing)
+        s = settings(sim, tmp_path / "lake")
+        want = truth(sim, syms, utc(2024, 3, 8), utc(2024, 3, 10))
+        for sym in syms:
+            want = cut_from(want, sym, cut, ms(2024, 3, 10))
+        assert_lake(s, syms, want)
+
+
+async def test_maintenance_and_a_delisting_day_are_not_reported(tmp_path: Path) -> None:
+    """What a cut file is told from, for one symbol alone (no other symbol to compare with): a
+    maintenance window across midnight (Mar 6 22:00 to Mar 7 02:00: the file of the 6th stops at
+    21:55, that of the 7th starts at 02:00), one inside a day (Mar 3 06:00-08:00), and the day
+    OLDCOINUSDT was delisted (Mar 4 05:00, no later file). The archive run succeeds."""
+    maint = (
+        ("spot", "2024-03-06T22:00:00", "2024-03-07T02:00:00"),
+        ("spot", "2024-03-03T06:00:00", "2024-03-03T08:00:00"),
+    )
+    cfg = SimConfig(**{**config().__dict__, "maintenance": maint})
+    async with SimServer(cfg) as sim:
+        sim.control_faults({
+            "list": [{"market": "spot", "symbol": "OLDCOINUSDT", "at": "2023-12-25T00:00:00"}],
+            "delist": [{"market": "spot", "symbol": "OLDCOINUSDT", "at": "2024-03-04T05:00:00"}],
+        })  # fmt: skip
+        s = settings(sim, tmp_path / "lake")
+        for syms in (["BTCUSDT"], ["OLDCOINUSDT"]):
+            res = await run(s, MAR1, MAR8, syms, source="archive")
+            assert res.archive[0].missing == []
+        assert res.archive[0].lacking["OLDCOINUSDT"] == [
+            (ms(2024, 3, d), ms(2024, 3, d + 1)) for d in range(5, 8)
+        ]
+        assert_lake(s, ["BTCUSDT", "OLDCOINUSDT"], truth(sim, ["BTCUSDT", "OLDCOINUSDT"], MAR1, MAR8))
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. 3d, 1w and 1mo: monthly files only, candles across month ends
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("iv", ["1w", "3d", "1M"])
+async def test_a_monthly_file_without_its_last_candle_is_reported_and_filled_by_auto(
+    tmp_path: Path, iv: str
+) -> None:
+    """January's 1w file lacks the candle of Monday Jan 29 (it closes on Feb 4: the archive files a
+    candle under the month it opens in, as the simulator does and the parser requires), the 3d file
+    that of Jan 30 (open Jan 30, close Feb 1), the 1mo file its only candle. An archive run over
+    January-February used to succeed for 1w and 3d (the month held candles, the plan took it as
+    covered). It now fails naming the range; `auto` fills it over REST."""
+    interval = parse_interval(iv)
+    feb = ms(2024, 2, 1)
+    last = interval.floor(feb - 1)
+    async with SimServer(config()) as sim:
+        sim.archive.edit_file(f"BTCUSDT-{interval.archive_name}-2024-01.zip", FileEdit(drop=((last, feb),)))
+        s = settings(sim, tmp_path / "lake")
+        syms = ["BTCUSDT", "ETHUSDT"]
+        want = truth(sim, syms, utc(2024, 1, 1), utc(2024, 3, 1), iv=iv)
+        for attempt in range(2):  # the second run fetches nothing and still says so
+            with pytest.raises(IncompleteError) as err:
+                await run(s, utc(2024, 1, 1), utc(2024, 3, 1), syms, source="archive", iv=iv)
+            assert err.value.missing == [line("BTCUSDT", last, feb, iv=iv)]
+            assert err.value.result.archive[0].files_planned == (4 if attempt == 0 else 0)  # type: ignore[attr-defined]
+            got = stored(s, syms, iv=iv).select(COLS)
+            assert got.equals(cut_from(want, "BTCUSDT", last, feb).select(COLS))
+
+        res = await run(s, utc(2024, 1, 1), utc(2024, 3, 1), syms, source="auto", iv=iv)
+        assert res.rest is not None and res.rest.missing == []
+        assert stored(s, syms, iv=iv).select(COLS).equals(want.select(COLS))
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. A re-uploaded monthly file that lost days
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_a_reupload_without_some_days_keeps_their_rows_and_says_so(tmp_path: Path) -> None:
+    """February was ingested from whole monthly files. Binance re-uploads BTCUSDT's without the
+    12th-13th and without Feb 27 10:00 onwards (no daily files for those days), and ETHUSDT's
+    without the 12th-13th and the 20th, whose daily files exist (the 20th's cut at 12:00). The rows
+    of the lost days stay (a truncated re-upload, #320, is far more common than withdrawn trading
+    days: nothing to delete on), and the run that takes the re-upload names the ranges kept (it used
+    to say nothing: the lake then differed from the archive silently). ETHUSDT's days come from their
+    daily files, which agree, except after 12:00 on the 20th: kept, and named. The run succeeds; the
+    next one plans nothing and names nothing."""
+    no_daily = [f"BTCUSDT/2024-02-{d}" for d in (12, 13, 27, 28, 29)]
+    feb, mar = utc(2024, 2, 1), utc(2024, 3, 1)
+    syms = ["BTCUSDT", "ETHUSDT"]
+    async with SimServer(config(missing_days=tuple(no_daily))) as sim:
+        s = settings(sim, tmp_path / "lake")
+        await run(s, feb, mar, syms, source="archive")
+        want = truth(sim, syms, feb, mar)
+        assert_lake(s, syms, want)
+        lost = (ms(2024, 2, 12), ms(2024, 2, 14))
+        tail = (ms(2024, 2, 27) + 10 * HOUR, ms(2024, 3, 1))
+        eth20 = (ms(2024, 2, 20), ms(2024, 2, 21))
+        eth20_cut = (ms(2024, 2, 20) + 12 * HOUR, ms(2024, 2, 21))
+        sim.archive.edit_file("BTCUSDT-5m-2024-02.zip", FileEdit(drop=(lost, tail)))
+        sim.archive.edit_file("ETHUSDT-5m-2024-02.zip", FileEdit(drop=(lost, eth20)))
+        sim.archive.edit_file("ETHUSDT-5m-2024-02-20.zip", FileEdit(drop=(eth20_cut,)))
+        res = await run(s, feb, mar, syms, source="archive")
+        (rep,) = res.archive
+        # the two re-uploads, and ETHUSDT's daily files of the days its re-upload lost
+        assert rep.files_reuploaded == 2 and rep.files_downloaded == 5 and rep.missing == []
+        why = "{n} candle(s) kept that the re-uploaded {sym}-5m-2024-02.zip no longer has"
+        n = [
+            want.height - cut_from(want, sym, *r).height
+            for sym, r in (("BTCUSDT", lost), ("BTCUSDT", tail), ("ETHUSDT", eth20_cut))
+        ]
+        assert n == [2 * 288, 14 * 12 + 2 * 288, 12 * 12]
+        assert rep.kept == [
+            line("BTCUSDT", *lost, why=why.format(n=n[0], sym="BTCUSDT")),
+            line("BTCUSDT", *tail, why=why.format(n=n[1], sym="BTCUSDT")),
+            line("ETHUSDT", *eth20_cut, why=why.format(n=n[2], sym="ETHUSDT")),
+        ]
+        assert rep.to_dict()["kept"] == rep.kept
+        assert_lake(s, syms, want)
+        again = await run(s, feb, mar, syms, source="archive")
+        assert again.archive[0].files_planned == 0 and again.archive[0].kept == []
+        assert_lake(s, syms, want)
