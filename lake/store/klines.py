@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import io
 import logging
 import math
 import os
@@ -277,7 +276,7 @@ def read_partition(lfs: LakeFS, key: PartitionKey) -> pl.DataFrame | None:
     if data is None:
         return None
     try:
-        return pl.read_parquet(io.BytesIO(data))
+        return pl.read_parquet(data)
     except pl.exceptions.PolarsError as exc:
         # A truncated or non-parquet file (an object another tool uploaded, a cut copy): a
         # DataError naming it, as write_klines names a foreign one. Polars' ComputeError named no

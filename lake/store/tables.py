@@ -15,7 +15,6 @@ atomically under a lock, like the klines.
 from __future__ import annotations
 
 import datetime as dt
-import io
 import os
 
 import polars as pl
@@ -100,7 +99,7 @@ def write_exchange_info(root: str | os.PathLike[str] | LakeFS, trade_type: str, 
     with lfs.lock(f"exchange_info/trade_type={get_trade_type(trade_type).name}"):
         data = lfs.read_bytes_or_none(rel)
         if data is not None:
-            old = pl.read_parquet(io.BytesIO(data)).select(list(EXCHANGE_INFO_SCHEMA))
+            old = pl.read_parquet(data).select(list(EXCHANGE_INFO_SCHEMA))
             latest = old.filter(pl.col("snapshot_time") == old["snapshot_time"].max()).sort("symbol")
             if latest.drop("snapshot_time").equals(rows.drop("snapshot_time")):
                 return False
@@ -124,7 +123,7 @@ def scan_exchange_info(root: str | os.PathLike[str] | LakeFS, trade_type: str | 
         for day_dir in lfs.listdir(f"exchange_info/{tt_dir}"):
             data = lfs.read_bytes_or_none(f"exchange_info/{tt_dir}/{day_dir}/data.parquet")
             if data is not None:
-                frames.append(pl.read_parquet(io.BytesIO(data)).with_columns(pl.lit(tt).alias("trade_type")))
+                frames.append(pl.read_parquet(data).with_columns(pl.lit(tt).alias("trade_type")))
     if not frames:
         return pl.DataFrame(schema={**EXCHANGE_INFO_SCHEMA, "trade_type": pl.String()})
     return pl.concat(frames, how="vertical_relaxed")
@@ -143,7 +142,7 @@ def read_funding(root: str | os.PathLike[str] | LakeFS, trade_type: str, symbol:
     data = to_lakefs(root).read_bytes_or_none(funding_path(trade_type, symbol))
     if data is None:
         return pl.DataFrame(schema=FUNDING_SCHEMA)
-    return pl.read_parquet(io.BytesIO(data)).select(list(FUNDING_SCHEMA))
+    return pl.read_parquet(data).select(list(FUNDING_SCHEMA))
 
 
 def write_funding(

@@ -332,7 +332,7 @@ def _name_seq(name: str) -> int:
 
 
 def _frame(data: bytes, name: str) -> pl.DataFrame:
-    df = pl.read_parquet(io.BytesIO(data))
+    df = pl.read_parquet(data)
     if SEQ not in df.columns:
         df = df.with_columns(pl.lit(_name_seq(name), pl.Int64()).alias(SEQ))
     return df.select(list(FILE_SCHEMA))

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import bisect
 import functools
-import io
 import itertools
 import os
 import time
@@ -510,7 +509,7 @@ def read_layer(lfs: LakeFS, rel: str) -> Layer | None:
     except FileNotFoundError:
         return None
     try:
-        df = pl.read_parquet(io.BytesIO(data))
+        df = pl.read_parquet(data)
     except pl.exceptions.PolarsError as exc:
         raise _unreadable(rel, exc) from exc
     meta = df.filter(pl.col("offset").is_null())
