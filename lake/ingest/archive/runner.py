@@ -68,7 +68,7 @@ from lake.ingest.archive.plan import (
     symbols_prefix,
     units,
 )
-from lake.ingest.archive.shortfall import cut_ranges, full, kept_ranges
+from lake.ingest.archive.shortfall import cut_ranges, ended_units, kept_ranges
 from lake.net import proxy_from_env
 from lake.progress import Progress
 from lake.settings import Settings
@@ -724,7 +724,8 @@ async def _run_jobs(
                         pending.setdefault(sym, []).append((pf.file.name, _record(pf, dl, rows), meta))
                         if ingested is not None:
                             lost, vouched = tuple(done.lost.get(i, ())), tuple(done.vouched.get(i, ()))
-                            ingested.append(_Done(pf, i in done.short, i in done.full, lost, vouched))
+                            ended = tuple(done.ended.get(i, ()))
+                            ingested.append(_Done(pf, i in done.short, ended, lost, vouched))
                         report.rows += rows
                         if dl.reused:
                             report.files_reused += 1
@@ -756,7 +757,8 @@ class _Ingested:
     # without a row, or no row for the period's last candle (a cut on its last day leaves no day
     # empty; a monthly file cut by a maintenance hour inside the month is not re-planned for that)
     short: set[int] = field(default_factory=set)
-    full: set[int] = field(default_factory=set)  # files with a candle in every slot of their period
+    # per file, the units it has a candle in the last slot of (``shortfall.ended_units``)
+    ended: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     # re-uploaded monthly files: where they replaced nothing (no candle there) and the earlier rows stay
     lost: dict[int, list[tuple[int, int]]] = field(default_factory=dict)
     # daily files: the part of their day up to the end of their last candle (``_vouched``)
@@ -769,7 +771,7 @@ class _Done:
 
     planned: PlannedFile
     short: bool
-    full: bool
+    ended: tuple[tuple[int, int], ...]
     lost: tuple[tuple[int, int], ...] = ()
     vouched: tuple[tuple[int, int], ...] = ()
 
@@ -792,8 +794,7 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
             continue
         if f.freq == MONTHLY and _short(df, pf.file):
             out.short.add(len(out.files))
-        if full(f.iv, df, f.start_ms, f.end_ms):
-            out.full.add(len(out.files))
+        out.ended[len(out.files)] = ended_units(f.iv, df, f.start_ms, f.end_ms)
         if f.freq == DAILY:
             out.vouched[len(out.files)] = _vouched(f.iv, df, f.start_ms, f.end_ms)
         replace = list(pf.replace)
@@ -859,8 +860,10 @@ def _vouched(iv: Interval, df: pl.DataFrame, start_ms: int, end_ms: int) -> list
     (a candle it removed or moved, as a re-upload does)."""
     if not df.height:
         return []
-    t = df["candle_begin_time"].dt.epoch("ms")
     end = min(end_ms, iv.next_open(iv.floor(_last_open(df))))
+    if daily_available(iv) and end_ms - start_ms <= MS_PER_DAY:  # a daily file: its one day
+        return [(start_ms, end)] if start_ms < end else []
+    t = df["candle_begin_time"].dt.epoch("ms")
     days = set((t // MS_PER_DAY).unique().to_list()) if daily_available(iv) else None
     out: list[tuple[int, int]] = []
     for u0, u1 in units(iv, start_ms, end):
@@ -930,18 +933,24 @@ def _shortfalls(
         sym = p.symbol
         lo, hi = report.windows[sym]
         mine = by_symbol.get(sym, [])
-        whole: set[tuple[int, int]] = set()  # units a complete file of this run wrote every candle of
+        whole: set[tuple[int, int]] = set()  # units a file of this run wrote the last candle of
         cand = set(p.incomplete)
         for d in mine:
             f = d.planned.file
             a, b = max(lo, f.start_ms), min(hi, f.end_ms)
             if a >= b:
                 continue
-            if d.full:
-                for c0, c1 in span_minus((f.start_ms, f.end_ms), sorted(d.planned.keep)):
-                    whole.update(u for u in units(iv, c0, c1) if c0 <= u[0] and u[1] <= c1)
-            else:
-                cand.update(units(iv, a, b))
+            ended = set(d.ended)
+            if ended and d.planned.keep:  # (days daily files own: the monthly file wrote nothing there)
+                owned = [
+                    u
+                    for c0, c1 in span_minus((f.start_ms, f.end_ms), sorted(d.planned.keep))
+                    for u in units(iv, c0, c1)
+                    if c0 <= u[0] and u[1] <= c1
+                ]
+                ended &= set(owned)
+            whole |= ended
+            cand.update(u for u in units(iv, a, b) if u not in ended)
         lacking = set(report.lacking.get(sym, ()))
         empty: set[int] = set()  # units whose own file was ingested without a row
         if cand - whole or (lacking and not daily_available(iv)):

@@ -1,6 +1,6 @@
 """What the archive files a run took lack while the series traded on, and what a re-upload dropped.
 
-    full(iv, df, start_ms, end_ms)                 -> bool: a candle in every slot of the file's period
+    ended_units(iv, df, start_ms, end_ms)          -> [(u0, u1)]: units whose last slot the file has
     cut_ranges(lfs, tt, iv, symbol, units, …)     -> [(a, b)]: ranges after a file's last candle
     kept_ranges(lfs, tt, iv, symbol, lost, …)     -> [(a, b, n)]: earlier archive rows a re-upload lacks
 
@@ -40,7 +40,7 @@ from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines
 from lake.store.meta import read_empty_ranges
 
-__all__ = ["cut_ranges", "full", "kept_ranges"]
+__all__ = ["cut_ranges", "ended_units", "kept_ranges"]
 
 Span = tuple[int, int]
 
@@ -52,19 +52,29 @@ def _slots(iv: Interval, opens: pl.Series) -> np.ndarray:
     return np.unique(np.asarray([iv.floor(int(t)) for t in opens.to_list()], dtype=np.int64))
 
 
-def full(iv: Interval, df: pl.DataFrame, start_ms: int, end_ms: int) -> bool:
-    """Whether the parsed file ``df`` has a candle in every slot of ``[start_ms, end_ms)``."""
-    want = iv.count(start_ms, end_ms)
-    if df.height < want:
-        return False
+def ended_units(iv: Interval, df: pl.DataFrame, start_ms: int, end_ms: int) -> list[Span]:
+    """The units of ``[start_ms, end_ms)`` (``plan.units``) in whose last slot the parsed file ``df``
+    has a candle: none of them can be cut (``cut_ranges``), so the run need not read them again.
+    A file with a maintenance hole inside a unit still ends it; only units a file stops short of
+    are looked at twice."""
+    if not df.height:
+        return []
+    us = units(iv, start_ms, end_ms)
+    if len(us) == 1:  # a daily file (or a month above 1d): its last candle says it all
+        last = df["candle_begin_time"].dt.epoch("ms").max()
+        assert isinstance(last, int)
+        return us if iv.floor(last) == iv.floor(us[0][1] - 1) else []
+    last_slots = np.asarray([iv.floor(u1 - 1) for _, u1 in us], dtype=np.int64)
     opens = df["candle_begin_time"].dt.epoch("ms")
     if iv.ms is None:
-        return len(_slots(iv, opens)) >= want
-    f = iv.floor_many(opens.to_numpy())
-    step = np.diff(f)
-    # parsed files come sorted: distinct slots are counted in one pass (a month of 1s is 2.6M rows)
-    distinct = 1 + int(np.count_nonzero(step)) if bool((step >= 0).all()) else len(np.unique(f))
-    return distinct >= want
+        slots = _slots(iv, opens)
+    else:
+        slots = iv.floor_many(opens.to_numpy())
+        if not bool((np.diff(slots) >= 0).all()):  # (parsed files come sorted: no sort, no unique)
+            slots = np.sort(slots)
+    at = np.minimum(np.searchsorted(slots, last_slots), len(slots) - 1)
+    have = slots[at] == last_slots
+    return [u for u, h in zip(us, have.tolist(), strict=True) if h]
 
 
 def _opens(
