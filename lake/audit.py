@@ -58,7 +58,7 @@ import polars as pl
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.binance.markets import get_trade_type
 from lake.ingest.archive.manifest import read_manifest
-from lake.ingest.archive.plan import span_minus, units
+from lake.ingest.archive.plan import merge_spans, span_minus, units
 from lake.store.coverage import SeriesCoverage, coverage
 from lake.store.fs import LakeFS
 from lake.store.klines import iter_series_batches, to_lakefs
@@ -238,24 +238,14 @@ class _Archived:
         ingest calls missing (plan: ``unfilled``) rather than a day the exchange was quiet."""
         blank = [(u0, u1) for u0, u1 in units(iv, a0, b0) if a0 <= u0 and u1 <= b0]
         monthly = [p for m in self.monthly for p in span_minus(m, blank)]
-        return _merge(self.daily + monthly)
+        return merge_spans(self.daily + monthly)
 
 
 def _archived_spans(lfs: LakeFS, tt: str, iv_name: str, symbol: str) -> _Archived:
     records = read_manifest(lfs, get_trade_type(tt).market_name, iv_name, symbol)
     spans = [(r.start_ms, r.end_ms) for r in records.values()]
     daily = [s for s in spans if s[1] - s[0] <= MS_PER_DAY]
-    return _Archived(_merge(daily), _merge([s for s in spans if s[1] - s[0] > MS_PER_DAY]))
-
-
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
+    return _Archived(merge_spans(daily), merge_spans([s for s in spans if s[1] - s[0] > MS_PER_DAY]))
 
 
 def _inside(spans: list[tuple[int, int]], a: int, b: int) -> bool:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
@@ -49,6 +49,7 @@ __all__ = [
     "UnitState",
     "daily_available",
     "file_from_name",
+    "merge_spans",
     "month_start",
     "next_month",
     "plan_series",
@@ -254,6 +255,17 @@ def _changed(rec: FileRecord, entry: ListEntry, checksum: ListEntry | None) -> b
     if entry.version != rec.zip_version:
         return True
     return checksum is not None and rec.checksum_version != "" and checksum.version != rec.checksum_version
+
+
+def merge_spans(spans: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open ``spans`` merged where they overlap or touch, sorted."""
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def span_minus(span: tuple[int, int], cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -35,7 +35,7 @@ import numpy as np
 import polars as pl
 
 from lake.binance.intervals import Interval
-from lake.ingest.archive.plan import span_minus, units
+from lake.ingest.archive.plan import merge_spans, span_minus, units
 from lake.store.fs import LakeFS
 from lake.store.klines import scan_klines
 from lake.store.meta import read_empty_ranges
@@ -94,16 +94,6 @@ def _first_open_from(iv: Interval, ms: int) -> int:
     return f if f >= ms else iv.next_open(f)
 
 
-def _runs(spans: Sequence[Span]) -> list[Span]:
-    out: list[Span] = []
-    for a, b in sorted(spans):
-        if out and a <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], b))
-        else:
-            out.append((a, b))
-    return out
-
-
 def cut_ranges(
     lfs: LakeFS,
     tt: str,
@@ -124,7 +114,7 @@ def cut_ranges(
     wanted = set(candidates)
     empties = [(r.start_ms, r.end_ms) for r in read_empty_ranges(lfs, tt, iv.name, symbol)]
     out: list[Span] = []
-    for s0, s1 in _runs(list(wanted)):
+    for s0, s1 in merge_spans(list(wanted)):
         after = units(iv, s1, s1 + 1)[0][1]  # the unit after the run: where the series resumes
         slots = _slots(iv, _opens(lfs, tt, iv, symbol, s0, after))
         for u0, u1 in units(iv, s0, s1):
@@ -147,7 +137,7 @@ def cut_ranges(
                 a, b = max(a, lo), min(b, hi)
                 if a < b and iv.count(a, b) > 0:
                     out.append((a, b))
-    return _runs(out)
+    return merge_spans(out)
 
 
 def kept_ranges(
@@ -157,9 +147,9 @@ def kept_ranges(
     were kept) outside ``settled`` (what other files of the run have candles for): the part from the
     first to the end of the last stored archive candle, and how many there are; ranges without any
     are left out."""
-    done = _runs(settled)
+    done = merge_spans(settled)
     out: list[tuple[int, int, int]] = []
-    for a, b in _runs([x for r in lost for x in span_minus(r, done)]):
+    for a, b in merge_spans([x for r in lost for x in span_minus(r, done)]):
         t = _opens(lfs, tt, iv, symbol, a, b, archive=True)
         if t.len():
             first, last = int(t.min()), int(t.max())  # type: ignore[arg-type]
