@@ -18,7 +18,6 @@ import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 import polars as pl
@@ -26,36 +25,26 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lake.binance import markets
 from lake.live.runner import LiveConfig, LiveRunner, ws_cap_path
 from lake.live.ws import CAP_MEMORY_TTL_S, CapMemory
 from lake.settings import Settings
 from lake.sim.testing import sim_server, test_config
 from lake.transform.tail import TailState, resolve, version_ns
 
+from . import test_live_stream_cap as stream_cap
 from .helpers import M, assert_equals_truth, lake_frame, run_while, until
+from .test_live_stream_cap import ASSUMED, _loads
 
 TT = "usdt_perp"
-ASSUMED = 100  # what lake believes of the um server in these tests
+# the stream-cap tests' fixture (lake assuming ASSUMED streams per um connection), shared
+assumed_cap = stream_cap.assumed_cap
 SERVER_CAP = 20  # what the simulator's um server allows
-
-
-@pytest.fixture
-def assumed_cap(monkeypatch: pytest.MonkeyPatch) -> int:
-    """Lake plans um connections of up to ``ASSUMED`` streams (as if markets.py said so)."""
-    um = dataclasses.replace(markets.MARKETS["um"], ws_stream_cap=ASSUMED)
-    monkeypatch.setattr(markets, "MARKETS", MappingProxyType({**markets.MARKETS, "um": um}))
-    return ASSUMED
 
 
 def _refusals(sim: Any) -> int:
     """Connections and SUBSCRIBEs the simulator refused for carrying too many streams."""
     ws = sim.stats.snapshot()["ws"]
     return int(ws.get("closed_stream_cap", 0)) + int(ws.get("refused_stream_cap", 0))
-
-
-def _loads(sim: Any) -> list[int]:
-    return sorted(len(c.subs) for c in sim.ws.conns if c.market == "um")
 
 
 async def _run_until_live(
