@@ -53,6 +53,20 @@ def config(**faults: object) -> SimConfig:
     )
 
 
+async def lake_cli(*cmd: str) -> tuple[int, bytes, bytes]:
+    """Run ``cmd`` (a ``lake`` command line) as a user would, without progress bars: (exit code,
+    stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        *cmd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"LAKE_PROGRESS": "0", "PATH": ""},
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
 def settings(sim: SimServer, path: Path) -> Settings:
     return Settings(root=str(path), sim_url=sim.base_url)
 
@@ -257,15 +271,9 @@ async def test_a_late_daily_file_fails_an_archive_run_with_exit_5_and_names_the_
             "--start", "2024-03-01", "--symbols", "BTCUSDT,ETHUSDT", "--sim-url", sim.base_url,
             "--root", str(tmp_path / "lake"),
         ]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={"LAKE_PROGRESS": "0", "PATH": ""},
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        code, out, err = await lake_cli(*cmd)
         lines = err.decode().splitlines()
-        assert proc.returncode == 5, lines
+        assert code == 5, lines
         assert [x for x in lines if x.startswith("missing:")] == [
             "missing: usdt_spot 5m ETHUSDT [2024-03-09T00:00:00Z, 2024-03-10T00:00:00Z): not in the archive"
         ]
@@ -276,12 +284,8 @@ async def test_a_late_daily_file_fails_an_archive_run_with_exit_5_and_names_the_
             and "1 range(s) of them missing" in summary
         )
         # --json: the report, the missing range in it; a rerun downloads nothing new
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env={"LAKE_PROGRESS": "0", "PATH": ""},
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
-        assert proc.returncode == 5, err.decode()
+        code, out, err = await lake_cli(*cmd, "--json")
+        assert code == 5, err.decode()
         doc = json.loads(out)
         assert doc["rest"] is None and doc["archive"][0]["files_downloaded"] == 0
         assert doc["archive"][0]["missing"] == [

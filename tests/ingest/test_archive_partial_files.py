@@ -7,7 +7,6 @@ and the run says which."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from tests.ingest.test_archive_gaps_and_precedence import (
     COLS,
     TT,
     config,
+    lake_cli,
     ms,
     run,
     settings,
@@ -105,15 +105,9 @@ async def test_the_latest_day_cut_for_every_symbol_exits_5_naming_each(tmp_path:
             "--start", "2024-03-08", "--symbols", ",".join(syms), "--sim-url", sim.base_url,
             "--root", str(tmp_path / "lake"),
         ]  # fmt: skip
-        proc = await asyncio.create_subprocess_exec(
-            *cmd,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env={"LAKE_PROGRESS": "0", "PATH": ""},
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        code, out, err = await lake_cli(*cmd)
         lines = err.decode().splitlines()
-        assert proc.returncode == 5, lines
+        assert code == 5, lines
         assert [x for x in lines if x.startswith("missing:")] == [
             f"missing: {line(sym, cut, ms(2024, 3, 10))}" for sym in syms
         ]
