@@ -63,10 +63,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import itertools
 import json
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -291,8 +293,9 @@ class CapMemory:
     (``{"caps": {ws_url: {"cap", "at", "assumed", "said"}}}``; module docstring, *Learned caps
     across runs*). Blocking: call it from a thread in async code.
 
-    Two processes learning at once each rewrite the file whole (atomically), so one entry may be
-    lost: that run's cap is learned again by the next one, which is all a lost entry costs."""
+    The file is replaced whole (atomically) under an exclusive lock on a sibling ``.lock`` file,
+    so processes learning at once keep each other's entries; readers take no lock (they see the
+    old file or the new one)."""
 
     def __init__(self, path: Path, ttl_s: float = CAP_MEMORY_TTL_S) -> None:
         self.path = path
@@ -334,17 +337,22 @@ class CapMemory:
         it was written. A file that cannot be written is a warning."""
         now = time.time() if now is None else now
         try:
-            old = self._caps()
-        except (OSError, ValueError):  # (none yet, or damaged: replaced by this one)
-            old = {}
-        caps: dict[str, object] = {
-            u: e for u, e in old.items() if (got := _learned(e)) is not None and self._fresh(got, now)
-        }
-        caps[url] = {"cap": cap, "at": round(now, 3), "assumed": assumed, "said": said[:200]}
-        data = json.dumps({"caps": caps}, indent=1, sort_keys=True) + "\n"
-        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            write_file_atomic(self.path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
+            fd = os.open(self.path.with_name(self.path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # (released by the close)
+                try:
+                    old = self._caps()
+                except (OSError, ValueError):  # (none yet, or damaged: replaced by this one)
+                    old = {}
+                caps: dict[str, object] = {
+                    u: e for u, e in old.items() if (got := _learned(e)) is not None and self._fresh(got, now)
+                }
+                caps[url] = {"cap": cap, "at": round(now, 3), "assumed": assumed, "said": said[:200]}
+                data = json.dumps({"caps": caps}, indent=1, sort_keys=True) + "\n"
+                write_file_atomic(self.path, lambda tmp: tmp.write_text(data, encoding="utf-8"))
+            finally:
+                os.close(fd)
         except OSError as exc:
             log.warning(
                 "cannot keep the learned websocket stream cap in %s (%s); the next run learns it again",

@@ -202,7 +202,8 @@ def test_the_cap_file_keeps_each_endpoint_and_drops_expired_entries(tmp_path: Pa
     got = mem.recall("wss://b.example", now=now)
     assert got is not None and (got.cap, got.said) == (30, "y")
     assert mem.recall("wss://a.example/market", now=now) is None
-    assert not [p for p in tmp_path.iterdir() if p.name != "caps.json"]  # (no temp file left)
+    # no temp file left (the lock file stays: removing it would race with a process waiting on it)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["caps.json", "caps.json.lock"]
 
 
 # -- the offsets tail's visibility rule --------------------------------------------------------------
@@ -312,3 +313,32 @@ def test_resolve_equals_the_reference_on_runs_and_folds() -> None:
     assert dataclasses.asdict(resolve("d", names, metas, counts)) == dataclasses.asdict(
         resolve_reference("d", names, metas, counts)
     )
+
+
+def _learn_many(path: str, tag: int, n: int, start: Any) -> None:
+    """One process keeping ``n`` caps of its own URLs once all are ready (a child of the test below)."""
+    memory = CapMemory(Path(path))
+    start.wait(60)
+    for i in range(n):
+        assert memory.remember(f"wss://p{tag}.example/{i}", 5 + i, assumed=ASSUMED, said="cap")
+
+
+def test_processes_learning_at_once_lose_no_entry(tmp_path: Path) -> None:
+    """Each ``remember`` reads the file, adds its entry and replaces the file: without a lock around
+    that, two processes writing at once drop each other's entries."""
+    import multiprocessing
+
+    path = tmp_path / "caps.json"
+    n = 40
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(4)  # all four write together, not one after another as they start
+    procs = [ctx.Process(target=_learn_many, args=(str(path), tag, n, start)) for tag in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    caps = json.loads(path.read_text())["caps"]
+    assert sorted(caps) == sorted(f"wss://p{tag}.example/{i}" for tag in range(4) for i in range(n))
+    memory = CapMemory(path)
+    assert [memory.recall(f"wss://p3.example/{i}").cap for i in (0, n - 1)] == [5, 5 + n - 1]  # type: ignore[union-attr]
