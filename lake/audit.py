@@ -42,6 +42,13 @@ left behind, or a delisted one (those stop there).
 It also counts rows per provenance (``archive`` / ``rest`` / ``ws``) and zero-volume rows, and lists
 the segments: from the first to the last traded candle of each, so a zombie tail after a delisting
 is in none.
+
+``kept`` lists the archive candles still stored where a re-uploaded monthly file no longer has them
+(``lake.ingest.archive.manifest``, kept ranges): the lake keeps them (a truncated re-upload is far
+more common than withdrawn trading), but nothing Binance publishes now vouches for them. They are
+rows, not holes: a warning, not in the exit code. A daily file of those days (the archive ingest
+fetches one once it is published) or a later version of the file settles them; candles of another
+source stored there since (REST, after the partitions were deleted by hand) are not counted.
 """
 
 from __future__ import annotations
@@ -57,14 +64,14 @@ import polars as pl
 
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
 from lake.binance.markets import get_trade_type
-from lake.ingest.archive.manifest import read_manifest
+from lake.ingest.archive.manifest import kept_dir, read_kept, read_manifest
 from lake.ingest.archive.plan import merge_spans, span_minus, units
 from lake.store.coverage import SeriesCoverage, coverage
 from lake.store.fs import LakeFS
-from lake.store.klines import iter_series_batches, to_lakefs
+from lake.store.klines import iter_series_batches, scan_klines, to_lakefs
 from lake.store.meta import EmptyRange, read_empty_ranges
 
-__all__ = ["AuditHole", "SeriesAudit", "audit"]
+__all__ = ["AuditHole", "KeptCandles", "SeriesAudit", "audit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +81,16 @@ class AuditHole:
     missing: int
     kind: str  # maintenance | confirmed_empty | segment_break | missing
     price_jump: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class KeptCandles:
+    """``candles`` archive candles stored in ``[start, end)`` that the re-uploaded ``file`` no longer has."""
+
+    start: dt.datetime
+    end: dt.datetime
+    candles: int
+    file: str
 
 
 @dataclass(slots=True)
@@ -92,6 +109,7 @@ class SeriesAudit:
     # candles between this series' last one and the latest of any series of its trade type and
     # interval: a series left behind (a backfill that stopped, a feed not run) or a delisted one
     behind: int = 0
+    kept: list[KeptCandles] = field(default_factory=list)  # see the module doc
 
     @property
     def unexpected(self) -> list[AuditHole]:
@@ -121,6 +139,9 @@ class SeriesAudit:
             ],
             "segments": [{"segment": i, "start": a, "end": b} for i, (a, b) in enumerate(self.segments)],
             "unexpected_missing": sum(h.missing for h in self.unexpected),
+            "kept": [
+                {"start": k.start, "end": k.end, "candles": k.candles, "file": k.file} for k in self.kept
+            ],
         }
 
 
@@ -149,8 +170,12 @@ def audit(
         stats = _series_stats(lfs, tt, iv_name, [c.symbol for c in wanted])
         lasts = [iv.floor(_ms(c.last)) for c in group if c.last is not None]
         latest = max(lasts) if lasts else None
+        market = get_trade_type(tt).market_name
+        with_kept = {n.removesuffix(".json") for n in lfs.listdir(kept_dir(market, iv_name))}
         for c in wanted:
             a = SeriesAudit(tt, iv_name, c.symbol, c.first, c.last, c.rows, c.expected)
+            if c.symbol in with_kept:
+                a.kept = _kept_candles(lfs, tt, iv, c.symbol)
             a.sources = stats["sources"].get(c.symbol, {})
             a.zero_volume = stats["zero_volume"].get(c.symbol, 0)
             if c.last is not None and latest is not None:
@@ -246,6 +271,28 @@ def _archived_spans(lfs: LakeFS, tt: str, iv_name: str, symbol: str) -> _Archive
     spans = [(r.start_ms, r.end_ms) for r in records.values()]
     daily = [s for s in spans if s[1] - s[0] <= MS_PER_DAY]
     return _Archived(merge_spans(daily), merge_spans([s for s in spans if s[1] - s[0] > MS_PER_DAY]))
+
+
+def _kept_candles(lfs: LakeFS, tt: str, iv: Interval, symbol: str) -> list[KeptCandles]:
+    """The series' kept ranges with the archive candles stored in each (ranges without any left out)."""
+    ranges = read_kept(lfs, get_trade_type(tt).market_name, iv.name, symbol)
+    if not ranges:
+        return []
+    t = (
+        scan_klines(
+            lfs, tt, iv.name, [symbol], _from_ms(ranges[0].start_ms), _from_ms(max(r.end_ms for r in ranges))
+        )
+        .filter(pl.col("source") == "archive")
+        .select(t=pl.col("candle_begin_time").dt.epoch("ms"))
+        .sort("t")
+        .collect()["t"]
+    )
+    out = []
+    for r in ranges:
+        n = int(t.search_sorted(r.end_ms)) - int(t.search_sorted(r.start_ms))
+        if n:
+            out.append(KeptCandles(_from_ms(r.start_ms), _from_ms(r.end_ms), n, r.file))
+    return out
 
 
 def _inside(spans: list[tuple[int, int]], a: int, b: int) -> bool:

@@ -47,7 +47,9 @@ def audit_cmd(
     """Continuity report per series: holes classified as maintenance (exchange-wide), confirmed empty,
     segment break (delist/relist) or missing; rows per source (archive/rest/ws); listing segments;
     and "behind": the candles between a series' last one and the latest of its trade type and
-    interval (a series a backfill left behind, or a delisted one; not a hole, not in the exit code).
+    interval (a series a backfill left behind, or a delisted one; not a hole, not in the exit code);
+    and "kept": archive candles the lake still holds where a re-uploaded monthly file no longer has
+    them, until a daily file or REST settles them (a warning, not in the exit code).
 
     Maintenance is judged on the symbols the lake holds (at least two trading around the hole): in a
     lake of one symbol the same window is "confirmed empty" once the exchange answered it empty.
@@ -137,6 +139,12 @@ def _render(report: list[SeriesAudit], root: str) -> None:
             "(column 'behind'): a delisted symbol stops there; `lake backfill` brings a trading one "
             "up to date"
         )
+    for a in report:
+        for k in a.kept:
+            console.print(
+                f"[yellow]kept[/yellow] {a.trade_type} {a.interval} {a.symbol}: {k.candles} archive candles "
+                f"[{k.start:%Y-%m-%d %H:%M}, {k.end:%Y-%m-%d %H:%M}) that the re-uploaded {k.file} no longer has"
+            )
     for a in report:
         for h in a.unexpected:
             console.print(

@@ -8,6 +8,7 @@ and the run says which."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import sys
 from pathlib import Path
 
@@ -230,4 +231,78 @@ async def test_a_reupload_without_some_days_keeps_their_rows_and_says_so(tmp_pat
         assert_lake(s, syms, want)
         again = await run(s, feb, mar, syms, source="archive")
         assert again.archive[0].files_planned == 0 and again.archive[0].kept == []
+        assert_lake(s, syms, want)
+
+
+async def test_the_audit_names_kept_rows_until_a_daily_file_or_a_later_upload_settles_them(
+    tmp_path: Path,
+) -> None:
+    """The kept ranges used to be named only by the run that took the re-upload: `lake audit` then
+    showed nothing. They are recorded now, and the audit names the archive candles stored there
+    (a warning, exit 0). A daily file published later for such a day is fetched by the next run
+    (nothing else is), and the part it has candles for is settled; a corrected re-upload settles
+    the rest, and the record goes."""
+    from lake.audit import KeptCandles, audit
+    from lake.ingest.archive.manifest import kept_path
+
+    no_daily = [f"BTCUSDT/2024-02-{d}" for d in (12, 13, 27, 28, 29)]
+    feb, mar = utc(2024, 2, 1), utc(2024, 3, 1)
+    syms = ["BTCUSDT", "ETHUSDT"]
+    name = "BTCUSDT-5m-2024-02.zip"
+    record = tmp_path / "lake" / kept_path("spot", "5m", "BTCUSDT")  # (TT is usdt_spot)
+
+    def kept() -> dict[str, list[KeptCandles]]:
+        return {a.symbol: a.kept for a in audit(s.root, TT, "5m", syms)}
+
+    def at(t: int) -> dt.datetime:
+        return dt.datetime.fromtimestamp(t / 1000, tz=dt.UTC)
+
+    async with SimServer(config(missing_days=tuple(no_daily))) as sim:
+        s = settings(sim, tmp_path / "lake")
+        await run(s, feb, mar, syms, source="archive")
+        want = truth(sim, syms, feb, mar)
+        assert kept() == {"BTCUSDT": [], "ETHUSDT": []} and not record.exists()
+        lost = (ms(2024, 2, 12), ms(2024, 2, 14))
+        tail = (ms(2024, 2, 27) + 10 * HOUR, ms(2024, 3, 1))
+        sim.archive.edit_file(name, FileEdit(drop=(lost, tail)))
+        (rep,) = (await run(s, feb, mar, syms, source="archive")).archive
+        assert len(rep.kept) == 2 and record.exists()
+        both = [
+            KeptCandles(at(lost[0]), at(lost[1]), 576, name),
+            KeptCandles(at(tail[0]), at(tail[1]), 744, name),
+        ]
+        assert kept() == {"BTCUSDT": both, "ETHUSDT": []}
+        cmd = [sys.executable, "-m", "lake.cli", "audit", "--type", TT, "--interval", "5m", "--root", s.root]
+        code, out, err = await lake_cli(*cmd, "--json")
+        assert code == 0, err
+        doc = {a["symbol"]: a["kept"] for a in json.loads(out)["series"]}
+        assert doc["ETHUSDT"] == [] and [(k["candles"], k["file"]) for k in doc["BTCUSDT"]] == [
+            (576, name),
+            (744, name),
+        ]
+        code, out, err = await lake_cli(*cmd)
+        assert code == 0, err
+        assert (
+            f"kept {TT} 5m BTCUSDT: 576 archive candles [2024-02-12 00:00, 2024-02-14 00:00) that the "
+            f"re-uploaded {name} no longer has" in " ".join(out.decode().split())
+        )
+
+        # the 12th's daily file is published, cut at 18:00: it alone is fetched, and settles 00:00-18:00
+        sim.faults.missing_days.discard("BTCUSDT/2024-02-12")
+        sim.archive.edit_file("BTCUSDT-5m-2024-02-12.zip", FileEdit(drop=((lost[0] + 18 * HOUR, lost[1]),)))
+        (rep,) = (await run(s, feb, mar, syms, source="archive")).archive
+        assert (rep.files_planned, rep.files_downloaded, rep.kept) == (1, 1, [])
+        assert kept()["BTCUSDT"] == [
+            KeptCandles(at(lost[0] + 18 * HOUR), at(lost[1]), 72 + 288, name),
+            KeptCandles(at(tail[0]), at(tail[1]), 744, name),
+        ]
+        assert_lake(s, syms, want)  # merged: the candles the daily file lacks stay
+        (rep,) = (await run(s, feb, mar, syms, source="archive")).archive
+        assert rep.files_planned == 0 and len(kept()["BTCUSDT"]) == 2  # (nothing more to fetch)
+
+        # a corrected re-upload has them all again: nothing kept, no record
+        sim.archive.edit_file(name, None)
+        (rep,) = (await run(s, feb, mar, syms, source="archive")).archive
+        assert rep.files_reuploaded == 1 and rep.kept == []
+        assert kept() == {"BTCUSDT": [], "ETHUSDT": []} and not record.exists()
         assert_lake(s, syms, want)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from lake.binance.intervals import MS_PER_DAY, Interval, parse_interval
@@ -192,7 +192,7 @@ class FileRecord:
 class PlannedFile:
     """A file to fetch, with its listing entries and why it is fetched: ``new``, ``reuploaded``, or
     ``unrecorded`` (its rows are in the lake but its manifest record was lost to a crash, so a later
-    re-upload could not be detected). ``replace``: ranges whose stored archive rows the file's rows
+    re-upload could not be detected), or ``kept`` (a daily file of kept ranges: ``plan_series``). ``replace``: ranges whose stored archive rows the file's rows
     replace rather than merge with (a re-upload may remove or move a candle). ``keep``: ranges the
     file must not write to (a monthly file's days that daily files own: see the module doc)."""
 
@@ -294,6 +294,7 @@ def plan_series(
     manifest: Mapping[str, FileRecord],
     *,
     monthly_min_days: int = MONTHLY_MIN_DAYS,
+    kept: Sequence[tuple[int, int]] = (),
 ) -> SeriesPlan:
     """Plan one series over ``[start_ms, end_ms)``.
 
@@ -302,6 +303,8 @@ def plan_series(
     must not make an edge unit look complete: ``runner._lake_states``); ``manifest`` maps ingested
     file names to their records. The result lists files to fetch (monthly ones for months with at least
     ``monthly_min_days`` lacking days, or days without a daily file) and the units the archive lacks.
+    ``kept``: ranges of archive rows a re-uploaded monthly file no longer has (``manifest``, kept
+    ranges); a daily file of theirs not ingested yet is fetched, to settle them.
     """
     iv = parse_interval(interval)
     validate_symbol(symbol)
@@ -358,6 +361,15 @@ def plan_series(
                 )
                 continue
             found = entry(dfile) if dfile is not None else None
+            if (
+                found is not None
+                and dfile is not None
+                and not verified(dfile)
+                and any(k0 < u1 and u0 < k1 for k0, k1 in kept)
+            ):
+                # merged with the kept rows, not replacing them: what it has candles for is settled
+                daily_fetch.append(PlannedFile(dfile, found[0], found[1], "kept"))
+                continue
             # A verified monthly file covers its days, except a day it left empty while a daily file
             # exists: Binance has published truncated monthly files (2024-01 held only the 1st-10th
             # for some symbols, binance-public-data #320); the daily file fills that day. So does the

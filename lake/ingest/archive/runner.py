@@ -22,7 +22,8 @@ after its last candle is ``cut`` and, unless a delisting explains it, missing (`
 re-uploaded monthly file that lost candles leaves its earlier version's rows in place (a truncated
 re-upload is no reason to delete); the daily files of those days are fetched where the archive has
 them, and the ranges no file settles are named in ``kept``: the lake keeps candles the archive's
-current file no longer has, and says so.
+current file no longer has, and says so. They are recorded (``manifest.update_kept``) for
+``lake audit``, and later runs fetch a daily file of theirs once one is published.
 """
 
 from __future__ import annotations
@@ -46,7 +47,14 @@ from lake.binance.symbols import validate_symbols
 from lake.errors import DataError, LakeError, UpstreamError, ValidationError
 from lake.ingest.archive.download import Downloaded, Downloader, clean_partials
 from lake.ingest.archive.listing import ListEntry, fetch_listing, symbols_from_prefixes
-from lake.ingest.archive.manifest import read_manifest, record_files
+from lake.ingest.archive.manifest import (
+    KeptRange,
+    kept_dir,
+    read_kept,
+    read_manifest,
+    record_files,
+    update_kept,
+)
 from lake.ingest.archive.parse import parse_kline_zip
 from lake.ingest.archive.plan import (
     DAILY,
@@ -482,6 +490,10 @@ async def ingest_archive(
         sem = asyncio.Semaphore(concurrency)
 
         listings: dict[str, dict[str, ListEntry]] = {}
+        # series with kept ranges (one listing: few have any)
+        with_kept = {
+            n.removesuffix(".json") for n in await asyncio.to_thread(lfs.listdir, kept_dir(market, iv.name))
+        }
         published: dict[str, int] = {}  # per symbol: end of the last period the archive lists
         latest: dict[str, int] = {}  # per symbol: start of the latest file the archive lists
 
@@ -513,9 +525,11 @@ async def ingest_archive(
             )
             manifest = await asyncio.to_thread(read_manifest, lfs, market, iv.name, sym)
             trusted = _manifest_trusted(manifest, lake)
+            kept = await asyncio.to_thread(read_kept, lfs, market, iv.name, sym) if sym in with_kept else []
             return plan_series(
-                market, sym, iv, lo, hi, listings[sym], in_window, trusted, monthly_min_days=monthly_min_days
-            )
+                market, sym, iv, lo, hi, listings[sym], in_window, trusted,
+                monthly_min_days=monthly_min_days, kept=[(k.start_ms, k.end_ms) for k in kept],
+            )  # fmt: skip
 
         plans = [p for p in await asyncio.gather(*(plan_one(s) for s in syms)) if p is not None]
         jobs: list[_Job] = []
@@ -926,6 +940,8 @@ def _shortfalls(
     by_symbol: dict[str, list[_Done]] = {}
     for d in done:
         by_symbol.setdefault(d.planned.file.symbol, []).append(d)
+    # series with kept ranges (one listing: few have any)
+    recorded = {n.removesuffix(".json") for n in lfs.listdir(kept_dir(market, iv.name))} if done else set()
     failed: dict[str, list[tuple[int, int]]] = {}
     for ff in report.failed_files:
         failed.setdefault(ff.symbol, []).append((ff.start_ms, ff.end_ms))
@@ -974,6 +990,7 @@ def _shortfalls(
                 report.cut[sym] = cuts
         # what the run's daily files have candles for is theirs: only the rest is kept unconfirmed
         settled = [v for d in mine if d.planned.file.freq == DAILY for v in d.vouched]
+        added: list[KeptRange] = []
         for d in mine:
             if not d.lost:
                 continue
@@ -984,6 +1001,11 @@ def _shortfalls(
                 )
                 log.warning("archive rows kept: %s", msg)
                 report.kept.append(msg)
+                added.append(KeptRange(a, b, d.planned.file.name))
+        # Kept for `lake audit` too, until a daily file or a later version of the file settles them.
+        replaced = {d.planned.file.name for d in mine if d.planned.file.freq == MONTHLY and d.planned.replace}
+        if added or (sym in recorded and (settled or replaced)):
+            update_kept(lfs, market, iv.name, sym, replaced=replaced, settled=settled, added=added)
 
 
 def _missing(
