@@ -72,7 +72,9 @@ def funding_gaps(stored: pl.DataFrame, start_ms: int, end_ms: int) -> list[tuple
     the longest funding interval (8h), or at least 1.5× the spacing of their neighbours (a 1h or 4h
     symbol missing rows; a symbol moving from 4h to 8h funding is not a gap by this rule, except at
     the first or last stored spacing, which has one neighbour only: asking there again costs one
-    request per run, missing a hole would lose rows)."""
+    request per run, missing a hole would lose rows). A row lost right after a move from 8h to 4h
+    is not found: the stored times are those of a move one row later, so no rule on times alone can
+    tell the two apart (the rows are fetched whole per window, so only a damaged store lacks one)."""
     inside = stored.filter(
         (pl.col("funding_time").dt.epoch("ms") >= start_ms) & (pl.col("funding_time").dt.epoch("ms") < end_ms)
     )
