@@ -3,6 +3,7 @@
     python -m bench.live_soak                                  # 30 min, 240x, 50 symbols, 1m, --offsets 1h
     python -m bench.live_soak --minutes 10 --speed 120 --symbols 40 --offsets ''
     python -m bench.live_soak --diag --tracemalloc             # also attribute (Python heap, C heap, Arrow)
+    python -m bench.live_soak --verify                         # then check the lake (below)
 
 A simulator (``bench._simproc.server_main``, its own process, clock ``--speed`` times faster) and a
 real ``lake live`` process (``--type usdt_perp --interval 1m --offsets 1h`` by default). Every
@@ -26,6 +27,11 @@ RSS figures of such a run are not comparable). ``--env KEY=VALUE`` sets diagnost
 for the live process only: ``MALLOC_ARENA_MAX=2``, ``POLARS_MAX_THREADS=1``,
 ``_RJEM_MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0`` (Polars' jemalloc), ``ARROW_DEFAULT_MEMORY_POOL=system``,
 and ``LAKE_SOAK_TAIL_MAX_DAYS=1`` (fold the offsets tail after one virtual day instead of 32).
+
+``--verify`` then checks what the soak left (``verify``): the klines up to the watermark against
+the simulator's truth, and the offsets ``lake live`` kept against a fresh ``lake offsets`` build of
+the same klines: ``missing`` / ``extra`` / ``differ`` counts, all zero when the lake is right.
+``--verify-lake DIR`` checks a lake a ``--keep-lake`` run left in ``DIR`` (its ``sim.json``).
 """
 
 from __future__ import annotations
@@ -150,7 +156,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tracemalloc", action="store_true", help="with --diag: Python allocation sites grown")
     ap.add_argument("--env", action="append", default=[], help="KEY=VALUE for the live process")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    ap.add_argument(
+        "--verify", action="store_true", help="at the end, check the lake against the truth and a rebuild"
+    )
+    ap.add_argument(
+        "--verify-lake", default=None, metavar="DIR", help="only check DIR/lake (a --keep-lake run's --out)"
+    )
     args = ap.parse_args(argv)
+    if args.verify_lake:
+        out_dir = Path(args.verify_lake)
+        kw = json.loads((out_dir / "sim.json").read_text())
+        print(json.dumps(verify(out_dir / "lake", kw, args.offsets or None), separators=(",", ":")))
+        return
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     out = Path(args.out) if args.out else REPO / "bench/_work/scratch" / f"live_soak-{stamp}"
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         "n_symbols_by_market": {"um": int(args.symbols / 0.57) + 5}, "n_symbols": 3, "awkward": False,
         "weight_limits": {"spot": 10**9, "um": 10**9, "cm": 10**9}, "ws_intermediate": False,
     }  # fmt: skip
+    (out / "sim.json").write_text(json.dumps(sim_kwargs))  # (for --verify-lake)
     sim, hello = _start_sim(sim_kwargs)
     base = hello["base_url"]
     live_args = ["live", "--root", str(root), "--sim-url", base, "--type", "usdt_perp", "--interval", "1m",
@@ -239,8 +257,9 @@ def main(argv: list[str] | None = None) -> None:
                 exit_code = live.wait(timeout=10)
         sim.terminate()
         sim.join(10)
-        if not args.keep_lake:
-            shutil.rmtree(root, ignore_errors=True)
+    checked = verify(root, sim_kwargs, args.offsets or None) if args.verify else None
+    if not args.keep_lake:
+        shutil.rmtree(root, ignore_errors=True)
     lags = [r["lag_min"] for r in rows if r["lag_min"] is not None]
     res: dict[str, Any] = {
         "bench": "live_soak",
@@ -261,11 +280,91 @@ def main(argv: list[str] | None = None) -> None:
         "fds": [rows[0]["fds"], rows[-1]["fds"]] if rows else None,
         "rss_anon": summarize(rows),
         "rss": summarize(rows, "rss_kb"),
+        "verify": checked,
         "out": str(out),
     }
     (out / "result.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, separators=(",", ":")))
     sys.stdout.flush()
+
+
+# -- checking the lake a soak left ------------------------------------------------------------------
+
+
+def _differences(ours: Any, want: Any, keys: list[str]) -> dict[str, int]:
+    """Rows of ``want`` not in ``ours``, of ``ours`` not in ``want``, and rows of both whose values
+    differ (exactly: the simulator's floats are those of the strings it serves), on ``keys``."""
+    import polars as pl
+
+    values = [c for c in want.columns if c not in keys]
+    both = ours.select(*keys, *values).join(want, on=keys, how="inner", suffix="_want")
+    differ = both.filter(pl.any_horizontal([pl.col(c).ne_missing(pl.col(f"{c}_want")) for c in values]))
+    return {
+        "missing": want.join(ours, on=keys, how="anti").height,
+        "extra": ours.join(want, on=keys, how="anti").height,
+        "differ": differ.height,
+    }
+
+
+def verify(root: Path, sim_kwargs: dict[str, Any], offsets: str | None) -> dict[str, Any]:
+    """The lake a soak left, checked: its 1m klines up to the feed's watermark against the
+    simulator's truth (rebuilt from the same configuration: it is deterministic), and, with
+    ``offsets``, the offsets table ``lake live`` kept (tail, folds, the year's partition change)
+    against a fresh ``lake offsets`` build of the same klines in another root."""
+    import polars as pl
+
+    from lake.binance.intervals import parse_interval
+    from lake.live.watermark import read_watermark
+    from lake.sim import SimConfig
+    from lake.sim.clock import VirtualClock
+    from lake.sim.market import SimMarket
+    from lake.store.klines import scan_klines
+    from lake.transform.build import build_offsets, scan_offsets
+
+    tt, iv = "usdt_perp", "1m"
+    mark = read_watermark(root, tt, iv)
+    if mark is None or mark.get("watermark_ms") is None:
+        return {"error": "no watermark"}
+    wm = int(mark["watermark_ms"])
+    t = pl.col("candle_begin_time").dt.epoch("ms")
+    lake = scan_klines(root, tt, iv).filter(t <= wm).drop("source").collect()
+    syms = sorted(lake["symbol"].unique().to_list())
+    first = int(lake.select(t.min()).item())
+    market = SimMarket(SimConfig(**sim_kwargs), VirtualClock(wm + M, speed=0))
+    truth = market.truth(tt, iv, syms, first, wm + 1, now=wm + M)
+    trading = market.truth(tt, iv, None, wm - 60 * M, wm + 1, now=wm + M)["symbol"].unique().to_list()
+    out: dict[str, Any] = {
+        "watermark": dt.datetime.fromtimestamp(wm / 1000, dt.UTC).isoformat(),
+        "symbols": len(syms),
+        "symbols_not_in_lake": sorted(set(trading) - set(syms)),
+        "klines_rows": lake.height,
+        "klines_duplicates": int(lake.select("symbol", "candle_begin_time").is_duplicated().sum()),
+        "klines": _differences(lake, truth, ["symbol", "candle_begin_time"]),
+    }
+    if offsets:
+        fresh = root.parent / "lake_rebuild"
+        shutil.rmtree(fresh, ignore_errors=True)
+        for table in ("klines", "klines_tail"):
+            if (root / table).exists():
+                shutil.copytree(root / table, fresh / table)
+        t0 = time.monotonic()
+        build_offsets(fresh, tt, offsets, base=iv)
+        out["rebuild_s"] = round(time.monotonic() - t0, 1)
+        span = parse_interval(offsets).ms
+        assert span is not None
+        keys = ["symbol", "offset", "candle_begin_time"]
+        done = (t + span) <= wm + M  # bins whose last base candle is in, both sides
+        live = scan_offsets(root, tt, offsets).filter(done).collect()
+        rebuilt = scan_offsets(fresh, tt, offsets).filter(done).collect()
+        first_bin = live.select(t.min()).item()
+        out["offsets_rows"] = live.height
+        out["offsets_first_bin"] = (
+            None if first_bin is None else dt.datetime.fromtimestamp(first_bin / 1000, dt.UTC).isoformat()
+        )
+        out["offsets_duplicates"] = int(live.select(keys).is_duplicated().sum())
+        out["offsets"] = _differences(live, rebuilt, keys)
+        shutil.rmtree(fresh, ignore_errors=True)
+    return out
 
 
 # -- the live process ------------------------------------------------------------------------------
