@@ -44,12 +44,14 @@ def audit_cmd(
     um_rest_url: UmRestUrlOpt = None,
     cm_rest_url: CmRestUrlOpt = None,
 ) -> None:
-    """Continuity report per series: holes classified as maintenance (exchange-wide), confirmed empty,
-    segment break (delist/relist) or missing; rows per source (archive/rest/ws); listing segments;
-    and "behind": the candles between a series' last one and the latest of its trade type and
-    interval (a series a backfill left behind, or a delisted one; not a hole, not in the exit code);
-    and "kept": archive candles the lake still holds where a re-uploaded monthly file no longer has
-    them, until a daily file or REST settles them (a warning, not in the exit code).
+    """Continuity report per series: every hole classified, rows per source, listing segments.
+
+    Holes are maintenance (exchange-wide), confirmed empty, segment break (delist/relist) or
+    missing; rows are counted per source (archive/rest/ws). "behind": the candles between a series'
+    last one and the latest of its trade type and interval (a series a backfill left behind, or a
+    delisted one; not a hole, not in the exit code). "kept": archive candles the lake still holds
+    where a re-uploaded monthly file no longer has them, until a daily file of those days or a later
+    upload settles them (a warning, not in the exit code).
 
     Maintenance is judged on the symbols the lake holds (at least two trading around the hole): in a
     lake of one symbol the same window is "confirmed empty" once the exchange answered it empty.
