@@ -102,8 +102,10 @@ def backfill_cmd(
     um_rest_url: UmRestUrlOpt = None,
     cm_rest_url: CmRestUrlOpt = None,
 ) -> None:
-    """Backfill klines of one or more trade types (only what the lake lacks): with the default
-    --source auto, archive files for the days data.binance.vision has published, REST for the rest.
+    """Backfill klines of one or more trade types: only what the lake lacks.
+
+    With the default --source auto: archive files for the days data.binance.vision has published,
+    REST for the rest.
 
     Archive files are stored whole: every UTC day the window touches, and the whole month when a
     monthly file is taken (when 8 or more days of a month are wanted, say), so the lake may hold

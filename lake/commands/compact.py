@@ -33,7 +33,7 @@ def compact(
     root: RootOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Upsert every tail file into its partitions (what ``lake live`` does every --compact-every).
+    """Move the live tail into the partitions now (lake live does it every --compact-every).
 
     Readers see the same candles before and after; useful after a live feed was killed and not
     restarted, before bulk jobs that read only partitions (``lake offsets``). Safe while ``lake live``

@@ -25,8 +25,10 @@ def demo(
         int | None, typer.Option("--periods", help="Live 5m periods to run (default 3).")
     ] = None,
 ) -> None:
-    """Run the pipeline offline: simulator → archive + REST backfill → live (with a dropped connection
-    repaired) → 1h offsets → comparison with the simulated Quantclass reference → coverage → chart.
+    """Run the whole pipeline offline against the built-in simulator.
+
+    Simulator → archive + REST backfill → live (with a dropped connection repaired) → 1h offsets →
+    comparison with the simulated Quantclass reference → coverage → chart.
 
     Without --root the lake is temporary; pass --root DIR to keep it (and query it afterwards).
     """

@@ -43,8 +43,10 @@ def sql(
     root: RootOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Run SQL over the views klines, offsets, exchange_info, funding, coverage, empty_ranges, latest,
-    segments, watermark and compare (also klines_partitions, klines_tail, offsets_partitions, intervals).
+    """Run read-only SQL over the lake's DuckDB views (an interactive prompt without a query).
+
+    Views: klines, offsets, exchange_info, funding, coverage, empty_ranges, latest, segments,
+    watermark and compare (also klines_partitions, klines_tail, offsets_partitions, intervals).
 
     Read-only: queries (SELECT, WITH, DESCRIBE, SHOW, SUMMARIZE, EXPLAIN) only; COPY, ATTACH, CREATE,
     INSERT, INSTALL, SET and other statements that could write are refused (exit 2). Read-only is
