@@ -8,7 +8,7 @@ does the arithmetic, so the SQL and this command report the same numbers.
 The seed reports the per-column maximum over all symbols and offsets (``CompareResult.summary``); the
 per (symbol, offset, column) rows are ``CompareResult.detail``. Unlike the seed, nothing is dropped
 silently: reference candles the lake lacks are counted (``missing``), and reference symbols the lake
-does not hold at all are listed (``absent_symbols``). The other way round, within the hours the
+does not hold at any of the reference's offsets are listed (``absent_symbols``). The other way round, within the hours the
 reference covers (per offset, the ``candle_begin_time`` values it has rows of), our candles of reference
 symbols that it has no row of are counted (``extra``), and our symbols with candles in those hours
 that it never names are listed (``unreferenced_symbols``). Those are counted by Polars from the
@@ -34,7 +34,7 @@ from lake.query.connect import connect
 from lake.schema import OFFSET_SCHEMA
 from lake.settings import Settings
 from lake.store.fs import LakeFS, write_file_atomic
-from lake.transform.build import scan_offsets
+from lake.transform.build import offsets_symbols, scan_offsets
 
 __all__ = [
     "COLUMNS",
@@ -115,9 +115,8 @@ def compare_with_reference(
 ) -> CompareResult:
     """Compare the lake's offsets with ``reference`` (``offset``, ``symbol``, ``candle_begin_time``, values)."""
     ref = reference.with_columns(pl.lit(trade_type).alias("trade_type"), pl.lit(interval).alias("interval"))
-    ours = set(
-        scan_offsets(root, trade_type, interval).select("symbol").unique().collect()["symbol"].to_list()
-    )
+    # (from listings: reading the offsets' whole history for their symbols cost O(history))
+    ours = offsets_symbols(root, trade_type, interval, ref["offset"].unique().to_list())
     named = set(ref["symbol"].unique().to_list())
     absent = sorted(named - ours)
     only_ours = _not_in_reference(root, trade_type, interval, reference)

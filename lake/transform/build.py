@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Final, TypeAlias
@@ -85,7 +85,7 @@ from lake.transform.planning import (
 )
 from lake.transform.tail import BIN_SCHEMA, GRACE_S, Layer, TailState, arrow_column, numpy_frame
 
-__all__ = ["BuildResult", "build_offsets", "default_base", "scan_offsets"]
+__all__ = ["BuildResult", "build_offsets", "default_base", "offsets_symbols", "scan_offsets"]
 
 _KLINES_HIVE = {"trade_type": pl.String, "interval": pl.String, "symbol": pl.String, "date": pl.String}
 _OFFSETS_HIVE = {
@@ -912,6 +912,36 @@ def scan_offsets(
     if not parts:
         return pl.LazyFrame(schema={"symbol": pl.String, "offset": pl.String, **OFFSET_SCHEMA})
     return pl.concat(parts) if len(parts) > 1 else parts[0]
+
+
+def offsets_symbols(
+    root: str | os.PathLike[str] | LakeFS,
+    trade_type: str,
+    interval: str,
+    offsets: Iterable[str] | None = None,
+) -> set[str]:
+    """The symbols the offsets table holds a period file or a visible tail bin of (of ``offsets``,
+    under any of their names, or of any offset): from listings and the tail alone, without opening
+    a period file, so it costs the same for a year of history as for a day."""
+    lfs = existing_lake(root)
+    tdir = table_dir(trade_type, interval)
+    want = None if offsets is None else set().union(*(_offset_aliases(o) for o in offsets))
+    tail = offsets_tail.load_state(lfs, trade_type, interval).read_bins(lfs, None, want)
+    out = set(tail["symbol"].unique().to_list())
+    for odir in lfs.listdir(tdir):
+        if not odir.startswith("offset=") or (want is not None and odir[7:] not in want):
+            continue
+        for sdir in lfs.listdir(f"{tdir}/{odir}"):
+            if not sdir.startswith("symbol=") or sdir[7:] in out:
+                continue
+            for ddir in lfs.listdir(f"{tdir}/{odir}/{sdir}"):
+                # (a partition emptied by a rebuild may leave its directory behind)
+                if is_date_dir(ddir) and {DATA_FILE, LEGACY_TAIL_FILE} & set(
+                    lfs.listdir(f"{tdir}/{odir}/{sdir}/{ddir}")
+                ):
+                    out.add(sdir[7:])
+                    break
+    return out
 
 
 def _offset_aliases(name: str) -> set[str]:

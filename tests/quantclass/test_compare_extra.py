@@ -189,3 +189,28 @@ def test_whole_trade_nums_written_as_floats_are_read_exactly() -> None:
     for bad in ("12.5", "inf", "1e30"):
         with pytest.raises(DataError, match=f"trade_num '{bad}'"):
             read_candles_csv("\n".join([HEADER, line.format("7"), line.format(bad)]).encode())
+
+
+def test_the_symbols_compare_holds_come_from_listings_and_match_a_scan(tmp_path: Path) -> None:
+    """``absent_symbols`` used to read the offsets' whole history for the lake's symbols; they now
+    come from listings (``offsets_symbols``), which must name the same symbols a scan finds: per
+    offset, and not a symbol whose partitions were emptied (its directories left behind)."""
+    from lake.transform.build import offsets_symbols
+
+    lake = tmp_path / "lake"
+    for seed, symbol in enumerate(["BTCUSDT", "ETHUSDT", "SOLUSDT"]):
+        write_klines(lake, "usdt_perp", "5m", symbol, random_candles(seed, 300_000, 72, hole_rate=0.0))
+    build_offsets(lake, "usdt_perp", "1h", offsets=["0m", "30m"])
+    emptied = list((lake / "offsets").rglob("offset=30m/symbol=ETHUSDT/date=*/data.parquet"))
+    assert emptied
+    for f in emptied:
+        f.unlink()
+
+    def scanned(offsets: list[str] | None) -> set[str]:
+        lf = scan_offsets(lake, "usdt_perp", "1h", offsets=offsets)
+        return set(lf.select("symbol").unique().collect()["symbol"].to_list())
+
+    for offsets in (None, ["0m"], ["30m"], ["0m", "30m"], ["0h"]):
+        assert offsets_symbols(lake, "usdt_perp", "1h", offsets) == scanned(offsets), offsets
+    assert offsets_symbols(lake, "usdt_perp", "1h", ["30m"]) == {"BTCUSDT", "SOLUSDT"}
+    assert offsets_symbols(lake, "usdt_perp", "1h", ["0m"]) == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
