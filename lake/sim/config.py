@@ -17,6 +17,9 @@ here, with the most widely assumed behaviour as the default:
   a few ms after the hour (the reference is silent on both; Binance's data shows them).
 * ``inactive_status`` / ``delivered_status``: exchangeInfo status of delisted / delivered symbols.
 * ``ws_close_lag_ms``: how far after the candle's close time (virtual) the ``x: true`` event goes out.
+* ``zombie_minutes``: how long a delisted futures perpetual keeps producing "zombie" candles (no
+  trades, all four prices at its last close), as FTTBUSD's did (binance.md §6.3); how long Binance's
+  go on is not on record, so the default is none.
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ class SimConfig:
         default_factory=lambda: _frozen({"spot": "BREAK", "um": "CLOSE", "cm": "CLOSE"})
     )
     delivered_status: str = "DELIVERING"
+    zombie_minutes: int = 0  # zero-volume candles after a perpetual's delisting (module doc)
 
     cache_mb: int = 256  # budget of the generated-data caches
     cache_1s_mb: int = 64  # separate budget of the 1s caches (seconds of a day, 1s row blocks, daily 1s zips)

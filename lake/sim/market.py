@@ -139,6 +139,9 @@ class SimMarket:
         mask = self.universe.valid_mask(info, c.t)
         if not mask.all():
             c = c.take(mask)
+        zombie = self.universe.zombie_span(info)
+        if zombie is not None and d0 < zombie[1] and zombie[0] < d0 + MS_PER_DAY:
+            c = self._zombies(info, c, *zombie)
         fixes = [(t, add) for t, add in info.corrections.items() if d0 <= t < d0 + MS_PER_DAY]
         for t, add in fixes:
             i = int(np.searchsorted(c.t, t))
@@ -146,6 +149,27 @@ class SimMarket:
                 c.q[i] += round(float(c.q[i]) * add / float(c.v[i]))
                 c.v[i] += add
         return self._minutes.put(key, c)
+
+    def _zombies(self, info: SymbolInfo, c: Candles, a: int, b: int) -> Candles:
+        """``c`` (one day's minutes) with those opening in ``[a, b)`` made zombies: no trades, all four
+        prices at the last close before ``a``."""
+        z = (c.t >= a) & (c.t < b)
+        last = self.universe.prev_valid(info, a - MS_PER_MINUTE)
+        if not z.any() or last is None:
+            return c
+        if last >= int(c.t[0]):  # (the same day: this day's own candle, not a recursion)
+            price = c.c[int(np.searchsorted(c.t, last))]
+        else:
+            before = self.minutes(info, last // MS_PER_DAY)
+            price = before.c[int(np.searchsorted(before.t, last))]
+        c = c.copy()
+        for col in (c.o, c.h, c.l, c.c):
+            col[z] = price
+        for col in (c.v, c.q, c.n, c.tb, c.tq):
+            col[z] = 0
+        c.f[z] = -1
+        c.L[z] = -1
+        return c
 
     def seconds(self, info: SymbolInfo, day: int) -> Candles:
         """The 1s candles of ``day``: 60 per existing 1m candle, aggregating to it exactly (spot only)."""

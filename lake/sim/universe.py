@@ -278,10 +278,28 @@ class Universe:
     def get(self, market: str, symbol: str) -> SymbolInfo | None:
         return self.symbols.get(market, {}).get(symbol)
 
+    def zombie_span(self, info: SymbolInfo) -> tuple[int, int] | None:
+        """``[start, end)`` of the zero-volume candles a delisted perpetual keeps producing
+        (``SimConfig.zombie_minutes``), or None."""
+        end = info.end_ms
+        if (
+            self.config.zombie_minutes <= 0
+            or info.market == "spot"
+            or info.delivery_ms is not None
+            or end is None
+        ):
+            return None
+        return end, end + self.config.zombie_minutes * MS_PER_MINUTE
+
+    def _spans(self, info: SymbolInfo) -> list[tuple[int, int | None]]:
+        """Where the symbol has 1m candles, maintenance aside: its listings, then its zombie span."""
+        zombie = self.zombie_span(info)
+        return info.segments if zombie is None else [*info.segments, zombie]
+
     def valid_mask(self, info: SymbolInfo, opens: np.ndarray) -> np.ndarray:
-        """Which 1m open times have a candle: listed and outside maintenance."""
+        """Which 1m open times have a candle: listed (or a zombie) and outside maintenance."""
         ok = np.zeros(opens.shape, dtype=bool)
-        for a, b in info.segments:
+        for a, b in self._spans(info):
             ok |= (opens >= a) & (opens < (b if b is not None else np.iinfo(np.int64).max))
         for a, b in self.maintenance[info.market]:
             ok &= ~((opens >= a) & (opens < b))
@@ -290,7 +308,7 @@ class Universe:
     def next_valid(self, info: SymbolInfo, t: int) -> int | None:
         """The first 1m open ≥ ``t`` (minute-aligned) that has a candle, or None."""
         t = -(-t // MS_PER_MINUTE) * MS_PER_MINUTE
-        for a, b in info.segments:
+        for a, b in self._spans(info):
             x = max(a, t)
             for ma, mb in self.maintenance[info.market]:
                 if ma <= x < mb:
@@ -302,7 +320,7 @@ class Universe:
     def prev_valid(self, info: SymbolInfo, t: int) -> int | None:
         """The last 1m open ≤ ``t`` that has a candle, or None."""
         t = t - t % MS_PER_MINUTE
-        for a, b in reversed(info.segments):
+        for a, b in reversed(self._spans(info)):
             x = t if b is None else min(t, b - MS_PER_MINUTE)
             for ma, mb in reversed(self.maintenance[info.market]):
                 if ma <= x < mb:
