@@ -306,3 +306,56 @@ async def test_the_audit_names_kept_rows_until_a_daily_file_or_a_later_upload_se
         assert rep.files_reuploaded == 1 and rep.kept == []
         assert kept() == {"BTCUSDT": [], "ETHUSDT": []} and not record.exists()
         assert_lake(s, syms, want)
+
+
+async def test_the_monthly_file_fills_the_hours_a_cut_daily_file_left(tmp_path: Path) -> None:
+    """BTCUSDT's daily file of Feb 25 ends at 14:00 (#413) and stays so; February's monthly file has
+    the whole day. An archive run over Feb 21-27 takes the daily files and fails (exit 5) naming
+    14:00-24:00. The next one used to plan nothing and fail the same way, for ever under
+    `--source archive`; it now takes the monthly file, which fills the candles the lake lacks on
+    the days daily files own and replaces none it holds (its stale Feb 22 candle does not get in),
+    and succeeds. A third run plans nothing."""
+    cut = ms(2024, 2, 25) + 14 * HOUR
+    stale = ms(2024, 2, 22) + 9 * HOUR
+    feb21, feb28 = utc(2024, 2, 21), utc(2024, 2, 28)  # 7 days: daily files (a monthly one from 8)
+    syms = ["BTCUSDT"]
+    async with SimServer(config()) as sim:
+        sim.archive.edit_file("BTCUSDT-5m-2024-02-25.zip", FileEdit(drop=((cut, ms(2024, 2, 26)),)))
+        sim.archive.edit_file("BTCUSDT-5m-2024-02.zip", FileEdit(stale=(stale,)))
+        s = settings(sim, tmp_path / "lake")
+        with pytest.raises(IncompleteError) as err:
+            await run(s, feb21, feb28, syms, source="archive")
+        assert err.value.missing == [line("BTCUSDT", cut, ms(2024, 2, 26))]
+        assert err.value.result.archive[0].files_downloaded == 7  # type: ignore[attr-defined]
+
+        (rep,) = (await run(s, feb21, feb28, syms, source="archive")).archive
+        assert (rep.files_planned, rep.files_downloaded, rep.missing, rep.cut) == (1, 1, [], {})
+        want = truth(sim, syms, utc(2024, 2, 1), utc(2024, 3, 1))  # (a monthly file is stored whole)
+        assert_lake(s, syms, want)
+        got = stored(s, syms).filter(pl.col("candle_begin_time").dt.epoch("ms") == stale)
+        assert got.select(COLS).equals(
+            want.filter(pl.col("candle_begin_time").dt.epoch("ms") == stale).select(COLS)
+        )
+
+        (rep,) = (await run(s, feb21, feb28, syms, source="archive")).archive
+        assert (rep.files_planned, rep.missing) == (0, [])
+        assert_lake(s, syms, want)
+
+
+async def test_a_cut_daily_file_taken_after_the_monthly_one_leaves_its_later_hours(tmp_path: Path) -> None:
+    """The other order: February's monthly file is truncated at Feb 25 14:00 (#320) and the daily
+    file of the 25th is cut at 10:00. The run takes the monthly file, then the daily files of the
+    days it lost, the 25th's included. That daily file replaced the whole day, deleting the monthly
+    file's 10:00-14:00; it now replaces the day up to its last candle only, so the lake is what the
+    order daily-then-monthly leaves, and only 14:00-24:00 is missing (exit 5)."""
+    cut_daily, cut_monthly = ms(2024, 2, 25) + 10 * HOUR, ms(2024, 2, 25) + 14 * HOUR
+    syms = ["BTCUSDT"]
+    async with SimServer(config()) as sim:
+        sim.archive.edit_file("BTCUSDT-5m-2024-02.zip", FileEdit(drop=((cut_monthly, ms(2024, 3, 1)),)))
+        sim.archive.edit_file("BTCUSDT-5m-2024-02-25.zip", FileEdit(drop=((cut_daily, ms(2024, 2, 26)),)))
+        s = settings(sim, tmp_path / "lake")
+        with pytest.raises(IncompleteError) as err:
+            await run(s, utc(2024, 2, 1), utc(2024, 3, 1), syms, source="archive")
+        assert err.value.missing == [line("BTCUSDT", cut_monthly, ms(2024, 2, 26))]
+        want = truth(sim, syms, utc(2024, 2, 1), utc(2024, 3, 1))
+        assert_lake(s, syms, cut_from(want, "BTCUSDT", cut_monthly, ms(2024, 2, 26)))

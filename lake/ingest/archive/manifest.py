@@ -10,6 +10,9 @@ One JSON document per series, kept in the lake next to the data::
          "rows": 44640, "start_ms": 1704067200000, "end_ms": 1706745600000,
          "ingested_at": "2024-02-05T09:12:01Z"}}}
 
+A daily file's record also has ``vouched_end_ms``, the end of its last candle: the monthly file of
+its month writes nothing before it on that day, and its rows after it stand (``plan``).
+
 The archive interval name (``1mo``) is used in the path so ``1m`` and ``1M`` never collide on a
 case-insensitive file system. A record is written only after the file's rows are in the lake, so a
 crash between the two re-ingests the file next time (an idempotent upsert) and never skips it.
@@ -89,6 +92,7 @@ def read_manifest(lfs: LakeFS, market: str, interval: str, symbol: str) -> dict[
                 rows=int(rec["rows"]),  # type: ignore[call-overload]
                 start_ms=int(rec["start_ms"]),  # type: ignore[call-overload]
                 end_ms=int(rec["end_ms"]),  # type: ignore[call-overload]
+                vouched_end=None if rec.get("vouched_end_ms") is None else int(rec["vouched_end_ms"]),  # type: ignore[call-overload]
             )
         except (KeyError, TypeError, ValueError):
             continue  # a damaged record only costs a re-download
@@ -100,7 +104,7 @@ def record_files(
     market: str,
     interval: str,
     symbol: str,
-    records: Iterable[tuple[str, FileRecord, dict[str, str]]],
+    records: Iterable[tuple[str, FileRecord, dict[str, object]]],
 ) -> None:
     """Add or replace records (``(zip name, record, extra fields)``) under the manifest's lock."""
     items = list(records)

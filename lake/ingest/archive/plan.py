@@ -20,9 +20,12 @@ Binance and is fetched again whatever the lake holds. A day that a verified mont
 candle and that no daily file covers is ``unfilled``: nothing to fetch, but the archive lacks it.
 
 Precedence when a monthly file and daily files cover the same day: **the day belongs to its daily file**
-once that file was ingested. A monthly file writes nothing on such a day (``PlannedFile.keep``, any day
-of its month, inside the run's window or not), and a re-uploaded daily file replaces the archive rows of
-its day. Daily files are the ones Binance re-uploads with corrections, monthly files are built once after
+once that file was ingested, up to the end of its last candle. A monthly file writes nothing there
+(``PlannedFile.keep``, any day of its month, inside the run's window or not), and a daily file
+replaces the archive rows there (a re-uploaded one, of its whole day). After a daily file's last
+candle the monthly file's rows stand: a daily file cut hours before its day's end (#413) says
+nothing about those hours, and the monthly file is then taken for them (once, even when daily
+files hold every other day of the month). Daily files are the ones Binance re-uploads with corrections, monthly files are built once after
 the month and have been seen holding stale rows where the daily file and REST agree (#475), or only the
 month's first days (#320). The lake then depends only on which file versions were ingested, never on
 their order: ``{daily, monthly}`` in either order leaves the daily file's rows on its day.
@@ -186,6 +189,8 @@ class FileRecord:
     rows: int
     start_ms: int
     end_ms: int
+    # a daily file: the end of its last candle (None in records older than the field: its whole day)
+    vouched_end: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,8 +198,8 @@ class PlannedFile:
     """A file to fetch, with its listing entries and why it is fetched: ``new``, ``reuploaded``, or
     ``unrecorded`` (its rows are in the lake but its manifest record was lost to a crash, so a later
     re-upload could not be detected), or ``kept`` (a daily file of kept ranges: ``plan_series``). ``replace``: ranges whose stored archive rows the file's rows
-    replace rather than merge with (a re-upload may remove or move a candle). ``keep``: ranges the
-    file must not write to (a monthly file's days that daily files own: see the module doc)."""
+    replace rather than merge with (a re-upload may remove or move a candle). ``keep``: ranges
+    the file must not write to (what daily files own of a monthly file's days: the module doc)."""
 
     file: ArchiveFile
     entry: ListEntry
@@ -211,6 +216,8 @@ class UnitState:
     rows: int  # stored candles opening in the unit
     empty: int  # candles of the unit inside ranges recorded as confirmed empty
     archive: int = 0  # stored candles of the unit with source = archive
+    # open time of the unit's last stored candle (-1: none, or not known): where a file was cut
+    last: int = field(default=-1, compare=False)
 
 
 @dataclass(slots=True)
@@ -337,6 +344,7 @@ def plan_series(
         need: list[tuple[int, int]] = []
         daily_fetch: list[PlannedFile] = []
         no_daily: list[tuple[int, int]] = []
+        cut_daily = False  # a day whose verified daily file ends before the day does (below)
         unrecorded = False
         # Days of the window the lake holds no candle of (nor an exchange hole): the day before one
         # that a verified monthly file left incomplete is where that file was cut (below).
@@ -385,6 +393,11 @@ def plan_series(
                 plan.skipped += 1
                 if m_verified and state.rows == 0 and found is None and not complete:
                     plan.unfilled.append((u0, u1))
+                # A daily file cut before its day's end (binance-public-data #413) leaves the day's
+                # last hours to the monthly file (module doc); a delisting day's file takes it once.
+                rec = manifest.get(dfile.name) if dfile is not None else None
+                if not complete and not monthly_covers and rec is not None and rec.vouched_end is not None:
+                    cut_daily |= rec.vouched_end < min(u1, end_ms) and state.last < rec.vouched_end
                 continue
             if complete and state.archive == 0:
                 plan.skipped += 1
@@ -404,16 +417,18 @@ def plan_series(
                     PlannedFile(dfile, found[0], found[1], "unrecorded" if complete else "new", own)
                 )
         # A verified, unchanged monthly file is not fetched again: it would fill none of those days.
-        take_monthly = not m_verified and (bool(no_daily) or len(need) >= monthly_min_days)
+        take_monthly = not m_verified and (bool(no_daily) or len(need) >= monthly_min_days or cut_daily)
         if m_entry is not None and (fetch_monthly or take_monthly):
             reason = "reuploaded" if fetch_monthly else ("unrecorded" if unrecorded else "new")
             # A day a daily file was ingested for (inside the window or not) is the daily file's
-            # (module doc): the monthly file writes nothing there, and a re-uploaded one replaces
-            # its archive rows on the other days only.
+            # up to its last candle (module doc): the monthly file writes nothing there, and a
+            # re-uploaded one replaces its archive rows elsewhere only.
             daily_owned = [
-                (d0, d1)
+                (d0, d1 if rec.vouched_end is None else min(d1, rec.vouched_end))
                 for d0, d1 in (units(iv, mfile.start_ms, mfile.end_ms) if daily_ok else [])
-                if ArchiveFile(market, DAILY, symbol, iv.name, _date(d0)).name in manifest
+                if (rec := manifest.get(ArchiveFile(market, DAILY, symbol, iv.name, _date(d0)).name))
+                is not None
+                and (rec.vouched_end is None or rec.vouched_end > d0)
             ]
             rest = span_minus((mfile.start_ms, mfile.end_ms), daily_owned)
             replace = tuple(rest) if fetch_monthly else ()

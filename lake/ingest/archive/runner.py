@@ -263,13 +263,19 @@ def _count_units(
         times, archive = times.filter(keep), archive.filter(keep)
     counts: dict[int, int] = {}
     from_archive: dict[int, int] = {}
+    last: dict[int, int] = {}
     if times.len():
         bounds = pl.Series([u[0] for u in us], dtype=pl.Int64)
         idx = bounds.search_sorted(times, side="right") - 1
-        per_unit = pl.DataFrame({"i": idx, "a": archive}).group_by("i").agg(pl.len(), pl.col("a").sum())
-        for i, n, a in per_unit.iter_rows():
+        per_unit = (
+            pl.DataFrame({"i": idx, "a": archive, "t": times})
+            .group_by("i")
+            .agg(pl.len(), pl.col("a").sum(), pl.col("t").max())
+        )
+        for i, n, a, t in per_unit.iter_rows():
             counts[int(us[int(i)][0])] = int(n)
             from_archive[int(us[int(i)][0])] = int(a)
+            last[int(us[int(i)][0])] = int(t)
     w0, w1 = window if window is not None else (us[0][0], us[-1][1])
     out: dict[int, UnitState] = {}
     for u0, u1 in us:
@@ -277,7 +283,7 @@ def _count_units(
         empty = (
             sum(iv.count(max(r0, a), min(r1, b)) for r0, r1 in empties if r0 < b and r1 > a) if a < b else 0
         )
-        out[u0] = UnitState(counts.get(u0, 0), empty, from_archive.get(u0, 0))
+        out[u0] = UnitState(counts.get(u0, 0), empty, from_archive.get(u0, 0), last.get(u0, -1))
     return out
 
 
@@ -693,7 +699,7 @@ async def _run_jobs(
     left: dict[str, int] = {}
     for j in jobs:
         left[j.planned.file.symbol] = left.get(j.planned.file.symbol, 0) + 1
-    pending: dict[str, list[tuple[str, FileRecord, dict[str, str]]]] = {}
+    pending: dict[str, list[tuple[str, FileRecord, dict[str, object]]]] = {}
 
     async def flush(symbol: str) -> None:
         batch = pending.pop(symbol, [])
@@ -734,7 +740,13 @@ async def _run_jobs(
                         if err is not None:
                             failed(pf, err)
                             continue
-                        meta = {"etag": dl.etag or pf.entry.etag, "last_modified": pf.entry.last_modified}
+                        meta: dict[str, object] = {
+                            "etag": dl.etag or pf.entry.etag,
+                            "last_modified": pf.entry.last_modified,
+                        }
+                        if pf.file.freq == DAILY:  # where its day ends for a monthly file (``keep``)
+                            spans = done.vouched.get(i, [])
+                            meta["vouched_end_ms"] = spans[-1][1] if spans else pf.file.start_ms
                         pending.setdefault(sym, []).append((pf.file.name, _record(pf, dl, rows), meta))
                         if ingested is not None:
                             lost, vouched = tuple(done.lost.get(i, ())), tuple(done.vouched.get(i, ()))
@@ -818,7 +830,12 @@ def _ingest_files(lfs: LakeFS, trade_type: str, items: list[tuple[PlannedFile, D
             if lost:
                 out.lost[len(out.files)] = lost
             replace = _overlap(replace, vouched)
-        if pf.keep:  # days daily files own: the monthly file's rows for them are not written
+        elif replace and pf.reason != "reuploaded":
+            # A daily file taken on a day with a monthly file's rows replaces them up to its last
+            # candle, as the monthly file leaves alone what the day's daily file has (``keep``): a
+            # daily file cut short then leaves the monthly file's later hours in either order.
+            replace = _overlap(replace, out.vouched[len(out.files)])
+        if pf.keep:  # what daily files own (their days up to their last candle): not written
             t = df["candle_begin_time"].dt.epoch("ms")
             df = df.filter(~pl.any_horizontal([(t >= a) & (t < b) for a, b in pf.keep]))
         out.files.append((df.height, None))
@@ -957,7 +974,7 @@ def _shortfalls(
             if a >= b:
                 continue
             ended = set(d.ended)
-            if ended and d.planned.keep:  # (days daily files own: the monthly file wrote nothing there)
+            if ended and d.planned.keep:  # (what daily files own: the monthly file wrote nothing there)
                 owned = [
                     u
                     for c0, c1 in span_minus((f.start_ms, f.end_ms), sorted(d.planned.keep))
