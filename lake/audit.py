@@ -18,7 +18,7 @@ A hole is only called expected on evidence that the exchange has no candles ther
 shape alone: the range was answered empty over REST or by ``lake live`` (``lake.store.meta``), or,
 for ``maintenance`` and ``segment_break``, it lies inside days the ingested archive files vouch for
 (the exchange's own published days lack those rows; ``lake.ingest.archive.manifest``): a daily
-file's day, or a day a monthly file has a candle on. A whole day (a month above ``1d``) without a
+file's day up to its last candle, or a day a monthly file has a candle on. A whole day (a month above ``1d``) without a
 candle inside a monthly file is no evidence: Binance has published truncated monthly files, and
 the archive ingest reports such a day missing when no daily file has it (exit 5); the audit says
 the same. A delisting and relisting inside the archive's months is a ``segment_break`` once REST
@@ -267,10 +267,16 @@ class _Archived:
 
 
 def _archived_spans(lfs: LakeFS, tt: str, iv_name: str, symbol: str) -> _Archived:
-    records = read_manifest(lfs, get_trade_type(tt).market_name, iv_name, symbol)
-    spans = [(r.start_ms, r.end_ms) for r in records.values()]
-    daily = [s for s in spans if s[1] - s[0] <= MS_PER_DAY]
-    return _Archived(merge_spans(daily), merge_spans([s for s in spans if s[1] - s[0] > MS_PER_DAY]))
+    records = read_manifest(lfs, get_trade_type(tt).market_name, iv_name, symbol).values()
+    # a daily file vouches for its day up to its last candle: one cut hours before midnight
+    # (binance-public-data #413) says nothing about those hours (the archive ingest calls them cut)
+    daily = [
+        (r.start_ms, r.end_ms if r.vouched_end is None else r.vouched_end)
+        for r in records
+        if r.end_ms - r.start_ms <= MS_PER_DAY
+    ]
+    monthly = [(r.start_ms, r.end_ms) for r in records if r.end_ms - r.start_ms > MS_PER_DAY]
+    return _Archived(merge_spans(s for s in daily if s[0] < s[1]), merge_spans(monthly))
 
 
 def _kept_candles(lfs: LakeFS, tt: str, iv: Interval, symbol: str) -> list[KeptCandles]:

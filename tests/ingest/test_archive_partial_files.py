@@ -359,3 +359,26 @@ async def test_a_cut_daily_file_taken_after_the_monthly_one_leaves_its_later_hou
         assert err.value.missing == [line("BTCUSDT", cut_monthly, ms(2024, 2, 26))]
         want = truth(sim, syms, utc(2024, 2, 1), utc(2024, 3, 1))
         assert_lake(s, syms, cut_from(want, "BTCUSDT", cut_monthly, ms(2024, 2, 26)))
+
+
+async def test_the_audit_calls_the_hours_cut_daily_files_left_missing_as_the_archive_run_does(
+    tmp_path: Path,
+) -> None:
+    """BTCUSDT's and ETHUSDT's daily files of Feb 25 both end at 14:00, and both symbols trade on
+    the 26th: an exchange-wide hole, inside days whose daily files were ingested. The archive run
+    calls it missing (a cut, exit 5); the audit called it maintenance, vouched for by the daily
+    files' whole days. A daily file vouches for its day up to its last candle only, so the audit
+    now agrees (missing, exit 1)."""
+    from lake.audit import audit
+
+    cut = ms(2024, 2, 25) + 14 * HOUR
+    syms = ["BTCUSDT", "ETHUSDT"]
+    async with SimServer(config()) as sim:
+        for sym in syms:
+            sim.archive.edit_file(f"{sym}-5m-2024-02-25.zip", FileEdit(drop=((cut, ms(2024, 2, 26)),)))
+        s = settings(sim, tmp_path / "lake")
+        with pytest.raises(IncompleteError) as err:
+            await run(s, utc(2024, 2, 21), utc(2024, 2, 28), syms, source="archive")
+        assert err.value.missing == [line(sym, cut, ms(2024, 2, 26)) for sym in syms]
+        holes = {a.symbol: [(h.start, h.end, h.kind) for h in a.holes] for a in audit(s.root, TT, "5m", syms)}
+        assert holes == {sym: [(utc(2024, 2, 25, 14), utc(2024, 2, 26), "missing")] for sym in syms}
