@@ -23,12 +23,13 @@ Precedence when a monthly file and daily files cover the same day: **the day bel
 once that file was ingested, up to the end of its last candle. A monthly file writes nothing there
 (``PlannedFile.keep``, any day of its month, inside the run's window or not), and a daily file
 replaces the archive rows there (a re-uploaded one, of its whole day). After a daily file's last
-candle the monthly file's rows stand: a daily file cut hours before its day's end (#413) says
-nothing about those hours, and the monthly file is then taken for them (once, even when daily
-files hold every other day of the month). Daily files are the ones Binance re-uploads with corrections, monthly files are built once after
-the month and have been seen holding stale rows where the daily file and REST agree (#475), or only the
-month's first days (#320). The lake then depends only on which file versions were ingested, never on
-their order: ``{daily, monthly}`` in either order leaves the daily file's rows on its day.
+candle the monthly file's rows stand: a daily file cut hours before its day's end (#413) says nothing
+about those hours, and the monthly file is then taken for them (once, even when daily files hold
+every other day of the month). Daily files are the ones Binance re-uploads with corrections, monthly
+files are built once after the month and have been seen holding stale rows where the daily file and
+REST agree (#475), or only the month's first days (#320). The lake then depends only on which file
+versions were ingested, never on their order: ``{daily, monthly}`` in either order leaves the daily
+file's rows on its day up to its last candle, and the monthly file's after it.
 """
 
 from __future__ import annotations
@@ -195,11 +196,12 @@ class FileRecord:
 
 @dataclass(frozen=True, slots=True)
 class PlannedFile:
-    """A file to fetch, with its listing entries and why it is fetched: ``new``, ``reuploaded``, or
+    """A file to fetch, with its listing entries and why it is fetched: ``new``, ``reuploaded``,
     ``unrecorded`` (its rows are in the lake but its manifest record was lost to a crash, so a later
-    re-upload could not be detected), or ``kept`` (a daily file of kept ranges: ``plan_series``). ``replace``: ranges whose stored archive rows the file's rows
-    replace rather than merge with (a re-upload may remove or move a candle). ``keep``: ranges
-    the file must not write to (what daily files own of a monthly file's days: the module doc)."""
+    re-upload could not be detected), or ``kept`` (a daily file of kept ranges: ``plan_series``).
+    ``replace``: ranges whose stored archive rows the file's rows replace rather than merge with (a
+    re-upload may remove or move a candle). ``keep``: ranges the file must not write to (what daily
+    files own of a monthly file's days: the module doc)."""
 
     file: ArchiveFile
     entry: ListEntry
