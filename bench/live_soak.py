@@ -166,7 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.verify_lake:
         out_dir = Path(args.verify_lake)
         kw = json.loads((out_dir / "sim.json").read_text())
-        print(json.dumps(verify(out_dir / "lake", kw, args.offsets or None), separators=(",", ":")))
+        checked = verify(out_dir / "lake", kw, args.offsets or None)
+        print(json.dumps(checked, separators=(",", ":")))
+        if not verified(checked):
+            sys.exit(1)  # (a check that only prints would let a broken lake pass a script)
         return
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
     out = Path(args.out) if args.out else REPO / "bench/_work/scratch" / f"live_soak-{stamp}"
@@ -286,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "result.json").write_text(json.dumps(res, indent=1))
     print(json.dumps(res, separators=(",", ":")))
     sys.stdout.flush()
+    if checked is not None and not verified(checked):
+        sys.exit(1)
 
 
 # -- checking the lake a soak left ------------------------------------------------------------------
@@ -304,6 +309,16 @@ def _differences(ours: Any, want: Any, keys: list[str]) -> dict[str, int]:
         "extra": ours.join(want, on=keys, how="anti").height,
         "differ": differ.height,
     }
+
+
+def verified(checked: dict[str, Any]) -> bool:
+    """Whether ``verify`` found the lake whole: a watermark, every trading symbol, no duplicate,
+    and nothing missing, extra or different in the klines (and the offsets when checked)."""
+    if "error" in checked or checked["symbols_not_in_lake"]:
+        return False
+    if checked["klines_duplicates"] or checked.get("offsets_duplicates"):
+        return False
+    return not any(sum(checked[k].values()) for k in ("klines", "offsets") if k in checked)
 
 
 def verify(root: Path, sim_kwargs: dict[str, Any], offsets: str | None) -> dict[str, Any]:
