@@ -14,18 +14,18 @@ Per (trade type, interval, symbol) the audit reports each hole with one of these
 * ``missing`` — none of the above: data the lake should have and does not. Only these are
   *unexpected*; ``lake audit`` exits non-zero while any remain.
 
-A hole is only called expected on evidence that the exchange has no candles there, never on its
-shape alone: the range was answered empty over REST or by ``lake live`` (``lake.store.meta``), or,
-for ``maintenance`` and ``segment_break``, it lies inside days the ingested archive files vouch for
-(the exchange's own published days lack those rows; ``lake.ingest.archive.manifest``): a daily
-file's day up to its last candle, or a day a monthly file has a candle on. A whole day (a month
-above ``1d``) without a candle inside a monthly file is no evidence: Binance has published
-truncated monthly files, and the archive ingest reports such a day missing when no daily file has
-it (exit 5); the audit says the same. A delisting and relisting inside the archive's months is a ``segment_break`` once REST
-has confirmed it (a ``--source auto`` backfill, or ``--repair``). A hole nobody
-asked the exchange about — two backfills with a gap between them, a day an archive-only run could
-not get — is ``missing`` however much it looks like maintenance or a delisting, so ``lake audit``
-fails on it and ``--repair`` fetches it (REST then confirms it empty, or fills it).
+A hole is only called expected on evidence that the exchange has no candles there, never on its shape
+alone: the range was answered empty over REST or by ``lake live`` (``lake.store.meta``), or, for
+``maintenance`` and ``segment_break``, it lies inside days the ingested archive files vouch for (the
+exchange's own published days lack those rows; ``lake.ingest.archive.manifest``): a daily file's day up
+to its last candle, or a day a monthly file has a candle on. A whole day (a month above ``1d``) without
+a candle inside a monthly file is no evidence: Binance has published truncated monthly files, and the
+archive ingest reports such a day missing when no daily file has it (exit 5); the audit says the same. A
+delisting and relisting inside the archive's months is a ``segment_break`` once REST has confirmed it (a
+``--source auto`` backfill, or ``--repair``). A hole nobody asked the exchange about — two backfills
+with a gap between them, a day an archive-only run could not get — is ``missing`` however much it looks
+like maintenance or a delisting, so ``lake audit`` fails on it and ``--repair`` fetches it (REST then
+confirms it empty, or fills it).
 
 A hole is classified in pieces, cut where a confirmed-empty range or another symbol's hole starts
 or ends: a maintenance window with a lost candle beside it is a ``maintenance`` hole and a

@@ -8,12 +8,12 @@ does the arithmetic, so the SQL and this command report the same numbers.
 The seed reports the per-column maximum over all symbols and offsets (``CompareResult.summary``); the
 per (symbol, offset, column) rows are ``CompareResult.detail``. Unlike the seed, nothing is dropped
 silently: reference candles the lake lacks are counted (``missing``), and reference symbols the lake
-does not hold at any of the reference's offsets are listed (``absent_symbols``). The other way
-round, within the hours the reference covers (per offset, the ``candle_begin_time`` values it has
-rows of), our candles of reference symbols that it has no row of are counted (``extra``), and our
-symbols with candles in those hours that it never names are listed (``unreferenced_symbols``). Those are counted by Polars from the
-offsets of the reference's hours alone (a view would open every file of the table to find them), so
-they are not in the ``compare`` view.
+does not hold at any of the reference's offsets are listed (``absent_symbols``). The other way round,
+within the hours the reference covers (per offset, the ``candle_begin_time`` values it has rows of), our
+candles of reference symbols that it has no row of are counted (``extra``), and our symbols with candles
+in those hours that it never names are listed (``unreferenced_symbols``). Those are counted by Polars
+from the offsets of the reference's hours alone (a view would open every file of the table to find
+them), so they are not in the ``compare`` view.
 """
 
 from __future__ import annotations
