@@ -30,8 +30,9 @@ and ``LAKE_SOAK_TAIL_MAX_DAYS=1`` (fold the offsets tail after one virtual day i
 
 ``--verify`` then checks what the soak left (``verify``): the klines up to the watermark against
 the simulator's truth, and the offsets ``lake live`` kept against a fresh ``lake offsets`` build of
-the same klines: ``missing`` / ``extra`` / ``differ`` counts, all zero when the lake is right.
-``--verify-lake DIR`` checks a lake a ``--keep-lake`` run left in ``DIR`` (its ``sim.json``).
+the same klines: ``missing`` / ``extra`` / ``differ`` counts, all zero when the lake is right
+(otherwise, or with duplicates or a trading symbol absent, the bench exits 1). ``--verify-lake DIR``
+checks a lake a ``--keep-lake`` run left in ``DIR`` (its ``sim.json``).
 """
 
 from __future__ import annotations
