@@ -82,3 +82,60 @@ async def test_the_scheduled_full_collection_gives_the_free_heap_back(
     runner._collect_soon(feed)  # within 30 s of the last one: not scheduled again
     await asyncio.sleep(0.05)
     assert trims == [1]
+
+
+_ARROW_RETAINED = """
+import io, sys, threading
+import numpy as np, pyarrow as pa, pyarrow.parquet as pq
+from lake.live.runner import trim_heap
+
+if pa.default_memory_pool().backend_name != "mimalloc":
+    print("SKIP", pa.default_memory_pool().backend_name); sys.exit(0)
+
+def arena_kb():  # resident kB of the mappings of 1 GiB or more: mimalloc's arena
+    big, kb = False, 0
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and all(c in "0123456789abcdef-" for c in head):
+            a, b = (int(x, 16) for x in head.split("-"))
+            big = b - a >= 1 << 30
+        elif big and line.startswith("Rss:"):
+            kb += int(line.split()[1])
+    return kb
+
+t = pa.table({"a": np.random.default_rng(1).random(300_000), "b": np.arange(300_000)})
+
+def work():  # what the writer threads do: encode a partition, read it back
+    for i in range(200):
+        buf = io.BytesIO()
+        pq.write_table(t.slice(i * 997 % 200_000, 50_000 + i * 331 % 100_000), buf, compression="lz4")
+        pq.read_table(pa.BufferReader(buf.getvalue()))
+
+threads = [threading.Thread(target=work) for _ in range(4)]
+for th in threads: th.start()
+for th in threads: th.join()
+before = arena_kb()
+trim_heap()
+print(before, arena_kb())
+"""
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/smaps")
+def test_the_heap_trim_gives_back_what_arrows_pool_retains() -> None:
+    """pyarrow's default pool (mimalloc) keeps the pages of freed buffers resident in its arena: in
+    a soak that arena grew 22 → 39 MB in 2.5 simulated days with no Arrow buffer alive. The heap
+    trim after each full collection now asks the pool to release them (a fresh process: the
+    arena is the one mapping of 1 GiB or more; 4 threads encode and read back 800 partitions)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _ARROW_RETAINED], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
+    if out[0] == "SKIP":
+        pytest.skip(f"pyarrow's default pool is {out[1]} here, not mimalloc")
+    before, after = int(out[0]), int(out[1])
+    assert after <= before, out
+    # (kB) Without the pool's release a trim gave back nothing: 142-161 MB before and after in 4 of 4
+    # runs. With it 15-30 MB are left. mimalloc sometimes purges on its own first (34 MB before).
+    assert after < 48_000, out
