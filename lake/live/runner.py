@@ -30,7 +30,6 @@ import dataclasses
 import gc
 import logging
 import os
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Mapping
@@ -120,12 +119,6 @@ def _describe(exc: BaseException) -> str:
 _malloc_trim: Any = None  # glibc's malloc_trim, looked up once (False: there is none)
 
 
-def _arrow_pool() -> Any:
-    """pyarrow's default memory pool once pyarrow is loaded (not imported for it), else None."""
-    pa = sys.modules.get("pyarrow")
-    return None if pa is None else pa.default_memory_pool()
-
-
 def trim_heap() -> bool:
     """Give the free pages of the C heap back to the system (glibc's ``malloc_trim(0)``); whether
     there is such a call here.
@@ -135,15 +128,7 @@ def trim_heap() -> bool:
     memory to the system only from the top of an arena, so the freed pages stayed resident: in a
     soak of two 1m feeds (235 symbols, --offsets 1h, a simulator at 40x) the RSS went from 480 to
     640 MB in 7.5 simulated hours, still growing at the end, while the Python heap stayed flat;
-    with this trim after each full collection it stayed at 375-433 MB. A trim took 3-16 ms.
-
-    Arrow's default pool (mimalloc, used by every parquet read and write through pyarrow) keeps
-    freed pages of its 1 GiB arena resident too: in a 53-symbol soak that arena held 22 → 39 MB
-    over 2.5 simulated days with no Arrow buffer alive (``smaps``). Its ``release_unused`` runs
-    here as well (1-3 ms); it gives back what no live thread's heap holds."""
-    pool = _arrow_pool()
-    if pool is not None:
-        pool.release_unused()
+    with this trim after each full collection it stayed at 375-433 MB. A trim took 3-16 ms."""
     global _malloc_trim
     if _malloc_trim is None:
         try:
