@@ -214,3 +214,20 @@ def test_the_symbols_compare_holds_come_from_listings_and_match_a_scan(tmp_path:
         assert offsets_symbols(lake, "usdt_perp", "1h", offsets) == scanned(offsets), offsets
     assert offsets_symbols(lake, "usdt_perp", "1h", ["30m"]) == {"BTCUSDT", "SOLUSDT"}
     assert offsets_symbols(lake, "usdt_perp", "1h", ["0m"]) == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+
+    # a symbol whose bins of an offset are only in the offsets tail (its period files gone) is named
+    later = random_candles(9, 300_000, 72, start_ms=T0_MS + 72 * 300_000, hole_rate=0.0)
+    write_klines(lake, "usdt_perp", "5m", "SOLUSDT", later)
+    build_offsets(lake, "usdt_perp", "1h", offsets=["0m", "30m"])  # (an appended day: a tail run)
+    assert (lake / "offsets_tail").exists()
+    for f in (lake / "offsets").rglob("offset=0m/symbol=SOLUSDT/date=*/data.parquet"):
+        f.unlink()
+    assert (
+        scan_offsets(lake, "usdt_perp", "1h", offsets=["0m"])
+        .filter(pl.col("symbol") == "SOLUSDT")
+        .collect()
+        .height
+    )
+    for offsets in (None, ["0m"], ["30m"]):
+        assert offsets_symbols(lake, "usdt_perp", "1h", offsets) == scanned(offsets), offsets
+    assert "SOLUSDT" in offsets_symbols(lake, "usdt_perp", "1h", ["0m"])
